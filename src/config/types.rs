@@ -1,0 +1,252 @@
+//! The resolved configuration types. Every value here has been validated;
+//! the agent child receives its [`AgentSpec`] as JSON, so everything is serde.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::sandbox::SandboxPolicy;
+
+/// The whole resolved configuration.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Config {
+    /// The main config file, absolute.
+    pub path: PathBuf,
+    /// Every file read while loading (main file, includes, prompt files,
+    /// sandbox profiles), absolute: what the reload watcher watches.
+    pub files: Vec<PathBuf>,
+    /// Absolute include glob patterns: a file appearing under one adds an agent.
+    pub include_globs: Vec<String>,
+    pub state_dir: PathBuf,
+    /// How long running tasks may finish on shutdown before children are stopped.
+    pub shutdown_grace: Duration,
+    pub agents: Vec<AgentSpec>,
+}
+
+impl Config {
+    pub fn agent(&self, name: &str) -> Option<&AgentSpec> {
+        self.agents.iter().find(|a| a.name.as_str() == name)
+    }
+}
+
+/// An agent name: `[a-z0-9_-]+`, unique within a config.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct AgentName(String);
+
+impl AgentName {
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl TryFrom<String> for AgentName {
+    type Error = String;
+    fn try_from(s: String) -> Result<Self, String> {
+        let ok = !s.is_empty()
+            && s.len() <= 64
+            && s.bytes().all(|b| matches!(b, b'a'..=b'z' | b'0'..=b'9' | b'_' | b'-'));
+        if ok {
+            Ok(AgentName(s))
+        } else {
+            Err(format!(
+                "invalid agent name {s:?}: use 1 to 64 characters from [a-z0-9_-]"
+            ))
+        }
+    }
+}
+
+impl From<AgentName> for String {
+    fn from(n: AgentName) -> String {
+        n.0
+    }
+}
+
+impl fmt::Display for AgentName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// One agent, fully resolved (defaults merged, files read).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AgentSpec {
+    pub name: AgentName,
+    /// The file that defines this agent (main config or an include).
+    pub source: PathBuf,
+    /// A model name for the provider, or `replay:PATH` for a recorded cassette.
+    pub model: String,
+    pub llm: LlmSpec,
+    pub system_prompt: String,
+    pub mcp_servers: Vec<McpServerSpec>,
+    pub subscriptions: Vec<SubscriptionSpec>,
+    pub schedules: Vec<ScheduleSpec>,
+    /// The name of the profile the policy came from, or `inline`.
+    pub sandbox_profile: String,
+    pub sandbox: SandboxPolicy,
+    pub skills: Vec<PathBuf>,
+    pub restart: RestartSpec,
+    pub limits: Limits,
+}
+
+/// How to reach the model provider. The API key is referenced by the name of
+/// an environment variable and read only when a request is made.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LlmSpec {
+    pub base_url: String,
+    pub api_key_env: Option<String>,
+    pub temperature: Option<f32>,
+    /// Per-request timeout: a hung provider fails the request after this.
+    pub request_timeout: Duration,
+    /// How often a failed request (429, 5xx, connection error) is retried.
+    pub max_retries: u32,
+}
+
+impl Default for LlmSpec {
+    fn default() -> Self {
+        LlmSpec {
+            base_url: "https://api.openai.com/v1".into(),
+            api_key_env: Some("OPENAI_API_KEY".into()),
+            temperature: None,
+            request_timeout: Duration::from_secs(120),
+            max_retries: 5,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct McpServerSpec {
+    /// Unique within the agent; prefixes tool names when two servers share one.
+    pub name: String,
+    pub transport: McpTransport,
+    /// When set, only these tools (glob patterns) are offered to the model.
+    pub tool_filter: Option<Vec<String>>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum McpTransport {
+    Stdio {
+        command: String,
+        args: Vec<String>,
+        /// Declared environment; the server gets only this plus the
+        /// documented passthrough (PATH, HOME, …).
+        env: BTreeMap<String, String>,
+        cwd: Option<PathBuf>,
+    },
+    Http {
+        url: String,
+        headers: BTreeMap<String, String>,
+    },
+}
+
+/// What a subscription watches.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum SubscriptionTarget {
+    /// One resource URI, via `resources/subscribe`.
+    Resource { uri: String },
+    /// A glob over resource URIs (`file:///srv/inbox/*.md`); matching
+    /// resources are subscribed as they appear.
+    Glob { pattern: String },
+    /// `tool://NAME?arg=v`: poll a tool and fire when its result changes.
+    Tool {
+        tool: String,
+        arguments: serde_json::Map<String, serde_json::Value>,
+    },
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SubscriptionSpec {
+    /// As written in the config (after interpolation).
+    pub uri: String,
+    pub target: SubscriptionTarget,
+    /// Restrict to one server; otherwise every server is asked.
+    pub server: Option<String>,
+    /// Quiet time before an update fires; bursts inside it coalesce.
+    pub debounce: Duration,
+    /// For `tool://` subscriptions: how often the tool is polled.
+    pub interval: Duration,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ScheduleSpec {
+    /// As written (5, 6 or 7 fields).
+    pub cron: String,
+    pub prompt: String,
+    /// IANA timezone name, validated.
+    pub timezone: String,
+}
+
+impl ScheduleSpec {
+    /// The parsed schedule. Validated at load, so this cannot fail for a
+    /// spec that came from [`load`](super::load).
+    pub fn schedule(&self) -> Result<cron::Schedule, String> {
+        super::units::parse_cron(&self.cron)
+    }
+
+    pub fn tz(&self) -> Result<chrono_tz::Tz, String> {
+        self.timezone
+            .parse()
+            .map_err(|_| format!("unknown timezone {:?}", self.timezone))
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum RestartPolicy {
+    Always,
+    OnFailure,
+    Never,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RestartSpec {
+    pub policy: RestartPolicy,
+    pub backoff_min: Duration,
+    pub backoff_max: Duration,
+    /// At most `burst` starts within `interval`, then the agent is failed.
+    pub burst: u32,
+    pub interval: Duration,
+}
+
+impl Default for RestartSpec {
+    fn default() -> Self {
+        RestartSpec {
+            policy: RestartPolicy::OnFailure,
+            backoff_min: Duration::from_millis(100),
+            backoff_max: Duration::from_secs(30),
+            burst: 5,
+            interval: Duration::from_secs(10),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Limits {
+    pub max_turns: u32,
+    /// Token budget of one task (prompt + completion, summed over turns).
+    pub max_tokens: u64,
+    pub task_timeout: Duration,
+    /// How often a task is tried before it is failed.
+    pub max_attempts: u32,
+    /// Conversation window kept between tasks.
+    pub history_messages: u32,
+    pub history_tokens: u64,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_turns: 20,
+            max_tokens: 200_000,
+            task_timeout: Duration::from_secs(600),
+            max_attempts: 3,
+            history_messages: 40,
+            history_tokens: 32_000,
+        }
+    }
+}

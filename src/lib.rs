@@ -1,0 +1,7 @@
+//! agentd: a supervisor for long-running, reactive LLM agents.
+//!
+//! See README.md for the user's view and the ARCHITECTURE section there for
+//! the map of modules and their invariants.
+
+pub mod config;
+pub mod sandbox;
