@@ -267,7 +267,12 @@ pub fn resolve_inside(root: &Path, path: &str) -> Result<PathBuf, String> {
                 return Err(refuse());
             }
             let rest = normal.strip_prefix(existing).map_err(|_| refuse())?;
-            return Ok(real.join(rest));
+            // `join("")` would add a trailing slash to a file path.
+            return Ok(if rest.as_os_str().is_empty() {
+                real
+            } else {
+                real.join(rest)
+            });
         }
         existing = existing.parent().ok_or_else(refuse)?;
     }
@@ -563,6 +568,10 @@ mod tests {
         std::os::unix::fs::symlink("/etc", root.join("in/escape")).unwrap();
         assert_eq!(resolve_inside(&root, "a.md").unwrap(), root.join("a.md"));
         assert_eq!(resolve_inside(&root, "in/../b.md").unwrap(), root.join("b.md"));
+        std::fs::write(root.join("in/real.md"), "x").unwrap();
+        let real = resolve_inside(&root, "in/real.md").unwrap();
+        assert_eq!(real, root.join("in/real.md"));
+        assert!(real.is_file());
         let uri = file_uri(&root.join("in/c.md"));
         assert_eq!(resolve_inside(&root, &uri).unwrap(), root.join("in/c.md"));
         for bad in ["../x", "in/../../x", "/etc/passwd", "in/escape/passwd", "file:///etc/passwd"] {
