@@ -16,7 +16,7 @@
 // revision (SEP-2577), but today's servers use them: we speak both.
 #![allow(deprecated)]
 
-use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::num::NonZeroUsize;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -214,13 +214,14 @@ struct Subs {
     /// Per connection: the URI set of the open `subscriptions/listen`.
     listened: Option<BTreeSet<String>>,
     listen_task: Option<JoinHandle<()>>,
-    pollers: Vec<JoinHandle<()>>,
+    /// Per connection: spec index → its `tool://` poller.
+    pollers: HashMap<usize, JoinHandle<()>>,
     last_results: LastResults,
 }
 
 impl Subs {
     fn stop_connection_tasks(&mut self) {
-        for poller in self.pollers.drain(..) {
+        for (_, poller) in self.pollers.drain() {
             poller.abort();
         }
         if let Some(listen) = self.listen_task.take() {
@@ -242,7 +243,7 @@ pub(crate) async fn run(mut task: Task) {
         subscribed: BTreeSet::new(),
         listened: None,
         listen_task: None,
-        pollers: Vec::new(),
+        pollers: HashMap::new(),
         last_results: Default::default(),
     };
     let mut backoff = BACKOFF_MIN;
@@ -275,7 +276,12 @@ pub(crate) async fn run(mut task: Task) {
             }
             Err(_) => {
                 tracing::warn!(server = %name, "MCP server did not finish the handshake within {CONNECT_TIMEOUT:?}");
-                task.shared.live().last_error = Some("handshake timed out".into());
+                {
+                    // The attempt's child died with the dropped future (kill_on_drop).
+                    let mut live = task.shared.live();
+                    live.last_error = Some("handshake timed out".into());
+                    live.pid = None;
+                }
                 task.shared.attempted.send_replace(true);
                 if sleep_or_shutdown(&mut task.shutdown, backoff).await {
                     break;
@@ -470,9 +476,11 @@ async fn session(
         live.peer = Some(peer.clone());
         live.connects += 1;
     }
-    task.shared.attempted.send_replace(true);
     resync(task, subs, &peer, modern, notes_tx).await;
     start_pollers(task, subs, &peer);
+    // Only now is the server fully set up: `McpHub::start` returning means
+    // an update from here on is seen.
+    task.shared.attempted.send_replace(true);
 
     let mut stop = task.shutdown.clone();
     let lost = loop {
@@ -529,21 +537,23 @@ async fn refresh_tools(shared: &Shared, peer: &Peer<RoleClient>) {
 /// Starts a poller for each `tool://` subscription whose tool this server has
 /// (or that names this server), unless one is already running.
 fn start_pollers(task: &Task, subs: &mut Subs, peer: &Peer<RoleClient>) {
-    if !subs.pollers.is_empty() {
-        return;
-    }
     let name = &task.shared.name;
-    for spec in &subs.specs {
+    for (i, spec) in subs.specs.iter().enumerate() {
         let SubscriptionTarget::Tool { tool, arguments } = &spec.target else {
             continue;
         };
+        if subs.pollers.contains_key(&i) {
+            continue;
+        }
         let has_tool = task
             .shared
             .with_tools(|tools| tools.iter().any(|t| t.name == *tool));
         if !has_tool && spec.server.as_deref() != Some(name.as_str()) {
             continue;
         }
-        subs.pollers.push(spawn_poller(
+        subs.pollers.insert(
+            i,
+            spawn_poller(
             Poll {
                 server: name.clone(),
                 subscription: spec.uri.clone(),
@@ -554,7 +564,8 @@ fn start_pollers(task: &Task, subs: &mut Subs, peer: &Peer<RoleClient>) {
             peer.clone(),
             subs.last_results.clone(),
             task.events.clone(),
-        ));
+        ),
+        );
     }
 }
 

@@ -112,7 +112,6 @@ async fn server_everything_update_becomes_one_event_with_fresh_contents() {
 
 #[tokio::test]
 async fn mcp_watch_file_write_becomes_one_event_with_fresh_contents() {
-    crate::support::init_tracing();
     let work = tempfile::tempdir().unwrap();
     let inbox = work.path().join("inbox");
     std::fs::create_dir(&inbox).unwrap();
@@ -404,5 +403,35 @@ async fn streamable_http_server_tools_and_updates_work() {
     let event = next_event(&mut rx, LONG).await.expect("update over HTTP");
     assert_eq!(event.uri, uri);
     assert_eq!(event.server, "remote");
+    hub.shutdown().await;
+}
+
+#[tokio::test]
+async fn every_write_in_a_slow_sequence_fires_with_its_own_contents() {
+    let work = tempfile::tempdir().unwrap();
+    let file = work.path().join("seq.txt");
+    std::fs::write(&file, "start").unwrap();
+    let uri = file_uri(&file);
+    let (tx, mut rx) = channel();
+    let subs = [subscription(&uri, NO_DEBOUNCE, POLL)];
+    let hub = McpHub::start(&[mcp_watch("watch", work.path(), 0)], &subs, work.path(), tx).await;
+    for i in 0..200 {
+        let expected = format!("write {i}");
+        std::fs::write(&file, &expected).unwrap();
+        // Several inotify events per write may fire several times; the
+        // last one always carries the fresh contents.
+        let mut seen = Vec::new();
+        loop {
+            let Some(event) = next_event(&mut rx, LONG).await else {
+                panic!("write {i} never fired; saw {seen:?}");
+            };
+            if event.contents == expected {
+                break;
+            }
+            seen.push(event.contents);
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        while rx.try_recv().is_ok() {}
+    }
     hub.shutdown().await;
 }
