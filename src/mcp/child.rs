@@ -162,7 +162,11 @@ async fn log_stderr(server: String, stderr: tokio::process::ChildStderr) {
     let mut line = Vec::new();
     loop {
         line.clear();
-        match (&mut reader).take(MAX_LINE).read_until(b'\n', &mut line).await {
+        match (&mut reader)
+            .take(MAX_LINE)
+            .read_until(b'\n', &mut line)
+            .await
+        {
             Ok(0) | Err(_) => return,
             Ok(_) => {
                 let text = String::from_utf8_lossy(&line);
@@ -257,7 +261,10 @@ impl<R> JsonLines<R> {
     }
 
     fn take_lines(&mut self) {
-        while let Some(offset) = self.partial[self.scanned..].iter().position(|b| *b == b'\n') {
+        while let Some(offset) = self.partial[self.scanned..]
+            .iter()
+            .position(|b| *b == b'\n')
+        {
             let end = self.scanned + offset + 1;
             let line: Vec<u8> = self.partial.drain(..end).collect();
             self.scanned = 0;
@@ -373,7 +380,12 @@ mod tests {
         let mut env = BTreeMap::new();
         env.insert("API_TOKEN".to_owned(), "x".to_owned());
         assert!(check_env("s", &env).is_ok());
-        for key in ["LD_PRELOAD", "ld_library_path", "DYLD_INSERT_LIBRARIES", "NODE_OPTIONS"] {
+        for key in [
+            "LD_PRELOAD",
+            "ld_library_path",
+            "DYLD_INSERT_LIBRARIES",
+            "NODE_OPTIONS",
+        ] {
             let mut env = env.clone();
             env.insert(key.to_owned(), "x".to_owned());
             let err = check_env("s", &env).unwrap_err().to_string();

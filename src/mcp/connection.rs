@@ -339,9 +339,9 @@ async fn connect(task: &Task, notes: mpsc::UnboundedSender<Note>) -> Result<Conn
     };
     match connect_with(task, notes.clone(), auto).await {
         Ok(conn) => Ok(conn),
-        Err(e @ (McpError::DeniedEnv { .. } | McpError::Spawn { .. } | McpError::Config { .. })) => {
-            Err(e)
-        }
+        Err(
+            e @ (McpError::DeniedEnv { .. } | McpError::Spawn { .. } | McpError::Config { .. }),
+        ) => Err(e),
         Err(first) => {
             tracing::debug!(server = %task.shared.name, "discover lifecycle failed ({first}); trying initialize");
             connect_with(task, notes, ClientLifecycleMode::Initialize)
@@ -554,17 +554,17 @@ fn start_pollers(task: &Task, subs: &mut Subs, peer: &Peer<RoleClient>) {
         subs.pollers.insert(
             i,
             spawn_poller(
-            Poll {
-                server: name.clone(),
-                subscription: spec.uri.clone(),
-                tool: tool.clone(),
-                arguments: arguments.clone(),
-                interval: spec.interval,
-            },
-            peer.clone(),
-            subs.last_results.clone(),
-            task.events.clone(),
-        ),
+                Poll {
+                    server: name.clone(),
+                    subscription: spec.uri.clone(),
+                    tool: tool.clone(),
+                    arguments: arguments.clone(),
+                    interval: spec.interval,
+                },
+                peer.clone(),
+                subs.last_results.clone(),
+                task.events.clone(),
+            ),
         );
     }
 }

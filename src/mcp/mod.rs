@@ -232,11 +232,14 @@ impl McpHub {
         let peer = server.peer().ok_or_else(unavailable)?;
         let mut params = CallToolRequestParams::new(info.tool.clone());
         params.arguments = Some(arguments);
-        let result = peer.call_tool(params).await.map_err(|source| McpError::Call {
-            server: info.server.clone(),
-            tool: info.tool.clone(),
-            source,
-        })?;
+        let result = peer
+            .call_tool(params)
+            .await
+            .map_err(|source| McpError::Call {
+                server: info.server.clone(),
+                tool: info.tool.clone(),
+                source,
+            })?;
         let raw = serde_json::to_value(&result).unwrap_or_default();
         Ok(ToolOutput {
             text: tools::render_result(&raw),
@@ -261,7 +264,9 @@ impl McpHub {
             }
         };
         if tokio::time::timeout(SHUTDOWN_WAIT, all).await.is_err() {
-            tracing::warn!("MCP servers did not stop in {SHUTDOWN_WAIT:?}; abandoning them to kill_on_drop");
+            tracing::warn!(
+                "MCP servers did not stop in {SHUTDOWN_WAIT:?}; abandoning them to kill_on_drop"
+            );
             for task in &tasks {
                 task.abort();
             }

@@ -79,7 +79,9 @@ pub fn glob_matches(pattern: &str, uri: &str) -> bool {
 pub(crate) fn render_read(uri: &str, contents: &[Value]) -> String {
     match contents {
         [] => String::new(),
-        [one] if one.get("uri").and_then(Value::as_str) == Some(uri) || one.get("text").is_some() => {
+        [one]
+            if one.get("uri").and_then(Value::as_str) == Some(uri) || one.get("text").is_some() =>
+        {
             match one.get("text").and_then(Value::as_str) {
                 Some(text) => text.to_owned(),
                 None => super::tools::render_resource_contents(one),
@@ -131,7 +133,10 @@ mod tests {
         else {
             panic!("not a tool target");
         };
-        assert_eq!(Value::Object(arguments), json!({"message": "hello there", "flag": true}));
+        assert_eq!(
+            Value::Object(arguments),
+            json!({"message": "hello there", "flag": true})
+        );
         assert!(parse_subscription_uri("tool://?a=1").is_err());
     }
 

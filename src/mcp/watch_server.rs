@@ -187,9 +187,9 @@ impl Inner {
         if self.legacy.load(Ordering::Relaxed) && lock(&self.subscribed).contains(uri) {
             if let Some(peer) = self.peer.get() {
                 let _ = peer
-                    .notify_resource_updated(
-                        rmcp::model::ResourceUpdatedNotificationParam::new(uri),
-                    )
+                    .notify_resource_updated(rmcp::model::ResourceUpdatedNotificationParam::new(
+                        uri,
+                    ))
                     .await;
             }
         }
@@ -293,7 +293,9 @@ fn list_files(root: &Path) -> Vec<PathBuf> {
             continue;
         };
         for entry in entries.flatten() {
-            let Ok(kind) = entry.file_type() else { continue };
+            let Ok(kind) = entry.file_type() else {
+                continue;
+            };
             if kind.is_dir() {
                 stack.push(entry.path());
             } else if kind.is_file() {
@@ -320,11 +322,14 @@ fn mime_for(path: &Path) -> &'static str {
 }
 
 fn base64(bytes: &[u8]) -> String {
-    const ALPHABET: &[u8; 64] =
-        b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
     let mut out = String::with_capacity(bytes.len().div_ceil(3) * 4);
     for chunk in bytes.chunks(3) {
-        let b = [chunk[0], *chunk.get(1).unwrap_or(&0), *chunk.get(2).unwrap_or(&0)];
+        let b = [
+            chunk[0],
+            *chunk.get(1).unwrap_or(&0),
+            *chunk.get(2).unwrap_or(&0),
+        ];
         let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
         for i in 0..4 {
             if i <= chunk.len() {
@@ -462,7 +467,8 @@ impl ServerHandler for WatchServer {
         _request: Option<PaginatedRequestParams>,
         _context: RequestContext<RoleServer>,
     ) -> Result<ListToolsResult, ErrorData> {
-        let path = json!({"type": "string", "description": "Path relative to the watched directory"});
+        let path =
+            json!({"type": "string", "description": "Path relative to the watched directory"});
         Ok(ListToolsResult::with_all_items(vec![
             Tool::new(
                 "list_files",
@@ -472,7 +478,9 @@ impl ServerHandler for WatchServer {
             Tool::new(
                 "read_file",
                 "Read a file inside the watched directory.",
-                schema(json!({"type": "object", "properties": {"path": path}, "required": ["path"]})),
+                schema(
+                    json!({"type": "object", "properties": {"path": path}, "required": ["path"]}),
+                ),
             ),
             Tool::new(
                 "write_file",
@@ -540,7 +548,10 @@ impl ServerHandler for WatchServer {
                 if let Some(parent) = path.parent()
                     && let Err(e) = tokio::fs::create_dir_all(parent).await
                 {
-                    return Ok(tool_error(format!("cannot create {}: {e}", parent.display())));
+                    return Ok(tool_error(format!(
+                        "cannot create {}: {e}",
+                        parent.display()
+                    )));
                 }
                 match tokio::fs::write(&path, content).await {
                     Ok(()) => Ok(CallToolResult::success(vec![ContentBlock::text(format!(
@@ -551,7 +562,10 @@ impl ServerHandler for WatchServer {
                     Err(e) => Ok(tool_error(format!("cannot write {p}: {e}"))),
                 }
             }
-            other => Err(ErrorData::invalid_params(format!("no tool named {other:?}"), None)),
+            other => Err(ErrorData::invalid_params(
+                format!("no tool named {other:?}"),
+                None,
+            )),
         }
     }
 }
@@ -567,14 +581,23 @@ mod tests {
         std::fs::create_dir(root.join("in")).unwrap();
         std::os::unix::fs::symlink("/etc", root.join("in/escape")).unwrap();
         assert_eq!(resolve_inside(&root, "a.md").unwrap(), root.join("a.md"));
-        assert_eq!(resolve_inside(&root, "in/../b.md").unwrap(), root.join("b.md"));
+        assert_eq!(
+            resolve_inside(&root, "in/../b.md").unwrap(),
+            root.join("b.md")
+        );
         std::fs::write(root.join("in/real.md"), "x").unwrap();
         let real = resolve_inside(&root, "in/real.md").unwrap();
         assert_eq!(real, root.join("in/real.md"));
         assert!(real.is_file());
         let uri = file_uri(&root.join("in/c.md"));
         assert_eq!(resolve_inside(&root, &uri).unwrap(), root.join("in/c.md"));
-        for bad in ["../x", "in/../../x", "/etc/passwd", "in/escape/passwd", "file:///etc/passwd"] {
+        for bad in [
+            "../x",
+            "in/../../x",
+            "/etc/passwd",
+            "in/escape/passwd",
+            "file:///etc/passwd",
+        ] {
             assert!(resolve_inside(&root, bad).is_err(), "{bad} was accepted");
         }
     }

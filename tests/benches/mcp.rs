@@ -123,7 +123,10 @@ impl ServerHandler for BenchServer {
         Ok(())
     }
 
-    fn accepted_subscription_filter(&self, requested: &SubscriptionFilter) -> Option<SubscriptionFilter> {
+    fn accepted_subscription_filter(
+        &self,
+        requested: &SubscriptionFilter,
+    ) -> Option<SubscriptionFilter> {
         Some(requested.supported_by(&self.get_info().capabilities))
     }
 
@@ -273,6 +276,9 @@ fn main() {
             "notification -> event (subscriptions/listen, 2026-07-28)",
             bench_notification(true).await,
         );
-        report("file write -> event (mcp-watch, debounce 0)", bench_file_write().await);
+        report(
+            "file write -> event (mcp-watch, debounce 0)",
+            bench_file_write().await,
+        );
     });
 }

@@ -109,7 +109,10 @@ pub fn pid_alive(pid: u32) -> bool {
         Ok(stat) => {
             // The state follows the parenthesized command name.
             let state = stat.rsplit_once(')').map(|(_, rest)| rest.trim_start());
-            !matches!(state.and_then(|s| s.chars().next()), Some('Z') | Some('X') | None)
+            !matches!(
+                state.and_then(|s| s.chars().next()),
+                Some('Z') | Some('X') | None
+            )
         }
         Err(_) => false,
     }
@@ -134,7 +137,10 @@ pub async fn next_event(
     rx: &mut mpsc::Receiver<ResourceEvent>,
     timeout: Duration,
 ) -> Option<ResourceEvent> {
-    tokio::time::timeout(timeout, rx.recv()).await.ok().flatten()
+    tokio::time::timeout(timeout, rx.recv())
+        .await
+        .ok()
+        .flatten()
 }
 
 /// Every event until none arrives for `quiet` (bounded by `max` overall).
