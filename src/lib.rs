@@ -4,4 +4,5 @@
 //! the map of modules and their invariants.
 
 pub mod config;
+pub mod ledger;
 pub mod sandbox;
