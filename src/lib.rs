@@ -3,6 +3,8 @@
 //! See README.md for the user's view and the ARCHITECTURE section there for
 //! the map of modules and their invariants.
 
+pub mod cli;
 pub mod config;
 pub mod ledger;
+pub mod logging;
 pub mod sandbox;
