@@ -2,6 +2,7 @@
 //! formatting lives in its own module; this one only wires them up.
 
 mod check;
+mod control;
 mod tasks;
 
 use std::path::{Path, PathBuf};
@@ -67,6 +68,22 @@ pub enum Command {
     Tasks(tasks::TasksArgs),
     /// Show one task with its journal of steps.
     Show(tasks::ShowArgs),
+    /// Show each agent's state, pid, restarts, uptime and last error.
+    Status(control::StatusArgs),
+    /// Start a stopped or failed agent (clears its start limit).
+    Start(control::AgentArgs),
+    /// Stop an agent; it stays down until started again.
+    Stop(control::AgentArgs),
+    /// Restart an agent.
+    Restart(control::AgentArgs),
+    /// Re-read the config and apply the differences (like SIGHUP).
+    Reload(control::ReloadArgs),
+    /// Internal: one agent's child process (started by the supervisor).
+    #[command(hide = true)]
+    Agent {
+        #[arg(long)]
+        name: String,
+    },
 }
 
 /// Parses the command line and runs it; the binary's whole `main`.
@@ -84,6 +101,12 @@ pub fn main() -> ExitCode {
         Some(Command::Check { config }) => check::run(&config),
         Some(Command::Tasks(args)) => tasks::list(&cli.global, &args),
         Some(Command::Show(args)) => tasks::show(&cli.global, &args),
+        Some(Command::Status(args)) => control::status(&cli.global, &args),
+        Some(Command::Start(args)) => control::agent_request(&cli.global, &args, control::Verb::Start),
+        Some(Command::Stop(args)) => control::agent_request(&cli.global, &args, control::Verb::Stop),
+        Some(Command::Restart(args)) => control::agent_request(&cli.global, &args, control::Verb::Restart),
+        Some(Command::Reload(args)) => control::reload(&cli.global, &args),
+        Some(Command::Agent { name }) => crate::agent::main(&name),
         None => match cli.run.config {
             Some(config) => run_daemon(&cli.global, &config),
             None => Err(anyhow::anyhow!("no config file given; usage: agentd CONFIG")),
@@ -109,11 +132,7 @@ fn run_daemon(global: &Global, config_path: &Path) -> anyhow::Result<ExitCode> {
     if let Some(dir) = &global.state_dir {
         cfg.state_dir = dir.clone();
     }
-    anyhow::bail!(
-        "{}: valid config with {} agents, but the supervisor is not built yet",
-        cfg.path.display(),
-        cfg.agents.len()
-    )
+    crate::supervisor::run(cfg)
 }
 
 /// The state dir for readers: `--state-dir`, else the config's, else the default.
