@@ -12,9 +12,11 @@ pub enum LogFormat {
 /// `RUST_LOG` is unset (e.g. `info`).
 pub fn init(format: LogFormat, default: &str) {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
+    use std::io::IsTerminal;
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal());
     // A second init (tests calling into the CLI twice) is harmless: ignore it.
     let _ = match format {
         LogFormat::Text => builder.with_target(false).try_init(),

@@ -31,8 +31,19 @@ impl ConfigWatcher {
         for g in &cfg.include_globs {
             dirs.insert(glob_base(g));
         }
+        // A directory that does not exist yet (an empty `agents/`) is
+        // watched through its nearest existing ancestor until it appears;
+        // the reload that follows re-creates the watcher on the real thing.
+        let missing: Vec<PathBuf> = dirs.iter().filter(|d| !d.is_dir()).cloned().collect();
+        let mut watch_dirs: BTreeSet<PathBuf> = dirs.iter().filter(|d| d.is_dir()).cloned().collect();
+        for m in &missing {
+            if let Some(a) = m.ancestors().find(|a| a.is_dir()) {
+                watch_dirs.insert(a.to_owned());
+            }
+        }
         let relevant = move |p: &Path| {
-            files.contains(p)
+            missing.iter().any(|m| m.starts_with(p))
+                || files.contains(p)
                 || globs.iter().any(|g| g.matches_path(p))
                 || p.file_name()
                     .and_then(|n| n.to_str())
@@ -47,12 +58,8 @@ impl ConfigWatcher {
                 let _ = events.send(Event::ConfigChanged);
             }
         })?;
-        for d in &dirs {
-            if d.is_dir() {
-                watcher.watch(d, RecursiveMode::NonRecursive)?;
-            } else {
-                tracing::warn!("cannot watch {} for config changes: not a directory", d.display());
-            }
+        for d in &watch_dirs {
+            watcher.watch(d, RecursiveMode::NonRecursive)?;
         }
         Ok(ConfigWatcher { _watcher: watcher })
     }

@@ -1,2 +1,3 @@
 mod config;
 mod ledger;
+mod supervisor;
