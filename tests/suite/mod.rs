@@ -1,3 +1,4 @@
 mod config;
 mod ledger;
 mod supervisor;
+mod systemd_unit;
