@@ -1,3 +1,4 @@
 mod config;
 mod ledger;
+mod llm;
 mod supervisor;
