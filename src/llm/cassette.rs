@@ -123,7 +123,9 @@ impl RequestSummary {
             last_role: last.map(|m| m.role().to_string()),
             tool_results: Some(answered_calls(req).into_iter().collect()),
             tools: Some(offered_tools(req).into_iter().collect()),
-            last_content: last.and_then(|m| m.content()).map(|c| c.chars().take(HINT_CHARS).collect()),
+            last_content: last
+                .and_then(|m| m.content())
+                .map(|c| c.chars().take(HINT_CHARS).collect()),
         }
     }
 }
@@ -163,7 +165,10 @@ impl Cassette {
             source,
         };
         let dir = path.parent().unwrap_or(Path::new("."));
-        let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        let name = path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
         let tmp = dir.join(format!(".{name}.{}.tmp", std::process::id()));
         let mut text = serde_json::to_string_pretty(self)
             .map_err(|e| io_err(std::io::Error::other(format!("cannot encode the cassette: {e}"))))?;
@@ -291,6 +296,7 @@ impl Player {
         *next += 1;
         let mut reply = exchange.response.clone();
         reply.retries.clear();
+        reply.fill_missing_ids();
         Ok(reply)
     }
 }

@@ -26,9 +26,7 @@ use reqwest::header::{AUTHORIZATION, HeaderValue};
 
 use super::cassette::{Player, Recorder};
 use super::retry::{RetryPolicy, parse_retry_after};
-use super::types::{
-    ChunkChoice, DeltaToolCall, StreamOptions, WireChunk, WireRequest, WireResponse,
-};
+use super::types::{ChunkChoice, DeltaToolCall, StreamOptions, WireChunk, WireRequest, WireResponse};
 use super::{ChatRequest, ChatResponse, LlmError, RetryNote, ToolCall, Usage};
 use crate::config::LlmSpec;
 
@@ -59,8 +57,7 @@ impl std::fmt::Debug for LlmClient {
             Backend::Http(h) => d.field("base_url", &h.base_url).field("model", &h.model),
             Backend::Replay(p) => d.field("replay", p),
         };
-        d.field("recording", &self.recorder.as_ref().map(|r| r.path()))
-            .finish()
+        d.field("recording", &self.recorder.as_ref().map(|r| r.path())).finish()
     }
 }
 
@@ -571,14 +568,8 @@ fn scrub(err: LlmError, key: Option<&str>) -> LlmError {
     }
 }
 
-/// Gives tool calls without an id (some local servers omit it) one, so
-/// the tool messages answering them can refer to it.
 fn finish(mut reply: ChatResponse) -> ChatResponse {
-    for (i, call) in reply.tool_calls.iter_mut().enumerate() {
-        if call.id.is_empty() {
-            call.id = format!("call_{i}");
-        }
-    }
+    reply.fill_missing_ids();
     reply
 }
 

@@ -91,9 +91,7 @@ impl LlmError {
             LlmError::Http { status, message, .. } => {
                 // OpenAI sends 429 for an exhausted quota too; that one
                 // does not get better by waiting.
-                (*status == 429 && !message.contains("insufficient_quota"))
-                    || *status == 408
-                    || *status >= 500
+                (*status == 429 && !message.contains("insufficient_quota")) || *status == 408 || *status >= 500
             }
             LlmError::Timeout { .. } | LlmError::Connection(_) | LlmError::Malformed(_) => true,
             LlmError::Stream { text_delivered, .. } => !text_delivered,

@@ -107,7 +107,10 @@ mod tests {
 
     #[test]
     fn retry_after_seconds_ms_and_dates() {
-        assert_eq!(parse_retry_after(&headers(&[("retry-after", "7")])), Some(Duration::from_secs(7)));
+        assert_eq!(
+            parse_retry_after(&headers(&[("retry-after", "7")])),
+            Some(Duration::from_secs(7))
+        );
         assert_eq!(
             parse_retry_after(&headers(&[("retry-after", "1.5")])),
             Some(Duration::from_millis(1500))
@@ -141,9 +144,16 @@ mod tests {
             message: String::new(),
             retry_after: Some(Duration::from_secs(3600)),
         };
-        assert_eq!(policy.delay_after(&err, Duration::from_millis(5)), Duration::from_secs(60));
+        assert_eq!(
+            policy.delay_after(&err, Duration::from_millis(5)),
+            Duration::from_secs(60)
+        );
         let delays: Vec<Duration> = policy.backoff().collect();
         assert_eq!(delays.len(), 3);
-        assert!(delays.iter().all(|d| *d >= Duration::from_millis(100) && *d <= Duration::from_millis(600)));
+        assert!(
+            delays
+                .iter()
+                .all(|d| *d >= Duration::from_millis(100) && *d <= Duration::from_millis(600))
+        );
     }
 }

@@ -44,11 +44,15 @@ pub enum ChatMessage {
 
 impl ChatMessage {
     pub fn system(content: impl Into<String>) -> ChatMessage {
-        ChatMessage::System { content: content.into() }
+        ChatMessage::System {
+            content: content.into(),
+        }
     }
 
     pub fn user(content: impl Into<String>) -> ChatMessage {
-        ChatMessage::User { content: content.into() }
+        ChatMessage::User {
+            content: content.into(),
+        }
     }
 
     pub fn assistant(content: impl Into<String>) -> ChatMessage {
@@ -277,6 +281,16 @@ impl ChatResponse {
         ChatMessage::Assistant {
             content: self.content.clone(),
             tool_calls: self.tool_calls.clone(),
+        }
+    }
+
+    /// Gives tool calls without an id (some local servers, hand-written
+    /// cassettes) one, so the tool messages answering them can refer to it.
+    pub(crate) fn fill_missing_ids(&mut self) {
+        for (i, call) in self.tool_calls.iter_mut().enumerate() {
+            if call.id.is_empty() {
+                call.id = format!("call_{i}");
+            }
         }
     }
 }

@@ -70,7 +70,10 @@ fn tools() -> Vec<ToolDef> {
 }
 
 fn ask(text: &str) -> ChatRequest {
-    ChatRequest::new(vec![ChatMessage::system("You keep notes."), ChatMessage::user(text)], tools())
+    ChatRequest::new(
+        vec![ChatMessage::system("You keep notes."), ChatMessage::user(text)],
+        tools(),
+    )
 }
 
 /// Runs one completion, collecting the text deltas.
@@ -110,7 +113,10 @@ async fn text_reply_is_returned_and_passed_to_on_text() {
     assert_eq!(body["model"], "test-model");
     assert_eq!(body["stream"], false);
     assert!((body["temperature"].as_f64().unwrap() - 0.2).abs() < 1e-6);
-    assert_eq!(body["messages"][0], json!({"role": "system", "content": "You keep notes."}));
+    assert_eq!(
+        body["messages"][0],
+        json!({"role": "system", "content": "You keep notes."})
+    );
     assert_eq!(body["messages"][1], json!({"role": "user", "content": "summarise"}));
     assert_eq!(
         body["tools"][0],
@@ -133,9 +139,15 @@ async fn several_tool_calls_in_one_reply_are_parsed() {
     assert_eq!(reply.finish_reason.as_deref(), Some("tool_calls"));
     assert_eq!(
         reply.tool_calls,
-        [call("call_a", "read_file", r#"{"path":"notes.md"}"#), call("call_b", "list_files", "")]
+        [
+            call("call_a", "read_file", r#"{"path":"notes.md"}"#),
+            call("call_b", "list_files", "")
+        ]
     );
-    assert_eq!(reply.tool_calls[0].arguments_json().unwrap(), json!({"path": "notes.md"}));
+    assert_eq!(
+        reply.tool_calls[0].arguments_json().unwrap(),
+        json!({"path": "notes.md"})
+    );
     assert_eq!(reply.tool_calls[1].arguments_json().unwrap(), json!({}));
 }
 
@@ -155,7 +167,10 @@ async fn conversation_with_tool_results_is_sent_in_openai_shape() {
         json!({"role": "assistant", "content": null, "tool_calls": [
             {"id": "call_a", "type": "function", "function": {"name": "read_file", "arguments": "{\"path\":\"a\"}"}}]})
     );
-    assert_eq!(body["messages"][3], json!({"role": "tool", "tool_call_id": "call_a", "content": "file contents"}));
+    assert_eq!(
+        body["messages"][3],
+        json!({"role": "tool", "tool_call_id": "call_a", "content": "file contents"})
+    );
 }
 
 // ---- streaming ----
@@ -205,7 +220,10 @@ async fn streamed_tool_call_deltas_are_assembled_by_index() {
     assert_eq!(reply.content.as_deref(), Some("Let me look. "));
     assert_eq!(
         reply.tool_calls,
-        [call("call_1", "read_file", r#"{"path": "notes.md"}"#), call("call_2", "list_files", "{}")]
+        [
+            call("call_1", "read_file", r#"{"path": "notes.md"}"#),
+            call("call_2", "list_files", "{}")
+        ]
     );
     assert_eq!(reply.finish_reason.as_deref(), Some("tool_calls"));
     assert_eq!(reply.usage.total(), 39);
@@ -215,7 +233,10 @@ async fn streamed_tool_call_deltas_are_assembled_by_index() {
 async fn tool_calls_without_index_or_id_still_assemble() {
     // Seen from some local servers: no `index`, the whole call in one delta, no id.
     let server = LlmServer::start(vec![Reply::sse(vec![
-        chunk(json!({"tool_calls": [{"function": {"name": "read_file", "arguments": {"path": "a.md"}}}]}), Value::Null),
+        chunk(
+            json!({"tool_calls": [{"function": {"name": "read_file", "arguments": {"path": "a.md"}}}]}),
+            Value::Null,
+        ),
         chunk(json!({}), json!("tool_calls")),
     ])]);
     let reply = complete(&client(&server), &ask("look")).await.0.expect("reply");
@@ -250,7 +271,11 @@ async fn rate_limit_with_retry_after_is_retried_then_succeeds() {
     assert_eq!(reply.retries.len(), 1);
     assert_eq!(reply.retries[0].attempt, 1);
     assert!(reply.retries[0].error.contains("429"), "{}", reply.retries[0].error);
-    assert!(reply.retries[0].error.contains("Rate limit reached"), "{}", reply.retries[0].error);
+    assert!(
+        reply.retries[0].error.contains("Rate limit reached"),
+        "{}",
+        reply.retries[0].error
+    );
     // Retry-After: 0 replaces the backoff delay.
     assert_eq!(reply.retries[0].delay_ms, 0);
 }
@@ -279,7 +304,10 @@ async fn server_error_is_retried() {
     assert_eq!(reply.content.as_deref(), Some("fine now"));
     assert_eq!(server.request_count(), 3);
     let errors: Vec<&str> = reply.retries.iter().map(|r| r.error.as_str()).collect();
-    assert!(errors[0].contains("500") && errors[0].contains("upstream exploded"), "{errors:?}");
+    assert!(
+        errors[0].contains("500") && errors[0].contains("upstream exploded"),
+        "{errors:?}"
+    );
     assert!(errors[1].contains("502"), "{errors:?}");
     assert_eq!(reply.retries.iter().map(|r| r.attempt).collect::<Vec<_>>(), [1, 2]);
 }
@@ -314,7 +342,10 @@ async fn client_errors_fail_at_once_with_the_provider_message() {
         (404, "not_found_error", "The model `gpt-9` does not exist"),
     ] {
         let server = LlmServer::start(vec![Reply::error(status, kind, message), Reply::text("never")]);
-        let err = complete(&client(&server), &ask("hi")).await.0.expect_err("client error");
+        let err = complete(&client(&server), &ask("hi"))
+            .await
+            .0
+            .expect_err("client error");
         assert_eq!(server.request_count(), 1, "{status} must not be retried");
         assert_eq!(err.status(), Some(status));
         assert!(!err.is_retryable());
@@ -339,13 +370,24 @@ async fn malformed_json_is_a_clear_retryable_error() {
     let server = LlmServer::start(vec![Reply::malformed(), Reply::text("whole")]);
     let reply = complete(&plain_client(&server), &ask("hi")).await.0.expect("retried");
     assert_eq!(reply.content.as_deref(), Some("whole"));
-    assert!(reply.retries[0].error.contains("malformed response"), "{:?}", reply.retries);
+    assert!(
+        reply.retries[0].error.contains("malformed response"),
+        "{:?}",
+        reply.retries
+    );
 
-    let server = LlmServer::start(vec![Reply::malformed(), Reply::malformed(), Reply::json(json!({"no": "choices"}))]);
+    let server = LlmServer::start(vec![
+        Reply::malformed(),
+        Reply::malformed(),
+        Reply::json(json!({"no": "choices"})),
+    ]);
     let client = plain_client(&server).with_retry_policy(fast_retries(1));
     let err = complete(&client, &ask("hi")).await.0.expect_err("stays malformed");
     let text = err.to_string();
-    assert!(text.contains("gave up after 2 attempts") && text.contains("malformed response"), "{text}");
+    assert!(
+        text.contains("gave up after 2 attempts") && text.contains("malformed response"),
+        "{text}"
+    );
     assert!(text.contains("the body starts with"), "{text}");
 }
 
@@ -360,25 +402,44 @@ async fn completion_without_choices_is_malformed() {
 
 #[tokio::test]
 async fn malformed_stream_event_before_any_text_is_retried() {
-    let server = LlmServer::start(vec![Reply::sse_raw(&["{\"choices\": [{\"delta\": "]), Reply::stream_text(&["fine"])]);
+    let server = LlmServer::start(vec![
+        Reply::sse_raw(&["{\"choices\": [{\"delta\": "]),
+        Reply::stream_text(&["fine"]),
+    ]);
     let reply = complete(&client(&server), &ask("hi")).await.0.expect("retried");
     assert_eq!(reply.content.as_deref(), Some("fine"));
     assert_eq!(reply.retries.len(), 1);
-    assert!(reply.retries[0].error.contains("not a completion chunk"), "{:?}", reply.retries);
+    assert!(
+        reply.retries[0].error.contains("not a completion chunk"),
+        "{:?}",
+        reply.retries
+    );
 }
 
 #[tokio::test]
 async fn stream_failing_after_text_is_not_retried() {
     // Retrying would show the same words twice in the REPL.
     let server = LlmServer::start(vec![
-        Reply::sse_raw(&[&chunk(json!({"content": "Hal"}), Value::Null).to_string(), "{\"error\": {\"message\": \"model crashed\"}}"]),
+        Reply::sse_raw(&[
+            &chunk(json!({"content": "Hal"}), Value::Null).to_string(),
+            "{\"error\": {\"message\": \"model crashed\"}}",
+        ]),
         Reply::text("never"),
     ]);
     let (err, deltas) = complete(&client(&server), &ask("hi")).await;
     let err = err.expect_err("broken stream");
     assert_eq!(deltas, ["Hal"]);
     assert_eq!(server.request_count(), 1);
-    assert!(matches!(err, LlmError::Stream { text_delivered: true, .. }), "{err:?}");
+    assert!(
+        matches!(
+            err,
+            LlmError::Stream {
+                text_delivered: true,
+                ..
+            }
+        ),
+        "{err:?}"
+    );
     assert!(err.to_string().contains("model crashed"), "{err}");
 }
 
@@ -400,6 +461,67 @@ async fn stall_hits_the_request_timeout() {
 }
 
 #[tokio::test]
+async fn stream_that_goes_quiet_after_text_fails_without_retry() {
+    let server = LlmServer::start(vec![
+        Reply::sse_then_stall(vec![chunk(json!({"content": "partial"}), Value::Null)]),
+        Reply::stream_text(&["never"]),
+    ]);
+    let spec = LlmSpec {
+        request_timeout: Duration::from_millis(300),
+        ..spec(&server)
+    };
+    let client = LlmClient::new(&spec, "test-model")
+        .unwrap()
+        .with_retry_policy(fast_retries(2));
+    let (err, deltas) = complete(&client, &ask("hi")).await;
+    let err = err.expect_err("went quiet");
+    assert_eq!(deltas, ["partial"]);
+    assert_eq!(server.request_count(), 1);
+    assert!(
+        matches!(
+            err,
+            LlmError::Stream {
+                text_delivered: true,
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+    assert!(err.to_string().contains("sent nothing for 300ms"), "{err}");
+}
+
+#[tokio::test]
+async fn stream_that_goes_quiet_before_text_is_retried() {
+    let server = LlmServer::start(vec![
+        Reply::sse_then_stall(vec![chunk(json!({"role": "assistant", "content": ""}), Value::Null)]),
+        Reply::stream_text(&["second try"]),
+    ]);
+    let spec = LlmSpec {
+        request_timeout: Duration::from_millis(300),
+        ..spec(&server)
+    };
+    let client = LlmClient::new(&spec, "test-model")
+        .unwrap()
+        .with_retry_policy(fast_retries(2));
+    let (reply, deltas) = complete(&client, &ask("hi")).await;
+    assert_eq!(reply.expect("retried").retries.len(), 1);
+    assert_eq!(deltas, ["second try"]);
+}
+
+#[test]
+fn the_client_and_its_futures_can_move_between_threads() {
+    fn send<T: Send>(_: &T) {}
+    fn sync<T: Sync>(_: &T) {}
+    let client = LlmClient::new(&LlmSpec::default(), "m").unwrap();
+    send(&client);
+    sync(&client);
+    let req = ask("hi");
+    let mut on_text = |_: &str| {};
+    let fut = client.complete(&req, &mut on_text);
+    send(&fut);
+}
+
+#[tokio::test]
 async fn stalled_request_is_retried_like_any_timeout() {
     let server = LlmServer::start(vec![Reply::Stall, Reply::text("late but here")]);
     let spec = LlmSpec {
@@ -418,7 +540,11 @@ async fn stalled_request_is_retried_like_any_timeout() {
 #[tokio::test]
 async fn unreachable_provider_is_a_connection_error() {
     // Bind then drop: nothing listens on that port any more.
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
     let spec = LlmSpec {
         base_url: format!("http://127.0.0.1:{port}/v1"),
         api_key_env: None,
@@ -429,7 +555,10 @@ async fn unreachable_provider_is_a_connection_error() {
     let client = LlmClient::new(&spec, "m").unwrap().with_retry_policy(fast_retries(1));
     let err = complete(&client, &ask("hi")).await.0.expect_err("refused");
     let text = err.to_string();
-    assert!(text.contains("gave up after 2 attempts") && text.contains("could not talk to the provider"), "{text}");
+    assert!(
+        text.contains("gave up after 2 attempts") && text.contains("could not talk to the provider"),
+        "{text}"
+    );
 }
 
 // ---- tolerance ----
@@ -449,7 +578,10 @@ async fn empty_null_and_unknown_finish_reasons_do_not_break_parsing() {
         odd(json!("")),
         odd(Value::Null),
         odd(json!("eos_token_or_something_new")),
-        Reply::sse(vec![chunk(json!({"content": "x"}), json!("")), chunk(json!({}), json!("end_turn"))]),
+        Reply::sse(vec![
+            chunk(json!({"content": "x"}), json!("")),
+            chunk(json!({}), json!("end_turn")),
+        ]),
     ]);
     let client = plain_client(&server);
     let mut reasons = Vec::new();
@@ -459,7 +591,10 @@ async fn empty_null_and_unknown_finish_reasons_do_not_break_parsing() {
         reasons.push(reply.finish_reason);
     }
     assert_eq!(reasons, [None, None, Some("eos_token_or_something_new".to_string())]);
-    let streamed = complete(&client.with_streaming(true), &ask("hi")).await.0.expect("stream");
+    let streamed = complete(&client.with_streaming(true), &ask("hi"))
+        .await
+        .0
+        .expect("stream");
     assert_eq!(streamed.finish_reason.as_deref(), Some("end_turn"));
 }
 
@@ -503,9 +638,12 @@ fn conversation_types_round_trip_through_json() {
     assert_eq!(back, reply);
 
     // What providers and older snapshots may hold instead.
-    let odd: ChatMessage = serde_json::from_value(json!({"role": "developer", "content": [{"type": "text", "text": "sys"}]})).unwrap();
+    let odd: ChatMessage =
+        serde_json::from_value(json!({"role": "developer", "content": [{"type": "text", "text": "sys"}]})).unwrap();
     assert_eq!(odd, ChatMessage::system("sys"));
-    let odd: ChatMessage = serde_json::from_value(json!({"role": "assistant", "content": "hi", "tool_calls": null, "name": "bot"})).unwrap();
+    let odd: ChatMessage =
+        serde_json::from_value(json!({"role": "assistant", "content": "hi", "tool_calls": null, "name": "bot"}))
+            .unwrap();
     assert_eq!(odd, ChatMessage::assistant("hi"));
 }
 
@@ -521,7 +659,10 @@ async fn api_key_is_sent_as_bearer_from_the_named_variable() {
     };
     let client = LlmClient::new(&spec, "test-model").unwrap();
     complete(&client, &ask("hi")).await.0.expect("reply");
-    assert_eq!(server.requests()[0].header("authorization"), Some(format!("Bearer {KEY}").as_str()));
+    assert_eq!(
+        server.requests()[0].header("authorization"),
+        Some(format!("Bearer {KEY}").as_str())
+    );
 }
 
 #[tokio::test]
@@ -538,12 +679,17 @@ async fn api_key_never_appears_in_errors_or_debug_output() {
         api_key_env: Some(KEY_VAR.into()),
         ..spec(&server)
     };
-    let client = LlmClient::new(&spec, "test-model").unwrap().with_retry_policy(fast_retries(1));
+    let client = LlmClient::new(&spec, "test-model")
+        .unwrap()
+        .with_retry_policy(fast_retries(1));
     let err = complete(&client, &ask("hi")).await.0.expect_err("401");
     for shown in [err.to_string(), format!("{err:?}"), format!("{client:?}")] {
         assert!(!shown.contains(KEY), "key leaked: {shown}");
     }
-    assert!(err.to_string().contains("Incorrect API key provided: [redacted]"), "{err}");
+    assert!(
+        err.to_string().contains("Incorrect API key provided: [redacted]"),
+        "{err}"
+    );
 
     let err = complete(&client, &ask("hi")).await.0.expect_err("500s");
     for shown in [err.to_string(), format!("{err:?}")] {
@@ -558,7 +704,10 @@ async fn missing_key_variable_is_named_and_nothing_is_sent() {
         api_key_env: Some("AGENTD_LLM_TEST_UNSET_KEY".into()),
         ..spec(&server)
     };
-    let err = complete(&LlmClient::new(&spec, "m").unwrap(), &ask("hi")).await.0.expect_err("no key");
+    let err = complete(&LlmClient::new(&spec, "m").unwrap(), &ask("hi"))
+        .await
+        .0
+        .expect_err("no key");
     assert!(matches!(err, LlmError::MissingApiKey { .. }), "{err:?}");
     assert!(err.to_string().contains("AGENTD_LLM_TEST_UNSET_KEY"), "{err}");
     assert_eq!(server.request_count(), 0);
@@ -576,7 +725,14 @@ async fn no_key_variable_sends_no_authorization_header() {
 #[test]
 fn bad_settings_are_rejected_up_front() {
     let base = LlmSpec::default();
-    let err = LlmClient::new(&LlmSpec { base_url: "localhost:11434".into(), ..base.clone() }, "m").unwrap_err();
+    let err = LlmClient::new(
+        &LlmSpec {
+            base_url: "localhost:11434".into(),
+            ..base.clone()
+        },
+        "m",
+    )
+    .unwrap_err();
     assert!(err.to_string().contains("llm.base_url"), "{err}");
     let err = LlmClient::new(&base, "replay:").unwrap_err();
     assert!(err.to_string().contains("cassette path"), "{err}");
@@ -600,7 +756,8 @@ async fn run_task(client: &LlmClient, trigger: &str) -> Vec<ChatResponse> {
             break;
         }
         for c in calls {
-            req.messages.push(ChatMessage::tool(c.id, format!("output of {}", c.name)));
+            req.messages
+                .push(ChatMessage::tool(c.id, format!("output of {}", c.name)));
         }
     }
     replies
@@ -610,7 +767,10 @@ async fn run_task(client: &LlmClient, trigger: &str) -> Vec<ChatResponse> {
 async fn recorded_run_replays_the_same_replies_without_a_server() {
     let dir = tempdir();
     let server = LlmServer::start(vec![
-        Reply::stream_tool_calls(&[("call_1", "read_file", r#"{"path":"notes.md"}"#), ("call_2", "list_files", "{}")]),
+        Reply::stream_tool_calls(&[
+            ("call_1", "read_file", r#"{"path":"notes.md"}"#),
+            ("call_2", "list_files", "{}"),
+        ]),
         Reply::stream_text(&["Notes ", "read."]),
         Reply::rate_limited("0"),
         Reply::stream_text(&["Second task ", "done."]),
@@ -627,8 +787,14 @@ async fn recorded_run_replays_the_same_replies_without_a_server() {
     let cassette = Cassette::load(&cassette_path).expect("a valid cassette");
     assert_eq!(cassette.exchanges.len(), 3);
     assert_eq!(cassette.agent.as_deref(), Some("notes"));
-    assert_eq!(cassette.exchanges[1].request.tool_results, Some(vec!["call_1".into(), "call_2".into()]));
-    let leftovers: Vec<_> = std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
+    assert_eq!(
+        cassette.exchanges[1].request.tool_results,
+        Some(vec!["call_1".into(), "call_2".into()])
+    );
+    let leftovers: Vec<_> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
     assert_eq!(leftovers.len(), 1, "no temporary files left: {leftovers:?}");
 
     // Different user text on replay is fine: only the shape must match.
@@ -677,13 +843,19 @@ async fn hand_written_cassette_with_only_responses_replays() {
 #[tokio::test]
 async fn replay_that_runs_out_fails_clearly() {
     let dir = tempdir();
-    let model = write_cassette(dir.path(), json!({"agentd_cassette": 1, "exchanges": [{"response": {"content": "only one"}}]}));
+    let model = write_cassette(
+        dir.path(),
+        json!({"agentd_cassette": 1, "exchanges": [{"response": {"content": "only one"}}]}),
+    );
     let player = LlmClient::new(&LlmSpec::default(), &model).unwrap();
     complete(&player, &ask("1")).await.0.expect("first");
     let err = complete(&player, &ask("2")).await.0.expect_err("ran out");
     let text = err.to_string();
     assert!(matches!(err, LlmError::ReplayExhausted { len: 1, .. }), "{err:?}");
-    assert!(text.contains("hand.cassette.json") && text.contains("1 recorded replies") && text.contains("reply 2"), "{text}");
+    assert!(
+        text.contains("hand.cassette.json") && text.contains("1 recorded replies") && text.contains("reply 2"),
+        "{text}"
+    );
 }
 
 #[tokio::test]
@@ -718,11 +890,17 @@ async fn replay_mismatch_says_what_was_expected_and_what_came() {
     req.messages.push(ChatMessage::tool("call_other", "x"));
     let err = complete(&player, &req).await.0.expect_err("wrong tool result");
     let text = err.to_string();
-    assert!(text.contains("reply 2") && text.contains("call_9") && text.contains("call_other"), "{text}");
+    assert!(
+        text.contains("reply 2") && text.contains("call_9") && text.contains("call_other"),
+        "{text}"
+    );
 
     // A user message where a tool result was expected.
     let err = complete(&player, &ask("again")).await.0.expect_err("wrong role");
-    assert!(err.to_string().contains("ending with a tool message") && err.to_string().contains("user"), "{err}");
+    assert!(
+        err.to_string().contains("ending with a tool message") && err.to_string().contains("user"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -730,7 +908,10 @@ fn unreadable_cassettes_are_reported_with_their_path() {
     let dir = tempdir();
     let model = write_cassette(dir.path(), json!({"agentd_cassette": 1, "exchange": []}));
     let err = LlmClient::new(&LlmSpec::default(), &model).unwrap_err();
-    assert!(err.to_string().contains("hand.cassette.json") && err.to_string().contains("exchange"), "{err}");
+    assert!(
+        err.to_string().contains("hand.cassette.json") && err.to_string().contains("exchange"),
+        "{err}"
+    );
     let model = write_cassette(dir.path(), json!({"agentd_cassette": 7, "exchanges": []}));
     let err = LlmClient::new(&LlmSpec::default(), &model).unwrap_err();
     assert!(err.to_string().contains("version 7"), "{err}");
@@ -746,6 +927,10 @@ async fn recording_continues_an_existing_cassette() {
     let second = plain_client(&server).with_recording(dir.path(), "a").unwrap();
     complete(&second, &ask("y")).await.0.unwrap();
     let cassette = Cassette::load(&dir.path().join("a.cassette.json")).unwrap();
-    let contents: Vec<_> = cassette.exchanges.iter().map(|e| e.response.content.clone().unwrap()).collect();
+    let contents: Vec<_> = cassette
+        .exchanges
+        .iter()
+        .map(|e| e.response.content.clone().unwrap())
+        .collect();
     assert_eq!(contents, ["one", "two"]);
 }

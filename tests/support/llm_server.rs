@@ -32,8 +32,9 @@ pub enum Reply {
         body: String,
     },
     /// A 200 `text/event-stream`; each item is one event's data (sent as
-    /// `data: …`), followed by `data: [DONE]`, each flushed on its own.
-    Sse { events: Vec<String>, done: bool },
+    /// `data: …`), followed by `data: [DONE]`, each flushed on its own;
+    /// with `stall`, the connection goes quiet after the events instead.
+    Sse { events: Vec<String>, stall: bool },
     /// Reads the request, then never answers (until the server drops).
     Stall,
 }
@@ -57,7 +58,9 @@ impl Reply {
     pub fn tool_calls(calls: &[(&str, &str, &str)]) -> Reply {
         let calls = calls
             .iter()
-            .map(|(id, name, args)| json!({"id": id, "type": "function", "function": {"name": name, "arguments": args}}))
+            .map(
+                |(id, name, args)| json!({"id": id, "type": "function", "function": {"name": name, "arguments": args}}),
+            )
             .collect();
         Reply::json(completion(Value::Null, calls, json!("tool_calls")))
     }
@@ -83,7 +86,10 @@ impl Reply {
                 Value::Null,
             ));
             for piece in [a, b] {
-                events.push(chunk(json!({"tool_calls": [{"index": i, "function": {"arguments": piece}}]}), Value::Null));
+                events.push(chunk(
+                    json!({"tool_calls": [{"index": i, "function": {"arguments": piece}}]}),
+                    Value::Null,
+                ));
             }
         }
         events.push(chunk(json!({}), json!("tool_calls")));
@@ -95,7 +101,15 @@ impl Reply {
     pub fn sse(events: Vec<Value>) -> Reply {
         Reply::Sse {
             events: events.into_iter().map(|e| e.to_string()).collect(),
-            done: true,
+            stall: false,
+        }
+    }
+
+    /// The chunk objects, then silence (until the server drops).
+    pub fn sse_then_stall(events: Vec<Value>) -> Reply {
+        Reply::Sse {
+            events: events.into_iter().map(|e| e.to_string()).collect(),
+            stall: true,
         }
     }
 
@@ -103,7 +117,7 @@ impl Reply {
     pub fn sse_raw(events: &[&str]) -> Reply {
         Reply::Sse {
             events: events.iter().map(|e| e.to_string()).collect(),
-            done: true,
+            stall: false,
         }
     }
 
@@ -118,7 +132,10 @@ impl Reply {
 
     /// An OpenAI-style error object with a status.
     pub fn error(status: u16, kind: &str, message: &str) -> Reply {
-        Reply::status(status, &json!({"error": {"message": message, "type": kind, "param": null, "code": null}}).to_string())
+        Reply::status(
+            status,
+            &json!({"error": {"message": message, "type": kind, "param": null, "code": null}}).to_string(),
+        )
     }
 
     /// 429 with `Retry-After: retry_after`.
@@ -337,7 +354,7 @@ fn serve(conn: TcpStream, state: &State) -> std::io::Result<()> {
             r#"{"error": {"message": "the test script has no more replies"}}"#,
         ),
         Some(Reply::Http { status, headers, body }) => write_http(&mut out, status, &headers, &body),
-        Some(Reply::Sse { events, done }) => {
+        Some(Reply::Sse { events, stall }) => {
             write!(
                 out,
                 "HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nCache-Control: no-cache\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n"
@@ -350,18 +367,25 @@ fn serve(conn: TcpStream, state: &State) -> std::io::Result<()> {
             for e in &events {
                 send(e)?;
             }
-            if done {
-                send("[DONE]")?;
+            if stall {
+                wait_for_stop(state);
+                return Ok(());
             }
+            send("[DONE]")?;
             write!(out, "0\r\n\r\n")?;
             out.flush()
         }
         Some(Reply::Stall) => {
-            let stopped = state.stopped.lock().unwrap();
-            let _ = state.wake.wait_timeout_while(stopped, STALL_MAX, |s| !*s);
+            wait_for_stop(state);
             Ok(())
         }
     }
+}
+
+/// Holds a connection open until the server drops (or [`STALL_MAX`]).
+fn wait_for_stop(state: &State) {
+    let stopped = state.stopped.lock().unwrap();
+    let _ = state.wake.wait_timeout_while(stopped, STALL_MAX, |s| !*s);
 }
 
 fn write_http(out: &mut TcpStream, status: u16, headers: &[(String, String)], body: &str) -> std::io::Result<()> {
@@ -376,7 +400,10 @@ fn write_http(out: &mut TcpStream, status: u16, headers: &[(String, String)], bo
         503 => "Service Unavailable",
         _ => "Status",
     };
-    let mut head = format!("HTTP/1.1 {status} {reason}\r\nContent-Length: {}\r\nConnection: close\r\n", body.len());
+    let mut head = format!(
+        "HTTP/1.1 {status} {reason}\r\nContent-Length: {}\r\nConnection: close\r\n",
+        body.len()
+    );
     if !headers.iter().any(|(k, _)| k.eq_ignore_ascii_case("content-type")) {
         head.push_str("Content-Type: application/json\r\n");
     }
