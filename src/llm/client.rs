@@ -97,8 +97,8 @@ impl LlmClient {
         self
     }
 
-    /// Replaces the retry timing (the count still comes from the spec
-    /// unless set here too).
+    /// Replaces the retry policy built from the spec (count and timing);
+    /// tests use it to retry without waiting.
     pub fn with_retry_policy(mut self, policy: RetryPolicy) -> LlmClient {
         if let Backend::Http(h) = &mut self.backend {
             h.policy = policy;

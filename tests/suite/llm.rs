@@ -561,6 +561,20 @@ async fn unreachable_provider_is_a_connection_error() {
     );
 }
 
+#[tokio::test]
+async fn tls_to_a_plain_http_server_fails_cleanly() {
+    // Exercises the TLS setup (rustls) without any network: the handshake
+    // meets a plain HTTP server on loopback and must fail, not panic.
+    let server = LlmServer::start(vec![]);
+    let spec = LlmSpec {
+        base_url: server.base_url().replace("http://", "https://"),
+        max_retries: 0,
+        ..spec(&server)
+    };
+    let err = complete(&LlmClient::new(&spec, "m").unwrap(), &ask("hi")).await.0.expect_err("no TLS there");
+    assert!(matches!(err, LlmError::Connection(_)), "{err:?}");
+}
+
 // ---- tolerance ----
 
 #[tokio::test]
@@ -933,4 +947,33 @@ async fn recording_continues_an_existing_cassette() {
         .map(|e| e.response.content.clone().unwrap())
         .collect();
     assert_eq!(contents, ["one", "two"]);
+}
+
+/// Not a test: prints how long one completion takes against the loopback
+/// server (p50/p90), an upper bound on the client's own overhead (each
+/// request also opens a TCP connection and a server thread). Run with
+/// `cargo test --release --test all llm::overhead -- --ignored --nocapture`.
+#[tokio::test]
+#[ignore = "measurement, run by hand"]
+async fn overhead_of_one_completion_on_loopback() {
+    const N: usize = 300;
+    let server = LlmServer::start(Vec::new());
+    for _ in 0..N {
+        server.push(Reply::stream_text(&["a", "b", "c"]));
+    }
+    let client = client(&server);
+    let req = ask("hi");
+    let mut times = Vec::with_capacity(N);
+    for _ in 0..N {
+        let t = std::time::Instant::now();
+        complete(&client, &req).await.0.expect("reply");
+        times.push(t.elapsed());
+    }
+    times.sort();
+    println!(
+        "streamed completion on loopback: p50 {:?}, p90 {:?}, max {:?}",
+        times[N / 2],
+        times[N * 9 / 10],
+        times[N - 1]
+    );
 }
