@@ -153,6 +153,9 @@ struct HttpBackend {
     policy: RetryPolicy,
     /// Cleared for good once the provider shows it does not stream.
     stream: AtomicBool,
+    /// Built once: `OpenAIConfig::new` reads OPENAI_* variables (and warns
+    /// about some of them) every time it is called.
+    config: OpenAIConfig,
     http: OnceLock<reqwest::Client>,
 }
 
@@ -174,6 +177,13 @@ impl HttpBackend {
         if model.trim().is_empty() {
             return Err(LlmError::Config("the model name is empty".into()));
         }
+        // Every field is set explicitly: the defaults come from OPENAI_*
+        // variables, and an OpenAI key must never go to another provider.
+        let config = OpenAIConfig::new()
+            .with_api_base(base_url.clone())
+            .with_api_key("")
+            .with_org_id("")
+            .with_project_id("");
         Ok(HttpBackend {
             base_url,
             model: model.to_string(),
@@ -182,6 +192,7 @@ impl HttpBackend {
             timeout: spec.request_timeout,
             policy: RetryPolicy::from_spec(spec),
             stream: AtomicBool::new(true),
+            config,
             http: OnceLock::new(),
         })
     }
@@ -308,14 +319,13 @@ impl HttpBackend {
         seen: Arc<Mutex<Seen>>,
     ) -> Result<async_openai::Client<OpenAIConfig>, LlmError> {
         let http = self.http()?;
-        // Every field is set explicitly: the defaults read OPENAI_* from the
-        // environment, and an OpenAI key must never go to another provider.
-        let config = OpenAIConfig::new()
-            .with_api_base(self.base_url.clone())
-            .with_api_key("")
-            .with_org_id("")
-            .with_project_id("");
-        Ok(async_openai::Client::build(http.clone(), config).with_http_service(Transport { http, auth, seen }))
+        Ok(
+            async_openai::Client::build(http.clone(), self.config.clone()).with_http_service(Transport {
+                http,
+                auth,
+                seen,
+            }),
+        )
     }
 
     fn body<'a>(&'a self, req: &'a ChatRequest, stream: bool) -> WireRequest<'a> {

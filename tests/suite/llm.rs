@@ -571,7 +571,10 @@ async fn tls_to_a_plain_http_server_fails_cleanly() {
         max_retries: 0,
         ..spec(&server)
     };
-    let err = complete(&LlmClient::new(&spec, "m").unwrap(), &ask("hi")).await.0.expect_err("no TLS there");
+    let err = complete(&LlmClient::new(&spec, "m").unwrap(), &ask("hi"))
+        .await
+        .0
+        .expect_err("no TLS there");
     assert!(matches!(err, LlmError::Connection(_)), "{err:?}");
 }
 
