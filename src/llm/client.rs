@@ -77,7 +77,9 @@ impl LlmClient {
     }
 
     /// Also appends every successful exchange to `DIR/<agent>.cassette.json`
-    /// (continuing that cassette if it exists).
+    /// (continuing that cassette if it exists). The file is rewritten
+    /// atomically after each exchange; a failed write fails that call, since
+    /// the user asked for the recording.
     pub fn with_recording(mut self, dir: &Path, agent: &str) -> Result<LlmClient, LlmError> {
         let model = match &self.backend {
             Backend::Http(h) => h.model.clone(),
@@ -153,6 +155,9 @@ struct HttpBackend {
     policy: RetryPolicy,
     /// Cleared for good once the provider shows it does not stream.
     stream: AtomicBool,
+    /// Whether to ask for usage in streams (`stream_options`); cleared for
+    /// good once the provider refuses the field.
+    stream_usage: AtomicBool,
     /// Built once: `OpenAIConfig::new` reads OPENAI_* variables (and warns
     /// about some of them) every time it is called.
     config: OpenAIConfig,
@@ -192,6 +197,7 @@ impl HttpBackend {
             timeout: spec.request_timeout,
             policy: RetryPolicy::from_spec(spec),
             stream: AtomicBool::new(true),
+            stream_usage: AtomicBool::new(true),
             config,
             http: OnceLock::new(),
         })
@@ -297,7 +303,20 @@ impl HttpBackend {
         let seen = Arc::new(Mutex::new(Seen::default()));
         let client = self.openai(auth, seen.clone())?;
         if self.stream.load(Ordering::Relaxed) {
-            if let Some(reply) = self.attempt_stream(&client, &seen, req, on_text).await? {
+            let streamed = match self.attempt_stream(&client, &seen, req, on_text).await {
+                // Strict servers (e.g. ones that forbid extra fields) refuse
+                // `stream_options`; usage is then only as good as they send.
+                Err(LlmError::Http { status, message, .. })
+                    if matches!(status, 400 | 422)
+                        && message.contains("stream_options")
+                        && self.stream_usage.swap(false, Ordering::Relaxed) =>
+                {
+                    tracing::info!(model = %self.model, "the provider refuses stream_options; not sending it again");
+                    self.attempt_stream(&client, &seen, req, on_text).await?
+                }
+                other => other?,
+            };
+            if let Some(reply) = streamed {
                 return Ok(reply);
             }
             // No server-sent events at all: the provider ignored
@@ -335,7 +354,8 @@ impl HttpBackend {
             tools: &req.tools,
             temperature: self.temperature,
             stream,
-            stream_options: stream.then_some(StreamOptions { include_usage: true }),
+            stream_options: (stream && self.stream_usage.load(Ordering::Relaxed))
+                .then_some(StreamOptions { include_usage: true }),
         }
     }
 

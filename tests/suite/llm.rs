@@ -258,6 +258,34 @@ async fn provider_that_does_not_stream_is_detected_and_served_plainly() {
     assert_eq!(streamed, [json!(true), json!(false), json!(false)]);
 }
 
+#[tokio::test]
+async fn provider_that_refuses_stream_options_is_asked_again_without() {
+    let server = LlmServer::start(vec![
+        Reply::error(
+            422,
+            "invalid_request_error",
+            "stream_options: Extra inputs are not permitted",
+        ),
+        Reply::stream_text(&["ok"]),
+        Reply::stream_text(&["again"]),
+    ]);
+    let client = client(&server);
+    let reply = complete(&client, &ask("a")).await.0.expect("second request");
+    assert_eq!(reply.content.as_deref(), Some("ok"));
+    assert!(
+        reply.retries.is_empty(),
+        "not a failure of the provider: {:?}",
+        reply.retries
+    );
+    complete(&client, &ask("b")).await.0.expect("third request");
+    let sent: Vec<bool> = server
+        .requests()
+        .iter()
+        .map(|r| r.json().get("stream_options").is_some())
+        .collect();
+    assert_eq!(sent, [true, false, false]);
+}
+
 // ---- retries ----
 
 #[tokio::test]
@@ -662,6 +690,28 @@ fn conversation_types_round_trip_through_json() {
         serde_json::from_value(json!({"role": "assistant", "content": "hi", "tool_calls": null, "name": "bot"}))
             .unwrap();
     assert_eq!(odd, ChatMessage::assistant("hi"));
+}
+
+fn any_message() -> impl proptest::strategy::Strategy<Value = ChatMessage> {
+    use proptest::prelude::*;
+    let text = || any::<String>();
+    let tool_call = (text(), "[a-z_]{1,12}", text()).prop_map(|(id, name, arguments)| ToolCall { id, name, arguments });
+    prop_oneof![
+        text().prop_map(ChatMessage::system),
+        text().prop_map(ChatMessage::user),
+        (proptest::option::of(text()), proptest::collection::vec(tool_call, 0..3))
+            .prop_map(|(content, tool_calls)| ChatMessage::Assistant { content, tool_calls }),
+        (text(), text()).prop_map(|(id, content)| ChatMessage::tool(id, content)),
+    ]
+}
+
+proptest::proptest! {
+    #[test]
+    fn any_conversation_round_trips_through_json(messages in proptest::collection::vec(any_message(), 0..6)) {
+        let text = serde_json::to_string(&messages).unwrap();
+        let back: Vec<ChatMessage> = serde_json::from_str(&text).unwrap();
+        proptest::prop_assert_eq!(back, messages);
+    }
 }
 
 // ---- the API key ----
