@@ -375,11 +375,14 @@ impl HttpBackend {
         let mut choices = response.choices;
         let pos = choices.iter().position(|c| c.index == 0).unwrap_or(0);
         if choices.is_empty() {
-            return Err(LlmError::Malformed("the completion has no choices".into()));
+            return Err(LlmError::Malformed(match response.error {
+                Some(e) => format!("no choices; the provider reported: {}", provider_error_text(&e)),
+                None => "the completion has no choices".into(),
+            }));
         }
         let choice = choices.swap_remove(pos);
         let (content, tool_calls) = match choice.message {
-            Some(m) => (m.content, m.tool_calls),
+            Some(m) => (m.content.or(m.refusal), m.tool_calls),
             None => return Err(LlmError::Malformed("the completion's choice has no message".into())),
         };
         if let Some(text) = content.as_deref().filter(|t| !t.is_empty()) {

@@ -336,6 +336,9 @@ pub(crate) struct WireResponse {
     pub choices: Vec<WireChoice>,
     #[serde(default, deserialize_with = "null_as_default")]
     pub usage: Usage,
+    /// Some gateways report upstream failures in a 200 body.
+    #[serde(default)]
+    pub error: Option<Value>,
 }
 
 #[derive(Deserialize)]
@@ -355,6 +358,9 @@ pub(crate) struct WireAssistant {
     pub content: Option<String>,
     #[serde(default, deserialize_with = "null_as_default")]
     pub tool_calls: Vec<ToolCall>,
+    /// OpenAI's refusal text, sent instead of `content`.
+    #[serde(default, deserialize_with = "opt_text_content")]
+    pub refusal: Option<String>,
 }
 
 /// One server-sent event of a streamed completion.

@@ -426,6 +426,24 @@ async fn completion_without_choices_is_malformed() {
     let err = complete(&client, &ask("hi")).await.0.expect_err("no choices");
     assert!(matches!(err, LlmError::Malformed(_)), "{err:?}");
     assert!(err.to_string().contains("no choices"), "{err}");
+
+    // A gateway's error inside a 200 body is shown.
+    let server = LlmServer::start(vec![Reply::json(
+        json!({"error": {"message": "upstream timed out", "code": 504}}),
+    )]);
+    let client = plain_client(&server).with_retry_policy(fast_retries(0));
+    let err = complete(&client, &ask("hi")).await.0.expect_err("error body");
+    assert!(err.to_string().contains("upstream timed out"), "{err}");
+}
+
+#[tokio::test]
+async fn refusal_is_returned_as_the_text() {
+    let mut body = completion(Value::Null, Vec::new(), json!("stop"));
+    body["choices"][0]["message"]["refusal"] = json!("I can't help with that.");
+    let server = LlmServer::start(vec![Reply::json(body)]);
+    let (reply, deltas) = complete(&plain_client(&server), &ask("hi")).await;
+    assert_eq!(reply.unwrap().content.as_deref(), Some("I can't help with that."));
+    assert_eq!(deltas, ["I can't help with that."]);
 }
 
 #[tokio::test]
