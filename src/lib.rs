@@ -8,6 +8,7 @@ pub mod cli;
 pub mod config;
 pub mod control;
 pub mod ledger;
+pub mod llm;
 pub mod logging;
 pub mod protocol;
 pub mod sandbox;

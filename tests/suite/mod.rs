@@ -1,4 +1,5 @@
 mod config;
 mod ledger;
+mod llm;
 mod supervisor;
 mod systemd_unit;

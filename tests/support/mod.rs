@@ -73,3 +73,4 @@ pub fn alive(pid: u32) -> bool {
 }
 
 pub mod daemon;
+pub mod llm_server;
