@@ -4,5 +4,6 @@
 //! the map of modules and their invariants.
 
 pub mod config;
+pub mod fence;
 pub mod ledger;
 pub mod sandbox;
