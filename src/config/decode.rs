@@ -128,10 +128,7 @@ impl Cx<'_> {
     pub fn strings(&mut self, node: &Node, path: &str) -> Option<Vec<String>> {
         let items = self.list(node, path, false);
         let before = self.errors.len();
-        let out: Vec<String> = items
-            .into_iter()
-            .filter_map(|(n, p)| self.string(n, &p))
-            .collect();
+        let out: Vec<String> = items.into_iter().filter_map(|(n, p)| self.string(n, &p)).collect();
         (self.errors.len() == before).then_some(out)
     }
 
@@ -191,12 +188,25 @@ impl<'n> Map<'n> {
                 cx.error_at(k.span(), &p, msg);
             }
         }
-        Some(Map { node: map, path: path.to_owned() })
+        Some(Map {
+            node: map,
+            path: path.to_owned(),
+        })
     }
 
     /// The value of `key`, unless absent or written as null.
     pub fn get(&self, key: &str) -> Option<&'n Node> {
         self.node.get_node(key).filter(|n| !is_null(n))
+    }
+
+    /// Where the mapping starts, for errors about it as a whole: its first
+    /// key (the mapping node's own mark can sit on its first value).
+    pub fn start(&self) -> Span {
+        self.node
+            .iter()
+            .next()
+            .map(|(k, _)| *k.span())
+            .unwrap_or(*self.node.span())
     }
 
     pub fn field(&self, key: &str) -> String {
@@ -207,7 +217,11 @@ impl<'n> Map<'n> {
     pub fn require(&self, cx: &mut Cx, key: &str) -> Option<&'n Node> {
         let n = self.get(key);
         if n.is_none() {
-            cx.error_at(self.node.span(), &self.field(key), format!("missing required field {key:?}"));
+            cx.error_at(
+                &self.start(),
+                &self.field(key),
+                format!("missing required field {key:?}"),
+            );
         }
         n
     }
@@ -230,7 +244,11 @@ impl<'n> Map<'n> {
 }
 
 pub fn join(path: &str, key: &str) -> String {
-    if path.is_empty() { key.to_owned() } else { format!("{path}.{key}") }
+    if path.is_empty() {
+        key.to_owned()
+    } else {
+        format!("{path}.{key}")
+    }
 }
 
 /// The closest accepted key, if one is close enough to be a likely typo.

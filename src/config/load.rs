@@ -37,7 +37,13 @@ const AGENT_KEYS: &[&str] = &[
     "restart",
     "limits",
 ];
-const LLM_KEYS: &[&str] = &["base_url", "api_key_env", "temperature", "request_timeout", "max_retries"];
+const LLM_KEYS: &[&str] = &[
+    "base_url",
+    "api_key_env",
+    "temperature",
+    "request_timeout",
+    "max_retries",
+];
 const SERVER_KEYS: &[&str] = &[
     "name",
     "type",
@@ -88,11 +94,16 @@ pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
 pub fn load_with_env(path: &Path, env: &dyn Fn(&str) -> Option<String>) -> Result<Config, ConfigErrors> {
     let path = absolute(path);
     let mut errors = Vec::new();
-    let mut loader = Loader { env, files: Vec::new(), profile_cache: HashMap::new() };
+    let mut loader = Loader {
+        env,
+        files: Vec::new(),
+        profile_cache: HashMap::new(),
+    };
     let config = loader.load_main(&path, &mut errors);
     match config {
         Some(c) if errors.is_empty() => Ok(c),
         _ => {
+            sort_errors(&mut errors, &path);
             if errors.is_empty() {
                 // Defensive: a decode that produced nothing must say why.
                 errors.push(plain_error(&path, "the config could not be loaded"));
@@ -111,12 +122,19 @@ pub fn resolve_sandbox_profile(
 ) -> Result<(SandboxPolicy, PathBuf), ConfigErrors> {
     let mut errors = Vec::new();
     let env = |k: &str| std::env::var(k).ok();
-    let mut loader = Loader { env: &env, files: Vec::new(), profile_cache: HashMap::new() };
+    let mut loader = Loader {
+        env: &env,
+        files: Vec::new(),
+        profile_cache: HashMap::new(),
+    };
     let dir = config_dir.map(absolute).unwrap_or_else(|| absolute(Path::new(".")));
     let found = loader.profile(name, &dir, &mut errors);
     match found {
         Some(Ok(p)) if errors.is_empty() => {
-            let origin = loader.files.pop().unwrap_or_else(|| PathBuf::from(format!("<builtin>/{name}.yaml")));
+            let origin = loader
+                .files
+                .pop()
+                .unwrap_or_else(|| PathBuf::from(format!("<builtin>/{name}.yaml")));
             Ok((p, origin))
         }
         Some(Err(msg)) => Err(ConfigErrors(vec![plain_error(&dir.join("sandbox"), &msg)])),
@@ -130,7 +148,11 @@ pub fn load_sandbox_profile_str(file: &Path, text: &str) -> Result<SandboxPolicy
     let env = |k: &str| std::env::var(k).ok();
     let policy = match parse(file, text) {
         Ok(node) => {
-            let mut cx = Cx { file: file.to_owned(), errors: &mut errors, env: &env };
+            let mut cx = Cx {
+                file: file.to_owned(),
+                errors: &mut errors,
+                env: &env,
+            };
             decode_policy(&mut cx, &node, "", SandboxPolicy::default(), false)
         }
         Err(e) => {
@@ -144,8 +166,26 @@ pub fn load_sandbox_profile_str(file: &Path, text: &str) -> Result<SandboxPolicy
     }
 }
 
+/// Groups errors by file (the main file first, then in the order files were
+/// read) and orders each group by position.
+fn sort_errors(errors: &mut [ConfigError], main: &Path) {
+    let mut order: Vec<PathBuf> = vec![main.to_owned()];
+    for e in errors.iter() {
+        if !order.contains(&e.file) {
+            order.push(e.file.clone());
+        }
+    }
+    errors.sort_by_key(|e| (order.iter().position(|f| *f == e.file), e.line, e.column));
+}
+
 fn plain_error(file: &Path, message: &str) -> ConfigError {
-    ConfigError { file: file.to_owned(), line: 0, column: 0, path: String::new(), message: message.to_owned() }
+    ConfigError {
+        file: file.to_owned(),
+        line: 0,
+        column: 0,
+        path: String::new(),
+        message: message.to_owned(),
+    }
 }
 
 fn absolute(p: &Path) -> PathBuf {
@@ -193,14 +233,20 @@ impl Loader<'_> {
         };
         let dir = path.parent().map(Path::to_owned).unwrap_or_else(|| PathBuf::from("/"));
         let env = self.env;
-        let mut cx = Cx { file: path.to_owned(), errors, env };
+        let mut cx = Cx {
+            file: path.to_owned(),
+            errors,
+            env,
+        };
         let map = Map::open(&mut cx, &root, "", TOP_KEYS)?;
 
         let state_dir = match map.get("state_dir") {
             Some(n) => cx.non_empty_string(n, "state_dir").map(|s| resolve_path(&s, &dir, env)),
             None => Some(default_state_dir(env)),
         };
-        let shutdown_grace = map.duration(&mut cx, "shutdown_grace").unwrap_or(Duration::from_secs(10));
+        let shutdown_grace = map
+            .duration(&mut cx, "shutdown_grace")
+            .unwrap_or(Duration::from_secs(10));
         let defaults = match map.get("defaults") {
             Some(n) => self.decode_defaults(&mut cx, n, &dir),
             None => Defaults {
@@ -223,7 +269,9 @@ impl Loader<'_> {
         let mut include_globs = Vec::new();
         if let Some(n) = map.get("include") {
             for (item, p) in cx.list(n, "include", true) {
-                let Some(pattern) = cx.non_empty_string(item, &p) else { continue };
+                let Some(pattern) = cx.non_empty_string(item, &p) else {
+                    continue;
+                };
                 let abs = dir.join(&pattern).to_string_lossy().into_owned();
                 let is_glob = pattern.contains(['*', '?', '[']);
                 let matches = match glob::glob(&abs) {
@@ -238,7 +286,11 @@ impl Loader<'_> {
                     }
                 };
                 if matches.is_empty() && !is_glob {
-                    cx.error_at_node(item, &p, format!("include file {} does not exist", dir.join(&pattern).display()));
+                    cx.error_at_node(
+                        item,
+                        &p,
+                        format!("include file {} does not exist", dir.join(&pattern).display()),
+                    );
                 }
                 include_globs.push(abs);
                 for file in matches {
@@ -274,7 +326,11 @@ impl Loader<'_> {
             Err(e) => return errors.push(e),
         };
         let dir = file.parent().map(Path::to_owned).unwrap_or_else(|| PathBuf::from("/"));
-        let mut cx = Cx { file: file.to_owned(), errors, env: self.env };
+        let mut cx = Cx {
+            file: file.to_owned(),
+            errors,
+            env: self.env,
+        };
         match &root {
             Node::Sequence(_) => {
                 for (item, p) in cx.list(&root, "", false) {
@@ -296,24 +352,32 @@ impl Loader<'_> {
         agents: &mut Vec<AgentSpec>,
         seen: &mut BTreeMap<String, (PathBuf, usize)>,
     ) {
-        let Some(agent) = self.decode_agent(cx, node, path, dir, defaults) else { return };
-        let name_line = node
+        // Duplicates are checked on the raw name, so they are reported even
+        // when the agent has other errors.
+        let name_node = node
             .as_mapping()
             .and_then(|m| m.get_node("name"))
-            .and_then(|n| n.span().start().map(|s| s.line()))
-            .unwrap_or(0);
-        if let Some((file, line)) = seen.get(agent.name.as_str()) {
-            let msg = format!(
-                "duplicate agent name {:?} (first defined at {}:{line})",
-                agent.name.as_str(),
-                file.display()
-            );
-            let span = node.as_mapping().and_then(|m| m.get_node("name")).map(|n| *n.span()).unwrap_or(*node.span());
-            cx.error_at(&span, &super::decode::join(path, "name"), msg);
-            return;
+            .and_then(|n| n.as_scalar());
+        let mut duplicate = false;
+        if let Some(n) = name_node {
+            let name = n.as_str().to_owned();
+            let line = n.span().start().map(|s| s.line()).unwrap_or(0);
+            if let Some((file, first)) = seen.get(&name) {
+                let msg = format!(
+                    "duplicate agent name {name:?} (first defined at {}:{first})",
+                    file.display()
+                );
+                cx.error_at(n.span(), &super::decode::join(path, "name"), msg);
+                duplicate = true;
+            } else {
+                seen.insert(name, (cx.file.clone(), line));
+            }
         }
-        seen.insert(agent.name.as_str().to_owned(), (cx.file.clone(), name_line));
-        agents.push(agent);
+        if let Some(agent) = self.decode_agent(cx, node, path, dir, defaults)
+            && !duplicate
+        {
+            agents.push(agent);
+        }
     }
 
     fn decode_defaults(&mut self, cx: &mut Cx, node: &Node, dir: &Path) -> Defaults {
@@ -324,7 +388,9 @@ impl Loader<'_> {
             restart: RestartSpec::default(),
             limits: Limits::default(),
         };
-        let Some(map) = Map::open(cx, node, "defaults", DEFAULT_KEYS) else { return d };
+        let Some(map) = Map::open(cx, node, "defaults", DEFAULT_KEYS) else {
+            return d;
+        };
         d.model = map.get("model").and_then(|n| cx.non_empty_string(n, "defaults.model"));
         if let Some(n) = map.get("llm") {
             d.llm = decode_llm(cx, n, "defaults.llm", d.llm.clone());
@@ -370,7 +436,11 @@ impl Loader<'_> {
 
         let system_prompt = match (map.get("system_prompt"), map.get("system_prompt_file")) {
             (Some(_), Some(n)) => {
-                cx.error_at_node(n, &f("system_prompt_file"), "set either system_prompt or system_prompt_file, not both");
+                cx.error_at_node(
+                    n,
+                    &f("system_prompt_file"),
+                    "set either system_prompt or system_prompt_file, not both",
+                );
                 None
             }
             (Some(n), None) => cx.string(n, &f("system_prompt")),
@@ -430,7 +500,9 @@ impl Loader<'_> {
         let mut skills = Vec::new();
         if let Some(n) = map.get("skills") {
             for (item, p) in cx.list(n, &f("skills"), false) {
-                let Some(s) = cx.non_empty_string(item, &p) else { continue };
+                let Some(s) = cx.non_empty_string(item, &p) else {
+                    continue;
+                };
                 let path = resolve_path(&s, dir, self.env);
                 if path.is_dir() {
                     skills.push(path);
@@ -472,13 +544,19 @@ impl Loader<'_> {
 
     /// `replay:PATH` models name a cassette relative to the defining file.
     fn resolve_model(&mut self, cx: &mut Cx, map: &Map, model: String, dir: &Path) -> Option<String> {
-        let Some(rest) = model.strip_prefix("replay:") else { return Some(model) };
+        let Some(rest) = model.strip_prefix("replay:") else {
+            return Some(model);
+        };
         let path = resolve_path(rest, dir, self.env);
         if path.is_file() {
             Some(format!("replay:{}", path.display()))
         } else {
             let span = map.get("model").map(|n| *n.span()).unwrap_or(*map.node.span());
-            cx.error_at(&span, &map.field("model"), format!("replay cassette {} does not exist", path.display()));
+            cx.error_at(
+                &span,
+                &map.field("model"),
+                format!("replay cassette {} does not exist", path.display()),
+            );
             None
         }
     }
@@ -488,7 +566,7 @@ impl Loader<'_> {
         match self.profile("default", &dir, cx.errors) {
             Some(Ok(p)) => Some(("default".into(), p)),
             Some(Err(msg)) => {
-                cx.error_at(map.node.span(), &map.field("sandbox"), msg);
+                cx.error_at(&map.start(), &map.field("sandbox"), msg);
                 None
             }
             None => None,
@@ -534,7 +612,10 @@ impl Loader<'_> {
         if let Some(hit) = self.profile_cache.get(&key) {
             return Some(hit.clone());
         }
-        let valid = !name.is_empty() && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+        let valid = !name.is_empty()
+            && name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
         let local = dir.join("sandbox").join(format!("{name}.yaml"));
         let (file, text) = if valid && local.is_file() {
             match self.read(&local) {
@@ -572,7 +653,11 @@ impl Loader<'_> {
                 return None;
             }
         };
-        let mut cx = Cx { file, errors, env: self.env };
+        let mut cx = Cx {
+            file,
+            errors,
+            env: self.env,
+        };
         let policy = decode_policy(&mut cx, &node, "", SandboxPolicy::default(), false)?;
         self.profile_cache.insert(key, Ok(policy.clone()));
         Some(Ok(policy))
@@ -595,11 +680,17 @@ fn resolve_path(s: &str, dir: &Path, env: &dyn Fn(&str) -> Option<String>) -> Pa
         (Some(rest), Some(home)) => PathBuf::from(home).join(rest),
         _ => PathBuf::from(s),
     };
-    if expanded.is_absolute() { expanded } else { dir.join(expanded) }
+    if expanded.is_absolute() {
+        expanded
+    } else {
+        dir.join(expanded)
+    }
 }
 
 fn decode_llm(cx: &mut Cx, node: &Node, path: &str, mut llm: LlmSpec) -> LlmSpec {
-    let Some(map) = Map::open(cx, node, path, LLM_KEYS) else { return llm };
+    let Some(map) = Map::open(cx, node, path, LLM_KEYS) else {
+        return llm;
+    };
     if let Some(n) = map.get("base_url") {
         let p = map.field("base_url");
         if let Some(s) = cx.non_empty_string(n, &p) {
@@ -617,7 +708,11 @@ fn decode_llm(cx: &mut Cx, node: &Node, path: &str, mut llm: LlmSpec) -> LlmSpec
                 llm.api_key_env = Some(s);
             } else {
                 // Likely the key itself pasted in: never echo it back.
-                cx.error_at_node(n, &p, "api_key_env takes the NAME of an environment variable (e.g. OPENAI_API_KEY), not the key");
+                cx.error_at_node(
+                    n,
+                    &p,
+                    "api_key_env takes the NAME of an environment variable (e.g. OPENAI_API_KEY), not the key",
+                );
             }
         }
     }
@@ -634,7 +729,9 @@ fn decode_llm(cx: &mut Cx, node: &Node, path: &str, mut llm: LlmSpec) -> LlmSpec
 }
 
 /// Launchers whose first plain argument names the server better than they do.
-const LAUNCHERS: &[&str] = &["npx", "uvx", "uv", "node", "python", "python3", "bunx", "deno", "pipx", "docker", "bash", "sh"];
+const LAUNCHERS: &[&str] = &[
+    "npx", "uvx", "uv", "node", "python", "python3", "bunx", "deno", "pipx", "docker", "bash", "sh",
+];
 
 fn derived_server_name(command: &str, args: &[String], index: usize) -> String {
     let base = |s: &str| {
@@ -642,16 +739,29 @@ fn derived_server_name(command: &str, args: &[String], index: usize) -> String {
         let s = s.split('@').find(|p| !p.is_empty()).unwrap_or(s);
         let s = s.strip_suffix(".py").or_else(|| s.strip_suffix(".js")).unwrap_or(s);
         s.chars()
-            .map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '_' { c } else { '-' })
+            .map(|c| {
+                if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
+                    c
+                } else {
+                    '-'
+                }
+            })
             .collect::<String>()
     };
     let cmd = base(command);
     let name = if LAUNCHERS.contains(&cmd.as_str()) {
-        args.iter().find(|a| !a.starts_with('-') && *a != "run").map(|a| base(a)).unwrap_or(cmd)
+        args.iter()
+            .find(|a| !a.starts_with('-') && *a != "run")
+            .map(|a| base(a))
+            .unwrap_or(cmd)
     } else {
         cmd
     };
-    if name.is_empty() { format!("server{index}") } else { name }
+    if name.is_empty() {
+        format!("server{index}")
+    } else {
+        name
+    }
 }
 
 fn decode_server(cx: &mut Cx, node: &Node, path: &str, index: usize, dir: &Path) -> Option<McpServerSpec> {
@@ -665,7 +775,11 @@ fn decode_server(cx: &mut Cx, node: &Node, path: &str, index: usize, dir: &Path)
                 "stdio" => Some("stdio"),
                 "http" | "streamable_http" | "streamable-http" => Some("http"),
                 other => {
-                    cx.error_at_node(n, &f("type"), format!("unknown server type {other:?}; expected stdio or http"));
+                    cx.error_at_node(
+                        n,
+                        &f("type"),
+                        format!("unknown server type {other:?}; expected stdio or http"),
+                    );
                     return None;
                 }
             }
@@ -677,7 +791,11 @@ fn decode_server(cx: &mut Cx, node: &Node, path: &str, index: usize, dir: &Path)
         (None, true, false) => "stdio",
         (None, false, true) => "http",
         (None, _, _) => {
-            cx.error_at(map.node.span(), &f("type"), "missing \"type\": set type: stdio (with command) or type: http (with url)");
+            cx.error_at(
+                &map.start(),
+                &f("type"),
+                "missing \"type\": set type: stdio (with command) or type: http (with url)",
+            );
             return None;
         }
     };
@@ -700,7 +818,9 @@ fn decode_server(cx: &mut Cx, node: &Node, path: &str, index: usize, dir: &Path)
 
     let (transport, default_name) = if ty == "stdio" {
         misplaced(cx, &["url", "headers"], "is for type: http servers");
-        let command = map.require(cx, "command").and_then(|n| cx.non_empty_string(n, &f("command")));
+        let command = map
+            .require(cx, "command")
+            .and_then(|n| cx.non_empty_string(n, &f("command")));
         let mut args = Vec::new();
         for key in ["arguments", "args"] {
             if let Some(n) = map.get(key) {
@@ -723,7 +843,11 @@ fn decode_server(cx: &mut Cx, node: &Node, path: &str, index: usize, dir: &Path)
                         Some(v) => {
                             env.insert(s, v);
                         }
-                        None => cx.error_at_node(item, &p, format!("environment variable {s} is not set (write {s}=VALUE to set it)")),
+                        None => cx.error_at_node(
+                            item,
+                            &p,
+                            format!("environment variable {s} is not set (write {s}=VALUE to set it)"),
+                        ),
                     },
                     _ => cx.error_at_node(item, &p, format!("expected NAME=VALUE, found {s:?}")),
                 }
@@ -734,12 +858,27 @@ fn decode_server(cx: &mut Cx, node: &Node, path: &str, index: usize, dir: &Path)
                 cx.error_at_node(node, &f("env"), format!("invalid environment variable name {k:?}"));
             }
         }
-        let cwd = map.get("cwd").and_then(|n| cx.non_empty_string(n, &f("cwd"))).map(|s| resolve_path(&s, dir, cx.env));
+        let cwd = map
+            .get("cwd")
+            .and_then(|n| cx.non_empty_string(n, &f("cwd")))
+            .map(|s| resolve_path(&s, dir, cx.env));
         let command = command?;
         let name = derived_server_name(&command, &args, index);
-        (McpTransport::Stdio { command, args, env, cwd }, name)
+        (
+            McpTransport::Stdio {
+                command,
+                args,
+                env,
+                cwd,
+            },
+            name,
+        )
     } else {
-        misplaced(cx, &["command", "arguments", "args", "env", "env_vars", "cwd"], "is for type: stdio servers");
+        misplaced(
+            cx,
+            &["command", "arguments", "args", "env", "env_vars", "cwd"],
+            "is for type: stdio servers",
+        );
         let url = map.require(cx, "url").and_then(|n| {
             let s = cx.non_empty_string(n, &f("url"))?;
             match url::Url::parse(&s) {
@@ -755,7 +894,11 @@ fn decode_server(cx: &mut Cx, node: &Node, path: &str, index: usize, dir: &Path)
             }
         });
         let headers = match map.get("headers") {
-            Some(n) => cx.string_map(n, &f("headers")).unwrap_or_default().into_iter().collect(),
+            Some(n) => cx
+                .string_map(n, &f("headers"))
+                .unwrap_or_default()
+                .into_iter()
+                .collect(),
             None => BTreeMap::new(),
         };
         let url = url?;
@@ -769,13 +912,21 @@ fn decode_server(cx: &mut Cx, node: &Node, path: &str, index: usize, dir: &Path)
         Some(n) => {
             let s = cx.non_empty_string(n, &f("name"))?;
             if !s.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_') {
-                cx.error_at_node(n, &f("name"), format!("invalid server name {s:?}: use letters, digits, - and _"));
+                cx.error_at_node(
+                    n,
+                    &f("name"),
+                    format!("invalid server name {s:?}: use letters, digits, - and _"),
+                );
             }
             s
         }
         None => default_name,
     };
-    (cx.errors.len() == before).then_some(McpServerSpec { name, transport, tool_filter })
+    (cx.errors.len() == before).then_some(McpServerSpec {
+        name,
+        transport,
+        tool_filter,
+    })
 }
 
 fn decode_subscription(cx: &mut Cx, node: &Node, path: &str, servers: &[McpServerSpec]) -> Option<SubscriptionSpec> {
@@ -788,7 +939,13 @@ fn decode_subscription(cx: &mut Cx, node: &Node, path: &str, servers: &[McpServe
     };
     let uri = cx.non_empty_string(uri_node, &uri_path)?;
     let target = cx.check(uri_node, &uri_path, parse_subscription_uri(&uri))?;
-    let mut spec = SubscriptionSpec { uri, target, server: None, debounce: DEFAULT_DEBOUNCE, interval: DEFAULT_POLL };
+    let mut spec = SubscriptionSpec {
+        uri,
+        target,
+        server: None,
+        debounce: DEFAULT_DEBOUNCE,
+        interval: DEFAULT_POLL,
+    };
     if let Some(map) = map {
         if let Some(n) = map.get("server") {
             let s = cx.non_empty_string(n, &map.field("server"))?;
@@ -808,7 +965,11 @@ fn decode_subscription(cx: &mut Cx, node: &Node, path: &str, servers: &[McpServe
         }
         if let Some(d) = map.duration(cx, "interval") {
             if d.is_zero() {
-                cx.error_at(map.node.span(), &map.field("interval"), "interval must be greater than zero");
+                cx.error_at(
+                    &map.start(),
+                    &map.field("interval"),
+                    "interval must be greater than zero",
+                );
                 return None;
             }
             spec.interval = d;
@@ -829,7 +990,10 @@ pub fn parse_subscription_uri(uri: &str) -> Result<SubscriptionTarget, String> {
         let arguments = url::form_urlencoded::parse(query.as_bytes())
             .map(|(k, v)| (k.into_owned(), serde_json::Value::String(v.into_owned())))
             .collect();
-        return Ok(SubscriptionTarget::Tool { tool: name.to_owned(), arguments });
+        return Ok(SubscriptionTarget::Tool {
+            tool: name.to_owned(),
+            arguments,
+        });
     }
     let parsed = url::Url::parse(uri).map_err(|e| format!("malformed URI {uri:?}: {e}"))?;
     if parsed.scheme().is_empty() {
@@ -837,7 +1001,9 @@ pub fn parse_subscription_uri(uri: &str) -> Result<SubscriptionTarget, String> {
     }
     if uri.contains('*') {
         glob::Pattern::new(uri).map_err(|e| format!("invalid URI glob {uri:?}: {e}"))?;
-        Ok(SubscriptionTarget::Glob { pattern: uri.to_owned() })
+        Ok(SubscriptionTarget::Glob {
+            pattern: uri.to_owned(),
+        })
     } else {
         Ok(SubscriptionTarget::Resource { uri: uri.to_owned() })
     }
@@ -850,20 +1016,34 @@ fn decode_schedule(cx: &mut Cx, node: &Node, path: &str) -> Option<ScheduleSpec>
         let s = cx.non_empty_string(n, &map.field("cron"))?;
         cx.check(n, &map.field("cron"), units::parse_cron(&s)).map(|_| s)
     });
-    let prompt = map.require(cx, "prompt").and_then(|n| cx.non_empty_string(n, &map.field("prompt")));
+    let prompt = map
+        .require(cx, "prompt")
+        .and_then(|n| cx.non_empty_string(n, &map.field("prompt")));
     let timezone = match map.get("timezone") {
         Some(n) => cx.non_empty_string(n, &map.field("timezone")).and_then(|tz| {
             let ok = tz.parse::<chrono_tz::Tz>().is_ok();
-            let r = if ok { Ok(tz.clone()) } else { Err(format!("unknown timezone {tz:?}; use an IANA name such as Europe/Berlin or UTC")) };
+            let r = if ok {
+                Ok(tz.clone())
+            } else {
+                Err(format!(
+                    "unknown timezone {tz:?}; use an IANA name such as Europe/Berlin or UTC"
+                ))
+            };
             cx.check(n, &map.field("timezone"), r)
         }),
         None => Some("UTC".to_owned()),
     };
-    Some(ScheduleSpec { cron: cron?, prompt: prompt?, timezone: timezone? })
+    Some(ScheduleSpec {
+        cron: cron?,
+        prompt: prompt?,
+        timezone: timezone?,
+    })
 }
 
 fn decode_restart(cx: &mut Cx, node: &Node, path: &str, mut r: RestartSpec) -> RestartSpec {
-    let Some(map) = Map::open(cx, node, path, RESTART_KEYS) else { return r };
+    let Some(map) = Map::open(cx, node, path, RESTART_KEYS) else {
+        return r;
+    };
     if let Some(n) = map.get("policy") {
         let p = map.field("policy");
         if let Some(s) = cx.string(n, &p) {
@@ -871,7 +1051,11 @@ fn decode_restart(cx: &mut Cx, node: &Node, path: &str, mut r: RestartSpec) -> R
                 "always" => r.policy = RestartPolicy::Always,
                 "on-failure" | "on_failure" => r.policy = RestartPolicy::OnFailure,
                 "never" | "no" => r.policy = RestartPolicy::Never,
-                other => cx.error_at_node(n, &p, format!("unknown restart policy {other:?}; expected always, on-failure or never")),
+                other => cx.error_at_node(
+                    n,
+                    &p,
+                    format!("unknown restart policy {other:?}; expected always, on-failure or never"),
+                ),
             }
         }
     }
@@ -883,7 +1067,7 @@ fn decode_restart(cx: &mut Cx, node: &Node, path: &str, mut r: RestartSpec) -> R
     }
     if let Some(b) = map.number::<u32>(cx, "burst", "a whole number") {
         if b == 0 {
-            cx.error_at(map.node.span(), &map.field("burst"), "burst must be at least 1");
+            cx.error_at(&map.start(), &map.field("burst"), "burst must be at least 1");
         }
         r.burst = b.max(1);
     }
@@ -891,16 +1075,18 @@ fn decode_restart(cx: &mut Cx, node: &Node, path: &str, mut r: RestartSpec) -> R
         r.interval = d;
     }
     if r.backoff_min > r.backoff_max {
-        cx.error_at(map.node.span(), path, "backoff_min must not exceed backoff_max");
+        cx.error_at(&map.start(), path, "backoff_min must not exceed backoff_max");
     }
     r
 }
 
 fn decode_limits(cx: &mut Cx, node: &Node, path: &str, mut l: Limits) -> Limits {
-    let Some(map) = Map::open(cx, node, path, LIMIT_KEYS) else { return l };
+    let Some(map) = Map::open(cx, node, path, LIMIT_KEYS) else {
+        return l;
+    };
     let positive = |cx: &mut Cx, key: &str, v: u64| {
         if v == 0 {
-            cx.error_at(map.node.span(), &map.field(key), format!("{key} must be at least 1"));
+            cx.error_at(&map.start(), &map.field(key), format!("{key} must be at least 1"));
         }
     };
     if let Some(v) = map.number::<u32>(cx, "max_turns", "a whole number") {
@@ -937,7 +1123,11 @@ fn decode_policy(cx: &mut Cx, node: &Node, path: &str, mut p: SandboxPolicy, inl
         if let Some(s) = cx.string(n, &f) {
             match Backend::parse(&s) {
                 Some(b) => p.backend = b,
-                None => cx.error_at_node(n, &f, format!("unknown backend {s:?}; expected one of: {}", Backend::NAMES.join(", "))),
+                None => cx.error_at_node(
+                    n,
+                    &f,
+                    format!("unknown backend {s:?}; expected one of: {}", Backend::NAMES.join(", ")),
+                ),
             }
         }
     }
@@ -951,7 +1141,9 @@ fn decode_policy(cx: &mut Cx, node: &Node, path: &str, mut p: SandboxPolicy, inl
         let Some(n) = map.get(key) else { continue };
         let mut paths = Vec::new();
         for (item, ip) in cx.list(n, &map.field(key), false) {
-            let Some(s) = cx.non_empty_string(item, &ip) else { continue };
+            let Some(s) = cx.non_empty_string(item, &ip) else {
+                continue;
+            };
             let expanded = resolve_path(&s, Path::new("/"), cx.env);
             if s.starts_with('/') || s.starts_with("~/") {
                 paths.push(expanded);
@@ -959,7 +1151,11 @@ fn decode_policy(cx: &mut Cx, node: &Node, path: &str, mut p: SandboxPolicy, inl
                 cx.error_at_node(item, &ip, format!("sandbox paths must be absolute, found {s:?}"));
             }
         }
-        if key == "read_only" { p.read_only = paths } else { p.writable = paths }
+        if key == "read_only" {
+            p.read_only = paths
+        } else {
+            p.writable = paths
+        }
     }
     if let Some(d) = map.duration(cx, "timeout") {
         p.timeout = d;
@@ -997,9 +1193,18 @@ mod tests {
     #[test]
     fn server_names_derive_from_the_launched_package() {
         let a = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
-        assert_eq!(derived_server_name("uvx", &a(&["mcp-server-fetch"]), 0), "mcp-server-fetch");
-        assert_eq!(derived_server_name("npx", &a(&["-y", "@modelcontextprotocol/server-everything"]), 0), "server-everything");
-        assert_eq!(derived_server_name("/usr/bin/agentd", &a(&["mcp-watch", "x"]), 0), "agentd");
+        assert_eq!(
+            derived_server_name("uvx", &a(&["mcp-server-fetch"]), 0),
+            "mcp-server-fetch"
+        );
+        assert_eq!(
+            derived_server_name("npx", &a(&["-y", "@modelcontextprotocol/server-everything"]), 0),
+            "server-everything"
+        );
+        assert_eq!(
+            derived_server_name("/usr/bin/agentd", &a(&["mcp-watch", "x"]), 0),
+            "agentd"
+        );
         assert_eq!(derived_server_name("python3", &a(&["srv.py"]), 3), "srv");
     }
 
@@ -1009,8 +1214,14 @@ mod tests {
             parse_subscription_uri("tool://fetch/?url=https://example.com").unwrap(),
             SubscriptionTarget::Tool { ref tool, ref arguments } if tool == "fetch" && arguments["url"] == "https://example.com"
         ));
-        assert!(matches!(parse_subscription_uri("file:///srv/*.md").unwrap(), SubscriptionTarget::Glob { .. }));
-        assert!(matches!(parse_subscription_uri("demo://resource/static/document/1").unwrap(), SubscriptionTarget::Resource { .. }));
+        assert!(matches!(
+            parse_subscription_uri("file:///srv/*.md").unwrap(),
+            SubscriptionTarget::Glob { .. }
+        ));
+        assert!(matches!(
+            parse_subscription_uri("demo://resource/static/document/1").unwrap(),
+            SubscriptionTarget::Resource { .. }
+        ));
         assert!(parse_subscription_uri("not a uri").is_err());
         assert!(parse_subscription_uri("tool://?x=1").is_err());
     }

@@ -67,11 +67,17 @@ impl Ledger {
     /// Opens (creating and migrating as needed) the ledger for writing.
     pub fn open(path: &Path) -> Result<Ledger> {
         if let Some(dir) = path.parent() {
-            std::fs::create_dir_all(dir).map_err(|source| LedgerError::CreateDir { path: dir.to_owned(), source })?;
+            std::fs::create_dir_all(dir).map_err(|source| LedgerError::CreateDir {
+                path: dir.to_owned(),
+                source,
+            })?;
         }
         let flags = OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_CREATE | OpenFlags::SQLITE_OPEN_NO_MUTEX;
         let conn = Connection::open_with_flags(path, flags).map_err(|source| sqlite(path, source))?;
-        let mut ledger = Ledger { conn, path: path.to_owned() };
+        let mut ledger = Ledger {
+            conn,
+            path: path.to_owned(),
+        };
         ledger.configure_busy()?;
         schema::check_identity(&ledger.conn, path)?;
         ledger.exec("PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL; PRAGMA foreign_keys=ON;")?;
@@ -86,7 +92,10 @@ impl Ledger {
         }
         let flags = OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX;
         let conn = Connection::open_with_flags(path, flags).map_err(|source| sqlite(path, source))?;
-        let ledger = Ledger { conn, path: path.to_owned() };
+        let ledger = Ledger {
+            conn,
+            path: path.to_owned(),
+        };
         ledger.configure_busy()?;
         schema::check_identity(&ledger.conn, path)?;
         schema::check_readable_version(&ledger.conn, path)?;
@@ -118,7 +127,10 @@ impl Ledger {
 }
 
 fn sqlite(path: &Path, source: rusqlite::Error) -> LedgerError {
-    LedgerError::Sqlite { path: path.to_owned(), source }
+    LedgerError::Sqlite {
+        path: path.to_owned(),
+        source,
+    }
 }
 
 /// Milliseconds since the Unix epoch: the ledger's time unit.

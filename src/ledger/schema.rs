@@ -64,13 +64,16 @@ const MIGRATIONS: &[&str] = &[
 pub const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;
 
 fn pragma_i64(conn: &Connection, path: &Path, name: &str) -> Result<i64> {
-    conn.query_row(&format!("PRAGMA {name}"), [], |r| r.get(0)).map_err(|e| match e {
-        rusqlite::Error::SqliteFailure(f, _) if f.code == rusqlite::ErrorCode::NotADatabase => LedgerError::Foreign {
-            path: path.to_owned(),
-            why: "the file is not a SQLite database".into(),
-        },
-        e => sqlite(path, e),
-    })
+    conn.query_row(&format!("PRAGMA {name}"), [], |r| r.get(0))
+        .map_err(|e| match e {
+            rusqlite::Error::SqliteFailure(f, _) if f.code == rusqlite::ErrorCode::NotADatabase => {
+                LedgerError::Foreign {
+                    path: path.to_owned(),
+                    why: "the file is not a SQLite database".into(),
+                }
+            }
+            e => sqlite(path, e),
+        })
 }
 
 /// Refuses files that are not (empty or) ours. Reads only.
@@ -90,13 +93,20 @@ pub fn check_identity(conn: &Connection, path: &Path) -> Result<()> {
     } else {
         format!("its application id is {app:#x}")
     };
-    Err(LedgerError::Foreign { path: path.to_owned(), why })
+    Err(LedgerError::Foreign {
+        path: path.to_owned(),
+        why,
+    })
 }
 
 pub fn check_readable_version(conn: &Connection, path: &Path) -> Result<()> {
     let found = pragma_i64(conn, path, "user_version")?;
     if found > SCHEMA_VERSION {
-        return Err(LedgerError::TooNew { path: path.to_owned(), found, supported: SCHEMA_VERSION });
+        return Err(LedgerError::TooNew {
+            path: path.to_owned(),
+            found,
+            supported: SCHEMA_VERSION,
+        });
     }
     Ok(())
 }
@@ -109,8 +119,11 @@ pub fn migrate(conn: &mut Connection, path: &Path) -> Result<()> {
     for (i, sql) in MIGRATIONS.iter().enumerate().skip(found as usize) {
         let tx = conn.transaction().map_err(|e| sqlite(path, e))?;
         tx.execute_batch(sql).map_err(|e| sqlite(path, e))?;
-        tx.execute_batch(&format!("PRAGMA user_version = {}; PRAGMA application_id = {APPLICATION_ID};", i + 1))
-            .map_err(|e| sqlite(path, e))?;
+        tx.execute_batch(&format!(
+            "PRAGMA user_version = {}; PRAGMA application_id = {APPLICATION_ID};",
+            i + 1
+        ))
+        .map_err(|e| sqlite(path, e))?;
         tx.commit().map_err(|e| sqlite(path, e))?;
     }
     Ok(())
@@ -123,8 +136,11 @@ pub fn create_at_version(path: &Path, version: usize) -> Result<()> {
     for (i, sql) in MIGRATIONS.iter().enumerate().take(version) {
         let tx = conn.transaction().map_err(|e| sqlite(path, e))?;
         tx.execute_batch(sql).map_err(|e| sqlite(path, e))?;
-        tx.execute_batch(&format!("PRAGMA user_version = {}; PRAGMA application_id = {APPLICATION_ID};", i + 1))
-            .map_err(|e| sqlite(path, e))?;
+        tx.execute_batch(&format!(
+            "PRAGMA user_version = {}; PRAGMA application_id = {APPLICATION_ID};",
+            i + 1
+        ))
+        .map_err(|e| sqlite(path, e))?;
         tx.commit().map_err(|e| sqlite(path, e))?;
     }
     Ok(())

@@ -22,7 +22,11 @@ impl SnapshotKind {
     }
 
     fn parse(s: &str) -> SnapshotKind {
-        if s == "workspace" { SnapshotKind::Workspace } else { SnapshotKind::Conversation }
+        if s == "workspace" {
+            SnapshotKind::Workspace
+        } else {
+            SnapshotKind::Conversation
+        }
     }
 }
 
@@ -95,7 +99,12 @@ impl Ledger {
              WHERE agent = ?1 AND (CAST(id AS TEXT) = ?2 OR label = ?2) ORDER BY id DESC LIMIT 1"
         );
         self.conn
-            .query_row(&sql, params![agent, id_or_label], |r| Ok(Snapshot { meta: meta_from_row(r)?, data: r.get(7)? }))
+            .query_row(&sql, params![agent, id_or_label], |r| {
+                Ok(Snapshot {
+                    meta: meta_from_row(r)?,
+                    data: r.get(7)?,
+                })
+            })
             .optional()
             .map_err(|e| self.err(e))?
             .ok_or_else(|| LedgerError::NoSuchSnapshot(format!("{agent}/{id_or_label}")))
@@ -106,7 +115,12 @@ impl Ledger {
             "SELECT {META_COLUMNS}, data FROM snapshots WHERE agent = ?1 AND kind = ?2 ORDER BY id DESC LIMIT 1"
         );
         self.conn
-            .query_row(&sql, params![agent, kind.as_str()], |r| Ok(Snapshot { meta: meta_from_row(r)?, data: r.get(7)? }))
+            .query_row(&sql, params![agent, kind.as_str()], |r| {
+                Ok(Snapshot {
+                    meta: meta_from_row(r)?,
+                    data: r.get(7)?,
+                })
+            })
             .optional()
             .map_err(|e| self.err(e))
     }

@@ -55,9 +55,18 @@ impl std::fmt::Display for TaskState {
 pub enum Trigger {
     /// A subscribed resource changed (or a polled tool's result did);
     /// `contents` is what it says now.
-    Resource { uri: String, server: String, subscription: String, contents: String },
+    Resource {
+        uri: String,
+        server: String,
+        subscription: String,
+        contents: String,
+    },
     /// A cron schedule fired.
-    Schedule { cron: String, prompt: String, scheduled_for: String },
+    Schedule {
+        cron: String,
+        prompt: String,
+        scheduled_for: String,
+    },
     /// A person wrote to the agent (REPL or `agentd send`).
     Message { text: String, from: String },
 }
@@ -202,8 +211,11 @@ impl Ledger {
         };
         let out = match existing {
             Some(id) => {
-                tx.execute("UPDATE tasks SET trigger_payload = ?1 WHERE id = ?2", params![payload, id])
-                    .map_err(|e| super::sqlite(&path, e))?;
+                tx.execute(
+                    "UPDATE tasks SET trigger_payload = ?1 WHERE id = ?2",
+                    params![payload, id],
+                )
+                .map_err(|e| super::sqlite(&path, e))?;
                 Enqueued::Coalesced(id)
             }
             None => {
@@ -247,7 +259,10 @@ impl Ledger {
             )
             .optional()
             .map_err(|e| self.err(e))?
-            .ok_or_else(|| LedgerError::StaleLease { task, lease: lease.to_owned() })
+            .ok_or_else(|| LedgerError::StaleLease {
+                task,
+                lease: lease.to_owned(),
+            })
     }
 
     /// Appends a step to a running task's journal; returns its sequence number.
@@ -256,7 +271,11 @@ impl Ledger {
         let path = self.path.clone();
         let tx = self.conn.transaction().map_err(|e| super::sqlite(&path, e))?;
         let seq: i64 = tx
-            .query_row("SELECT coalesce(max(seq), 0) + 1 FROM steps WHERE task_id = ?1", [task], |r| r.get(0))
+            .query_row(
+                "SELECT coalesce(max(seq), 0) + 1 FROM steps WHERE task_id = ?1",
+                [task],
+                |r| r.get(0),
+            )
             .map_err(|e| super::sqlite(&path, e))?;
         tx.execute(
             "INSERT INTO steps (task_id, seq, attempt, kind, payload, input_tokens, output_tokens, latency_ms, created_at)
@@ -304,7 +323,10 @@ impl Ledger {
             )
             .map_err(|e| self.err(e))?;
         if n == 0 {
-            return Err(LedgerError::StaleLease { task, lease: lease.to_owned() });
+            return Err(LedgerError::StaleLease {
+                task,
+                lease: lease.to_owned(),
+            });
         }
         Ok(())
     }
@@ -315,14 +337,24 @@ impl Ledger {
     pub fn release(&mut self, task: i64, cause: &str, max_attempts: u32) -> Result<TaskState> {
         let attempts: i64 = self
             .conn
-            .query_row("SELECT attempts FROM tasks WHERE id = ?1 AND state = 'running'", [task], |r| r.get(0))
+            .query_row(
+                "SELECT attempts FROM tasks WHERE id = ?1 AND state = 'running'",
+                [task],
+                |r| r.get(0),
+            )
             .optional()
             .map_err(|e| self.err(e))?
             .ok_or(LedgerError::NoSuchTask(task))?;
         let (state, error) = if attempts < i64::from(max_attempts) {
-            (TaskState::Queued, format!("{cause} (attempt {attempts} of {max_attempts}; re-queued)"))
+            (
+                TaskState::Queued,
+                format!("{cause} (attempt {attempts} of {max_attempts}; re-queued)"),
+            )
         } else {
-            (TaskState::Failed, format!("{cause} (attempt {attempts} of {max_attempts}; giving up)"))
+            (
+                TaskState::Failed,
+                format!("{cause} (attempt {attempts} of {max_attempts}; giving up)"),
+            )
         };
         let finished = state.is_final().then(now_ms);
         self.conn
@@ -349,12 +381,19 @@ impl Ledger {
 
     /// Tasks left `running` by a previous agentd process.
     pub fn running_tasks(&self) -> Result<Vec<Task>> {
-        self.list_tasks(&TaskFilter { state: Some(TaskState::Running), ..Default::default() })
+        self.list_tasks(&TaskFilter {
+            state: Some(TaskState::Running),
+            ..Default::default()
+        })
     }
 
     pub fn queued_count(&self, agent: &str) -> Result<i64> {
         self.conn
-            .query_row("SELECT count(*) FROM tasks WHERE agent = ?1 AND state = 'queued'", [agent], |r| r.get(0))
+            .query_row(
+                "SELECT count(*) FROM tasks WHERE agent = ?1 AND state = 'queued'",
+                [agent],
+                |r| r.get(0),
+            )
             .map_err(|e| self.err(e))
     }
 
@@ -368,7 +407,10 @@ impl Ledger {
         let limit = filter.limit.map(i64::from).unwrap_or(-1);
         let mut stmt = self.conn.prepare(&sql).map_err(|e| self.err(e))?;
         let rows = stmt
-            .query_map(params![filter.agent, filter.state.map(TaskState::as_str), limit], Task::from_row)
+            .query_map(
+                params![filter.agent, filter.state.map(TaskState::as_str), limit],
+                Task::from_row,
+            )
             .map_err(|e| self.err(e))?;
         rows.collect::<rusqlite::Result<Vec<_>>>().map_err(|e| self.err(e))
     }

@@ -1,0 +1,3 @@
+mod config;
+mod ledger;
+mod supervisor;
