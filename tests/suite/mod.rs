@@ -1,3 +1,5 @@
 mod config;
 mod ledger;
 mod supervisor;
+mod fence;
+mod sandbox;
