@@ -13,12 +13,13 @@
 //! runs with root's capabilities.
 //!
 //! Where things live: [`landlock`] builds rulesets, [`bwrap`] builds
-//! bubblewrap command lines, `seccomp` takes the network from landlock-only
+//! bubblewrap command lines, [`helper`] is bwrap+landlock's inner half, `seccomp` takes the network from landlock-only
 //! runs, [`output`] caps captured output, [`workspace`] archives and
 //! restores workdirs, [`cli`] is `agentd sandbox run`.
 
 pub mod bwrap;
 pub mod cli;
+pub mod helper;
 pub mod landlock;
 mod limits;
 pub mod output;
@@ -123,11 +124,6 @@ pub enum SandboxError {
          backend landlock"
     )]
     BwrapMissing,
-    #[error(
-        "backend bwrap+landlock is not supported yet: use bwrap (namespaces) or landlock \
-         (no namespaces)"
-    )]
-    BwrapLandlockUnsupported,
     #[error("private /tmp: {0}")]
     PrivateTmp(std::io::Error),
     #[error("starting {program}: {source}")]
@@ -237,10 +233,24 @@ pub async fn run(
             c.args(&argv[1..]).envs(env.iter().map(|(k, v)| (k, v)));
             c
         }
-        Backend::Bwrap => {
+        Backend::Bwrap | Backend::BwrapLandlock => {
             let bwrap = bwrap::find()?;
             setup.keep_capabilities_for_bwrap();
-            let read_only: Vec<PathBuf> = policy.read_only.iter().chain(extra_ro).cloned().collect();
+            let mut read_only: Vec<PathBuf> = policy.read_only.iter().chain(extra_ro).cloned().collect();
+            let inner = if policy.backend == Backend::BwrapLandlock {
+                // Inside bwrap, the helper restricts itself and execs argv.
+                let helper = helper::helper_exe()?;
+                let mut allowed = landlock::Allowed {
+                    read_only: read_only.clone(),
+                    writable: policy.writable.clone(),
+                };
+                allowed.writable.push(workdir.clone());
+                allowed.writable.push(tmpdir.clone());
+                read_only.push(helper.clone());
+                helper::argv(&helper, &allowed, policy.network, policy.best_effort, argv)
+            } else {
+                argv.to_vec()
+            };
             let layout = bwrap::Layout {
                 read_only: &read_only,
                 writable: &policy.writable,
@@ -249,15 +259,14 @@ pub async fn run(
                 env: &env,
             };
             let mut c = tokio::process::Command::new(bwrap);
-            c.args(bwrap::args(&layout, argv)?);
+            c.args(bwrap::args(&layout, &inner)?);
             c
         }
-        Backend::BwrapLandlock => return Err(SandboxError::BwrapLandlockUnsupported),
     };
     cmd.env_clear()
         .envs(
             env.iter()
-                .filter(|(k, _)| policy.backend != Backend::Bwrap || k == "PATH")
+                .filter(|(k, _)| matches!(policy.backend, Backend::None | Backend::Landlock) || k == "PATH")
                 .map(|(k, v)| (k, v)),
         )
         .current_dir(&workdir)
@@ -274,6 +283,9 @@ pub async fn run(
     let started = Instant::now();
     let mut child = cmd.spawn().map_err(|source| spawn_error(policy, program, source))?;
     let pgid = child.id().map(|p| p as libc::pid_t);
+    // If this future is dropped mid-run (the agent's task was cancelled),
+    // the whole group dies with it, not just the direct child.
+    let mut group = GroupGuard(pgid);
     let mut out = Capture::new(policy.limits.output_bytes);
     let mut err = Capture::new(policy.limits.output_bytes);
     let mut stdout = child.stdout.take();
@@ -332,6 +344,9 @@ pub async fn run(
         source,
     })?;
     let duration = started.elapsed();
+    // Reaped and its group killed above: disarm so a recycled pgid is
+    // never signalled.
+    group.0 = None;
     drop(private_tmp);
 
     let (stdout, cut_out) = out.into_text();
@@ -368,6 +383,15 @@ fn kill_group(pgid: Option<libc::pid_t>) {
         unsafe {
             libc::kill(-pgid, libc::SIGKILL);
         }
+    }
+}
+
+/// Kills the sandbox's process group when dropped.
+struct GroupGuard(Option<libc::pid_t>);
+
+impl Drop for GroupGuard {
+    fn drop(&mut self) {
+        kill_group(self.0);
     }
 }
 

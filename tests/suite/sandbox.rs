@@ -33,6 +33,8 @@ fn policy(backend: Backend) -> SandboxPolicy {
         .expect("shipped default profile decodes");
     p.backend = backend;
     p.timeout = Duration::from_secs(20);
+    // bwrap+landlock's inner half is the agentd binary, not this test binary.
+    sandbox::helper::set_helper_exe(PathBuf::from(env!("CARGO_BIN_EXE_agentd")));
     p
 }
 
@@ -385,6 +387,7 @@ macro_rules! escape_suite {
 
 escape_suite!(landlock, Backend::Landlock);
 escape_suite!(bwrap, Backend::Bwrap);
+escape_suite!(bwrap_landlock, Backend::BwrapLandlock);
 
 #[test]
 fn landlock_is_enforceable_on_this_kernel() {
@@ -394,8 +397,11 @@ fn landlock_is_enforceable_on_this_kernel() {
 
 #[test]
 fn shipped_profiles_decode_with_the_documented_backends() {
-    for (name, backend, network) in
-        [("default", Backend::Landlock, false), ("strict", Backend::Bwrap, false), ("networked", Backend::Landlock, true)]
+    for (name, backend, network) in [
+        ("default", Backend::Landlock, false),
+        ("strict", Backend::BwrapLandlock, false),
+        ("networked", Backend::Landlock, true),
+    ]
     {
         let (p, _) = agentd::config::resolve_sandbox_profile(name, None).expect(name);
         assert_eq!((p.backend, p.network), (backend, network), "{name}");
@@ -433,7 +439,7 @@ async fn extra_read_only_paths_are_readable_but_not_writable() {
     let wd = test_dir("wd-");
     let skills = test_dir("skills-");
     std::fs::write(skills.path().join("SKILL.md"), "use the force").unwrap();
-    for backend in [Backend::Landlock, Backend::Bwrap] {
+    for backend in [Backend::Landlock, Backend::Bwrap, Backend::BwrapLandlock] {
         let argv = sh(&format!("cat {0}/SKILL.md; echo x > {0}/new", skills.path().display()));
         let o = sandbox::run(&policy(backend), wd.path(), &argv, &[skills.path().to_path_buf()]).await.unwrap();
         assert_eq!(o.stdout, "use the force", "{backend:?}: {o:?}");
@@ -465,6 +471,7 @@ async fn relative_policy_paths_are_refused() {
 #[test]
 fn cli_runs_a_command_under_a_builtin_profile_and_returns_its_status() {
     let wd = test_dir("wd-");
+    sandbox::helper::set_helper_exe(PathBuf::from(env!("CARGO_BIN_EXE_agentd")));
     let args = |profile: &str, cmd: &[&str]| sandbox::cli::SandboxRunArgs {
         profile: profile.into(),
         workdir: Some(wd.path().to_path_buf()),
@@ -574,4 +581,16 @@ fn tree(root: &Path) -> Vec<(PathBuf, String, u32, Vec<u8>)> {
     out.push((PathBuf::from("."), "dir".into(), std::fs::metadata(root).unwrap().permissions().mode() & 0o7777, vec![]));
     out.sort();
     out
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn bwrap_landlock_applies_landlock_inside_the_namespace() {
+    // bwrap mounts a /proc of its own; only landlock (not in the allow-list)
+    // can make it unreadable.
+    let wd = test_dir("wd-");
+    let argv = sh("grep -c NoNewPrivs /proc/self/status");
+    let bwrap_only = run(&policy(Backend::Bwrap), wd.path(), &argv).await;
+    assert_eq!(bwrap_only.stdout, "1\n", "{bwrap_only:?}");
+    let both = run(&policy(Backend::BwrapLandlock), wd.path(), &argv).await;
+    assert!(!both.success() && both.stderr.contains("Permission denied"), "{both:?}");
 }
