@@ -78,20 +78,12 @@ pub enum Block {
     /// Run `code` in the sandbox.
     Execute { lang: Lang, code: String, span: Span },
     /// Write `content` to `path` (relative to the workdir; checked when run).
-    Create {
-        path: String,
-        content: String,
-        span: Span,
-    },
+    Create { path: String, content: String, span: Span },
     /// An actionable fence or `<invoke>` that never closed: reported to the
     /// model, never run (the model's reply was probably cut off).
     Unclosed { tag: String, span: Span },
     /// An actionable block that cannot be run as written.
-    Invalid {
-        tag: String,
-        reason: String,
-        span: Span,
-    },
+    Invalid { tag: String, reason: String, span: Span },
 }
 
 impl Block {
@@ -122,12 +114,9 @@ enum Action {
 
 fn action(tag: &str) -> Option<Action> {
     if let Some(lang) = tag.strip_suffix(":execute") {
-        return Some(Action::Execute(
-            Lang::parse(lang).ok_or_else(|| lang.to_string()),
-        ));
+        return Some(Action::Execute(Lang::parse(lang).ok_or_else(|| lang.to_string())));
     }
-    tag.strip_suffix(":create")
-        .map(|p| Action::Create(p.to_string()))
+    tag.strip_suffix(":create").map(|p| Action::Create(p.to_string()))
 }
 
 /// Parses `text` into its runnable blocks, in document order.
@@ -201,12 +190,7 @@ fn opening_fence(line: &str) -> Option<OpenFence<'_>> {
     if ch == b'`' && info.contains('`') {
         return None;
     }
-    Some(OpenFence {
-        indent,
-        ch,
-        len,
-        info,
-    })
+    Some(OpenFence { indent, ch, len, info })
 }
 
 fn is_closing(line: &str, open: &OpenFence<'_>) -> bool {
@@ -283,11 +267,7 @@ fn fence(
             reason: "`:create` needs a path, e.g. ```notes/todo.md:create".to_string(),
             span,
         },
-        (Some(_), Action::Create(path)) => Block::Create {
-            path,
-            content,
-            span,
-        },
+        (Some(_), Action::Create(path)) => Block::Create { path, content, span },
     };
     // A fence that runs to the end of the text consumed every line.
     (Some(block), pos, lines)
@@ -379,24 +359,15 @@ fn attr(attrs: &str, key: &str) -> Option<String> {
 }
 
 fn trim_one_newline(v: &str) -> String {
-    let v = v
-        .strip_prefix("\r\n")
-        .or_else(|| v.strip_prefix('\n'))
-        .unwrap_or(v);
-    let v = v
-        .strip_suffix("\r\n")
-        .or_else(|| v.strip_suffix('\n'))
-        .unwrap_or(v);
+    let v = v.strip_prefix("\r\n").or_else(|| v.strip_prefix('\n')).unwrap_or(v);
+    let v = v.strip_suffix("\r\n").or_else(|| v.strip_suffix('\n')).unwrap_or(v);
     v.replace("\r\n", "\n")
 }
 
 fn param<'a>(params: &'a [(String, String)], names: &[&str]) -> Option<&'a str> {
-    names.iter().find_map(|n| {
-        params
-            .iter()
-            .find(|(k, _)| k == n)
-            .map(|(_, v)| v.as_str())
-    })
+    names
+        .iter()
+        .find_map(|n| params.iter().find(|(k, _)| k == n).map(|(_, v)| v.as_str()))
 }
 
 fn invoke_block(name: &str, params: &[(String, String)], span: Span) -> Block {

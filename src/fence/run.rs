@@ -20,9 +20,14 @@ use super::parse::{Block, Span};
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum FenceOutcome {
     Ran(RunOutcome),
-    Created { path: PathBuf, bytes: usize },
+    Created {
+        path: PathBuf,
+        bytes: usize,
+    },
     /// Not run: refused path, sandbox error, unclosed or invalid block.
-    NotRun { reason: String },
+    NotRun {
+        reason: String,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -38,10 +43,7 @@ impl FenceResult {
     /// The text the model reads back. Output was already capped (head and
     /// tail, with a note of what was cut) by the sandbox.
     pub fn render_for_model(&self) -> String {
-        let head = format!(
-            "[block {} `{}` at line {}]",
-            self.index, self.tag, self.span.line
-        );
+        let head = format!("[block {} `{}` at line {}]", self.index, self.tag, self.span.line);
         match &self.outcome {
             FenceOutcome::Created { path, bytes } => {
                 format!("{head} created {} ({bytes} bytes)\n", path.display())
@@ -84,22 +86,16 @@ fn fmt_duration(d: Duration) -> String {
 }
 
 /// Runs `blocks` in order under `policy` in `workdir`.
-pub async fn execute(
-    blocks: &[Block],
-    policy: &SandboxPolicy,
-    workdir: &Path,
-) -> Vec<FenceResult> {
+pub async fn execute(blocks: &[Block], policy: &SandboxPolicy, workdir: &Path) -> Vec<FenceResult> {
     let mut results = Vec::with_capacity(blocks.len());
     for (i, block) in blocks.iter().enumerate() {
         let outcome = match block {
-            Block::Execute { lang, code, .. } => {
-                match sandbox::run(policy, workdir, &lang.argv(code), &[]).await {
-                    Ok(o) => FenceOutcome::Ran(o),
-                    Err(e) => FenceOutcome::NotRun {
-                        reason: format!("sandbox: {e}"),
-                    },
-                }
-            }
+            Block::Execute { lang, code, .. } => match sandbox::run(policy, workdir, &lang.argv(code), &[]).await {
+                Ok(o) => FenceOutcome::Ran(o),
+                Err(e) => FenceOutcome::NotRun {
+                    reason: format!("sandbox: {e}"),
+                },
+            },
             Block::Create { path, content, .. } => match create(workdir, path, content) {
                 Ok(p) => FenceOutcome::Created {
                     path: p,
@@ -108,12 +104,9 @@ pub async fn execute(
                 Err(reason) => FenceOutcome::NotRun { reason },
             },
             Block::Unclosed { .. } => FenceOutcome::NotRun {
-                reason: "the block is not closed (was the reply cut off?); close it and send it again"
-                    .to_string(),
+                reason: "the block is not closed (was the reply cut off?); close it and send it again".to_string(),
             },
-            Block::Invalid { reason, .. } => FenceOutcome::NotRun {
-                reason: reason.clone(),
-            },
+            Block::Invalid { reason, .. } => FenceOutcome::NotRun { reason: reason.clone() },
         };
         results.push(FenceResult {
             index: i + 1,
@@ -128,17 +121,13 @@ pub async fn execute(
 /// Writes `content` to `rel` inside `workdir`; returns the path relative
 /// to the workdir. The error is a sentence for the model.
 pub fn create(workdir: &Path, rel: &str, content: &str) -> Result<PathBuf, String> {
-    let root = std::fs::canonicalize(workdir)
-        .map_err(|e| format!("workdir {}: {e}", workdir.display()))?;
+    let root = std::fs::canonicalize(workdir).map_err(|e| format!("workdir {}: {e}", workdir.display()))?;
     let target = resolve_inside(&root, rel)?;
-    let parent = target
-        .parent()
-        .ok_or_else(|| format!("{rel:?} names no file"))?;
+    let parent = target.parent().ok_or_else(|| format!("{rel:?} names no file"))?;
     std::fs::create_dir_all(parent).map_err(|e| format!("creating {}: {e}", parent.display()))?;
     // The parents were checked before they were created; check again in
     // case something swapped one for a symlink meanwhile.
-    let real_parent =
-        std::fs::canonicalize(parent).map_err(|e| format!("{}: {e}", parent.display()))?;
+    let real_parent = std::fs::canonicalize(parent).map_err(|e| format!("{}: {e}", parent.display()))?;
     if !real_parent.starts_with(&root) {
         return Err(format!("refused: {rel:?} leads outside the workdir"));
     }
@@ -152,10 +141,7 @@ pub fn create(workdir: &Path, rel: &str, content: &str) -> Result<PathBuf, Strin
     f.write_all(content.as_bytes())
         .map_err(|e| format!("writing {rel}: {e}"))?;
     give_to_workdir_owner(&root, &target);
-    Ok(target
-        .strip_prefix(&root)
-        .map(Path::to_path_buf)
-        .unwrap_or(target))
+    Ok(target.strip_prefix(&root).map(Path::to_path_buf).unwrap_or(target))
 }
 
 /// When agentd runs as root, sandboxed code runs as the workdir's owner
@@ -213,9 +199,8 @@ fn resolve_inside(root: &Path, rel: &str) -> Result<PathBuf, String> {
         let next = cur.join(name);
         match std::fs::symlink_metadata(&next) {
             Ok(m) if m.file_type().is_symlink() => {
-                let real = std::fs::canonicalize(&next).map_err(|_| {
-                    format!("refused: {rel:?} goes through a dangling symlink")
-                })?;
+                let real = std::fs::canonicalize(&next)
+                    .map_err(|_| format!("refused: {rel:?} goes through a dangling symlink"))?;
                 if !real.starts_with(root) {
                     return Err(format!(
                         "refused: {rel:?} goes through a symlink that leaves the workdir"
@@ -227,7 +212,10 @@ fn resolve_inside(root: &Path, rel: &str) -> Result<PathBuf, String> {
                 return Err(format!("refused: {rel:?} is a directory"));
             }
             Ok(m) if !m.is_dir() && !last => {
-                return Err(format!("refused: {rel:?}: {} is not a directory", name.to_string_lossy()));
+                return Err(format!(
+                    "refused: {rel:?}: {} is not a directory",
+                    name.to_string_lossy()
+                ));
             }
             Ok(_) => cur = next,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => cur = next,

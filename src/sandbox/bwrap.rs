@@ -111,7 +111,5 @@ pub fn args(layout: &Layout<'_>, argv: &[String]) -> Result<Vec<OsString>, Sandb
 /// `/dev`, `/proc` and `/tmp` are fresh inside bwrap; binding host paths
 /// there would either be hidden by them or punch holes into them.
 fn provided_by_bwrap(p: &Path) -> bool {
-    ["/dev", "/proc", "/tmp"]
-        .iter()
-        .any(|root| p.starts_with(root))
+    ["/dev", "/proc", "/tmp"].iter().any(|root| p.starts_with(root))
 }

@@ -39,10 +39,9 @@ pub fn run(args: &SandboxRunArgs) -> anyhow::Result<i32> {
         .config
         .as_ref()
         .map(|f| f.parent().map(PathBuf::from).unwrap_or_default());
-    let (policy, origin) =
-        crate::config::resolve_sandbox_profile(&args.profile, config_dir.as_deref())
-            .map_err(|e| anyhow::anyhow!("{e}"))
-            .with_context(|| format!("sandbox profile {:?}", args.profile))?;
+    let (policy, origin) = crate::config::resolve_sandbox_profile(&args.profile, config_dir.as_deref())
+        .map_err(|e| anyhow::anyhow!("{e}"))
+        .with_context(|| format!("sandbox profile {:?}", args.profile))?;
     let workdir = match &args.workdir {
         Some(d) => d.clone(),
         None => std::env::current_dir().context("current directory")?,
@@ -71,7 +70,11 @@ pub fn run(args: &SandboxRunArgs) -> anyhow::Result<i32> {
         outcome.duration.as_secs_f64(),
         origin.display(),
         policy.backend.name(),
-        if policy.backend == Backend::None { ", NO ISOLATION" } else { "" },
+        if policy.backend == Backend::None {
+            ", NO ISOLATION"
+        } else {
+            ""
+        },
         if outcome.truncated { ", output cut" } else { "" },
     )?;
     Ok(match (outcome.exit_code, outcome.signal) {

@@ -97,12 +97,8 @@ fn restrict_and_exec(args: impl IntoIterator<Item = OsString>) -> Result<Never, 
         match a.to_str() {
             Some("--best-effort") => best_effort = true,
             Some("--network") => network = true,
-            Some("--ro") => allowed
-                .read_only
-                .push(it.next().ok_or("--ro needs a path")?.into()),
-            Some("--rw") => allowed
-                .writable
-                .push(it.next().ok_or("--rw needs a path")?.into()),
+            Some("--ro") => allowed.read_only.push(it.next().ok_or("--ro needs a path")?.into()),
+            Some("--rw") => allowed.writable.push(it.next().ok_or("--rw needs a path")?.into()),
             Some("--") => {
                 command.extend(it.by_ref());
                 break;

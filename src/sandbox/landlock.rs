@@ -16,8 +16,8 @@
 use std::path::{Path, PathBuf};
 
 use landlock::{
-    ABI, Access, AccessFs, AccessNet, BitFlags, CompatLevel, Compatible, PathBeneath, PathFd,
-    Ruleset, RulesetAttr, RulesetCreated, RulesetCreatedAttr, Scope,
+    ABI, Access, AccessFs, AccessNet, BitFlags, CompatLevel, Compatible, PathBeneath, PathFd, Ruleset, RulesetAttr,
+    RulesetCreated, RulesetCreatedAttr, Scope,
 };
 
 use super::SandboxError;
@@ -56,11 +56,7 @@ pub struct Allowed {
 /// `/lib64` for machines that have it; granting nothing is safe); a path
 /// that exists but cannot be opened is an error, because the landlock crate
 /// would silently drop it. Writable paths must exist.
-pub fn build(
-    allowed: &Allowed,
-    network: bool,
-    best_effort: bool,
-) -> Result<RulesetCreated, SandboxError> {
+pub fn build(allowed: &Allowed, network: bool, best_effort: bool) -> Result<RulesetCreated, SandboxError> {
     let abi = kernel_abi();
     if abi == 0 && !best_effort {
         return Err(SandboxError::LandlockUnsupported {

@@ -232,9 +232,7 @@ unsafe fn drop_all_capabilities(cap_last: libc::c_ulong) -> io::Result<()> {
     unsafe {
         for cap in 0..=cap_last {
             // EINVAL for capabilities this kernel does not know is fine.
-            if libc::prctl(libc::PR_CAPBSET_DROP, cap, 0, 0, 0) < 0
-                && *libc::__errno_location() != libc::EINVAL
-            {
+            if libc::prctl(libc::PR_CAPBSET_DROP, cap, 0, 0, 0) < 0 && *libc::__errno_location() != libc::EINVAL {
                 return Err(io::Error::last_os_error());
             }
         }

@@ -100,17 +100,11 @@ pub enum SandboxError {
     #[error("nothing to run: the command is empty")]
     EmptyCommand,
     #[error("workdir {path}: {source}")]
-    Workdir {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    Workdir { path: PathBuf, source: std::io::Error },
     #[error("sandbox path {path} must be absolute")]
     RelativePath { path: PathBuf },
     #[error("sandbox path {path}: {source}")]
-    Path {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    Path { path: PathBuf, source: std::io::Error },
     #[error(
         "this kernel (Landlock ABI {abi}) cannot enforce the policy: it lacks {missing}; \
          refusing to run. Use backend bwrap, a newer kernel, or set best_effort: true to run \
@@ -127,15 +121,9 @@ pub enum SandboxError {
     #[error("private /tmp: {0}")]
     PrivateTmp(std::io::Error),
     #[error("starting {program}: {source}")]
-    Spawn {
-        program: String,
-        source: std::io::Error,
-    },
+    Spawn { program: String, source: std::io::Error },
     #[error("waiting for {program}: {source}")]
-    Wait {
-        program: String,
-        source: std::io::Error,
-    },
+    Wait { program: String, source: std::io::Error },
 }
 
 /// After the main process is gone (or killed), how long stragglers holding
@@ -172,12 +160,7 @@ pub async fn run(
             source: std::io::Error::new(std::io::ErrorKind::NotADirectory, "not a directory"),
         });
     }
-    for p in policy
-        .read_only
-        .iter()
-        .chain(&policy.writable)
-        .chain(extra_ro)
-    {
+    for p in policy.read_only.iter().chain(&policy.writable).chain(extra_ro) {
         if !p.is_absolute() {
             return Err(SandboxError::RelativePath { path: p.clone() });
         }
@@ -427,15 +410,11 @@ impl PrivateTmp {
         let mut last_err = None;
         for _ in 0..16 {
             let n = COUNTER.fetch_add(1, Ordering::Relaxed);
-            let path = base.join(format!(
-                "agentd-sandbox-{}-{n}-{nanos:x}",
-                std::process::id()
-            ));
+            let path = base.join(format!("agentd-sandbox-{}-{n}-{nanos:x}", std::process::id()));
             match std::fs::DirBuilder::new().mode(0o700).create(&path) {
                 Ok(()) => {
                     if let Identity::Switch { uid, gid } = identity {
-                        std::os::unix::fs::chown(&path, Some(uid), Some(gid))
-                            .map_err(SandboxError::PrivateTmp)?;
+                        std::os::unix::fs::chown(&path, Some(uid), Some(gid)).map_err(SandboxError::PrivateTmp)?;
                     }
                     return Ok(PrivateTmp { path });
                 }

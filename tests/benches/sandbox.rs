@@ -36,11 +36,20 @@ fn report(name: &str, mut samples: Vec<Duration>) {
 }
 
 fn main() {
-    let runs: usize = std::env::var("SANDBOX_BENCH_RUNS").ok().and_then(|s| s.parse().ok()).unwrap_or(300);
+    let runs: usize = std::env::var("SANDBOX_BENCH_RUNS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(300);
     let wd = tempfile::tempdir().expect("tempdir");
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
     let argv = vec!["true".to_string()];
-    println!("sandbox overhead: `true`, {runs} runs each, landlock ABI {}", sandbox::landlock::kernel_abi());
+    println!(
+        "sandbox overhead: `true`, {runs} runs each, landlock ABI {}",
+        sandbox::landlock::kernel_abi()
+    );
 
     let mut bare = Vec::with_capacity(runs);
     for _ in 0..runs {
@@ -58,7 +67,9 @@ fn main() {
         rt.block_on(sandbox::run(&p, wd.path(), &argv, &[])).expect("warm-up");
         for _ in 0..runs {
             let t = Instant::now();
-            let o = rt.block_on(sandbox::run(&p, wd.path(), &argv, &[])).expect("sandbox run");
+            let o = rt
+                .block_on(sandbox::run(&p, wd.path(), &argv, &[]))
+                .expect("sandbox run");
             samples.push(t.elapsed());
             assert!(o.success(), "{backend:?}: {o:?}");
         }

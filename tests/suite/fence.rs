@@ -28,7 +28,11 @@ fn bash_sh_and_python_execute_fences_are_found_in_order() {
                 ```python:execute\nprint(1)\n```\n";
     assert_eq!(
         executes(text),
-        vec![exec(Lang::Bash, "ls -la\n"), exec(Lang::Sh, "echo $0\n"), exec(Lang::Python, "print(1)\n")]
+        vec![
+            exec(Lang::Bash, "ls -la\n"),
+            exec(Lang::Sh, "echo $0\n"),
+            exec(Lang::Python, "print(1)\n")
+        ]
     );
 }
 
@@ -61,7 +65,10 @@ fn a_longer_fence_contains_a_shorter_one_in_a_heredoc() {
     let text = "````bash:execute\ncat > README.md <<'EOF'\n```sh\necho inner\n```\nEOF\n````\nafter\n";
     assert_eq!(
         executes(text),
-        vec![exec(Lang::Bash, "cat > README.md <<'EOF'\n```sh\necho inner\n```\nEOF\n")]
+        vec![exec(
+            Lang::Bash,
+            "cat > README.md <<'EOF'\n```sh\necho inner\n```\nEOF\n"
+        )]
     );
 }
 
@@ -73,12 +80,18 @@ fn tilde_fences_close_only_with_tildes() {
 
 #[test]
 fn a_closing_fence_may_be_longer_but_not_shorter() {
-    assert_eq!(executes("````sh:execute\nx\n```\ny\n`````\n"), vec![exec(Lang::Sh, "x\n```\ny\n")]);
+    assert_eq!(
+        executes("````sh:execute\nx\n```\ny\n`````\n"),
+        vec![exec(Lang::Sh, "x\n```\ny\n")]
+    );
 }
 
 #[test]
 fn a_closing_fence_cannot_carry_an_info_string() {
-    assert_eq!(executes("```sh:execute\nx\n```bash\ny\n```\n"), vec![exec(Lang::Sh, "x\n```bash\ny\n")]);
+    assert_eq!(
+        executes("```sh:execute\nx\n```bash\ny\n```\n"),
+        vec![exec(Lang::Sh, "x\n```bash\ny\n")]
+    );
 }
 
 #[test]
@@ -93,7 +106,10 @@ fn indented_fences_lose_their_indentation() {
                 ```sh:execute\n    echo deep\n    ```\n";
     assert_eq!(
         executes(text),
-        vec![exec(Lang::Bash, "echo one\n  echo two\n"), exec(Lang::Sh, "echo deep\n")]
+        vec![
+            exec(Lang::Bash, "echo one\n  echo two\n"),
+            exec(Lang::Sh, "echo deep\n")
+        ]
     );
 }
 
@@ -124,12 +140,18 @@ fn an_unknown_language_is_invalid() {
 
 #[test]
 fn an_info_string_may_carry_more_words() {
-    assert_eq!(executes("```bash:execute title=\"x\"\necho\n```"), vec![exec(Lang::Bash, "echo\n")]);
+    assert_eq!(
+        executes("```bash:execute title=\"x\"\necho\n```"),
+        vec![exec(Lang::Bash, "echo\n")]
+    );
 }
 
 #[test]
 fn inline_triple_backticks_do_not_open_a_fence() {
-    assert_eq!(fence::parse("use ```bash:execute``` blocks\n```bash:execute\nid\n```\n").len(), 1);
+    assert_eq!(
+        fence::parse("use ```bash:execute``` blocks\n```bash:execute\nid\n```\n").len(),
+        1
+    );
 }
 
 #[test]
@@ -137,7 +159,10 @@ fn xml_invoke_executes_with_command_or_code() {
     let text = "<function_calls>\n<invoke name=\"bash:execute\">\n<parameter name=\"command\">echo 'a < b' && ls</parameter>\n\
                 </invoke>\n<invoke name=\"python:execute\"><parameter name=\"code\">\nprint(1)\n</parameter></invoke>\n\
                 </function_calls>";
-    assert_eq!(executes(text), vec![exec(Lang::Bash, "echo 'a < b' && ls"), exec(Lang::Python, "print(1)")]);
+    assert_eq!(
+        executes(text),
+        vec![exec(Lang::Bash, "echo 'a < b' && ls"), exec(Lang::Python, "print(1)")]
+    );
 }
 
 #[test]
@@ -152,7 +177,10 @@ fn xml_invoke_creates_with_path_and_content() {
             other => panic!("{other:?}"),
         })
         .collect();
-    assert_eq!(got, vec![("a/b.txt".into(), "hello\nworld".into()), ("c.md".into(), "x".into())]);
+    assert_eq!(
+        got,
+        vec![("a/b.txt".into(), "hello\nworld".into()), ("c.md".into(), "x".into())]
+    );
 }
 
 #[test]
@@ -235,7 +263,10 @@ proptest! {
 }
 
 fn test_dir(prefix: &str) -> tempfile::TempDir {
-    tempfile::Builder::new().prefix(prefix).tempdir_in(env!("CARGO_TARGET_TMPDIR")).expect("tempdir")
+    tempfile::Builder::new()
+        .prefix(prefix)
+        .tempdir_in(env!("CARGO_TARGET_TMPDIR"))
+        .expect("tempdir")
 }
 
 fn policy() -> SandboxPolicy {
@@ -253,20 +284,38 @@ async fn execute_runs_blocks_in_order_and_reports_each() {
     let blocks = fence::parse(reply);
     let results = fence::execute(&blocks, &policy(), wd.path()).await;
     assert_eq!(results.len(), 4);
-    assert_eq!(std::fs::read_to_string(wd.path().join("data/in.txt")).unwrap(), "hello\n");
+    assert_eq!(
+        std::fs::read_to_string(wd.path().join("data/in.txt")).unwrap(),
+        "hello\n"
+    );
     match &results[1].outcome {
         FenceOutcome::Ran(o) => {
-            assert_eq!((o.exit_code, o.stdout.as_str(), o.stderr.as_str()), (Some(3), "HELLO\n", "oops\n"));
+            assert_eq!(
+                (o.exit_code, o.stdout.as_str(), o.stderr.as_str()),
+                (Some(3), "HELLO\n", "oops\n")
+            );
         }
         other => panic!("{other:?}"),
     }
     let rendered: Vec<String> = results.iter().map(|r| r.render_for_model()).collect();
     assert!(rendered[0].contains("created data/in.txt (6 bytes)"), "{}", rendered[0]);
     assert!(rendered[1].contains("exit code 3"), "{}", rendered[1]);
-    assert!(rendered[1].contains("stdout:\nHELLO\n") && rendered[1].contains("stderr:\noops\n"), "{}", rendered[1]);
-    assert!(rendered[1].contains("duration ") && rendered[1].contains("timed_out: false"), "{}", rendered[1]);
+    assert!(
+        rendered[1].contains("stdout:\nHELLO\n") && rendered[1].contains("stderr:\noops\n"),
+        "{}",
+        rendered[1]
+    );
+    assert!(
+        rendered[1].contains("duration ") && rendered[1].contains("timed_out: false"),
+        "{}",
+        rendered[1]
+    );
     assert!(rendered[2].contains("olleh"), "{}", rendered[2]);
-    assert!(rendered[3].contains("not run") && rendered[3].contains("not closed"), "{}", rendered[3]);
+    assert!(
+        rendered[3].contains("not run") && rendered[3].contains("not closed"),
+        "{}",
+        rendered[3]
+    );
 }
 
 #[tokio::test(flavor = "current_thread")]
@@ -280,7 +329,10 @@ async fn render_reports_timeouts_and_cut_output() {
     let text = r[0].render_for_model();
     assert!(text.contains("timed out") && text.contains("timed_out: true"), "{text}");
     assert!(text.contains("output cut") && text.contains("agentd cut"), "{text}");
-    assert!(text.contains("\n1\n2\n") && text.contains("100000\n"), "head and tail kept: {text}");
+    assert!(
+        text.contains("\n1\n2\n") && text.contains("100000\n"),
+        "head and tail kept: {text}"
+    );
     assert!(text.len() < 2048, "{} bytes", text.len());
 }
 
@@ -293,11 +345,24 @@ fn create_refuses_absolute_paths_dotdot_and_symlinks_out() {
     std::fs::create_dir(wd.path().join("sub")).unwrap();
     std::os::unix::fs::symlink("sub", wd.path().join("in")).unwrap();
 
-    for bad in ["/etc/passwd", "../x", "a/../../x", "out/x", "out/deeper/x", "out-file", "", "sub"] {
+    for bad in [
+        "/etc/passwd",
+        "../x",
+        "a/../../x",
+        "out/x",
+        "out/deeper/x",
+        "out-file",
+        "",
+        "sub",
+    ] {
         let e = fence::create(wd.path(), bad, "x").unwrap_err();
         assert!(e.contains("refused") || e.contains("not a file"), "{bad}: {e}");
     }
-    assert_eq!(std::fs::read_dir(outside.path()).unwrap().count(), 0, "nothing may land outside");
+    assert_eq!(
+        std::fs::read_dir(outside.path()).unwrap().count(),
+        0,
+        "nothing may land outside"
+    );
 
     // A symlink that stays inside is fine, and so are new directories.
     assert!(fence::create(wd.path(), "in/ok.txt", "ok").is_ok());
@@ -312,5 +377,9 @@ async fn a_sandbox_error_is_reported_to_the_model_not_raised() {
     let mut p = policy();
     p.read_only.push("relative/path".into());
     let r = fence::execute(&fence::parse("```sh:execute\ntrue\n```"), &p, wd.path()).await;
-    assert!(r[0].render_for_model().contains("not run: sandbox"), "{}", r[0].render_for_model());
+    assert!(
+        r[0].render_for_model().contains("not run: sandbox"),
+        "{}",
+        r[0].render_for_model()
+    );
 }

@@ -1,5 +1,5 @@
 mod config;
-mod ledger;
-mod supervisor;
 mod fence;
+mod ledger;
 mod sandbox;
+mod supervisor;

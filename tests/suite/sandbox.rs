@@ -47,7 +47,9 @@ fn py(code: &str) -> Vec<String> {
 }
 
 async fn run(p: &SandboxPolicy, workdir: &Path, argv: &[String]) -> RunOutcome {
-    sandbox::run(p, workdir, argv, &[]).await.unwrap_or_else(|e| panic!("sandbox {:?}: {e}", p.backend))
+    sandbox::run(p, workdir, argv, &[])
+        .await
+        .unwrap_or_else(|e| panic!("sandbox {:?}: {e}", p.backend))
 }
 
 /// Runs `argv` without isolation (control) and under `backend`.
@@ -73,7 +75,12 @@ async fn write_outside_workdir(backend: Backend) {
     assert!(!target.exists(), "{backend:?} let a write outside the workdir through");
 
     // Writing inside the workdir and TMPDIR still works.
-    let ok = run(&policy(backend), wd.path(), &sh("echo a > inside && echo b > \"$TMPDIR/t\" && cat inside")).await;
+    let ok = run(
+        &policy(backend),
+        wd.path(),
+        &sh("echo a > inside && echo b > \"$TMPDIR/t\" && cat inside"),
+    )
+    .await;
     assert_eq!(ok.stdout, "a\n", "{ok:?}");
     assert!(wd.path().join("inside").exists());
 }
@@ -87,7 +94,10 @@ async fn read_secret_outside_allow_list(backend: Backend) {
     let (control, sandboxed) = control_and_sandboxed(backend, wd.path(), &argv).await;
     assert!(control.stdout.contains("sk-TOPSECRET"), "control: {control:?}");
     assert!(!sandboxed.success(), "{sandboxed:?}");
-    assert!(!sandboxed.stdout.contains("TOPSECRET"), "{backend:?} leaked the secret: {sandboxed:?}");
+    assert!(
+        !sandboxed.stdout.contains("TOPSECRET"),
+        "{backend:?} leaked the secret: {sandboxed:?}"
+    );
 }
 
 /// Whether a connection is waiting in the listener's backlog.
@@ -113,7 +123,8 @@ async fn tcp_connect_to_loopback_listener(backend: Backend) {
 }
 
 /// A DNS query for example.com, as a resolver would send it.
-const DNS_QUERY: &str = "b'\\x12\\x34\\x01\\x00\\x00\\x01\\x00\\x00\\x00\\x00\\x00\\x00\\x07example\\x03com\\x00\\x00\\x01\\x00\\x01'";
+const DNS_QUERY: &str =
+    "b'\\x12\\x34\\x01\\x00\\x00\\x01\\x00\\x00\\x00\\x00\\x00\\x00\\x07example\\x03com\\x00\\x00\\x01\\x00\\x01'";
 
 fn received(sock: &UdpSocket) -> Option<Vec<u8>> {
     sock.set_read_timeout(Some(Duration::from_millis(1500))).unwrap();
@@ -136,7 +147,10 @@ async fn udp_dns_send(backend: Backend) {
     assert!(got.windows(7).any(|w| w == b"example"));
 
     let sandboxed = run(&policy(backend), wd.path(), &argv).await;
-    assert!(received(&dns).is_none(), "{backend:?} let a UDP datagram out: {sandboxed:?}");
+    assert!(
+        received(&dns).is_none(),
+        "{backend:?} let a UDP datagram out: {sandboxed:?}"
+    );
 }
 
 async fn symlink_out_of_workdir(backend: Backend) {
@@ -152,8 +166,14 @@ async fn symlink_out_of_workdir(backend: Backend) {
     std::fs::remove_file(outside.path().join("new")).unwrap();
 
     let sandboxed = run(&policy(backend), wd.path(), &argv).await;
-    assert!(!sandboxed.stdout.contains("VIA-LINK"), "{backend:?} read through a symlink: {sandboxed:?}");
-    assert!(!outside.path().join("new").exists(), "{backend:?} wrote through a symlink");
+    assert!(
+        !sandboxed.stdout.contains("VIA-LINK"),
+        "{backend:?} read through a symlink: {sandboxed:?}"
+    );
+    assert!(
+        !outside.path().join("new").exists(),
+        "{backend:?} wrote through a symlink"
+    );
 }
 
 /// Processes of `uid` alive right now.
@@ -195,7 +215,11 @@ static NOBODY_LOCK: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 fn wait_until_nobody_runs() {
     let idle = wait_for(Duration::from_secs(10), || (processes_of(NOBODY) == 0).then_some(()));
-    assert!(idle.is_some(), "{} processes of nobody still running", processes_of(NOBODY));
+    assert!(
+        idle.is_some(),
+        "{} processes of nobody still running",
+        processes_of(NOBODY)
+    );
 }
 
 async fn fork_bomb_bounded_by_process_limit(backend: Backend) {
@@ -204,9 +228,11 @@ async fn fork_bomb_bounded_by_process_limit(backend: Backend) {
     let wd = workdir_owned_by_nobody();
     let limit = 32;
     // Forks 200 children that sleep, and reports how many forks worked.
-    let spawn_200 = py("import os, time\nn = 0\nfor i in range(200):\n    try:\n        pid = os.fork()\n    \
+    let spawn_200 = py(
+        "import os, time\nn = 0\nfor i in range(200):\n    try:\n        pid = os.fork()\n    \
          except OSError:\n        break\n    if pid == 0:\n        time.sleep(30)\n        os._exit(0)\n    \
-         n += 1\nprint(n)");
+         n += 1\nprint(n)",
+    );
     let mut control_policy = policy(Backend::None);
     control_policy.limits.processes = None;
     let control = run(&control_policy, wd.path(), &spawn_200).await;
@@ -216,7 +242,11 @@ async fn fork_bomb_bounded_by_process_limit(backend: Backend) {
     let mut p = policy(backend);
     p.limits.processes = Some(limit);
     let sandboxed = run(&p, wd.path(), &spawn_200).await;
-    let forked: u64 = sandboxed.stdout.trim().parse().unwrap_or_else(|_| panic!("{sandboxed:?}"));
+    let forked: u64 = sandboxed
+        .stdout
+        .trim()
+        .parse()
+        .unwrap_or_else(|_| panic!("{sandboxed:?}"));
     assert!(forked < limit, "{backend:?} forked {forked} with a limit of {limit}");
 
     // A real fork bomb: bounded by the limit, ended by the timeout, and
@@ -234,27 +264,40 @@ async fn endless_output_capped(backend: Backend) {
     let mut control_policy = policy(Backend::None);
     control_policy.limits.output_bytes = 4 << 20;
     let control = run(&control_policy, wd.path(), &one_mb).await;
-    assert!(!control.truncated && control.stdout.len() > 1_000_000, "control was cut");
+    assert!(
+        !control.truncated && control.stdout.len() > 1_000_000,
+        "control was cut"
+    );
 
     let mut p = policy(backend);
     p.limits.output_bytes = 64 << 10;
     let capped = run(&p, wd.path(), &one_mb).await;
     assert!(capped.truncated, "{backend:?}");
-    assert!(capped.stdout.len() < (64 << 10) + 200, "{} bytes kept", capped.stdout.len());
+    assert!(
+        capped.stdout.len() < (64 << 10) + 200,
+        "{} bytes kept",
+        capped.stdout.len()
+    );
     assert!(capped.stdout.starts_with("xxxx"));
     assert!(capped.stdout.ends_with("THE-END\n"), "the tail must survive");
     assert!(capped.stdout.contains("agentd cut"), "the cut must be noted");
 
     p.timeout = Duration::from_secs(2);
     let endless = run(&p, wd.path(), &sh("yes")).await;
-    assert!(endless.timed_out && endless.truncated, "{backend:?}: {:?}", endless.stderr);
+    assert!(
+        endless.timed_out && endless.truncated,
+        "{backend:?}: {:?}",
+        endless.stderr
+    );
     assert!(endless.stdout.len() < (64 << 10) + 200);
 }
 
 /// `sleep MARKER` processes (ours: the marker is unique).
 fn pids_with(marker: &str) -> Vec<i32> {
     let wanted = format!("sleep\0{marker}\0");
-    let Ok(dir) = std::fs::read_dir("/proc") else { return Vec::new() };
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
     dir.filter_map(|e| e.ok())
         .filter_map(|e| {
             let pid: i32 = e.file_name().to_str()?.parse().ok()?;
@@ -271,7 +314,10 @@ fn running_with(marker: &str) -> bool {
 
 fn unique_sleep() -> String {
     // sleep accepts fractional seconds: a unique duration marks our processes.
-    let n = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().subsec_nanos();
+    let n = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .subsec_nanos();
     format!("300.{n:09}")
 }
 
@@ -281,11 +327,17 @@ async fn sleep_past_timeout_killed_with_children(backend: Backend) {
     let script = format!("sleep {marker} & sleep {marker}; echo never");
 
     // Control: killing only the main process leaves the child running.
-    let mut naive = std::process::Command::new("bash").args(["-c", &script]).spawn().unwrap();
+    let mut naive = std::process::Command::new("bash")
+        .args(["-c", &script])
+        .spawn()
+        .unwrap();
     assert!(wait_for(Duration::from_secs(5), || running_with(&marker).then_some(())).is_some());
     naive.kill().unwrap();
     naive.wait().unwrap();
-    assert!(running_with(&marker), "control: the background sleep should survive a naive kill");
+    assert!(
+        running_with(&marker),
+        "control: the background sleep should survive a naive kill"
+    );
     for pid in pids_with(&marker) {
         unsafe { libc::kill(pid, libc::SIGKILL) };
     }
@@ -298,7 +350,10 @@ async fn sleep_past_timeout_killed_with_children(backend: Backend) {
     assert_eq!(o.signal, Some(libc::SIGKILL), "{o:?}");
     assert!(!o.stdout.contains("never"));
     let gone = wait_for(Duration::from_secs(5), || (!running_with(&marker)).then_some(()));
-    assert!(gone.is_some(), "{backend:?} left a child of the timed-out command running");
+    assert!(
+        gone.is_some(),
+        "{backend:?} left a child of the timed-out command running"
+    );
 }
 
 async fn no_new_privs_and_empty_environment(backend: Backend) {
@@ -307,7 +362,10 @@ async fn no_new_privs_and_empty_environment(backend: Backend) {
                  print(libc.prctl(39, 0, 0, 0, 0))\nprint(sorted(os.environ))";
     // Control: a plain child of this test process inherits its environment
     // (cargo sets CARGO_* for tests) and has no_new_privs off.
-    let plain = std::process::Command::new("python3").args(["-c", probe]).output().unwrap();
+    let plain = std::process::Command::new("python3")
+        .args(["-c", probe])
+        .output()
+        .unwrap();
     let plain = String::from_utf8_lossy(&plain.stdout);
     assert!(plain.starts_with("0\n") && plain.contains("CARGO"), "control: {plain}");
 
@@ -319,10 +377,23 @@ async fn no_new_privs_and_empty_environment(backend: Backend) {
 
 async fn bash_and_python_run(backend: Backend) {
     let wd = test_dir("wd-");
-    let o = run(&policy(backend), wd.path(), &sh("set -e; echo hi | tr a-z A-Z; ls /usr >/dev/null; pwd")).await;
-    assert_eq!(o.stdout, format!("HI\n{}\n", wd.path().canonicalize().unwrap().display()), "{o:?}");
-    let o = run(&policy(backend), wd.path(), &py("import json, sys; print(json.dumps({'v': sys.version_info[0]}))"))
-        .await;
+    let o = run(
+        &policy(backend),
+        wd.path(),
+        &sh("set -e; echo hi | tr a-z A-Z; ls /usr >/dev/null; pwd"),
+    )
+    .await;
+    assert_eq!(
+        o.stdout,
+        format!("HI\n{}\n", wd.path().canonicalize().unwrap().display()),
+        "{o:?}"
+    );
+    let o = run(
+        &policy(backend),
+        wd.path(),
+        &py("import json, sys; print(json.dumps({'v': sys.version_info[0]}))"),
+    )
+    .await;
     assert_eq!(o.stdout, "{\"v\": 3}\n", "{o:?}");
     assert_eq!(o.stderr, "", "python must start cleanly under the default profile");
 }
@@ -392,7 +463,10 @@ escape_suite!(bwrap_landlock, Backend::BwrapLandlock);
 #[test]
 fn landlock_is_enforceable_on_this_kernel() {
     let abi = sandbox::landlock::kernel_abi();
-    assert!(abi >= 4, "Landlock ABI {abi}: the landlock backend cannot enforce the default profile here");
+    assert!(
+        abi >= 4,
+        "Landlock ABI {abi}: the landlock backend cannot enforce the default profile here"
+    );
 }
 
 #[test]
@@ -401,13 +475,15 @@ fn shipped_profiles_decode_with_the_documented_backends() {
         ("default", Backend::Landlock, false),
         ("strict", Backend::BwrapLandlock, false),
         ("networked", Backend::Landlock, true),
-    ]
-    {
+    ] {
         let (p, _) = agentd::config::resolve_sandbox_profile(name, None).expect(name);
         assert_eq!((p.backend, p.network), (backend, network), "{name}");
         assert!(!p.best_effort, "{name}");
         assert!(p.read_only.contains(&PathBuf::from("/usr")), "{name}");
-        assert!(!p.read_only.contains(&PathBuf::from("/etc")), "{name}: /etc/shadow must stay out");
+        assert!(
+            !p.read_only.contains(&PathBuf::from("/etc")),
+            "{name}: /etc/shadow must stay out"
+        );
     }
 }
 
@@ -429,7 +505,12 @@ async fn networked_profile_allows_tcp_connect() {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let port = listener.local_addr().unwrap().port();
     let (p, _) = agentd::config::resolve_sandbox_profile("networked", None).unwrap();
-    let o = run(&p, wd.path(), &sh(&format!("exec 3<>/dev/tcp/127.0.0.1/{port} && echo connected"))).await;
+    let o = run(
+        &p,
+        wd.path(),
+        &sh(&format!("exec 3<>/dev/tcp/127.0.0.1/{port} && echo connected")),
+    )
+    .await;
     assert_eq!(o.stdout, "connected\n", "{o:?}");
     assert!(accepted(&listener));
 }
@@ -441,7 +522,9 @@ async fn extra_read_only_paths_are_readable_but_not_writable() {
     std::fs::write(skills.path().join("SKILL.md"), "use the force").unwrap();
     for backend in [Backend::Landlock, Backend::Bwrap, Backend::BwrapLandlock] {
         let argv = sh(&format!("cat {0}/SKILL.md; echo x > {0}/new", skills.path().display()));
-        let o = sandbox::run(&policy(backend), wd.path(), &argv, &[skills.path().to_path_buf()]).await.unwrap();
+        let o = sandbox::run(&policy(backend), wd.path(), &argv, &[skills.path().to_path_buf()])
+            .await
+            .unwrap();
         assert_eq!(o.stdout, "use the force", "{backend:?}: {o:?}");
         assert!(!skills.path().join("new").exists(), "{backend:?}");
     }
@@ -567,7 +650,12 @@ fn tree(root: &Path) -> Vec<(PathBuf, String, u32, Vec<u8>)> {
             let rel = p.strip_prefix(root).unwrap().to_path_buf();
             let mode = m.permissions().mode() & 0o7777;
             if m.file_type().is_symlink() {
-                out.push((rel, "link".into(), 0, std::fs::read_link(&p).unwrap().into_os_string().into_encoded_bytes()));
+                out.push((
+                    rel,
+                    "link".into(),
+                    0,
+                    std::fs::read_link(&p).unwrap().into_os_string().into_encoded_bytes(),
+                ));
             } else if m.is_dir() {
                 out.push((rel, "dir".into(), mode, Vec::new()));
                 stack.push(p);
@@ -578,7 +666,12 @@ fn tree(root: &Path) -> Vec<(PathBuf, String, u32, Vec<u8>)> {
             }
         }
     }
-    out.push((PathBuf::from("."), "dir".into(), std::fs::metadata(root).unwrap().permissions().mode() & 0o7777, vec![]));
+    out.push((
+        PathBuf::from("."),
+        "dir".into(),
+        std::fs::metadata(root).unwrap().permissions().mode() & 0o7777,
+        vec![],
+    ));
     out.sort();
     out
 }
