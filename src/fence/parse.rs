@@ -127,27 +127,30 @@ pub fn parse(text: &str) -> Vec<Block> {
     while pos < text.len() {
         let at_line_start = pos == 0 || text.as_bytes().get(pos - 1) == Some(&b'\n');
         let line_end = text[pos..].find('\n').map_or(text.len(), |i| pos + i + 1);
-        let line = &text[pos..line_end];
-        if at_line_start && let Some(open) = opening_fence(line) {
+        if at_line_start && let Some(open) = opening_fence(&text[pos..line_end]) {
             let (block, next, lines) = fence(text, pos, line_end, line_no, &open);
             blocks.extend(block);
             pos = next;
             line_no += lines;
             continue;
         }
-        if let Some(i) = line.find("<invoke") {
-            let start = pos + i;
-            let start_line = line_no;
-            if let Some((block, end)) = invoke(text, start, start_line) {
+        // Scan this line for `<invoke` markers; each text search below
+        // starts where the previous one stopped, so parsing stays linear.
+        let mut search = pos;
+        let mut element_end = None;
+        while let Some(i) = text[search..line_end].find("<invoke") {
+            let start = search + i;
+            if let Some((block, end)) = invoke(text, start, line_no) {
                 blocks.push(block);
-                line_no += text[pos..end].matches('\n').count();
-                pos = end;
-                continue;
+                element_end = Some(end);
+                break;
             }
-            // Not an element after all: keep scanning after the marker.
-            let skip = start + "<invoke".len();
-            line_no += text[pos..skip].matches('\n').count();
-            pos = skip;
+            // Not an element after all: it stays text.
+            search = start + "<invoke".len();
+        }
+        if let Some(end) = element_end {
+            line_no += text[pos..end].matches('\n').count();
+            pos = end;
             continue;
         }
         line_no += 1;
@@ -296,13 +299,17 @@ fn invoke(text: &str, start: usize, line: usize) -> Option<(Block, usize)> {
             text.len(),
         )
     };
+    // Where the element ends; found again only if a parameter value
+    // swallowed it (a value may quote `</invoke>`).
+    let mut close = text[pos..].find("</invoke>").map(|c| pos + c);
     loop {
-        let rest = &text[pos..];
-        let next_param = rest.find("<parameter");
-        let close = rest.find("</invoke>");
+        if close.is_some_and(|c| c < pos) {
+            close = text[pos..].find("</invoke>").map(|c| pos + c);
+        }
+        let next_param = text[pos..].find("<parameter").map(|p| pos + p);
         match (next_param, close) {
             (Some(p), c) if c.is_none_or(|c| p < c) => {
-                let p_after = pos + p + "<parameter".len();
+                let p_after = p + "<parameter".len();
                 let Some((pname, vstart)) = open_tag(text, p_after) else {
                     pos = p_after;
                     continue;
@@ -314,27 +321,28 @@ fn invoke(text: &str, start: usize, line: usize) -> Option<(Block, usize)> {
                 pos = vstart + vlen + "</parameter>".len();
             }
             (_, Some(c)) => {
-                let end = pos + c + "</invoke>".len();
+                let end = c + "</invoke>".len();
                 let span = Span { start, end, line };
                 return Some((invoke_block(&name, &params, span), end));
             }
-            (None, None) => return Some(unclosed(&name)),
-            // Unreachable by the guard above; kept total for the parser's
-            // never-panic promise.
-            (Some(_), None) => return Some(unclosed(&name)),
+            (_, None) => return Some(unclosed(&name)),
         }
     }
 }
 
 /// Reads ` name="…">` (or single quotes) starting right after an element
 /// name. Returns the name attribute and the offset after `>`.
+const MAX_TAG_LEN: usize = 1024;
+
 fn open_tag(text: &str, pos: usize) -> Option<(String, usize)> {
     let rest = text.get(pos..)?;
     // The element name must end here (`<invoked` is not `<invoke`).
     if !rest.starts_with(|c: char| c.is_ascii_whitespace() || c == '>') {
         return None;
     }
-    let gt = rest.find('>')?;
+    // Attributes are short; not finding `>` soon means this is not a tag
+    // (and bounds the work per marker).
+    let gt = rest.bytes().take(MAX_TAG_LEN).position(|b| b == b'>')?;
     let attrs = &rest[..gt];
     let name = attr(attrs, "name")?;
     Some((name, pos + gt + 1))

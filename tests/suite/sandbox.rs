@@ -687,3 +687,21 @@ async fn bwrap_landlock_applies_landlock_inside_the_namespace() {
     let both = run(&policy(Backend::BwrapLandlock), wd.path(), &argv).await;
     assert!(!both.success() && both.stderr.contains("Permission denied"), "{both:?}");
 }
+
+#[test]
+fn cli_args_take_the_command_after_a_double_dash() {
+    use clap::Parser;
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        run: sandbox::cli::SandboxRunArgs,
+    }
+    let cli = Cli::try_parse_from(["agentd", "strict", "--workdir", "/srv/a", "--", "sh", "-c", "ls --all"]).unwrap();
+    assert_eq!(cli.run.profile, "strict");
+    assert_eq!(cli.run.workdir, Some(PathBuf::from("/srv/a")));
+    assert_eq!(cli.run.command, ["sh", "-c", "ls --all"]);
+    assert!(
+        Cli::try_parse_from(["agentd", "default"]).is_err(),
+        "a command is required"
+    );
+}
