@@ -42,36 +42,6 @@ pub use policy::*;
 use limits::ChildSetup;
 use output::Capture;
 
-/// System paths bash, coreutils and python3 need to run on a Debian-like
-/// system, read-only. The shipped profiles list these; a path missing on
-/// some machine (e.g. `/lib64` on arm64) is skipped, never an error.
-/// Deliberately not `/etc` as a whole (`/etc/shadow` is readable by uid 0
-/// even without capabilities) and not `/proc` (other processes' details).
-pub const SYSTEM_READ_ONLY: &[&str] = &[
-    "/usr",
-    "/bin",
-    "/sbin",
-    "/lib",
-    "/lib32",
-    "/lib64",
-    "/libx32",
-    "/etc/alternatives",
-    "/etc/ld.so.cache",
-    "/etc/ld.so.conf",
-    "/etc/ld.so.conf.d",
-    "/etc/localtime",
-    "/etc/nsswitch.conf",
-    "/etc/passwd",
-    "/etc/group",
-    "/etc/python3",
-    "/etc/python3.11",
-    "/etc/python3.12",
-    "/etc/python3.13",
-    "/dev/urandom",
-    "/dev/random",
-    "/dev/zero",
-];
-
 /// What one sandboxed run did.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RunOutcome {

@@ -383,3 +383,33 @@ async fn a_sandbox_error_is_reported_to_the_model_not_raised() {
         r[0].render_for_model()
     );
 }
+
+proptest! {
+    #[test]
+    fn any_code_without_fence_lines_round_trips(
+        lines in proptest::collection::vec("[^`~\r\n]{0,30}", 0..20),
+        ticks in 3usize..6,
+    ) {
+        let code: String = lines.iter().map(|l| format!("{l}\n")).collect();
+        let fence_line = "`".repeat(ticks);
+        let text = format!("intro\n{fence_line}bash:execute\n{code}{fence_line}\noutro\n");
+        prop_assert_eq!(executes(&text), vec![exec(Lang::Bash, &code)]);
+    }
+}
+
+#[test]
+fn created_files_belong_to_the_workdir_owner_so_sandboxed_code_can_edit_them() {
+    use std::os::unix::fs::MetadataExt;
+    let wd = test_dir("fence-owner-");
+    assert_eq!(
+        unsafe { libc::geteuid() },
+        0,
+        "this test hands the workdir to nobody: run as root"
+    );
+    std::os::unix::fs::chown(wd.path(), Some(65534), Some(65534)).unwrap();
+    fence::create(wd.path(), "dir/notes.md", "x").unwrap();
+    for p in ["dir", "dir/notes.md"] {
+        let m = std::fs::metadata(wd.path().join(p)).unwrap();
+        assert_eq!((m.uid(), m.gid()), (65534, 65534), "{p}");
+    }
+}
