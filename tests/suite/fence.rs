@@ -404,12 +404,12 @@ fn created_files_belong_to_the_workdir_owner_so_sandboxed_code_can_edit_them() {
     assert_eq!(
         unsafe { libc::geteuid() },
         0,
-        "this test hands the workdir to nobody: run as root"
+        "this test hands the workdir to another uid: run as root"
     );
-    std::os::unix::fs::chown(wd.path(), Some(65534), Some(65534)).unwrap();
+    std::os::unix::fs::chown(wd.path(), Some(64_999), Some(64_999)).unwrap();
     fence::create(wd.path(), "dir/notes.md", "x").unwrap();
     for p in ["dir", "dir/notes.md"] {
         let m = std::fs::metadata(wd.path().join(p)).unwrap();
-        assert_eq!((m.uid(), m.gid()), (65534, 65534), "{p}");
+        assert_eq!((m.uid(), m.gid()), (64_999, 64_999), "{p}");
     }
 }

@@ -192,40 +192,45 @@ fn processes_of(uid: u32) -> usize {
         .count()
 }
 
-const NOBODY: u32 = 65534;
+/// An otherwise unused uid: the limit counts every process of the user,
+/// so the test must own all of them.
+const TEST_UID: u32 = 64_999;
 
 /// The kernel never enforces RLIMIT_NPROC for uid 0, so the sandbox runs
 /// code as the workdir's owner when agentd is root: give the workdir to
-/// nobody for this test.
-fn workdir_owned_by_nobody() -> TempDir {
-    let wd = test_dir("wd-nobody-");
+/// an unprivileged uid for this test.
+fn workdir_owned_by_test_uid() -> TempDir {
+    let wd = test_dir("wd-uid-");
     let is_root = unsafe { libc::geteuid() } == 0;
-    assert!(is_root, "the fork bomb test needs root to hand the workdir to nobody");
-    std::os::unix::fs::chown(wd.path(), Some(NOBODY), Some(NOBODY)).unwrap();
-    // The parent test dir must be traversable by nobody.
+    assert!(
+        is_root,
+        "the fork bomb test needs root to hand the workdir to another uid"
+    );
+    std::os::unix::fs::chown(wd.path(), Some(TEST_UID), Some(TEST_UID)).unwrap();
+    // The parent test dir must be traversable by that uid.
     let parent = wd.path().parent().unwrap();
     let mode = std::fs::metadata(parent).unwrap().permissions().mode();
     std::fs::set_permissions(parent, std::fs::Permissions::from_mode(mode | 0o711)).unwrap();
     wd
 }
 
-/// The fork bomb tests share uid nobody, whose process count is what the
+/// The fork bomb tests share TEST_UID, whose process count is what the
 /// limit counts: they must not overlap.
-static NOBODY_LOCK: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+static TEST_UID_LOCK: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
-fn wait_until_nobody_runs() {
-    let idle = wait_for(Duration::from_secs(10), || (processes_of(NOBODY) == 0).then_some(()));
+fn wait_until_test_uid_idle() {
+    let idle = wait_for(Duration::from_secs(10), || (processes_of(TEST_UID) == 0).then_some(()));
     assert!(
         idle.is_some(),
-        "{} processes of nobody still running",
-        processes_of(NOBODY)
+        "{} processes of uid {TEST_UID} still running",
+        processes_of(TEST_UID)
     );
 }
 
 async fn fork_bomb_bounded_by_process_limit(backend: Backend) {
-    let _serial = NOBODY_LOCK.lock().await;
-    wait_until_nobody_runs();
-    let wd = workdir_owned_by_nobody();
+    let _serial = TEST_UID_LOCK.lock().await;
+    wait_until_test_uid_idle();
+    let wd = workdir_owned_by_test_uid();
     let limit = 32;
     // Forks 200 children that sleep, and reports how many forks worked.
     let spawn_200 = py(
@@ -238,7 +243,7 @@ async fn fork_bomb_bounded_by_process_limit(backend: Backend) {
     let control = run(&control_policy, wd.path(), &spawn_200).await;
     assert_eq!(control.stdout.trim(), "200", "control: {control:?}");
 
-    wait_until_nobody_runs();
+    wait_until_test_uid_idle();
     let mut p = policy(backend);
     p.limits.processes = Some(limit);
     let sandboxed = run(&p, wd.path(), &spawn_200).await;
@@ -251,11 +256,11 @@ async fn fork_bomb_bounded_by_process_limit(backend: Backend) {
 
     // A real fork bomb: bounded by the limit, ended by the timeout, and
     // nothing of it survives.
-    wait_until_nobody_runs();
+    wait_until_test_uid_idle();
     p.timeout = Duration::from_secs(3);
     let bomb = run(&p, wd.path(), &sh("bomb() { bomb | bomb & }; bomb; wait")).await;
     assert!(bomb.timed_out || bomb.exit_code.is_some(), "{bomb:?}");
-    wait_until_nobody_runs();
+    wait_until_test_uid_idle();
 }
 
 async fn endless_output_capped(backend: Backend) {
