@@ -64,6 +64,21 @@ pub fn build(allowed: &Allowed, network: bool, best_effort: bool) -> Result<Rule
             missing: "Landlock itself (not built into this kernel or not enabled at boot)",
         });
     }
+    if best_effort {
+        let missing = match abi {
+            0 => Some("Landlock itself: no filesystem restriction at all"),
+            1 | 2 => Some("truncate rules (ABI 3)"),
+            3 if !network => Some("TCP rules (ABI 4); seccomp or the network namespace still deny sockets"),
+            _ => None,
+        };
+        if let Some(missing) = missing {
+            tracing::warn!(
+                abi,
+                missing,
+                "landlock best effort: this kernel does not enforce the whole policy"
+            );
+        }
+    }
     let required = if best_effort {
         CompatLevel::BestEffort
     } else {

@@ -165,7 +165,7 @@ pub async fn run(
     let mut cmd = match policy.backend {
         Backend::None => {
             let mut c = tokio::process::Command::new(program);
-            c.args(&argv[1..]).envs(env.iter().map(|(k, v)| (k, v)));
+            c.args(&argv[1..]);
             c
         }
         Backend::Landlock => {
@@ -183,7 +183,7 @@ pub async fn run(
                 setup.with_seccomp(seccomp::deny_network());
             }
             let mut c = tokio::process::Command::new(program);
-            c.args(&argv[1..]).envs(env.iter().map(|(k, v)| (k, v)));
+            c.args(&argv[1..]);
             c
         }
         Backend::Bwrap | Backend::BwrapLandlock => {
