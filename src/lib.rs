@@ -7,6 +7,7 @@ pub mod agent;
 pub mod cli;
 pub mod config;
 pub mod control;
+pub mod fence;
 pub mod ledger;
 pub mod llm;
 pub mod logging;

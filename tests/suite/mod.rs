@@ -1,5 +1,7 @@
 mod config;
+mod fence;
 mod ledger;
 mod llm;
+mod sandbox;
 mod supervisor;
 mod systemd_unit;
