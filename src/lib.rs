@@ -11,6 +11,7 @@ pub mod fence;
 pub mod ledger;
 pub mod llm;
 pub mod logging;
+pub mod mcp;
 pub mod protocol;
 pub mod sandbox;
 pub mod supervisor;
