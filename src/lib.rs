@@ -3,6 +3,15 @@
 //! See README.md for the user's view and the ARCHITECTURE section there for
 //! the map of modules and their invariants.
 
+pub mod agent;
+pub mod cli;
 pub mod config;
+pub mod control;
+pub mod fence;
+pub mod ledger;
+pub mod llm;
+pub mod logging;
 pub mod mcp;
+pub mod protocol;
 pub mod sandbox;
+pub mod supervisor;

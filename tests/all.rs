@@ -1,4 +1,4 @@
-//! Every integration test, compiled into one binary (see STYLE.md).
+//! All integration tests link into this one binary (one link, parallel tests).
 
 mod suite;
 mod support;

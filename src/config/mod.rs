@@ -11,13 +11,13 @@
 //! first error and its values carry no positions, and we promise every error
 //! with its position.
 
-// mod decode;
+mod decode;
 pub mod error;
 mod interp;
-// mod load;
+mod load;
 mod types;
 pub mod units;
 
 pub use error::{ConfigError, ConfigErrors};
-// pub use load::{load, load_sandbox_profile_str};
+pub use load::{load, load_sandbox_profile_str, load_with_env, parse_subscription_uri, resolve_sandbox_profile};
 pub use types::*;

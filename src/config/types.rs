@@ -46,9 +46,8 @@ impl AgentName {
 impl TryFrom<String> for AgentName {
     type Error = String;
     fn try_from(s: String) -> Result<Self, String> {
-        let ok = !s.is_empty()
-            && s.len() <= 64
-            && s.bytes().all(|b| matches!(b, b'a'..=b'z' | b'0'..=b'9' | b'_' | b'-'));
+        let ok =
+            !s.is_empty() && s.len() <= 64 && s.bytes().all(|b| matches!(b, b'a'..=b'z' | b'0'..=b'9' | b'_' | b'-'));
         if ok {
             Ok(AgentName(s))
         } else {

@@ -1,10 +1,407 @@
-//! Sandboxes for code the model writes: landlock, bubblewrap, both, or none.
+//! Sandboxes for code the model writes: landlock, bubblewrap, or none.
 //!
 //! This module owns the policy type (decoded from `sandbox/*.yaml` profiles
 //! or inline agent config by [`crate::config`]) and, in its submodules, the
-//! backends that enforce it. It must never restrict the daemon itself: every
-//! restriction is applied in a forked child just before `exec`.
+//! backends that enforce it. [`run`] is the one entry point: it runs one
+//! command under a policy and returns what happened.
+//!
+//! It must never restrict the daemon itself: every restriction is built in
+//! the parent and applied in the forked child just before `exec`
+//! ([`limits`]). Whatever the backend, every run gets a cleared environment
+//! with an explicit minimal one, rlimits, `no_new_privs`, its own session
+//! (the timeout kills the whole process group), capped output, and never
+//! runs with root's capabilities.
+//!
+//! Where things live: [`landlock`] builds rulesets, [`bwrap`] builds
+//! bubblewrap command lines, [`helper`] is bwrap+landlock's inner half, `seccomp` takes the network from landlock-only
+//! runs, [`output`] caps captured output, [`workspace`] archives and
+//! restores workdirs, [`cli`] is `agentd sandbox run`.
 
+pub mod bwrap;
+pub mod cli;
+pub mod helper;
+pub mod landlock;
+mod limits;
+pub mod output;
 mod policy;
+mod seccomp;
+pub mod workspace;
 
+use std::os::unix::fs::MetadataExt;
+use std::os::unix::process::ExitStatusExt;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::Once;
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+
+pub use limits::Identity;
 pub use policy::*;
+
+use limits::ChildSetup;
+use output::Capture;
+
+/// What one sandboxed run did.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RunOutcome {
+    /// The exit code, when the process exited on its own.
+    pub exit_code: Option<i32>,
+    /// The signal that killed it, when one did (SIGKILL after a timeout).
+    pub signal: Option<i32>,
+    /// Captured stdout, at most `limits.output_bytes` of it: head and tail
+    /// with a note of what was cut in between.
+    pub stdout: String,
+    pub stderr: String,
+    pub duration: Duration,
+    pub timed_out: bool,
+    /// Whether stdout or stderr was cut.
+    pub truncated: bool,
+}
+
+impl RunOutcome {
+    pub fn success(&self) -> bool {
+        self.exit_code == Some(0)
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SandboxError {
+    #[error("nothing to run: the command is empty")]
+    EmptyCommand,
+    #[error("workdir {path}: {source}")]
+    Workdir { path: PathBuf, source: std::io::Error },
+    #[error("sandbox path {path} must be absolute")]
+    RelativePath { path: PathBuf },
+    #[error("sandbox path {path}: {source}")]
+    Path { path: PathBuf, source: std::io::Error },
+    #[error(
+        "this kernel (Landlock ABI {abi}) cannot enforce the policy: it lacks {missing}; \
+         refusing to run. Use backend bwrap, a newer kernel, or set best_effort: true to run \
+         with whatever the kernel enforces"
+    )]
+    LandlockUnsupported { abi: i32, missing: &'static str },
+    #[error("building the landlock ruleset: {0}")]
+    Landlock(#[from] ::landlock::RulesetError),
+    #[error(
+        "bubblewrap (bwrap) is not installed: install it (apt-get install bubblewrap) or use \
+         backend landlock"
+    )]
+    BwrapMissing,
+    #[error("private /tmp: {0}")]
+    PrivateTmp(std::io::Error),
+    #[error("starting {program}: {source}")]
+    Spawn { program: String, source: std::io::Error },
+    #[error("waiting for {program}: {source}")]
+    Wait { program: String, source: std::io::Error },
+}
+
+/// After the main process is gone (or killed), how long stragglers holding
+/// the output pipes get before the capture stops waiting for them.
+const DRAIN_GRACE: Duration = Duration::from_millis(500);
+
+static ROOT_NPROC_WARNING: Once = Once::new();
+
+/// Runs `argv` in `workdir` under `policy` and waits for it (or for the
+/// timeout). `extra_ro` adds read-only paths (skills, a tool socket).
+///
+/// Safe to call from a `current_thread` runtime: the child is spawned from
+/// the calling thread and nothing is handed to blocking-pool threads.
+pub async fn run(
+    policy: &SandboxPolicy,
+    workdir: &Path,
+    argv: &[String],
+    extra_ro: &[PathBuf],
+) -> Result<RunOutcome, SandboxError> {
+    let Some(program) = argv.first() else {
+        return Err(SandboxError::EmptyCommand);
+    };
+    let workdir = std::fs::canonicalize(workdir).map_err(|source| SandboxError::Workdir {
+        path: workdir.to_path_buf(),
+        source,
+    })?;
+    let meta = std::fs::metadata(&workdir).map_err(|source| SandboxError::Workdir {
+        path: workdir.clone(),
+        source,
+    })?;
+    if !meta.is_dir() {
+        return Err(SandboxError::Workdir {
+            path: workdir,
+            source: std::io::Error::new(std::io::ErrorKind::NotADirectory, "not a directory"),
+        });
+    }
+    for p in policy.read_only.iter().chain(&policy.writable).chain(extra_ro) {
+        if !p.is_absolute() {
+            return Err(SandboxError::RelativePath { path: p.clone() });
+        }
+    }
+
+    // SAFETY: geteuid cannot fail.
+    let identity = Identity::for_workdir(unsafe { libc::geteuid() }, meta.uid(), meta.gid());
+    if !identity.process_limit_enforced() && policy.limits.processes.is_some() {
+        ROOT_NPROC_WARNING.call_once(|| {
+            tracing::warn!(
+                "sandboxed code runs as root (capabilities dropped) because the workdir is \
+                 owned by root: the kernel does not enforce the process limit for uid 0; give \
+                 agent workdirs to an unprivileged user"
+            )
+        });
+    }
+    if policy.backend == Backend::None {
+        tracing::warn!(workdir = %workdir.display(), "sandbox backend none: running WITHOUT isolation");
+    }
+
+    let private_tmp = match policy.backend {
+        Backend::Bwrap | Backend::BwrapLandlock => None,
+        Backend::Landlock | Backend::None => Some(PrivateTmp::create(identity)?),
+    };
+    let tmpdir = private_tmp
+        .as_ref()
+        .map(|t| t.path.clone())
+        .unwrap_or_else(|| PathBuf::from("/tmp"));
+    let env = minimal_env(&workdir, &tmpdir);
+
+    let mut setup = ChildSetup::new(&policy.limits, identity);
+    let mut cmd = match policy.backend {
+        Backend::None => {
+            let mut c = tokio::process::Command::new(program);
+            c.args(&argv[1..]);
+            c
+        }
+        Backend::Landlock => {
+            let mut allowed = landlock::Allowed {
+                read_only: policy.read_only.iter().chain(extra_ro).cloned().collect(),
+                writable: policy.writable.clone(),
+            };
+            allowed.writable.push(workdir.clone());
+            allowed.writable.push(tmpdir.clone());
+            setup.with_landlock(
+                landlock::build(&allowed, policy.network, policy.best_effort)?,
+                policy.best_effort,
+            );
+            if !policy.network {
+                setup.with_seccomp(seccomp::deny_network());
+            }
+            let mut c = tokio::process::Command::new(program);
+            c.args(&argv[1..]);
+            c
+        }
+        Backend::Bwrap | Backend::BwrapLandlock => {
+            let bwrap = bwrap::find()?;
+            setup.keep_capabilities_for_bwrap();
+            let mut read_only: Vec<PathBuf> = policy.read_only.iter().chain(extra_ro).cloned().collect();
+            let inner = if policy.backend == Backend::BwrapLandlock {
+                // Inside bwrap, the helper restricts itself and execs argv.
+                let helper = helper::helper_exe()?;
+                let mut allowed = landlock::Allowed {
+                    read_only: read_only.clone(),
+                    writable: policy.writable.clone(),
+                };
+                allowed.writable.push(workdir.clone());
+                allowed.writable.push(tmpdir.clone());
+                read_only.push(helper.clone());
+                helper::argv(&helper, &allowed, policy.network, policy.best_effort, argv)
+            } else {
+                argv.to_vec()
+            };
+            let layout = bwrap::Layout {
+                read_only: &read_only,
+                writable: &policy.writable,
+                workdir: &workdir,
+                network: policy.network,
+                env: &env,
+            };
+            let mut c = tokio::process::Command::new(bwrap);
+            c.args(bwrap::args(&layout, &inner)?);
+            c
+        }
+    };
+    cmd.env_clear()
+        .envs(
+            env.iter()
+                .filter(|(k, _)| matches!(policy.backend, Backend::None | Backend::Landlock) || k == "PATH")
+                .map(|(k, v)| (k, v)),
+        )
+        .current_dir(&workdir)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true);
+    // SAFETY: `apply` only makes async-signal-safe system calls on values
+    // prepared above, as pre_exec requires.
+    unsafe {
+        cmd.pre_exec(move || setup.apply());
+    }
+
+    let started = Instant::now();
+    let mut child = cmd.spawn().map_err(|source| spawn_error(policy, program, source))?;
+    let pgid = child.id().map(|p| p as libc::pid_t);
+    // If this future is dropped mid-run (the agent's task was cancelled),
+    // the whole group dies with it, not just the direct child.
+    let mut group = GroupGuard(pgid);
+    let mut out = Capture::new(policy.limits.output_bytes);
+    let mut err = Capture::new(policy.limits.output_bytes);
+    let mut stdout = child.stdout.take();
+    let mut stderr = child.stderr.take();
+
+    let mut status = None;
+    let mut timed_out = false;
+    {
+        let reading = async {
+            if let (Some(o), Some(e)) = (stdout.as_mut(), stderr.as_mut()) {
+                tokio::join!(out.fill(o), err.fill(e));
+            }
+        };
+        tokio::pin!(reading);
+        let deadline = tokio::time::sleep(policy.timeout);
+        tokio::pin!(deadline);
+        let mut read_done = false;
+        let mut draining = false;
+        loop {
+            tokio::select! {
+                st = child.wait(), if status.is_none() => {
+                    status = Some(st);
+                    // Background processes die with their parent: a fence
+                    // leaves nothing running behind it.
+                    kill_group(pgid);
+                    if read_done { break; }
+                    draining = true;
+                    deadline.as_mut().reset(tokio::time::Instant::now() + DRAIN_GRACE);
+                }
+                _ = &mut reading, if !read_done => {
+                    read_done = true;
+                    if status.is_some() { break; }
+                }
+                _ = &mut deadline => {
+                    if draining { break; }
+                    timed_out = true;
+                    kill_group(pgid);
+                    draining = true;
+                    deadline.as_mut().reset(tokio::time::Instant::now() + DRAIN_GRACE);
+                }
+            }
+            if read_done && status.is_some() {
+                break;
+            }
+        }
+    }
+    let status = match status {
+        Some(st) => st,
+        None => {
+            kill_group(pgid);
+            child.wait().await
+        }
+    }
+    .map_err(|source| SandboxError::Wait {
+        program: program.clone(),
+        source,
+    })?;
+    let duration = started.elapsed();
+    // Reaped and its group killed above: disarm so a recycled pgid is
+    // never signalled.
+    group.0 = None;
+    drop(private_tmp);
+
+    let (stdout, cut_out) = out.into_text();
+    let (stderr, cut_err) = err.into_text();
+    Ok(RunOutcome {
+        exit_code: status.code(),
+        signal: status.signal(),
+        stdout,
+        stderr,
+        duration,
+        timed_out,
+        truncated: cut_out || cut_err,
+    })
+}
+
+/// The whole environment a sandboxed process gets: nothing of the daemon's
+/// (API keys live there).
+fn minimal_env(workdir: &Path, tmpdir: &Path) -> Vec<(String, String)> {
+    vec![
+        (
+            "PATH".into(),
+            "/usr/local/bin:/usr/bin:/bin:/usr/local/sbin:/usr/sbin:/sbin".into(),
+        ),
+        ("HOME".into(), workdir.display().to_string()),
+        ("LANG".into(), "C.UTF-8".into()),
+        ("TMPDIR".into(), tmpdir.display().to_string()),
+    ]
+}
+
+fn kill_group(pgid: Option<libc::pid_t>) {
+    if let Some(pgid) = pgid.filter(|p| *p > 0) {
+        // SAFETY: signalling our own child's process group (the child called
+        // setsid, so pgid == its pid); ESRCH when it is already gone.
+        unsafe {
+            libc::kill(-pgid, libc::SIGKILL);
+        }
+    }
+}
+
+/// Kills the sandbox's process group when dropped.
+struct GroupGuard(Option<libc::pid_t>);
+
+impl Drop for GroupGuard {
+    fn drop(&mut self) {
+        kill_group(self.0);
+    }
+}
+
+fn spawn_error(policy: &SandboxPolicy, program: &str, source: std::io::Error) -> SandboxError {
+    if policy.backend == Backend::Landlock && source.raw_os_error() == Some(libc::ENOTSUP) {
+        return SandboxError::LandlockUnsupported {
+            abi: landlock::kernel_abi(),
+            missing: "Landlock enforcement (the ruleset was not applied)",
+        };
+    }
+    SandboxError::Spawn {
+        program: program.to_string(),
+        source,
+    }
+}
+
+/// A private temporary directory for backends without a mount namespace,
+/// removed when dropped.
+struct PrivateTmp {
+    path: PathBuf,
+}
+
+impl PrivateTmp {
+    fn create(identity: Identity) -> Result<PrivateTmp, SandboxError> {
+        use std::os::unix::fs::DirBuilderExt;
+        use std::sync::atomic::{AtomicU64, Ordering};
+        static COUNTER: AtomicU64 = AtomicU64::new(0);
+        let base = std::env::temp_dir();
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.subsec_nanos())
+            .unwrap_or(0);
+        let mut last_err = None;
+        for _ in 0..16 {
+            let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+            let path = base.join(format!("agentd-sandbox-{}-{n}-{nanos:x}", std::process::id()));
+            match std::fs::DirBuilder::new().mode(0o700).create(&path) {
+                Ok(()) => {
+                    if let Identity::Switch { uid, gid } = identity {
+                        std::os::unix::fs::chown(&path, Some(uid), Some(gid)).map_err(SandboxError::PrivateTmp)?;
+                    }
+                    return Ok(PrivateTmp { path });
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => last_err = Some(e),
+                Err(e) => return Err(SandboxError::PrivateTmp(e)),
+            }
+        }
+        Err(SandboxError::PrivateTmp(last_err.unwrap_or_else(|| {
+            std::io::Error::other("no free name for a private tmp directory")
+        })))
+    }
+}
+
+impl Drop for PrivateTmp {
+    fn drop(&mut self) {
+        if let Err(e) = std::fs::remove_dir_all(&self.path) {
+            tracing::debug!(path = %self.path.display(), error = %e, "removing private tmp");
+        }
+    }
+}

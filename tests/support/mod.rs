@@ -1,6 +1,79 @@
-//! Shared test support: real peers, process helpers, bounded waits.
-
+//! Shared test support: temp dirs, the agentd binary, process helpers.
 #![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+/// The agentd binary built for this test run.
+pub fn agentd_bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_agentd"))
+}
+
+/// Runs `agentd ARGS` to completion with a clean, predictable environment.
+pub fn agentd(args: &[&str]) -> Output {
+    agentd_cmd(args).output().expect("run agentd")
+}
+
+pub fn agentd_cmd(args: &[&str]) -> Command {
+    let mut c = Command::new(agentd_bin());
+    c.args(args)
+        .env_remove("AGENTD_STATE_DIR")
+        .env_remove("AGENTD_HOME")
+        .env_remove("NOTIFY_SOCKET")
+        .env("RUST_LOG", "warn");
+    c
+}
+
+pub fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+pub fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+/// Writes `text` to `dir/name` (creating parents) and returns the path.
+pub fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
+    let p = dir.join(name);
+    if let Some(parent) = p.parent() {
+        std::fs::create_dir_all(parent).expect("create parent dirs");
+    }
+    std::fs::write(&p, text).expect("write file");
+    p
+}
+
+pub fn tempdir() -> tempfile::TempDir {
+    tempfile::Builder::new()
+        .prefix("agentd-test-")
+        .tempdir()
+        .expect("tempdir")
+}
+
+/// Polls `f` every 25 ms until it returns `Some`, for at most `timeout`.
+pub fn wait_for<T>(timeout: std::time::Duration, mut f: impl FnMut() -> Option<T>) -> Option<T> {
+    let deadline = std::time::Instant::now() + timeout;
+    loop {
+        if let Some(v) = f() {
+            return Some(v);
+        }
+        if std::time::Instant::now() >= deadline {
+            return None;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(25));
+    }
+}
+
+/// Whether a process exists and is not a zombie.
+pub fn alive(pid: u32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        // The state field follows the parenthesised command name.
+        Ok(stat) => stat.rsplit_once(") ").is_some_and(|(_, rest)| !rest.starts_with('Z')),
+        Err(_) => false,
+    }
+}
+
+pub mod daemon;
+pub mod llm_server;
 
 pub mod mcp;
 

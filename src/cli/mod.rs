@@ -1,0 +1,176 @@
+//! The command line: parsing (clap) and dispatch. Each subcommand's output
+//! formatting lives in its own module; this one only wires them up.
+
+mod check;
+mod control;
+mod tasks;
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::config;
+use crate::logging::{self, LogFormat};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "agentd",
+    version,
+    about = "A supervisor for long-running, reactive LLM agents",
+    long_about = "agentd CONFIG runs the agents defined in CONFIG, each as a managed child process, \
+                  and keeps them alive. The subcommands inspect and control a running agentd.",
+    args_conflicts_with_subcommands = true,
+    subcommand_negates_reqs = true
+)]
+pub struct Cli {
+    #[command(flatten)]
+    pub global: Global,
+    #[command(flatten)]
+    pub run: RunArgs,
+    #[command(subcommand)]
+    pub command: Option<Command>,
+}
+
+#[derive(Debug, Args, Clone)]
+pub struct Global {
+    /// State directory (ledger, sockets, workdirs); overrides the config's state_dir.
+    #[arg(long, global = true, env = "AGENTD_STATE_DIR", value_name = "DIR")]
+    pub state_dir: Option<PathBuf>,
+    /// Log format on stderr.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+}
+
+#[derive(Debug, Args, Clone)]
+pub struct RunArgs {
+    /// The config file to run.
+    #[arg(value_name = "CONFIG", required = true)]
+    pub config: Option<PathBuf>,
+}
+
+/// Where a reader finds the ledger: `--config` or the global `--state-dir`.
+#[derive(Debug, Args, Clone)]
+pub struct LedgerArgs {
+    /// Read the state dir from this config file.
+    #[arg(long, value_name = "CONFIG")]
+    pub config: Option<PathBuf>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Validate a config file and print a summary (exit 0 valid, 1 invalid).
+    Check {
+        #[arg(value_name = "CONFIG")]
+        config: PathBuf,
+    },
+    /// List tasks from the ledger, newest first.
+    Tasks(tasks::TasksArgs),
+    /// Show one task with its journal of steps.
+    Show(tasks::ShowArgs),
+    /// Show each agent's state, pid, restarts, uptime and last error.
+    Status(control::StatusArgs),
+    /// Start a stopped or failed agent (clears its start limit).
+    Start(control::AgentArgs),
+    /// Stop an agent; it stays down until started again.
+    Stop(control::AgentArgs),
+    /// Restart an agent.
+    Restart(control::AgentArgs),
+    /// Re-read the config and apply the differences (like SIGHUP).
+    Reload(control::ReloadArgs),
+    /// A built-in stdio MCP server: DIR's files as file:// resources with
+    /// subscriptions, plus list/read/write tools confined to DIR.
+    McpWatch {
+        /// The directory to serve.
+        dir: PathBuf,
+        /// Quiet time before a change is announced, in milliseconds.
+        #[arg(long, value_name = "MS")]
+        debounce_ms: Option<u64>,
+    },
+    /// Internal: one agent's child process (started by the supervisor).
+    #[command(hide = true)]
+    Agent {
+        #[arg(long)]
+        name: String,
+    },
+}
+
+/// Parses the command line and runs it; the binary's whole `main`.
+pub fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(c) => c,
+        Err(e) => {
+            let _ = e.print();
+            // clap: 0 for --help/--version, 2 for usage errors.
+            return ExitCode::from(e.exit_code().clamp(0, 255) as u8);
+        }
+    };
+    logging::init(cli.global.log_format, "info");
+    let result = match cli.command {
+        Some(Command::Check { config }) => check::run(&config),
+        Some(Command::Tasks(args)) => tasks::list(&cli.global, &args),
+        Some(Command::Show(args)) => tasks::show(&cli.global, &args),
+        Some(Command::Status(args)) => control::status(&cli.global, &args),
+        Some(Command::Start(args)) => control::agent_request(&cli.global, &args, control::Verb::Start),
+        Some(Command::Stop(args)) => control::agent_request(&cli.global, &args, control::Verb::Stop),
+        Some(Command::Restart(args)) => control::agent_request(&cli.global, &args, control::Verb::Restart),
+        Some(Command::Reload(args)) => control::reload(&cli.global, &args),
+        Some(Command::Agent { name }) => crate::agent::main(&name),
+        Some(Command::McpWatch { dir, debounce_ms }) => mcp_watch(&dir, debounce_ms),
+        None => match cli.run.config {
+            Some(config) => run_daemon(&cli.global, &config),
+            None => Err(anyhow::anyhow!("no config file given; usage: agentd CONFIG")),
+        },
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("agentd: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run_daemon(global: &Global, config_path: &Path) -> anyhow::Result<ExitCode> {
+    let mut cfg = match config::load(config_path) {
+        Ok(c) => c,
+        Err(errors) => {
+            eprintln!("{errors}");
+            return Ok(ExitCode::FAILURE);
+        }
+    };
+    if let Some(dir) = &global.state_dir {
+        cfg.state_dir = dir.clone();
+    }
+    crate::supervisor::run(cfg)
+}
+
+fn mcp_watch(dir: &Path, debounce_ms: Option<u64>) -> anyhow::Result<ExitCode> {
+    let mut options = crate::mcp::watch_server::WatchOptions::default();
+    if let Some(ms) = debounce_ms {
+        options.debounce = std::time::Duration::from_millis(ms);
+    }
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    rt.block_on(crate::mcp::watch_server::serve_stdio_with(dir, options))?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The state dir for readers: `--state-dir`, else the config's, else the default.
+fn state_dir(global: &Global, ledger: &LedgerArgs) -> anyhow::Result<PathBuf> {
+    if let Some(d) = &global.state_dir {
+        return Ok(d.clone());
+    }
+    if let Some(c) = &ledger.config {
+        return match config::load(c) {
+            Ok(cfg) => Ok(cfg.state_dir),
+            Err(e) => Err(anyhow::anyhow!("{e}")),
+        };
+    }
+    if let Some(h) = std::env::var_os("AGENTD_HOME").filter(|h| !h.is_empty()) {
+        return Ok(PathBuf::from(h));
+    }
+    match std::env::var_os("HOME") {
+        Some(home) => Ok(PathBuf::from(home).join(".agentd")),
+        None => anyhow::bail!("no state dir: pass --state-dir or --config"),
+    }
+}

@@ -1,0 +1,154 @@
+//! `agentd tasks` and `agentd show`: read the ledger.
+
+use std::process::ExitCode;
+
+use clap::Args;
+
+use super::{Global, LedgerArgs, state_dir};
+use crate::ledger::{self, Ledger, Task, TaskFilter, TaskState};
+
+#[derive(Debug, Args)]
+pub struct TasksArgs {
+    #[command(flatten)]
+    pub ledger: LedgerArgs,
+    /// Only this agent's tasks.
+    #[arg(long)]
+    pub agent: Option<String>,
+    /// Only tasks in this state.
+    #[arg(long, value_parser = parse_state)]
+    pub state: Option<TaskState>,
+    /// At most this many (newest first).
+    #[arg(long, default_value_t = 50)]
+    pub limit: u32,
+    /// Print JSON (one array) instead of a table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct ShowArgs {
+    #[command(flatten)]
+    pub ledger: LedgerArgs,
+    /// The task id (from `agentd tasks`).
+    pub task: i64,
+    /// Print JSON ({"task": …, "steps": […]}).
+    #[arg(long)]
+    pub json: bool,
+}
+
+fn parse_state(s: &str) -> Result<TaskState, String> {
+    TaskState::parse(s).ok_or_else(|| {
+        let names: Vec<&str> = TaskState::ALL.iter().map(|t| t.as_str()).collect();
+        format!("unknown state {s:?}; expected one of {}", names.join(", "))
+    })
+}
+
+fn open(global: &Global, args: &LedgerArgs) -> anyhow::Result<Ledger> {
+    let dir = state_dir(global, args)?;
+    Ok(Ledger::open_read_only(&dir.join(ledger::FILE_NAME))?)
+}
+
+pub fn list(global: &Global, args: &TasksArgs) -> anyhow::Result<ExitCode> {
+    let ledger = open(global, &args.ledger)?;
+    let filter = TaskFilter {
+        agent: args.agent.clone(),
+        state: args.state,
+        limit: Some(args.limit),
+    };
+    let tasks = ledger.list_tasks(&filter)?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&tasks)?);
+    } else {
+        print!("{}", table(&tasks));
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+pub fn show(global: &Global, args: &ShowArgs) -> anyhow::Result<ExitCode> {
+    let ledger = open(global, &args.ledger)?;
+    let task = ledger.task(args.task)?;
+    let steps = ledger.steps(args.task)?;
+    if args.json {
+        let v = serde_json::json!({ "task": task, "steps": steps });
+        println!("{}", serde_json::to_string_pretty(&v)?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    println!("task {} ({})", task.id, task.agent);
+    println!("  state:    {} (attempt {})", task.state, task.attempts);
+    println!(
+        "  trigger:  {} {}",
+        task.trigger_kind,
+        task.trigger().map(|t| t.summary()).unwrap_or_default()
+    );
+    println!("  created:  {}", time(task.created_at));
+    if let Some(t) = task.started_at {
+        println!("  started:  {}", time(t));
+    }
+    if let Some(t) = task.finished_at {
+        println!("  finished: {}", time(t));
+    }
+    println!("  tokens:   {} in, {} out", task.input_tokens, task.output_tokens);
+    if let Some(e) = &task.error {
+        println!("  error:    {e}");
+    }
+    if let Some(r) = &task.result {
+        println!("  result:   {}", indent(r));
+    }
+    for s in &steps {
+        let latency = s.latency_ms.map(|ms| format!(", {ms} ms")).unwrap_or_default();
+        let tokens = if s.input_tokens + s.output_tokens > 0 {
+            format!(", {}+{} tokens", s.input_tokens, s.output_tokens)
+        } else {
+            String::new()
+        };
+        println!("step {} [{}] attempt {}{latency}{tokens}", s.seq, s.kind, s.attempt);
+        let body = match &s.payload {
+            serde_json::Value::String(text) => text.clone(),
+            v => serde_json::to_string_pretty(v).unwrap_or_default(),
+        };
+        println!("  {}", indent(&body));
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn indent(s: &str) -> String {
+    s.trim_end().replace('\n', "\n  ")
+}
+
+fn time(ms: i64) -> String {
+    chrono::DateTime::from_timestamp_millis(ms)
+        .map(|t| t.format("%Y-%m-%d %H:%M:%S%.3fZ").to_string())
+        .unwrap_or_else(|| ms.to_string())
+}
+
+/// A fixed-width table of tasks.
+pub fn table(tasks: &[Task]) -> String {
+    use std::fmt::Write;
+    let mut s = String::new();
+    let _ = writeln!(
+        s,
+        "{:>6}  {:<16} {:<10} {:>3}  {:<23}  TRIGGER",
+        "ID", "AGENT", "STATE", "TRY", "CREATED"
+    );
+    for t in tasks {
+        let mut what = format!(
+            "{} {}",
+            t.trigger_kind,
+            t.trigger().map(|tr| tr.summary()).unwrap_or_default()
+        );
+        if let Some(e) = &t.error {
+            what.push_str(&format!(" — {}", e.lines().next().unwrap_or("")));
+        }
+        let what: String = what.chars().take(100).collect();
+        let _ = writeln!(
+            s,
+            "{:>6}  {:<16} {:<10} {:>3}  {:<23}  {what}",
+            t.id,
+            t.agent,
+            t.state.as_str(),
+            t.attempts,
+            time(t.created_at)
+        );
+    }
+    s
+}

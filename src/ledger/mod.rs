@@ -1,0 +1,139 @@
+//! The ledger: every task, step and snapshot, in one SQLite file.
+//!
+//! The supervisor is the only writer (children send their writes to it);
+//! any number of processes may read concurrently (WAL). Opening a file runs
+//! the versioned migrations in [`schema`]; a file written by a newer agentd,
+//! or one that is not an agentd ledger, is refused before anything in it is
+//! touched.
+//!
+//! Tasks move `queued → running → succeeded | failed | cancelled`. A running
+//! task carries a *lease* naming the child instance that runs it; writes
+//! from any other instance are rejected, so a stale child (one the
+//! supervisor already gave up on) cannot corrupt a re-queued task.
+
+mod schema;
+mod snapshots;
+mod tasks;
+
+use std::path::{Path, PathBuf};
+
+use rusqlite::{Connection, OpenFlags};
+
+pub use schema::{APPLICATION_ID, SCHEMA_VERSION, create_at_version};
+pub use snapshots::{Snapshot, SnapshotKind, SnapshotMeta};
+pub use tasks::{Enqueued, NewStep, Step, Task, TaskFilter, TaskState, Trigger};
+
+/// The ledger's file name inside the state dir.
+pub const FILE_NAME: &str = "ledger.sqlite";
+
+#[derive(Debug, thiserror::Error)]
+pub enum LedgerError {
+    #[error("{path}: {source}")]
+    Sqlite {
+        path: PathBuf,
+        #[source]
+        source: rusqlite::Error,
+    },
+    #[error("{path}: not an agentd ledger ({why}); refusing to touch it")]
+    Foreign { path: PathBuf, why: String },
+    #[error(
+        "{path}: ledger schema version {found} is newer than this agentd understands ({supported}); upgrade agentd"
+    )]
+    TooNew { path: PathBuf, found: i64, supported: i64 },
+    #[error("{path}: no ledger here (agentd has not run with this state dir yet)")]
+    Missing { path: PathBuf },
+    #[error("cannot create {path}: {source}")]
+    CreateDir {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("task {0} does not exist")]
+    NoSuchTask(i64),
+    #[error("task {task}: lease {lease:?} is not the current holder; the write was rejected")]
+    StaleLease { task: i64, lease: String },
+    #[error("snapshot {0} does not exist")]
+    NoSuchSnapshot(String),
+}
+
+pub type Result<T, E = LedgerError> = std::result::Result<T, E>;
+
+pub struct Ledger {
+    conn: Connection,
+    path: PathBuf,
+}
+
+impl Ledger {
+    /// Opens (creating and migrating as needed) the ledger for writing.
+    pub fn open(path: &Path) -> Result<Ledger> {
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir).map_err(|source| LedgerError::CreateDir {
+                path: dir.to_owned(),
+                source,
+            })?;
+        }
+        let flags = OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_CREATE | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+        let conn = Connection::open_with_flags(path, flags).map_err(|source| sqlite(path, source))?;
+        let mut ledger = Ledger {
+            conn,
+            path: path.to_owned(),
+        };
+        ledger.configure_busy()?;
+        schema::check_identity(&ledger.conn, path)?;
+        ledger.exec("PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL; PRAGMA foreign_keys=ON;")?;
+        schema::migrate(&mut ledger.conn, path)?;
+        Ok(ledger)
+    }
+
+    /// Opens an existing ledger for reading only (CLI readers).
+    pub fn open_read_only(path: &Path) -> Result<Ledger> {
+        if !path.exists() {
+            return Err(LedgerError::Missing { path: path.to_owned() });
+        }
+        let flags = OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+        let conn = Connection::open_with_flags(path, flags).map_err(|source| sqlite(path, source))?;
+        let ledger = Ledger {
+            conn,
+            path: path.to_owned(),
+        };
+        ledger.configure_busy()?;
+        schema::check_identity(&ledger.conn, path)?;
+        schema::check_readable_version(&ledger.conn, path)?;
+        Ok(ledger)
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Folds the WAL back into the main file (on clean stop).
+    pub fn checkpoint(&self) -> Result<()> {
+        self.exec("PRAGMA wal_checkpoint(TRUNCATE);")
+    }
+
+    fn configure_busy(&self) -> Result<()> {
+        self.conn
+            .busy_timeout(std::time::Duration::from_secs(5))
+            .map_err(|e| sqlite(&self.path, e))
+    }
+
+    fn exec(&self, sql: &str) -> Result<()> {
+        self.conn.execute_batch(sql).map_err(|e| sqlite(&self.path, e))
+    }
+
+    fn err(&self, e: rusqlite::Error) -> LedgerError {
+        sqlite(&self.path, e)
+    }
+}
+
+fn sqlite(path: &Path, source: rusqlite::Error) -> LedgerError {
+    LedgerError::Sqlite {
+        path: path.to_owned(),
+        source,
+    }
+}
+
+/// Milliseconds since the Unix epoch: the ledger's time unit.
+pub fn now_ms() -> i64 {
+    chrono::Utc::now().timestamp_millis()
+}

@@ -1,0 +1,147 @@
+//! Versioned migrations. `user_version` holds the schema version and
+//! `application_id` marks the file as ours, so a foreign SQLite file (or a
+//! ledger from a newer agentd) is recognised and refused untouched.
+
+use std::path::Path;
+
+use rusqlite::Connection;
+
+use super::{LedgerError, Result, sqlite};
+
+/// "agtd" in ASCII: marks a SQLite file as an agentd ledger.
+pub const APPLICATION_ID: i64 = 0x6167_7464;
+
+/// Migration `i` brings the schema from version `i` to `i + 1`. Append
+/// only: a released migration never changes.
+const MIGRATIONS: &[&str] = &[
+    // 1: tasks and their journal.
+    "CREATE TABLE tasks (
+        id              INTEGER PRIMARY KEY,
+        agent           TEXT NOT NULL,
+        trigger_kind    TEXT NOT NULL,
+        trigger_payload TEXT NOT NULL,
+        dedupe_key      TEXT,
+        state           TEXT NOT NULL CHECK (state IN ('queued','running','succeeded','failed','cancelled')),
+        attempts        INTEGER NOT NULL DEFAULT 0,
+        lease           TEXT,
+        created_at      INTEGER NOT NULL,
+        started_at      INTEGER,
+        finished_at     INTEGER,
+        input_tokens    INTEGER NOT NULL DEFAULT 0,
+        output_tokens   INTEGER NOT NULL DEFAULT 0,
+        error           TEXT,
+        result          TEXT
+    );
+    CREATE INDEX tasks_by_agent_state ON tasks (agent, state, id);
+    CREATE UNIQUE INDEX tasks_queued_dedupe ON tasks (agent, dedupe_key)
+        WHERE state = 'queued' AND dedupe_key IS NOT NULL;
+    CREATE TABLE steps (
+        id            INTEGER PRIMARY KEY,
+        task_id       INTEGER NOT NULL REFERENCES tasks (id),
+        seq           INTEGER NOT NULL,
+        attempt       INTEGER NOT NULL,
+        kind          TEXT NOT NULL,
+        payload       TEXT NOT NULL,
+        input_tokens  INTEGER NOT NULL DEFAULT 0,
+        output_tokens INTEGER NOT NULL DEFAULT 0,
+        latency_ms    INTEGER,
+        created_at    INTEGER NOT NULL,
+        UNIQUE (task_id, seq)
+    );",
+    // 2: labelled snapshots of conversations and workspaces.
+    "CREATE TABLE snapshots (
+        id         INTEGER PRIMARY KEY,
+        agent      TEXT NOT NULL,
+        kind       TEXT NOT NULL CHECK (kind IN ('conversation','workspace')),
+        label      TEXT,
+        task_id    INTEGER REFERENCES tasks (id),
+        data       BLOB NOT NULL,
+        created_at INTEGER NOT NULL
+    );
+    CREATE INDEX snapshots_by_agent ON snapshots (agent, kind, id);",
+];
+
+pub const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;
+
+fn pragma_i64(conn: &Connection, path: &Path, name: &str) -> Result<i64> {
+    conn.query_row(&format!("PRAGMA {name}"), [], |r| r.get(0))
+        .map_err(|e| match e {
+            rusqlite::Error::SqliteFailure(f, _) if f.code == rusqlite::ErrorCode::NotADatabase => {
+                LedgerError::Foreign {
+                    path: path.to_owned(),
+                    why: "the file is not a SQLite database".into(),
+                }
+            }
+            e => sqlite(path, e),
+        })
+}
+
+/// Refuses files that are not (empty or) ours. Reads only.
+pub fn check_identity(conn: &Connection, path: &Path) -> Result<()> {
+    let app = pragma_i64(conn, path, "application_id")?;
+    if app == APPLICATION_ID {
+        return Ok(());
+    }
+    let objects: i64 = conn
+        .query_row("SELECT count(*) FROM sqlite_master", [], |r| r.get(0))
+        .map_err(|e| sqlite(path, e))?;
+    if app == 0 && objects == 0 {
+        return Ok(()); // A fresh, empty database: ours to initialise.
+    }
+    let why = if app == 0 {
+        format!("it holds {objects} tables or indexes but no agentd application id")
+    } else {
+        format!("its application id is {app:#x}")
+    };
+    Err(LedgerError::Foreign {
+        path: path.to_owned(),
+        why,
+    })
+}
+
+pub fn check_readable_version(conn: &Connection, path: &Path) -> Result<()> {
+    let found = pragma_i64(conn, path, "user_version")?;
+    if found > SCHEMA_VERSION {
+        return Err(LedgerError::TooNew {
+            path: path.to_owned(),
+            found,
+            supported: SCHEMA_VERSION,
+        });
+    }
+    Ok(())
+}
+
+/// Applies every migration past the file's version, each in its own
+/// transaction together with the version bump.
+pub fn migrate(conn: &mut Connection, path: &Path) -> Result<()> {
+    check_readable_version(conn, path)?;
+    let found = pragma_i64(conn, path, "user_version")?;
+    for (i, sql) in MIGRATIONS.iter().enumerate().skip(found as usize) {
+        let tx = conn.transaction().map_err(|e| sqlite(path, e))?;
+        tx.execute_batch(sql).map_err(|e| sqlite(path, e))?;
+        tx.execute_batch(&format!(
+            "PRAGMA user_version = {}; PRAGMA application_id = {APPLICATION_ID};",
+            i + 1
+        ))
+        .map_err(|e| sqlite(path, e))?;
+        tx.commit().map_err(|e| sqlite(path, e))?;
+    }
+    Ok(())
+}
+
+/// Creates a ledger at an older schema version (for upgrade tests).
+#[doc(hidden)]
+pub fn create_at_version(path: &Path, version: usize) -> Result<()> {
+    let mut conn = Connection::open(path).map_err(|e| sqlite(path, e))?;
+    for (i, sql) in MIGRATIONS.iter().enumerate().take(version) {
+        let tx = conn.transaction().map_err(|e| sqlite(path, e))?;
+        tx.execute_batch(sql).map_err(|e| sqlite(path, e))?;
+        tx.execute_batch(&format!(
+            "PRAGMA user_version = {}; PRAGMA application_id = {APPLICATION_ID};",
+            i + 1
+        ))
+        .map_err(|e| sqlite(path, e))?;
+        tx.commit().map_err(|e| sqlite(path, e))?;
+    }
+    Ok(())
+}

@@ -1,0 +1,127 @@
+//! Snapshots: an agent's conversation after each task (so a restarted child
+//! remembers), and labelled archives of its workdir.
+
+use rusqlite::{OptionalExtension, params};
+use serde::{Deserialize, Serialize};
+
+use super::{Ledger, LedgerError, Result, now_ms};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SnapshotKind {
+    Conversation,
+    Workspace,
+}
+
+impl SnapshotKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SnapshotKind::Conversation => "conversation",
+            SnapshotKind::Workspace => "workspace",
+        }
+    }
+
+    fn parse(s: &str) -> SnapshotKind {
+        if s == "workspace" {
+            SnapshotKind::Workspace
+        } else {
+            SnapshotKind::Conversation
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SnapshotMeta {
+    pub id: i64,
+    pub agent: String,
+    pub kind: SnapshotKind,
+    pub label: Option<String>,
+    pub task_id: Option<i64>,
+    pub size: i64,
+    pub created_at: i64,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Snapshot {
+    pub meta: SnapshotMeta,
+    pub data: Vec<u8>,
+}
+
+const META_COLUMNS: &str = "id, agent, kind, label, task_id, length(data), created_at";
+
+fn meta_from_row(r: &rusqlite::Row) -> rusqlite::Result<SnapshotMeta> {
+    let kind: String = r.get(2)?;
+    Ok(SnapshotMeta {
+        id: r.get(0)?,
+        agent: r.get(1)?,
+        kind: SnapshotKind::parse(&kind),
+        label: r.get(3)?,
+        task_id: r.get(4)?,
+        size: r.get(5)?,
+        created_at: r.get(6)?,
+    })
+}
+
+impl Ledger {
+    pub fn put_snapshot(
+        &mut self,
+        agent: &str,
+        kind: SnapshotKind,
+        label: Option<&str>,
+        task_id: Option<i64>,
+        data: &[u8],
+    ) -> Result<i64> {
+        self.conn
+            .execute(
+                "INSERT INTO snapshots (agent, kind, label, task_id, data, created_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                params![agent, kind.as_str(), label, task_id, data, now_ms()],
+            )
+            .map_err(|e| self.err(e))?;
+        Ok(self.conn.last_insert_rowid())
+    }
+
+    /// Newest first.
+    pub fn list_snapshots(&self, agent: &str, kind: Option<SnapshotKind>) -> Result<Vec<SnapshotMeta>> {
+        let sql = format!(
+            "SELECT {META_COLUMNS} FROM snapshots WHERE agent = ?1 AND (?2 IS NULL OR kind = ?2) ORDER BY id DESC"
+        );
+        let mut stmt = self.conn.prepare(&sql).map_err(|e| self.err(e))?;
+        let rows = stmt
+            .query_map(params![agent, kind.map(SnapshotKind::as_str)], meta_from_row)
+            .map_err(|e| self.err(e))?;
+        rows.collect::<rusqlite::Result<Vec<_>>>().map_err(|e| self.err(e))
+    }
+
+    /// A snapshot of `agent` by id or label (the newest with that label).
+    pub fn snapshot(&self, agent: &str, id_or_label: &str) -> Result<Snapshot> {
+        let sql = format!(
+            "SELECT {META_COLUMNS}, data FROM snapshots
+             WHERE agent = ?1 AND (CAST(id AS TEXT) = ?2 OR label = ?2) ORDER BY id DESC LIMIT 1"
+        );
+        self.conn
+            .query_row(&sql, params![agent, id_or_label], |r| {
+                Ok(Snapshot {
+                    meta: meta_from_row(r)?,
+                    data: r.get(7)?,
+                })
+            })
+            .optional()
+            .map_err(|e| self.err(e))?
+            .ok_or_else(|| LedgerError::NoSuchSnapshot(format!("{agent}/{id_or_label}")))
+    }
+
+    pub fn latest_snapshot(&self, agent: &str, kind: SnapshotKind) -> Result<Option<Snapshot>> {
+        let sql = format!(
+            "SELECT {META_COLUMNS}, data FROM snapshots WHERE agent = ?1 AND kind = ?2 ORDER BY id DESC LIMIT 1"
+        );
+        self.conn
+            .query_row(&sql, params![agent, kind.as_str()], |r| {
+                Ok(Snapshot {
+                    meta: meta_from_row(r)?,
+                    data: r.get(7)?,
+                })
+            })
+            .optional()
+            .map_err(|e| self.err(e))
+    }
+}

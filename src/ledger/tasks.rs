@@ -1,0 +1,453 @@
+//! Tasks and their step journal.
+
+use rusqlite::{OptionalExtension, Row, params};
+use serde::{Deserialize, Serialize};
+
+use super::{Ledger, LedgerError, Result, now_ms};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TaskState {
+    Queued,
+    Running,
+    Succeeded,
+    Failed,
+    Cancelled,
+}
+
+impl TaskState {
+    pub const ALL: [TaskState; 5] = [
+        TaskState::Queued,
+        TaskState::Running,
+        TaskState::Succeeded,
+        TaskState::Failed,
+        TaskState::Cancelled,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TaskState::Queued => "queued",
+            TaskState::Running => "running",
+            TaskState::Succeeded => "succeeded",
+            TaskState::Failed => "failed",
+            TaskState::Cancelled => "cancelled",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<TaskState> {
+        TaskState::ALL.into_iter().find(|t| t.as_str() == s)
+    }
+
+    pub fn is_final(self) -> bool {
+        matches!(self, TaskState::Succeeded | TaskState::Failed | TaskState::Cancelled)
+    }
+}
+
+impl std::fmt::Display for TaskState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// What woke the agent.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Trigger {
+    /// A subscribed resource changed (or a polled tool's result did);
+    /// `contents` is what it says now.
+    Resource {
+        uri: String,
+        server: String,
+        subscription: String,
+        contents: String,
+    },
+    /// A cron schedule fired.
+    Schedule {
+        cron: String,
+        prompt: String,
+        scheduled_for: String,
+    },
+    /// A person wrote to the agent (REPL or `agentd send`).
+    Message { text: String, from: String },
+}
+
+impl Trigger {
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Trigger::Resource { .. } => "resource",
+            Trigger::Schedule { .. } => "schedule",
+            Trigger::Message { .. } => "message",
+        }
+    }
+
+    /// One line for listings.
+    pub fn summary(&self) -> String {
+        match self {
+            Trigger::Resource { uri, .. } => uri.clone(),
+            Trigger::Schedule { cron, .. } => format!("cron {cron}"),
+            Trigger::Message { text, .. } => text.lines().next().unwrap_or("").to_owned(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Task {
+    pub id: i64,
+    pub agent: String,
+    pub trigger_kind: String,
+    /// The trigger as stored; `Trigger` when written by this version.
+    pub trigger: serde_json::Value,
+    pub dedupe_key: Option<String>,
+    pub state: TaskState,
+    pub attempts: i64,
+    pub lease: Option<String>,
+    pub created_at: i64,
+    pub started_at: Option<i64>,
+    pub finished_at: Option<i64>,
+    pub input_tokens: i64,
+    pub output_tokens: i64,
+    pub error: Option<String>,
+    pub result: Option<String>,
+}
+
+impl Task {
+    pub fn trigger(&self) -> Option<Trigger> {
+        serde_json::from_value(self.trigger.clone()).ok()
+    }
+
+    fn from_row(r: &Row) -> rusqlite::Result<Task> {
+        let payload: String = r.get("trigger_payload")?;
+        let state: String = r.get("state")?;
+        Ok(Task {
+            id: r.get("id")?,
+            agent: r.get("agent")?,
+            trigger_kind: r.get("trigger_kind")?,
+            trigger: serde_json::from_str(&payload).unwrap_or(serde_json::Value::String(payload)),
+            dedupe_key: r.get("dedupe_key")?,
+            // The CHECK constraint keeps other strings out of the column.
+            state: TaskState::parse(&state).unwrap_or(TaskState::Failed),
+            attempts: r.get("attempts")?,
+            lease: r.get("lease")?,
+            created_at: r.get("created_at")?,
+            started_at: r.get("started_at")?,
+            finished_at: r.get("finished_at")?,
+            input_tokens: r.get("input_tokens")?,
+            output_tokens: r.get("output_tokens")?,
+            error: r.get("error")?,
+            result: r.get("result")?,
+        })
+    }
+}
+
+/// One journal entry: an LLM request/reply, a tool call/result, a fence run…
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Step {
+    pub task_id: i64,
+    pub seq: i64,
+    pub attempt: i64,
+    pub kind: String,
+    pub payload: serde_json::Value,
+    pub input_tokens: i64,
+    pub output_tokens: i64,
+    pub latency_ms: Option<i64>,
+    pub created_at: i64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct NewStep {
+    pub kind: String,
+    pub payload: serde_json::Value,
+    #[serde(default)]
+    pub input_tokens: i64,
+    #[serde(default)]
+    pub output_tokens: i64,
+    #[serde(default)]
+    pub latency_ms: Option<i64>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Enqueued {
+    New(i64),
+    /// An equal trigger was already queued; it now carries the new payload.
+    Coalesced(i64),
+}
+
+impl Enqueued {
+    pub fn id(self) -> i64 {
+        match self {
+            Enqueued::New(id) | Enqueued::Coalesced(id) => id,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct TaskFilter {
+    pub agent: Option<String>,
+    pub state: Option<TaskState>,
+    pub limit: Option<u32>,
+}
+
+const TASK_COLUMNS: &str = "id, agent, trigger_kind, trigger_payload, dedupe_key, state, attempts, lease, \
+     created_at, started_at, finished_at, input_tokens, output_tokens, error, result";
+
+impl Ledger {
+    /// Records a trigger as a queued task. While a task with the same
+    /// agent and `dedupe_key` is still queued, the trigger coalesces into it
+    /// (its payload is replaced by the newer one).
+    pub fn enqueue(&mut self, agent: &str, trigger: &Trigger, dedupe_key: Option<&str>) -> Result<Enqueued> {
+        let payload = serde_json::to_string(trigger).unwrap_or_default();
+        let path = self.path.clone();
+        let tx = self.conn.transaction().map_err(|e| super::sqlite(&path, e))?;
+        let existing: Option<i64> = match dedupe_key {
+            Some(key) => tx
+                .query_row(
+                    "SELECT id FROM tasks WHERE agent = ?1 AND dedupe_key = ?2 AND state = 'queued'",
+                    params![agent, key],
+                    |r| r.get(0),
+                )
+                .optional()
+                .map_err(|e| super::sqlite(&path, e))?,
+            None => None,
+        };
+        let out = match existing {
+            Some(id) => {
+                tx.execute(
+                    "UPDATE tasks SET trigger_payload = ?1 WHERE id = ?2",
+                    params![payload, id],
+                )
+                .map_err(|e| super::sqlite(&path, e))?;
+                Enqueued::Coalesced(id)
+            }
+            None => {
+                tx.execute(
+                    "INSERT INTO tasks (agent, trigger_kind, trigger_payload, dedupe_key, state, created_at)
+                     VALUES (?1, ?2, ?3, ?4, 'queued', ?5)",
+                    params![agent, trigger.kind(), payload, dedupe_key, now_ms()],
+                )
+                .map_err(|e| super::sqlite(&path, e))?;
+                Enqueued::New(tx.last_insert_rowid())
+            }
+        };
+        tx.commit().map_err(|e| super::sqlite(&path, e))?;
+        Ok(out)
+    }
+
+    /// Hands the agent's oldest queued task to `lease`, unless the agent
+    /// already has one running: an agent runs one task at a time.
+    /// Claiming clears the dedupe key, so an update that arrives while the
+    /// task runs queues a fresh task instead of vanishing into this one.
+    pub fn claim_next(&mut self, agent: &str, lease: &str) -> Result<Option<Task>> {
+        let sql = format!(
+            "UPDATE tasks SET state = 'running', lease = ?2, attempts = attempts + 1, started_at = ?3,
+                              dedupe_key = NULL
+             WHERE id = (SELECT id FROM tasks WHERE agent = ?1 AND state = 'queued' ORDER BY id LIMIT 1)
+               AND NOT EXISTS (SELECT 1 FROM tasks WHERE agent = ?1 AND state = 'running')
+             RETURNING {TASK_COLUMNS}"
+        );
+        self.conn
+            .query_row(&sql, params![agent, lease, now_ms()], Task::from_row)
+            .optional()
+            .map_err(|e| self.err(e))
+    }
+
+    fn check_lease(&self, task: i64, lease: &str) -> Result<i64> {
+        self.conn
+            .query_row(
+                "SELECT attempts FROM tasks WHERE id = ?1 AND state = 'running' AND lease = ?2",
+                params![task, lease],
+                |r| r.get(0),
+            )
+            .optional()
+            .map_err(|e| self.err(e))?
+            .ok_or_else(|| LedgerError::StaleLease {
+                task,
+                lease: lease.to_owned(),
+            })
+    }
+
+    /// Appends a step to a running task's journal; returns its sequence number.
+    pub fn append_step(&mut self, task: i64, lease: &str, step: &NewStep) -> Result<i64> {
+        let attempt = self.check_lease(task, lease)?;
+        let path = self.path.clone();
+        let tx = self.conn.transaction().map_err(|e| super::sqlite(&path, e))?;
+        let seq: i64 = tx
+            .query_row(
+                "SELECT coalesce(max(seq), 0) + 1 FROM steps WHERE task_id = ?1",
+                [task],
+                |r| r.get(0),
+            )
+            .map_err(|e| super::sqlite(&path, e))?;
+        tx.execute(
+            "INSERT INTO steps (task_id, seq, attempt, kind, payload, input_tokens, output_tokens, latency_ms, created_at)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+            params![
+                task,
+                seq,
+                attempt,
+                step.kind,
+                step.payload.to_string(),
+                step.input_tokens,
+                step.output_tokens,
+                step.latency_ms,
+                now_ms()
+            ],
+        )
+        .map_err(|e| super::sqlite(&path, e))?;
+        if step.input_tokens != 0 || step.output_tokens != 0 {
+            tx.execute(
+                "UPDATE tasks SET input_tokens = input_tokens + ?2, output_tokens = output_tokens + ?3 WHERE id = ?1",
+                params![task, step.input_tokens, step.output_tokens],
+            )
+            .map_err(|e| super::sqlite(&path, e))?;
+        }
+        tx.commit().map_err(|e| super::sqlite(&path, e))?;
+        Ok(seq)
+    }
+
+    /// Ends a running task held by `lease`. `state` must be final.
+    pub fn finish(
+        &mut self,
+        task: i64,
+        lease: &str,
+        state: TaskState,
+        result: Option<&str>,
+        error: Option<&str>,
+    ) -> Result<()> {
+        debug_assert!(state.is_final());
+        let n = self
+            .conn
+            .execute(
+                "UPDATE tasks SET state = ?3, result = ?4, error = ?5, finished_at = ?6, lease = NULL
+                 WHERE id = ?1 AND state = 'running' AND lease = ?2",
+                params![task, lease, state.as_str(), result, error, now_ms()],
+            )
+            .map_err(|e| self.err(e))?;
+        if n == 0 {
+            return Err(LedgerError::StaleLease {
+                task,
+                lease: lease.to_owned(),
+            });
+        }
+        Ok(())
+    }
+
+    /// The runner of a task is gone (its child died, or agentd restarted):
+    /// put the task back in the queue, or fail it once `max_attempts` are
+    /// spent. Returns the task's new state.
+    pub fn release(&mut self, task: i64, cause: &str, max_attempts: u32) -> Result<TaskState> {
+        let attempts: i64 = self
+            .conn
+            .query_row(
+                "SELECT attempts FROM tasks WHERE id = ?1 AND state = 'running'",
+                [task],
+                |r| r.get(0),
+            )
+            .optional()
+            .map_err(|e| self.err(e))?
+            .ok_or(LedgerError::NoSuchTask(task))?;
+        let (state, error) = if attempts < i64::from(max_attempts) {
+            (
+                TaskState::Queued,
+                format!("{cause} (attempt {attempts} of {max_attempts}; re-queued)"),
+            )
+        } else {
+            (
+                TaskState::Failed,
+                format!("{cause} (attempt {attempts} of {max_attempts}; giving up)"),
+            )
+        };
+        let finished = state.is_final().then(now_ms);
+        self.conn
+            .execute(
+                "UPDATE tasks SET state = ?2, error = ?3, lease = NULL, finished_at = ?4 WHERE id = ?1",
+                params![task, state.as_str(), error, finished],
+            )
+            .map_err(|e| self.err(e))?;
+        Ok(state)
+    }
+
+    /// Marks a queued task cancelled.
+    pub fn cancel(&mut self, task: i64, reason: &str) -> Result<bool> {
+        let n = self
+            .conn
+            .execute(
+                "UPDATE tasks SET state = 'cancelled', error = ?2, finished_at = ?3, dedupe_key = NULL
+                 WHERE id = ?1 AND state = 'queued'",
+                params![task, reason, now_ms()],
+            )
+            .map_err(|e| self.err(e))?;
+        Ok(n > 0)
+    }
+
+    /// Tasks left `running` by a previous agentd process.
+    pub fn running_tasks(&self) -> Result<Vec<Task>> {
+        self.list_tasks(&TaskFilter {
+            state: Some(TaskState::Running),
+            ..Default::default()
+        })
+    }
+
+    pub fn queued_count(&self, agent: &str) -> Result<i64> {
+        self.conn
+            .query_row(
+                "SELECT count(*) FROM tasks WHERE agent = ?1 AND state = 'queued'",
+                [agent],
+                |r| r.get(0),
+            )
+            .map_err(|e| self.err(e))
+    }
+
+    /// Newest first.
+    pub fn list_tasks(&self, filter: &TaskFilter) -> Result<Vec<Task>> {
+        let sql = format!(
+            "SELECT {TASK_COLUMNS} FROM tasks
+             WHERE (?1 IS NULL OR agent = ?1) AND (?2 IS NULL OR state = ?2)
+             ORDER BY id DESC LIMIT ?3"
+        );
+        let limit = filter.limit.map(i64::from).unwrap_or(-1);
+        let mut stmt = self.conn.prepare(&sql).map_err(|e| self.err(e))?;
+        let rows = stmt
+            .query_map(
+                params![filter.agent, filter.state.map(TaskState::as_str), limit],
+                Task::from_row,
+            )
+            .map_err(|e| self.err(e))?;
+        rows.collect::<rusqlite::Result<Vec<_>>>().map_err(|e| self.err(e))
+    }
+
+    pub fn task(&self, id: i64) -> Result<Task> {
+        let sql = format!("SELECT {TASK_COLUMNS} FROM tasks WHERE id = ?1");
+        self.conn
+            .query_row(&sql, [id], Task::from_row)
+            .optional()
+            .map_err(|e| self.err(e))?
+            .ok_or(LedgerError::NoSuchTask(id))
+    }
+
+    pub fn steps(&self, task: i64) -> Result<Vec<Step>> {
+        let mut stmt = self
+            .conn
+            .prepare(
+                "SELECT task_id, seq, attempt, kind, payload, input_tokens, output_tokens, latency_ms, created_at
+                 FROM steps WHERE task_id = ?1 ORDER BY seq",
+            )
+            .map_err(|e| self.err(e))?;
+        let rows = stmt
+            .query_map([task], |r| {
+                let payload: String = r.get(4)?;
+                Ok(Step {
+                    task_id: r.get(0)?,
+                    seq: r.get(1)?,
+                    attempt: r.get(2)?,
+                    kind: r.get(3)?,
+                    payload: serde_json::from_str(&payload).unwrap_or(serde_json::Value::String(payload)),
+                    input_tokens: r.get(5)?,
+                    output_tokens: r.get(6)?,
+                    latency_ms: r.get(7)?,
+                    created_at: r.get(8)?,
+                })
+            })
+            .map_err(|e| self.err(e))?;
+        rows.collect::<rusqlite::Result<Vec<_>>>().map_err(|e| self.err(e))
+    }
+}

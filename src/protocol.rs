@@ -1,0 +1,78 @@
+//! The one protocol between the supervisor and an agent child: typed JSON
+//! lines over the child's stdin (supervisor → child) and stdout (child →
+//! supervisor). The child's stderr carries its logs.
+//!
+//! Every line is one serde-tagged enum value. The first line in each
+//! direction carries [`PROTOCOL_VERSION`]; a mismatch ends the child, so a
+//! supervisor and child from different builds never half-understand each
+//! other (both are the same executable, so this only trips when the binary
+//! is replaced under a running supervisor).
+
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+use crate::config::AgentSpec;
+use crate::ledger::{NewStep, TaskState, Trigger};
+
+pub const PROTOCOL_VERSION: u32 = 1;
+
+/// Supervisor → child.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum ToChild {
+    /// Always the first line.
+    Start {
+        version: u32,
+        spec: Box<AgentSpec>,
+        workdir: PathBuf,
+        /// The conversation saved after the agent's last task, if any.
+        conversation: Option<serde_json::Value>,
+    },
+    /// Run this task; every write about it must carry `lease`.
+    Task {
+        id: i64,
+        lease: String,
+        attempt: i64,
+        trigger: Trigger,
+    },
+    /// Finish the current task (up to `grace_ms`), release resources, exit 0.
+    Shutdown { grace_ms: u64 },
+}
+
+/// Child → supervisor.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum FromChild {
+    /// Always the first line: the child is up and can take tasks.
+    Ready { version: u32, pid: u32 },
+    /// Something happened that should become a task (a resource update, a
+    /// polled tool's new result). Coalesced by `dedupe_key` while queued.
+    Trigger {
+        trigger: Trigger,
+        dedupe_key: Option<String>,
+    },
+    /// Append to the running task's journal.
+    Step { task: i64, lease: String, step: NewStep },
+    /// Text the model produced for a person (streamed REPL replies).
+    Output { task: i64, lease: String, text: String },
+    /// The task ended; the child is free for the next one.
+    Finished {
+        task: i64,
+        lease: String,
+        state: TaskState,
+        result: Option<String>,
+        error: Option<String>,
+        /// The conversation after this task, to snapshot.
+        conversation: Option<serde_json::Value>,
+    },
+}
+
+/// One JSON line (with the newline).
+pub fn encode<T: Serialize>(msg: &T) -> String {
+    // Serialising these plain enums cannot fail; keep the process alive
+    // with an empty object rather than panicking if it ever did.
+    let mut s = serde_json::to_string(msg).unwrap_or_else(|_| "{}".into());
+    s.push('\n');
+    s
+}

@@ -1,0 +1,40 @@
+//! The ledger on its own thread, so SQLite's blocking I/O never stalls the
+//! supervisor's event loop. Calls are closures run in order; each returns
+//! its result through a oneshot channel.
+
+use tokio::sync::oneshot;
+
+use crate::ledger::Ledger;
+
+type Job = Box<dyn FnOnce(&mut Ledger) + Send>;
+
+#[derive(Clone)]
+pub struct LedgerThread {
+    tx: std::sync::mpsc::Sender<Job>,
+}
+
+impl LedgerThread {
+    pub fn start(mut ledger: Ledger) -> std::io::Result<LedgerThread> {
+        let (tx, rx) = std::sync::mpsc::channel::<Job>();
+        std::thread::Builder::new().name("ledger".into()).spawn(move || {
+            while let Ok(job) = rx.recv() {
+                job(&mut ledger);
+            }
+            // Every handle is gone: fold the WAL back before closing.
+            if let Err(e) = ledger.checkpoint() {
+                tracing::warn!("ledger checkpoint on close failed: {e}");
+            }
+        })?;
+        Ok(LedgerThread { tx })
+    }
+
+    /// Runs `f` on the ledger thread and waits for its result.
+    pub async fn call<T: Send + 'static>(&self, f: impl FnOnce(&mut Ledger) -> T + Send + 'static) -> Option<T> {
+        let (reply, rx) = oneshot::channel();
+        let job: Job = Box::new(move |l| {
+            let _ = reply.send(f(l));
+        });
+        self.tx.send(job).ok()?;
+        rx.await.ok()
+    }
+}

@@ -1,0 +1,894 @@
+//! The supervisor: `agentd CONFIG`. Owns the ledger (through its writer
+//! thread), the config watcher, the control socket, and one child process
+//! per agent; nothing else writes the ledger or starts agents.
+//!
+//! Everything happens on one event loop (a `current_thread` runtime on the
+//! main thread): child messages and exits, restart timers, signals, config
+//! changes and control requests arrive as [`Event`]s or channel messages and
+//! are handled one at a time, so agent state needs no locks. Children are
+//! spawned from this thread too, which `PR_SET_PDEATHSIG` requires.
+
+mod child;
+mod ledger_thread;
+pub mod restart;
+mod systemd;
+mod watch;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use nix::sys::signal::Signal;
+use serde_json::json;
+use tokio::signal::unix::{SignalKind, signal};
+use tokio::sync::mpsc;
+
+use crate::config::{self, AgentSpec, Config};
+use crate::control::{self, AgentStatus, Request, Response};
+use crate::ledger::{self, Ledger, LedgerError, SnapshotKind, TaskState};
+use crate::protocol::{FromChild, PROTOCOL_VERSION, ToChild};
+use child::ChildHandle;
+use ledger_thread::LedgerThread;
+use restart::{Decision, Exit, Restarts};
+use watch::ConfigWatcher;
+
+/// Quiet time after a config file event before reloading.
+const RELOAD_DEBOUNCE: Duration = Duration::from_millis(150);
+/// After the grace period, a child gets SIGTERM; this much later, SIGKILL.
+const TERM_AFTER_GRACE: Duration = Duration::from_secs(1);
+const KILL_AFTER_TERM: Duration = Duration::from_secs(3);
+
+/// Everything the event loop reacts to, besides signals and control requests.
+#[derive(Debug)]
+pub enum Event {
+    Child {
+        agent: String,
+        generation: u64,
+        msg: FromChild,
+    },
+    BadLine {
+        agent: String,
+        generation: u64,
+        error: String,
+    },
+    Exited {
+        agent: String,
+        generation: u64,
+        exit: Exit,
+    },
+    RestartDue {
+        agent: String,
+        generation: u64,
+    },
+    Escalate {
+        agent: String,
+        generation: u64,
+        signal: Signal,
+    },
+    ConfigChanged,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum State {
+    Starting,
+    Running,
+    Backoff,
+    Stopping,
+    Stopped,
+    Failed,
+}
+
+impl State {
+    fn as_str(self) -> &'static str {
+        match self {
+            State::Starting => "starting",
+            State::Running => "running",
+            State::Backoff => "backoff",
+            State::Stopping => "stopping",
+            State::Stopped => "stopped",
+            State::Failed => "failed",
+        }
+    }
+}
+
+/// What to do when the current child exits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum AfterExit {
+    /// It crashed or exited on its own: ask the restart policy.
+    Policy,
+    /// Stopped on purpose: stay down.
+    StayDown,
+    /// Restarted on purpose (by hand, or its config changed).
+    StartAgain,
+    /// Removed from the config.
+    Remove,
+}
+
+struct Agent {
+    spec: AgentSpec,
+    state: State,
+    child: Option<ChildHandle>,
+    started_at: Option<Instant>,
+    restarts: Restarts,
+    restart_count: u32,
+    last_exit: Option<Exit>,
+    last_error: Option<String>,
+    /// The task the child is running, with its lease.
+    running: Option<(i64, String)>,
+    after_exit: AfterExit,
+    /// Generation of the current child or of the pending restart; events
+    /// from older generations are stale and ignored.
+    generation: u64,
+}
+
+impl Agent {
+    fn new(spec: AgentSpec) -> Agent {
+        let restarts = Restarts::new(spec.restart.clone());
+        Agent {
+            spec,
+            state: State::Stopped,
+            child: None,
+            started_at: None,
+            restarts,
+            restart_count: 0,
+            last_exit: None,
+            last_error: None,
+            running: None,
+            after_exit: AfterExit::Policy,
+            generation: 0,
+        }
+    }
+}
+
+pub struct Supervisor {
+    cfg: Config,
+    ledger: LedgerThread,
+    agents: BTreeMap<String, Agent>,
+    events: mpsc::UnboundedSender<Event>,
+    generation: u64,
+    /// Set once shutdown begins: when it must be over.
+    stop_deadline: Option<tokio::time::Instant>,
+    reload_at: Option<tokio::time::Instant>,
+    ready_sent: bool,
+    started: Instant,
+    watcher: Option<ConfigWatcher>,
+}
+
+/// Runs the supervisor until it is stopped; the process's exit code.
+pub fn run(cfg: Config) -> anyhow::Result<ExitCode> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the runtime")?;
+    rt.block_on(run_async(cfg))
+}
+
+async fn run_async(cfg: Config) -> anyhow::Result<ExitCode> {
+    std::fs::create_dir_all(&cfg.state_dir)
+        .with_context(|| format!("cannot create state dir {}", cfg.state_dir.display()))?;
+    let _lock = lock_state_dir(&cfg.state_dir)?;
+    let ledger = Ledger::open(&cfg.state_dir.join(ledger::FILE_NAME))?;
+    let ledger = LedgerThread::start(ledger).context("starting the ledger thread")?;
+
+    let socket = cfg.state_dir.join(control::SOCKET_NAME);
+    // The lock proves no other agentd owns this state dir: a socket left
+    // here is stale.
+    let _ = std::fs::remove_file(&socket);
+    let (control_tx, mut control_rx) = mpsc::unbounded_channel();
+    control::serve(&socket, control_tx).with_context(|| format!("cannot listen on {}", socket.display()))?;
+
+    let (events, mut events_rx) = mpsc::unbounded_channel();
+    let mut sup = Supervisor {
+        agents: BTreeMap::new(),
+        ledger,
+        events: events.clone(),
+        generation: 0,
+        stop_deadline: None,
+        reload_at: None,
+        ready_sent: false,
+        started: Instant::now(),
+        watcher: None,
+        cfg,
+    };
+    sup.recover_orphaned_tasks().await;
+    sup.watch_config();
+    let names: Vec<AgentSpec> = sup.cfg.agents.clone();
+    for spec in names {
+        let name = spec.name.to_string();
+        sup.agents.insert(name.clone(), Agent::new(spec));
+        sup.start_agent(&name).await;
+    }
+    sup.maybe_ready();
+    tracing::info!(
+        "agentd {} supervising {} agents (state dir {}, control socket {})",
+        env!("CARGO_PKG_VERSION"),
+        sup.agents.len(),
+        sup.cfg.state_dir.display(),
+        socket.display()
+    );
+
+    let mut sigterm = signal(SignalKind::terminate())?;
+    let mut sigint = signal(SignalKind::interrupt())?;
+    let mut sighup = signal(SignalKind::hangup())?;
+    let watchdog = systemd::watchdog_interval();
+    let mut watchdog_tick = tokio::time::interval(watchdog.unwrap_or(Duration::from_secs(3600)));
+    let mut interrupts = 0;
+
+    let code = loop {
+        if sup.stop_deadline.is_some() && sup.agents.values().all(|a| a.child.is_none()) {
+            break ExitCode::SUCCESS;
+        }
+        let reload_at = sup.reload_at;
+        let stop_deadline = sup.stop_deadline;
+        tokio::select! {
+            Some(ev) = events_rx.recv() => sup.handle(ev).await,
+            Some((req, reply)) = control_rx.recv() => {
+                let resp = sup.control(req).await;
+                let _ = reply.send(resp);
+            }
+            _ = sigterm.recv() => sup.begin_stop("SIGTERM"),
+            _ = sigint.recv() => {
+                interrupts += 1;
+                if interrupts > 1 {
+                    tracing::warn!("second interrupt: stopping now");
+                    sup.kill_all();
+                    break ExitCode::from(130);
+                }
+                sup.begin_stop("SIGINT");
+            }
+            _ = sighup.recv() => {
+                if let Err(e) = sup.reload().await {
+                    tracing::error!("reload on SIGHUP failed; agents keep running:\n{e}");
+                }
+            }
+            _ = sleep_until_opt(reload_at), if reload_at.is_some() => {
+                sup.reload_at = None;
+                if let Err(e) = sup.reload().await {
+                    tracing::error!("config change rejected; agents keep running:\n{e}");
+                }
+            }
+            _ = sleep_until_opt(stop_deadline), if stop_deadline.is_some() => {
+                tracing::warn!("grace period over: killing the remaining agents");
+                sup.kill_all();
+                sup.stop_deadline = Some(tokio::time::Instant::now() + KILL_AFTER_TERM);
+            }
+            _ = watchdog_tick.tick(), if watchdog.is_some() => systemd::watchdog(),
+        }
+    };
+    // Release the socket first, so clients see "not running", not a hang.
+    let _ = std::fs::remove_file(&socket);
+    let _ = sup.ledger.call(|l| l.checkpoint()).await;
+    tracing::info!("agentd stopped");
+    Ok(code)
+}
+
+async fn sleep_until_opt(t: Option<tokio::time::Instant>) {
+    match t {
+        Some(t) => tokio::time::sleep_until(t).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// One supervisor per state dir: two would both run the same tasks.
+fn lock_state_dir(dir: &Path) -> anyhow::Result<nix::fcntl::Flock<std::fs::File>> {
+    let path = dir.join("agentd.lock");
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .with_context(|| format!("cannot open {}", path.display()))?;
+    nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusiveNonblock).map_err(|(_, e)| {
+        anyhow::anyhow!(
+            "another agentd is already running with state dir {} ({e})",
+            dir.display()
+        )
+    })
+}
+
+impl Supervisor {
+    /// Tasks a previous agentd left running go back in the queue (or fail
+    /// once their attempts are spent): never lost, never run twice at once.
+    async fn recover_orphaned_tasks(&mut self) {
+        let max: BTreeMap<String, u32> = self
+            .cfg
+            .agents
+            .iter()
+            .map(|a| (a.name.to_string(), a.limits.max_attempts))
+            .collect();
+        let recovered = self
+            .ledger
+            .call(move |l| -> Result<Vec<(i64, String, TaskState)>, LedgerError> {
+                let mut out = Vec::new();
+                for t in l.running_tasks()? {
+                    let attempts = max.get(&t.agent).copied().unwrap_or(1);
+                    let state = l.release(t.id, "agentd stopped while the task was running", attempts)?;
+                    out.push((t.id, t.agent, state));
+                }
+                Ok(out)
+            })
+            .await;
+        match recovered {
+            Some(Ok(tasks)) => {
+                for (id, agent, state) in tasks {
+                    tracing::warn!(agent, "task {id} was running when agentd last stopped; now {state}");
+                }
+            }
+            Some(Err(e)) => tracing::error!("recovering running tasks failed: {e}"),
+            None => {}
+        }
+    }
+
+    fn watch_config(&mut self) {
+        self.watcher = None;
+        match ConfigWatcher::start(&self.cfg, self.events.clone()) {
+            Ok(w) => self.watcher = Some(w),
+            Err(e) => tracing::warn!("hot reload is off: cannot watch config files: {e}"),
+        }
+    }
+
+    fn workdir(&self, agent: &str) -> PathBuf {
+        self.cfg.state_dir.join("agents").join(agent).join("work")
+    }
+
+    async fn start_agent(&mut self, name: &str) {
+        let workdir = self.workdir(name);
+        let owned = name.to_owned();
+        let conversation = self
+            .ledger
+            .call(move |l| l.latest_snapshot(&owned, SnapshotKind::Conversation))
+            .await
+            .and_then(Result::ok)
+            .flatten()
+            .and_then(|s| serde_json::from_slice(&s.data).ok());
+        self.generation += 1;
+        let generation = self.generation;
+        let events = self.events.clone();
+        let Some(a) = self.agents.get_mut(name) else { return };
+        if let Err(e) = std::fs::create_dir_all(&workdir) {
+            a.state = State::Failed;
+            a.last_error = Some(format!("cannot create workdir {}: {e}", workdir.display()));
+            tracing::error!(agent = name, "{}", a.last_error.as_deref().unwrap_or_default());
+            return;
+        }
+        let start = ToChild::Start {
+            version: PROTOCOL_VERSION,
+            spec: Box::new(a.spec.clone()),
+            workdir,
+            conversation,
+        };
+        match child::spawn(name, generation, &start, events) {
+            Ok(handle) => {
+                tracing::info!(agent = name, pid = handle.pid, "agent started");
+                let now = Instant::now();
+                a.restarts.started(now);
+                a.child = Some(handle);
+                a.state = State::Starting;
+                a.started_at = Some(now);
+                a.after_exit = AfterExit::Policy;
+                a.generation = generation;
+            }
+            Err(e) => {
+                a.state = State::Failed;
+                a.last_error = Some(format!("cannot start agent process: {e}"));
+                tracing::error!(agent = name, "cannot start agent process: {e}");
+            }
+        }
+        self.update_status();
+    }
+
+    /// Asks the child to stop (finishing its task within `grace`), then
+    /// escalates to SIGTERM and SIGKILL. Without a child, `after` applies now.
+    fn stop_agent(&mut self, name: &str, after: AfterExit, grace: Duration) -> bool {
+        let Some(a) = self.agents.get_mut(name) else {
+            return false;
+        };
+        a.after_exit = after;
+        let Some(child) = &a.child else {
+            // Not running (backoff, stopped, failed): nothing to wait for.
+            a.generation = 0;
+            return true;
+        };
+        child.send(&ToChild::Shutdown {
+            grace_ms: grace.as_millis() as u64,
+        });
+        a.state = State::Stopping;
+        let generation = child.generation;
+        let events = self.events.clone();
+        let agent = name.to_owned();
+        tokio::spawn(async move {
+            tokio::time::sleep(grace + TERM_AFTER_GRACE).await;
+            let _ = events.send(Event::Escalate {
+                agent: agent.clone(),
+                generation,
+                signal: Signal::SIGTERM,
+            });
+            tokio::time::sleep(KILL_AFTER_TERM).await;
+            let _ = events.send(Event::Escalate {
+                agent,
+                generation,
+                signal: Signal::SIGKILL,
+            });
+        });
+        false
+    }
+
+    fn begin_stop(&mut self, why: &str) {
+        if self.stop_deadline.is_some() {
+            return;
+        }
+        let grace = self.cfg.shutdown_grace;
+        tracing::info!(
+            "{why}: stopping {} agents (grace {})",
+            self.agents.len(),
+            humantime::format_duration(grace)
+        );
+        systemd::stopping();
+        self.stop_deadline = Some(tokio::time::Instant::now() + grace + TERM_AFTER_GRACE + KILL_AFTER_TERM);
+        let names: Vec<String> = self.agents.keys().cloned().collect();
+        for name in names {
+            self.stop_agent(&name, AfterExit::StayDown, grace);
+        }
+    }
+
+    fn kill_all(&mut self) {
+        for a in self.agents.values() {
+            if let Some(c) = &a.child {
+                c.signal(Signal::SIGKILL);
+                c.kill_group();
+            }
+        }
+    }
+
+    async fn handle(&mut self, ev: Event) {
+        match ev {
+            Event::Child { agent, generation, msg } => {
+                if self
+                    .agents
+                    .get(&agent)
+                    .is_some_and(|a| a.child.as_ref().is_some_and(|c| c.generation == generation))
+                {
+                    self.on_child_message(&agent, msg).await;
+                }
+            }
+            Event::BadLine { agent, error, .. } => {
+                tracing::warn!(agent, "unreadable line from agent process: {error}");
+            }
+            Event::Exited {
+                agent,
+                generation,
+                exit,
+            } => self.on_exit(&agent, generation, exit).await,
+            Event::RestartDue { agent, generation } => {
+                let due = self
+                    .agents
+                    .get(&agent)
+                    .is_some_and(|a| a.state == State::Backoff && a.generation == generation && a.child.is_none());
+                if due && self.stop_deadline.is_none() {
+                    self.start_agent(&agent).await;
+                }
+            }
+            Event::Escalate {
+                agent,
+                generation,
+                signal,
+            } => {
+                if let Some(c) = self.agents.get(&agent).and_then(|a| a.child.as_ref())
+                    && c.generation == generation
+                {
+                    tracing::warn!(agent, pid = c.pid, "agent did not stop in time: sending {signal}");
+                    c.signal(signal);
+                    if signal == Signal::SIGKILL {
+                        c.kill_group();
+                    }
+                }
+            }
+            Event::ConfigChanged => {
+                if self.stop_deadline.is_none() {
+                    self.reload_at = Some(tokio::time::Instant::now() + RELOAD_DEBOUNCE);
+                }
+            }
+        }
+    }
+
+    async fn on_child_message(&mut self, name: &str, msg: FromChild) {
+        match msg {
+            FromChild::Ready { version, pid } => {
+                if version != PROTOCOL_VERSION {
+                    tracing::error!(
+                        agent = name,
+                        "agent speaks protocol {version}, expected {PROTOCOL_VERSION}"
+                    );
+                }
+                if let Some(a) = self.agents.get_mut(name)
+                    && a.state == State::Starting
+                {
+                    tracing::debug!(agent = name, pid, "agent ready");
+                    a.state = State::Running;
+                }
+                self.maybe_ready();
+                self.update_status();
+                self.dispatch(name).await;
+            }
+            FromChild::Trigger { trigger, dedupe_key } => {
+                let agent = name.to_owned();
+                let r = self
+                    .ledger
+                    .call(move |l| l.enqueue(&agent, &trigger, dedupe_key.as_deref()))
+                    .await;
+                match r {
+                    Some(Ok(e)) => tracing::debug!(agent = name, "trigger recorded as task {}: {e:?}", e.id()),
+                    Some(Err(e)) => tracing::error!(agent = name, "cannot record trigger: {e}"),
+                    None => {}
+                }
+                self.dispatch(name).await;
+            }
+            FromChild::Step { task, lease, step } => {
+                let r = self.ledger.call(move |l| l.append_step(task, &lease, &step)).await;
+                if let Some(Err(e)) = r {
+                    tracing::warn!(agent = name, "journal write rejected: {e}");
+                }
+            }
+            FromChild::Output { text, .. } => {
+                tracing::info!(agent = name, "{text}");
+            }
+            FromChild::Finished {
+                task,
+                lease,
+                state,
+                result,
+                error,
+                conversation,
+            } => {
+                let current = self.agents.get(name).and_then(|a| a.running.clone());
+                if current.as_ref() != Some(&(task, lease.clone())) {
+                    tracing::warn!(agent = name, "ignoring a result for task {task} from a stale lease");
+                    return;
+                }
+                let agent = name.to_owned();
+                let state = if state.is_final() { state } else { TaskState::Failed };
+                let r = self
+                    .ledger
+                    .call(move |l| -> Result<(), LedgerError> {
+                        l.finish(task, &lease, state, result.as_deref(), error.as_deref())?;
+                        if let Some(c) = conversation {
+                            let data = serde_json::to_vec(&c).unwrap_or_default();
+                            l.put_snapshot(&agent, SnapshotKind::Conversation, None, Some(task), &data)?;
+                        }
+                        Ok(())
+                    })
+                    .await;
+                if let Some(Err(e)) = r {
+                    tracing::error!(agent = name, "cannot record the end of task {task}: {e}");
+                }
+                tracing::info!(agent = name, "task {task} {state}");
+                if let Some(a) = self.agents.get_mut(name) {
+                    a.running = None;
+                }
+                self.dispatch(name).await;
+            }
+        }
+    }
+
+    async fn on_exit(&mut self, name: &str, generation: u64, exit: Exit) {
+        let Some(a) = self.agents.get_mut(name) else { return };
+        if a.child.as_ref().is_none_or(|c| c.generation != generation) {
+            return;
+        }
+        if let Some(c) = a.child.take() {
+            // Whatever the child started and left behind goes with it.
+            c.kill_group();
+        }
+        let uptime = a.started_at.map(|t| t.elapsed()).unwrap_or_default();
+        a.last_exit = Some(exit);
+        let running = a.running.take();
+        let max_attempts = a.spec.limits.max_attempts;
+        let after = a.after_exit;
+        if !exit.success() && after == AfterExit::Policy {
+            a.last_error = Some(format!("agent process {exit}"));
+        }
+        let log_exit = format!(
+            "agent process {exit} after {}",
+            humantime::format_duration(trim(uptime))
+        );
+        if after == AfterExit::Policy && !exit.success() {
+            tracing::warn!(agent = name, "{log_exit}");
+        } else {
+            tracing::info!(agent = name, "{log_exit}");
+        }
+
+        if let Some((task, _)) = running {
+            let cause = format!("agent process {exit}");
+            let r = self.ledger.call(move |l| l.release(task, &cause, max_attempts)).await;
+            match r {
+                Some(Ok(state)) => tracing::warn!(agent = name, "task {task} interrupted; now {state}"),
+                Some(Err(e)) => tracing::error!(agent = name, "cannot release task {task}: {e}"),
+                None => {}
+            }
+        }
+
+        let stopping = self.stop_deadline.is_some();
+        let Some(a) = self.agents.get_mut(name) else { return };
+        match after {
+            AfterExit::Remove => {
+                self.agents.remove(name);
+            }
+            AfterExit::StayDown => a.state = State::Stopped,
+            AfterExit::StartAgain if !stopping => {
+                a.restarts.reset();
+                self.start_agent(name).await;
+            }
+            AfterExit::StartAgain => a.state = State::Stopped,
+            AfterExit::Policy if stopping => a.state = State::Stopped,
+            AfterExit::Policy => {
+                a.restarts.ran_for(uptime);
+                match a.restarts.decide(exit, Instant::now()) {
+                    Decision::Restart(delay) => {
+                        a.state = State::Backoff;
+                        a.restart_count += 1;
+                        self.generation += 1;
+                        a.generation = self.generation;
+                        let (events, agent, generation) = (self.events.clone(), name.to_owned(), self.generation);
+                        tracing::info!(
+                            agent = name,
+                            "restarting in {}",
+                            humantime::format_duration(trim(delay))
+                        );
+                        tokio::spawn(async move {
+                            tokio::time::sleep(delay).await;
+                            let _ = events.send(Event::RestartDue { agent, generation });
+                        });
+                    }
+                    Decision::Stop => a.state = State::Stopped,
+                    Decision::Fail(why) => {
+                        tracing::error!(
+                            agent = name,
+                            "agent failed: {why}; it stays down until restarted or its config changes"
+                        );
+                        a.state = State::Failed;
+                        a.last_error = Some(why);
+                    }
+                }
+            }
+        }
+        self.maybe_ready();
+        self.update_status();
+    }
+
+    /// Hands the agent its next queued task, if it is free to take one.
+    async fn dispatch(&mut self, name: &str) {
+        if self.stop_deadline.is_some() {
+            return;
+        }
+        let Some(a) = self.agents.get(name) else { return };
+        let Some(child) = &a.child else { return };
+        if a.state != State::Running || a.running.is_some() {
+            return;
+        }
+        let lease = format!("{name}:{}:{}", child.pid, child.generation);
+        let (agent, l2) = (name.to_owned(), lease.clone());
+        let claimed = self.ledger.call(move |l| l.claim_next(&agent, &l2)).await;
+        let task = match claimed {
+            Some(Ok(Some(t))) => t,
+            Some(Ok(None)) | None => return,
+            Some(Err(e)) => {
+                tracing::error!(agent = name, "cannot claim a task: {e}");
+                return;
+            }
+        };
+        let Some(a) = self.agents.get_mut(name) else { return };
+        let Some(trigger) = task.trigger() else {
+            let id = task.id;
+            tracing::error!(agent = name, "task {id} has an unreadable trigger; failing it");
+            let _ = self
+                .ledger
+                .call(move |l| l.finish(id, &lease, TaskState::Failed, None, Some("unreadable trigger payload")))
+                .await;
+            return;
+        };
+        tracing::info!(
+            agent = name,
+            "task {} started (attempt {}): {}",
+            task.id,
+            task.attempts,
+            trigger.summary()
+        );
+        a.running = Some((task.id, lease.clone()));
+        if let Some(c) = &a.child {
+            c.send(&ToChild::Task {
+                id: task.id,
+                lease,
+                attempt: task.attempts,
+                trigger,
+            });
+        }
+    }
+
+    /// READY=1 once every agent has started (or failed trying).
+    fn maybe_ready(&mut self) {
+        if self.ready_sent || self.agents.values().any(|a| a.state == State::Starting) {
+            return;
+        }
+        self.ready_sent = true;
+        let status = self.status_line();
+        tracing::info!("ready: {status}");
+        systemd::ready(&status);
+    }
+
+    fn status_line(&self) -> String {
+        let count = |s: State| self.agents.values().filter(|a| a.state == s).count();
+        format!(
+            "{} agents: {} running, {} starting, {} failed",
+            self.agents.len(),
+            count(State::Running),
+            count(State::Starting) + count(State::Backoff),
+            count(State::Failed)
+        )
+    }
+
+    fn update_status(&self) {
+        if self.ready_sent {
+            systemd::status(&self.status_line());
+        }
+    }
+
+    async fn reload(&mut self) -> Result<serde_json::Value, String> {
+        systemd::reloading();
+        let result = config::load(&self.cfg.path);
+        let mut new = match result {
+            Ok(c) => c,
+            Err(errors) => {
+                systemd::ready(&format!("{}; last reload rejected", self.status_line()));
+                return Err(errors.to_string());
+            }
+        };
+        if new.state_dir != self.cfg.state_dir {
+            tracing::warn!(
+                "state_dir changed to {}; that takes a restart of agentd (keeping {})",
+                new.state_dir.display(),
+                self.cfg.state_dir.display()
+            );
+            new.state_dir = self.cfg.state_dir.clone();
+        }
+        let (mut added, mut removed, mut restarted, mut unchanged) = (vec![], vec![], vec![], vec![]);
+        let old_names: Vec<String> = self.agents.keys().cloned().collect();
+        for name in old_names {
+            if new.agent(&name).is_none() {
+                removed.push(name.clone());
+                if self.stop_agent(&name, AfterExit::Remove, self.cfg.shutdown_grace) {
+                    self.agents.remove(&name);
+                }
+            }
+        }
+        for spec in new.agents.clone() {
+            let name = spec.name.to_string();
+            match self.agents.get_mut(&name) {
+                None => {
+                    self.agents.insert(name.clone(), Agent::new(spec));
+                    self.start_agent(&name).await;
+                    added.push(name);
+                }
+                Some(a) if a.spec != spec => {
+                    a.restarts = Restarts::new(spec.restart.clone());
+                    a.spec = spec;
+                    a.last_error = None;
+                    if self.stop_agent(&name, AfterExit::StartAgain, self.cfg.shutdown_grace) {
+                        self.start_agent(&name).await;
+                    }
+                    restarted.push(name);
+                }
+                Some(_) => unchanged.push(name),
+            }
+        }
+        self.cfg = new;
+        self.watch_config();
+        tracing::info!(
+            "config reloaded: added {added:?}, removed {removed:?}, restarted {restarted:?}, {} unchanged",
+            unchanged.len()
+        );
+        systemd::ready(&self.status_line());
+        Ok(json!({"added": added, "removed": removed, "restarted": restarted, "unchanged": unchanged}))
+    }
+
+    async fn control(&mut self, req: Request) -> Response {
+        match req {
+            Request::DescribeInterface => Response::ok(Request::describe()),
+            Request::Health => Response::ok(json!({
+                "ok": self.stop_deadline.is_none(),
+                "pid": std::process::id(),
+                "uptime_s": self.started.elapsed().as_secs_f64(),
+                "agents": self.agents.len(),
+                "failed": self.agents.values().filter(|a| a.state == State::Failed).count(),
+            })),
+            Request::Status => {
+                let mut out = Vec::new();
+                let names: Vec<String> = self.agents.keys().cloned().collect();
+                for name in names {
+                    out.push(self.agent_status(&name).await);
+                }
+                Response::ok(json!({ "agents": out }))
+            }
+            Request::Start { agent } | Request::Stop { agent } | Request::Restart { agent }
+                if !self.agents.contains_key(&agent) =>
+            {
+                Response::error(format!("no agent named {agent:?}"))
+            }
+            _ if self.stop_deadline.is_some() => Response::error("agentd is shutting down"),
+            Request::Start { agent } => {
+                if let Some(a) = self.agents.get_mut(&agent)
+                    && a.child.is_none()
+                {
+                    a.restarts.reset();
+                    a.last_error = None;
+                    self.start_agent(&agent).await;
+                }
+                Response::ok(json!(self.agent_status(&agent).await))
+            }
+            Request::Stop { agent } => {
+                if self.stop_agent(&agent, AfterExit::StayDown, self.cfg.shutdown_grace)
+                    && let Some(a) = self.agents.get_mut(&agent)
+                {
+                    a.state = State::Stopped;
+                }
+                Response::ok(json!(self.agent_status(&agent).await))
+            }
+            Request::Restart { agent } => {
+                if self.stop_agent(&agent, AfterExit::StartAgain, self.cfg.shutdown_grace) {
+                    if let Some(a) = self.agents.get_mut(&agent) {
+                        a.restarts.reset();
+                    }
+                    self.start_agent(&agent).await;
+                }
+                Response::ok(json!(self.agent_status(&agent).await))
+            }
+            Request::Reload => match self.reload().await {
+                Ok(summary) => Response::ok(summary),
+                Err(e) => {
+                    tracing::error!("reload requested over the control socket failed; agents keep running:\n{e}");
+                    Response::error(format!("config rejected; agents keep running:\n{e}"))
+                }
+            },
+        }
+    }
+
+    async fn agent_status(&self, name: &str) -> AgentStatus {
+        let owned = name.to_owned();
+        let queued = self
+            .ledger
+            .call(move |l| l.queued_count(&owned))
+            .await
+            .and_then(Result::ok)
+            .unwrap_or(0);
+        let Some(a) = self.agents.get(name) else {
+            return AgentStatus {
+                name: name.to_owned(),
+                state: "removed".into(),
+                pid: None,
+                restarts: 0,
+                uptime_s: None,
+                last_exit: None,
+                last_error: None,
+                queued,
+                running_task: None,
+            };
+        };
+        AgentStatus {
+            name: name.to_owned(),
+            state: a.state.as_str().into(),
+            pid: a.child.as_ref().map(|c| c.pid),
+            restarts: a.restart_count,
+            uptime_s: a.child.as_ref().and(a.started_at).map(|t| t.elapsed().as_secs_f64()),
+            last_exit: a.last_exit.map(|e| e.to_string()),
+            last_error: a.last_error.clone(),
+            queued,
+            running_task: a.running.as_ref().map(|(id, _)| *id),
+        }
+    }
+}
+
+/// Durations for humans: whole milliseconds.
+fn trim(d: Duration) -> Duration {
+    Duration::from_millis(d.as_millis() as u64)
+}

@@ -1,0 +1,379 @@
+//! The config loader: every error with its exact position, compatibility
+//! with the Python agentd format, interpolation and includes.
+
+use std::path::Path;
+use std::time::Duration;
+
+use agentd::config::{self, Config, ConfigErrors, McpTransport, RestartPolicy, SubscriptionTarget};
+use agentd::sandbox::Backend;
+
+use crate::support::{agentd, stderr, stdout, tempdir, write};
+
+fn env(name: &str) -> Option<String> {
+    match name {
+        "HOME" => Some("/home/tester".into()),
+        "MODEL" => Some("gpt-4o-mini".into()),
+        "TOKEN" => Some("s3cret".into()),
+        _ => None,
+    }
+}
+
+fn load(path: &Path) -> Result<Config, ConfigErrors> {
+    config::load_with_env(path, &env)
+}
+
+/// Loads `text` as the main config and returns its rendered errors.
+fn errors_of(text: &str) -> Vec<String> {
+    let dir = tempdir();
+    let path = write(dir.path(), "agentd.yaml", text);
+    let errs = load(&path).expect_err("config should be invalid");
+    let prefix = format!("{}:", path.display());
+    errs.0
+        .iter()
+        .map(|e| {
+            e.to_string()
+                .strip_prefix(&prefix)
+                .map(str::to_owned)
+                .unwrap_or_else(|| e.to_string())
+        })
+        .collect()
+}
+
+fn one_error(text: &str) -> String {
+    let errs = errors_of(text);
+    assert_eq!(errs.len(), 1, "expected exactly one error, got {errs:#?}");
+    errs.into_iter().next().unwrap_or_default()
+}
+
+#[test]
+fn yaml_syntax_error_names_line_and_column() {
+    let e = one_error("agents:\n  - name: a\n    model: [unclosed\n");
+    assert!(e.starts_with("4:1: YAML syntax error"), "{e}");
+}
+
+#[test]
+fn unknown_key_suggests_the_closest_field() {
+    let e = one_error("agents:\n  - name: a\n    model: m\n    system_promt: hi\n");
+    assert_eq!(
+        e,
+        "4:5: agents[0].system_promt: unknown key \"system_promt\"; did you mean \"system_prompt\"?"
+    );
+}
+
+#[test]
+fn unknown_key_without_close_match_lists_the_valid_ones() {
+    let e = one_error("zzz: 1\n");
+    assert!(
+        e.starts_with("1:1: zzz: unknown key \"zzz\"; expected one of: state_dir, include"),
+        "{e}"
+    );
+}
+
+#[test]
+fn wrong_types_are_reported_with_their_field() {
+    let errs = errors_of(
+        "agents:\n  - name: a\n    model: m\n    mcp_servers: {command: x}\n    limits:\n      max_turns: many\n",
+    );
+    assert_eq!(
+        errs,
+        vec![
+            "4:18: agents[0].mcp_servers: expected a list, found a mapping".to_string(),
+            "6:18: agents[0].limits.max_turns: expected a whole number, found \"many\"".to_string(),
+        ]
+    );
+}
+
+#[test]
+fn duplicate_agent_names_point_at_both_definitions() {
+    let e = one_error("agents:\n  - name: a\n    model: m\n  - name: a\n    model: m\n");
+    assert!(
+        e.starts_with("4:11: agents[1].name: duplicate agent name \"a\" (first defined at "),
+        "{e}"
+    );
+    assert!(e.ends_with("agentd.yaml:2)"), "{e}");
+}
+
+#[test]
+fn invalid_cron_expression_is_reported() {
+    let e = one_error(
+        "agents:\n  - name: a\n    model: m\n    schedules:\n      - cron: \"61 * * * *\"\n        prompt: p\n",
+    );
+    assert!(
+        e.starts_with("5:15: agents[0].schedules[0].cron: invalid cron expression \"61 * * * *\""),
+        "{e}"
+    );
+}
+
+#[test]
+fn malformed_subscription_uri_is_reported() {
+    let e = one_error("agents:\n  - name: a\n    model: m\n    subscriptions: [\"no scheme here\"]\n");
+    assert!(
+        e.starts_with("4:21: agents[0].subscriptions[0]: malformed URI \"no scheme here\""),
+        "{e}"
+    );
+}
+
+#[test]
+fn unknown_sandbox_profile_suggests_a_known_one() {
+    let e = one_error("agents:\n  - name: a\n    model: m\n    sandbox: stirct\n");
+    assert_eq!(
+        e,
+        "4:14: agents[0].sandbox: unknown sandbox profile \"stirct\"; did you mean \"strict\"?"
+    );
+}
+
+#[test]
+fn missing_include_file_is_reported() {
+    let e = one_error("include: [agents/nothere.yaml]\n");
+    assert!(e.starts_with("1:11: include[0]: include file "), "{e}");
+    assert!(e.ends_with("agents/nothere.yaml does not exist"), "{e}");
+}
+
+#[test]
+fn bad_durations_and_sizes_are_reported() {
+    let errs = errors_of(
+        "agents:\n  - name: a\n    model: m\n    limits: {task_timeout: soon}\n    sandbox:\n      limits: {memory: lots}\n",
+    );
+    assert_eq!(errs.len(), 2, "{errs:#?}");
+    assert!(
+        errs[0].starts_with("4:28: agents[0].limits.task_timeout: invalid duration \"soon\""),
+        "{errs:#?}"
+    );
+    assert!(
+        errs[1].starts_with("6:24: agents[0].sandbox.limits.memory: invalid size \"lots\""),
+        "{errs:#?}"
+    );
+}
+
+#[test]
+fn unset_variable_names_the_field() {
+    let e = one_error("agents:\n  - name: a\n    model: ${NOPE}\n");
+    assert!(
+        e.starts_with("3:12: agents[0].model: environment variable NOPE is not set"),
+        "{e}"
+    );
+}
+
+#[test]
+fn every_problem_is_reported_not_just_the_first() {
+    let errs = errors_of(
+        "stat_dir: /x\nagents:\n  - name: Bad\n    model: m\n    restart: {policy: sometimes}\n  - name: b\n",
+    );
+    assert_eq!(errs.len(), 4, "{errs:#?}");
+    assert!(errs[0].starts_with("1:1: stat_dir: unknown key \"stat_dir\"; did you mean \"state_dir\"?"));
+    assert!(
+        errs[1].starts_with("3:11: agents[0].name: invalid agent name \"Bad\""),
+        "{errs:#?}"
+    );
+    assert!(
+        errs[2].starts_with("5:23: agents[0].restart.policy: unknown restart policy \"sometimes\""),
+        "{errs:#?}"
+    );
+    assert!(
+        errs[3].starts_with("6:5: agents[1].model: missing required field \"model\""),
+        "{errs:#?}"
+    );
+}
+
+#[test]
+fn errors_in_included_files_name_that_file() {
+    let dir = tempdir();
+    write(
+        dir.path(),
+        "agents/a.yaml",
+        "name: a\nmodel: m\nmcp_servers:\n  - type: carrier-pigeon\n",
+    );
+    let main = write(dir.path(), "agentd.yaml", "include: agents/*.yaml\n");
+    let errs = load(&main).expect_err("invalid");
+    assert_eq!(errs.0.len(), 1);
+    let e = errs.0[0].to_string();
+    assert!(
+        e.contains("agents/a.yaml:4:11: mcp_servers[0].type: unknown server type \"carrier-pigeon\""),
+        "{e}"
+    );
+}
+
+/// The Python agentd daemon's config format loads unchanged.
+#[test]
+fn python_agentd_config_loads_unchanged() {
+    let dir = tempdir();
+    let path = write(
+        dir.path(),
+        "config.yaml",
+        r#"agents:
+  - name: news
+    model: gpt-4o-mini
+    system_prompt: You summarize web pages when they change.
+    mcp_servers:
+      - type: stdio
+        command: uvx
+        arguments: ["mcp-server-fetch"]
+        env_vars: ["FETCH_USER_AGENT=agentd"]
+        tool_filter: ["fetch"]
+    subscriptions:
+      - "tool://fetch/?url=https://example.com"
+"#,
+    );
+    let cfg = load(&path).expect("python config loads");
+    let a = &cfg.agents[0];
+    assert_eq!(a.name.as_str(), "news");
+    assert_eq!(a.model, "gpt-4o-mini");
+    let s = &a.mcp_servers[0];
+    assert_eq!(s.name, "mcp-server-fetch");
+    assert_eq!(s.tool_filter.as_deref(), Some(&["fetch".to_string()][..]));
+    match &s.transport {
+        McpTransport::Stdio { command, args, env, .. } => {
+            assert_eq!(command, "uvx");
+            assert_eq!(args, &["mcp-server-fetch"]);
+            assert_eq!(env.get("FETCH_USER_AGENT").map(String::as_str), Some("agentd"));
+        }
+        other => panic!("expected stdio, got {other:?}"),
+    }
+    match &a.subscriptions[0].target {
+        SubscriptionTarget::Tool { tool, arguments } => {
+            assert_eq!(tool, "fetch");
+            assert_eq!(arguments["url"], "https://example.com");
+        }
+        other => panic!("expected a tool subscription, got {other:?}"),
+    }
+    // Defaults fill what the Python format leaves out.
+    assert_eq!(a.restart.policy, RestartPolicy::OnFailure);
+    assert_eq!(a.sandbox_profile, "default");
+}
+
+#[test]
+fn interpolation_expands_variables_and_defaults() {
+    let dir = tempdir();
+    let path = write(
+        dir.path(),
+        "agentd.yaml",
+        "state_dir: ${STATE:-/tmp/st}\nagents:\n  - name: a\n    model: ${MODEL}\n    mcp_servers:\n      - {name: s, type: http, url: \"http://127.0.0.1:1/mcp\", headers: {Authorization: \"Bearer ${TOKEN}\"}}\n",
+    );
+    let cfg = load(&path).expect("valid");
+    assert_eq!(cfg.state_dir, Path::new("/tmp/st"));
+    assert_eq!(cfg.agents[0].model, "gpt-4o-mini");
+    match &cfg.agents[0].mcp_servers[0].transport {
+        McpTransport::Http { headers, .. } => assert_eq!(headers["Authorization"], "Bearer s3cret"),
+        other => panic!("expected http, got {other:?}"),
+    }
+}
+
+#[test]
+fn includes_load_single_agents_and_lists_with_defaults() {
+    let dir = tempdir();
+    write(
+        dir.path(),
+        "agents/one.yaml",
+        "name: one\nsystem_prompt_file: prompts/one.md\n",
+    );
+    write(dir.path(), "agents/prompts/one.md", "You are one.\n");
+    write(
+        dir.path(),
+        "agents/two.yaml",
+        "- name: two\n- name: three\n  model: other\n  restart: {policy: never}\n",
+    );
+    let main = write(
+        dir.path(),
+        "agentd.yaml",
+        "include: [\"agents/*.yaml\"]\ndefaults:\n  model: base\n  restart: {policy: always, burst: 3}\n  limits: {max_turns: 7}\n  sandbox: strict\n",
+    );
+    let cfg = load(&main).expect("valid");
+    let names: Vec<&str> = cfg.agents.iter().map(|a| a.name.as_str()).collect();
+    assert_eq!(names, ["one", "two", "three"]);
+    let one = cfg.agent("one").expect("one");
+    assert_eq!(one.system_prompt, "You are one.\n");
+    assert_eq!(one.model, "base");
+    assert_eq!(one.limits.max_turns, 7);
+    assert_eq!(one.restart.policy, RestartPolicy::Always);
+    assert_eq!(one.restart.burst, 3);
+    assert_eq!(one.sandbox.backend, Backend::BwrapLandlock);
+    let three = cfg.agent("three").expect("three");
+    assert_eq!(three.model, "other");
+    assert_eq!(three.restart.policy, RestartPolicy::Never);
+    assert_eq!(three.restart.burst, 3, "unset fields still inherit");
+    assert!(
+        cfg.files.iter().any(|f| f.ends_with("agents/prompts/one.md")),
+        "{:?}",
+        cfg.files
+    );
+    assert_eq!(cfg.include_globs.len(), 1);
+}
+
+#[test]
+fn inline_sandbox_policy_overrides_its_base_profile() {
+    let dir = tempdir();
+    let main = write(
+        dir.path(),
+        "agentd.yaml",
+        "agents:\n  - name: a\n    model: m\n    sandbox: {profile: networked, backend: bwrap, timeout: 5s, writable: [/srv/out], limits: {memory: 256MiB}}\n",
+    );
+    let cfg = load(&main).expect("valid");
+    let a = &cfg.agents[0];
+    assert_eq!(a.sandbox_profile, "inline");
+    assert_eq!(a.sandbox.backend, Backend::Bwrap);
+    assert!(a.sandbox.network, "inherited from networked");
+    assert_eq!(a.sandbox.timeout, Duration::from_secs(5));
+    assert_eq!(a.sandbox.limits.memory_bytes, Some(256 << 20));
+    assert_eq!(a.sandbox.writable, vec![std::path::PathBuf::from("/srv/out")]);
+}
+
+#[test]
+fn a_profile_next_to_the_config_is_found() {
+    let dir = tempdir();
+    write(dir.path(), "sandbox/mine.yaml", "backend: none\ntimeout: 2s\n");
+    let main = write(
+        dir.path(),
+        "agentd.yaml",
+        "agents:\n  - {name: a, model: m, sandbox: mine}\n",
+    );
+    let cfg = load(&main).expect("valid");
+    assert_eq!(cfg.agents[0].sandbox.backend, Backend::None);
+    assert!(cfg.files.iter().any(|f| f.ends_with("sandbox/mine.yaml")));
+}
+
+#[test]
+fn check_prints_a_summary_and_exits_zero() {
+    let dir = tempdir();
+    let main = write(
+        dir.path(),
+        "agentd.yaml",
+        "agents:\n  - name: watcher\n    model: m\n    mcp_servers: [{name: fs, command: agentd, args: [mcp-watch, /tmp]}]\n    subscriptions: [\"file:///tmp/*.md\"]\n    schedules: [{cron: \"*/5 * * * *\", prompt: \"Tidy up\"}]\n",
+    );
+    let out = agentd(&["check", main.to_str().unwrap_or_default()]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let s = stdout(&out);
+    assert!(s.contains("valid, 1 agent"), "{s}");
+    assert!(s.contains("agent watcher: model m, sandbox default"), "{s}");
+    assert!(s.contains("server fs: stdio: agentd mcp-watch /tmp"), "{s}");
+    assert!(s.contains("subscription file:///tmp/*.md (glob"), "{s}");
+    assert!(s.contains("schedule \"*/5 * * * *\" UTC: Tidy up"), "{s}");
+}
+
+#[test]
+fn check_exits_one_on_errors_and_two_on_usage() {
+    let dir = tempdir();
+    let main = write(dir.path(), "agentd.yaml", "agents: [{name: a}]\n");
+    let out = agentd(&["check", main.to_str().unwrap_or_default()]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).contains("agents[0].model: missing required field \"model\""),
+        "{}",
+        stderr(&out)
+    );
+    let out = agentd(&["check"]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    let out = agentd(&["check", "/nonexistent/agentd.yaml"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).contains("cannot read /nonexistent/agentd.yaml"),
+        "{}",
+        stderr(&out)
+    );
+}
+
+#[test]
+fn secrets_are_never_echoed_in_errors() {
+    let e = one_error("agents:\n  - name: a\n    model: m\n    llm: {api_key_env: \"sk-live-abcdef\"}\n");
+    assert!(!e.contains("sk-live"), "{e}");
+    assert!(e.contains("takes the NAME of an environment variable"), "{e}");
+}

@@ -1,0 +1,143 @@
+//! A real `agentd CONFIG` process for tests: started with its own state
+//! dir, observed through its control socket, and always cleaned up.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Stdio};
+use std::time::Duration;
+
+use agentd::control::{self, AgentStatus, Request, Response};
+
+use super::{agentd_cmd, alive, wait_for};
+
+pub struct Daemon {
+    pub child: Child,
+    pub state_dir: PathBuf,
+    pub log: PathBuf,
+    /// Child pids seen, so Drop can make sure none outlives the test.
+    seen: std::cell::RefCell<Vec<u32>>,
+}
+
+impl Daemon {
+    /// Starts agentd on `config` with `state_dir`; waits until its control
+    /// socket answers.
+    pub fn start(config: &Path, state_dir: &Path, envs: &[(&str, &str)]) -> Daemon {
+        let log = state_dir.with_extension("log");
+        std::fs::create_dir_all(state_dir).expect("state dir");
+        let log_file = std::fs::File::create(&log).expect("log file");
+        let mut cmd = agentd_cmd(&[
+            "--state-dir",
+            state_dir.to_str().unwrap_or_default(),
+            config.to_str().unwrap_or_default(),
+        ]);
+        cmd.env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log_file);
+        for (k, v) in envs {
+            cmd.env(k, v);
+        }
+        let child = cmd.spawn().expect("spawn agentd");
+        let d = Daemon {
+            child,
+            state_dir: state_dir.to_owned(),
+            log,
+            seen: Default::default(),
+        };
+        let up = wait_for(Duration::from_secs(20), || d.try_request(&Request::Health).ok());
+        assert!(up.is_some(), "agentd did not come up; log:\n{}", d.log_text());
+        d
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    pub fn socket(&self) -> PathBuf {
+        self.state_dir.join(control::SOCKET_NAME)
+    }
+
+    pub fn try_request(&self, req: &Request) -> Result<Response, control::client::ClientError> {
+        control::client::request(&self.socket(), req, Duration::from_secs(10))
+    }
+
+    pub fn request(&self, req: &Request) -> Response {
+        self.try_request(req)
+            .unwrap_or_else(|e| panic!("control request failed: {e}; log:\n{}", self.log_text()))
+    }
+
+    pub fn status(&self) -> Vec<AgentStatus> {
+        let r = self.request(&Request::Status);
+        let agents: Vec<AgentStatus> =
+            serde_json::from_value(r.result.unwrap_or_default()["agents"].clone()).expect("status shape");
+        self.seen.borrow_mut().extend(agents.iter().filter_map(|a| a.pid));
+        agents
+    }
+
+    pub fn agent(&self, name: &str) -> Option<AgentStatus> {
+        self.status().into_iter().find(|a| a.name == name)
+    }
+
+    /// Waits until `name` is running (ready) and returns its pid.
+    pub fn running_pid(&self, name: &str) -> u32 {
+        let pid = wait_for(Duration::from_secs(20), || {
+            self.agent(name).filter(|a| a.state == "running").and_then(|a| a.pid)
+        });
+        pid.unwrap_or_else(|| {
+            panic!(
+                "agent {name} never ran; status {:?}; log:\n{}",
+                self.status(),
+                self.log_text()
+            )
+        })
+    }
+
+    /// Waits until `pred` holds for the status list.
+    pub fn wait_status(&self, what: &str, pred: impl Fn(&[AgentStatus]) -> bool) -> Vec<AgentStatus> {
+        wait_for(Duration::from_secs(20), || {
+            let s = self.status();
+            pred(&s).then_some(s)
+        })
+        .unwrap_or_else(|| {
+            panic!(
+                "timed out waiting for {what}; status {:?}; log:\n{}",
+                self.status(),
+                self.log_text()
+            )
+        })
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    pub fn signal(&self, sig: nix::sys::signal::Signal) {
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.pid() as i32), sig).expect("signal agentd");
+    }
+
+    /// Waits for agentd to exit (bounded) and returns its exit status.
+    pub fn wait_exit(&mut self, timeout: Duration) -> std::process::ExitStatus {
+        let status = wait_for(timeout, || self.child.try_wait().ok().flatten());
+        status.unwrap_or_else(|| panic!("agentd did not exit within {timeout:?}; log:\n{}", self.log_text()))
+    }
+
+    pub fn seen_pids(&self) -> Vec<u32> {
+        self.seen.borrow().clone()
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if self.child.try_wait().ok().flatten().is_none() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+        for pid in self.seen.borrow().iter() {
+            if alive(*pid) {
+                let _ = nix::sys::signal::killpg(
+                    nix::unistd::Pid::from_raw(*pid as i32),
+                    nix::sys::signal::Signal::SIGKILL,
+                );
+            }
+        }
+    }
+}
