@@ -54,9 +54,7 @@ pub fn parse_subscription_uri(uri: &str) -> Result<SubscriptionTarget, String> {
             pattern: uri.to_owned(),
         });
     }
-    Ok(SubscriptionTarget::Resource {
-        uri: uri.to_owned(),
-    })
+    Ok(SubscriptionTarget::Resource { uri: uri.to_owned() })
 }
 
 /// Whether a resource URI matches a glob subscription. `*` and `?` stop at
@@ -79,9 +77,7 @@ pub fn glob_matches(pattern: &str, uri: &str) -> bool {
 pub(crate) fn render_read(uri: &str, contents: &[Value]) -> String {
     match contents {
         [] => String::new(),
-        [one]
-            if one.get("uri").and_then(Value::as_str) == Some(uri) || one.get("text").is_some() =>
-        {
+        [one] if one.get("uri").and_then(Value::as_str) == Some(uri) || one.get("text").is_some() => {
             match one.get("text").and_then(Value::as_str) {
                 Some(text) => text.to_owned(),
                 None => super::tools::render_resource_contents(one),
@@ -121,8 +117,7 @@ mod tests {
     #[test]
     fn tool_uris_parse_in_both_forms_with_typed_arguments() {
         for uri in ["tool://get-sum?a=1&b=2.5", "tool://get-sum/?a=1&b=2.5"] {
-            let SubscriptionTarget::Tool { tool, arguments } = parse_subscription_uri(uri).unwrap()
-            else {
+            let SubscriptionTarget::Tool { tool, arguments } = parse_subscription_uri(uri).unwrap() else {
                 panic!("not a tool target");
             };
             assert_eq!(tool, "get-sum");

@@ -180,9 +180,7 @@ pub(crate) fn render_resource_contents(res: &Value) -> String {
     } else {
         format!(
             "[binary resource {uri}: {}, {} bytes]",
-            res.get("mimeType")
-                .and_then(Value::as_str)
-                .unwrap_or("unknown type"),
+            res.get("mimeType").and_then(Value::as_str).unwrap_or("unknown type"),
             base64_len(res.get("blob"))
         )
     }

@@ -27,11 +27,10 @@ use std::time::Duration;
 use notify::event::{AccessKind, AccessMode, EventKind, ModifyKind};
 use notify::{RecursiveMode, Watcher};
 use rmcp::model::{
-    CallToolRequestParams, CallToolResponse, CallToolResult, ContentBlock, ErrorData,
-    Implementation, InitializeRequestParams, InitializeResult, ListResourcesResult,
-    ListToolsResult, PaginatedRequestParams, ReadResourceRequestParams, ReadResourceResponse,
-    ReadResourceResult, Resource, ResourceContents, ServerCapabilities, ServerConfig,
-    SubscribeRequestParams, SubscriptionFilter, Tool, UnsubscribeRequestParams,
+    CallToolRequestParams, CallToolResponse, CallToolResult, ContentBlock, ErrorData, Implementation,
+    InitializeRequestParams, InitializeResult, ListResourcesResult, ListToolsResult, PaginatedRequestParams,
+    ReadResourceRequestParams, ReadResourceResponse, ReadResourceResult, Resource, ResourceContents,
+    ServerCapabilities, ServerConfig, SubscribeRequestParams, SubscriptionFilter, Tool, UnsubscribeRequestParams,
 };
 use rmcp::service::{Peer, RequestContext, RoleServer, SubscriptionContext, SubscriptionSink};
 use rmcp::{ServerHandler, ServiceExt};
@@ -119,11 +118,7 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 
 /// Collects filesystem events and sends notifications once things are
 /// quiet for `debounce`.
-async fn pump_events(
-    inner: Arc<Inner>,
-    mut fs_rx: mpsc::UnboundedReceiver<notify::Event>,
-    debounce: Duration,
-) {
+async fn pump_events(inner: Arc<Inner>, mut fs_rx: mpsc::UnboundedReceiver<notify::Event>, debounce: Duration) {
     let mut known: BTreeSet<PathBuf> = list_files(&inner.root).into_iter().collect();
     loop {
         let Some(first) = fs_rx.recv().await else {
@@ -187,9 +182,7 @@ impl Inner {
         if self.legacy.load(Ordering::Relaxed) && lock(&self.subscribed).contains(uri) {
             if let Some(peer) = self.peer.get() {
                 let _ = peer
-                    .notify_resource_updated(rmcp::model::ResourceUpdatedNotificationParam::new(
-                        uri,
-                    ))
+                    .notify_resource_updated(rmcp::model::ResourceUpdatedNotificationParam::new(uri))
                     .await;
             }
         }
@@ -239,11 +232,7 @@ pub fn resolve_inside(root: &Path, path: &str) -> Result<PathBuf, String> {
     } else {
         PathBuf::from(path)
     };
-    let joined = if raw.is_absolute() {
-        raw
-    } else {
-        root.join(raw)
-    };
+    let joined = if raw.is_absolute() { raw } else { root.join(raw) };
     let mut normal = PathBuf::new();
     for component in joined.components() {
         match component {
@@ -325,11 +314,7 @@ fn base64(bytes: &[u8]) -> String {
     const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
     let mut out = String::with_capacity(bytes.len().div_ceil(3) * 4);
     for chunk in bytes.chunks(3) {
-        let b = [
-            chunk[0],
-            *chunk.get(1).unwrap_or(&0),
-            *chunk.get(2).unwrap_or(&0),
-        ];
+        let b = [chunk[0], *chunk.get(1).unwrap_or(&0), *chunk.get(2).unwrap_or(&0)];
         let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
         for i in 0..4 {
             if i <= chunk.len() {
@@ -363,10 +348,7 @@ impl ServerHandler for WatchServer {
                 .enable_resources_list_changed()
                 .build(),
         )
-        .with_server_info(Implementation::new(
-            "agentd-mcp-watch",
-            env!("CARGO_PKG_VERSION"),
-        ))
+        .with_server_info(Implementation::new("agentd-mcp-watch", env!("CARGO_PKG_VERSION")))
         .with_instructions(format!(
             "Files under {} as file:// resources; subscribe to get notified of changes. \
              Tools list_files, read_file and write_file take paths relative to that directory.",
@@ -393,11 +375,7 @@ impl ServerHandler for WatchServer {
         let resources = list_files(root)
             .into_iter()
             .map(|path| {
-                let name = path
-                    .strip_prefix(root)
-                    .unwrap_or(&path)
-                    .display()
-                    .to_string();
+                let name = path.strip_prefix(root).unwrap_or(&path).display().to_string();
                 let mut r = Resource::new(file_uri(&path), name).with_mime_type(mime_for(&path));
                 if let Ok(meta) = std::fs::metadata(&path) {
                     r = r.with_size(meta.len());
@@ -447,10 +425,7 @@ impl ServerHandler for WatchServer {
         Ok(())
     }
 
-    fn accepted_subscription_filter(
-        &self,
-        requested: &SubscriptionFilter,
-    ) -> Option<SubscriptionFilter> {
+    fn accepted_subscription_filter(&self, requested: &SubscriptionFilter) -> Option<SubscriptionFilter> {
         Some(requested.supported_by(&self.get_info().capabilities))
     }
 
@@ -467,8 +442,7 @@ impl ServerHandler for WatchServer {
         _request: Option<PaginatedRequestParams>,
         _context: RequestContext<RoleServer>,
     ) -> Result<ListToolsResult, ErrorData> {
-        let path =
-            json!({"type": "string", "description": "Path relative to the watched directory"});
+        let path = json!({"type": "string", "description": "Path relative to the watched directory"});
         Ok(ListToolsResult::with_all_items(vec![
             Tool::new(
                 "list_files",
@@ -478,9 +452,7 @@ impl ServerHandler for WatchServer {
             Tool::new(
                 "read_file",
                 "Read a file inside the watched directory.",
-                schema(
-                    json!({"type": "object", "properties": {"path": path}, "required": ["path"]}),
-                ),
+                schema(json!({"type": "object", "properties": {"path": path}, "required": ["path"]})),
             ),
             Tool::new(
                 "write_file",
@@ -548,10 +520,7 @@ impl ServerHandler for WatchServer {
                 if let Some(parent) = path.parent()
                     && let Err(e) = tokio::fs::create_dir_all(parent).await
                 {
-                    return Ok(tool_error(format!(
-                        "cannot create {}: {e}",
-                        parent.display()
-                    )));
+                    return Ok(tool_error(format!("cannot create {}: {e}", parent.display())));
                 }
                 match tokio::fs::write(&path, content).await {
                     Ok(()) => Ok(CallToolResult::success(vec![ContentBlock::text(format!(
@@ -562,10 +531,7 @@ impl ServerHandler for WatchServer {
                     Err(e) => Ok(tool_error(format!("cannot write {p}: {e}"))),
                 }
             }
-            other => Err(ErrorData::invalid_params(
-                format!("no tool named {other:?}"),
-                None,
-            )),
+            other => Err(ErrorData::invalid_params(format!("no tool named {other:?}"), None)),
         }
     }
 }
@@ -581,10 +547,7 @@ mod tests {
         std::fs::create_dir(root.join("in")).unwrap();
         std::os::unix::fs::symlink("/etc", root.join("in/escape")).unwrap();
         assert_eq!(resolve_inside(&root, "a.md").unwrap(), root.join("a.md"));
-        assert_eq!(
-            resolve_inside(&root, "in/../b.md").unwrap(),
-            root.join("b.md")
-        );
+        assert_eq!(resolve_inside(&root, "in/../b.md").unwrap(), root.join("b.md"));
         std::fs::write(root.join("in/real.md"), "x").unwrap();
         let real = resolve_inside(&root, "in/real.md").unwrap();
         assert_eq!(real, root.join("in/real.md"));

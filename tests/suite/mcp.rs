@@ -8,6 +8,7 @@ use serde_json::{Map, Value, json};
 use tokio::sync::mpsc;
 
 use crate::support::mcp::*;
+use crate::support::{agentd_bin, alive};
 
 const LONG: Duration = Duration::from_secs(20);
 const NO_DEBOUNCE: Duration = Duration::ZERO;
@@ -44,10 +45,7 @@ async fn server_everything_tools_are_listed_and_called() {
     assert!(!out.is_error);
     assert_eq!(out.raw["content"][0]["type"], "text");
 
-    let sum = hub
-        .call_tool("get-sum", args(json!({"a": 2, "b": 3})))
-        .await
-        .unwrap();
+    let sum = hub.call_tool("get-sum", args(json!({"a": 2, "b": 3}))).await.unwrap();
     assert!(sum.text.contains('5'), "{}", sum.text);
 
     let err = hub.call_tool("no-such-tool", Map::new()).await.unwrap_err();
@@ -64,10 +62,7 @@ async fn shared_tool_names_get_server_prefixes_and_tool_filter_hides_tools() {
     let hub = McpHub::start(&[server_everything("a"), b], &[], work.path(), tx).await;
     let tools = hub.tools();
     let names: Vec<&str> = tools.iter().map(|t| t.name.as_str()).collect();
-    assert!(
-        names.contains(&"a__echo") && names.contains(&"b__echo"),
-        "{names:?}"
-    );
+    assert!(names.contains(&"a__echo") && names.contains(&"b__echo"), "{names:?}");
     assert!(
         names.contains(&"a__get-sum") && names.contains(&"b__get-sum"),
         "{names:?}"
@@ -96,17 +91,11 @@ async fn roots_list_is_answered_with_the_agent_workdir() {
     // server-everything registers get-roots-list after the handshake and
     // announces it with tools/list_changed.
     assert!(
-        wait_until(LONG, || hub
-            .tools()
-            .iter()
-            .any(|t| t.name == "get-roots-list"))
-        .await,
+        wait_until(LONG, || hub.tools().iter().any(|t| t.name == "get-roots-list")).await,
         "get-roots-list never appeared"
     );
     let out = hub.call_tool("get-roots-list", Map::new()).await.unwrap();
-    let root = url::Url::from_directory_path(work.path())
-        .unwrap()
-        .to_string();
+    let root = url::Url::from_directory_path(work.path()).unwrap().to_string();
     assert!(out.text.contains(&root), "{root} not in {}", out.text);
     hub.shutdown().await;
 }
@@ -118,9 +107,7 @@ async fn server_everything_update_becomes_one_event_with_fresh_contents() {
     let uri = "demo://resource/dynamic/text/1";
     let subs = [subscription(uri, Duration::from_millis(300), POLL)];
     let hub = McpHub::start(&[server_everything("everything")], &subs, work.path(), tx).await;
-    hub.call_tool("toggle-subscriber-updates", Map::new())
-        .await
-        .unwrap();
+    hub.call_tool("toggle-subscriber-updates", Map::new()).await.unwrap();
     let event = next_event(&mut rx, LONG).await.expect("an update event");
     assert_eq!(event.uri, uri);
     assert_eq!(event.server, "everything");
@@ -165,13 +152,7 @@ async fn burst_of_50_writes_yields_a_bounded_number_of_events_never_zero() {
     let uri = file_uri(&file);
     let (tx, mut rx) = channel();
     let subs = [subscription(&uri, Duration::from_millis(200), POLL)];
-    let hub = McpHub::start(
-        &[mcp_watch("watch", work.path(), 25)],
-        &subs,
-        work.path(),
-        tx,
-    )
-    .await;
+    let hub = McpHub::start(&[mcp_watch("watch", work.path(), 25)], &subs, work.path(), tx).await;
     for i in 0..50 {
         std::fs::write(&file, format!("write {i}")).unwrap();
     }
@@ -193,30 +174,18 @@ async fn glob_subscription_fires_for_new_files_and_their_updates_only() {
     let subs = [subscription(&pattern, Duration::from_millis(100), POLL)];
     let hub = McpHub::start(&[mcp_watch("watch", &inbox, 25)], &subs, work.path(), tx).await;
     // Existing files do not fire at start.
-    assert!(
-        next_event(&mut rx, Duration::from_millis(500))
-            .await
-            .is_none()
-    );
+    assert!(next_event(&mut rx, Duration::from_millis(500)).await.is_none());
 
     let dropped = inbox.join("task.md");
     std::fs::write(&dropped, "please summarize").unwrap();
-    let event = next_event(&mut rx, LONG)
-        .await
-        .expect("event for the new file");
+    let event = next_event(&mut rx, LONG).await.expect("event for the new file");
     assert_eq!(event.uri, file_uri(&dropped));
     assert_eq!(event.subscription, pattern);
     assert_eq!(event.contents, "please summarize");
-    assert!(
-        next_event(&mut rx, Duration::from_millis(800))
-            .await
-            .is_none()
-    );
+    assert!(next_event(&mut rx, Duration::from_millis(800)).await.is_none());
 
     std::fs::write(&dropped, "changed my mind").unwrap();
-    let event = next_event(&mut rx, LONG)
-        .await
-        .expect("event for the update");
+    let event = next_event(&mut rx, LONG).await.expect("event for the update");
     assert_eq!(event.contents, "changed my mind");
 
     std::fs::write(inbox.join("ignored.txt"), "not markdown").unwrap();
@@ -233,13 +202,7 @@ async fn tool_subscription_fires_on_change_and_not_otherwise() {
     let uri = "tool://read_file/?path=state.txt";
     let (tx, mut rx) = channel();
     let subs = [subscription(uri, NO_DEBOUNCE, Duration::from_millis(100))];
-    let hub = McpHub::start(
-        &[mcp_watch("watch", work.path(), 25)],
-        &subs,
-        work.path(),
-        tx,
-    )
-    .await;
+    let hub = McpHub::start(&[mcp_watch("watch", work.path(), 25)], &subs, work.path(), tx).await;
     // Many polls, same result: nothing fires.
     assert!(next_event(&mut rx, Duration::from_secs(1)).await.is_none());
     std::fs::write(work.path().join("state.txt"), "busy").unwrap();
@@ -264,7 +227,7 @@ async fn killed_server_reconnects_and_resubscribes() {
     let script = format!(
         "test -f '{}' || exit 1; exec '{}' mcp-watch '{}' --debounce-ms 25",
         marker.display(),
-        agentd_bin(),
+        agentd_bin().display(),
         work.path().display()
     );
     let uri = file_uri(&file);
@@ -291,19 +254,15 @@ async fn killed_server_reconnects_and_resubscribes() {
 
     std::fs::write(&marker, "").unwrap();
     assert!(
-        wait_until(LONG, || hub.servers()[0].connects == 2
-            && hub.servers()[0].connected)
-        .await,
+        wait_until(LONG, || hub.servers()[0].connects == 2 && hub.servers()[0].connected).await,
         "no reconnect: {:?}",
         hub.servers()
     );
     assert_ne!(hub.servers()[0].pid, Some(pid));
-    assert!(!pid_alive(pid));
+    assert!(!alive(pid));
     // Resubscribed: an update on the new connection fires.
     std::fs::write(&file, "after the restart").unwrap();
-    let event = next_event(&mut rx, LONG)
-        .await
-        .expect("event after reconnect");
+    let event = next_event(&mut rx, LONG).await.expect("event after reconnect");
     assert_eq!(event.contents, "after the restart");
     let out = hub
         .call_tool("read_file", args(json!({"path": "watched.txt"})))
@@ -327,26 +286,16 @@ async fn killed_server_everything_reconnects_and_resubscribes() {
     )
     .unwrap();
     assert!(
-        wait_until(LONG, || hub.servers()[0].connects == 2
-            && hub.servers()[0].connected)
-        .await,
+        wait_until(LONG, || hub.servers()[0].connects == 2 && hub.servers()[0].connected).await,
         "no reconnect: {:?}",
         hub.servers()
     );
     // A fresh server process knows nothing: updates start only when asked,
     // and reach us only if we subscribed again.
-    hub.call_tool("toggle-subscriber-updates", Map::new())
-        .await
-        .unwrap();
-    let event = next_event(&mut rx, LONG)
-        .await
-        .expect("event after reconnect");
+    hub.call_tool("toggle-subscriber-updates", Map::new()).await.unwrap();
+    let event = next_event(&mut rx, LONG).await.expect("event after reconnect");
     assert_eq!(event.uri, uri);
-    assert!(
-        event.contents.starts_with("Resource 2:"),
-        "{}",
-        event.contents
-    );
+    assert!(event.contents.starts_with("Resource 2:"), "{}", event.contents);
     hub.shutdown().await;
 }
 
@@ -354,30 +303,21 @@ async fn killed_server_everything_reconnects_and_resubscribes() {
 async fn shutdown_leaves_no_server_process_behind() {
     let work = tempfile::tempdir().unwrap();
     let (tx, _rx) = channel();
-    let subs = [subscription(
-        "demo://resource/dynamic/text/1",
-        NO_DEBOUNCE,
-        POLL,
-    )];
+    let subs = [subscription("demo://resource/dynamic/text/1", NO_DEBOUNCE, POLL)];
     let hub = McpHub::start(
-        &[
-            server_everything("everything"),
-            mcp_watch("watch", work.path(), 25),
-        ],
+        &[server_everything("everything"), mcp_watch("watch", work.path(), 25)],
         &subs,
         work.path(),
         tx,
     )
     .await;
     // With its update timer running, server-everything ignores stdin EOF.
-    hub.call_tool("toggle-subscriber-updates", Map::new())
-        .await
-        .unwrap();
+    hub.call_tool("toggle-subscriber-updates", Map::new()).await.unwrap();
     let pids: Vec<u32> = hub.servers().iter().map(|s| s.pid.expect("pid")).collect();
-    assert!(pids.iter().all(|p| pid_alive(*p)));
+    assert!(pids.iter().all(|p| alive(*p)));
     hub.shutdown().await;
     for pid in pids {
-        assert!(!pid_alive(pid), "server {pid} survived shutdown");
+        assert!(!alive(pid), "server {pid} survived shutdown");
     }
 }
 
@@ -386,7 +326,7 @@ async fn non_json_stdout_lines_are_reported_and_tolerated() {
     let work = tempfile::tempdir().unwrap();
     let script = format!(
         "echo 'proxy: starting the real server'; exec '{}' mcp-watch '{}'",
-        agentd_bin(),
+        agentd_bin().display(),
         work.path().display()
     );
     let (tx, _rx) = channel();
@@ -418,21 +358,13 @@ async fn stdio_server_gets_a_cleared_environment_plus_declared_env() {
 async fn denied_env_key_is_refused_with_its_name() {
     let work = tempfile::tempdir().unwrap();
     let (tx, _rx) = channel();
-    let spec = with_env(
-        mcp_watch("watch", work.path(), 25),
-        "LD_PRELOAD",
-        "/tmp/evil.so",
-    );
+    let spec = with_env(mcp_watch("watch", work.path(), 25), "LD_PRELOAD", "/tmp/evil.so");
     let hub = McpHub::start(&[spec], &[], work.path(), tx).await;
     let status = &hub.servers()[0];
     assert!(!status.connected);
     assert!(status.pid.is_none());
     assert!(
-        status
-            .last_error
-            .as_deref()
-            .unwrap_or("")
-            .contains("LD_PRELOAD"),
+        status.last_error.as_deref().unwrap_or("").contains("LD_PRELOAD"),
         "{status:?}"
     );
     assert!(hub.tools().is_empty());
@@ -448,17 +380,11 @@ async fn mcp_watch_tools_refuse_paths_outside_its_directory() {
     let (tx, _rx) = channel();
     let hub = McpHub::start(&[mcp_watch("watch", &dir, 25)], &[], work.path(), tx).await;
     let ok = hub
-        .call_tool(
-            "write_file",
-            args(json!({"path": "sub/a.txt", "content": "inside"})),
-        )
+        .call_tool("write_file", args(json!({"path": "sub/a.txt", "content": "inside"})))
         .await
         .unwrap();
     assert!(!ok.is_error, "{}", ok.text);
-    assert_eq!(
-        std::fs::read_to_string(dir.join("sub/a.txt")).unwrap(),
-        "inside"
-    );
+    assert_eq!(std::fs::read_to_string(dir.join("sub/a.txt")).unwrap(), "inside");
     let listed = hub.call_tool("list_files", Map::new()).await.unwrap();
     assert!(listed.text.contains("sub/a.txt"), "{}", listed.text);
 
@@ -493,9 +419,7 @@ async fn streamable_http_server_tools_and_updates_work() {
         .await
         .unwrap();
     assert_eq!(out.text, "Echo: over http");
-    hub.call_tool("toggle-subscriber-updates", Map::new())
-        .await
-        .unwrap();
+    hub.call_tool("toggle-subscriber-updates", Map::new()).await.unwrap();
     let event = next_event(&mut rx, LONG).await.expect("update over HTTP");
     assert_eq!(event.uri, uri);
     assert_eq!(event.server, "remote");
@@ -510,13 +434,7 @@ async fn every_write_in_a_slow_sequence_fires_with_its_own_contents() {
     let uri = file_uri(&file);
     let (tx, mut rx) = channel();
     let subs = [subscription(&uri, NO_DEBOUNCE, POLL)];
-    let hub = McpHub::start(
-        &[mcp_watch("watch", work.path(), 0)],
-        &subs,
-        work.path(),
-        tx,
-    )
-    .await;
+    let hub = McpHub::start(&[mcp_watch("watch", work.path(), 0)], &subs, work.path(), tx).await;
     for i in 0..200 {
         let expected = format!("write {i}");
         std::fs::write(&file, &expected).unwrap();

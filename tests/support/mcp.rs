@@ -43,16 +43,11 @@ pub fn server_everything(name: &str) -> McpServerSpec {
     stdio(name, "node", vec![js, "stdio".into()])
 }
 
-/// The agentd binary under test.
-pub fn agentd_bin() -> &'static str {
-    env!("CARGO_BIN_EXE_agentd")
-}
-
 /// `agentd mcp-watch DIR`, with mcp-watch's own debounce in milliseconds.
 pub fn mcp_watch(name: &str, dir: &Path, debounce_ms: u64) -> McpServerSpec {
     stdio(
         name,
-        agentd_bin(),
+        &super::agentd_bin().display().to_string(),
         vec![
             "mcp-watch".into(),
             dir.display().to_string(),
@@ -103,21 +98,6 @@ pub fn file_uri(path: &Path) -> String {
         .to_string()
 }
 
-/// Whether a process exists and is not a zombie.
-pub fn pid_alive(pid: u32) -> bool {
-    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-        Ok(stat) => {
-            // The state follows the parenthesized command name.
-            let state = stat.rsplit_once(')').map(|(_, rest)| rest.trim_start());
-            !matches!(
-                state.and_then(|s| s.chars().next()),
-                Some('Z') | Some('X') | None
-            )
-        }
-        Err(_) => false,
-    }
-}
-
 /// Polls `cond` every 20 ms until it holds or `timeout` passes.
 pub async fn wait_until(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
     let deadline = Instant::now() + timeout;
@@ -133,14 +113,8 @@ pub async fn wait_until(timeout: Duration, mut cond: impl FnMut() -> bool) -> bo
 }
 
 /// The next event, or `None` after `timeout`.
-pub async fn next_event(
-    rx: &mut mpsc::Receiver<ResourceEvent>,
-    timeout: Duration,
-) -> Option<ResourceEvent> {
-    tokio::time::timeout(timeout, rx.recv())
-        .await
-        .ok()
-        .flatten()
+pub async fn next_event(rx: &mut mpsc::Receiver<ResourceEvent>, timeout: Duration) -> Option<ResourceEvent> {
+    tokio::time::timeout(timeout, rx.recv()).await.ok().flatten()
 }
 
 /// Every event until none arrives for `quiet` (bounded by `max` overall).
