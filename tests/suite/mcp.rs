@@ -455,3 +455,69 @@ async fn every_write_in_a_slow_sequence_fires_with_its_own_contents() {
     }
     hub.shutdown().await;
 }
+
+/// A plain `initialize` client (what most MCP clients are today) talking to
+/// mcp-watch: legacy `resources/subscribe`, updates and `list_changed`.
+#[tokio::test]
+#[allow(deprecated)] // resources/subscribe is the legacy API on purpose
+async fn mcp_watch_serves_legacy_resources_subscribe_and_list_changed() {
+    use rmcp::ServiceExt;
+    use rmcp::model::{ReadResourceRequestParams, ResourceUpdatedNotificationParam, SubscribeRequestParams};
+    use rmcp::service::{NotificationContext, RoleClient};
+
+    struct Collector(mpsc::UnboundedSender<String>);
+    impl rmcp::ClientHandler for Collector {
+        async fn on_resource_updated(&self, p: ResourceUpdatedNotificationParam, _: NotificationContext<RoleClient>) {
+            let _ = self.0.send(p.uri);
+        }
+        async fn on_resource_list_changed(&self, _: NotificationContext<RoleClient>) {
+            let _ = self.0.send("list_changed".into());
+        }
+    }
+
+    let work = tempfile::tempdir().unwrap();
+    let file = work.path().join("a.txt");
+    std::fs::write(&file, "one").unwrap();
+    let uri = file_uri(&file);
+    let mut cmd = tokio::process::Command::new(agentd_bin());
+    cmd.arg("mcp-watch").arg(work.path()).args(["--debounce-ms", "25"]);
+    let (transport, _stderr) = rmcp::transport::TokioChildProcess::builder(cmd)
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let client = Collector(tx).serve(transport).await.unwrap();
+    let version = client.peer().peer_info().unwrap().protocol_version.clone();
+    assert!(version.has_initialize(), "{version}");
+
+    let listed = client.peer().list_all_resources().await.unwrap();
+    assert_eq!(
+        listed.iter().map(|r| r.uri.as_str()).collect::<Vec<_>>(),
+        [uri.as_str()]
+    );
+    client
+        .peer()
+        .subscribe(SubscribeRequestParams::new(uri.clone()))
+        .await
+        .unwrap();
+    std::fs::write(&file, "two").unwrap();
+    let got = tokio::time::timeout(LONG, rx.recv()).await.unwrap().unwrap();
+    assert_eq!(got, uri);
+    let read = client
+        .peer()
+        .read_resource(ReadResourceRequestParams::new(uri.clone()))
+        .await
+        .unwrap();
+    assert_eq!(serde_json::to_value(&read.contents[0]).unwrap()["text"], "two");
+
+    std::fs::write(work.path().join("new.txt"), "appeared").unwrap();
+    let mut saw_list_changed = false;
+    while let Ok(Some(note)) = tokio::time::timeout(Duration::from_secs(5), rx.recv()).await {
+        if note == "list_changed" {
+            saw_list_changed = true;
+            break;
+        }
+    }
+    assert!(saw_list_changed);
+    client.cancel().await.unwrap();
+}
