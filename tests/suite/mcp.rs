@@ -521,3 +521,36 @@ async fn mcp_watch_serves_legacy_resources_subscribe_and_list_changed() {
     assert!(saw_list_changed);
     client.cancel().await.unwrap();
 }
+
+#[tokio::test]
+async fn restarted_http_server_gets_a_new_session_and_subscriptions() {
+    let mut server = start_http_everything().await;
+    let port: u16 = server
+        .url
+        .rsplit(':')
+        .next()
+        .unwrap()
+        .trim_end_matches("/mcp")
+        .parse()
+        .unwrap();
+    let work = tempfile::tempdir().unwrap();
+    let (tx, mut rx) = channel();
+    let uri = "demo://resource/dynamic/text/4";
+    let subs = [subscription(uri, Duration::from_millis(100), POLL)];
+    let hub = McpHub::start(&[http("remote", &server.url)], &subs, work.path(), tx).await;
+    assert_eq!(hub.servers()[0].connects, 1);
+    server.child.kill().await.unwrap();
+    let _restarted = start_http_everything_on(port).await;
+    // The old session is gone with the old process: the next request fails,
+    // the hub reconnects and subscribes again on a new session.
+    let _ = hub.call_tool("echo", args(json!({"message": "probe"}))).await;
+    assert!(
+        wait_until(LONG, || hub.servers()[0].connects >= 2 && hub.servers()[0].connected).await,
+        "no reconnect: {:?}",
+        hub.servers()
+    );
+    hub.call_tool("toggle-subscriber-updates", Map::new()).await.unwrap();
+    let event = next_event(&mut rx, LONG).await.expect("update on the new session");
+    assert_eq!(event.uri, uri);
+    hub.shutdown().await;
+}

@@ -141,6 +141,11 @@ pub struct HttpEverything {
 }
 
 pub async fn start_http_everything() -> HttpEverything {
+    start_http_everything_on(0).await
+}
+
+/// [`start_http_everything`] on a given port (0: any free one).
+pub async fn start_http_everything_on(port: u16) -> HttpEverything {
     let js = server_everything_js();
     let preload = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/support/loopback.cjs");
     let mut child = tokio::process::Command::new("node")
@@ -148,7 +153,7 @@ pub async fn start_http_everything() -> HttpEverything {
         .arg(preload)
         .arg(js)
         .arg("streamableHttp")
-        .env("PORT", "0")
+        .env("PORT", port.to_string())
         .stdin(std::process::Stdio::null())
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::piped())
