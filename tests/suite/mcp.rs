@@ -554,3 +554,30 @@ async fn restarted_http_server_gets_a_new_session_and_subscriptions() {
     assert_eq!(event.uri, uri);
     hub.shutdown().await;
 }
+
+#[tokio::test]
+async fn tool_call_in_flight_when_the_server_dies_fails_clearly() {
+    let work = tempfile::tempdir().unwrap();
+    let (tx, _rx) = channel();
+    let hub = McpHub::start(&[server_everything("everything")], &[], work.path(), tx).await;
+    let pid = hub.servers()[0].pid.expect("pid");
+    let call = hub.call_tool(
+        "trigger-long-running-operation",
+        args(json!({"duration": 30, "steps": 3})),
+    );
+    let kill = async {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid as i32),
+            nix::sys::signal::Signal::SIGKILL,
+        )
+        .unwrap();
+    };
+    let (result, ()) = tokio::time::timeout(LONG, async { tokio::join!(call, kill) })
+        .await
+        .expect("the call ends");
+    let err = result.unwrap_err();
+    assert!(matches!(err, McpError::Lost { .. }), "{err}");
+    assert!(err.to_string().contains("trigger-long-running-operation"), "{err}");
+    hub.shutdown().await;
+}
