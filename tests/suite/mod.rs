@@ -3,6 +3,7 @@ mod fence;
 mod ledger;
 mod llm;
 mod mcp;
+mod runtime;
 mod sandbox;
 mod supervisor;
 mod systemd_unit;
