@@ -117,7 +117,8 @@ pub fn main() -> ExitCode {
             return ExitCode::from(e.exit_code().clamp(0, 255) as u8);
         }
     };
-    logging::init(cli.global.log_format, "info");
+    // rmcp narrates every message at info; its warnings are what matter.
+    logging::init(cli.global.log_format, "info,rmcp=warn");
     let result = match cli.command {
         Some(Command::Check { config }) => check::run(&config),
         Some(Command::Tasks(args)) => tasks::list(&cli.global, &args),

@@ -554,6 +554,9 @@ impl Supervisor {
                 }
                 let agent = name.to_owned();
                 let state = if state.is_final() { state } else { TaskState::Failed };
+                // One line of what the model said (or what went wrong) for the log.
+                let summary = result.as_deref().or(error.as_deref()).and_then(|t| t.lines().find(|l| !l.trim().is_empty()));
+                let summary = summary.map(|l| l.chars().take(200).collect::<String>());
                 let r = self
                     .ledger
                     .call(move |l| -> Result<(), LedgerError> {
@@ -568,7 +571,8 @@ impl Supervisor {
                 if let Some(Err(e)) = r {
                     tracing::error!(agent = name, "cannot record the end of task {task}: {e}");
                 }
-                tracing::info!(agent = name, "task {task} {state}");
+                let said = summary.map(|s| format!(": {s}")).unwrap_or_default();
+                tracing::info!(agent = name, "task {task} {state}{said}");
                 if let Some(a) = self.agents.get_mut(name) {
                     a.running = None;
                 }
