@@ -699,7 +699,11 @@ fn resolve_path(s: &str, dir: &Path, env: &dyn Fn(&str) -> Option<String>) -> Pa
         (Some(rest), Some(home)) => PathBuf::from(home).join(rest),
         _ => PathBuf::from(s),
     };
-    normalize(&if expanded.is_absolute() { expanded } else { dir.join(expanded) })
+    normalize(&if expanded.is_absolute() {
+        expanded
+    } else {
+        dir.join(expanded)
+    })
 }
 
 fn decode_llm(cx: &mut Cx, node: &Node, path: &str, mut llm: LlmSpec) -> LlmSpec {

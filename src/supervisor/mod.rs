@@ -555,7 +555,10 @@ impl Supervisor {
                 let agent = name.to_owned();
                 let state = if state.is_final() { state } else { TaskState::Failed };
                 // One line of what the model said (or what went wrong) for the log.
-                let summary = result.as_deref().or(error.as_deref()).and_then(|t| t.lines().find(|l| !l.trim().is_empty()));
+                let summary = result
+                    .as_deref()
+                    .or(error.as_deref())
+                    .and_then(|t| t.lines().find(|l| !l.trim().is_empty()));
                 let summary = summary.map(|l| l.chars().take(200).collect::<String>());
                 let r = self
                     .ledger

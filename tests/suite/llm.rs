@@ -955,7 +955,14 @@ async fn repeating_cassette_starts_over_after_the_last_reply() {
     let player = LlmClient::new(&LlmSpec::default(), &model).unwrap();
     let mut got = Vec::new();
     for i in 0..5 {
-        got.push(complete(&player, &ask(&i.to_string())).await.0.expect("repeats").content.unwrap_or_default());
+        got.push(
+            complete(&player, &ask(&i.to_string()))
+                .await
+                .0
+                .expect("repeats")
+                .content
+                .unwrap_or_default(),
+        );
     }
     assert_eq!(got, ["one", "two", "one", "two", "one"]);
 }

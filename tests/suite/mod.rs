@@ -3,6 +3,7 @@ mod fence;
 mod ledger;
 mod llm;
 mod mcp;
+mod quickstart;
 mod runtime;
 mod sandbox;
 mod supervisor;
