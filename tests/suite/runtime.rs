@@ -399,3 +399,78 @@ fn a_recorded_run_replays_to_the_same_journal_without_a_server() {
     std::fs::write(s.inbox.join("r.md"), "replay me").expect("write");
     assert_eq!(journal(&d), recorded);
 }
+
+/// Pids of `parent`'s direct children.
+fn children_of(parent: u32) -> Vec<u32> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let stat = std::fs::read_to_string(e.path().join("stat")).unwrap_or_default();
+        let ppid = stat
+            .rsplit_once(") ")
+            .and_then(|(_, rest)| rest.split_whitespace().nth(1))
+            .and_then(|p| p.parse::<u32>().ok());
+        if ppid == Some(parent) {
+            out.push(pid);
+        }
+    }
+    out
+}
+
+#[test]
+fn a_burst_of_50_writes_yields_a_few_tasks_and_the_last_has_the_fresh_contents() {
+    let llm = LlmServer::start((0..20).map(|i| Reply::stream_text(&[&format!("seen {i}")])).collect());
+    let s = Setup::new(&llm.base_url(), "");
+    let d = s.start();
+    let note = s.inbox.join("burst.md");
+    for i in 0..50 {
+        std::fs::write(&note, format!("version {i}\n")).expect("write");
+    }
+    // Wait until the ledger has been quiet (all final) for a while.
+    let mut stable = 0;
+    let mut last = Vec::new();
+    for _ in 0..200 {
+        std::thread::sleep(Duration::from_millis(100));
+        let now = tasks(&d.state_dir);
+        if !now.is_empty() && now.iter().all(|t| t.state.is_final()) && now.len() == last.len() {
+            stable += 1;
+            if stable >= 10 {
+                break;
+            }
+        } else {
+            stable = 0;
+        }
+        last = now;
+    }
+    let all = tasks(&d.state_dir);
+    assert!(!all.is_empty(), "never zero; log:\n{}", d.log_text());
+    assert!(all.len() <= 5, "bursts coalesce: {} tasks for 50 writes", all.len());
+    assert!(all.iter().all(|t| t.state == TaskState::Succeeded), "{all:#?}");
+    let newest = &all[0];
+    assert_eq!(
+        newest.trigger["contents"], "version 49\n",
+        "the last task saw what the file says now"
+    );
+}
+
+#[test]
+fn sigterm_stops_agents_and_their_mcp_servers() {
+    let llm = LlmServer::start(vec![]);
+    let s = Setup::new(&llm.base_url(), "");
+    let mut d = s.start();
+    let child = d.running_pid("reader");
+    let servers = wait_for(Duration::from_secs(10), || {
+        Some(children_of(child)).filter(|v| !v.is_empty())
+    })
+    .expect("the agent started its MCP server");
+    d.signal(Signal::SIGTERM);
+    assert_eq!(d.wait_exit(Duration::from_secs(20)).code(), Some(0));
+    for pid in servers.iter().chain([&child]) {
+        assert!(
+            wait_for(Duration::from_secs(5), || (!alive(*pid)).then_some(())).is_some(),
+            "process {pid} outlived agentd"
+        );
+    }
+}
