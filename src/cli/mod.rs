@@ -3,6 +3,7 @@
 
 mod check;
 mod control;
+mod snapshot;
 mod tasks;
 
 use std::path::{Path, PathBuf};
@@ -81,6 +82,9 @@ pub enum Command {
     Restart(control::AgentArgs),
     /// Re-read the config and apply the differences (like SIGHUP).
     Reload(control::ReloadArgs),
+    /// Conversation and workspace snapshots of an agent.
+    #[command(subcommand)]
+    Snapshot(snapshot::SnapshotCommand),
     /// Try sandbox policies: run a command under a profile.
     #[command(subcommand)]
     Sandbox(SandboxCommand),
@@ -129,6 +133,7 @@ pub fn main() -> ExitCode {
         Some(Command::Restart(args)) => control::agent_request(&cli.global, &args, control::Verb::Restart),
         Some(Command::Reload(args)) => control::reload(&cli.global, &args),
         Some(Command::Agent { name }) => crate::agent::main(&name),
+        Some(Command::Snapshot(cmd)) => snapshot::run(&cli.global, &cmd),
         Some(Command::Sandbox(SandboxCommand::Run(args))) => {
             crate::sandbox::cli::run(&args).map(|code| ExitCode::from(code.clamp(0, 255) as u8))
         }

@@ -15,7 +15,7 @@ mod systemd;
 mod watch;
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
@@ -29,6 +29,7 @@ use crate::config::{self, AgentSpec, Config};
 use crate::control::{self, AgentStatus, Request, Response};
 use crate::ledger::{self, Ledger, LedgerError, SnapshotKind, TaskState};
 use crate::protocol::{FromChild, PROTOCOL_VERSION, ToChild};
+use crate::snapshots;
 use child::ChildHandle;
 use ledger_thread::LedgerThread;
 use restart::{Decision, Exit, Restarts};
@@ -121,6 +122,8 @@ struct Agent {
     /// Generation of the current child or of the pending restart; events
     /// from older generations are stale and ignored.
     generation: u64,
+    /// A snapshot to restore once the child has stopped, before it restarts.
+    pending_restore: Option<String>,
 }
 
 impl Agent {
@@ -138,6 +141,7 @@ impl Agent {
             running: None,
             after_exit: AfterExit::Policy,
             generation: 0,
+            pending_restore: None,
         }
     }
 }
@@ -170,7 +174,8 @@ pub fn run(cfg: Config, record: Option<PathBuf>) -> anyhow::Result<ExitCode> {
 async fn run_async(cfg: Config, record: Option<PathBuf>) -> anyhow::Result<ExitCode> {
     std::fs::create_dir_all(&cfg.state_dir)
         .with_context(|| format!("cannot create state dir {}", cfg.state_dir.display()))?;
-    let _lock = lock_state_dir(&cfg.state_dir)?;
+    // One supervisor per state dir: two would both run the same tasks.
+    let _lock = crate::state_dir::lock(&cfg.state_dir)?;
     let ledger = Ledger::open(&cfg.state_dir.join(ledger::FILE_NAME))?;
     let ledger = LedgerThread::start(ledger).context("starting the ledger thread")?;
 
@@ -274,23 +279,6 @@ async fn sleep_until_opt(t: Option<tokio::time::Instant>) {
     }
 }
 
-/// One supervisor per state dir: two would both run the same tasks.
-fn lock_state_dir(dir: &Path) -> anyhow::Result<nix::fcntl::Flock<std::fs::File>> {
-    let path = dir.join("agentd.lock");
-    let file = std::fs::OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(&path)
-        .with_context(|| format!("cannot open {}", path.display()))?;
-    nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusiveNonblock).map_err(|(_, e)| {
-        anyhow::anyhow!(
-            "another agentd is already running with state dir {} ({e})",
-            dir.display()
-        )
-    })
-}
-
 impl Supervisor {
     /// Tasks a previous agentd left running go back in the queue (or fail
     /// once their attempts are spent): never lost, never run twice at once.
@@ -333,7 +321,7 @@ impl Supervisor {
     }
 
     fn workdir(&self, agent: &str) -> PathBuf {
-        self.cfg.state_dir.join("agents").join(agent).join("work")
+        crate::state_dir::workdir(&self.cfg.state_dir, agent)
     }
 
     async fn start_agent(&mut self, name: &str) {
@@ -630,6 +618,9 @@ impl Supervisor {
             AfterExit::StayDown => a.state = State::Stopped,
             AfterExit::StartAgain if !stopping => {
                 a.restarts.reset();
+                if let Some(which) = a.pending_restore.take() {
+                    self.restore_snapshot(name, which).await;
+                }
                 self.start_agent(name).await;
             }
             AfterExit::StartAgain => a.state = State::Stopped,
@@ -822,7 +813,11 @@ impl Supervisor {
                 }
                 Response::ok(json!({ "agents": out }))
             }
-            Request::Start { agent } | Request::Stop { agent } | Request::Restart { agent }
+            Request::Start { agent }
+            | Request::Stop { agent }
+            | Request::Restart { agent }
+            | Request::SnapshotCreate { agent, .. }
+            | Request::SnapshotRestore { agent, .. }
                 if !self.agents.contains_key(&agent) =>
             {
                 Response::error(format!("no agent named {agent:?}"))
@@ -855,6 +850,38 @@ impl Supervisor {
                 }
                 Response::ok(json!(self.agent_status(&agent).await))
             }
+            Request::SnapshotCreate { agent, label } => {
+                let workdir = self.workdir(&agent);
+                let r = self
+                    .ledger
+                    .call(move |l| snapshots::create(l, &agent, &workdir, label.as_deref()))
+                    .await;
+                match r {
+                    Some(Ok(meta)) => Response::ok(json!(meta)),
+                    Some(Err(e)) => Response::error(e.to_string()),
+                    None => Response::error("the ledger is closed"),
+                }
+            }
+            Request::SnapshotRestore { agent, snapshot } => {
+                let (a2, s2) = (agent.clone(), snapshot.clone());
+                let meta = match self.ledger.call(move |l| l.snapshot(&a2, &s2).map(|s| s.meta)).await {
+                    Some(Ok(meta)) => meta,
+                    Some(Err(e)) => return Response::error(e.to_string()),
+                    None => return Response::error("the ledger is closed"),
+                };
+                // The child must be down while its workdir is rewritten, and
+                // must restart to load a restored conversation.
+                let running = self.agents.get(&agent).is_some_and(|a| a.child.is_some());
+                if running {
+                    if let Some(a) = self.agents.get_mut(&agent) {
+                        a.pending_restore = Some(meta.id.to_string());
+                    }
+                    self.stop_agent(&agent, AfterExit::StartAgain, self.cfg.shutdown_grace);
+                } else {
+                    self.restore_snapshot(&agent, meta.id.to_string()).await;
+                }
+                Response::ok(json!(meta))
+            }
             Request::Reload => match self.reload().await {
                 Ok(summary) => Response::ok(summary),
                 Err(e) => {
@@ -862,6 +889,20 @@ impl Supervisor {
                     Response::error(format!("config rejected; agents keep running:\n{e}"))
                 }
             },
+        }
+    }
+
+    async fn restore_snapshot(&mut self, agent: &str, which: String) {
+        let workdir = self.workdir(agent);
+        let name = agent.to_owned();
+        match self
+            .ledger
+            .call(move |l| snapshots::restore(l, &name, &workdir, &which))
+            .await
+        {
+            Some(Ok(meta)) => tracing::info!(agent, "restored {} snapshot {}", meta.kind.as_str(), meta.id),
+            Some(Err(e)) => tracing::error!(agent, "restoring a snapshot failed: {e}"),
+            None => {}
         }
     }
 

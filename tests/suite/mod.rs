@@ -6,5 +6,6 @@ mod mcp;
 mod quickstart;
 mod runtime;
 mod sandbox;
+mod snapshots;
 mod supervisor;
 mod systemd_unit;

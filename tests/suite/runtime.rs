@@ -474,3 +474,55 @@ fn sigterm_stops_agents_and_their_mcp_servers() {
         );
     }
 }
+
+#[test]
+fn restoring_a_conversation_snapshot_gives_the_agent_that_memory_back() {
+    let llm = LlmServer::start(vec![
+        Reply::stream_text(&["Noted the apples."]),
+        Reply::stream_text(&["Noted the pears."]),
+        Reply::stream_text(&["I remember apples only."]),
+    ]);
+    let s = Setup::new(&llm.base_url(), "");
+    let d = s.start();
+    std::fs::write(s.inbox.join("apples.md"), "apples").expect("write");
+    wait_task(&d, |t| t.state == TaskState::Succeeded, "first");
+    std::fs::write(s.inbox.join("pears.md"), "pears").expect("write");
+    wait_for(Duration::from_secs(30), || {
+        (tasks(&d.state_dir)
+            .iter()
+            .filter(|t| t.state == TaskState::Succeeded)
+            .count()
+            == 2)
+            .then_some(())
+    })
+    .expect("second task");
+    let sd = d.state_dir.to_str().unwrap_or_default().to_owned();
+    let out = agentd(&["snapshot", "list", "--state-dir", &sd, "reader", "--json"]);
+    let list: Value = serde_json::from_slice(&out.stdout).expect("json");
+    let after_first = list
+        .as_array()
+        .and_then(|l| l.last())
+        .map(|m| m["id"].to_string())
+        .expect("a snapshot");
+    let out = agentd(&["snapshot", "show", "--state-dir", &sd, "reader", &after_first]);
+    assert!(
+        stdout(&out).contains("assistant: Noted the apples."),
+        "{}",
+        stdout(&out)
+    );
+
+    let pid = d.running_pid("reader");
+    let out = agentd(&["snapshot", "restore", "--state-dir", &sd, "reader", &after_first]);
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    d.wait_status("reader to restart", |s| {
+        s.iter()
+            .any(|a| a.state == "running" && a.pid.is_some_and(|p| p != pid))
+    });
+    std::fs::write(s.inbox.join("plums.md"), "plums").expect("write");
+    wait_for(Duration::from_secs(30), || (llm.request_count() == 3).then_some(())).expect("third request");
+    let msgs = llm.requests()[2].json()["messages"].to_string();
+    assert!(
+        msgs.contains("Noted the apples.") && !msgs.contains("Noted the pears."),
+        "{msgs}"
+    );
+}
