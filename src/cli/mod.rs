@@ -170,7 +170,7 @@ fn run_daemon(global: &Global, config_path: &Path, record: Option<&Path>) -> any
         }
         None => None,
     };
-    crate::supervisor::run(cfg, record)
+    crate::supervisor::run(cfg, record, global.state_dir.is_some())
 }
 
 fn mcp_watch(dir: &Path, debounce_ms: Option<u64>) -> anyhow::Result<ExitCode> {

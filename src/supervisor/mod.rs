@@ -159,19 +159,21 @@ pub struct Supervisor {
     started: Instant,
     watcher: Option<ConfigWatcher>,
     record: Option<PathBuf>,
+    /// `--state-dir` was given: the config's `state_dir` does not apply.
+    state_dir_overridden: bool,
 }
 
 /// Runs the supervisor until it is stopped; the process's exit code.
 /// `record`: record every agent's model replies into cassettes in this dir.
-pub fn run(cfg: Config, record: Option<PathBuf>) -> anyhow::Result<ExitCode> {
+pub fn run(cfg: Config, record: Option<PathBuf>, state_dir_overridden: bool) -> anyhow::Result<ExitCode> {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .context("starting the runtime")?;
-    rt.block_on(run_async(cfg, record))
+    rt.block_on(run_async(cfg, record, state_dir_overridden))
 }
 
-async fn run_async(cfg: Config, record: Option<PathBuf>) -> anyhow::Result<ExitCode> {
+async fn run_async(cfg: Config, record: Option<PathBuf>, state_dir_overridden: bool) -> anyhow::Result<ExitCode> {
     std::fs::create_dir_all(&cfg.state_dir)
         .with_context(|| format!("cannot create state dir {}", cfg.state_dir.display()))?;
     // One supervisor per state dir: two would both run the same tasks.
@@ -198,6 +200,7 @@ async fn run_async(cfg: Config, record: Option<PathBuf>) -> anyhow::Result<ExitC
         started: Instant::now(),
         watcher: None,
         record,
+        state_dir_overridden,
         cfg,
     };
     sup.recover_orphaned_tasks().await;
@@ -747,14 +750,14 @@ impl Supervisor {
                 return Err(errors.to_string());
             }
         };
-        if new.state_dir != self.cfg.state_dir {
+        if new.state_dir != self.cfg.state_dir && !self.state_dir_overridden {
             tracing::warn!(
                 "state_dir changed to {}; that takes a restart of agentd (keeping {})",
                 new.state_dir.display(),
                 self.cfg.state_dir.display()
             );
-            new.state_dir = self.cfg.state_dir.clone();
         }
+        new.state_dir = self.cfg.state_dir.clone();
         let (mut added, mut removed, mut restarted, mut unchanged) = (vec![], vec![], vec![], vec![]);
         let old_names: Vec<String> = self.agents.keys().cloned().collect();
         for name in old_names {
