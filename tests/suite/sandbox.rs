@@ -710,3 +710,24 @@ fn cli_args_take_the_command_after_a_double_dash() {
         "a command is required"
     );
 }
+
+#[tokio::test(flavor = "current_thread")]
+async fn landlock_keeps_every_process_in_the_group_the_timeout_kills() {
+    let wd = test_dir("wd-");
+    let marker = unique_sleep();
+    let argv = py(&format!(
+        "import subprocess\nsubprocess.Popen(['sleep', '{marker}'], start_new_session=True)\nprint('started')"
+    ));
+    // Control: without the sandbox a new session escapes the group kill.
+    let control = run(&policy(Backend::None), wd.path(), &argv).await;
+    assert_eq!(control.stdout, "started\n", "control: {control:?}");
+    assert!(running_with(&marker), "control: the new session should survive");
+    for pid in pids_with(&marker) {
+        unsafe { libc::kill(pid, libc::SIGKILL) };
+    }
+
+    let sandboxed = run(&policy(Backend::Landlock), wd.path(), &argv).await;
+    assert!(!sandboxed.success(), "setsid must be refused: {sandboxed:?}");
+    let gone = wait_for(Duration::from_secs(5), || (!running_with(&marker)).then_some(()));
+    assert!(gone.is_some(), "a process left the sandbox's process group");
+}
