@@ -78,6 +78,15 @@ pub enum Command {
     Restart(control::AgentArgs),
     /// Re-read the config and apply the differences (like SIGHUP).
     Reload(control::ReloadArgs),
+    /// A built-in stdio MCP server: DIR's files as file:// resources with
+    /// subscriptions, plus list/read/write tools confined to DIR.
+    McpWatch {
+        /// The directory to serve.
+        dir: PathBuf,
+        /// Quiet time before a change is announced, in milliseconds.
+        #[arg(long, value_name = "MS")]
+        debounce_ms: Option<u64>,
+    },
     /// Internal: one agent's child process (started by the supervisor).
     #[command(hide = true)]
     Agent {
@@ -107,6 +116,7 @@ pub fn main() -> ExitCode {
         Some(Command::Restart(args)) => control::agent_request(&cli.global, &args, control::Verb::Restart),
         Some(Command::Reload(args)) => control::reload(&cli.global, &args),
         Some(Command::Agent { name }) => crate::agent::main(&name),
+        Some(Command::McpWatch { dir, debounce_ms }) => mcp_watch(&dir, debounce_ms),
         None => match cli.run.config {
             Some(config) => run_daemon(&cli.global, &config),
             None => Err(anyhow::anyhow!("no config file given; usage: agentd CONFIG")),
@@ -133,6 +143,16 @@ fn run_daemon(global: &Global, config_path: &Path) -> anyhow::Result<ExitCode> {
         cfg.state_dir = dir.clone();
     }
     crate::supervisor::run(cfg)
+}
+
+fn mcp_watch(dir: &Path, debounce_ms: Option<u64>) -> anyhow::Result<ExitCode> {
+    let mut options = crate::mcp::watch_server::WatchOptions::default();
+    if let Some(ms) = debounce_ms {
+        options.debounce = std::time::Duration::from_millis(ms);
+    }
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    rt.block_on(crate::mcp::watch_server::serve_stdio_with(dir, options))?;
+    Ok(ExitCode::SUCCESS)
 }
 
 /// The state dir for readers: `--state-dir`, else the config's, else the default.

@@ -73,3 +73,14 @@ pub fn alive(pid: u32) -> bool {
 }
 
 pub mod daemon;
+pub mod llm_server;
+
+pub mod mcp;
+
+/// Logs to the test's captured output; `RUST_LOG` picks the level.
+pub fn init_tracing() {
+    let _ = tracing_subscriber::fmt()
+        .with_test_writer()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .try_init();
+}

@@ -1,0 +1,220 @@
+//! One task, start to end: prompt → model → MCP tool calls and code fences
+//! → results back → next turn, until the model stops asking for anything or
+//! a limit (turns, tokens, time) ends it. Every model call, tool call and
+//! fence run is journaled through the supervisor with the task's lease.
+
+use std::path::PathBuf;
+use std::time::Instant;
+
+use serde_json::{Value, json};
+
+use super::Outbox;
+use super::prompt;
+use crate::config::AgentSpec;
+use crate::fence;
+use crate::ledger::{NewStep, TaskState, Trigger};
+use crate::llm::{ChatMessage, ChatRequest, LlmClient, ToolCall, ToolDef};
+use crate::mcp::McpHub;
+use crate::protocol::FromChild;
+
+/// Longest text kept in a journal step field; the model still sees it all.
+const JOURNAL_TEXT: usize = 16 * 1024;
+
+/// What an agent child keeps between tasks.
+pub struct Runtime {
+    pub spec: AgentSpec,
+    pub workdir: PathBuf,
+    pub llm: LlmClient,
+    pub hub: McpHub,
+    /// Remembered conversation (without the system prompt).
+    pub history: Vec<ChatMessage>,
+    pub outbox: Outbox,
+}
+
+/// How a task ended.
+pub struct Outcome {
+    pub state: TaskState,
+    pub result: Option<String>,
+    pub error: Option<String>,
+}
+
+/// A task in progress: its id and lease go on every message about it.
+struct Job<'a> {
+    id: i64,
+    lease: &'a str,
+    outbox: &'a Outbox,
+}
+
+impl Job<'_> {
+    fn step(&self, kind: &str, payload: Value, tokens: (u64, u64), started: Option<Instant>) {
+        self.outbox.send(FromChild::Step {
+            task: self.id,
+            lease: self.lease.to_owned(),
+            step: NewStep {
+                kind: kind.to_owned(),
+                payload,
+                input_tokens: tokens.0 as i64,
+                output_tokens: tokens.1 as i64,
+                latency_ms: started.map(|t| t.elapsed().as_millis() as i64),
+            },
+        });
+    }
+}
+
+impl Runtime {
+    pub async fn run_task(&mut self, id: i64, lease: &str, trigger: &Trigger) -> Outcome {
+        let outbox = self.outbox.clone();
+        let job = Job { id, lease, outbox: &outbox };
+        let mut messages = prompt::window(&self.history, &self.spec.limits);
+        messages.push(ChatMessage::user(prompt::trigger_message(trigger)));
+        let timeout = self.spec.limits.task_timeout;
+        let result = tokio::time::timeout(timeout, self.turns(&job, &mut messages)).await;
+        let outcome = match result {
+            Ok(o) => o,
+            Err(_) => Outcome {
+                state: TaskState::Failed,
+                result: None,
+                error: Some(format!(
+                    "task timed out after {} (limits.task_timeout)",
+                    humantime::format_duration(timeout)
+                )),
+            },
+        };
+        // The agent remembers what happened, failed attempts included, so
+        // it can answer "what did you just do?".
+        self.history = prompt::window(&messages, &self.spec.limits);
+        outcome
+    }
+
+    fn tools(&self) -> Vec<ToolDef> {
+        self.hub
+            .tools()
+            .into_iter()
+            .map(|t| ToolDef::new(t.name, Some(t.description).filter(|d| !d.is_empty()), t.input_schema))
+            .collect()
+    }
+
+    async fn turns(&mut self, job: &Job<'_>, messages: &mut Vec<ChatMessage>) -> Outcome {
+        let limits = self.spec.limits.clone();
+        let system = ChatMessage::system(prompt::system_prompt(&self.spec, None));
+        let mut spent: u64 = 0;
+        for turn in 1..=limits.max_turns {
+            let tools = self.tools();
+            let mut request_messages = Vec::with_capacity(messages.len() + 1);
+            request_messages.push(system.clone());
+            request_messages.extend(messages.iter().cloned());
+            let request = ChatRequest::new(request_messages, tools);
+            let started = Instant::now();
+            let outbox = job.outbox.clone();
+            let (task, lease) = (job.id, job.lease.to_owned());
+            let mut on_text = move |text: &str| {
+                outbox.send(FromChild::Output { task, lease: lease.clone(), text: text.to_owned() });
+            };
+            let reply = match self.llm.complete(&request, &mut on_text).await {
+                Ok(r) => r,
+                Err(e) => {
+                    job.step("llm_error", json!({"turn": turn, "error": e.to_string()}), (0, 0), Some(started));
+                    return failed(format!("model request failed: {e}"));
+                }
+            };
+            spent += reply.usage.total();
+            job.step(
+                "llm",
+                json!({
+                    "turn": turn,
+                    "request": {
+                        "messages": request.messages.len(),
+                        "last": request.messages.last().map(|m| m.role()),
+                        "tools": request.tools.iter().map(|t| t.name.as_str()).collect::<Vec<_>>(),
+                    },
+                    "reply": {
+                        "content": reply.content.as_deref().map(clip),
+                        "tool_calls": reply.tool_calls.iter().map(|c| json!({"id": c.id, "name": c.name, "arguments": clip(&c.arguments)})).collect::<Vec<_>>(),
+                        "finish_reason": reply.finish_reason,
+                    },
+                    "retries": reply.retries,
+                }),
+                (reply.usage.prompt_tokens, reply.usage.completion_tokens),
+                Some(started),
+            );
+            messages.push(reply.message());
+            if spent > limits.max_tokens {
+                return failed(format!(
+                    "token budget exceeded: {spent} tokens used, limits.max_tokens is {}",
+                    limits.max_tokens
+                ));
+            }
+
+            for call in &reply.tool_calls {
+                let answer = self.call_tool(job, call).await;
+                messages.push(ChatMessage::tool(call.id.clone(), answer));
+            }
+
+            let text = reply.content.as_deref().unwrap_or("");
+            let blocks = fence::parse(text);
+            if !blocks.is_empty() {
+                let results = fence::execute(&blocks, &self.spec.sandbox, &self.workdir, &self.spec.skills).await;
+                let mut feedback = String::from("Results of your code blocks:\n");
+                for r in &results {
+                    let rendered = r.render_for_model();
+                    job.step("fence", json!({"block": r.tag, "line": r.span.line, "result": clip(&rendered)}), (0, 0), None);
+                    feedback.push_str(&rendered);
+                }
+                messages.push(ChatMessage::user(feedback));
+            }
+
+            if reply.tool_calls.is_empty() && blocks.is_empty() {
+                return Outcome { state: TaskState::Succeeded, result: Some(text.to_owned()), error: None };
+            }
+        }
+        failed(format!(
+            "stopped after {} turns (limits.max_turns) while the model was still calling tools or running code",
+            limits.max_turns
+        ))
+    }
+
+    /// Runs one tool call; the returned text goes back to the model, errors included.
+    async fn call_tool(&self, job: &Job<'_>, call: &ToolCall) -> String {
+        let started = Instant::now();
+        let args = match call.arguments_json() {
+            Ok(Value::Object(map)) => map,
+            Ok(other) => {
+                let msg = format!("error: the arguments of {} must be a JSON object, not {other}; call it again", call.name);
+                job.step("tool", json!({"name": call.name, "arguments": clip(&call.arguments), "error": msg}), (0, 0), None);
+                return msg;
+            }
+            Err(e) => {
+                let msg = format!("error: the arguments of {} are not valid JSON ({e}); call it again with valid JSON", call.name);
+                job.step("tool", json!({"name": call.name, "arguments": clip(&call.arguments), "error": msg}), (0, 0), None);
+                return msg;
+            }
+        };
+        let (text, is_error) = match self.hub.call_tool(&call.name, args.clone()).await {
+            Ok(out) => (out.text, out.is_error),
+            Err(e) => (e.to_string(), true),
+        };
+        job.step(
+            "tool",
+            json!({"name": call.name, "arguments": Value::Object(args), "result": clip(&text), "is_error": is_error}),
+            (0, 0),
+            Some(started),
+        );
+        if is_error { format!("error: {text}") } else { text }
+    }
+}
+
+fn failed(error: String) -> Outcome {
+    Outcome { state: TaskState::Failed, result: None, error: Some(error) }
+}
+
+/// Caps text for the journal, keeping the head and noting the rest.
+fn clip(s: &str) -> String {
+    if s.len() <= JOURNAL_TEXT {
+        return s.to_owned();
+    }
+    let mut end = JOURNAL_TEXT;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}… [{} more bytes]", &s[..end], s.len() - end)
+}
