@@ -731,3 +731,27 @@ async fn landlock_keeps_every_process_in_the_group_the_timeout_kills() {
     let gone = wait_for(Duration::from_secs(5), || (!running_with(&marker)).then_some(()));
     assert!(gone.is_some(), "a process left the sandbox's process group");
 }
+
+#[test]
+fn the_agentd_binary_is_its_own_landlock_helper() {
+    // What bwrap runs inside the namespace for bwrap+landlock; here without
+    // bwrap, so the rules apply to host paths directly.
+    let wd = test_dir("wd-");
+    let outside = test_dir("outside-");
+    std::fs::write(outside.path().join("secret"), "sk-HELPER").unwrap();
+    let wd_s = wd.path().to_str().unwrap();
+    let helper = |script: &str| {
+        let mut args = vec![sandbox::helper::SUBCOMMAND, "--rw", wd_s];
+        for p in ["/usr", "/bin", "/lib", "/lib64", "/etc/ld.so.cache"] {
+            args.extend(["--ro", p]);
+        }
+        args.extend(["--", "sh", "-c", script]);
+        crate::support::agentd(&args)
+    };
+    let ok = helper(&format!("echo in > {wd_s}/f && cat {wd_s}/f"));
+    assert_eq!(crate::support::stdout(&ok), "in\n", "{}", crate::support::stderr(&ok));
+    let denied = helper(&format!("cat {}/secret", outside.path().display()));
+    assert!(!denied.status.success() && !crate::support::stdout(&denied).contains("HELPER"));
+    let bad = crate::support::agentd(&[sandbox::helper::SUBCOMMAND, "--bogus"]);
+    assert_eq!(bad.status.code(), Some(126), "{}", crate::support::stderr(&bad));
+}
