@@ -36,9 +36,7 @@ use super::McpError;
 /// Variables copied from agentd's own environment into every stdio server's
 /// (when set). Everything else is cleared: a server sees only these plus the
 /// `env` its config declares.
-pub const ENV_PASSTHROUGH: &[&str] = &[
-    "PATH", "HOME", "USER", "LOGNAME", "LANG", "LC_ALL", "TZ", "TMPDIR",
-];
+pub const ENV_PASSTHROUGH: &[&str] = &["PATH", "HOME", "USER", "LOGNAME", "LANG", "LC_ALL", "TZ", "TMPDIR"];
 
 /// Variables a server's declared `env` may not set: each makes every program
 /// of some runtime load code the command line does not show (a shared
@@ -61,10 +59,7 @@ pub const ENV_DENIED: &[&str] = &[
 pub fn check_env(server: &str, env: &BTreeMap<String, String>) -> Result<(), McpError> {
     for key in env.keys() {
         let upper = key.to_ascii_uppercase();
-        if upper.starts_with("LD_")
-            || upper.starts_with("DYLD_")
-            || ENV_DENIED.contains(&upper.as_str())
-        {
+        if upper.starts_with("LD_") || upper.starts_with("DYLD_") || ENV_DENIED.contains(&upper.as_str()) {
             return Err(McpError::DeniedEnv {
                 server: server.to_owned(),
                 key: key.clone(),
@@ -89,6 +84,7 @@ pub(crate) struct Spawned {
 
 /// Spawns `command args…` with a cleared environment (see [`ENV_PASSTHROUGH`])
 /// plus `env`, in `cwd` (default: the agent's workdir), in a new process group.
+/// The command `agentd` is this executable.
 pub(crate) fn spawn(
     server: &str,
     command: &str,
@@ -99,7 +95,13 @@ pub(crate) fn spawn(
     noise: Arc<AtomicU64>,
 ) -> Result<Spawned, McpError> {
     check_env(server, env)?;
-    let mut cmd = Command::new(command);
+    // `command: agentd` means this very binary, so built-in servers
+    // (`agentd mcp-watch DIR`) work whether or not agentd is on PATH.
+    let exe = (command == "agentd").then(std::env::current_exe).and_then(Result::ok);
+    let mut cmd = match &exe {
+        Some(path) => Command::new(path),
+        None => Command::new(command),
+    };
     cmd.args(args)
         .env_clear()
         .stdin(std::process::Stdio::piped())
@@ -136,8 +138,7 @@ pub(crate) fn spawn(
         source,
     })?;
     let pid = child.id().unwrap_or(0);
-    let (Some(stdin), Some(stdout), Some(stderr)) =
-        (child.stdin.take(), child.stdout.take(), child.stderr.take())
+    let (Some(stdin), Some(stdout), Some(stderr)) = (child.stdin.take(), child.stdout.take(), child.stderr.take())
     else {
         return Err(McpError::Spawn {
             server: server.to_owned(),
@@ -297,11 +298,7 @@ impl<R> JsonLines<R> {
 }
 
 impl<R: AsyncRead + Unpin> AsyncRead for JsonLines<R> {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
+    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
         let this = self.get_mut();
         loop {
             if this.ready_pos < this.ready.len() {
@@ -355,8 +352,7 @@ mod tests {
 
     #[tokio::test]
     async fn non_json_lines_are_dropped_and_counted() {
-        let (out, noise) =
-            filter(b"Starting proxy...\n{\"a\":1}\n\nnot json {\n{\"b\":2}\ntrailing").await;
+        let (out, noise) = filter(b"Starting proxy...\n{\"a\":1}\n\nnot json {\n{\"b\":2}\ntrailing").await;
         assert_eq!(out, "{\"a\":1}\n\n{\"b\":2}\n");
         assert_eq!(noise, 3);
     }

@@ -24,14 +24,11 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use rmcp::model::{
-    ClientCapabilities, ClientConfig, ErrorData, Implementation, ListRootsResult,
-    LoggingMessageNotificationParam, ProtocolVersion, ReadResourceRequestParams,
-    ResourceUpdatedNotificationParam, Root, ServerNotification, SubscribeRequestParams,
-    SubscriptionFilter, UnsubscribeRequestParams,
+    ClientCapabilities, ClientConfig, ErrorData, Implementation, ListRootsResult, LoggingMessageNotificationParam,
+    ProtocolVersion, ReadResourceRequestParams, ResourceUpdatedNotificationParam, Root, ServerNotification,
+    SubscribeRequestParams, SubscriptionFilter, UnsubscribeRequestParams,
 };
-use rmcp::service::{
-    ClientCacheConfig, NotificationContext, Peer, RequestContext, RoleClient, RunningService,
-};
+use rmcp::service::{ClientCacheConfig, NotificationContext, Peer, RequestContext, RoleClient, RunningService};
 use rmcp::{ClientHandler, ClientLifecycleMode, ClientServiceExt};
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
@@ -146,16 +143,10 @@ struct Client {
 impl ClientHandler for Client {
     fn get_info(&self) -> ClientConfig {
         let capabilities = ClientCapabilities::builder().enable_roots().build();
-        ClientConfig::new(
-            capabilities,
-            Implementation::new("agentd", env!("CARGO_PKG_VERSION")),
-        )
+        ClientConfig::new(capabilities, Implementation::new("agentd", env!("CARGO_PKG_VERSION")))
     }
 
-    async fn list_roots(
-        &self,
-        _context: RequestContext<RoleClient>,
-    ) -> Result<ListRootsResult, ErrorData> {
+    async fn list_roots(&self, _context: RequestContext<RoleClient>) -> Result<ListRootsResult, ErrorData> {
         Ok(ListRootsResult::new(self.roots.clone()))
     }
 
@@ -339,9 +330,7 @@ async fn connect(task: &Task, notes: mpsc::UnboundedSender<Note>) -> Result<Conn
     };
     match connect_with(task, notes.clone(), auto).await {
         Ok(conn) => Ok(conn),
-        Err(e @ (McpError::DeniedEnv { .. } | McpError::Spawn { .. } | McpError::Config { .. })) => {
-            Err(e)
-        }
+        Err(e @ (McpError::DeniedEnv { .. } | McpError::Spawn { .. } | McpError::Config { .. })) => Err(e),
         Err(first) => {
             tracing::debug!(server = %task.shared.name, "discover lifecycle failed ({first}); trying initialize");
             connect_with(task, notes, ClientLifecycleMode::Initialize)
@@ -410,8 +399,7 @@ async fn connect_with(
                 let value = http::HeaderValue::from_str(v).map_err(|_| bad("value"))?;
                 custom.insert(key, value);
             }
-            let config =
-                StreamableHttpClientTransportConfig::with_uri(url.as_str()).custom_headers(custom);
+            let config = StreamableHttpClientTransportConfig::with_uri(url.as_str()).custom_headers(custom);
             let transport = StreamableHttpClientTransport::from_config(config);
             let service = client
                 .serve_with_lifecycle(transport, lifecycle)
@@ -422,9 +410,7 @@ async fn connect_with(
     };
     let info = service.peer().peer_info();
     let protocol = info.as_ref().map(|i| i.protocol_version.to_string());
-    let modern = info
-        .as_ref()
-        .is_some_and(|i| !i.protocol_version.has_initialize());
+    let modern = info.as_ref().is_some_and(|i| !i.protocol_version.has_initialize());
     // Always re-read: rmcp's response cache would otherwise answer a
     // `resources/read` from memory (and serve stale entries on errors).
     service
@@ -437,11 +423,7 @@ async fn connect_with(
         live.protocol = protocol;
         live.last_error = None;
     }
-    Ok(Conn {
-        service,
-        child,
-        modern,
-    })
+    Ok(Conn { service, child, modern })
 }
 
 fn workdir_root(workdir: &Path) -> Root {
@@ -522,9 +504,7 @@ async fn session(
 }
 
 async fn refresh_tools(shared: &Shared, peer: &Peer<RoleClient>) {
-    let has_tools = peer
-        .peer_info()
-        .is_none_or(|i| i.capabilities.tools.is_some());
+    let has_tools = peer.peer_info().is_none_or(|i| i.capabilities.tools.is_some());
     if !has_tools {
         return;
     }
@@ -545,26 +525,24 @@ fn start_pollers(task: &Task, subs: &mut Subs, peer: &Peer<RoleClient>) {
         if subs.pollers.contains_key(&i) {
             continue;
         }
-        let has_tool = task
-            .shared
-            .with_tools(|tools| tools.iter().any(|t| t.name == *tool));
+        let has_tool = task.shared.with_tools(|tools| tools.iter().any(|t| t.name == *tool));
         if !has_tool && spec.server.as_deref() != Some(name.as_str()) {
             continue;
         }
         subs.pollers.insert(
             i,
             spawn_poller(
-            Poll {
-                server: name.clone(),
-                subscription: spec.uri.clone(),
-                tool: tool.clone(),
-                arguments: arguments.clone(),
-                interval: spec.interval,
-            },
-            peer.clone(),
-            subs.last_results.clone(),
-            task.events.clone(),
-        ),
+                Poll {
+                    server: name.clone(),
+                    subscription: spec.uri.clone(),
+                    tool: tool.clone(),
+                    arguments: arguments.clone(),
+                    interval: spec.interval,
+                },
+                peer.clone(),
+                subs.last_results.clone(),
+                task.events.clone(),
+            ),
         );
     }
 }
@@ -604,9 +582,7 @@ async fn resync(
             }
             SubscriptionTarget::Glob { pattern } => {
                 for uri in listed.iter().filter(|u| glob_matches(pattern, u)) {
-                    if want.insert(uri.clone(), i).is_none()
-                        && subs.known.as_ref().is_some_and(|k| !k.contains(uri))
-                    {
+                    if want.insert(uri.clone(), i).is_none() && subs.known.as_ref().is_some_and(|k| !k.contains(uri)) {
                         appeared.push(uri.clone());
                     }
                 }
@@ -627,10 +603,7 @@ async fn resync(
     } else {
         {
             for uri in wanted.difference(&subs.subscribed.clone()) {
-                match peer
-                    .subscribe(SubscribeRequestParams::new(uri.clone()))
-                    .await
-                {
+                match peer.subscribe(SubscribeRequestParams::new(uri.clone())).await {
                     Ok(()) => {
                         subs.subscribed.insert(uri.clone());
                     }
@@ -641,9 +614,7 @@ async fn resync(
             }
             for uri in subs.subscribed.clone().difference(&wanted) {
                 subs.subscribed.remove(uri);
-                let _ = peer
-                    .unsubscribe(UnsubscribeRequestParams::new(uri.clone()))
-                    .await;
+                let _ = peer.unsubscribe(UnsubscribeRequestParams::new(uri.clone())).await;
             }
         }
     }
@@ -682,15 +653,9 @@ async fn open_listen(
     let reader = tokio::spawn(async move {
         loop {
             let note = match stream.next().await {
-                Ok(Some(ServerNotification::ResourceUpdatedNotification(n))) => {
-                    Note::Updated(n.params.uri)
-                }
-                Ok(Some(ServerNotification::ResourceListChangedNotification(_))) => {
-                    Note::ResourceListChanged
-                }
-                Ok(Some(ServerNotification::ToolListChangedNotification(_))) => {
-                    Note::ToolListChanged
-                }
+                Ok(Some(ServerNotification::ResourceUpdatedNotification(n))) => Note::Updated(n.params.uri),
+                Ok(Some(ServerNotification::ResourceListChangedNotification(_))) => Note::ResourceListChanged,
+                Ok(Some(ServerNotification::ToolListChangedNotification(_))) => Note::ToolListChanged,
                 Ok(Some(_)) => continue,
                 Ok(None) | Err(_) => {
                     tracing::debug!(server = %server, end = ?stream.end(), "subscriptions/listen ended");
@@ -744,10 +709,7 @@ fn flush(task: &Task, subs: &mut Subs, peer: &Peer<RoleClient>, uri: String) {
     let events = task.events.clone();
     let server = task.shared.name.clone();
     tokio::spawn(async move {
-        let read = match peer
-            .read_resource(ReadResourceRequestParams::new(uri.clone()))
-            .await
-        {
+        let read = match peer.read_resource(ReadResourceRequestParams::new(uri.clone())).await {
             Ok(read) => read,
             Err(e) => {
                 tracing::warn!(server = %server, uri = %uri, "re-reading updated resource failed: {e}");

@@ -97,9 +97,7 @@ pub enum McpError {
     Connect { server: String, message: String },
     #[error("no tool named {name:?} (the model called a tool agentd did not offer)")]
     UnknownTool { name: String },
-    #[error(
-        "MCP server {server} is not connected (it is being restarted); tool {tool} cannot be called right now"
-    )]
+    #[error("MCP server {server} is not connected (it is being restarted); tool {tool} cannot be called right now")]
     Unavailable { server: String, tool: String },
     #[error("MCP server {server}: tool {tool} failed: {source}")]
     Call {
@@ -191,11 +189,7 @@ impl McpHub {
     /// (calls fail with [`McpError::Unavailable`] until it is back), so the
     /// model's tool list does not flap during a restart.
     pub fn tools(&self) -> Vec<ToolInfo> {
-        let lists: Vec<Vec<rmcp::model::Tool>> = self
-            .servers
-            .iter()
-            .map(|s| s.with_tools(|t| t.to_vec()))
-            .collect();
+        let lists: Vec<Vec<rmcp::model::Tool>> = self.servers.iter().map(|s| s.with_tools(|t| t.to_vec())).collect();
         let input: Vec<tools::ServerTools<'_>> = self
             .servers
             .iter()
@@ -210,15 +204,9 @@ impl McpHub {
     }
 
     /// Calls a tool by its model-facing name.
-    pub async fn call_tool(
-        &self,
-        name: &str,
-        arguments: Map<String, Value>,
-    ) -> Result<ToolOutput, McpError> {
+    pub async fn call_tool(&self, name: &str, arguments: Map<String, Value>) -> Result<ToolOutput, McpError> {
         let Some(info) = self.tools().into_iter().find(|t| t.name == name) else {
-            return Err(McpError::UnknownTool {
-                name: name.to_owned(),
-            });
+            return Err(McpError::UnknownTool { name: name.to_owned() });
         };
         let unavailable = || McpError::Unavailable {
             server: info.server.clone(),

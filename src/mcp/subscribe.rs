@@ -54,9 +54,7 @@ pub fn parse_subscription_uri(uri: &str) -> Result<SubscriptionTarget, String> {
             pattern: uri.to_owned(),
         });
     }
-    Ok(SubscriptionTarget::Resource {
-        uri: uri.to_owned(),
-    })
+    Ok(SubscriptionTarget::Resource { uri: uri.to_owned() })
 }
 
 /// Whether a resource URI matches a glob subscription. `*` and `?` stop at
@@ -119,8 +117,7 @@ mod tests {
     #[test]
     fn tool_uris_parse_in_both_forms_with_typed_arguments() {
         for uri in ["tool://get-sum?a=1&b=2.5", "tool://get-sum/?a=1&b=2.5"] {
-            let SubscriptionTarget::Tool { tool, arguments } = parse_subscription_uri(uri).unwrap()
-            else {
+            let SubscriptionTarget::Tool { tool, arguments } = parse_subscription_uri(uri).unwrap() else {
                 panic!("not a tool target");
             };
             assert_eq!(tool, "get-sum");
@@ -131,7 +128,10 @@ mod tests {
         else {
             panic!("not a tool target");
         };
-        assert_eq!(Value::Object(arguments), json!({"message": "hello there", "flag": true}));
+        assert_eq!(
+            Value::Object(arguments),
+            json!({"message": "hello there", "flag": true})
+        );
         assert!(parse_subscription_uri("tool://?a=1").is_err());
     }
 

@@ -180,9 +180,7 @@ pub(crate) fn render_resource_contents(res: &Value) -> String {
     } else {
         format!(
             "[binary resource {uri}: {}, {} bytes]",
-            res.get("mimeType")
-                .and_then(Value::as_str)
-                .unwrap_or("unknown type"),
+            res.get("mimeType").and_then(Value::as_str).unwrap_or("unknown type"),
             base64_len(res.get("blob"))
         )
     }
@@ -216,8 +214,16 @@ mod tests {
         let a = [tool("echo"), tool("read.file")];
         let b = [tool("echo"), tool("sum")];
         let names: Vec<String> = name_tools(&[
-            ServerTools { server: "one", filter: None, tools: &a },
-            ServerTools { server: "two", filter: None, tools: &b },
+            ServerTools {
+                server: "one",
+                filter: None,
+                tools: &a,
+            },
+            ServerTools {
+                server: "two",
+                filter: None,
+                tools: &b,
+            },
         ])
         .into_iter()
         .map(|t| t.name)
@@ -244,12 +250,20 @@ mod tests {
     fn long_names_are_cut_to_64_valid_characters_and_stay_unique() {
         let long = "x".repeat(80);
         let a = [tool(&format!("{long}a")), tool(&format!("{long}b"))];
-        let tools = name_tools(&[ServerTools { server: "s", filter: None, tools: &a }]);
+        let tools = name_tools(&[ServerTools {
+            server: "s",
+            filter: None,
+            tools: &a,
+        }]);
         assert_eq!(tools.len(), 2);
         assert_ne!(tools[0].name, tools[1].name);
         for t in &tools {
             assert!(t.name.len() <= 64);
-            assert!(t.name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-'));
+            assert!(
+                t.name
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+            );
         }
     }
 

@@ -27,11 +27,10 @@ use std::time::Duration;
 use notify::event::{AccessKind, AccessMode, EventKind, ModifyKind};
 use notify::{RecursiveMode, Watcher};
 use rmcp::model::{
-    CallToolRequestParams, CallToolResponse, CallToolResult, ContentBlock, ErrorData,
-    Implementation, InitializeRequestParams, InitializeResult, ListResourcesResult,
-    ListToolsResult, PaginatedRequestParams, ReadResourceRequestParams, ReadResourceResponse,
-    ReadResourceResult, Resource, ResourceContents, ServerCapabilities, ServerConfig,
-    SubscribeRequestParams, SubscriptionFilter, Tool, UnsubscribeRequestParams,
+    CallToolRequestParams, CallToolResponse, CallToolResult, ContentBlock, ErrorData, Implementation,
+    InitializeRequestParams, InitializeResult, ListResourcesResult, ListToolsResult, PaginatedRequestParams,
+    ReadResourceRequestParams, ReadResourceResponse, ReadResourceResult, Resource, ResourceContents,
+    ServerCapabilities, ServerConfig, SubscribeRequestParams, SubscriptionFilter, Tool, UnsubscribeRequestParams,
 };
 use rmcp::service::{Peer, RequestContext, RoleServer, SubscriptionContext, SubscriptionSink};
 use rmcp::{ServerHandler, ServiceExt};
@@ -119,11 +118,7 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 
 /// Collects filesystem events and sends notifications once things are
 /// quiet for `debounce`.
-async fn pump_events(
-    inner: Arc<Inner>,
-    mut fs_rx: mpsc::UnboundedReceiver<notify::Event>,
-    debounce: Duration,
-) {
+async fn pump_events(inner: Arc<Inner>, mut fs_rx: mpsc::UnboundedReceiver<notify::Event>, debounce: Duration) {
     let mut known: BTreeSet<PathBuf> = list_files(&inner.root).into_iter().collect();
     loop {
         let Some(first) = fs_rx.recv().await else {
@@ -187,9 +182,7 @@ impl Inner {
         if self.legacy.load(Ordering::Relaxed) && lock(&self.subscribed).contains(uri) {
             if let Some(peer) = self.peer.get() {
                 let _ = peer
-                    .notify_resource_updated(
-                        rmcp::model::ResourceUpdatedNotificationParam::new(uri),
-                    )
+                    .notify_resource_updated(rmcp::model::ResourceUpdatedNotificationParam::new(uri))
                     .await;
             }
         }
@@ -239,11 +232,7 @@ pub fn resolve_inside(root: &Path, path: &str) -> Result<PathBuf, String> {
     } else {
         PathBuf::from(path)
     };
-    let joined = if raw.is_absolute() {
-        raw
-    } else {
-        root.join(raw)
-    };
+    let joined = if raw.is_absolute() { raw } else { root.join(raw) };
     let mut normal = PathBuf::new();
     for component in joined.components() {
         match component {
@@ -320,8 +309,7 @@ fn mime_for(path: &Path) -> &'static str {
 }
 
 fn base64(bytes: &[u8]) -> String {
-    const ALPHABET: &[u8; 64] =
-        b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
     let mut out = String::with_capacity(bytes.len().div_ceil(3) * 4);
     for chunk in bytes.chunks(3) {
         let b = [chunk[0], *chunk.get(1).unwrap_or(&0), *chunk.get(2).unwrap_or(&0)];
@@ -358,10 +346,7 @@ impl ServerHandler for WatchServer {
                 .enable_resources_list_changed()
                 .build(),
         )
-        .with_server_info(Implementation::new(
-            "agentd-mcp-watch",
-            env!("CARGO_PKG_VERSION"),
-        ))
+        .with_server_info(Implementation::new("agentd-mcp-watch", env!("CARGO_PKG_VERSION")))
         .with_instructions(format!(
             "Files under {} as file:// resources; subscribe to get notified of changes. \
              Tools list_files, read_file and write_file take paths relative to that directory.",
@@ -388,11 +373,7 @@ impl ServerHandler for WatchServer {
         let resources = list_files(root)
             .into_iter()
             .map(|path| {
-                let name = path
-                    .strip_prefix(root)
-                    .unwrap_or(&path)
-                    .display()
-                    .to_string();
+                let name = path.strip_prefix(root).unwrap_or(&path).display().to_string();
                 let mut r = Resource::new(file_uri(&path), name).with_mime_type(mime_for(&path));
                 if let Ok(meta) = std::fs::metadata(&path) {
                     r = r.with_size(meta.len());
@@ -442,10 +423,7 @@ impl ServerHandler for WatchServer {
         Ok(())
     }
 
-    fn accepted_subscription_filter(
-        &self,
-        requested: &SubscriptionFilter,
-    ) -> Option<SubscriptionFilter> {
+    fn accepted_subscription_filter(&self, requested: &SubscriptionFilter) -> Option<SubscriptionFilter> {
         Some(requested.supported_by(&self.get_info().capabilities))
     }
 
@@ -574,7 +552,13 @@ mod tests {
         assert!(real.is_file());
         let uri = file_uri(&root.join("in/c.md"));
         assert_eq!(resolve_inside(&root, &uri).unwrap(), root.join("in/c.md"));
-        for bad in ["../x", "in/../../x", "/etc/passwd", "in/escape/passwd", "file:///etc/passwd"] {
+        for bad in [
+            "../x",
+            "in/../../x",
+            "/etc/passwd",
+            "in/escape/passwd",
+            "file:///etc/passwd",
+        ] {
             assert!(resolve_inside(&root, bad).is_err(), "{bad} was accepted");
         }
     }

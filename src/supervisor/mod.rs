@@ -154,18 +154,20 @@ pub struct Supervisor {
     ready_sent: bool,
     started: Instant,
     watcher: Option<ConfigWatcher>,
+    record: Option<PathBuf>,
 }
 
 /// Runs the supervisor until it is stopped; the process's exit code.
-pub fn run(cfg: Config) -> anyhow::Result<ExitCode> {
+/// `record`: record every agent's model replies into cassettes in this dir.
+pub fn run(cfg: Config, record: Option<PathBuf>) -> anyhow::Result<ExitCode> {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .context("starting the runtime")?;
-    rt.block_on(run_async(cfg))
+    rt.block_on(run_async(cfg, record))
 }
 
-async fn run_async(cfg: Config) -> anyhow::Result<ExitCode> {
+async fn run_async(cfg: Config, record: Option<PathBuf>) -> anyhow::Result<ExitCode> {
     std::fs::create_dir_all(&cfg.state_dir)
         .with_context(|| format!("cannot create state dir {}", cfg.state_dir.display()))?;
     let _lock = lock_state_dir(&cfg.state_dir)?;
@@ -190,6 +192,7 @@ async fn run_async(cfg: Config) -> anyhow::Result<ExitCode> {
         ready_sent: false,
         started: Instant::now(),
         watcher: None,
+        record,
         cfg,
     };
     sup.recover_orphaned_tasks().await;
@@ -346,6 +349,7 @@ impl Supervisor {
         self.generation += 1;
         let generation = self.generation;
         let events = self.events.clone();
+        let record_dir = self.record.clone();
         let Some(a) = self.agents.get_mut(name) else { return };
         if let Err(e) = std::fs::create_dir_all(&workdir) {
             a.state = State::Failed;
@@ -358,6 +362,7 @@ impl Supervisor {
             spec: Box::new(a.spec.clone()),
             workdir,
             conversation,
+            record_dir,
         };
         match child::spawn(name, generation, &start, events) {
             Ok(handle) => {
@@ -532,7 +537,7 @@ impl Supervisor {
                 }
             }
             FromChild::Output { text, .. } => {
-                tracing::info!(agent = name, "{text}");
+                tracing::debug!(agent = name, "model: {text}");
             }
             FromChild::Finished {
                 task,
@@ -549,6 +554,12 @@ impl Supervisor {
                 }
                 let agent = name.to_owned();
                 let state = if state.is_final() { state } else { TaskState::Failed };
+                // One line of what the model said (or what went wrong) for the log.
+                let summary = result
+                    .as_deref()
+                    .or(error.as_deref())
+                    .and_then(|t| t.lines().find(|l| !l.trim().is_empty()));
+                let summary = summary.map(|l| l.chars().take(200).collect::<String>());
                 let r = self
                     .ledger
                     .call(move |l| -> Result<(), LedgerError> {
@@ -563,7 +574,8 @@ impl Supervisor {
                 if let Some(Err(e)) = r {
                     tracing::error!(agent = name, "cannot record the end of task {task}: {e}");
                 }
-                tracing::info!(agent = name, "task {task} {state}");
+                let said = summary.map(|s| format!(": {s}")).unwrap_or_default();
+                tracing::info!(agent = name, "task {task} {state}{said}");
                 if let Some(a) = self.agents.get_mut(name) {
                     a.running = None;
                 }

@@ -21,10 +21,9 @@ use std::time::{Duration, Instant};
 use agentd::config::{McpServerSpec, McpTransport, SubscriptionSpec};
 use agentd::mcp::{McpHub, ResourceEvent, parse_subscription_uri};
 use rmcp::model::{
-    CallToolRequestParams, CallToolResponse, CallToolResult, ContentBlock, ErrorData,
-    ListToolsResult, PaginatedRequestParams, ProtocolVersion, ReadResourceRequestParams,
-    ReadResourceResponse, ReadResourceResult, ResourceContents, ServerCapabilities, ServerConfig,
-    SubscribeRequestParams, SubscriptionFilter, Tool,
+    CallToolRequestParams, CallToolResponse, CallToolResult, ContentBlock, ErrorData, ListToolsResult,
+    PaginatedRequestParams, ProtocolVersion, ReadResourceRequestParams, ReadResourceResponse, ReadResourceResult,
+    ResourceContents, ServerCapabilities, ServerConfig, SubscribeRequestParams, SubscriptionFilter, Tool,
 };
 use rmcp::service::{RequestContext, RoleServer, SubscriptionContext, SubscriptionSink};
 use rmcp::{ServerHandler, ServiceExt};
@@ -34,10 +33,7 @@ const EVENTS: usize = 1000;
 const TICK: &str = "bench://tick";
 
 fn monotonic_ns() -> u64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
     // SAFETY: clock_gettime writes into the timespec we own.
     unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
     ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
@@ -115,11 +111,7 @@ impl ServerHandler for BenchServer {
     }
 
     #[allow(deprecated)]
-    async fn subscribe(
-        &self,
-        _r: SubscribeRequestParams,
-        _c: RequestContext<RoleServer>,
-    ) -> Result<(), ErrorData> {
+    async fn subscribe(&self, _r: SubscribeRequestParams, _c: RequestContext<RoleServer>) -> Result<(), ErrorData> {
         Ok(())
     }
 

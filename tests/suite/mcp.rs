@@ -62,11 +62,22 @@ async fn shared_tool_names_get_server_prefixes_and_tool_filter_hides_tools() {
     let tools = hub.tools();
     let names: Vec<&str> = tools.iter().map(|t| t.name.as_str()).collect();
     assert!(names.contains(&"a__echo") && names.contains(&"b__echo"), "{names:?}");
-    assert!(names.contains(&"a__get-sum") && names.contains(&"b__get-sum"), "{names:?}");
+    assert!(
+        names.contains(&"a__get-sum") && names.contains(&"b__get-sum"),
+        "{names:?}"
+    );
     // Only a has get-env, so it keeps its own name; b's filter hides b's.
     assert!(names.contains(&"get-env"), "{names:?}");
-    assert!(tools.iter().filter(|t| t.server == "b").all(|t| t.tool == "echo" || t.tool.starts_with("get-s")));
-    let out = hub.call_tool("b__echo", args(json!({"message": "from b"}))).await.unwrap();
+    assert!(
+        tools
+            .iter()
+            .filter(|t| t.server == "b")
+            .all(|t| t.tool == "echo" || t.tool.starts_with("get-s"))
+    );
+    let out = hub
+        .call_tool("b__echo", args(json!({"message": "from b"})))
+        .await
+        .unwrap();
     assert_eq!(out.text, "Echo: from b");
     hub.shutdown().await;
 }
@@ -101,7 +112,9 @@ async fn server_everything_update_becomes_one_event_with_fresh_contents() {
     assert_eq!(event.server, "everything");
     assert_eq!(event.subscription, uri);
     assert!(
-        event.contents.starts_with("Resource 1: This is a plaintext resource created at"),
+        event
+            .contents
+            .starts_with("Resource 1: This is a plaintext resource created at"),
         "{}",
         event.contents
     );
@@ -349,7 +362,10 @@ async fn denied_env_key_is_refused_with_its_name() {
     let status = &hub.servers()[0];
     assert!(!status.connected);
     assert!(status.pid.is_none());
-    assert!(status.last_error.as_deref().unwrap_or("").contains("LD_PRELOAD"), "{status:?}");
+    assert!(
+        status.last_error.as_deref().unwrap_or("").contains("LD_PRELOAD"),
+        "{status:?}"
+    );
     assert!(hub.tools().is_empty());
     hub.shutdown().await;
 }
@@ -397,7 +413,10 @@ async fn streamable_http_server_tools_and_updates_work() {
     let subs = [subscription(uri, Duration::from_millis(100), POLL)];
     let hub = McpHub::start(&[http("remote", &server.url)], &subs, work.path(), tx).await;
     assert!(hub.servers()[0].connected, "{:?}", hub.servers());
-    let out = hub.call_tool("echo", args(json!({"message": "over http"}))).await.unwrap();
+    let out = hub
+        .call_tool("echo", args(json!({"message": "over http"})))
+        .await
+        .unwrap();
     assert_eq!(out.text, "Echo: over http");
     hub.call_tool("toggle-subscriber-updates", Map::new()).await.unwrap();
     let event = next_event(&mut rx, LONG).await.expect("update over HTTP");

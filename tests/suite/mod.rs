@@ -3,6 +3,8 @@ mod fence;
 mod ledger;
 mod llm;
 mod mcp;
+mod quickstart;
+mod runtime;
 mod sandbox;
 mod supervisor;
 mod systemd_unit;

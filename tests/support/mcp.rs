@@ -130,10 +130,7 @@ pub async fn wait_until(timeout: Duration, mut cond: impl FnMut() -> bool) -> bo
 }
 
 /// The next event, or `None` after `timeout`.
-pub async fn next_event(
-    rx: &mut mpsc::Receiver<ResourceEvent>,
-    timeout: Duration,
-) -> Option<ResourceEvent> {
+pub async fn next_event(rx: &mut mpsc::Receiver<ResourceEvent>, timeout: Duration) -> Option<ResourceEvent> {
     tokio::time::timeout(timeout, rx.recv()).await.ok().flatten()
 }
 
