@@ -755,3 +755,58 @@ fn the_agentd_binary_is_its_own_landlock_helper() {
     let bad = crate::support::agentd(&[sandbox::helper::SUBCOMMAND, "--bogus"]);
     assert_eq!(bad.status.code(), Some(126), "{}", crate::support::stderr(&bad));
 }
+
+#[test]
+fn agentd_sandbox_run_passes_output_and_exit_status_through() {
+    let wd = test_dir("wd-");
+    let out = crate::support::agentd(&[
+        "sandbox",
+        "run",
+        "default",
+        "--workdir",
+        wd.path().to_str().unwrap(),
+        "--",
+        "sh",
+        "-c",
+        "echo hello; echo oops >&2; exit 3",
+    ]);
+    assert_eq!(out.status.code(), Some(3), "{}", crate::support::stderr(&out));
+    assert_eq!(crate::support::stdout(&out), "hello\n");
+    let err = crate::support::stderr(&out);
+    assert!(
+        err.starts_with("oops\n") && err.contains("exit 3") && err.contains("backend landlock"),
+        "{err}"
+    );
+}
+
+#[test]
+fn agentd_sandbox_run_strict_uses_agentd_itself_as_the_landlock_helper() {
+    // No set_helper_exe here: the real binary finds itself.
+    let wd = test_dir("wd-");
+    let outside = test_dir("outside-");
+    let run = |script: &str| {
+        crate::support::agentd(&[
+            "sandbox",
+            "run",
+            "strict",
+            "--workdir",
+            wd.path().to_str().unwrap(),
+            "--",
+            "sh",
+            "-c",
+            script,
+        ])
+    };
+    let ok = run("echo inside > f && cat f");
+    assert_eq!(
+        crate::support::stdout(&ok),
+        "inside\n",
+        "{}",
+        crate::support::stderr(&ok)
+    );
+    let proc_read = run("cat /proc/self/status");
+    assert_ne!(proc_read.status.code(), Some(0), "landlock must deny bwrap's /proc");
+    let escape = run(&format!("touch {}/x", outside.path().display()));
+    assert_ne!(escape.status.code(), Some(0));
+    assert!(!outside.path().join("x").exists());
+}
