@@ -14,4 +14,6 @@ pub mod logging;
 pub mod mcp;
 pub mod protocol;
 pub mod sandbox;
+pub mod snapshots;
+pub mod state_dir;
 pub mod supervisor;

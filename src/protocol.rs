@@ -28,6 +28,8 @@ pub enum ToChild {
         workdir: PathBuf,
         /// The conversation saved after the agent's last task, if any.
         conversation: Option<serde_json::Value>,
+        /// `agentd CONFIG --record DIR`: record model replies into cassettes here.
+        record_dir: Option<PathBuf>,
     },
     /// Run this task; every write about it must carry `lease`.
     Task {

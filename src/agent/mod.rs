@@ -2,18 +2,27 @@
 //! supervisor. It reads its spec and tasks as JSON lines on stdin and
 //! answers on stdout (see [`crate::protocol`]); logs go to stderr.
 //!
-//! It runs a `current_thread` runtime: an idle agent should cost little
-//! more than its share of the executable's pages. It never writes the
-//! ledger; every record goes to the supervisor, which checks the lease.
+//! It connects the agent's MCP servers, forwards their resource updates to
+//! the supervisor as triggers, and runs one task at a time ([`runner`]).
+//! It runs a `current_thread` runtime: an idle agent should cost little more
+//! than its share of the executable's pages. It never writes the ledger;
+//! every record goes to the supervisor, which checks the lease.
+
+mod prompt;
+mod runner;
 
 use std::process::ExitCode;
+use std::time::Duration;
 
 use anyhow::Context;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::sync::mpsc;
 
-use crate::ledger::TaskState;
+use crate::ledger::{TaskState, Trigger};
+use crate::llm::{ChatMessage, LlmClient};
+use crate::mcp::{McpHub, ResourceEvent};
 use crate::protocol::{self, FromChild, PROTOCOL_VERSION, ToChild};
+use runner::{Outcome, Runtime};
 
 /// The child's `main`.
 pub fn main(name: &str) -> anyhow::Result<ExitCode> {
@@ -40,10 +49,14 @@ async fn run(name: &str) -> anyhow::Result<ExitCode> {
     let Some(first) = first else {
         return Ok(ExitCode::SUCCESS);
     };
-    let (spec, workdir) = match serde_json::from_str::<ToChild>(&first) {
+    let (spec, workdir, conversation, record_dir) = match serde_json::from_str::<ToChild>(&first) {
         Ok(ToChild::Start {
-            version, spec, workdir, ..
-        }) if version == PROTOCOL_VERSION => (spec, workdir),
+            version,
+            spec,
+            workdir,
+            conversation,
+            record_dir,
+        }) if version == PROTOCOL_VERSION => (spec, workdir, conversation, record_dir),
         Ok(ToChild::Start { version, .. }) => {
             anyhow::bail!("supervisor speaks protocol {version}, this agent {PROTOCOL_VERSION}")
         }
@@ -51,7 +64,6 @@ async fn run(name: &str) -> anyhow::Result<ExitCode> {
         Err(e) => anyhow::bail!("unreadable start message: {e}"),
     };
     std::env::set_current_dir(&workdir).with_context(|| format!("entering workdir {}", workdir.display()))?;
-    tracing::debug!(agent = name, "agent process up in {}", workdir.display());
 
     let (tx, mut rx) = mpsc::unbounded_channel::<FromChild>();
     let writer = tokio::spawn(async move {
@@ -63,34 +75,140 @@ async fn run(name: &str) -> anyhow::Result<ExitCode> {
         }
     });
     let outbox = Outbox(tx);
+
+    // A bad model setting fails every task with the reason, but the agent
+    // stays up: its subscriptions keep recording triggers meanwhile.
+    let llm = LlmClient::new(&spec.llm, &spec.model).and_then(|c| match &record_dir {
+        Some(dir) => c.with_recording(dir, spec.name.as_str()),
+        None => Ok(c),
+    });
+
+    let (events_tx, mut events_rx) = mpsc::channel::<ResourceEvent>(256);
+    let hub = McpHub::start(&spec.mcp_servers, &spec.subscriptions, &workdir, events_tx).await;
+    let forward = outbox.clone();
+    tokio::spawn(async move {
+        while let Some(ev) = events_rx.recv().await {
+            let dedupe_key = Some(ev.uri.clone());
+            let trigger = Trigger::Resource {
+                uri: ev.uri,
+                server: ev.server,
+                subscription: ev.subscription,
+                contents: ev.contents,
+            };
+            forward.send(FromChild::Trigger { trigger, dedupe_key });
+        }
+    });
+
+    let history: Vec<ChatMessage> = conversation
+        .and_then(|c| serde_json::from_value(c).ok())
+        .unwrap_or_default();
     outbox.send(FromChild::Ready {
         version: PROTOCOL_VERSION,
         pid: std::process::id(),
     });
 
+    let (mut runtime, llm_error) = match llm {
+        Ok(llm) => (
+            Some(Runtime {
+                spec: (*spec).clone(),
+                workdir,
+                llm,
+                hub,
+                history,
+                outbox: outbox.clone(),
+            }),
+            None,
+        ),
+        Err(e) => {
+            tracing::error!(agent = name, "model client unusable: {e}");
+            (None, Some((e.to_string(), hub)))
+        }
+    };
+
     loop {
         let line = match lines.next_line().await {
             Ok(Some(l)) => l,
-            // EOF: the supervisor is gone or wants us gone.
             Ok(None) | Err(_) => break,
         };
         match serde_json::from_str::<ToChild>(&line) {
-            Ok(ToChild::Task { id, lease, .. }) => {
-                outbox.send(FromChild::Finished {
-                    task: id,
-                    lease,
-                    state: TaskState::Failed,
-                    result: None,
-                    error: Some(format!("agent {}: this build has no LLM task runtime yet", spec.name)),
-                    conversation: None,
-                });
+            Ok(ToChild::Task { id, lease, trigger, .. }) => {
+                let Some(rt) = runtime.as_mut() else {
+                    let error = llm_error.as_ref().map(|(e, _)| e.clone()).unwrap_or_default();
+                    finished(
+                        &outbox,
+                        id,
+                        &lease,
+                        fail(format!("model client unusable: {error}")),
+                        None,
+                    );
+                    continue;
+                };
+                // Keep reading: a shutdown may arrive while the task runs.
+                let mut stop: Option<Duration> = None;
+                let outcome = {
+                    let fut = rt.run_task(id, &lease, &trigger);
+                    tokio::pin!(fut);
+                    loop {
+                        if let Some(grace) = stop {
+                            break tokio::time::timeout(grace, &mut fut).await.ok();
+                        }
+                        tokio::select! {
+                            o = &mut fut => break Some(o),
+                            line = lines.next_line() => match line.ok().flatten().map(|l| serde_json::from_str::<ToChild>(&l)) {
+                                Some(Ok(ToChild::Shutdown { grace_ms })) => stop = Some(Duration::from_millis(grace_ms)),
+                                Some(Ok(other)) => tracing::warn!(agent = name, "ignoring {other:?} while a task runs"),
+                                Some(Err(e)) => tracing::warn!(agent = name, "unreadable message from supervisor: {e}"),
+                                None => stop = Some(Duration::ZERO),
+                            },
+                        }
+                    }
+                };
+                match outcome {
+                    Some(o) => {
+                        let conversation = runtime.as_ref().and_then(|r| serde_json::to_value(&r.history).ok());
+                        finished(&outbox, id, &lease, o, conversation);
+                    }
+                    // The grace period ran out: leave the task to the
+                    // supervisor, which re-queues it.
+                    None => tracing::warn!(agent = name, "stopping with task {id} unfinished"),
+                }
+                if stop.is_some() {
+                    break;
+                }
             }
             Ok(ToChild::Shutdown { .. }) => break,
             Ok(ToChild::Start { .. }) => tracing::warn!(agent = name, "ignoring a second start message"),
             Err(e) => tracing::warn!(agent = name, "unreadable message from supervisor: {e}"),
         }
     }
+    match runtime {
+        Some(rt) => rt.hub.shutdown().await,
+        None => {
+            if let Some((_, hub)) = llm_error {
+                hub.shutdown().await;
+            }
+        }
+    }
     drop(outbox);
     let _ = writer.await;
     Ok(ExitCode::SUCCESS)
+}
+
+fn fail(error: String) -> Outcome {
+    Outcome {
+        state: TaskState::Failed,
+        result: None,
+        error: Some(error),
+    }
+}
+
+fn finished(outbox: &Outbox, task: i64, lease: &str, o: Outcome, conversation: Option<serde_json::Value>) {
+    outbox.send(FromChild::Finished {
+        task,
+        lease: lease.to_owned(),
+        state: o.state,
+        result: o.result,
+        error: o.error,
+        conversation,
+    });
 }

@@ -36,10 +36,14 @@ pub fn system_prompt(spec: &AgentSpec, skills_index: Option<&str>) -> String {
 /// The user message that starts a task.
 pub fn trigger_message(trigger: &Trigger) -> String {
     match trigger {
-        Trigger::Resource { uri, server, contents, .. } => format!(
-            "The resource {uri} (MCP server {server}) changed. This is what it contains now:\n\n{contents}"
-        ),
-        Trigger::Schedule { cron, prompt, scheduled_for } => {
+        Trigger::Resource {
+            uri, server, contents, ..
+        } => format!("The resource {uri} (MCP server {server}) changed. This is what it contains now:\n\n{contents}"),
+        Trigger::Schedule {
+            cron,
+            prompt,
+            scheduled_for,
+        } => {
             format!("Scheduled task (cron `{cron}`, due {scheduled_for}):\n\n{prompt}")
         }
         Trigger::Message { text, .. } => text.clone(),
@@ -79,15 +83,26 @@ mod tests {
     use crate::llm::ToolCall;
 
     fn limits(messages: u32, tokens: u64) -> Limits {
-        Limits { history_messages: messages, history_tokens: tokens, ..Limits::default() }
+        Limits {
+            history_messages: messages,
+            history_tokens: tokens,
+            ..Limits::default()
+        }
     }
 
     #[test]
     fn window_keeps_recent_messages_and_starts_on_a_user_turn() {
-        let call = ToolCall { id: "c1".into(), name: "t".into(), arguments: "{}".into() };
+        let call = ToolCall {
+            id: "c1".into(),
+            name: "t".into(),
+            arguments: "{}".into(),
+        };
         let h = vec![
             ChatMessage::user("one"),
-            ChatMessage::Assistant { content: None, tool_calls: vec![call] },
+            ChatMessage::Assistant {
+                content: None,
+                tool_calls: vec![call],
+            },
             ChatMessage::tool("c1", "result"),
             ChatMessage::assistant("done"),
             ChatMessage::user("two"),

@@ -64,7 +64,11 @@ impl Job<'_> {
 impl Runtime {
     pub async fn run_task(&mut self, id: i64, lease: &str, trigger: &Trigger) -> Outcome {
         let outbox = self.outbox.clone();
-        let job = Job { id, lease, outbox: &outbox };
+        let job = Job {
+            id,
+            lease,
+            outbox: &outbox,
+        };
         let mut messages = prompt::window(&self.history, &self.spec.limits);
         messages.push(ChatMessage::user(prompt::trigger_message(trigger)));
         let timeout = self.spec.limits.task_timeout;
@@ -108,12 +112,21 @@ impl Runtime {
             let outbox = job.outbox.clone();
             let (task, lease) = (job.id, job.lease.to_owned());
             let mut on_text = move |text: &str| {
-                outbox.send(FromChild::Output { task, lease: lease.clone(), text: text.to_owned() });
+                outbox.send(FromChild::Output {
+                    task,
+                    lease: lease.clone(),
+                    text: text.to_owned(),
+                });
             };
             let reply = match self.llm.complete(&request, &mut on_text).await {
                 Ok(r) => r,
                 Err(e) => {
-                    job.step("llm_error", json!({"turn": turn, "error": e.to_string()}), (0, 0), Some(started));
+                    job.step(
+                        "llm_error",
+                        json!({"turn": turn, "error": e.to_string()}),
+                        (0, 0),
+                        Some(started),
+                    );
                     return failed(format!("model request failed: {e}"));
                 }
             };
@@ -157,14 +170,23 @@ impl Runtime {
                 let mut feedback = String::from("Results of your code blocks:\n");
                 for r in &results {
                     let rendered = r.render_for_model();
-                    job.step("fence", json!({"block": r.tag, "line": r.span.line, "result": clip(&rendered)}), (0, 0), None);
+                    job.step(
+                        "fence",
+                        json!({"block": r.tag, "line": r.span.line, "result": clip(&rendered)}),
+                        (0, 0),
+                        None,
+                    );
                     feedback.push_str(&rendered);
                 }
                 messages.push(ChatMessage::user(feedback));
             }
 
             if reply.tool_calls.is_empty() && blocks.is_empty() {
-                return Outcome { state: TaskState::Succeeded, result: Some(text.to_owned()), error: None };
+                return Outcome {
+                    state: TaskState::Succeeded,
+                    result: Some(text.to_owned()),
+                    error: None,
+                };
             }
         }
         failed(format!(
@@ -177,15 +199,16 @@ impl Runtime {
     async fn call_tool(&self, job: &Job<'_>, call: &ToolCall) -> String {
         let started = Instant::now();
         let args = match call.arguments_json() {
-            Ok(Value::Object(map)) => map,
-            Ok(other) => {
-                let msg = format!("error: the arguments of {} must be a JSON object, not {other}; call it again", call.name);
-                job.step("tool", json!({"name": call.name, "arguments": clip(&call.arguments), "error": msg}), (0, 0), None);
-                return msg;
-            }
-            Err(e) => {
-                let msg = format!("error: the arguments of {} are not valid JSON ({e}); call it again with valid JSON", call.name);
-                job.step("tool", json!({"name": call.name, "arguments": clip(&call.arguments), "error": msg}), (0, 0), None);
+            Ok(Value::Object(map)) => Ok(map),
+            Ok(other) => Err(format!("must be a JSON object, not {other}; call it again")),
+            Err(e) => Err(format!("are not valid JSON ({e}); call it again with valid JSON")),
+        };
+        let args = match args {
+            Ok(map) => map,
+            Err(why) => {
+                let msg = format!("error: the arguments of {} {why}", call.name);
+                let payload = json!({"name": call.name, "arguments": clip(&call.arguments), "error": msg});
+                job.step("tool", payload, (0, 0), None);
                 return msg;
             }
         };
@@ -204,7 +227,11 @@ impl Runtime {
 }
 
 fn failed(error: String) -> Outcome {
-    Outcome { state: TaskState::Failed, result: None, error: Some(error) }
+    Outcome {
+        state: TaskState::Failed,
+        result: None,
+        error: Some(error),
+    }
 }
 
 /// Caps text for the journal, keeping the head and noting the rest.

@@ -3,6 +3,7 @@
 
 mod check;
 mod control;
+mod snapshot;
 mod tasks;
 
 use std::path::{Path, PathBuf};
@@ -47,6 +48,9 @@ pub struct RunArgs {
     /// The config file to run.
     #[arg(value_name = "CONFIG", required = true)]
     pub config: Option<PathBuf>,
+    /// Record every model reply into DIR/AGENT.cassette.json, for `model: replay:PATH`.
+    #[arg(long, value_name = "DIR")]
+    pub record: Option<PathBuf>,
 }
 
 /// Where a reader finds the ledger: `--config` or the global `--state-dir`.
@@ -78,6 +82,12 @@ pub enum Command {
     Restart(control::AgentArgs),
     /// Re-read the config and apply the differences (like SIGHUP).
     Reload(control::ReloadArgs),
+    /// Conversation and workspace snapshots of an agent.
+    #[command(subcommand)]
+    Snapshot(snapshot::SnapshotCommand),
+    /// Try sandbox policies: run a command under a profile.
+    #[command(subcommand)]
+    Sandbox(SandboxCommand),
     /// A built-in stdio MCP server: DIR's files as file:// resources with
     /// subscriptions, plus list/read/write tools confined to DIR.
     McpWatch {
@@ -95,6 +105,12 @@ pub enum Command {
     },
 }
 
+#[derive(Debug, Subcommand)]
+pub enum SandboxCommand {
+    /// Run CMD under PROFILE (a name from sandbox/ or a built-in one).
+    Run(crate::sandbox::cli::SandboxRunArgs),
+}
+
 /// Parses the command line and runs it; the binary's whole `main`.
 pub fn main() -> ExitCode {
     let cli = match Cli::try_parse() {
@@ -105,7 +121,8 @@ pub fn main() -> ExitCode {
             return ExitCode::from(e.exit_code().clamp(0, 255) as u8);
         }
     };
-    logging::init(cli.global.log_format, "info");
+    // rmcp narrates every message at info; its warnings are what matter.
+    logging::init(cli.global.log_format, "info,rmcp=warn");
     let result = match cli.command {
         Some(Command::Check { config }) => check::run(&config),
         Some(Command::Tasks(args)) => tasks::list(&cli.global, &args),
@@ -116,9 +133,13 @@ pub fn main() -> ExitCode {
         Some(Command::Restart(args)) => control::agent_request(&cli.global, &args, control::Verb::Restart),
         Some(Command::Reload(args)) => control::reload(&cli.global, &args),
         Some(Command::Agent { name }) => crate::agent::main(&name),
+        Some(Command::Snapshot(cmd)) => snapshot::run(&cli.global, &cmd),
+        Some(Command::Sandbox(SandboxCommand::Run(args))) => {
+            crate::sandbox::cli::run(&args).map(|code| ExitCode::from(code.clamp(0, 255) as u8))
+        }
         Some(Command::McpWatch { dir, debounce_ms }) => mcp_watch(&dir, debounce_ms),
         None => match cli.run.config {
-            Some(config) => run_daemon(&cli.global, &config),
+            Some(config) => run_daemon(&cli.global, &config, cli.run.record.as_deref()),
             None => Err(anyhow::anyhow!("no config file given; usage: agentd CONFIG")),
         },
     };
@@ -131,7 +152,7 @@ pub fn main() -> ExitCode {
     }
 }
 
-fn run_daemon(global: &Global, config_path: &Path) -> anyhow::Result<ExitCode> {
+fn run_daemon(global: &Global, config_path: &Path, record: Option<&Path>) -> anyhow::Result<ExitCode> {
     let mut cfg = match config::load(config_path) {
         Ok(c) => c,
         Err(errors) => {
@@ -142,7 +163,14 @@ fn run_daemon(global: &Global, config_path: &Path) -> anyhow::Result<ExitCode> {
     if let Some(dir) = &global.state_dir {
         cfg.state_dir = dir.clone();
     }
-    crate::supervisor::run(cfg)
+    let record = match record {
+        Some(dir) => {
+            std::fs::create_dir_all(dir).map_err(|e| anyhow::anyhow!("cannot create {}: {e}", dir.display()))?;
+            Some(std::path::absolute(dir)?)
+        }
+        None => None,
+    };
+    crate::supervisor::run(cfg, record, global.state_dir.is_some())
 }
 
 fn mcp_watch(dir: &Path, debounce_ms: Option<u64>) -> anyhow::Result<ExitCode> {

@@ -24,10 +24,26 @@ pub enum Request {
     DescribeInterface,
     Health,
     Status,
-    Start { agent: String },
-    Stop { agent: String },
-    Restart { agent: String },
+    Start {
+        agent: String,
+    },
+    Stop {
+        agent: String,
+    },
+    Restart {
+        agent: String,
+    },
     Reload,
+    /// Archive the agent's workdir as a workspace snapshot.
+    SnapshotCreate {
+        agent: String,
+        label: Option<String>,
+    },
+    /// Restore a snapshot (id or label); the agent restarts to pick it up.
+    SnapshotRestore {
+        agent: String,
+        snapshot: String,
+    },
 }
 
 impl Request {
@@ -45,6 +61,8 @@ impl Request {
                 "Stop": {"params": {"agent": "name"}, "result": "the agent's status; it stays down until started"},
                 "Restart": {"params": {"agent": "name"}, "result": "the agent's status"},
                 "Reload": {"params": {}, "result": {"added": "[name]", "removed": "[name]", "restarted": "[name]", "unchanged": "[name]"}},
+                "SnapshotCreate": {"params": {"agent": "name", "label": "optional"}, "result": "the snapshot's id, kind, label, size"},
+                "SnapshotRestore": {"params": {"agent": "name", "snapshot": "id or label"}, "result": "the restored snapshot; the agent restarts"},
             }
         })
     }

@@ -15,7 +15,7 @@ mod systemd;
 mod watch;
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
@@ -29,6 +29,7 @@ use crate::config::{self, AgentSpec, Config};
 use crate::control::{self, AgentStatus, Request, Response};
 use crate::ledger::{self, Ledger, LedgerError, SnapshotKind, TaskState};
 use crate::protocol::{FromChild, PROTOCOL_VERSION, ToChild};
+use crate::snapshots;
 use child::ChildHandle;
 use ledger_thread::LedgerThread;
 use restart::{Decision, Exit, Restarts};
@@ -121,6 +122,8 @@ struct Agent {
     /// Generation of the current child or of the pending restart; events
     /// from older generations are stale and ignored.
     generation: u64,
+    /// A snapshot to restore once the child has stopped, before it restarts.
+    pending_restore: Option<String>,
 }
 
 impl Agent {
@@ -138,6 +141,7 @@ impl Agent {
             running: None,
             after_exit: AfterExit::Policy,
             generation: 0,
+            pending_restore: None,
         }
     }
 }
@@ -154,21 +158,26 @@ pub struct Supervisor {
     ready_sent: bool,
     started: Instant,
     watcher: Option<ConfigWatcher>,
+    record: Option<PathBuf>,
+    /// `--state-dir` was given: the config's `state_dir` does not apply.
+    state_dir_overridden: bool,
 }
 
 /// Runs the supervisor until it is stopped; the process's exit code.
-pub fn run(cfg: Config) -> anyhow::Result<ExitCode> {
+/// `record`: record every agent's model replies into cassettes in this dir.
+pub fn run(cfg: Config, record: Option<PathBuf>, state_dir_overridden: bool) -> anyhow::Result<ExitCode> {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .context("starting the runtime")?;
-    rt.block_on(run_async(cfg))
+    rt.block_on(run_async(cfg, record, state_dir_overridden))
 }
 
-async fn run_async(cfg: Config) -> anyhow::Result<ExitCode> {
+async fn run_async(cfg: Config, record: Option<PathBuf>, state_dir_overridden: bool) -> anyhow::Result<ExitCode> {
     std::fs::create_dir_all(&cfg.state_dir)
         .with_context(|| format!("cannot create state dir {}", cfg.state_dir.display()))?;
-    let _lock = lock_state_dir(&cfg.state_dir)?;
+    // One supervisor per state dir: two would both run the same tasks.
+    let _lock = crate::state_dir::lock(&cfg.state_dir)?;
     let ledger = Ledger::open(&cfg.state_dir.join(ledger::FILE_NAME))?;
     let ledger = LedgerThread::start(ledger).context("starting the ledger thread")?;
 
@@ -190,6 +199,8 @@ async fn run_async(cfg: Config) -> anyhow::Result<ExitCode> {
         ready_sent: false,
         started: Instant::now(),
         watcher: None,
+        record,
+        state_dir_overridden,
         cfg,
     };
     sup.recover_orphaned_tasks().await;
@@ -271,23 +282,6 @@ async fn sleep_until_opt(t: Option<tokio::time::Instant>) {
     }
 }
 
-/// One supervisor per state dir: two would both run the same tasks.
-fn lock_state_dir(dir: &Path) -> anyhow::Result<nix::fcntl::Flock<std::fs::File>> {
-    let path = dir.join("agentd.lock");
-    let file = std::fs::OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(&path)
-        .with_context(|| format!("cannot open {}", path.display()))?;
-    nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusiveNonblock).map_err(|(_, e)| {
-        anyhow::anyhow!(
-            "another agentd is already running with state dir {} ({e})",
-            dir.display()
-        )
-    })
-}
-
 impl Supervisor {
     /// Tasks a previous agentd left running go back in the queue (or fail
     /// once their attempts are spent): never lost, never run twice at once.
@@ -330,7 +324,7 @@ impl Supervisor {
     }
 
     fn workdir(&self, agent: &str) -> PathBuf {
-        self.cfg.state_dir.join("agents").join(agent).join("work")
+        crate::state_dir::workdir(&self.cfg.state_dir, agent)
     }
 
     async fn start_agent(&mut self, name: &str) {
@@ -346,6 +340,7 @@ impl Supervisor {
         self.generation += 1;
         let generation = self.generation;
         let events = self.events.clone();
+        let record_dir = self.record.clone();
         let Some(a) = self.agents.get_mut(name) else { return };
         if let Err(e) = std::fs::create_dir_all(&workdir) {
             a.state = State::Failed;
@@ -358,6 +353,7 @@ impl Supervisor {
             spec: Box::new(a.spec.clone()),
             workdir,
             conversation,
+            record_dir,
         };
         match child::spawn(name, generation, &start, events) {
             Ok(handle) => {
@@ -532,7 +528,7 @@ impl Supervisor {
                 }
             }
             FromChild::Output { text, .. } => {
-                tracing::info!(agent = name, "{text}");
+                tracing::debug!(agent = name, "model: {text}");
             }
             FromChild::Finished {
                 task,
@@ -549,6 +545,12 @@ impl Supervisor {
                 }
                 let agent = name.to_owned();
                 let state = if state.is_final() { state } else { TaskState::Failed };
+                // One line of what the model said (or what went wrong) for the log.
+                let summary = result
+                    .as_deref()
+                    .or(error.as_deref())
+                    .and_then(|t| t.lines().find(|l| !l.trim().is_empty()));
+                let summary = summary.map(|l| l.chars().take(200).collect::<String>());
                 let r = self
                     .ledger
                     .call(move |l| -> Result<(), LedgerError> {
@@ -563,7 +565,8 @@ impl Supervisor {
                 if let Some(Err(e)) = r {
                     tracing::error!(agent = name, "cannot record the end of task {task}: {e}");
                 }
-                tracing::info!(agent = name, "task {task} {state}");
+                let said = summary.map(|s| format!(": {s}")).unwrap_or_default();
+                tracing::info!(agent = name, "task {task} {state}{said}");
                 if let Some(a) = self.agents.get_mut(name) {
                     a.running = None;
                 }
@@ -618,6 +621,9 @@ impl Supervisor {
             AfterExit::StayDown => a.state = State::Stopped,
             AfterExit::StartAgain if !stopping => {
                 a.restarts.reset();
+                if let Some(which) = a.pending_restore.take() {
+                    self.restore_snapshot(name, which).await;
+                }
                 self.start_agent(name).await;
             }
             AfterExit::StartAgain => a.state = State::Stopped,
@@ -744,14 +750,14 @@ impl Supervisor {
                 return Err(errors.to_string());
             }
         };
-        if new.state_dir != self.cfg.state_dir {
+        if new.state_dir != self.cfg.state_dir && !self.state_dir_overridden {
             tracing::warn!(
                 "state_dir changed to {}; that takes a restart of agentd (keeping {})",
                 new.state_dir.display(),
                 self.cfg.state_dir.display()
             );
-            new.state_dir = self.cfg.state_dir.clone();
         }
+        new.state_dir = self.cfg.state_dir.clone();
         let (mut added, mut removed, mut restarted, mut unchanged) = (vec![], vec![], vec![], vec![]);
         let old_names: Vec<String> = self.agents.keys().cloned().collect();
         for name in old_names {
@@ -810,7 +816,11 @@ impl Supervisor {
                 }
                 Response::ok(json!({ "agents": out }))
             }
-            Request::Start { agent } | Request::Stop { agent } | Request::Restart { agent }
+            Request::Start { agent }
+            | Request::Stop { agent }
+            | Request::Restart { agent }
+            | Request::SnapshotCreate { agent, .. }
+            | Request::SnapshotRestore { agent, .. }
                 if !self.agents.contains_key(&agent) =>
             {
                 Response::error(format!("no agent named {agent:?}"))
@@ -843,6 +853,38 @@ impl Supervisor {
                 }
                 Response::ok(json!(self.agent_status(&agent).await))
             }
+            Request::SnapshotCreate { agent, label } => {
+                let workdir = self.workdir(&agent);
+                let r = self
+                    .ledger
+                    .call(move |l| snapshots::create(l, &agent, &workdir, label.as_deref()))
+                    .await;
+                match r {
+                    Some(Ok(meta)) => Response::ok(json!(meta)),
+                    Some(Err(e)) => Response::error(e.to_string()),
+                    None => Response::error("the ledger is closed"),
+                }
+            }
+            Request::SnapshotRestore { agent, snapshot } => {
+                let (a2, s2) = (agent.clone(), snapshot.clone());
+                let meta = match self.ledger.call(move |l| l.snapshot(&a2, &s2).map(|s| s.meta)).await {
+                    Some(Ok(meta)) => meta,
+                    Some(Err(e)) => return Response::error(e.to_string()),
+                    None => return Response::error("the ledger is closed"),
+                };
+                // The child must be down while its workdir is rewritten, and
+                // must restart to load a restored conversation.
+                let running = self.agents.get(&agent).is_some_and(|a| a.child.is_some());
+                if running {
+                    if let Some(a) = self.agents.get_mut(&agent) {
+                        a.pending_restore = Some(meta.id.to_string());
+                    }
+                    self.stop_agent(&agent, AfterExit::StartAgain, self.cfg.shutdown_grace);
+                } else {
+                    self.restore_snapshot(&agent, meta.id.to_string()).await;
+                }
+                Response::ok(json!(meta))
+            }
             Request::Reload => match self.reload().await {
                 Ok(summary) => Response::ok(summary),
                 Err(e) => {
@@ -850,6 +892,20 @@ impl Supervisor {
                     Response::error(format!("config rejected; agents keep running:\n{e}"))
                 }
             },
+        }
+    }
+
+    async fn restore_snapshot(&mut self, agent: &str, which: String) {
+        let workdir = self.workdir(agent);
+        let name = agent.to_owned();
+        match self
+            .ledger
+            .call(move |l| snapshots::restore(l, &name, &workdir, &which))
+            .await
+        {
+            Some(Ok(meta)) => tracing::info!(agent, "restored {} snapshot {}", meta.kind.as_str(), meta.id),
+            Some(Err(e)) => tracing::error!(agent, "restoring a snapshot failed: {e}"),
+            None => {}
         }
     }
 

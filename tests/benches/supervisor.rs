@@ -59,7 +59,11 @@ fn run(n: usize) {
 
     let t0 = Instant::now();
     let mut child = Command::new(env!("CARGO_BIN_EXE_agentd"))
-        .args(["--state-dir", state.to_str().unwrap_or_default(), cfg.to_str().unwrap_or_default()])
+        .args([
+            "--state-dir",
+            state.to_str().unwrap_or_default(),
+            cfg.to_str().unwrap_or_default(),
+        ])
         .env("NOTIFY_SOCKET", &notify_path)
         .env("RUST_LOG", "warn")
         .stdin(Stdio::null())
@@ -74,6 +78,12 @@ fn run(n: usize) {
             Err(e) => panic!("no READY=1: {e}"),
         }
     };
+    // Keep draining: systemd always reads, and a full socket queue would
+    // block agentd's notifications.
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 4096];
+        while notify.recv(&mut buf).is_ok() {}
+    });
     // Let the children settle into idle before measuring memory.
     std::thread::sleep(Duration::from_millis(500));
     let sock = state.join(control::SOCKET_NAME);
@@ -82,19 +92,32 @@ fn run(n: usize) {
     let kids: Vec<Mem> = st.iter().filter_map(|a| a.pid).map(mem).collect();
     let sum = |f: fn(&Mem) -> u64| kids.iter().map(f).sum::<u64>();
     let total_pss = sup.pss + sum(|m| m.pss);
-    let per_child_uss = if kids.is_empty() { 0 } else { sum(|m| m.uss) / kids.len() as u64 };
-    let per_child_rss = if kids.is_empty() { 0 } else { sum(|m| m.rss) / kids.len() as u64 };
+    let per_child_uss = if kids.is_empty() {
+        0
+    } else {
+        sum(|m| m.uss) / kids.len() as u64
+    };
+    let per_child_rss = if kids.is_empty() {
+        0
+    } else {
+        sum(|m| m.rss) / kids.len() as u64
+    };
 
     // Reload latency: edit one agent, time until its new child is running.
     let mut reloads = Vec::new();
     for round in 0..5 {
         let old = status(&sock).into_iter().find(|a| a.name == "a0").and_then(|a| a.pid);
         let t = Instant::now();
-        std::fs::write(agents.join("a0.yaml"), format!("name: a0\nmodel: m\nsystem_prompt: round {round}\n"))
-            .expect("edit");
+        std::fs::write(
+            agents.join("a0.yaml"),
+            format!("name: a0\nmodel: m\nsystem_prompt: round {round}\n"),
+        )
+        .expect("edit");
         loop {
             let s = status(&sock);
-            if s.iter().any(|a| a.name == "a0" && a.state == "running" && a.pid.is_some() && a.pid != old) {
+            if s.iter()
+                .any(|a| a.name == "a0" && a.state == "running" && a.pid.is_some() && a.pid != old)
+            {
                 break;
             }
             assert!(t.elapsed() < Duration::from_secs(30), "reload never happened");
@@ -103,7 +126,10 @@ fn run(n: usize) {
         reloads.push(t.elapsed());
     }
     reloads.sort();
-    let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id() as i32), nix::sys::signal::Signal::SIGTERM);
+    let _ = nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    );
     let _ = child.wait();
 
     println!(

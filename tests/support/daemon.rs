@@ -21,31 +21,7 @@ impl Daemon {
     /// Starts agentd on `config` with `state_dir`; waits until its control
     /// socket answers.
     pub fn start(config: &Path, state_dir: &Path, envs: &[(&str, &str)]) -> Daemon {
-        let log = state_dir.with_extension("log");
-        std::fs::create_dir_all(state_dir).expect("state dir");
-        let log_file = std::fs::File::create(&log).expect("log file");
-        let mut cmd = agentd_cmd(&[
-            "--state-dir",
-            state_dir.to_str().unwrap_or_default(),
-            config.to_str().unwrap_or_default(),
-        ]);
-        cmd.env("RUST_LOG", "info")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(log_file);
-        for (k, v) in envs {
-            cmd.env(k, v);
-        }
-        let child = cmd.spawn().expect("spawn agentd");
-        let d = Daemon {
-            child,
-            state_dir: state_dir.to_owned(),
-            log,
-            seen: Default::default(),
-        };
-        let up = wait_for(Duration::from_secs(20), || d.try_request(&Request::Health).ok());
-        assert!(up.is_some(), "agentd did not come up; log:\n{}", d.log_text());
-        d
+        Daemon::start_with_args(config, state_dir, envs, &[])
     }
 
     pub fn log_text(&self) -> String {
@@ -139,5 +115,35 @@ impl Drop for Daemon {
                 );
             }
         }
+    }
+}
+
+impl Daemon {
+    /// Like [`Daemon::start`] with extra arguments before the config path.
+    pub fn start_with_args(config: &Path, state_dir: &Path, envs: &[(&str, &str)], args: &[&str]) -> Daemon {
+        let log = state_dir.with_extension("log");
+        std::fs::create_dir_all(state_dir).expect("state dir");
+        let log_file = std::fs::File::create(&log).expect("log file");
+        let mut all = vec!["--state-dir", state_dir.to_str().unwrap_or_default()];
+        all.extend_from_slice(args);
+        all.push(config.to_str().unwrap_or_default());
+        let mut cmd = agentd_cmd(&all);
+        cmd.env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log_file);
+        for (k, v) in envs {
+            cmd.env(k, v);
+        }
+        let child = cmd.spawn().expect("spawn agentd");
+        let d = Daemon {
+            child,
+            state_dir: state_dir.to_owned(),
+            log,
+            seen: Default::default(),
+        };
+        let up = wait_for(Duration::from_secs(20), || d.try_request(&Request::Health).ok());
+        assert!(up.is_some(), "agentd did not come up; log:\n{}", d.log_text());
+        d
     }
 }
