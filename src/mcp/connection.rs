@@ -471,50 +471,60 @@ async fn session(
     // `closed` must not be polled again once it has completed.
     let mut ended = false;
 
-    refresh_tools(&task.shared, &peer).await;
     let session_no = {
         let mut live = task.shared.live();
-        live.peer = Some(peer.clone());
         live.connects += 1;
         live.connects
     };
     let probe = http.then(|| spawn_probe(peer.clone(), notes_tx.clone(), session_no));
-    resync(task, subs, &peer, modern, notes_tx).await;
-    start_pollers(task, subs, &peer);
+    // A server that accepts the handshake but never answers tools/list or
+    // resources/list must not wedge this task: bound the setup.
+    let set_up = tokio::time::timeout(CONNECT_TIMEOUT, async {
+        refresh_tools(&task.shared, &peer).await;
+        task.shared.live().peer = Some(peer.clone());
+        resync(task, subs, &peer, modern, notes_tx).await;
+        start_pollers(task, subs, &peer);
+    })
+    .await
+    .is_ok();
     // Only now is the server fully set up: `McpHub::start` returning means
     // an update from here on is seen.
     task.shared.attempted.send_replace(true);
+    if !set_up {
+        tracing::warn!(server = %name, "MCP server did not answer its setup requests within {CONNECT_TIMEOUT:?}");
+    }
 
     let mut stop = task.shutdown.clone();
-    let lost = loop {
-        tokio::select! {
-            _ = &mut closed, if !ended => {
-                ended = true;
-                tracing::warn!(server = %name, "MCP server closed the connection");
-                break true;
-            }
-            _ = stopped(&mut stop) => break false,
-            Some(note) = notes.recv() => match note {
-                Note::Updated(uri) => trigger(subs, &uri, notes_tx),
-                Note::Flush(uri) => flush(task, subs, &peer, uri),
-                Note::ResourceListChanged => resync(task, subs, &peer, modern, notes_tx).await,
-                Note::ListenEnded => {
-                    subs.listened = None;
-                    resync(task, subs, &peer, modern, notes_tx).await;
-                }
-                Note::Dead(n) if n == session_no => {
-                    tracing::warn!(server = %name, "MCP server stopped answering ping; dropping the session");
+    let lost = !set_up
+        || loop {
+            tokio::select! {
+                _ = &mut closed, if !ended => {
+                    ended = true;
+                    tracing::warn!(server = %name, "MCP server closed the connection");
                     break true;
                 }
-                Note::Dead(_) => {}
-                Note::ToolListChanged => {
-                    refresh_tools(&task.shared, &peer).await;
-                    // A tool:// subscription may have found its tool.
-                    start_pollers(task, subs, &peer);
-                }
-            },
-        }
-    };
+                _ = stopped(&mut stop) => break false,
+                Some(note) = notes.recv() => match note {
+                    Note::Updated(uri) => trigger(subs, &uri, notes_tx),
+                    Note::Flush(uri) => flush(task, subs, &peer, uri),
+                    Note::ResourceListChanged => resync(task, subs, &peer, modern, notes_tx).await,
+                    Note::ListenEnded => {
+                        subs.listened = None;
+                        resync(task, subs, &peer, modern, notes_tx).await;
+                    }
+                    Note::Dead(n) if n == session_no => {
+                        tracing::warn!(server = %name, "MCP server stopped answering ping; dropping the session");
+                        break true;
+                    }
+                    Note::Dead(_) => {}
+                    Note::ToolListChanged => {
+                        refresh_tools(&task.shared, &peer).await;
+                        // A tool:// subscription may have found its tool.
+                        start_pollers(task, subs, &peer);
+                    }
+                },
+            }
+        };
     // Tool calls fail fast from here on, with a clear error.
     task.shared.live().peer = None;
     if let Some(probe) = probe {
