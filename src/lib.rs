@@ -13,6 +13,7 @@ pub mod llm;
 pub mod logging;
 pub mod mcp;
 pub mod protocol;
+pub mod repl;
 pub mod sandbox;
 pub mod schedule;
 pub mod supervisor;
