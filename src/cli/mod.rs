@@ -50,6 +50,30 @@ pub struct RunArgs {
     /// Record every model reply into DIR/AGENT.cassette.json, for `model: replay:PATH`.
     #[arg(long, value_name = "DIR")]
     pub record: Option<PathBuf>,
+    /// Read REPL lines from stdin even when it is not a terminal (the
+    /// default is a REPL only on a terminal).
+    #[arg(long, conflicts_with = "no_repl")]
+    pub repl: bool,
+    /// No REPL, even on a terminal.
+    #[arg(long)]
+    pub no_repl: bool,
+}
+
+impl RunArgs {
+    /// On with `--repl`, off with `--no-repl`, else on when stdin is a
+    /// terminal (so never under systemd, whose stdin is /dev/null).
+    pub fn repl_mode(&self) -> Option<crate::repl::Mode> {
+        use std::io::IsTerminal;
+        let terminal = std::io::stdin().is_terminal();
+        if self.no_repl || !(self.repl || terminal) {
+            return None;
+        }
+        Some(if terminal {
+            crate::repl::Mode::Terminal
+        } else {
+            crate::repl::Mode::Plain
+        })
+    }
 }
 
 /// Where a reader finds the ledger: `--config` or the global `--state-dir`.
@@ -81,6 +105,12 @@ pub enum Command {
     Restart(control::AgentArgs),
     /// Re-read the config and apply the differences (like SIGHUP).
     Reload(control::ReloadArgs),
+    /// Send a message to an agent (queued as a task); --wait prints the reply.
+    Send(control::SendArgs),
+    /// Pause an agent: its triggers queue up (coalesced) but do not run.
+    Pause(control::AgentArgs),
+    /// Resume a paused agent: what is queued runs.
+    Resume(control::AgentArgs),
     /// Try sandbox policies: run a command under a profile.
     #[command(subcommand)]
     Sandbox(SandboxCommand),
@@ -117,6 +147,13 @@ pub fn main() -> ExitCode {
             return ExitCode::from(e.exit_code().clamp(0, 255) as u8);
         }
     };
+    // A terminal REPL shares the screen with the logs: keep them to
+    // warnings unless RUST_LOG asks for more.
+    let terminal_repl = cli.command.is_none() && cli.run.repl_mode() == Some(crate::repl::Mode::Terminal);
+    if terminal_repl && std::env::var_os("RUST_LOG").is_none() {
+        // SAFETY: no other thread exists yet; the agent children inherit it.
+        unsafe { std::env::set_var("RUST_LOG", "warn") };
+    }
     logging::init(cli.global.log_format, "info");
     let result = match cli.command {
         Some(Command::Check { config }) => check::run(&config),
@@ -127,13 +164,16 @@ pub fn main() -> ExitCode {
         Some(Command::Stop(args)) => control::agent_request(&cli.global, &args, control::Verb::Stop),
         Some(Command::Restart(args)) => control::agent_request(&cli.global, &args, control::Verb::Restart),
         Some(Command::Reload(args)) => control::reload(&cli.global, &args),
+        Some(Command::Send(args)) => control::send(&cli.global, &args),
+        Some(Command::Pause(args)) => control::agent_request(&cli.global, &args, control::Verb::Pause),
+        Some(Command::Resume(args)) => control::agent_request(&cli.global, &args, control::Verb::Resume),
         Some(Command::Agent { name }) => crate::agent::main(&name),
         Some(Command::Sandbox(SandboxCommand::Run(args))) => {
             crate::sandbox::cli::run(&args).map(|code| ExitCode::from(code.clamp(0, 255) as u8))
         }
         Some(Command::McpWatch { dir, debounce_ms }) => mcp_watch(&dir, debounce_ms),
-        None => match cli.run.config {
-            Some(config) => run_daemon(&cli.global, &config, cli.run.record.as_deref()),
+        None => match cli.run.config.clone() {
+            Some(config) => run_daemon(&cli.global, &config, &cli.run),
             None => Err(anyhow::anyhow!("no config file given; usage: agentd CONFIG")),
         },
     };
@@ -146,7 +186,7 @@ pub fn main() -> ExitCode {
     }
 }
 
-fn run_daemon(global: &Global, config_path: &Path, record: Option<&Path>) -> anyhow::Result<ExitCode> {
+fn run_daemon(global: &Global, config_path: &Path, run: &RunArgs) -> anyhow::Result<ExitCode> {
     let mut cfg = match config::load(config_path) {
         Ok(c) => c,
         Err(errors) => {
@@ -157,14 +197,14 @@ fn run_daemon(global: &Global, config_path: &Path, record: Option<&Path>) -> any
     if let Some(dir) = &global.state_dir {
         cfg.state_dir = dir.clone();
     }
-    let record = match record {
+    let record = match run.record.as_deref() {
         Some(dir) => {
             std::fs::create_dir_all(dir).map_err(|e| anyhow::anyhow!("cannot create {}: {e}", dir.display()))?;
             Some(std::path::absolute(dir)?)
         }
         None => None,
     };
-    crate::supervisor::run(cfg, record)
+    crate::supervisor::run(cfg, record, run.repl_mode())
 }
 
 fn mcp_watch(dir: &Path, debounce_ms: Option<u64>) -> anyhow::Result<ExitCode> {

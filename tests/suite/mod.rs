@@ -4,6 +4,7 @@ mod ledger;
 mod llm;
 mod mcp;
 mod runtime;
+mod repl;
 mod sandbox;
 mod supervisor;
 mod systemd_unit;
