@@ -6,5 +6,6 @@ mod mcp;
 mod runtime;
 mod repl;
 mod sandbox;
+mod schedule;
 mod supervisor;
 mod systemd_unit;
