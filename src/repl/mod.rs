@@ -163,9 +163,14 @@ pub fn labelled(agent: &str, line: &str) -> String {
     format!("{agent}: {line}")
 }
 
+/// How long agentd, stopping, waits for the last output lines to be written.
+const DRAIN: std::time::Duration = std::time::Duration::from_secs(2);
+
 /// The supervisor's handle on the REPL: where output goes.
 pub struct Repl {
-    out: std_mpsc::Sender<String>,
+    out: Option<std_mpsc::Sender<String>>,
+    /// Hears from the writer thread when it has written everything.
+    drained: std_mpsc::Receiver<()>,
     terminal: Option<terminal::Restore>,
 }
 
@@ -180,21 +185,41 @@ impl Repl {
         inputs: mpsc::UnboundedSender<Input>,
     ) -> std::io::Result<Repl> {
         let (out, lines) = std_mpsc::channel::<String>();
+        let (done, drained) = std_mpsc::channel::<()>();
         let terminal = match mode {
-            Mode::Terminal => Some(terminal::start(first_prompt, history, inputs, lines)?),
+            Mode::Terminal => Some(terminal::start(first_prompt, history, inputs, lines, done)?),
             Mode::Plain => {
-                start_plain(inputs, lines)?;
+                start_plain(inputs, lines, done)?;
                 None
             }
         };
-        Ok(Repl { out, terminal })
+        Ok(Repl {
+            out: Some(out),
+            drained,
+            terminal,
+        })
+    }
+
+    pub fn is_terminal(&self) -> bool {
+        self.terminal.is_some()
     }
 
     /// Prints one line (without its newline) above the prompt.
     pub fn print(&self, line: String) {
         // The writer thread ends only with the process; a failed send means
         // it died on a closed stdout, and then nobody is reading anyway.
-        let _ = self.out.send(line);
+        if let Some(out) = &self.out {
+            let _ = out.send(line);
+        }
+    }
+
+    /// At exit: lets the writer finish what is queued (a reply that came
+    /// in just before the end), for a bounded time, then restores the
+    /// terminal.
+    pub fn finish(&mut self) {
+        self.out = None;
+        let _ = self.drained.recv_timeout(DRAIN);
+        self.restore_terminal();
     }
 
     /// Puts the terminal back as it was: the process may exit while the
@@ -207,7 +232,11 @@ impl Repl {
 }
 
 /// Piped stdin: plain lines in, plain lines out, no prompt.
-fn start_plain(inputs: mpsc::UnboundedSender<Input>, lines: std_mpsc::Receiver<String>) -> std::io::Result<()> {
+fn start_plain(
+    inputs: mpsc::UnboundedSender<Input>,
+    lines: std_mpsc::Receiver<String>,
+    done: std_mpsc::Sender<()>,
+) -> std::io::Result<()> {
     std::thread::Builder::new().name("repl-out".into()).spawn(move || {
         use std::io::Write;
         let stdout = std::io::stdout();
@@ -217,6 +246,7 @@ fn start_plain(inputs: mpsc::UnboundedSender<Input>, lines: std_mpsc::Receiver<S
                 break;
             }
         }
+        let _ = done.send(());
     })?;
     std::thread::Builder::new().name("repl-in".into()).spawn(move || {
         use std::io::BufRead;

@@ -33,6 +33,7 @@ pub fn start(
     history: PathBuf,
     inputs: mpsc::UnboundedSender<Input>,
     lines: std_mpsc::Receiver<String>,
+    done: std_mpsc::Sender<()>,
 ) -> std::io::Result<Restore> {
     let saved = termios::tcgetattr(std::io::stdin()).ok();
     // The editor lives on the reading thread; the printer it hands out goes
@@ -53,7 +54,7 @@ pub fn start(
             }
         };
         let printer = editor.create_external_printer().ok();
-        if let Err(e) = spawn_writer(printer, lines) {
+        if let Err(e) = spawn_writer(printer, lines, done) {
             tracing::error!("the REPL cannot start its output thread ({e}); it is off");
             let _ = inputs.send(Input::Closed);
             return;
@@ -93,6 +94,7 @@ pub fn start(
 fn spawn_writer(
     printer: Option<impl ExternalPrinter + Send + 'static>,
     lines: std_mpsc::Receiver<String>,
+    done: std_mpsc::Sender<()>,
 ) -> std::io::Result<()> {
     std::thread::Builder::new().name("repl-out".into()).spawn(move || {
         let mut printer = printer;
@@ -109,6 +111,7 @@ fn spawn_writer(
                 break;
             }
         }
+        let _ = done.send(());
     })?;
     Ok(())
 }

@@ -296,8 +296,8 @@ async fn run_async(cfg: Config, record: Option<PathBuf>, repl_mode: Option<repl:
     };
     // Release the socket first, so clients see "not running", not a hang.
     let _ = std::fs::remove_file(&socket);
-    if let Some(c) = &sup.console {
-        c.repl.restore_terminal();
+    if let Some(c) = &mut sup.console {
+        c.repl.finish();
     }
     let _ = sup.ledger.call(|l| l.checkpoint()).await;
     tracing::info!("agentd stopped");

@@ -39,6 +39,10 @@ impl Supervisor {
         match input {
             Input::Closed => {
                 tracing::info!("REPL input ended: the REPL is closed, agentd keeps running");
+                // On a terminal the logs are quiet; say it where the person looks.
+                if self.console.as_ref().is_some_and(|c| c.repl.is_terminal()) {
+                    self.say("REPL closed; agentd keeps running (Ctrl-C or SIGTERM stops it)".into());
+                }
             }
             Input::Line { text, answer } => {
                 let quit = self.repl_line(&text).await;

@@ -281,3 +281,54 @@ fn send_wait_prints_the_reply_and_send_alone_prints_the_task() {
     assert_eq!(out.status.code(), Some(1));
     assert!(stderr(&out).contains("no agent named \"nobody\""), "{}", stderr(&out));
 }
+
+#[test]
+fn repl_pause_resume_status_and_tasks_commands() {
+    let llm = LlmServer::start(vec![Reply::stream_text(&["Resumed and answering."])]);
+    let dir = tempdir();
+    let config = two_agents(dir.path(), &llm.base_url());
+    let state = dir.path().join("state");
+    let mut r = PipedRepl::start(&config, &state, &[("TEST_LLM_KEY", KEY)]);
+    r.daemon.running_pid("news");
+
+    r.line("/pause");
+    r.wait_line("news paused: its triggers queue up; /resume news runs them");
+    r.line("hello?");
+    let lines = r.wait_until("the queued note", |l| l.len() >= 2);
+    assert!(
+        lines[1].starts_with("news: (news is paused; /resume news runs it: task "),
+        "{lines:#?}"
+    );
+    assert_eq!(llm.request_count(), 0, "a paused agent runs nothing");
+    assert!(r.daemon.agent("news").is_some_and(|a| a.paused && a.queued == 1));
+
+    r.line("/status");
+    let lines = r.wait_until("the status table", |l| l.iter().any(|x| x.starts_with("news ")));
+    let news = lines.iter().find(|x| x.starts_with("news ")).cloned().unwrap_or_default();
+    assert!(news.contains("paused"), "{news}");
+    assert!(lines.iter().any(|x| x.starts_with("AGENT ")), "{lines:#?}");
+
+    r.line("/resume news");
+    r.wait_line("news resumed");
+    r.wait_line("news: Resumed and answering.");
+    r.line("/tasks");
+    let lines = r.wait_until("the task list", |l| l.iter().any(|x| x.starts_with("#")));
+    let row = lines.iter().find(|x| x.starts_with('#')).cloned().unwrap_or_default();
+    assert!(row.contains("succeeded") && row.contains("message") && row.contains("hello?"), "{row}");
+}
+
+#[test]
+fn repl_quit_stops_agentd_after_the_reply_in_flight() {
+    let llm = LlmServer::start(vec![Reply::stream_text(&["Last ", "words."])]);
+    let dir = tempdir();
+    let config = two_agents(dir.path(), &llm.base_url());
+    let state = dir.path().join("state");
+    let mut r = PipedRepl::start(&config, &state, &[("TEST_LLM_KEY", KEY)]);
+    r.daemon.running_pid("news");
+    r.daemon.running_pid("mail");
+    r.line("say goodbye");
+    r.line("/quit");
+    let status = r.daemon.wait_exit(Duration::from_secs(20));
+    assert_eq!(status.code(), Some(0));
+    r.wait_line("news: Last words.");
+}
