@@ -110,10 +110,19 @@ pub fn send(global: &Global, args: &SendArgs) -> anyhow::Result<ExitCode> {
         text: args.text.clone(),
         wait: args.wait,
     };
-    let timeout = if args.wait { args.timeout } else { Duration::from_secs(30) };
+    let timeout = if args.wait {
+        args.timeout
+    } else {
+        Duration::from_secs(30)
+    };
     let v = call(global, &args.ledger, &req, timeout).map_err(|e| match e.downcast_ref::<client::ClientError>() {
-        Some(client::ClientError::Io(io)) if io.kind() == std::io::ErrorKind::WouldBlock || io.kind() == std::io::ErrorKind::TimedOut => {
-            anyhow::anyhow!("no reply within {}; the task keeps running (agentd tasks shows it)", humantime::format_duration(timeout))
+        Some(client::ClientError::Io(io))
+            if io.kind() == std::io::ErrorKind::WouldBlock || io.kind() == std::io::ErrorKind::TimedOut =>
+        {
+            anyhow::anyhow!(
+                "no reply within {}; the task keeps running (agentd tasks shows it)",
+                humantime::format_duration(timeout)
+            )
         }
         _ => e,
     })?;
@@ -122,11 +131,19 @@ pub fn send(global: &Global, args: &SendArgs) -> anyhow::Result<ExitCode> {
     }
     let r: SendResult = serde_json::from_value(v)?;
     if args.json {
-        return Ok(if r.state == "failed" || r.state == "cancelled" { ExitCode::FAILURE } else { ExitCode::SUCCESS });
+        return Ok(if r.state == "failed" || r.state == "cancelled" {
+            ExitCode::FAILURE
+        } else {
+            ExitCode::SUCCESS
+        });
     }
     match r.state.as_str() {
         "queued" => {
-            let paused = if r.paused { " (the agent is paused: it runs on resume)" } else { "" };
+            let paused = if r.paused {
+                " (the agent is paused: it runs on resume)"
+            } else {
+                ""
+            };
             println!("task {} queued for {}{paused}", r.task, r.agent);
             Ok(ExitCode::SUCCESS)
         }
@@ -135,7 +152,11 @@ pub fn send(global: &Global, args: &SendArgs) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         state => {
-            eprintln!("task {} {state}: {}", r.task, r.error.unwrap_or_else(|| "no reason given".into()));
+            eprintln!(
+                "task {} {state}: {}",
+                r.task,
+                r.error.unwrap_or_else(|| "no reason given".into())
+            );
             Ok(ExitCode::FAILURE)
         }
     }

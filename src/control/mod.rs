@@ -24,9 +24,15 @@ pub enum Request {
     DescribeInterface,
     Health,
     Status,
-    Start { agent: String },
-    Stop { agent: String },
-    Restart { agent: String },
+    Start {
+        agent: String,
+    },
+    Stop {
+        agent: String,
+    },
+    Restart {
+        agent: String,
+    },
     Reload,
     /// A message to an agent: queued as a task like any other trigger.
     Send {
@@ -36,8 +42,12 @@ pub enum Request {
         #[serde(default)]
         wait: bool,
     },
-    Pause { agent: String },
-    Resume { agent: String },
+    Pause {
+        agent: String,
+    },
+    Resume {
+        agent: String,
+    },
 }
 
 impl Request {

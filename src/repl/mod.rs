@@ -34,7 +34,10 @@ pub enum Mode {
 #[derive(Debug)]
 pub enum Input {
     /// A line as typed; the supervisor answers on `answer` once handled.
-    Line { text: String, answer: oneshot::Sender<Answer> },
+    Line {
+        text: String,
+        answer: oneshot::Sender<Answer>,
+    },
     /// End of input: the REPL is closed (agentd keeps running).
     Closed,
 }
@@ -52,7 +55,10 @@ pub struct Answer {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Command {
     /// A message: to `agent`, or to the current agent when `None`.
-    Say { agent: Option<String>, text: String },
+    Say {
+        agent: Option<String>,
+        text: String,
+    },
     Use(String),
     Agents,
     Status,

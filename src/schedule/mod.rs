@@ -115,7 +115,8 @@ impl Schedule {
     /// `t` as written into tasks and status: RFC 3339 in the schedule's
     /// timezone, so a person reads the local time it was meant for.
     pub fn format(&self, t: DateTime<Utc>) -> String {
-        t.with_timezone(&self.tz).to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+        t.with_timezone(&self.tz)
+            .to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
     }
 
     /// The trigger for the occurrence at `at`.
@@ -136,7 +137,12 @@ pub fn parse_time(s: &str) -> Option<DateTime<Utc>> {
 /// `schedule:CRON@TZ#HASH`: readable in `agentd tasks`, and the prompt's
 /// hash keeps two schedules with the same cron apart.
 fn dedupe_key(spec: &ScheduleSpec) -> String {
-    format!("schedule:{}@{}#{:016x}", spec.cron, spec.timezone, fnv1a(spec.prompt.as_bytes()))
+    format!(
+        "schedule:{}@{}#{:016x}",
+        spec.cron,
+        spec.timezone,
+        fnv1a(spec.prompt.as_bytes())
+    )
 }
 
 /// FNV-1a: tiny and stable across Rust versions and builds, unlike

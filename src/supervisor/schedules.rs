@@ -39,7 +39,10 @@ impl Supervisor {
                     continue;
                 }
             };
-            if let Some(i) = old.iter().position(|o| o.schedule.dedupe_key() == schedule.dedupe_key()) {
+            if let Some(i) = old
+                .iter()
+                .position(|o| o.schedule.dedupe_key() == schedule.dedupe_key())
+            {
                 armed.push(old.swap_remove(i));
                 continue;
             }
@@ -73,7 +76,9 @@ impl Supervisor {
             }
             None => return,
         };
-        let Some(missed) = schedule.missed(last, now) else { return };
+        let Some(missed) = schedule.missed(last, now) else {
+            return;
+        };
         tracing::info!(
             agent = name,
             "schedule {:?} missed {}{} run(s) while agentd was down; one catch-up task for {}",
@@ -140,7 +145,9 @@ impl Supervisor {
     }
 
     pub(super) fn schedule_status(&self, name: &str) -> Vec<ScheduleStatus> {
-        let Some(a) = self.agents.get(name) else { return Vec::new() };
+        let Some(a) = self.agents.get(name) else {
+            return Vec::new();
+        };
         a.schedules
             .iter()
             .map(|s| ScheduleStatus {

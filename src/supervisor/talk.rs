@@ -118,7 +118,11 @@ impl Supervisor {
                     .agents
                     .iter()
                     .map(|(name, a)| {
-                        let mark = if current.as_deref() == Some(name.as_str()) { '*' } else { ' ' };
+                        let mark = if current.as_deref() == Some(name.as_str()) {
+                            '*'
+                        } else {
+                            ' '
+                        };
                         let paused = if a.paused { ", paused" } else { "" };
                         format!("{mark} {name} ({}{paused})", a.state.as_str())
                     })
@@ -141,7 +145,9 @@ impl Supervisor {
             Command::Pause(name) => {
                 let r = self.current_or(name).and_then(|n| self.pause(&n).map(|()| n));
                 match r {
-                    Ok(name) => self.say(format!("{name} paused: its triggers queue up; /resume {name} runs them")),
+                    Ok(name) => self.say(format!(
+                        "{name} paused: its triggers queue up; /resume {name} runs them"
+                    )),
                     Err(e) => self.say_error(e),
                 }
             }
@@ -183,7 +189,12 @@ impl Supervisor {
             Some(Ok(tasks)) => {
                 for t in tasks.iter().rev() {
                     let what = t.trigger().map(|tr| tr.summary()).unwrap_or_default();
-                    self.say(format!("#{:<5} {:<9} {:<8} {what}", t.id, t.state.as_str(), t.trigger_kind));
+                    self.say(format!(
+                        "#{:<5} {:<9} {:<8} {what}",
+                        t.id,
+                        t.state.as_str(),
+                        t.trigger_kind
+                    ));
                 }
             }
             Some(Err(e)) => self.say_error(e),
@@ -332,7 +343,10 @@ impl Supervisor {
                 lines.extend(result.unwrap_or_default().lines().map(str::to_owned));
             }
             if state != TaskState::Succeeded {
-                lines.push(format!("error: task {task} {state}: {}", error.unwrap_or("no reason given")));
+                lines.push(format!(
+                    "error: task {task} {state}: {}",
+                    error.unwrap_or("no reason given")
+                ));
             }
             for l in lines {
                 self.say(labelled(&w.agent, &l));
@@ -357,7 +371,10 @@ impl Supervisor {
             self.on_task_end(agent, task, state, None, Some(cause));
         } else if let Some(w) = self.watched.get_mut(&task) {
             w.buf = LineBuffer::default();
-            self.say(labelled(agent, &format!("(interrupted: {cause}; task {task} will run again)")));
+            self.say(labelled(
+                agent,
+                &format!("(interrupted: {cause}; task {task} will run again)"),
+            ));
         }
     }
 }

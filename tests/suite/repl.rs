@@ -110,7 +110,10 @@ fn repl_on_piped_stdin_talks_to_two_agents_with_labelled_streamed_replies() {
     // can answer "what did you just do?".
     let third = conversation(&reqs[2].json());
     assert!(third.contains("any mail?") && third.contains("No new mail."), "{third}");
-    assert!(!third.contains("hello news"), "mail does not see news's conversation: {third}");
+    assert!(
+        !third.contains("hello news"),
+        "mail does not see news's conversation: {third}"
+    );
 
     // Each message is a task like any other: ledger, journal, snapshot.
     let ts = wait_for(Duration::from_secs(10), || {
@@ -164,7 +167,10 @@ fn repl_errors_are_one_line_and_end_of_input_leaves_the_daemon_running() {
         r.daemon.log_text().contains("REPL input ended").then_some(())
     })
     .unwrap_or_else(|| panic!("no sign of the REPL closing; log:\n{}", r.daemon.log_text()));
-    assert!(r.daemon.child.try_wait().expect("try_wait").is_none(), "agentd exited at end of input");
+    assert!(
+        r.daemon.child.try_wait().expect("try_wait").is_none(),
+        "agentd exited at end of input"
+    );
     let out = agentd(&[
         "send",
         "--state-dir",
@@ -175,7 +181,7 @@ fn repl_errors_are_one_line_and_end_of_input_leaves_the_daemon_running() {
     ]);
     assert!(out.status.success(), "{}", stderr(&out));
     assert_eq!(stdout(&out), "still here\n");
-    assert_eq!(r.daemon.request(&Request::Health).ok, true);
+    assert!(r.daemon.request(&Request::Health).ok);
 }
 
 #[test]
@@ -229,7 +235,10 @@ fn repl_in_a_terminal_shows_the_current_agent_and_honours_line_editing() {
         t.daemon.log_text().contains("REPL input ended").then_some(())
     })
     .unwrap_or_else(|| panic!("no sign of the REPL closing; log:\n{}", t.daemon.log_text()));
-    assert!(t.daemon.child.try_wait().expect("try_wait").is_none(), "agentd exited at Ctrl-D");
+    assert!(
+        t.daemon.child.try_wait().expect("try_wait").is_none(),
+        "agentd exited at Ctrl-D"
+    );
     assert!(t.daemon.request(&Request::Health).ok);
 }
 
@@ -304,7 +313,11 @@ fn repl_pause_resume_status_and_tasks_commands() {
 
     r.line("/status");
     let lines = r.wait_until("the status table", |l| l.iter().any(|x| x.starts_with("news ")));
-    let news = lines.iter().find(|x| x.starts_with("news ")).cloned().unwrap_or_default();
+    let news = lines
+        .iter()
+        .find(|x| x.starts_with("news "))
+        .cloned()
+        .unwrap_or_default();
     assert!(news.contains("paused"), "{news}");
     assert!(lines.iter().any(|x| x.starts_with("AGENT ")), "{lines:#?}");
 
@@ -314,7 +327,10 @@ fn repl_pause_resume_status_and_tasks_commands() {
     r.line("/tasks");
     let lines = r.wait_until("the task list", |l| l.iter().any(|x| x.starts_with("#")));
     let row = lines.iter().find(|x| x.starts_with('#')).cloned().unwrap_or_default();
-    assert!(row.contains("succeeded") && row.contains("message") && row.contains("hello?"), "{row}");
+    assert!(
+        row.contains("succeeded") && row.contains("message") && row.contains("hello?"),
+        "{row}"
+    );
 }
 
 #[test]

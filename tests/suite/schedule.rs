@@ -100,11 +100,18 @@ fn schedule_every_second_fires_repeatedly_and_status_shows_the_next_run() {
         assert_eq!(at.timestamp_subsec_millis(), 0, "occurrences are whole seconds");
         // Recorded when due, give or take a loaded machine.
         let lag = t.created_at - at.timestamp_millis();
-        assert!((-1000..5000).contains(&lag), "task {} recorded {lag} ms after its time", t.id);
+        assert!(
+            (-1000..5000).contains(&lag),
+            "task {} recorded {lag} ms after its time",
+            t.id
+        );
     }
     let req = llm.requests()[0].json();
     let asked = req["messages"].to_string();
-    assert!(asked.contains("Say the time.") && asked.contains("cron `* * * * * *`"), "{asked}");
+    assert!(
+        asked.contains("Say the time.") && asked.contains("cron `* * * * * *`"),
+        "{asked}"
+    );
 }
 
 #[test]
@@ -132,7 +139,8 @@ fn missed_runs_during_downtime_become_exactly_one_catch_up_task() {
         let id = l.enqueue("clock", &trigger, None).expect("enqueue").id();
         let t = l.claim_next("clock", "old:1").expect("claim").expect("a task");
         assert_eq!(t.id, id);
-        l.finish(id, "old:1", TaskState::Succeeded, Some("done"), None).expect("finish");
+        l.finish(id, "old:1", TaskState::Succeeded, Some("done"), None)
+            .expect("finish");
     }
 
     let d = Daemon::start(&cfg, &state, &[("TEST_LLM_KEY", KEY)]);

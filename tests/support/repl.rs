@@ -61,8 +61,7 @@ pub struct PipedRepl {
 
 impl PipedRepl {
     pub fn start(config: &Path, state_dir: &Path, envs: &[(&str, &str)]) -> PipedRepl {
-        let mut daemon =
-            Daemon::start_with_stdio(config, state_dir, envs, &["--repl"], Stdio::piped(), Stdio::piped());
+        let mut daemon = Daemon::start_with_stdio(config, state_dir, envs, &["--repl"], Stdio::piped(), Stdio::piped());
         let stdin = daemon.child.stdin.take();
         let stdout = daemon.child.stdout.take().expect("piped stdout");
         let out = Output::default();
@@ -73,7 +72,9 @@ impl PipedRepl {
     /// Writes one line to agentd's stdin.
     pub fn line(&mut self, text: &str) {
         let stdin = self.stdin.as_mut().expect("stdin is open");
-        stdin.write_all(format!("{text}\n").as_bytes()).expect("write to agentd's stdin");
+        stdin
+            .write_all(format!("{text}\n").as_bytes())
+            .expect("write to agentd's stdin");
         stdin.flush().expect("flush agentd's stdin");
     }
 
