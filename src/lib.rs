@@ -16,4 +16,6 @@ pub mod protocol;
 pub mod repl;
 pub mod sandbox;
 pub mod schedule;
+pub mod snapshots;
+pub mod state_dir;
 pub mod supervisor;

@@ -3,6 +3,7 @@
 
 mod check;
 mod control;
+mod snapshot;
 mod tasks;
 
 use std::path::{Path, PathBuf};
@@ -111,6 +112,9 @@ pub enum Command {
     Pause(control::AgentArgs),
     /// Resume a paused agent: what is queued runs.
     Resume(control::AgentArgs),
+    /// Conversation and workspace snapshots of an agent.
+    #[command(subcommand)]
+    Snapshot(snapshot::SnapshotCommand),
     /// Try sandbox policies: run a command under a profile.
     #[command(subcommand)]
     Sandbox(SandboxCommand),
@@ -154,7 +158,8 @@ pub fn main() -> ExitCode {
         // SAFETY: no other thread exists yet; the agent children inherit it.
         unsafe { std::env::set_var("RUST_LOG", "warn") };
     }
-    logging::init(cli.global.log_format, "info");
+    // rmcp narrates every message at info; its warnings are what matter.
+    logging::init(cli.global.log_format, "info,rmcp=warn");
     let result = match cli.command {
         Some(Command::Check { config }) => check::run(&config),
         Some(Command::Tasks(args)) => tasks::list(&cli.global, &args),
@@ -168,6 +173,7 @@ pub fn main() -> ExitCode {
         Some(Command::Pause(args)) => control::agent_request(&cli.global, &args, control::Verb::Pause),
         Some(Command::Resume(args)) => control::agent_request(&cli.global, &args, control::Verb::Resume),
         Some(Command::Agent { name }) => crate::agent::main(&name),
+        Some(Command::Snapshot(cmd)) => snapshot::run(&cli.global, &cmd),
         Some(Command::Sandbox(SandboxCommand::Run(args))) => {
             crate::sandbox::cli::run(&args).map(|code| ExitCode::from(code.clamp(0, 255) as u8))
         }
@@ -204,7 +210,7 @@ fn run_daemon(global: &Global, config_path: &Path, run: &RunArgs) -> anyhow::Res
         }
         None => None,
     };
-    crate::supervisor::run(cfg, record, run.repl_mode())
+    crate::supervisor::run(cfg, record, global.state_dir.is_some(), run.repl_mode())
 }
 
 fn mcp_watch(dir: &Path, debounce_ms: Option<u64>) -> anyhow::Result<ExitCode> {

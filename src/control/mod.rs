@@ -48,6 +48,16 @@ pub enum Request {
     Resume {
         agent: String,
     },
+    /// Archive the agent's workdir as a workspace snapshot.
+    SnapshotCreate {
+        agent: String,
+        label: Option<String>,
+    },
+    /// Restore a snapshot (id or label); the agent restarts to pick it up.
+    SnapshotRestore {
+        agent: String,
+        snapshot: String,
+    },
 }
 
 impl Request {
@@ -71,6 +81,8 @@ impl Request {
                 },
                 "Pause": {"params": {"agent": "name"}, "result": "the agent's status; its triggers queue (coalesced) but do not run"},
                 "Resume": {"params": {"agent": "name"}, "result": "the agent's status; what is queued runs"},
+                "SnapshotCreate": {"params": {"agent": "name", "label": "optional"}, "result": "the snapshot's id, kind, label, size"},
+                "SnapshotRestore": {"params": {"agent": "name", "snapshot": "id or label"}, "result": "the restored snapshot; the agent restarts"},
             }
         })
     }

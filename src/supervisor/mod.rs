@@ -21,7 +21,7 @@ mod talk;
 mod watch;
 
 use std::collections::{BTreeMap, HashMap};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
@@ -36,6 +36,7 @@ use crate::control::{self, AgentStatus, Request, Response};
 use crate::ledger::{self, Ledger, LedgerError, SnapshotKind, TaskState};
 use crate::protocol::{FromChild, PROTOCOL_VERSION, ToChild};
 use crate::repl::{self, Repl};
+use crate::snapshots;
 use child::ChildHandle;
 use ledger_thread::LedgerThread;
 use restart::{Decision, Exit, Restarts};
@@ -133,6 +134,8 @@ struct Agent {
     /// Paused: triggers queue up, nothing is dispatched.
     paused: bool,
     schedules: Vec<Armed>,
+    /// A snapshot to restore once the child has stopped, before it restarts.
+    pending_restore: Option<String>,
 }
 
 impl Agent {
@@ -152,6 +155,7 @@ impl Agent {
             generation: 0,
             paused: false,
             schedules: Vec::new(),
+            pending_restore: None,
         }
     }
 }
@@ -173,23 +177,37 @@ pub struct Supervisor {
     /// REPL tasks whose replies stream to the REPL.
     watched: HashMap<i64, Watched>,
     waiters: Waiters,
+    /// `--state-dir` was given: the config's `state_dir` does not apply.
+    state_dir_overridden: bool,
 }
 
 /// Runs the supervisor until it is stopped; the process's exit code.
 /// `record`: record every agent's model replies into cassettes in this dir.
 /// `repl`: run the REPL on stdin, in this mode.
-pub fn run(cfg: Config, record: Option<PathBuf>, repl: Option<repl::Mode>) -> anyhow::Result<ExitCode> {
+/// `state_dir_overridden`: `--state-dir` was given, so the config's `state_dir` does not apply.
+pub fn run(
+    cfg: Config,
+    record: Option<PathBuf>,
+    state_dir_overridden: bool,
+    repl: Option<repl::Mode>,
+) -> anyhow::Result<ExitCode> {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .context("starting the runtime")?;
-    rt.block_on(run_async(cfg, record, repl))
+    rt.block_on(run_async(cfg, record, state_dir_overridden, repl))
 }
 
-async fn run_async(cfg: Config, record: Option<PathBuf>, repl_mode: Option<repl::Mode>) -> anyhow::Result<ExitCode> {
+async fn run_async(
+    cfg: Config,
+    record: Option<PathBuf>,
+    state_dir_overridden: bool,
+    repl_mode: Option<repl::Mode>,
+) -> anyhow::Result<ExitCode> {
     std::fs::create_dir_all(&cfg.state_dir)
         .with_context(|| format!("cannot create state dir {}", cfg.state_dir.display()))?;
-    let _lock = lock_state_dir(&cfg.state_dir)?;
+    // One supervisor per state dir: two would both run the same tasks.
+    let _lock = crate::state_dir::lock(&cfg.state_dir)?;
     let ledger = Ledger::open(&cfg.state_dir.join(ledger::FILE_NAME))?;
     let ledger = LedgerThread::start(ledger).context("starting the ledger thread")?;
 
@@ -215,6 +233,7 @@ async fn run_async(cfg: Config, record: Option<PathBuf>, repl_mode: Option<repl:
         console: None,
         watched: HashMap::new(),
         waiters: HashMap::new(),
+        state_dir_overridden,
         cfg,
     };
     sup.recover_orphaned_tasks().await;
@@ -311,23 +330,6 @@ async fn sleep_until_opt(t: Option<tokio::time::Instant>) {
     }
 }
 
-/// One supervisor per state dir: two would both run the same tasks.
-fn lock_state_dir(dir: &Path) -> anyhow::Result<nix::fcntl::Flock<std::fs::File>> {
-    let path = dir.join("agentd.lock");
-    let file = std::fs::OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(&path)
-        .with_context(|| format!("cannot open {}", path.display()))?;
-    nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusiveNonblock).map_err(|(_, e)| {
-        anyhow::anyhow!(
-            "another agentd is already running with state dir {} ({e})",
-            dir.display()
-        )
-    })
-}
-
 impl Supervisor {
     /// Tasks a previous agentd left running go back in the queue (or fail
     /// once their attempts are spent): never lost, never run twice at once.
@@ -370,7 +372,7 @@ impl Supervisor {
     }
 
     fn workdir(&self, agent: &str) -> PathBuf {
-        self.cfg.state_dir.join("agents").join(agent).join("work")
+        crate::state_dir::workdir(&self.cfg.state_dir, agent)
     }
 
     async fn start_agent(&mut self, name: &str) {
@@ -595,6 +597,12 @@ impl Supervisor {
                 }
                 let agent = name.to_owned();
                 let state = if state.is_final() { state } else { TaskState::Failed };
+                // One line of what the model said (or what went wrong) for the log.
+                let summary = result
+                    .as_deref()
+                    .or(error.as_deref())
+                    .and_then(|t| t.lines().find(|l| !l.trim().is_empty()));
+                let summary = summary.map(|l| l.chars().take(200).collect::<String>());
                 // Shown and answered after the write, so whoever hears of the
                 // end finds it in the ledger.
                 let (shown_result, shown_error) = (result.clone(), error.clone());
@@ -612,7 +620,8 @@ impl Supervisor {
                 if let Some(Err(e)) = r {
                     tracing::error!(agent = name, "cannot record the end of task {task}: {e}");
                 }
-                tracing::info!(agent = name, "task {task} {state}");
+                let said = summary.map(|s| format!(": {s}")).unwrap_or_default();
+                tracing::info!(agent = name, "task {task} {state}{said}");
                 self.on_task_end(name, task, state, shown_result.as_deref(), shown_error.as_deref());
                 if let Some(a) = self.agents.get_mut(name) {
                     a.running = None;
@@ -672,6 +681,9 @@ impl Supervisor {
             AfterExit::StayDown => a.state = State::Stopped,
             AfterExit::StartAgain if !stopping => {
                 a.restarts.reset();
+                if let Some(which) = a.pending_restore.take() {
+                    self.restore_snapshot(name, which).await;
+                }
                 self.start_agent(name).await;
             }
             AfterExit::StartAgain => a.state = State::Stopped,
@@ -798,14 +810,14 @@ impl Supervisor {
                 return Err(errors.to_string());
             }
         };
-        if new.state_dir != self.cfg.state_dir {
+        if new.state_dir != self.cfg.state_dir && !self.state_dir_overridden {
             tracing::warn!(
                 "state_dir changed to {}; that takes a restart of agentd (keeping {})",
                 new.state_dir.display(),
                 self.cfg.state_dir.display()
             );
-            new.state_dir = self.cfg.state_dir.clone();
         }
+        new.state_dir = self.cfg.state_dir.clone();
         let (mut added, mut removed, mut restarted, mut unchanged) = (vec![], vec![], vec![], vec![]);
         let old_names: Vec<String> = self.agents.keys().cloned().collect();
         for name in old_names {
@@ -871,6 +883,8 @@ impl Supervisor {
             | Request::Restart { agent }
             | Request::Pause { agent }
             | Request::Resume { agent }
+            | Request::SnapshotCreate { agent, .. }
+            | Request::SnapshotRestore { agent, .. }
                 if !self.agents.contains_key(&agent) =>
             {
                 Response::error(format!("no agent named {agent:?}"))
@@ -914,6 +928,38 @@ impl Supervisor {
             // Answered in `on_control`, which may hold the reply until the
             // task ends.
             Request::Send { .. } => Response::error("internal: Send is handled before control()"),
+            Request::SnapshotCreate { agent, label } => {
+                let workdir = self.workdir(&agent);
+                let r = self
+                    .ledger
+                    .call(move |l| snapshots::create(l, &agent, &workdir, label.as_deref()))
+                    .await;
+                match r {
+                    Some(Ok(meta)) => Response::ok(json!(meta)),
+                    Some(Err(e)) => Response::error(e.to_string()),
+                    None => Response::error("the ledger is closed"),
+                }
+            }
+            Request::SnapshotRestore { agent, snapshot } => {
+                let (a2, s2) = (agent.clone(), snapshot.clone());
+                let meta = match self.ledger.call(move |l| l.snapshot(&a2, &s2).map(|s| s.meta)).await {
+                    Some(Ok(meta)) => meta,
+                    Some(Err(e)) => return Response::error(e.to_string()),
+                    None => return Response::error("the ledger is closed"),
+                };
+                // The child must be down while its workdir is rewritten, and
+                // must restart to load a restored conversation.
+                let running = self.agents.get(&agent).is_some_and(|a| a.child.is_some());
+                if running {
+                    if let Some(a) = self.agents.get_mut(&agent) {
+                        a.pending_restore = Some(meta.id.to_string());
+                    }
+                    self.stop_agent(&agent, AfterExit::StartAgain, self.cfg.shutdown_grace);
+                } else {
+                    self.restore_snapshot(&agent, meta.id.to_string()).await;
+                }
+                Response::ok(json!(meta))
+            }
             Request::Reload => match self.reload().await {
                 Ok(summary) => Response::ok(summary),
                 Err(e) => {
@@ -921,6 +967,20 @@ impl Supervisor {
                     Response::error(format!("config rejected; agents keep running:\n{e}"))
                 }
             },
+        }
+    }
+
+    async fn restore_snapshot(&mut self, agent: &str, which: String) {
+        let workdir = self.workdir(agent);
+        let name = agent.to_owned();
+        match self
+            .ledger
+            .call(move |l| snapshots::restore(l, &name, &workdir, &which))
+            .await
+        {
+            Some(Ok(meta)) => tracing::info!(agent, "restored {} snapshot {}", meta.kind.as_str(), meta.id),
+            Some(Err(e)) => tracing::error!(agent, "restoring a snapshot failed: {e}"),
+            None => {}
         }
     }
 
