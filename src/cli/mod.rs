@@ -151,15 +151,16 @@ pub fn main() -> ExitCode {
             return ExitCode::from(e.exit_code().clamp(0, 255) as u8);
         }
     };
-    // A terminal REPL shares the screen with the logs: keep them to
-    // warnings unless RUST_LOG asks for more.
-    let terminal_repl = cli.command.is_none() && cli.run.repl_mode() == Some(crate::repl::Mode::Terminal);
-    if terminal_repl && std::env::var_os("RUST_LOG").is_none() {
-        // SAFETY: no other thread exists yet; the agent children inherit it.
-        unsafe { std::env::set_var("RUST_LOG", "warn") };
-    }
     // rmcp narrates every message at info; its warnings are what matter.
     logging::init(cli.global.log_format, "info,rmcp=warn");
+    // A terminal REPL shares the screen with the logs. agentd's own go
+    // through the REPL's printer; the agent processes write to the terminal
+    // directly, so they keep to warnings unless RUST_LOG asks for more.
+    let terminal_repl = cli.command.is_none() && cli.run.repl_mode() == Some(crate::repl::Mode::Terminal);
+    if terminal_repl && std::env::var_os("RUST_LOG").is_none() {
+        // SAFETY: still single-threaded (no runtime yet); the children inherit it.
+        unsafe { std::env::set_var("RUST_LOG", "warn,rmcp=warn") };
+    }
     let result = match cli.command {
         Some(Command::Check { config }) => check::run(&config),
         Some(Command::Tasks(args)) => tasks::list(&cli.global, &args),

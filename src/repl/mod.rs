@@ -193,7 +193,13 @@ impl Repl {
         let (out, lines) = std_mpsc::channel::<String>();
         let (done, drained) = std_mpsc::channel::<()>();
         let terminal = match mode {
-            Mode::Terminal => Some(terminal::start(first_prompt, history, inputs, lines, done)?),
+            Mode::Terminal => {
+                let t = terminal::start(first_prompt, history, inputs, lines, done)?;
+                // Logs written straight to the terminal would tear the line
+                // being typed; the printer puts them above the prompt.
+                crate::logging::route_to_console(Some(out.clone()));
+                Some(t)
+            }
             Mode::Plain => {
                 start_plain(inputs, lines, done)?;
                 None
@@ -223,6 +229,9 @@ impl Repl {
     /// in just before the end), for a bounded time, then restores the
     /// terminal.
     pub fn finish(&mut self) {
+        if self.terminal.is_some() {
+            crate::logging::route_to_console(None);
+        }
         self.out = None;
         let _ = self.drained.recv_timeout(DRAIN);
         self.restore_terminal();
