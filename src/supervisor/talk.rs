@@ -245,7 +245,7 @@ impl Supervisor {
             Some(Err(e)) => return Err(format!("cannot record the message: {e}")),
             None => return Err("agentd is shutting down".into()),
         };
-        tracing::info!(agent, "message from {from} queued as task {id}");
+        tracing::debug!(agent, "message from {from} queued as task {id}");
         self.dispatch(agent).await;
         Ok(id)
     }

@@ -295,7 +295,10 @@ fn send_wait_prints_the_reply_and_send_alone_prints_the_task() {
 
 #[test]
 fn repl_pause_resume_status_and_tasks_commands() {
-    let llm = LlmServer::start(vec![Reply::stream_text(&["Resumed and answering."])]);
+    let llm = LlmServer::start(vec![
+        Reply::stream_tool_calls(&[("call_1", "lookup", "{}")]),
+        Reply::stream_text(&["Resumed and answering."]),
+    ]);
     let dir = tempdir();
     let config = two_agents(dir.path(), &llm.base_url());
     let state = dir.path().join("state");
@@ -327,6 +330,11 @@ fn repl_pause_resume_status_and_tasks_commands() {
     r.line("/resume news");
     r.wait_line("news resumed");
     r.wait_line("news: Resumed and answering.");
+    // The tool call it made on the way shows, labelled, before the answer.
+    let lines = r.lines();
+    let tool = lines.iter().position(|l| l == "news: [tool lookup]");
+    let answer = lines.iter().position(|l| l == "news: Resumed and answering.");
+    assert!(tool.is_some() && tool < answer, "{lines:#?}");
     r.line("/tasks");
     let lines = r.wait_until("the task list", |l| l.iter().any(|x| x.starts_with("#")));
     let row = lines.iter().find(|x| x.starts_with('#')).cloned().unwrap_or_default();
