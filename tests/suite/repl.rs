@@ -359,3 +359,30 @@ fn repl_quit_stops_agentd_after_the_reply_in_flight() {
     assert_eq!(status.code(), Some(0));
     r.wait_line("news: Last words.");
 }
+
+#[test]
+fn without_a_terminal_or_repl_flag_stdin_is_not_read() {
+    let llm = LlmServer::start(vec![]);
+    let dir = tempdir();
+    let config = two_agents(dir.path(), &llm.base_url());
+    let state = dir.path().join("state");
+    // As under systemd: stdin is not a terminal and there is no --repl.
+    let mut d = Daemon::start_with_stdio(
+        &config,
+        &state,
+        &[("TEST_LLM_KEY", KEY)],
+        &[],
+        std::process::Stdio::piped(),
+        std::process::Stdio::piped(),
+    );
+    d.running_pid("news");
+    {
+        use std::io::Write;
+        let mut stdin = d.child.stdin.take().expect("stdin");
+        stdin.write_all(b"hello\n/quit\n").expect("write");
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(tasks(&state).is_empty(), "{:#?}", tasks(&state));
+    assert_eq!(llm.request_count(), 0);
+    assert!(d.child.try_wait().expect("try_wait").is_none(), "/quit was not read");
+}
