@@ -66,7 +66,7 @@ impl RunArgs {
     pub fn repl_mode(&self) -> Option<crate::repl::Mode> {
         use std::io::IsTerminal;
         let terminal = std::io::stdin().is_terminal();
-        if self.no_repl || !(self.repl || terminal) {
+        if self.no_repl || !(self.repl || (terminal && !in_background())) {
             return None;
         }
         Some(if terminal {
@@ -191,6 +191,13 @@ pub fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// Started with `&` from a shell: the terminal belongs to another process
+/// group, and reading it would stop agentd (SIGTTIN). A terminal that is
+/// not agentd's controlling one cannot stop it, so it does not count.
+fn in_background() -> bool {
+    nix::unistd::tcgetpgrp(std::io::stdin()).is_ok_and(|fg| fg != nix::unistd::getpgrp())
 }
 
 fn run_daemon(global: &Global, config_path: &Path, run: &RunArgs) -> anyhow::Result<ExitCode> {
