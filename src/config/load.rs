@@ -1006,8 +1006,16 @@ pub fn parse_subscription_uri(uri: &str) -> Result<SubscriptionTarget, String> {
         if name.is_empty() || name.contains('/') {
             return Err(format!("malformed tool URI {uri:?}: expected tool://TOOL?arg=value"));
         }
+        // `a=2` passes the number 2 (tools type their inputs); anything that
+        // is not JSON, or is a JSON string, passes as the text written.
         let arguments = url::form_urlencoded::parse(query.as_bytes())
-            .map(|(k, v)| (k.into_owned(), serde_json::Value::String(v.into_owned())))
+            .map(|(k, v)| {
+                let value = match serde_json::from_str::<serde_json::Value>(&v) {
+                    Ok(j) if !j.is_string() => j,
+                    _ => serde_json::Value::String(v.into_owned()),
+                };
+                (k.into_owned(), value)
+            })
             .collect();
         return Ok(SubscriptionTarget::Tool {
             tool: name.to_owned(),
@@ -1225,6 +1233,29 @@ mod tests {
             "agentd"
         );
         assert_eq!(derived_server_name("python3", &a(&["srv.py"]), 3), "srv");
+    }
+
+    #[test]
+    fn tool_uris_parse_in_both_forms_with_typed_arguments() {
+        for uri in ["tool://get-sum?a=1&b=2.5", "tool://get-sum/?a=1&b=2.5"] {
+            let Ok(SubscriptionTarget::Tool { tool, arguments }) = parse_subscription_uri(uri) else {
+                panic!("not a tool target");
+            };
+            assert_eq!(tool, "get-sum");
+            assert_eq!(
+                serde_json::Value::Object(arguments),
+                serde_json::json!({"a": 1, "b": 2.5})
+            );
+        }
+        let Ok(SubscriptionTarget::Tool { arguments, .. }) =
+            parse_subscription_uri("tool://echo?message=hello%20there&flag=true")
+        else {
+            panic!("not a tool target");
+        };
+        assert_eq!(
+            serde_json::Value::Object(arguments),
+            serde_json::json!({"message": "hello there", "flag": true})
+        );
     }
 
     #[test]

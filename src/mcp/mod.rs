@@ -67,7 +67,7 @@ use tokio::task::JoinHandle;
 
 pub use child::{ENV_DENIED, ENV_PASSTHROUGH, check_env};
 pub use connection::ServerStatus;
-pub use subscribe::{MAX_EVENT_CONTENTS, parse_subscription_uri};
+pub use subscribe::MAX_EVENT_CONTENTS;
 pub use tools::ToolInfo;
 
 use crate::config::{McpServerSpec, SubscriptionSpec};

@@ -6,56 +6,11 @@
 //! matching resource, a changed `tool://` result); this module says *what*
 //! matches and renders the re-read contents, capped.
 
-use serde_json::{Map, Value};
-
-use crate::config::SubscriptionTarget;
+use serde_json::Value;
 
 /// Largest `ResourceEvent::contents` in bytes; longer contents are cut at a
 /// character boundary and end with a note saying so.
 pub const MAX_EVENT_CONTENTS: usize = 64 * 1024;
-
-/// Parses a subscription URI as written in a config:
-/// - `tool://NAME?arg=v&…` or the Python agentd form `tool://NAME/?arg=v`:
-///   poll tool `NAME` (taken verbatim) with these arguments. Argument values
-///   are percent-decoded; a
-///   value that reads as a JSON number, boolean, `null`, array or object is
-///   passed as that JSON value, anything else as a string;
-/// - a URI containing `*`, `?` or `[` (outside a `tool://` URI): a glob over
-///   the server's resource URIs;
-/// - anything else: one resource URI.
-pub fn parse_subscription_uri(uri: &str) -> Result<SubscriptionTarget, String> {
-    if let Some(rest) = uri.strip_prefix("tool://") {
-        let (name, query) = match rest.split_once('?') {
-            Some((name, query)) => (name, query),
-            None => (rest, ""),
-        };
-        let name = name.trim_end_matches('/');
-        if name.is_empty() || name.contains('/') {
-            return Err(format!(
-                "{uri:?}: expected tool://TOOL?arg=value (the tool name may not be empty or contain '/')"
-            ));
-        }
-        let mut arguments = Map::new();
-        for (key, value) in url::form_urlencoded::parse(query.as_bytes()) {
-            let value = match serde_json::from_str::<Value>(&value) {
-                Ok(v) if !v.is_string() => v,
-                _ => Value::String(value.into_owned()),
-            };
-            arguments.insert(key.into_owned(), value);
-        }
-        return Ok(SubscriptionTarget::Tool {
-            tool: name.to_owned(),
-            arguments,
-        });
-    }
-    if uri.contains(['*', '?', '[']) {
-        glob::Pattern::new(uri).map_err(|e| format!("{uri:?}: invalid glob: {e}"))?;
-        return Ok(SubscriptionTarget::Glob {
-            pattern: uri.to_owned(),
-        });
-    }
-    Ok(SubscriptionTarget::Resource { uri: uri.to_owned() })
-}
 
 /// Whether a resource URI matches a glob subscription. `*` and `?` stop at
 /// `/` (so `file:///inbox/*.md` does not reach into subdirectories); `**`
@@ -113,39 +68,6 @@ mod tests {
     use serde_json::json;
 
     use super::*;
-
-    #[test]
-    fn tool_uris_parse_in_both_forms_with_typed_arguments() {
-        for uri in ["tool://get-sum?a=1&b=2.5", "tool://get-sum/?a=1&b=2.5"] {
-            let SubscriptionTarget::Tool { tool, arguments } = parse_subscription_uri(uri).unwrap() else {
-                panic!("not a tool target");
-            };
-            assert_eq!(tool, "get-sum");
-            assert_eq!(Value::Object(arguments), json!({"a": 1, "b": 2.5}));
-        }
-        let SubscriptionTarget::Tool { arguments, .. } =
-            parse_subscription_uri("tool://echo?message=hello%20there&flag=true").unwrap()
-        else {
-            panic!("not a tool target");
-        };
-        assert_eq!(
-            Value::Object(arguments),
-            json!({"message": "hello there", "flag": true})
-        );
-        assert!(parse_subscription_uri("tool://?a=1").is_err());
-    }
-
-    #[test]
-    fn globs_and_plain_uris_are_told_apart() {
-        assert!(matches!(
-            parse_subscription_uri("file:///srv/inbox/*.md"),
-            Ok(SubscriptionTarget::Glob { .. })
-        ));
-        assert!(matches!(
-            parse_subscription_uri("demo://resource/static/document/architecture.md"),
-            Ok(SubscriptionTarget::Resource { .. })
-        ));
-    }
 
     #[test]
     fn glob_star_stays_within_one_path_segment() {

@@ -18,8 +18,9 @@ use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use agentd::config::parse_subscription_uri;
 use agentd::config::{McpServerSpec, McpTransport, SubscriptionSpec};
-use agentd::mcp::{McpHub, ResourceEvent, parse_subscription_uri};
+use agentd::mcp::{McpHub, ResourceEvent};
 use rmcp::model::{
     CallToolRequestParams, CallToolResponse, CallToolResult, ContentBlock, ErrorData, ListToolsResult,
     PaginatedRequestParams, ProtocolVersion, ReadResourceRequestParams, ReadResourceResponse, ReadResourceResult,
