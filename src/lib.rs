@@ -14,4 +14,5 @@ pub mod logging;
 pub mod mcp;
 pub mod protocol;
 pub mod sandbox;
+pub mod skills;
 pub mod supervisor;
