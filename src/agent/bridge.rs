@@ -205,15 +205,20 @@ impl Shared {
     }
 
     async fn handle(&self, conn: &mut UnixStream) -> Reply {
-        let pid = match conn.peer_cred().map(|c| c.pid()) {
-            Ok(Some(pid)) => pid,
-            _ => return Reply::refused("refused: the caller's process is unknown"),
+        let pid = conn.peer_cred().ok().and_then(|c| c.pid());
+        let line = read_line(conn, self.limits.max_request).await;
+        // Whatever the verdict, take the rest of the caller's input first:
+        // closing on unread data resets the connection and the caller
+        // would never read why it was refused.
+        drain(conn).await;
+        let Some(pid) = pid else {
+            return Reply::refused("refused: the caller's process is unknown");
         };
         if !is_descendant(pid, self.own_pid) {
             tracing::warn!(pid, "tool bridge: refused a call from outside the agent's sandbox");
             return Reply::refused("refused: calls are only accepted from this agent's sandbox");
         }
-        let line = match read_line(conn, self.limits.max_request).await {
+        let line = match line {
             Ok(l) => l,
             Err(msg) => return Reply::refused(msg),
         };
@@ -307,6 +312,20 @@ async fn read_line(conn: &mut UnixStream, max: u64) -> Result<Vec<u8>, String> {
         ));
     }
     Ok(line)
+}
+
+/// Reads and drops what the caller still sends, until it shuts its side
+/// (the clients do after the request) or a second passes.
+async fn drain(conn: &mut UnixStream) {
+    let mut buf = [0u8; 8192];
+    let _ = tokio::time::timeout(Duration::from_secs(1), async {
+        while let Ok(n) = conn.read(&mut buf).await {
+            if n == 0 {
+                break;
+            }
+        }
+    })
+    .await;
 }
 
 /// Whether `pid` is `ancestor` or one of its descendants, by following
@@ -403,6 +422,8 @@ pub mod client {
         })?;
         line.push(b'\n');
         s.write_all(&line)?;
+        // The bridge reads until our end is shut, then answers.
+        s.shutdown(std::net::Shutdown::Write)?;
         let mut buf = Vec::new();
         s.read_to_end(&mut buf)?;
         Ok(serde_json::from_slice(&buf)?)

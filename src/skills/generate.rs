@@ -267,6 +267,7 @@ def _agentd_call(_agentd_tool, _agentd_args):
     with _agentd_socket.socket(_agentd_socket.AF_UNIX, _agentd_socket.SOCK_STREAM) as s:
         s.connect(path)
         s.sendall(request.encode("utf-8"))
+        s.shutdown(_agentd_socket.SHUT_WR)
         while True:
             chunk = s.recv(65536)
             if not chunk:

@@ -7,3 +7,4 @@ mod runtime;
 mod sandbox;
 mod supervisor;
 mod systemd_unit;
+mod skills;
