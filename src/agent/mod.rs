@@ -43,6 +43,12 @@ pub fn main(name: &str) -> anyhow::Result<ExitCode> {
 pub struct Outbox(mpsc::UnboundedSender<FromChild>);
 
 impl Outbox {
+    /// An outbox and the receiving end of what is sent to it.
+    pub fn channel() -> (Outbox, mpsc::UnboundedReceiver<FromChild>) {
+        let (tx, rx) = mpsc::unbounded_channel();
+        (Outbox(tx), rx)
+    }
+
     pub fn send(&self, msg: FromChild) {
         let _ = self.0.send(msg);
     }

@@ -355,3 +355,90 @@ fn agentd_check_reports_a_broken_skill_md_with_file_and_line() {
     );
     assert!(err.contains("skill directory") && err.contains("missing does not exist"), "{err}");
 }
+
+fn shipped(skill: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("skills").join(skill)
+}
+
+#[test]
+fn the_shipped_skills_are_valid_and_the_example_config_checks() {
+    for name in ["markdown-notes", "data-summary"] {
+        let dir = shipped(name);
+        let md = dir.join(skills::SKILL_FILE);
+        let text = std::fs::read_to_string(&md).expect("SKILL.md");
+        let s = skills::parse_skill(&dir, &md, &text).unwrap_or_else(|e| panic!("{name}: {e:?}"));
+        assert_eq!(s.name, name);
+    }
+    let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/skills.yaml");
+    let out = agentd(&["check", example.to_str().unwrap_or_default()]);
+    assert!(out.status.success(), "{}{}", stdout(&out), stderr(&out));
+}
+
+/// Runs a shipped skill's script the way the model does: in a sandbox,
+/// with the skill directory read-only and the workdir writable.
+fn run_in_sandbox(backend: agentd::sandbox::Backend, skill: &str, script: &str) -> agentd::sandbox::RunOutcome {
+    let wd = tempdir();
+    let policy = agentd::config::resolve_sandbox_profile("default", Some(Path::new("/nonexistent")))
+        .map(|(p, _)| agentd::sandbox::SandboxPolicy { backend, ..p })
+        .expect("default profile");
+    let exposed = agentd::sandbox::Exposed {
+        read_only: vec![shipped(skill)],
+        env: vec![("SKILL".into(), shipped(skill).display().to_string())],
+    };
+    let argv = vec!["sh".to_string(), "-c".into(), script.into()];
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let out = rt
+        .block_on(agentd::sandbox::run(&policy, wd.path(), &argv, &exposed))
+        .expect("sandbox run");
+    // Keep the workdir until the run is over.
+    drop(wd);
+    out
+}
+
+#[test]
+fn markdown_notes_adds_searches_and_indexes_notes_inside_the_sandbox() {
+    for backend in [agentd::sandbox::Backend::Landlock, agentd::sandbox::Backend::Bwrap] {
+        let o = run_in_sandbox(
+            backend,
+            "markdown-notes",
+            "set -e; n=\"python3 $SKILL/scripts/notes.py\"\n\
+             $n add decisions 'Use SQLite' 'Because WAL mode lets readers in.'\n\
+             echo 'Ring Bob on Monday' | $n add todo 'Call Bob' -\n\
+             $n search wal readers; $n list; cat notes/INDEX.md\n\
+             $n add ../escape t t || echo \"refused=$?\"\n\
+             touch $SKILL/x 2>/dev/null || echo skill-read-only",
+        );
+        assert!(o.success(), "{backend:?}: {o:?}");
+        let out = &o.stdout;
+        assert!(out.contains("decisions: ") && out.contains("Use SQLite -- Because WAL"), "{out}");
+        assert!(out.contains("decisions (1 entries)\ntodo (1 entries)"), "{out}");
+        assert!(out.contains("- [todo](todo.md)"), "{out}");
+        assert!(out.contains("refused=2") && out.contains("skill-read-only"), "{out}");
+    }
+}
+
+#[test]
+fn data_summary_reports_types_missing_values_and_statistics() {
+    let o = run_in_sandbox(
+        agentd::sandbox::Backend::Landlock,
+        "data-summary",
+        "printf 'name;age;city\\nann;31;Oslo\\nbob;;Rome\\ncid;40;Oslo\\n' > people.csv\n\
+         printf '{\"items\": [{\"n\": 1.5, \"ok\": true}, {\"n\": 2.5, \"ok\": false}, {\"ok\": true}]}' > items.json\n\
+         python3 $SKILL/scripts/summarize.py people.csv --json; echo ---\n\
+         python3 $SKILL/scripts/summarize.py items.json",
+    );
+    assert!(o.success(), "{o:?}");
+    let (json_part, text_part) = o.stdout.split_once("---\n").expect("two reports");
+    let s: Value = serde_json::from_str(json_part).expect("JSON report");
+    assert_eq!(s["rows"], 3);
+    let age = &s["columns"][1];
+    assert_eq!((age["name"].as_str(), age["type"].as_str()), (Some("age"), Some("integer")));
+    assert_eq!((age["missing"].as_u64(), age["mean"].as_f64()), (Some(1), Some(35.5)));
+    assert_eq!(s["columns"][2]["top"][0], json!(["Oslo", 2]));
+    assert!(text_part.contains("items.json: 3 rows, 2 columns"), "{text_part}");
+    assert!(text_part.contains("n (number), missing 1") && text_part.contains("mean 2 "), "{text_part}");
+    assert!(text_part.contains("ok (boolean)"), "{text_part}");
+}
