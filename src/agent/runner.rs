@@ -211,31 +211,16 @@ impl Runtime {
     async fn call_tool(&self, job: &Job<'_>, call: &ToolCall) -> String {
         let started = Instant::now();
         let args = match call.arguments_json() {
-            Ok(Value::Object(map)) => map,
-            Ok(other) => {
-                let msg = format!(
-                    "error: the arguments of {} must be a JSON object, not {other}; call it again",
-                    call.name
-                );
-                job.step(
-                    "tool",
-                    json!({"name": call.name, "arguments": clip(&call.arguments), "error": msg}),
-                    (0, 0),
-                    None,
-                );
-                return msg;
-            }
-            Err(e) => {
-                let msg = format!(
-                    "error: the arguments of {} are not valid JSON ({e}); call it again with valid JSON",
-                    call.name
-                );
-                job.step(
-                    "tool",
-                    json!({"name": call.name, "arguments": clip(&call.arguments), "error": msg}),
-                    (0, 0),
-                    None,
-                );
+            Ok(Value::Object(map)) => Ok(map),
+            Ok(other) => Err(format!("must be a JSON object, not {other}; call it again")),
+            Err(e) => Err(format!("are not valid JSON ({e}); call it again with valid JSON")),
+        };
+        let args = match args {
+            Ok(map) => map,
+            Err(why) => {
+                let msg = format!("error: the arguments of {} {why}", call.name);
+                let payload = json!({"name": call.name, "arguments": clip(&call.arguments), "error": msg});
+                job.step("tool", payload, (0, 0), None);
                 return msg;
             }
         };

@@ -1,4 +1,5 @@
-//! CLI clients of the control socket: status, start/stop/restart, reload.
+//! CLI clients of the control socket: status, start/stop/restart,
+//! pause/resume, reload, send.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -7,7 +8,7 @@ use std::time::Duration;
 use clap::Args;
 
 use super::{Global, LedgerArgs, state_dir};
-use crate::control::{self, AgentStatus, Request, Response, client};
+use crate::control::{self, AgentStatus, Request, Response, SendResult, client};
 
 #[derive(Debug, Args)]
 pub struct StatusArgs {
@@ -27,6 +28,25 @@ pub struct AgentArgs {
 }
 
 #[derive(Debug, Args)]
+pub struct SendArgs {
+    #[command(flatten)]
+    pub ledger: LedgerArgs,
+    /// The agent's name.
+    pub agent: String,
+    /// The message.
+    pub text: String,
+    /// Wait for the task to finish and print the reply (exit 1 if it failed).
+    #[arg(long)]
+    pub wait: bool,
+    /// Print the JSON answer instead of text.
+    #[arg(long)]
+    pub json: bool,
+    /// With --wait: give up waiting after this long (the task runs on).
+    #[arg(long, value_name = "DURATION", default_value = "10m", value_parser = crate::config::units::parse_duration)]
+    pub timeout: Duration,
+}
+
+#[derive(Debug, Args)]
 pub struct ReloadArgs {
     #[command(flatten)]
     pub ledger: LedgerArgs,
@@ -37,6 +57,8 @@ pub enum Verb {
     Start,
     Stop,
     Restart,
+    Pause,
+    Resume,
 }
 
 fn socket(global: &Global, args: &LedgerArgs) -> anyhow::Result<PathBuf> {
@@ -59,21 +81,8 @@ pub fn status(global: &Global, args: &StatusArgs) -> anyhow::Result<ExitCode> {
         return Ok(ExitCode::SUCCESS);
     }
     let agents: Vec<AgentStatus> = serde_json::from_value(v["agents"].clone())?;
-    println!(
-        "{:<16} {:<9} {:>8} {:>8} {:>10} {:>6}  LAST",
-        "AGENT", "STATE", "PID", "RESTARTS", "UPTIME", "QUEUED"
-    );
-    for a in agents {
-        let pid = a.pid.map(|p| p.to_string()).unwrap_or_else(|| "-".into());
-        let up = a
-            .uptime_s
-            .map(|s| humantime::format_duration(Duration::from_secs(s as u64)).to_string())
-            .unwrap_or_else(|| "-".into());
-        let last = a.last_error.or(a.last_exit).unwrap_or_default();
-        println!(
-            "{:<16} {:<9} {:>8} {:>8} {:>10} {:>6}  {last}",
-            a.name, a.state, pid, a.restarts, up, a.queued
-        );
+    for line in control::status_lines(&agents) {
+        println!("{line}");
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -84,12 +93,73 @@ pub fn agent_request(global: &Global, args: &AgentArgs, verb: Verb) -> anyhow::R
         Verb::Start => Request::Start { agent },
         Verb::Stop => Request::Stop { agent },
         Verb::Restart => Request::Restart { agent },
+        Verb::Pause => Request::Pause { agent },
+        Verb::Resume => Request::Resume { agent },
     };
     let v = call(global, &args.ledger, &req, Duration::from_secs(30))?;
     let a: AgentStatus = serde_json::from_value(v)?;
     let pid = a.pid.map(|p| format!(" (pid {p})")).unwrap_or_default();
-    println!("{}: {}{pid}", a.name, a.state);
+    let paused = if a.paused { ", paused" } else { "" };
+    println!("{}: {}{paused}{pid}", a.name, a.state);
     Ok(ExitCode::SUCCESS)
+}
+
+pub fn send(global: &Global, args: &SendArgs) -> anyhow::Result<ExitCode> {
+    let req = Request::Send {
+        agent: args.agent.clone(),
+        text: args.text.clone(),
+        wait: args.wait,
+    };
+    let timeout = if args.wait {
+        args.timeout
+    } else {
+        Duration::from_secs(30)
+    };
+    let v = call(global, &args.ledger, &req, timeout).map_err(|e| match e.downcast_ref::<client::ClientError>() {
+        Some(client::ClientError::Io(io))
+            if io.kind() == std::io::ErrorKind::WouldBlock || io.kind() == std::io::ErrorKind::TimedOut =>
+        {
+            anyhow::anyhow!(
+                "no reply within {}; the task keeps running (agentd tasks shows it)",
+                humantime::format_duration(timeout)
+            )
+        }
+        _ => e,
+    })?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&v)?);
+    }
+    let r: SendResult = serde_json::from_value(v)?;
+    if args.json {
+        return Ok(if r.state == "failed" || r.state == "cancelled" {
+            ExitCode::FAILURE
+        } else {
+            ExitCode::SUCCESS
+        });
+    }
+    match r.state.as_str() {
+        "queued" => {
+            let paused = if r.paused {
+                " (the agent is paused: it runs on resume)"
+            } else {
+                ""
+            };
+            println!("task {} queued for {}{paused}", r.task, r.agent);
+            Ok(ExitCode::SUCCESS)
+        }
+        "succeeded" => {
+            println!("{}", r.result.unwrap_or_default());
+            Ok(ExitCode::SUCCESS)
+        }
+        state => {
+            eprintln!(
+                "task {} {state}: {}",
+                r.task,
+                r.error.unwrap_or_else(|| "no reason given".into())
+            );
+            Ok(ExitCode::FAILURE)
+        }
+    }
 }
 
 pub fn reload(global: &Global, args: &ReloadArgs) -> anyhow::Result<ExitCode> {

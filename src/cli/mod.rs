@@ -3,6 +3,7 @@
 
 mod check;
 mod control;
+mod snapshot;
 mod tasks;
 mod tool;
 
@@ -51,6 +52,30 @@ pub struct RunArgs {
     /// Record every model reply into DIR/AGENT.cassette.json, for `model: replay:PATH`.
     #[arg(long, value_name = "DIR")]
     pub record: Option<PathBuf>,
+    /// Read REPL lines from stdin even when it is not a terminal (the
+    /// default is a REPL only on a terminal).
+    #[arg(long, conflicts_with = "no_repl")]
+    pub repl: bool,
+    /// No REPL, even on a terminal.
+    #[arg(long)]
+    pub no_repl: bool,
+}
+
+impl RunArgs {
+    /// On with `--repl`, off with `--no-repl`, else on when stdin is a
+    /// terminal (so never under systemd, whose stdin is /dev/null).
+    pub fn repl_mode(&self) -> Option<crate::repl::Mode> {
+        use std::io::IsTerminal;
+        let terminal = std::io::stdin().is_terminal();
+        if self.no_repl || !(self.repl || (terminal && !in_background())) {
+            return None;
+        }
+        Some(if terminal {
+            crate::repl::Mode::Terminal
+        } else {
+            crate::repl::Mode::Plain
+        })
+    }
 }
 
 /// Where a reader finds the ledger: `--config` or the global `--state-dir`.
@@ -82,6 +107,15 @@ pub enum Command {
     Restart(control::AgentArgs),
     /// Re-read the config and apply the differences (like SIGHUP).
     Reload(control::ReloadArgs),
+    /// Send a message to an agent (queued as a task); --wait prints the reply.
+    Send(control::SendArgs),
+    /// Pause an agent: its triggers queue up (coalesced) but do not run.
+    Pause(control::AgentArgs),
+    /// Resume a paused agent: what is queued runs.
+    Resume(control::AgentArgs),
+    /// Conversation and workspace snapshots of an agent.
+    #[command(subcommand)]
+    Snapshot(snapshot::SnapshotCommand),
     /// Try sandbox policies: run a command under a profile.
     #[command(subcommand)]
     Sandbox(SandboxCommand),
@@ -128,7 +162,16 @@ pub fn main() -> ExitCode {
             return ExitCode::from(e.exit_code().clamp(0, 255) as u8);
         }
     };
-    logging::init(cli.global.log_format, "info");
+    // rmcp narrates every message at info; its warnings are what matter.
+    logging::init(cli.global.log_format, "info,rmcp=warn");
+    // A terminal REPL shares the screen with the logs. agentd's own go
+    // through the REPL's printer; the agent processes write to the terminal
+    // directly, so they keep to warnings unless RUST_LOG asks for more.
+    let terminal_repl = cli.command.is_none() && cli.run.repl_mode() == Some(crate::repl::Mode::Terminal);
+    if terminal_repl && std::env::var_os("RUST_LOG").is_none() {
+        // SAFETY: still single-threaded (no runtime yet); the children inherit it.
+        unsafe { std::env::set_var("RUST_LOG", "warn,rmcp=warn") };
+    }
     let result = match cli.command {
         Some(Command::Check { config }) => check::run(&config),
         Some(Command::Tasks(args)) => tasks::list(&cli.global, &args),
@@ -138,14 +181,18 @@ pub fn main() -> ExitCode {
         Some(Command::Stop(args)) => control::agent_request(&cli.global, &args, control::Verb::Stop),
         Some(Command::Restart(args)) => control::agent_request(&cli.global, &args, control::Verb::Restart),
         Some(Command::Reload(args)) => control::reload(&cli.global, &args),
+        Some(Command::Send(args)) => control::send(&cli.global, &args),
+        Some(Command::Pause(args)) => control::agent_request(&cli.global, &args, control::Verb::Pause),
+        Some(Command::Resume(args)) => control::agent_request(&cli.global, &args, control::Verb::Resume),
         Some(Command::Agent { name }) => crate::agent::main(&name),
+        Some(Command::Snapshot(cmd)) => snapshot::run(&cli.global, &cmd),
         Some(Command::Sandbox(SandboxCommand::Run(args))) => {
             crate::sandbox::cli::run(&args).map(|code| ExitCode::from(code.clamp(0, 255) as u8))
         }
         Some(Command::Tool(ToolCommand::Call(args))) => tool::call(&args),
         Some(Command::McpWatch { dir, debounce_ms }) => mcp_watch(&dir, debounce_ms),
-        None => match cli.run.config {
-            Some(config) => run_daemon(&cli.global, &config, cli.run.record.as_deref()),
+        None => match cli.run.config.clone() {
+            Some(config) => run_daemon(&cli.global, &config, &cli.run),
             None => Err(anyhow::anyhow!("no config file given; usage: agentd CONFIG")),
         },
     };
@@ -158,7 +205,14 @@ pub fn main() -> ExitCode {
     }
 }
 
-fn run_daemon(global: &Global, config_path: &Path, record: Option<&Path>) -> anyhow::Result<ExitCode> {
+/// Started with `&` from a shell: the terminal belongs to another process
+/// group, and reading it would stop agentd (SIGTTIN). A terminal that is
+/// not agentd's controlling one cannot stop it, so it does not count.
+fn in_background() -> bool {
+    nix::unistd::tcgetpgrp(std::io::stdin()).is_ok_and(|fg| fg != nix::unistd::getpgrp())
+}
+
+fn run_daemon(global: &Global, config_path: &Path, run: &RunArgs) -> anyhow::Result<ExitCode> {
     let mut cfg = match config::load(config_path) {
         Ok(c) => c,
         Err(errors) => {
@@ -169,14 +223,14 @@ fn run_daemon(global: &Global, config_path: &Path, record: Option<&Path>) -> any
     if let Some(dir) = &global.state_dir {
         cfg.state_dir = dir.clone();
     }
-    let record = match record {
+    let record = match run.record.as_deref() {
         Some(dir) => {
             std::fs::create_dir_all(dir).map_err(|e| anyhow::anyhow!("cannot create {}: {e}", dir.display()))?;
             Some(std::path::absolute(dir)?)
         }
         None => None,
     };
-    crate::supervisor::run(cfg, record)
+    crate::supervisor::run(cfg, record, global.state_dir.is_some(), run.repl_mode())
 }
 
 fn mcp_watch(dir: &Path, debounce_ms: Option<u64>) -> anyhow::Result<ExitCode> {

@@ -191,7 +191,26 @@ fn plain_error(file: &Path, message: &str) -> ConfigError {
 }
 
 fn absolute(p: &Path) -> PathBuf {
-    std::path::absolute(p).unwrap_or_else(|_| p.to_owned())
+    normalize(&std::path::absolute(p).unwrap_or_else(|_| p.to_owned()))
+}
+
+/// Folds `.` and `..` without touching the filesystem, so the paths the
+/// reload watcher compares against match the ones the kernel reports.
+fn normalize(p: &Path) -> PathBuf {
+    use std::path::Component;
+    let mut out = PathBuf::new();
+    for c in p.components() {
+        match c {
+            Component::CurDir => {}
+            Component::ParentDir => {
+                if !out.pop() {
+                    out.push("..");
+                }
+            }
+            other => out.push(other),
+        }
+    }
+    out
 }
 
 /// What agents inherit from `defaults`.
@@ -274,7 +293,7 @@ impl Loader<'_> {
                 let Some(pattern) = cx.non_empty_string(item, &p) else {
                     continue;
                 };
-                let abs = dir.join(&pattern).to_string_lossy().into_owned();
+                let abs = normalize(&dir.join(&pattern)).to_string_lossy().into_owned();
                 let is_glob = pattern.contains(['*', '?', '[']);
                 let matches = match glob::glob(&abs) {
                     Ok(paths) => {
@@ -713,11 +732,11 @@ fn resolve_path(s: &str, dir: &Path, env: &dyn Fn(&str) -> Option<String>) -> Pa
         (Some(rest), Some(home)) => PathBuf::from(home).join(rest),
         _ => PathBuf::from(s),
     };
-    if expanded.is_absolute() {
+    normalize(&if expanded.is_absolute() {
         expanded
     } else {
         dir.join(expanded)
-    }
+    })
 }
 
 fn decode_llm(cx: &mut Cx, node: &Node, path: &str, mut llm: LlmSpec) -> LlmSpec {

@@ -116,7 +116,12 @@ pub fn check_readable_version(conn: &Connection, path: &Path) -> Result<()> {
 pub fn migrate(conn: &mut Connection, path: &Path) -> Result<()> {
     check_readable_version(conn, path)?;
     let found = pragma_i64(conn, path, "user_version")?;
-    for (i, sql) in MIGRATIONS.iter().enumerate().skip(found as usize) {
+    apply(conn, path, found as usize, MIGRATIONS.len())
+}
+
+/// Runs migrations `from..to`.
+fn apply(conn: &mut Connection, path: &Path, from: usize, to: usize) -> Result<()> {
+    for (i, sql) in MIGRATIONS.iter().enumerate().take(to).skip(from) {
         let tx = conn.transaction().map_err(|e| sqlite(path, e))?;
         tx.execute_batch(sql).map_err(|e| sqlite(path, e))?;
         tx.execute_batch(&format!(
@@ -133,15 +138,5 @@ pub fn migrate(conn: &mut Connection, path: &Path) -> Result<()> {
 #[doc(hidden)]
 pub fn create_at_version(path: &Path, version: usize) -> Result<()> {
     let mut conn = Connection::open(path).map_err(|e| sqlite(path, e))?;
-    for (i, sql) in MIGRATIONS.iter().enumerate().take(version) {
-        let tx = conn.transaction().map_err(|e| sqlite(path, e))?;
-        tx.execute_batch(sql).map_err(|e| sqlite(path, e))?;
-        tx.execute_batch(&format!(
-            "PRAGMA user_version = {}; PRAGMA application_id = {APPLICATION_ID};",
-            i + 1
-        ))
-        .map_err(|e| sqlite(path, e))?;
-        tx.commit().map_err(|e| sqlite(path, e))?;
-    }
-    Ok(())
+    apply(&mut conn, path, 0, version)
 }

@@ -397,6 +397,26 @@ impl Ledger {
             .map_err(|e| self.err(e))
     }
 
+    /// The `scheduled_for` of the newest task recorded for this agent's
+    /// schedule (same cron and prompt), in any state: where a catch-up after
+    /// downtime measures from. Dedupe keys are cleared when a task is
+    /// claimed, so the schedule is matched by its payload.
+    pub fn last_scheduled_for(&self, agent: &str, cron: &str, prompt: &str) -> Result<Option<String>> {
+        self.conn
+            .query_row(
+                "SELECT json_extract(trigger_payload, '$.scheduled_for') FROM tasks
+                 WHERE agent = ?1 AND trigger_kind = 'schedule'
+                   AND json_extract(trigger_payload, '$.cron') = ?2
+                   AND json_extract(trigger_payload, '$.prompt') = ?3
+                 ORDER BY id DESC LIMIT 1",
+                params![agent, cron, prompt],
+                |r| r.get::<_, Option<String>>(0),
+            )
+            .optional()
+            .map(Option::flatten)
+            .map_err(|e| self.err(e))
+    }
+
     /// Newest first.
     pub fn list_tasks(&self, filter: &TaskFilter) -> Result<Vec<Task>> {
         let sql = format!(

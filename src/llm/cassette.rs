@@ -56,7 +56,8 @@
 //!
 //! Otherwise the request fails with [`LlmError::ReplayMismatch`] saying what
 //! was expected and what came; past the last exchange it fails with
-//! [`LlmError::ReplayExhausted`].
+//! [`LlmError::ReplayExhausted`], unless the cassette says `"repeat": true`
+//! (written by hand, never by the recorder): then it starts over.
 
 use std::collections::BTreeSet;
 use std::io::Write;
@@ -83,6 +84,10 @@ pub struct Cassette {
     pub agent: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub model: Option<String>,
+    /// Start over after the last exchange instead of failing: for demos
+    /// and soak runs that replay the same conversation again and again.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub repeat: bool,
     #[serde(default)]
     pub exchanges: Vec<Exchange>,
 }
@@ -136,6 +141,7 @@ impl Cassette {
             version: CASSETTE_VERSION,
             agent,
             model,
+            repeat: false,
             exchanges: Vec::new(),
         }
     }
@@ -260,6 +266,7 @@ fn mismatch(exchange: &Exchange, req: &ChatRequest) -> Option<(String, String)> 
 pub(crate) struct Player {
     path: PathBuf,
     exchanges: Vec<Exchange>,
+    repeat: bool,
     next: Mutex<usize>,
 }
 
@@ -269,6 +276,7 @@ impl Player {
         Ok(Player {
             path: path.to_path_buf(),
             exchanges: cassette.exchanges,
+            repeat: cassette.repeat,
             next: Mutex::new(0),
         })
     }
@@ -279,6 +287,9 @@ impl Player {
         // A poisoned lock only means another caller panicked mid-replay;
         // the position itself is still a valid number.
         let mut next = self.next.lock().unwrap_or_else(|p| p.into_inner());
+        if self.repeat && *next >= self.exchanges.len() {
+            *next = 0;
+        }
         let Some(exchange) = self.exchanges.get(*next) else {
             return Err(LlmError::ReplayExhausted {
                 path: self.path.clone(),

@@ -84,6 +84,7 @@ pub(crate) struct Spawned {
 
 /// Spawns `command args…` with a cleared environment (see [`ENV_PASSTHROUGH`])
 /// plus `env`, in `cwd` (default: the agent's workdir), in a new process group.
+/// The command `agentd` is this executable.
 pub(crate) fn spawn(
     server: &str,
     command: &str,
@@ -94,7 +95,13 @@ pub(crate) fn spawn(
     noise: Arc<AtomicU64>,
 ) -> Result<Spawned, McpError> {
     check_env(server, env)?;
-    let mut cmd = Command::new(command);
+    // `command: agentd` means this very binary, so built-in servers
+    // (`agentd mcp-watch DIR`) work whether or not agentd is on PATH.
+    let exe = (command == "agentd").then(std::env::current_exe).and_then(Result::ok);
+    let mut cmd = match &exe {
+        Some(path) => Command::new(path),
+        None => Command::new(command),
+    };
     cmd.args(args)
         .env_clear()
         .stdin(std::process::Stdio::piped())

@@ -6,16 +6,17 @@
 //! command under a policy and returns what happened.
 //!
 //! It must never restrict the daemon itself: every restriction is built in
-//! the parent and applied in the forked child just before `exec`
-//! ([`limits`]). Whatever the backend, every run gets a cleared environment
+//! the parent and applied in the forked child just before `exec`. Whatever the backend, every run gets a cleared environment
 //! with an explicit minimal one, rlimits, `no_new_privs`, its own session
 //! (the timeout kills the whole process group), capped output, and never
 //! runs with root's capabilities.
 //!
 //! Where things live: [`landlock`] builds rulesets, [`bwrap`] builds
-//! bubblewrap command lines, [`helper`] is bwrap+landlock's inner half, `seccomp` takes the network from landlock-only
-//! runs, [`output`] caps captured output, [`workspace`] archives and
-//! restores workdirs, [`cli`] is `agentd sandbox run`.
+//! bubblewrap command lines, [`helper`] is bwrap+landlock's inner half,
+//! `seccomp` takes the network and `setsid` from landlock-only runs,
+//! `limits` is everything between fork and exec, [`output`] caps captured
+//! output, [`workspace`] archives and restores workdirs, [`cli`] is
+//! `agentd sandbox run`.
 
 pub mod bwrap;
 pub mod cli;
@@ -195,9 +196,7 @@ pub async fn run(
                 landlock::build(&allowed, policy.network, policy.best_effort)?,
                 policy.best_effort,
             );
-            if !policy.network {
-                setup.with_seccomp(seccomp::deny_network());
-            }
+            setup.with_seccomp(seccomp::program(policy.network));
             let mut c = tokio::process::Command::new(program);
             c.args(&argv[1..]);
             c

@@ -7,15 +7,21 @@
 //! changes and control requests arrive as [`Event`]s or channel messages and
 //! are handled one at a time, so agent state needs no locks. Children are
 //! spawned from this thread too, which `PR_SET_PDEATHSIG` requires.
+//!
+//! REPL lines ([`talk`]) and cron firings ([`schedules`]) arrive the same
+//! way: the REPL's threads and the schedule timer only deliver; the
+//! decisions and every ledger write happen here.
 
 mod child;
 mod ledger_thread;
 pub mod restart;
+mod schedules;
 mod systemd;
+mod talk;
 mod watch;
 
-use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::collections::{BTreeMap, HashMap};
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
@@ -29,9 +35,13 @@ use crate::config::{self, AgentSpec, Config};
 use crate::control::{self, AgentStatus, Request, Response};
 use crate::ledger::{self, Ledger, LedgerError, SnapshotKind, TaskState};
 use crate::protocol::{FromChild, PROTOCOL_VERSION, ToChild};
+use crate::repl::{self, Repl};
+use crate::snapshots;
 use child::ChildHandle;
 use ledger_thread::LedgerThread;
 use restart::{Decision, Exit, Restarts};
+use schedules::Armed;
+use talk::{Console, Waiters, Watched};
 use watch::ConfigWatcher;
 
 /// Quiet time after a config file event before reloading.
@@ -121,6 +131,11 @@ struct Agent {
     /// Generation of the current child or of the pending restart; events
     /// from older generations are stale and ignored.
     generation: u64,
+    /// Paused: triggers queue up, nothing is dispatched.
+    paused: bool,
+    schedules: Vec<Armed>,
+    /// A snapshot to restore once the child has stopped, before it restarts.
+    pending_restore: Option<String>,
 }
 
 impl Agent {
@@ -138,6 +153,9 @@ impl Agent {
             running: None,
             after_exit: AfterExit::Policy,
             generation: 0,
+            paused: false,
+            schedules: Vec::new(),
+            pending_restore: None,
         }
     }
 }
@@ -155,22 +173,41 @@ pub struct Supervisor {
     started: Instant,
     watcher: Option<ConfigWatcher>,
     record: Option<PathBuf>,
+    console: Option<Console>,
+    /// REPL tasks whose replies stream to the REPL.
+    watched: HashMap<i64, Watched>,
+    waiters: Waiters,
+    /// `--state-dir` was given: the config's `state_dir` does not apply.
+    state_dir_overridden: bool,
 }
 
 /// Runs the supervisor until it is stopped; the process's exit code.
 /// `record`: record every agent's model replies into cassettes in this dir.
-pub fn run(cfg: Config, record: Option<PathBuf>) -> anyhow::Result<ExitCode> {
+/// `repl`: run the REPL on stdin, in this mode.
+/// `state_dir_overridden`: `--state-dir` was given, so the config's `state_dir` does not apply.
+pub fn run(
+    cfg: Config,
+    record: Option<PathBuf>,
+    state_dir_overridden: bool,
+    repl: Option<repl::Mode>,
+) -> anyhow::Result<ExitCode> {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .context("starting the runtime")?;
-    rt.block_on(run_async(cfg, record))
+    rt.block_on(run_async(cfg, record, state_dir_overridden, repl))
 }
 
-async fn run_async(cfg: Config, record: Option<PathBuf>) -> anyhow::Result<ExitCode> {
+async fn run_async(
+    cfg: Config,
+    record: Option<PathBuf>,
+    state_dir_overridden: bool,
+    repl_mode: Option<repl::Mode>,
+) -> anyhow::Result<ExitCode> {
     std::fs::create_dir_all(&cfg.state_dir)
         .with_context(|| format!("cannot create state dir {}", cfg.state_dir.display()))?;
-    let _lock = lock_state_dir(&cfg.state_dir)?;
+    // One supervisor per state dir: two would both run the same tasks.
+    let _lock = crate::state_dir::lock(&cfg.state_dir)?;
     let ledger = Ledger::open(&cfg.state_dir.join(ledger::FILE_NAME))?;
     let ledger = LedgerThread::start(ledger).context("starting the ledger thread")?;
 
@@ -193,6 +230,10 @@ async fn run_async(cfg: Config, record: Option<PathBuf>) -> anyhow::Result<ExitC
         started: Instant::now(),
         watcher: None,
         record,
+        console: None,
+        watched: HashMap::new(),
+        waiters: HashMap::new(),
+        state_dir_overridden,
         cfg,
     };
     sup.recover_orphaned_tasks().await;
@@ -201,9 +242,21 @@ async fn run_async(cfg: Config, record: Option<PathBuf>) -> anyhow::Result<ExitC
     for spec in names {
         let name = spec.name.to_string();
         sup.agents.insert(name.clone(), Agent::new(spec));
+        // Catch-up tasks are queued before the child is up, so it takes
+        // them first.
+        sup.arm_schedules(&name).await;
         sup.start_agent(&name).await;
     }
     sup.maybe_ready();
+    let (repl_tx, mut repl_rx) = mpsc::unbounded_channel();
+    if let Some(mode) = repl_mode {
+        let current = sup.cfg.agents.first().map(|a| a.name.to_string());
+        let history = sup.cfg.state_dir.join("repl_history");
+        let repl = Repl::start(mode, talk::prompt_for(current.as_deref()), history, repl_tx.clone())
+            .context("starting the REPL")?;
+        sup.console = Some(Console { repl, current });
+    }
+    drop(repl_tx);
     tracing::info!(
         "agentd {} supervising {} agents (state dir {}, control socket {})",
         env!("CARGO_PKG_VERSION"),
@@ -225,12 +278,12 @@ async fn run_async(cfg: Config, record: Option<PathBuf>) -> anyhow::Result<ExitC
         }
         let reload_at = sup.reload_at;
         let stop_deadline = sup.stop_deadline;
+        let schedule_at = sup.next_schedule_at();
         tokio::select! {
             Some(ev) = events_rx.recv() => sup.handle(ev).await,
-            Some((req, reply)) = control_rx.recv() => {
-                let resp = sup.control(req).await;
-                let _ = reply.send(resp);
-            }
+            Some((req, reply)) = control_rx.recv() => sup.on_control(req, reply).await,
+            Some(input) = repl_rx.recv() => sup.on_repl(input).await,
+            _ = sleep_until_opt(schedule_at), if schedule_at.is_some() => sup.fire_schedules().await,
             _ = sigterm.recv() => sup.begin_stop("SIGTERM"),
             _ = sigint.recv() => {
                 interrupts += 1;
@@ -262,6 +315,9 @@ async fn run_async(cfg: Config, record: Option<PathBuf>) -> anyhow::Result<ExitC
     };
     // Release the socket first, so clients see "not running", not a hang.
     let _ = std::fs::remove_file(&socket);
+    if let Some(c) = &mut sup.console {
+        c.repl.finish();
+    }
     let _ = sup.ledger.call(|l| l.checkpoint()).await;
     tracing::info!("agentd stopped");
     Ok(code)
@@ -272,23 +328,6 @@ async fn sleep_until_opt(t: Option<tokio::time::Instant>) {
         Some(t) => tokio::time::sleep_until(t).await,
         None => std::future::pending().await,
     }
-}
-
-/// One supervisor per state dir: two would both run the same tasks.
-fn lock_state_dir(dir: &Path) -> anyhow::Result<nix::fcntl::Flock<std::fs::File>> {
-    let path = dir.join("agentd.lock");
-    let file = std::fs::OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(&path)
-        .with_context(|| format!("cannot open {}", path.display()))?;
-    nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusiveNonblock).map_err(|(_, e)| {
-        anyhow::anyhow!(
-            "another agentd is already running with state dir {} ({e})",
-            dir.display()
-        )
-    })
 }
 
 impl Supervisor {
@@ -333,7 +372,7 @@ impl Supervisor {
     }
 
     fn workdir(&self, agent: &str) -> PathBuf {
-        self.cfg.state_dir.join("agents").join(agent).join("work")
+        crate::state_dir::workdir(&self.cfg.state_dir, agent)
     }
 
     async fn start_agent(&mut self, name: &str) {
@@ -531,13 +570,17 @@ impl Supervisor {
                 self.dispatch(name).await;
             }
             FromChild::Step { task, lease, step } => {
+                if self.watched.contains_key(&task) {
+                    self.on_step(task, &step.kind, step.payload["name"].as_str());
+                }
                 let r = self.ledger.call(move |l| l.append_step(task, &lease, &step)).await;
                 if let Some(Err(e)) = r {
                     tracing::warn!(agent = name, "journal write rejected: {e}");
                 }
             }
-            FromChild::Output { text, .. } => {
+            FromChild::Output { task, text, .. } => {
                 tracing::debug!(agent = name, "model: {text}");
+                self.on_output(task, &text);
             }
             FromChild::Finished {
                 task,
@@ -554,6 +597,15 @@ impl Supervisor {
                 }
                 let agent = name.to_owned();
                 let state = if state.is_final() { state } else { TaskState::Failed };
+                // One line of what the model said (or what went wrong) for the log.
+                let summary = result
+                    .as_deref()
+                    .or(error.as_deref())
+                    .and_then(|t| t.lines().find(|l| !l.trim().is_empty()));
+                let summary = summary.map(|l| l.chars().take(200).collect::<String>());
+                // Shown and answered after the write, so whoever hears of the
+                // end finds it in the ledger.
+                let (shown_result, shown_error) = (result.clone(), error.clone());
                 let r = self
                     .ledger
                     .call(move |l| -> Result<(), LedgerError> {
@@ -568,7 +620,9 @@ impl Supervisor {
                 if let Some(Err(e)) = r {
                     tracing::error!(agent = name, "cannot record the end of task {task}: {e}");
                 }
-                tracing::info!(agent = name, "task {task} {state}");
+                let said = summary.map(|s| format!(": {s}")).unwrap_or_default();
+                tracing::info!(agent = name, "task {task} {state}{said}");
+                self.on_task_end(name, task, state, shown_result.as_deref(), shown_error.as_deref());
                 if let Some(a) = self.agents.get_mut(name) {
                     a.running = None;
                 }
@@ -606,9 +660,13 @@ impl Supervisor {
 
         if let Some((task, _)) = running {
             let cause = format!("agent process {exit}");
-            let r = self.ledger.call(move |l| l.release(task, &cause, max_attempts)).await;
+            let c2 = cause.clone();
+            let r = self.ledger.call(move |l| l.release(task, &c2, max_attempts)).await;
             match r {
-                Some(Ok(state)) => tracing::warn!(agent = name, "task {task} interrupted; now {state}"),
+                Some(Ok(state)) => {
+                    tracing::warn!(agent = name, "task {task} interrupted; now {state}");
+                    self.on_task_released(name, task, state, &cause);
+                }
                 Some(Err(e)) => tracing::error!(agent = name, "cannot release task {task}: {e}"),
                 None => {}
             }
@@ -623,6 +681,9 @@ impl Supervisor {
             AfterExit::StayDown => a.state = State::Stopped,
             AfterExit::StartAgain if !stopping => {
                 a.restarts.reset();
+                if let Some(which) = a.pending_restore.take() {
+                    self.restore_snapshot(name, which).await;
+                }
                 self.start_agent(name).await;
             }
             AfterExit::StartAgain => a.state = State::Stopped,
@@ -669,7 +730,7 @@ impl Supervisor {
         }
         let Some(a) = self.agents.get(name) else { return };
         let Some(child) = &a.child else { return };
-        if a.state != State::Running || a.running.is_some() {
+        if a.state != State::Running || a.running.is_some() || a.paused {
             return;
         }
         let lease = format!("{name}:{}:{}", child.pid, child.generation);
@@ -749,14 +810,14 @@ impl Supervisor {
                 return Err(errors.to_string());
             }
         };
-        if new.state_dir != self.cfg.state_dir {
+        if new.state_dir != self.cfg.state_dir && !self.state_dir_overridden {
             tracing::warn!(
                 "state_dir changed to {}; that takes a restart of agentd (keeping {})",
                 new.state_dir.display(),
                 self.cfg.state_dir.display()
             );
-            new.state_dir = self.cfg.state_dir.clone();
         }
+        new.state_dir = self.cfg.state_dir.clone();
         let (mut added, mut removed, mut restarted, mut unchanged) = (vec![], vec![], vec![], vec![]);
         let old_names: Vec<String> = self.agents.keys().cloned().collect();
         for name in old_names {
@@ -772,6 +833,7 @@ impl Supervisor {
             match self.agents.get_mut(&name) {
                 None => {
                     self.agents.insert(name.clone(), Agent::new(spec));
+                    self.arm_schedules(&name).await;
                     self.start_agent(&name).await;
                     added.push(name);
                 }
@@ -779,6 +841,7 @@ impl Supervisor {
                     a.restarts = Restarts::new(spec.restart.clone());
                     a.spec = spec;
                     a.last_error = None;
+                    self.arm_schedules(&name).await;
                     if self.stop_agent(&name, AfterExit::StartAgain, self.cfg.shutdown_grace) {
                         self.start_agent(&name).await;
                     }
@@ -815,7 +878,13 @@ impl Supervisor {
                 }
                 Response::ok(json!({ "agents": out }))
             }
-            Request::Start { agent } | Request::Stop { agent } | Request::Restart { agent }
+            Request::Start { agent }
+            | Request::Stop { agent }
+            | Request::Restart { agent }
+            | Request::Pause { agent }
+            | Request::Resume { agent }
+            | Request::SnapshotCreate { agent, .. }
+            | Request::SnapshotRestore { agent, .. }
                 if !self.agents.contains_key(&agent) =>
             {
                 Response::error(format!("no agent named {agent:?}"))
@@ -848,6 +917,49 @@ impl Supervisor {
                 }
                 Response::ok(json!(self.agent_status(&agent).await))
             }
+            Request::Pause { agent } => match self.pause(&agent) {
+                Ok(()) => Response::ok(json!(self.agent_status(&agent).await)),
+                Err(e) => Response::error(e),
+            },
+            Request::Resume { agent } => match self.resume(&agent).await {
+                Ok(()) => Response::ok(json!(self.agent_status(&agent).await)),
+                Err(e) => Response::error(e),
+            },
+            // Answered in `on_control`, which may hold the reply until the
+            // task ends.
+            Request::Send { .. } => Response::error("internal: Send is handled before control()"),
+            Request::SnapshotCreate { agent, label } => {
+                let workdir = self.workdir(&agent);
+                let r = self
+                    .ledger
+                    .call(move |l| snapshots::create(l, &agent, &workdir, label.as_deref()))
+                    .await;
+                match r {
+                    Some(Ok(meta)) => Response::ok(json!(meta)),
+                    Some(Err(e)) => Response::error(e.to_string()),
+                    None => Response::error("the ledger is closed"),
+                }
+            }
+            Request::SnapshotRestore { agent, snapshot } => {
+                let (a2, s2) = (agent.clone(), snapshot.clone());
+                let meta = match self.ledger.call(move |l| l.snapshot(&a2, &s2).map(|s| s.meta)).await {
+                    Some(Ok(meta)) => meta,
+                    Some(Err(e)) => return Response::error(e.to_string()),
+                    None => return Response::error("the ledger is closed"),
+                };
+                // The child must be down while its workdir is rewritten, and
+                // must restart to load a restored conversation.
+                let running = self.agents.get(&agent).is_some_and(|a| a.child.is_some());
+                if running {
+                    if let Some(a) = self.agents.get_mut(&agent) {
+                        a.pending_restore = Some(meta.id.to_string());
+                    }
+                    self.stop_agent(&agent, AfterExit::StartAgain, self.cfg.shutdown_grace);
+                } else {
+                    self.restore_snapshot(&agent, meta.id.to_string()).await;
+                }
+                Response::ok(json!(meta))
+            }
             Request::Reload => match self.reload().await {
                 Ok(summary) => Response::ok(summary),
                 Err(e) => {
@@ -855,6 +967,20 @@ impl Supervisor {
                     Response::error(format!("config rejected; agents keep running:\n{e}"))
                 }
             },
+        }
+    }
+
+    async fn restore_snapshot(&mut self, agent: &str, which: String) {
+        let workdir = self.workdir(agent);
+        let name = agent.to_owned();
+        match self
+            .ledger
+            .call(move |l| snapshots::restore(l, &name, &workdir, &which))
+            .await
+        {
+            Some(Ok(meta)) => tracing::info!(agent, "restored {} snapshot {}", meta.kind.as_str(), meta.id),
+            Some(Err(e)) => tracing::error!(agent, "restoring a snapshot failed: {e}"),
+            None => {}
         }
     }
 
@@ -877,6 +1003,8 @@ impl Supervisor {
                 last_error: None,
                 queued,
                 running_task: None,
+                paused: false,
+                schedules: Vec::new(),
             };
         };
         AgentStatus {
@@ -889,6 +1017,8 @@ impl Supervisor {
             last_error: a.last_error.clone(),
             queued,
             running_task: a.running.as_ref().map(|(id, _)| *id),
+            paused: a.paused,
+            schedules: self.schedule_status(name),
         }
     }
 }

@@ -78,6 +78,12 @@ fn run(n: usize) {
             Err(e) => panic!("no READY=1: {e}"),
         }
     };
+    // Keep draining: systemd always reads, and a full socket queue would
+    // block agentd's notifications.
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 4096];
+        while notify.recv(&mut buf).is_ok() {}
+    });
     // Let the children settle into idle before measuring memory.
     std::thread::sleep(Duration::from_millis(500));
     let sock = state.join(control::SOCKET_NAME);

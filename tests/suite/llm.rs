@@ -944,6 +944,30 @@ async fn replay_that_runs_out_fails_clearly() {
 }
 
 #[tokio::test]
+async fn repeating_cassette_starts_over_after_the_last_reply() {
+    let dir = tempdir();
+    let model = write_cassette(
+        dir.path(),
+        json!({"agentd_cassette": 1, "repeat": true, "exchanges": [
+            {"response": {"content": "one"}}, {"response": {"content": "two"}}
+        ]}),
+    );
+    let player = LlmClient::new(&LlmSpec::default(), &model).unwrap();
+    let mut got = Vec::new();
+    for i in 0..5 {
+        got.push(
+            complete(&player, &ask(&i.to_string()))
+                .await
+                .0
+                .expect("repeats")
+                .content
+                .unwrap_or_default(),
+        );
+    }
+    assert_eq!(got, ["one", "two", "one", "two", "one"]);
+}
+
+#[tokio::test]
 async fn replay_mismatch_says_what_was_expected_and_what_came() {
     let dir = tempdir();
     let model = write_cassette(

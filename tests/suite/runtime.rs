@@ -399,3 +399,130 @@ fn a_recorded_run_replays_to_the_same_journal_without_a_server() {
     std::fs::write(s.inbox.join("r.md"), "replay me").expect("write");
     assert_eq!(journal(&d), recorded);
 }
+
+/// Pids of `parent`'s direct children.
+fn children_of(parent: u32) -> Vec<u32> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let stat = std::fs::read_to_string(e.path().join("stat")).unwrap_or_default();
+        let ppid = stat
+            .rsplit_once(") ")
+            .and_then(|(_, rest)| rest.split_whitespace().nth(1))
+            .and_then(|p| p.parse::<u32>().ok());
+        if ppid == Some(parent) {
+            out.push(pid);
+        }
+    }
+    out
+}
+
+#[test]
+fn a_burst_of_50_writes_yields_a_few_tasks_and_the_last_has_the_fresh_contents() {
+    let llm = LlmServer::start((0..20).map(|i| Reply::stream_text(&[&format!("seen {i}")])).collect());
+    let s = Setup::new(&llm.base_url(), "");
+    let d = s.start();
+    let note = s.inbox.join("burst.md");
+    for i in 0..50 {
+        std::fs::write(&note, format!("version {i}\n")).expect("write");
+    }
+    // Wait until the ledger has been quiet (all final) for a while.
+    let mut stable = 0;
+    let mut last = Vec::new();
+    for _ in 0..200 {
+        std::thread::sleep(Duration::from_millis(100));
+        let now = tasks(&d.state_dir);
+        if !now.is_empty() && now.iter().all(|t| t.state.is_final()) && now.len() == last.len() {
+            stable += 1;
+            if stable >= 10 {
+                break;
+            }
+        } else {
+            stable = 0;
+        }
+        last = now;
+    }
+    let all = tasks(&d.state_dir);
+    assert!(!all.is_empty(), "never zero; log:\n{}", d.log_text());
+    assert!(all.len() <= 5, "bursts coalesce: {} tasks for 50 writes", all.len());
+    assert!(all.iter().all(|t| t.state == TaskState::Succeeded), "{all:#?}");
+    let newest = &all[0];
+    assert_eq!(
+        newest.trigger["contents"], "version 49\n",
+        "the last task saw what the file says now"
+    );
+}
+
+#[test]
+fn sigterm_stops_agents_and_their_mcp_servers() {
+    let llm = LlmServer::start(vec![]);
+    let s = Setup::new(&llm.base_url(), "");
+    let mut d = s.start();
+    let child = d.running_pid("reader");
+    let servers = wait_for(Duration::from_secs(10), || {
+        Some(children_of(child)).filter(|v| !v.is_empty())
+    })
+    .expect("the agent started its MCP server");
+    d.signal(Signal::SIGTERM);
+    assert_eq!(d.wait_exit(Duration::from_secs(20)).code(), Some(0));
+    for pid in servers.iter().chain([&child]) {
+        assert!(
+            wait_for(Duration::from_secs(5), || (!alive(*pid)).then_some(())).is_some(),
+            "process {pid} outlived agentd"
+        );
+    }
+}
+
+#[test]
+fn restoring_a_conversation_snapshot_gives_the_agent_that_memory_back() {
+    let llm = LlmServer::start(vec![
+        Reply::stream_text(&["Noted the apples."]),
+        Reply::stream_text(&["Noted the pears."]),
+        Reply::stream_text(&["I remember apples only."]),
+    ]);
+    let s = Setup::new(&llm.base_url(), "");
+    let d = s.start();
+    std::fs::write(s.inbox.join("apples.md"), "apples").expect("write");
+    wait_task(&d, |t| t.state == TaskState::Succeeded, "first");
+    std::fs::write(s.inbox.join("pears.md"), "pears").expect("write");
+    wait_for(Duration::from_secs(30), || {
+        (tasks(&d.state_dir)
+            .iter()
+            .filter(|t| t.state == TaskState::Succeeded)
+            .count()
+            == 2)
+            .then_some(())
+    })
+    .expect("second task");
+    let sd = d.state_dir.to_str().unwrap_or_default().to_owned();
+    let out = agentd(&["snapshot", "list", "--state-dir", &sd, "reader", "--json"]);
+    let list: Value = serde_json::from_slice(&out.stdout).expect("json");
+    let after_first = list
+        .as_array()
+        .and_then(|l| l.last())
+        .map(|m| m["id"].to_string())
+        .expect("a snapshot");
+    let out = agentd(&["snapshot", "show", "--state-dir", &sd, "reader", &after_first]);
+    assert!(
+        stdout(&out).contains("assistant: Noted the apples."),
+        "{}",
+        stdout(&out)
+    );
+
+    let pid = d.running_pid("reader");
+    let out = agentd(&["snapshot", "restore", "--state-dir", &sd, "reader", &after_first]);
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    d.wait_status("reader to restart", |s| {
+        s.iter()
+            .any(|a| a.state == "running" && a.pid.is_some_and(|p| p != pid))
+    });
+    std::fs::write(s.inbox.join("plums.md"), "plums").expect("write");
+    wait_for(Duration::from_secs(30), || (llm.request_count() == 3).then_some(())).expect("third request");
+    let msgs = llm.requests()[2].json()["messages"].to_string();
+    assert!(
+        msgs.contains("Noted the apples.") && !msgs.contains("Noted the pears."),
+        "{msgs}"
+    );
+}

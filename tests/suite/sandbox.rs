@@ -710,3 +710,103 @@ fn cli_args_take_the_command_after_a_double_dash() {
         "a command is required"
     );
 }
+
+#[tokio::test(flavor = "current_thread")]
+async fn landlock_keeps_every_process_in_the_group_the_timeout_kills() {
+    let wd = test_dir("wd-");
+    let marker = unique_sleep();
+    let argv = py(&format!(
+        "import subprocess\nsubprocess.Popen(['sleep', '{marker}'], start_new_session=True)\nprint('started')"
+    ));
+    // Control: without the sandbox a new session escapes the group kill.
+    let control = run(&policy(Backend::None), wd.path(), &argv).await;
+    assert_eq!(control.stdout, "started\n", "control: {control:?}");
+    assert!(running_with(&marker), "control: the new session should survive");
+    for pid in pids_with(&marker) {
+        unsafe { libc::kill(pid, libc::SIGKILL) };
+    }
+
+    let sandboxed = run(&policy(Backend::Landlock), wd.path(), &argv).await;
+    assert!(!sandboxed.success(), "setsid must be refused: {sandboxed:?}");
+    let gone = wait_for(Duration::from_secs(5), || (!running_with(&marker)).then_some(()));
+    assert!(gone.is_some(), "a process left the sandbox's process group");
+}
+
+#[test]
+fn the_agentd_binary_is_its_own_landlock_helper() {
+    // What bwrap runs inside the namespace for bwrap+landlock; here without
+    // bwrap, so the rules apply to host paths directly.
+    let wd = test_dir("wd-");
+    let outside = test_dir("outside-");
+    std::fs::write(outside.path().join("secret"), "sk-HELPER").unwrap();
+    let wd_s = wd.path().to_str().unwrap();
+    let helper = |script: &str| {
+        let mut args = vec![sandbox::helper::SUBCOMMAND, "--rw", wd_s];
+        for p in ["/usr", "/bin", "/lib", "/lib64", "/etc/ld.so.cache"] {
+            args.extend(["--ro", p]);
+        }
+        args.extend(["--", "sh", "-c", script]);
+        crate::support::agentd(&args)
+    };
+    let ok = helper(&format!("echo in > {wd_s}/f && cat {wd_s}/f"));
+    assert_eq!(crate::support::stdout(&ok), "in\n", "{}", crate::support::stderr(&ok));
+    let denied = helper(&format!("cat {}/secret", outside.path().display()));
+    assert!(!denied.status.success() && !crate::support::stdout(&denied).contains("HELPER"));
+    let bad = crate::support::agentd(&[sandbox::helper::SUBCOMMAND, "--bogus"]);
+    assert_eq!(bad.status.code(), Some(126), "{}", crate::support::stderr(&bad));
+}
+
+#[test]
+fn agentd_sandbox_run_passes_output_and_exit_status_through() {
+    let wd = test_dir("wd-");
+    let out = crate::support::agentd(&[
+        "sandbox",
+        "run",
+        "default",
+        "--workdir",
+        wd.path().to_str().unwrap(),
+        "--",
+        "sh",
+        "-c",
+        "echo hello; echo oops >&2; exit 3",
+    ]);
+    assert_eq!(out.status.code(), Some(3), "{}", crate::support::stderr(&out));
+    assert_eq!(crate::support::stdout(&out), "hello\n");
+    let err = crate::support::stderr(&out);
+    assert!(
+        err.contains("oops\n") && err.contains("exit 3") && err.contains("backend landlock"),
+        "{err}"
+    );
+}
+
+#[test]
+fn agentd_sandbox_run_strict_uses_agentd_itself_as_the_landlock_helper() {
+    // No set_helper_exe here: the real binary finds itself.
+    let wd = test_dir("wd-");
+    let outside = test_dir("outside-");
+    let run = |script: &str| {
+        crate::support::agentd(&[
+            "sandbox",
+            "run",
+            "strict",
+            "--workdir",
+            wd.path().to_str().unwrap(),
+            "--",
+            "sh",
+            "-c",
+            script,
+        ])
+    };
+    let ok = run("echo inside > f && cat f");
+    assert_eq!(
+        crate::support::stdout(&ok),
+        "inside\n",
+        "{}",
+        crate::support::stderr(&ok)
+    );
+    let proc_read = run("cat /proc/self/status");
+    assert_ne!(proc_read.status.code(), Some(0), "landlock must deny bwrap's /proc");
+    let escape = run(&format!("touch {}/x", outside.path().display()));
+    assert_ne!(escape.status.code(), Some(0));
+    assert!(!outside.path().join("x").exists());
+}

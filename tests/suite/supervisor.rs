@@ -211,8 +211,10 @@ fn control_socket_answers_and_survives_bad_requests() {
     let v = ask(r#"{"method":"Stop","agent":"nobody"}"#);
     assert_eq!(v["error"], "no agent named \"nobody\"");
     let v = ask(r#"{"method":"DescribeInterface"}"#);
-    assert_eq!(v["result"]["version"], 1);
-    assert!(v["result"]["methods"]["Status"].is_object());
+    assert_eq!(v["result"]["version"], 2);
+    for m in ["Status", "Send", "Pause", "Resume"] {
+        assert!(v["result"]["methods"][m].is_object(), "{m} is described");
+    }
     let v = ask(r#"{"method":"Health"}"#);
     assert_eq!(v["result"]["ok"], true);
     assert_eq!(d.running_pid("solo"), pid, "bad requests changed nothing");

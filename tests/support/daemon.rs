@@ -121,6 +121,19 @@ impl Drop for Daemon {
 impl Daemon {
     /// Like [`Daemon::start`] with extra arguments before the config path.
     pub fn start_with_args(config: &Path, state_dir: &Path, envs: &[(&str, &str)], args: &[&str]) -> Daemon {
+        Daemon::start_with_stdio(config, state_dir, envs, args, Stdio::null(), Stdio::null())
+    }
+
+    /// Like [`Daemon::start_with_args`], with agentd's stdin and stdout
+    /// given (a pipe or a pseudo-terminal, for the REPL).
+    pub fn start_with_stdio(
+        config: &Path,
+        state_dir: &Path,
+        envs: &[(&str, &str)],
+        args: &[&str],
+        stdin: Stdio,
+        stdout: Stdio,
+    ) -> Daemon {
         let log = state_dir.with_extension("log");
         std::fs::create_dir_all(state_dir).expect("state dir");
         let log_file = std::fs::File::create(&log).expect("log file");
@@ -128,14 +141,12 @@ impl Daemon {
         all.extend_from_slice(args);
         all.push(config.to_str().unwrap_or_default());
         let mut cmd = agentd_cmd(&all);
-        cmd.env("RUST_LOG", "info")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(log_file);
+        cmd.env("RUST_LOG", "info").stdin(stdin).stdout(stdout).stderr(log_file);
         for (k, v) in envs {
             cmd.env(k, v);
         }
         let child = cmd.spawn().expect("spawn agentd");
+        drop(cmd);
         let d = Daemon {
             child,
             state_dir: state_dir.to_owned(),

@@ -76,6 +76,7 @@ pub mod daemon;
 pub mod llm_server;
 
 pub mod mcp;
+pub mod repl;
 
 /// Logs to the test's captured output; `RUST_LOG` picks the level.
 pub fn init_tracing() {

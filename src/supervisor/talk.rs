@@ -1,0 +1,389 @@
+//! People talking to agents: REPL lines, `agentd send`, pause and resume,
+//! and the agents' streamed replies going back to whoever asked.
+//!
+//! A message becomes a queued task like any trigger (ledger, journal,
+//! snapshot, same conversation), so nothing here runs anything itself. The
+//! REPL only sees the tasks it started: their text streams in line by line,
+//! each line labelled with the agent's name. A `send --wait` client gets
+//! one answer when its task ends.
+
+use std::collections::HashMap;
+
+use tokio::sync::oneshot;
+
+use super::Supervisor;
+use crate::control::{self, Request, Response, SendResult};
+use crate::ledger::{TaskFilter, TaskState, Trigger};
+use crate::repl::{self, Answer, Command, Input, LineBuffer, Repl, labelled};
+
+/// The REPL as the supervisor sees it.
+pub(super) struct Console {
+    pub repl: Repl,
+    /// Where plain lines go.
+    pub current: Option<String>,
+}
+
+/// A REPL task whose reply is being streamed.
+pub(super) struct Watched {
+    agent: String,
+    buf: LineBuffer,
+    /// Whether any of its text was shown (else the result is, at the end).
+    shown: bool,
+}
+
+/// `send --wait` clients, by task.
+pub(super) type Waiters = HashMap<i64, Vec<oneshot::Sender<Response>>>;
+
+impl Supervisor {
+    pub(super) async fn on_repl(&mut self, input: Input) {
+        match input {
+            Input::Closed => {
+                tracing::info!("REPL input ended: the REPL is closed, agentd keeps running");
+                // On a terminal the logs are quiet; say it where the person looks.
+                if self.console.as_ref().is_some_and(|c| c.repl.is_terminal()) {
+                    self.say("REPL closed; agentd keeps running (Ctrl-C or SIGTERM stops it)".into());
+                }
+            }
+            Input::Line { text, answer } => {
+                let quit = self.repl_line(&text).await;
+                let _ = answer.send(Answer {
+                    prompt: self.prompt(),
+                    quit,
+                });
+            }
+        }
+    }
+
+    pub(super) fn prompt(&self) -> String {
+        prompt_for(self.console.as_ref().and_then(|c| c.current.as_deref()))
+    }
+
+    fn say(&self, line: String) {
+        if let Some(c) = &self.console {
+            c.repl.print(line);
+        }
+    }
+
+    fn say_error(&self, e: impl std::fmt::Display) {
+        self.say(format!("error: {e}"));
+    }
+
+    /// Runs one REPL line; true for `/quit`.
+    async fn repl_line(&mut self, text: &str) -> bool {
+        let cmd = match repl::parse(text) {
+            Ok(c) => c,
+            Err(e) => {
+                self.say_error(e);
+                return false;
+            }
+        };
+        match cmd {
+            Command::Nothing => {}
+            Command::Say { agent, text } => {
+                let name = match self.current_or(agent) {
+                    Ok(n) => n,
+                    Err(e) => {
+                        self.say_error(e);
+                        return false;
+                    }
+                };
+                match self.send_message(&name, &text, "repl").await {
+                    Ok(task) => {
+                        self.watched.insert(
+                            task,
+                            Watched {
+                                agent: name.clone(),
+                                buf: LineBuffer::default(),
+                                shown: false,
+                            },
+                        );
+                        if let Some(why) = self.why_waiting(&name) {
+                            self.say(labelled(&name, &format!("({why}: task {task} waits in the queue)")));
+                        }
+                    }
+                    Err(e) => self.say_error(e),
+                }
+            }
+            Command::Use(name) => match self.known(&name) {
+                Ok(()) => {
+                    if let Some(c) = &mut self.console {
+                        c.current = Some(name);
+                    }
+                }
+                Err(e) => self.say_error(e),
+            },
+            Command::Agents => {
+                let current = self.console.as_ref().and_then(|c| c.current.clone());
+                let lines: Vec<String> = self
+                    .agents
+                    .iter()
+                    .map(|(name, a)| {
+                        let mark = if current.as_deref() == Some(name.as_str()) {
+                            '*'
+                        } else {
+                            ' '
+                        };
+                        let paused = if a.paused { ", paused" } else { "" };
+                        format!("{mark} {name} ({}{paused})", a.state.as_str())
+                    })
+                    .collect();
+                for l in lines {
+                    self.say(l);
+                }
+            }
+            Command::Status => {
+                let mut all = Vec::new();
+                let names: Vec<String> = self.agents.keys().cloned().collect();
+                for name in names {
+                    all.push(self.agent_status(&name).await);
+                }
+                for l in control::status_lines(&all) {
+                    self.say(l);
+                }
+            }
+            Command::Tasks => self.show_tasks().await,
+            Command::Pause(name) => {
+                let r = self.current_or(name).and_then(|n| self.pause(&n).map(|()| n));
+                match r {
+                    Ok(name) => self.say(format!(
+                        "{name} paused: its triggers queue up; /resume {name} runs them"
+                    )),
+                    Err(e) => self.say_error(e),
+                }
+            }
+            Command::Resume(name) => {
+                let r = match self.current_or(name) {
+                    Ok(n) => self.resume(&n).await.map(|()| n),
+                    Err(e) => Err(e),
+                };
+                match r {
+                    Ok(name) => self.say(format!("{name} resumed")),
+                    Err(e) => self.say_error(e),
+                }
+            }
+            Command::Help => {
+                for l in repl::HELP {
+                    self.say((*l).to_owned());
+                }
+            }
+            Command::Quit => {
+                self.begin_stop("/quit in the REPL");
+                return true;
+            }
+        }
+        false
+    }
+
+    async fn show_tasks(&mut self) {
+        let Some(agent) = self.console.as_ref().and_then(|c| c.current.clone()) else {
+            self.say_error("no current agent; /use AGENT picks one");
+            return;
+        };
+        let filter = TaskFilter {
+            agent: Some(agent.clone()),
+            state: None,
+            limit: Some(10),
+        };
+        match self.ledger.call(move |l| l.list_tasks(&filter)).await {
+            Some(Ok(tasks)) if tasks.is_empty() => self.say(format!("{agent} has no tasks yet")),
+            Some(Ok(tasks)) => {
+                for t in tasks.iter().rev() {
+                    let what = t.trigger().map(|tr| tr.summary()).unwrap_or_default();
+                    self.say(format!(
+                        "#{:<5} {:<9} {:<8} {what}",
+                        t.id,
+                        t.state.as_str(),
+                        t.trigger_kind
+                    ));
+                }
+            }
+            Some(Err(e)) => self.say_error(e),
+            None => {}
+        }
+    }
+
+    /// `name`, or the current agent when none is given.
+    fn current_or(&self, name: Option<String>) -> Result<String, String> {
+        name.or_else(|| self.console.as_ref().and_then(|c| c.current.clone()))
+            .ok_or_else(|| "no current agent; name one, or /use AGENT".to_owned())
+    }
+
+    fn known(&self, name: &str) -> Result<(), String> {
+        if self.agents.contains_key(name) {
+            Ok(())
+        } else {
+            let names: Vec<&str> = self.agents.keys().map(String::as_str).collect();
+            Err(format!("no agent named {name:?} (agents: {})", names.join(", ")))
+        }
+    }
+
+    /// Why a message to `name` will not run right away, if it will not.
+    fn why_waiting(&self, name: &str) -> Option<String> {
+        let a = self.agents.get(name)?;
+        if a.paused {
+            Some(format!("{name} is paused; /resume {name} runs it"))
+        } else if a.child.is_none() {
+            Some(format!("{name} is {}", a.state.as_str()))
+        } else {
+            None
+        }
+    }
+
+    /// Queues a message for `agent` and hands it over if the agent is free.
+    pub(super) async fn send_message(&mut self, agent: &str, text: &str, from: &str) -> Result<i64, String> {
+        self.known(agent)?;
+        if self.stop_deadline.is_some() {
+            return Err("agentd is shutting down".into());
+        }
+        let trigger = Trigger::Message {
+            text: text.to_owned(),
+            from: from.to_owned(),
+        };
+        let owned = agent.to_owned();
+        let id = match self.ledger.call(move |l| l.enqueue(&owned, &trigger, None)).await {
+            Some(Ok(e)) => e.id(),
+            Some(Err(e)) => return Err(format!("cannot record the message: {e}")),
+            None => return Err("agentd is shutting down".into()),
+        };
+        tracing::debug!(agent, "message from {from} queued as task {id}");
+        self.dispatch(agent).await;
+        Ok(id)
+    }
+
+    pub(super) fn pause(&mut self, name: &str) -> Result<(), String> {
+        self.known(name)?;
+        if let Some(a) = self.agents.get_mut(name)
+            && !a.paused
+        {
+            a.paused = true;
+            let running = a.running.as_ref().map(|(id, _)| format!("; task {id} finishes first"));
+            tracing::info!(agent = name, "paused{}", running.unwrap_or_default());
+        }
+        Ok(())
+    }
+
+    pub(super) async fn resume(&mut self, name: &str) -> Result<(), String> {
+        self.known(name)?;
+        if let Some(a) = self.agents.get_mut(name)
+            && a.paused
+        {
+            a.paused = false;
+            tracing::info!(agent = name, "resumed");
+        }
+        self.dispatch(name).await;
+        Ok(())
+    }
+
+    /// Control requests that may answer later (`Send` with `wait`); the
+    /// rest answer at once.
+    pub(super) async fn on_control(&mut self, req: Request, reply: oneshot::Sender<Response>) {
+        let Request::Send { agent, text, wait } = req else {
+            let resp = self.control(req).await;
+            let _ = reply.send(resp);
+            return;
+        };
+        match self.send_message(&agent, &text, "control").await {
+            Ok(task) if wait => self.waiters.entry(task).or_default().push(reply),
+            Ok(task) => {
+                let paused = self.agents.get(&agent).is_some_and(|a| a.paused);
+                let _ = reply.send(send_result(SendResult {
+                    task,
+                    agent,
+                    state: TaskState::Queued.as_str().into(),
+                    paused,
+                    result: None,
+                    error: None,
+                }));
+            }
+            Err(e) => {
+                let _ = reply.send(Response::error(e));
+            }
+        }
+    }
+
+    /// Streamed model text: shown line by line if the REPL asked for it.
+    pub(super) fn on_output(&mut self, task: i64, text: &str) {
+        let Some(w) = self.watched.get_mut(&task) else { return };
+        let lines = w.buf.push(text);
+        w.shown |= !lines.is_empty();
+        let agent = w.agent.clone();
+        for l in lines {
+            self.say(labelled(&agent, &l));
+        }
+    }
+
+    /// A journal step of a watched task ends the model's turn (so its last
+    /// line is complete) or names a tool it called.
+    pub(super) fn on_step(&mut self, task: i64, kind: &str, tool: Option<&str>) {
+        let Some(w) = self.watched.get_mut(&task) else { return };
+        let mut lines: Vec<String> = w.buf.flush().into_iter().collect();
+        if kind == "tool" {
+            lines.push(format!("[tool {}]", tool.unwrap_or("?")));
+        }
+        w.shown |= !lines.is_empty();
+        let agent = w.agent.clone();
+        for l in lines {
+            self.say(labelled(&agent, &l));
+        }
+    }
+
+    /// A task ended: finish its REPL stream and answer its waiters.
+    pub(super) fn on_task_end(
+        &mut self,
+        agent: &str,
+        task: i64,
+        state: TaskState,
+        result: Option<&str>,
+        error: Option<&str>,
+    ) {
+        if let Some(mut w) = self.watched.remove(&task) {
+            let mut lines: Vec<String> = w.buf.flush().into_iter().collect();
+            // A reply that did not stream (a replayed cassette) is shown whole.
+            if !w.shown && lines.is_empty() {
+                lines.extend(result.unwrap_or_default().lines().map(str::to_owned));
+            }
+            if state != TaskState::Succeeded {
+                lines.push(format!(
+                    "error: task {task} {state}: {}",
+                    error.unwrap_or("no reason given")
+                ));
+            }
+            for l in lines {
+                self.say(labelled(&w.agent, &l));
+            }
+        }
+        for reply in self.waiters.remove(&task).unwrap_or_default() {
+            let _ = reply.send(send_result(SendResult {
+                task,
+                agent: agent.to_owned(),
+                state: state.as_str().into(),
+                paused: false,
+                result: result.map(str::to_owned),
+                error: error.map(str::to_owned),
+            }));
+        }
+    }
+
+    /// The agent process died under a task: the ledger re-queued it or,
+    /// with its attempts spent, failed it.
+    pub(super) fn on_task_released(&mut self, agent: &str, task: i64, state: TaskState, cause: &str) {
+        if state.is_final() {
+            self.on_task_end(agent, task, state, None, Some(cause));
+        } else if let Some(w) = self.watched.get_mut(&task) {
+            w.buf = LineBuffer::default();
+            self.say(labelled(
+                agent,
+                &format!("(interrupted: {cause}; task {task} will run again)"),
+            ));
+        }
+    }
+}
+
+/// `news> `, or `agentd> ` when there is no agent to talk to.
+pub(super) fn prompt_for(current: Option<&str>) -> String {
+    format!("{}> ", current.unwrap_or("agentd"))
+}
+
+fn send_result(r: SendResult) -> Response {
+    Response::ok(serde_json::to_value(r).unwrap_or_default())
+}
