@@ -91,13 +91,15 @@ impl SkillsRuntime {
         }
         if let (Some(b), Some(token)) = (&self.bridge, token) {
             e.read_only.push(b.socket().to_path_buf());
-            e.env.push((bridge::ENV_SOCKET.into(), b.socket().display().to_string()));
+            e.env
+                .push((bridge::ENV_SOCKET.into(), b.socket().display().to_string()));
             e.env.push((bridge::ENV_TOKEN.into(), token.to_owned()));
         }
         if let Some((bin, exe)) = &self.bin {
             e.read_only.push(bin.clone());
             e.read_only.push(exe.clone());
-            e.env.push(("PATH".into(), format!("{}:{}", bin.display(), sandbox::DEFAULT_PATH)));
+            e.env
+                .push(("PATH".into(), format!("{}:{}", bin.display(), sandbox::DEFAULT_PATH)));
         }
         e
     }

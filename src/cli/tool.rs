@@ -49,5 +49,9 @@ pub fn call(args: &CallArgs) -> anyhow::Result<ExitCode> {
         eprintln!("agentd tool call: {e}");
         return Ok(ExitCode::FAILURE);
     }
-    Ok(if reply.is_error { ExitCode::FAILURE } else { ExitCode::SUCCESS })
+    Ok(if reply.is_error {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    })
 }

@@ -96,14 +96,12 @@ pub async fn execute(
     let mut results = Vec::with_capacity(blocks.len());
     for (i, block) in blocks.iter().enumerate() {
         let outcome = match block {
-            Block::Execute { lang, code, .. } => {
-                match sandbox::run(policy, workdir, &lang.argv(code), extra).await {
-                    Ok(o) => FenceOutcome::Ran(o),
-                    Err(e) => FenceOutcome::NotRun {
-                        reason: format!("sandbox: {e}"),
-                    },
-                }
-            }
+            Block::Execute { lang, code, .. } => match sandbox::run(policy, workdir, &lang.argv(code), extra).await {
+                Ok(o) => FenceOutcome::Ran(o),
+                Err(e) => FenceOutcome::NotRun {
+                    reason: format!("sandbox: {e}"),
+                },
+            },
             Block::Create { path, content, .. } => match create(workdir, path, content) {
                 Ok(p) => FenceOutcome::Created {
                     path: p,

@@ -101,7 +101,11 @@ pub fn args(layout: &Layout<'_>, argv: &[String]) -> Result<Vec<OsString>, Sandb
         }
         push(&["--bind".as_ref(), p.as_os_str(), p.as_os_str()]);
     }
-    push(&["--bind".as_ref(), layout.workdir.as_os_str(), layout.workdir.as_os_str()]);
+    push(&[
+        "--bind".as_ref(),
+        layout.workdir.as_os_str(),
+        layout.workdir.as_os_str(),
+    ]);
     for p in late {
         match std::fs::symlink_metadata(p) {
             Ok(_) => push(&["--ro-bind".as_ref(), p.as_os_str(), p.as_os_str()]),
@@ -114,11 +118,7 @@ pub fn args(layout: &Layout<'_>, argv: &[String]) -> Result<Vec<OsString>, Sandb
             }
         }
     }
-    push(&[
-        "--chdir".as_ref(),
-        layout.workdir.as_os_str(),
-        "--".as_ref(),
-    ]);
+    push(&["--chdir".as_ref(), layout.workdir.as_os_str(), "--".as_ref()]);
     a.extend(argv.iter().map(OsString::from));
     Ok(a)
 }

@@ -327,10 +327,18 @@ fn python_module(server: &str, tools: &[ToolInfo], functions: &[String]) -> Stri
             if p.required {
                 let _ = writeln!(py, "    _agentd_args[{key}] = {}", p.ident);
             } else {
-                let _ = writeln!(py, "    if {} is not None:\n        _agentd_args[{key}] = {}", p.ident, p.ident);
+                let _ = writeln!(
+                    py,
+                    "    if {} is not None:\n        _agentd_args[{key}] = {}",
+                    p.ident, p.ident
+                );
             }
         }
-        let _ = writeln!(py, "    return _agentd_call({}, _agentd_args)", py_str_literal(&tool.name));
+        let _ = writeln!(
+            py,
+            "    return _agentd_call({}, _agentd_args)",
+            py_str_literal(&tool.name)
+        );
     }
     py
 }
@@ -483,11 +491,31 @@ mod tests {
 
     #[test]
     fn awkward_names_become_distinct_python_identifiers() {
-        let names = ["get-sum", "class", "2fast", "café", "", "get_sum", "_agentd_call", "ToolError", "None"];
+        let names = [
+            "get-sum",
+            "class",
+            "2fast",
+            "café",
+            "",
+            "get_sum",
+            "_agentd_call",
+            "ToolError",
+            "None",
+        ];
         let idents = unique_idents(names.iter().copied());
         assert_eq!(
             idents,
-            ["get_sum", "class_", "t_2fast", "caf_", "tool", "get_sum_2", "t__agentd_call", "ToolError_", "None_"]
+            [
+                "get_sum",
+                "class_",
+                "t_2fast",
+                "caf_",
+                "tool",
+                "get_sum_2",
+                "t__agentd_call",
+                "ToolError_",
+                "None_"
+            ]
         );
     }
 
@@ -500,15 +528,28 @@ mod tests {
         });
         let p = params(&schema);
         let order: Vec<(&str, &str, bool)> = p.iter().map(|p| (p.ident.as_str(), p.py_type, p.required)).collect();
-        assert_eq!(order, [("b", "float", true), ("from_", "int", true), ("opt", "str", false)]);
+        assert_eq!(
+            order,
+            [("b", "float", true), ("from_", "int", true), ("opt", "str", false)]
+        );
     }
 
     #[test]
     fn yaml_quoting_reads_back_exactly() {
-        for s in ["plain", "a: b", "\"quoted\" \\ back", "line\nbreak\ttab", "\u{0}\u{7}\u{85}\u{2028}\u{feff}é😀", "- [x]: {y} #z &a *b !c %d @e `f"] {
+        for s in [
+            "plain",
+            "a: b",
+            "\"quoted\" \\ back",
+            "line\nbreak\ttab",
+            "\u{0}\u{7}\u{85}\u{2028}\u{feff}é😀",
+            "- [x]: {y} #z &a *b !c %d @e `f",
+        ] {
             let doc = format!("k: {}\n", yaml_quote(s));
             let node = marked_yaml::parse_yaml(0, &doc).expect("valid YAML");
-            let v = node.as_mapping().and_then(|m| m.get_scalar("k")).map(|n| n.as_str().to_owned());
+            let v = node
+                .as_mapping()
+                .and_then(|m| m.get_scalar("k"))
+                .map(|n| n.as_str().to_owned());
             assert_eq!(v.as_deref(), Some(s), "{doc}");
         }
     }

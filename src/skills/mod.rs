@@ -86,9 +86,7 @@ pub fn parse_skill(dir: &Path, file: &Path, text: &str) -> Result<SkillSpec, Vec
 /// The front matter text between the opening and closing `---` lines.
 fn front_matter(text: &str) -> Option<&str> {
     let text = text.strip_prefix('\u{feff}').unwrap_or(text);
-    let rest = text
-        .strip_prefix("---\n")
-        .or_else(|| text.strip_prefix("---\r\n"))?;
+    let rest = text.strip_prefix("---\n").or_else(|| text.strip_prefix("---\r\n"))?;
     let mut offset = 0;
     for line in rest.split_inclusive('\n') {
         if line.trim_end() == "---" {
@@ -119,7 +117,10 @@ fn scalar<'n>(cx: &mut Cx, node: &'n Node, path: &str) -> Option<&'n str> {
 
 fn decode_front(cx: &mut Cx, root: &Node, dir: &Path) -> Option<SkillSpec> {
     let map = Map::open(cx, root, "", FRONT_KEYS)?;
-    let dir_name = dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let dir_name = dir
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
     let name = map.require(cx, "name").and_then(|n| {
         let s = scalar(cx, n, "name")?;
         if let Err(msg) = check_name(s) {
@@ -139,7 +140,11 @@ fn decode_front(cx: &mut Cx, root: &Node, dir: &Path) -> Option<SkillSpec> {
     let description = map.require(cx, "description").and_then(|n| {
         let s = scalar(cx, n, "description")?.trim();
         if s.is_empty() {
-            cx.error_at_node(n, "description", "must not be empty: say what the skill does and when to use it");
+            cx.error_at_node(
+                n,
+                "description",
+                "must not be empty: say what the skill does and when to use it",
+            );
             return None;
         }
         if s.chars().count() > MAX_DESCRIPTION {
@@ -253,7 +258,10 @@ mod tests {
         let errs = check("notes", "---\nlicense: MIT\n---\nbody\n").unwrap_err();
         let text: Vec<String> = errs.iter().map(|e| e.to_string()).collect();
         assert_eq!(errs.len(), 2, "{text:?}");
-        assert!(text[0].contains("SKILL.md:2:1: name: missing required field"), "{text:?}");
+        assert!(
+            text[0].contains("SKILL.md:2:1: name: missing required field"),
+            "{text:?}"
+        );
         assert!(text[1].contains("description: missing required field"), "{text:?}");
     }
 

@@ -33,7 +33,11 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
 fn report(what: &str, mut d: Vec<Duration>) -> (Duration, Duration) {
     d.sort();
     let (p50, p99) = (percentile(&d, 0.50), percentile(&d, 0.99));
-    println!("{what:<28} p50 {:>8.1} µs   p99 {:>8.1} µs", p50.as_secs_f64() * 1e6, p99.as_secs_f64() * 1e6);
+    println!(
+        "{what:<28} p50 {:>8.1} µs   p99 {:>8.1} µs",
+        p50.as_secs_f64() * 1e6,
+        p99.as_secs_f64() * 1e6
+    );
     (p50, p99)
 }
 

@@ -64,7 +64,8 @@ fn main() {
         let p = policy(backend);
         let mut samples = Vec::with_capacity(runs);
         // One warm-up run: page cache, dynamic loader.
-        rt.block_on(sandbox::run(&p, wd.path(), &argv, &Default::default())).expect("warm-up");
+        rt.block_on(sandbox::run(&p, wd.path(), &argv, &Default::default()))
+            .expect("warm-up");
         for _ in 0..runs {
             let t = Instant::now();
             let o = rt

@@ -376,7 +376,13 @@ async fn a_sandbox_error_is_reported_to_the_model_not_raised() {
     let wd = test_dir("fence-");
     let mut p = policy();
     p.read_only.push("relative/path".into());
-    let r = fence::execute(&fence::parse("```sh:execute\ntrue\n```"), &p, wd.path(), &Default::default()).await;
+    let r = fence::execute(
+        &fence::parse("```sh:execute\ntrue\n```"),
+        &p,
+        wd.path(),
+        &Default::default(),
+    )
+    .await;
     assert!(
         r[0].render_for_model().contains("not run: sandbox"),
         "{}",

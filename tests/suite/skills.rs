@@ -110,14 +110,22 @@ fn fence_results(steps: &[Step]) -> Vec<String> {
 }
 
 fn bridge_steps(steps: &[Step]) -> Vec<&Value> {
-    steps.iter().filter(|s| s.kind == "bridge").map(|s| &s.payload).collect()
+    steps
+        .iter()
+        .filter(|s| s.kind == "bridge")
+        .map(|s| &s.payload)
+        .collect()
 }
 
-const PYTHON_GET_SUM: &str = "```python:execute\nimport mcp_everything as ev\nprint(ev.get_sum(2, 3).split()[-1].rstrip('.'))\n```\n";
+const PYTHON_GET_SUM: &str =
+    "```python:execute\nimport mcp_everything as ev\nprint(ev.get_sum(2, 3).split()[-1].rstrip('.'))\n```\n";
 
 /// The python fence prints 5 through the bindings; the call is journaled.
 fn python_fence_gets_the_sum(sandbox: &str) {
-    let llm = LlmServer::start(vec![Reply::stream_text(&[PYTHON_GET_SUM]), Reply::stream_text(&["Done."])]);
+    let llm = LlmServer::start(vec![
+        Reply::stream_text(&[PYTHON_GET_SUM]),
+        Reply::stream_text(&["Done."]),
+    ]);
     let s = Setup::new(&llm.base_url(), sandbox, "");
     let d = s.start();
     let (t, steps) = s.run_task(&d);
@@ -133,7 +141,11 @@ fn python_fence_gets_the_sum(sandbox: &str) {
     let bridged = bridge_steps(&steps);
     assert_eq!(bridged.len(), 1, "{steps:#?}");
     assert_eq!(bridged[0]["name"], "get-sum");
-    assert!(bridged[0]["result"].as_str().unwrap_or("").contains('5'), "{:?}", bridged[0]);
+    assert!(
+        bridged[0]["result"].as_str().unwrap_or("").contains('5'),
+        "{:?}",
+        bridged[0]
+    );
 
     // The model was told where its skills are: the local one and the
     // generated one for server-everything.
@@ -173,7 +185,12 @@ fn bash_fence_calls_get_sum_through_agentd_tool_call_and_it_shows_in_agentd_show
     let (t, steps) = s.run_task(&d);
     assert_eq!(t.state, TaskState::Succeeded, "{t:#?}");
     let fences = fence_results(&steps);
-    assert!(fences[0].contains("stdout:\n5\n"), "{}\nlog:\n{}", fences[0], d.log_text());
+    assert!(
+        fences[0].contains("stdout:\n5\n"),
+        "{}\nlog:\n{}",
+        fences[0],
+        d.log_text()
+    );
 
     let state = d.state_dir.display().to_string();
     let out = agentd(&["show", &t.id.to_string(), "--state-dir", &state]);
@@ -191,7 +208,11 @@ fn the_bridge_refuses_unknown_tools_and_oversize_requests() {
         ]),
         Reply::stream_text(&["Done."]),
     ]);
-    let s = Setup::new(&llm.base_url(), "{profile: default}", "    bridge: {max_request: 1KiB}\n");
+    let s = Setup::new(
+        &llm.base_url(),
+        "{profile: default}",
+        "    bridge: {max_request: 1KiB}\n",
+    );
     let d = s.start();
     let (t, steps) = s.run_task(&d);
     assert_eq!(t.state, TaskState::Succeeded, "{t:#?}");
@@ -243,7 +264,11 @@ fn the_bridge_refuses_calls_from_outside_the_agents_sandbox_even_with_the_token(
     for reply in [&with_token, &without] {
         assert!(!reply.ok, "{reply:?}");
         assert!(
-            reply.error.as_deref().unwrap_or("").contains("only accepted from this agent's sandbox"),
+            reply
+                .error
+                .as_deref()
+                .unwrap_or("")
+                .contains("only accepted from this agent's sandbox"),
             "{reply:?}"
         );
     }
@@ -272,16 +297,28 @@ fn awkward_tools() -> Vec<ToolInfo> {
         },
         "required": ["class", "2x"],
     });
-    ["get-sum", "class", "2fast", "naïve", "print", "ToolError", "None", "", "get_sum", "a\"b'c\\d", "\u{1F600}"]
-        .iter()
-        .map(|name| ToolInfo {
-            name: (*name).to_owned(),
-            server: "weird: \"server\"\n---".into(),
-            tool: (*name).to_owned(),
-            description: hostile.into(),
-            input_schema: schema.clone(),
-        })
-        .collect()
+    [
+        "get-sum",
+        "class",
+        "2fast",
+        "naïve",
+        "print",
+        "ToolError",
+        "None",
+        "",
+        "get_sum",
+        "a\"b'c\\d",
+        "\u{1F600}",
+    ]
+    .iter()
+    .map(|name| ToolInfo {
+        name: (*name).to_owned(),
+        server: "weird: \"server\"\n---".into(),
+        tool: (*name).to_owned(),
+        description: hostile.into(),
+        input_schema: schema.clone(),
+    })
+    .collect()
 }
 
 #[test]
@@ -326,13 +363,21 @@ fn generated_bindings_for_awkward_tool_names_compile_and_import_and_skill_md_fro
     let text = std::fs::read_to_string(&md).expect("SKILL.md");
     let parsed = skills::parse_skill(&skill.dir, &md, &text).unwrap_or_else(|e| panic!("{e:?}\n{text}"));
     assert_eq!(parsed.name, "mcp-weird-server");
-    assert!(parsed.description.contains("weird: \"server\""), "{}", parsed.description);
+    assert!(
+        parsed.description.contains("weird: \"server\""),
+        "{}",
+        parsed.description
+    );
 }
 
 #[test]
 fn agentd_check_reports_a_broken_skill_md_with_file_and_line() {
     let dir = tempdir();
-    write(dir.path(), "skills/notes/SKILL.md", "---\nname: notes\ndescription: [oops\n---\n");
+    write(
+        dir.path(),
+        "skills/notes/SKILL.md",
+        "---\nname: notes\ndescription: [oops\n---\n",
+    );
     write(dir.path(), "skills/other/SKILL.md", "---\nname: other\n---\nbody\n");
     let config = write(
         dir.path(),
@@ -353,7 +398,10 @@ fn agentd_check_reports_a_broken_skill_md_with_file_and_line() {
         err.contains(&format!("{}:2:1: description: missing required field", other.display())),
         "{err}"
     );
-    assert!(err.contains("skill directory") && err.contains("missing does not exist"), "{err}");
+    assert!(
+        err.contains("skill directory") && err.contains("missing does not exist"),
+        "{err}"
+    );
 }
 
 fn shipped(skill: &str) -> PathBuf {
@@ -413,7 +461,10 @@ fn markdown_notes_adds_searches_and_indexes_notes_inside_the_sandbox() {
         );
         assert!(o.success(), "{backend:?}: {o:?}");
         let out = &o.stdout;
-        assert!(out.contains("decisions: ") && out.contains("Use SQLite -- Because WAL"), "{out}");
+        assert!(
+            out.contains("decisions: ") && out.contains("Use SQLite -- Because WAL"),
+            "{out}"
+        );
         assert!(out.contains("decisions (1 entries)\ntodo (1 entries)"), "{out}");
         assert!(out.contains("- [todo](todo.md)"), "{out}");
         assert!(out.contains("refused=2") && out.contains("skill-read-only"), "{out}");
@@ -435,10 +486,16 @@ fn data_summary_reports_types_missing_values_and_statistics() {
     let s: Value = serde_json::from_str(json_part).expect("JSON report");
     assert_eq!(s["rows"], 3);
     let age = &s["columns"][1];
-    assert_eq!((age["name"].as_str(), age["type"].as_str()), (Some("age"), Some("integer")));
+    assert_eq!(
+        (age["name"].as_str(), age["type"].as_str()),
+        (Some("age"), Some("integer"))
+    );
     assert_eq!((age["missing"].as_u64(), age["mean"].as_f64()), (Some(1), Some(35.5)));
     assert_eq!(s["columns"][2]["top"][0], json!(["Oslo", 2]));
     assert!(text_part.contains("items.json: 3 rows, 2 columns"), "{text_part}");
-    assert!(text_part.contains("n (number), missing 1") && text_part.contains("mean 2 "), "{text_part}");
+    assert!(
+        text_part.contains("n (number), missing 1") && text_part.contains("mean 2 "),
+        "{text_part}"
+    );
     assert!(text_part.contains("ok (boolean)"), "{text_part}");
 }
