@@ -554,6 +554,19 @@ mod tests {
         }
     }
 
+    proptest::proptest! {
+        #[test]
+        fn any_server_text_reads_back_from_the_front_matter(server in proptest::prelude::any::<String>(), description in proptest::prelude::any::<String>()) {
+            let skill = render(&server, &[tool("t", &description, json!({}))]);
+            let front = skill.skill_md.strip_prefix("---\n").and_then(|r| r.split_once("\n---\n")).map(|(f, _)| f);
+            let node = marked_yaml::parse_yaml(0, front.unwrap_or("")).expect("valid YAML");
+            let m = node.as_mapping().expect("a mapping");
+            let got = m.get_mapping("metadata").and_then(|md| md.get_scalar("server")).map(|n| n.as_str().to_owned());
+            proptest::prop_assert_eq!(got.as_deref(), Some(server.as_str()));
+            proptest::prop_assert_eq!(m.get_scalar("name").map(|n| n.as_str()), Some(skill.name.as_str()));
+        }
+    }
+
     #[test]
     fn sync_rewrites_only_when_the_tool_list_changes() {
         let dir = tempfile::tempdir().expect("tempdir");
