@@ -264,15 +264,18 @@ def _agentd_call(_agentd_tool, _agentd_args):
         raise ToolError("no tool bridge here: AGENTD_BRIDGE is not set (run this inside the agent's sandbox)")
     request = _agentd_json.dumps({"token": token, "tool": _agentd_tool, "arguments": _agentd_args}) + "\n"
     chunks = []
-    with _agentd_socket.socket(_agentd_socket.AF_UNIX, _agentd_socket.SOCK_STREAM) as s:
-        s.connect(path)
-        s.sendall(request.encode("utf-8"))
-        s.shutdown(_agentd_socket.SHUT_WR)
-        while True:
-            chunk = s.recv(65536)
-            if not chunk:
-                break
-            chunks.append(chunk)
+    try:
+        with _agentd_socket.socket(_agentd_socket.AF_UNIX, _agentd_socket.SOCK_STREAM) as s:
+            s.connect(path)
+            s.sendall(request.encode("utf-8"))
+            s.shutdown(_agentd_socket.SHUT_WR)
+            while True:
+                chunk = s.recv(65536)
+                if not chunk:
+                    break
+                chunks.append(chunk)
+    except _agentd_socket.error as e:  # OSError, by a name no tool can shadow
+        raise ToolError("cannot reach the tool bridge at %s: %s" % (path, e)) from e
     reply = _agentd_json.loads(b"".join(chunks).decode("utf-8"))
     if not reply.get("ok"):
         raise ToolError(reply.get("error") or "the tool bridge refused the call")
