@@ -420,6 +420,11 @@ fn the_shipped_skills_are_valid_and_the_example_config_checks() {
     let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/skills.yaml");
     let out = agentd(&["check", example.to_str().unwrap_or_default()]);
     assert!(out.status.success(), "{}{}", stdout(&out), stderr(&out));
+    let summary = stdout(&out);
+    assert!(
+        summary.contains("  skill data-summary: ") && summary.contains("  skill markdown-notes: "),
+        "{summary}"
+    );
 }
 
 /// Runs a shipped skill's script the way the model does: in a sandbox,
