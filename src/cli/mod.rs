@@ -22,7 +22,6 @@ use crate::logging::{self, LogFormat};
     about = "A supervisor for long-running, reactive LLM agents",
     long_about = "agentd CONFIG runs the agents defined in CONFIG, each as a managed child process, \
                   and keeps them alive. The subcommands inspect and control a running agentd.",
-    args_conflicts_with_subcommands = true,
     subcommand_negates_reqs = true
 )]
 pub struct Cli {

@@ -9,12 +9,10 @@ use super::{Request, Response};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
-    #[error("cannot reach agentd at {path}: {source} (is agentd running with this state dir?)")]
-    Connect {
-        path: String,
-        #[source]
-        source: std::io::Error,
-    },
+    // The cause is in the message (it is what the user needs), so it is
+    // not also chained as a source, which would print it twice.
+    #[error("cannot reach agentd at {path}: {cause} (is agentd running with this state dir?)")]
+    Connect { path: String, cause: std::io::Error },
     #[error("control socket I/O failed: {0}")]
     Io(#[from] std::io::Error),
     #[error("agentd sent an unreadable response: {0}")]
@@ -24,9 +22,9 @@ pub enum ClientError {
 }
 
 pub fn request(socket: &Path, req: &Request, timeout: Duration) -> Result<Response, ClientError> {
-    let mut stream = UnixStream::connect(socket).map_err(|source| ClientError::Connect {
+    let mut stream = UnixStream::connect(socket).map_err(|cause| ClientError::Connect {
         path: socket.display().to_string(),
-        source,
+        cause,
     })?;
     stream.set_read_timeout(Some(timeout))?;
     stream.set_write_timeout(Some(timeout))?;

@@ -45,6 +45,13 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
 const BACKOFF_MIN: Duration = Duration::from_millis(100);
 const BACKOFF_MAX: Duration = Duration::from_secs(30);
 const STABLE: Duration = Duration::from_secs(10);
+/// HTTP sessions are probed with `ping` this often; no answer (not even an
+/// error) within PROBE_TIMEOUT means the session is dead. A restarted HTTP
+/// server answers requests of a session it forgot with an uncorrelated 400,
+/// which leaves rmcp waiting forever; stdio servers need no probe, their
+/// exit closes the pipe.
+const PROBE_EVERY: Duration = Duration::from_secs(5);
+const PROBE_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// What the hub can see of a server, updated by its task.
 pub(crate) struct Shared {
@@ -130,6 +137,8 @@ pub(crate) enum Note {
     Flush(String),
     /// The `subscriptions/listen` stream ended while connected: open it again.
     ListenEnded,
+    /// The liveness probe of session number N got no answer.
+    Dead(u64),
 }
 
 /// The client side of one session: answers the server's requests and turns
@@ -180,6 +189,7 @@ struct Conn {
     service: RunningService<RoleClient, Client>,
     child: Option<tokio::process::Child>,
     modern: bool,
+    http: bool,
 }
 
 /// Everything a server's task needs.
@@ -423,7 +433,13 @@ async fn connect_with(
         live.protocol = protocol;
         live.last_error = None;
     }
-    Ok(Conn { service, child, modern })
+    let http = child.is_none();
+    Ok(Conn {
+        service,
+        child,
+        modern,
+        http,
+    })
 }
 
 fn workdir_root(workdir: &Path) -> Root {
@@ -447,60 +463,104 @@ async fn session(
         service,
         mut child,
         modern,
+        http,
     } = conn;
     let peer = service.peer().clone();
     let cancel = service.cancellation_token();
     let mut closed = Box::pin(service.waiting());
+    // `closed` must not be polled again once it has completed.
+    let mut ended = false;
 
-    refresh_tools(&task.shared, &peer).await;
-    {
+    let session_no = {
         let mut live = task.shared.live();
-        live.peer = Some(peer.clone());
         live.connects += 1;
-    }
-    resync(task, subs, &peer, modern, notes_tx).await;
-    start_pollers(task, subs, &peer);
+        live.connects
+    };
+    let probe = http.then(|| spawn_probe(peer.clone(), notes_tx.clone(), session_no));
+    // A server that accepts the handshake but never answers tools/list or
+    // resources/list must not wedge this task: bound the setup.
+    let set_up = tokio::time::timeout(CONNECT_TIMEOUT, async {
+        refresh_tools(&task.shared, &peer).await;
+        task.shared.live().peer = Some(peer.clone());
+        resync(task, subs, &peer, modern, notes_tx).await;
+        start_pollers(task, subs, &peer);
+    })
+    .await
+    .is_ok();
     // Only now is the server fully set up: `McpHub::start` returning means
     // an update from here on is seen.
     task.shared.attempted.send_replace(true);
+    if !set_up {
+        tracing::warn!(server = %name, "MCP server did not answer its setup requests within {CONNECT_TIMEOUT:?}");
+    }
 
     let mut stop = task.shutdown.clone();
-    let lost = loop {
-        tokio::select! {
-            _ = &mut closed => break true,
-            _ = stopped(&mut stop) => break false,
-            Some(note) = notes.recv() => match note {
-                Note::Updated(uri) => trigger(subs, &uri, notes_tx),
-                Note::Flush(uri) => flush(task, subs, &peer, uri),
-                Note::ResourceListChanged => resync(task, subs, &peer, modern, notes_tx).await,
-                Note::ListenEnded => {
-                    subs.listened = None;
-                    resync(task, subs, &peer, modern, notes_tx).await;
+    let lost = !set_up
+        || loop {
+            tokio::select! {
+                _ = &mut closed, if !ended => {
+                    ended = true;
+                    tracing::warn!(server = %name, "MCP server closed the connection");
+                    break true;
                 }
-                Note::ToolListChanged => {
-                    refresh_tools(&task.shared, &peer).await;
-                    // A tool:// subscription may have found its tool.
-                    start_pollers(task, subs, &peer);
-                }
-            },
-        }
-    };
+                _ = stopped(&mut stop) => break false,
+                Some(note) = notes.recv() => match note {
+                    Note::Updated(uri) => trigger(subs, &uri, notes_tx),
+                    Note::Flush(uri) => flush(task, subs, &peer, uri),
+                    Note::ResourceListChanged => resync(task, subs, &peer, modern, notes_tx).await,
+                    Note::ListenEnded => {
+                        subs.listened = None;
+                        resync(task, subs, &peer, modern, notes_tx).await;
+                    }
+                    Note::Dead(n) if n == session_no => {
+                        tracing::warn!(server = %name, "MCP server stopped answering ping; dropping the session");
+                        break true;
+                    }
+                    Note::Dead(_) => {}
+                    Note::ToolListChanged => {
+                        refresh_tools(&task.shared, &peer).await;
+                        // A tool:// subscription may have found its tool.
+                        start_pollers(task, subs, &peer);
+                    }
+                },
+            }
+        };
     // Tool calls fail fast from here on, with a clear error.
     task.shared.live().peer = None;
-    if lost {
-        tracing::warn!(server = %name, "MCP server closed the connection");
-        if let Some(child) = child.as_mut() {
-            child::reap(child).await;
-        }
-    } else {
-        // Cancelling the service closes the transport: stdin EOF for stdio.
-        cancel.cancel();
+    if let Some(probe) = probe {
+        probe.abort();
+    }
+    // Cancelling the service closes the transport (stdin EOF for stdio) and
+    // fails the requests still waiting on it. A no-op if it already ended.
+    cancel.cancel();
+    if !ended {
         let _ = tokio::time::timeout(Duration::from_secs(1), &mut closed).await;
-        if let Some(child) = child.as_mut() {
+    }
+    if let Some(child) = child.as_mut() {
+        if lost {
+            child::reap(child).await;
+        } else {
             child::stop(&name, child).await;
         }
     }
     lost
+}
+
+fn spawn_probe(peer: Peer<RoleClient>, notes: mpsc::UnboundedSender<Note>, session_no: u64) -> JoinHandle<()> {
+    tokio::spawn(async move {
+        loop {
+            tokio::time::sleep(PROBE_EVERY).await;
+            let ping = rmcp::model::ClientRequest::PingRequest(rmcp::model::PingRequest::default());
+            match tokio::time::timeout(PROBE_TIMEOUT, peer.send_request(ping)).await {
+                // Any correlated answer, an error included, proves the session lives.
+                Ok(Ok(_)) | Ok(Err(rmcp::service::ServiceError::McpError(_))) => {}
+                _ => {
+                    let _ = notes.send(Note::Dead(session_no));
+                    return;
+                }
+            }
+        }
+    })
 }
 
 async fn refresh_tools(shared: &Shared, peer: &Peer<RoleClient>) {

@@ -99,6 +99,11 @@ pub enum McpError {
     UnknownTool { name: String },
     #[error("MCP server {server} is not connected (it is being restarted); tool {tool} cannot be called right now")]
     Unavailable { server: String, tool: String },
+    #[error(
+        "MCP server {server} went away during a call of tool {tool} (it is being restarted); \
+         the call may or may not have taken effect"
+    )]
+    Lost { server: String, tool: String },
     #[error("MCP server {server}: tool {tool} failed: {source}")]
     Call {
         server: String,
@@ -220,10 +225,18 @@ impl McpHub {
         let peer = server.peer().ok_or_else(unavailable)?;
         let mut params = CallToolRequestParams::new(info.tool.clone());
         params.arguments = Some(arguments);
-        let result = peer.call_tool(params).await.map_err(|source| McpError::Call {
-            server: info.server.clone(),
-            tool: info.tool.clone(),
-            source,
+        let result = peer.call_tool(params).await.map_err(|source| match source {
+            rmcp::service::ServiceError::TransportClosed | rmcp::service::ServiceError::TransportSend(_) => {
+                McpError::Lost {
+                    server: info.server.clone(),
+                    tool: info.tool.clone(),
+                }
+            }
+            source => McpError::Call {
+                server: info.server.clone(),
+                tool: info.tool.clone(),
+                source,
+            },
         })?;
         let raw = serde_json::to_value(&result).unwrap_or_default();
         Ok(ToolOutput {

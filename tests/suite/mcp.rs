@@ -8,6 +8,7 @@ use serde_json::{Map, Value, json};
 use tokio::sync::mpsc;
 
 use crate::support::mcp::*;
+use crate::support::{agentd_bin, alive};
 
 const LONG: Duration = Duration::from_secs(20);
 const NO_DEBOUNCE: Duration = Duration::ZERO;
@@ -226,7 +227,7 @@ async fn killed_server_reconnects_and_resubscribes() {
     let script = format!(
         "test -f '{}' || exit 1; exec '{}' mcp-watch '{}' --debounce-ms 25",
         marker.display(),
-        agentd_bin(),
+        agentd_bin().display(),
         work.path().display()
     );
     let uri = file_uri(&file);
@@ -258,7 +259,7 @@ async fn killed_server_reconnects_and_resubscribes() {
         hub.servers()
     );
     assert_ne!(hub.servers()[0].pid, Some(pid));
-    assert!(!pid_alive(pid));
+    assert!(!alive(pid));
     // Resubscribed: an update on the new connection fires.
     std::fs::write(&file, "after the restart").unwrap();
     let event = next_event(&mut rx, LONG).await.expect("event after reconnect");
@@ -313,10 +314,10 @@ async fn shutdown_leaves_no_server_process_behind() {
     // With its update timer running, server-everything ignores stdin EOF.
     hub.call_tool("toggle-subscriber-updates", Map::new()).await.unwrap();
     let pids: Vec<u32> = hub.servers().iter().map(|s| s.pid.expect("pid")).collect();
-    assert!(pids.iter().all(|p| pid_alive(*p)));
+    assert!(pids.iter().all(|p| alive(*p)));
     hub.shutdown().await;
     for pid in pids {
-        assert!(!pid_alive(pid), "server {pid} survived shutdown");
+        assert!(!alive(pid), "server {pid} survived shutdown");
     }
 }
 
@@ -325,7 +326,7 @@ async fn non_json_stdout_lines_are_reported_and_tolerated() {
     let work = tempfile::tempdir().unwrap();
     let script = format!(
         "echo 'proxy: starting the real server'; exec '{}' mcp-watch '{}'",
-        agentd_bin(),
+        agentd_bin().display(),
         work.path().display()
     );
     let (tx, _rx) = channel();
@@ -452,5 +453,131 @@ async fn every_write_in_a_slow_sequence_fires_with_its_own_contents() {
         tokio::time::sleep(Duration::from_millis(5)).await;
         while rx.try_recv().is_ok() {}
     }
+    hub.shutdown().await;
+}
+
+/// A plain `initialize` client (what most MCP clients are today) talking to
+/// mcp-watch: legacy `resources/subscribe`, updates and `list_changed`.
+#[tokio::test]
+#[allow(deprecated)] // resources/subscribe is the legacy API on purpose
+async fn mcp_watch_serves_legacy_resources_subscribe_and_list_changed() {
+    use rmcp::ServiceExt;
+    use rmcp::model::{ReadResourceRequestParams, ResourceUpdatedNotificationParam, SubscribeRequestParams};
+    use rmcp::service::{NotificationContext, RoleClient};
+
+    struct Collector(mpsc::UnboundedSender<String>);
+    impl rmcp::ClientHandler for Collector {
+        async fn on_resource_updated(&self, p: ResourceUpdatedNotificationParam, _: NotificationContext<RoleClient>) {
+            let _ = self.0.send(p.uri);
+        }
+        async fn on_resource_list_changed(&self, _: NotificationContext<RoleClient>) {
+            let _ = self.0.send("list_changed".into());
+        }
+    }
+
+    let work = tempfile::tempdir().unwrap();
+    let file = work.path().join("a.txt");
+    std::fs::write(&file, "one").unwrap();
+    let uri = file_uri(&file);
+    let mut cmd = tokio::process::Command::new(agentd_bin());
+    cmd.arg("mcp-watch").arg(work.path()).args(["--debounce-ms", "25"]);
+    let (transport, _stderr) = rmcp::transport::TokioChildProcess::builder(cmd)
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let client = Collector(tx).serve(transport).await.unwrap();
+    let version = client.peer().peer_info().unwrap().protocol_version.clone();
+    assert!(version.has_initialize(), "{version}");
+
+    let listed = client.peer().list_all_resources().await.unwrap();
+    assert_eq!(
+        listed.iter().map(|r| r.uri.as_str()).collect::<Vec<_>>(),
+        [uri.as_str()]
+    );
+    client
+        .peer()
+        .subscribe(SubscribeRequestParams::new(uri.clone()))
+        .await
+        .unwrap();
+    std::fs::write(&file, "two").unwrap();
+    let got = tokio::time::timeout(LONG, rx.recv()).await.unwrap().unwrap();
+    assert_eq!(got, uri);
+    let read = client
+        .peer()
+        .read_resource(ReadResourceRequestParams::new(uri.clone()))
+        .await
+        .unwrap();
+    assert_eq!(serde_json::to_value(&read.contents[0]).unwrap()["text"], "two");
+
+    std::fs::write(work.path().join("new.txt"), "appeared").unwrap();
+    let mut saw_list_changed = false;
+    while let Ok(Some(note)) = tokio::time::timeout(Duration::from_secs(5), rx.recv()).await {
+        if note == "list_changed" {
+            saw_list_changed = true;
+            break;
+        }
+    }
+    assert!(saw_list_changed);
+    client.cancel().await.unwrap();
+}
+
+#[tokio::test]
+async fn restarted_http_server_gets_a_new_session_and_subscriptions() {
+    let mut server = start_http_everything().await;
+    let port: u16 = server
+        .url
+        .rsplit(':')
+        .next()
+        .unwrap()
+        .trim_end_matches("/mcp")
+        .parse()
+        .unwrap();
+    let work = tempfile::tempdir().unwrap();
+    let (tx, mut rx) = channel();
+    let uri = "demo://resource/dynamic/text/4";
+    let subs = [subscription(uri, Duration::from_millis(100), POLL)];
+    let hub = McpHub::start(&[http("remote", &server.url)], &subs, work.path(), tx).await;
+    assert_eq!(hub.servers()[0].connects, 1);
+    server.child.kill().await.unwrap();
+    let _restarted = start_http_everything_on(port).await;
+    // The old session is gone with the old process: the next request fails,
+    // the hub reconnects and subscribes again on a new session.
+    let _ = hub.call_tool("echo", args(json!({"message": "probe"}))).await;
+    assert!(
+        wait_until(LONG, || hub.servers()[0].connects >= 2 && hub.servers()[0].connected).await,
+        "no reconnect: {:?}",
+        hub.servers()
+    );
+    hub.call_tool("toggle-subscriber-updates", Map::new()).await.unwrap();
+    let event = next_event(&mut rx, LONG).await.expect("update on the new session");
+    assert_eq!(event.uri, uri);
+    hub.shutdown().await;
+}
+
+#[tokio::test]
+async fn tool_call_in_flight_when_the_server_dies_fails_clearly() {
+    let work = tempfile::tempdir().unwrap();
+    let (tx, _rx) = channel();
+    let hub = McpHub::start(&[server_everything("everything")], &[], work.path(), tx).await;
+    let pid = hub.servers()[0].pid.expect("pid");
+    let call = hub.call_tool(
+        "trigger-long-running-operation",
+        args(json!({"duration": 30, "steps": 3})),
+    );
+    let kill = async {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid as i32),
+            nix::sys::signal::Signal::SIGKILL,
+        )
+        .unwrap();
+    };
+    let (result, ()) = tokio::time::timeout(LONG, async { tokio::join!(call, kill) })
+        .await
+        .expect("the call ends");
+    let err = result.unwrap_err();
+    assert!(matches!(err, McpError::Lost { .. }), "{err}");
+    assert!(err.to_string().contains("trigger-long-running-operation"), "{err}");
     hub.shutdown().await;
 }

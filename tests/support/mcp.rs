@@ -43,16 +43,11 @@ pub fn server_everything(name: &str) -> McpServerSpec {
     stdio(name, "node", vec![js, "stdio".into()])
 }
 
-/// The agentd binary under test.
-pub fn agentd_bin() -> &'static str {
-    env!("CARGO_BIN_EXE_agentd")
-}
-
 /// `agentd mcp-watch DIR`, with mcp-watch's own debounce in milliseconds.
 pub fn mcp_watch(name: &str, dir: &Path, debounce_ms: u64) -> McpServerSpec {
     stdio(
         name,
-        agentd_bin(),
+        &super::agentd_bin().display().to_string(),
         vec![
             "mcp-watch".into(),
             dir.display().to_string(),
@@ -103,18 +98,6 @@ pub fn file_uri(path: &Path) -> String {
         .to_string()
 }
 
-/// Whether a process exists and is not a zombie.
-pub fn pid_alive(pid: u32) -> bool {
-    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-        Ok(stat) => {
-            // The state follows the parenthesized command name.
-            let state = stat.rsplit_once(')').map(|(_, rest)| rest.trim_start());
-            !matches!(state.and_then(|s| s.chars().next()), Some('Z') | Some('X') | None)
-        }
-        Err(_) => false,
-    }
-}
-
 /// Polls `cond` every 20 ms until it holds or `timeout` passes.
 pub async fn wait_until(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
     let deadline = Instant::now() + timeout;
@@ -158,6 +141,11 @@ pub struct HttpEverything {
 }
 
 pub async fn start_http_everything() -> HttpEverything {
+    start_http_everything_on(0).await
+}
+
+/// [`start_http_everything`] on a given port (0: any free one).
+pub async fn start_http_everything_on(port: u16) -> HttpEverything {
     let js = server_everything_js();
     let preload = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/support/loopback.cjs");
     let mut child = tokio::process::Command::new("node")
@@ -165,7 +153,7 @@ pub async fn start_http_everything() -> HttpEverything {
         .arg(preload)
         .arg(js)
         .arg("streamableHttp")
-        .env("PORT", "0")
+        .env("PORT", port.to_string())
         .stdin(std::process::Stdio::null())
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::piped())
