@@ -6,8 +6,9 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+use agentd::config::parse_subscription_uri;
 use agentd::config::{McpServerSpec, McpTransport, SubscriptionSpec};
-use agentd::mcp::{ResourceEvent, parse_subscription_uri};
+use agentd::mcp::ResourceEvent;
 use tokio::io::AsyncBufReadExt;
 use tokio::sync::mpsc;
 
