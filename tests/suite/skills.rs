@@ -504,3 +504,107 @@ fn data_summary_reports_types_missing_values_and_statistics() {
     );
     assert!(text_part.contains("ok (boolean)"), "{text_part}");
 }
+
+/// A bridge as the agent child runs it, served by a one-worker runtime;
+/// this test process is the caller (its own descendant for the peer check).
+struct BridgeHarness {
+    rt: tokio::runtime::Runtime,
+    _dir: tempfile::TempDir,
+    socket: PathBuf,
+    bridge: Option<agentd::agent::bridge::Bridge>,
+    journal: tokio::sync::mpsc::UnboundedReceiver<agentd::protocol::FromChild>,
+}
+
+impl BridgeHarness {
+    fn start(servers: &[agentd::config::McpServerSpec], limits: agentd::config::BridgeSpec) -> BridgeHarness {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .expect("runtime");
+        let dir = tempdir();
+        let (events, _rx) = tokio::sync::mpsc::channel(16);
+        let hub = std::sync::Arc::new(rt.block_on(agentd::mcp::McpHub::start(servers, &[], dir.path(), events)));
+        let (outbox, journal) = agentd::agent::Outbox::channel();
+        let socket = dir.path().join("bridge.sock");
+        let bridge = {
+            let _guard = rt.enter();
+            agentd::agent::bridge::Bridge::start(socket.clone(), hub, limits, outbox).expect("bridge")
+        };
+        BridgeHarness {
+            rt,
+            _dir: dir,
+            socket,
+            bridge: Some(bridge),
+            journal,
+        }
+    }
+
+    fn call(&self, token: &str, tool: &str, args: Value) -> agentd::agent::bridge::Reply {
+        client::call(&self.socket, token, tool, args.as_object().cloned().unwrap_or_default()).expect("bridge answers")
+    }
+
+    fn bridge(&self) -> &agentd::agent::bridge::Bridge {
+        self.bridge.as_ref().expect("bridge")
+    }
+}
+
+impl Drop for BridgeHarness {
+    fn drop(&mut self) {
+        let _guard = self.rt.enter();
+        self.bridge.take();
+    }
+}
+
+fn error_of(r: &agentd::agent::bridge::Reply) -> &str {
+    assert!(!r.ok, "{r:?}");
+    r.error.as_deref().unwrap_or("")
+}
+
+#[test]
+fn the_bridge_takes_only_the_running_tasks_token_and_journals_with_its_lease() {
+    let mut h = BridgeHarness::start(&[], Default::default());
+    assert!(error_of(&h.call("guess", "get-sum", json!({}))).contains("no task is running"));
+
+    let token = h.bridge().begin(7, "lease-7").expect("token");
+    assert!(error_of(&h.call("guess", "get-sum", json!({}))).contains("wrong or expired token"));
+    assert!(h.journal.try_recv().is_err(), "unauthenticated calls are not journaled");
+
+    // This agent has no tools at all: nothing is callable.
+    assert!(error_of(&h.call(&token, "get-sum", json!({}))).contains("unknown tool \"get-sum\""));
+    match h.journal.try_recv() {
+        Ok(agentd::protocol::FromChild::Step { task, lease, step }) => {
+            assert_eq!((task, lease.as_str(), step.kind.as_str()), (7, "lease-7", "bridge"));
+            assert_eq!(step.payload["name"], "get-sum");
+        }
+        other => panic!("expected a bridge step, got {other:?}"),
+    }
+
+    h.bridge().end();
+    assert!(error_of(&h.call(&token, "get-sum", json!({}))).contains("no task is running"));
+}
+
+#[test]
+fn the_bridge_replaces_an_oversize_reply_with_an_error_and_times_out_slow_calls() {
+    let limits = agentd::config::BridgeSpec {
+        max_reply: 160,
+        call_timeout: Duration::from_millis(300),
+        ..Default::default()
+    };
+    let h = BridgeHarness::start(&[crate::support::mcp::server_everything("everything")], limits);
+    let token = h.bridge().begin(1, "lease").expect("token");
+    let big = h.call(&token, "echo", json!({"message": "x".repeat(200)}));
+    assert!(error_of(&big).contains("bridge.max_reply"), "{big:?}");
+    let slow = h.call(
+        &token,
+        "trigger-long-running-operation",
+        json!({"duration": 5, "steps": 1}),
+    );
+    assert!(
+        error_of(&slow).contains("timed out after 300ms (bridge.call_timeout)"),
+        "{slow:?}"
+    );
+    // A small reply still fits.
+    let ok = h.call(&token, "get-sum", json!({"a": 1, "b": 2}));
+    assert!(ok.ok && ok.text.as_deref().unwrap_or("").contains('3'), "{ok:?}");
+}
