@@ -16,6 +16,7 @@ pub mod protocol;
 pub mod repl;
 pub mod sandbox;
 pub mod schedule;
+pub mod skills;
 pub mod snapshots;
 pub mod state_dir;
 pub mod supervisor;

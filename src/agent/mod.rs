@@ -8,10 +8,14 @@
 //! than its share of the executable's pages. It never writes the ledger;
 //! every record goes to the supervisor, which checks the lease.
 
+pub mod bridge;
 mod prompt;
 mod runner;
+mod skills;
 
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
@@ -23,6 +27,7 @@ use crate::llm::{ChatMessage, LlmClient};
 use crate::mcp::{McpHub, ResourceEvent};
 use crate::protocol::{self, FromChild, PROTOCOL_VERSION, ToChild};
 use runner::{Outcome, Runtime};
+use skills::SkillsRuntime;
 
 /// The child's `main`.
 pub fn main(name: &str) -> anyhow::Result<ExitCode> {
@@ -38,6 +43,12 @@ pub fn main(name: &str) -> anyhow::Result<ExitCode> {
 pub struct Outbox(mpsc::UnboundedSender<FromChild>);
 
 impl Outbox {
+    /// An outbox and the receiving end of what is sent to it.
+    pub fn channel() -> (Outbox, mpsc::UnboundedReceiver<FromChild>) {
+        let (tx, rx) = mpsc::unbounded_channel();
+        (Outbox(tx), rx)
+    }
+
     pub fn send(&self, msg: FromChild) {
         let _ = self.0.send(msg);
     }
@@ -99,6 +110,13 @@ async fn run(name: &str) -> anyhow::Result<ExitCode> {
         }
     });
 
+    let hub = Arc::new(hub);
+    // The agent's own directory (the workdir's parent) holds what the
+    // sandbox sees besides the workdir: generated skills, the bridge
+    // socket, `bin/agentd`.
+    let agent_dir = workdir.parent().map(Path::to_owned).unwrap_or_else(|| workdir.clone());
+    let skills = SkillsRuntime::new(&agent_dir, hub.clone(), &spec, outbox.clone());
+
     let history: Vec<ChatMessage> = conversation
         .and_then(|c| serde_json::from_value(c).ok())
         .unwrap_or_default();
@@ -114,6 +132,7 @@ async fn run(name: &str) -> anyhow::Result<ExitCode> {
                 workdir,
                 llm,
                 hub,
+                skills,
                 history,
                 outbox: outbox.clone(),
             }),
@@ -121,6 +140,7 @@ async fn run(name: &str) -> anyhow::Result<ExitCode> {
         ),
         Err(e) => {
             tracing::error!(agent = name, "model client unusable: {e}");
+            drop(skills);
             (None, Some((e.to_string(), hub)))
         }
     };
@@ -181,17 +201,57 @@ async fn run(name: &str) -> anyhow::Result<ExitCode> {
             Err(e) => tracing::warn!(agent = name, "unreadable message from supervisor: {e}"),
         }
     }
-    match runtime {
-        Some(rt) => rt.hub.shutdown().await,
-        None => {
-            if let Some((_, hub)) = llm_error {
-                hub.shutdown().await;
-            }
+    let hub = match runtime {
+        Some(rt) => {
+            // The bridge holds the hub too: stop it first.
+            drop(rt.skills);
+            Some(rt.hub)
         }
+        None => llm_error.map(|(_, hub)| hub),
+    };
+    if let Some(hub) = hub {
+        shutdown_hub(hub).await;
     }
     drop(outbox);
     let _ = writer.await;
     Ok(ExitCode::SUCCESS)
+}
+
+/// Shuts the MCP servers down once the bridge's aborted tasks have let go
+/// of the hub; if they somehow do not, kill_on_drop still ends the servers.
+async fn shutdown_hub(mut hub: Arc<McpHub>) {
+    for _ in 0..100 {
+        match Arc::try_unwrap(hub) {
+            Ok(h) => return h.shutdown().await,
+            Err(h) => hub = h,
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    tracing::warn!("MCP hub still in use at shutdown; leaving its servers to kill_on_drop");
+}
+
+/// Where the sandbox finds `agentd` (for `agentd tool call`): a `bin/`
+/// directory with a link to this executable, so it can go first on the
+/// sandbox's PATH without exposing the directory the executable lives in.
+fn agentd_bin_dir(agent_dir: &Path) -> Option<(PathBuf, PathBuf)> {
+    let exe = std::env::current_exe().ok()?;
+    let bin = agent_dir.join("bin");
+    let link = bin.join("agentd");
+    let made = std::fs::create_dir_all(&bin).and_then(|()| {
+        match std::fs::remove_file(&link) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e),
+        }
+        std::os::unix::fs::symlink(&exe, &link)
+    });
+    match made {
+        Ok(()) => Some((bin, exe)),
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot link agentd into {}; `agentd tool call` is unavailable in the sandbox", bin.display());
+            None
+        }
+    }
 }
 
 fn fail(error: String) -> Outcome {

@@ -4,12 +4,14 @@
 //! fence run is journaled through the supervisor with the task's lease.
 
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Instant;
 
 use serde_json::{Value, json};
 
 use super::Outbox;
 use super::prompt;
+use super::skills::SkillsRuntime;
 use crate::config::AgentSpec;
 use crate::fence;
 use crate::ledger::{NewStep, TaskState, Trigger};
@@ -25,7 +27,9 @@ pub struct Runtime {
     pub spec: AgentSpec,
     pub workdir: PathBuf,
     pub llm: LlmClient,
-    pub hub: McpHub,
+    pub hub: Arc<McpHub>,
+    /// Skills, generated MCP skills and the tool bridge.
+    pub skills: SkillsRuntime,
     /// Remembered conversation (without the system prompt).
     pub history: Vec<ChatMessage>,
     pub outbox: Outbox,
@@ -43,6 +47,8 @@ struct Job<'a> {
     id: i64,
     lease: &'a str,
     outbox: &'a Outbox,
+    /// The tool bridge's token for this task, when the bridge is up.
+    token: Option<String>,
 }
 
 impl Job<'_> {
@@ -68,11 +74,13 @@ impl Runtime {
             id,
             lease,
             outbox: &outbox,
+            token: self.skills.begin(id, lease),
         };
         let mut messages = prompt::window(&self.history, &self.spec.limits);
         messages.push(ChatMessage::user(prompt::trigger_message(trigger)));
         let timeout = self.spec.limits.task_timeout;
         let result = tokio::time::timeout(timeout, self.turns(&job, &mut messages)).await;
+        self.skills.end();
         let outcome = match result {
             Ok(o) => o,
             Err(_) => Outcome {
@@ -100,9 +108,12 @@ impl Runtime {
 
     async fn turns(&mut self, job: &Job<'_>, messages: &mut Vec<ChatMessage>) -> Outcome {
         let limits = self.spec.limits.clone();
-        let system = ChatMessage::system(prompt::system_prompt(&self.spec, None));
         let mut spent: u64 = 0;
         for turn in 1..=limits.max_turns {
+            // Tool lists change while the agent runs (list_changed): the
+            // generated skills follow before each turn, and so does the index.
+            self.skills.sync(&self.hub.tools());
+            let system = ChatMessage::system(prompt::system_prompt(&self.spec, Some(&self.skills.index())));
             let tools = self.tools();
             let mut request_messages = Vec::with_capacity(messages.len() + 1);
             request_messages.push(system.clone());
@@ -166,7 +177,8 @@ impl Runtime {
             let text = reply.content.as_deref().unwrap_or("");
             let blocks = fence::parse(text);
             if !blocks.is_empty() {
-                let results = fence::execute(&blocks, &self.spec.sandbox, &self.workdir, &self.spec.skills).await;
+                let exposed = self.skills.exposed(job.token.as_deref());
+                let results = fence::execute(&blocks, &self.spec.sandbox, &self.workdir, &exposed).await;
                 let mut feedback = String::from("Results of your code blocks:\n");
                 for r in &results {
                     let rendered = r.render_for_model();

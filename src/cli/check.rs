@@ -70,6 +70,9 @@ pub fn summary(cfg: &Config) -> String {
             let first = sch.prompt.lines().next().unwrap_or("");
             let _ = writeln!(s, "  schedule {:?} {}: {first}", sch.cron, sch.timezone);
         }
+        for skill in &a.skills {
+            let _ = writeln!(s, "  skill {}: {}", skill.name, skill.dir.display());
+        }
     }
     s
 }

@@ -5,6 +5,7 @@ mod check;
 mod control;
 mod snapshot;
 mod tasks;
+mod tool;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -126,12 +127,22 @@ pub enum Command {
         #[arg(long, value_name = "MS")]
         debounce_ms: Option<u64>,
     },
+    /// Call the agent's MCP tools from code in its sandbox.
+    #[command(subcommand)]
+    Tool(ToolCommand),
     /// Internal: one agent's child process (started by the supervisor).
     #[command(hide = true)]
     Agent {
         #[arg(long)]
         name: String,
     },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ToolCommand {
+    /// Call tool NAME through the tool bridge and print its text result
+    /// (exit status 1 when the call fails or the tool reports an error).
+    Call(tool::CallArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -177,6 +188,7 @@ pub fn main() -> ExitCode {
         Some(Command::Sandbox(SandboxCommand::Run(args))) => {
             crate::sandbox::cli::run(&args).map(|code| ExitCode::from(code.clamp(0, 255) as u8))
         }
+        Some(Command::Tool(ToolCommand::Call(args))) => tool::call(&args),
         Some(Command::McpWatch { dir, debounce_ms }) => mcp_watch(&dir, debounce_ms),
         None => match cli.run.config.clone() {
             Some(config) => run_daemon(&cli.global, &config, &cli.run),

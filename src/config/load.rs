@@ -34,9 +34,11 @@ const AGENT_KEYS: &[&str] = &[
     "schedules",
     "sandbox",
     "skills",
+    "bridge",
     "restart",
     "limits",
 ];
+const BRIDGE_KEYS: &[&str] = &["max_request", "max_reply", "call_timeout"];
 const LLM_KEYS: &[&str] = &[
     "base_url",
     "api_key_env",
@@ -523,13 +525,43 @@ impl Loader<'_> {
                     continue;
                 };
                 let path = resolve_path(&s, dir, self.env);
-                if path.is_dir() {
-                    skills.push(path);
-                } else {
+                if !path.is_dir() {
                     cx.error_at_node(item, &p, format!("skill directory {} does not exist", path.display()));
+                    continue;
+                }
+                // SKILL.md's own problems are reported in SKILL.md, with
+                // their line; the reload watcher watches it too.
+                let skill_md = path.join(crate::skills::SKILL_FILE);
+                let text = match self.read(&skill_md) {
+                    Ok(t) => t,
+                    Err(msg) => {
+                        cx.error_at_node(item, &p, format!("{msg}: a skill directory needs a SKILL.md"));
+                        continue;
+                    }
+                };
+                match crate::skills::parse_skill(&path, &skill_md, &text) {
+                    Ok(skill) => {
+                        if let Some(prev) = skills.iter().find(|s: &&SkillSpec| s.name == skill.name) {
+                            let msg = format!(
+                                "two skills are named {:?} ({} and {}); skill names must be unique",
+                                skill.name,
+                                prev.dir.display(),
+                                skill.dir.display()
+                            );
+                            cx.error_at_node(item, &p, msg);
+                        } else {
+                            skills.push(skill);
+                        }
+                    }
+                    Err(errs) => cx.errors.extend(errs),
                 }
             }
         }
+
+        let bridge = match map.get("bridge") {
+            Some(n) => decode_bridge(cx, n, &f("bridge")),
+            None => BridgeSpec::default(),
+        };
 
         let restart = match map.get("restart") {
             Some(n) => decode_restart(cx, n, &f("restart"), d.restart.clone()),
@@ -556,6 +588,7 @@ impl Loader<'_> {
             sandbox_profile,
             sandbox,
             skills,
+            bridge,
             restart,
             limits,
         })
@@ -1105,6 +1138,28 @@ fn decode_restart(cx: &mut Cx, node: &Node, path: &str, mut r: RestartSpec) -> R
         cx.error_at(&map.start(), path, "backoff_min must not exceed backoff_max");
     }
     r
+}
+
+fn decode_bridge(cx: &mut Cx, node: &Node, path: &str) -> BridgeSpec {
+    let mut b = BridgeSpec::default();
+    let Some(map) = Map::open(cx, node, path, BRIDGE_KEYS) else {
+        return b;
+    };
+    if let Some(v) = map.size(cx, "max_request") {
+        b.max_request = v;
+    }
+    if let Some(v) = map.size(cx, "max_reply") {
+        b.max_reply = v;
+    }
+    if let Some(v) = map.duration(cx, "call_timeout") {
+        b.call_timeout = v;
+    }
+    for (key, zero) in [("max_request", b.max_request == 0), ("max_reply", b.max_reply == 0)] {
+        if zero && let Some(n) = map.get(key) {
+            cx.error_at_node(n, &map.field(key), "must be more than 0 bytes");
+        }
+    }
+    b
 }
 
 fn decode_limits(cx: &mut Cx, node: &Node, path: &str, mut l: Limits) -> Limits {

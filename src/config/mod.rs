@@ -11,7 +11,7 @@
 //! first error and its values carry no positions, and we promise every error
 //! with its position.
 
-mod decode;
+pub(crate) mod decode;
 pub mod error;
 mod interp;
 mod load;

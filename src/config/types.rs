@@ -86,7 +86,10 @@ pub struct AgentSpec {
     /// The name of the profile the policy came from, or `inline`.
     pub sandbox_profile: String,
     pub sandbox: SandboxPolicy,
-    pub skills: Vec<PathBuf>,
+    /// Local skill directories, validated at load (see [`crate::skills`]).
+    pub skills: Vec<SkillSpec>,
+    /// Limits of the tool bridge that sandboxed code calls MCP tools through.
+    pub bridge: BridgeSpec,
     pub restart: RestartSpec,
     pub limits: Limits,
 }
@@ -246,6 +249,36 @@ impl Default for Limits {
             max_attempts: 3,
             history_messages: 40,
             history_tokens: 32_000,
+        }
+    }
+}
+
+/// One local skill: a directory with a valid `SKILL.md`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SkillSpec {
+    /// Absolute path of the skill directory.
+    pub dir: PathBuf,
+    pub name: String,
+    pub description: String,
+}
+
+/// The tool bridge's limits (`bridge:` in an agent).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct BridgeSpec {
+    /// Largest request line accepted from sandboxed code.
+    pub max_request: u64,
+    /// Largest reply sent back; a bigger tool result is an error.
+    pub max_reply: u64,
+    /// How long one bridged tool call may take.
+    pub call_timeout: Duration,
+}
+
+impl Default for BridgeSpec {
+    fn default() -> Self {
+        BridgeSpec {
+            max_request: 1 << 20,
+            max_reply: 4 << 20,
+            call_timeout: Duration::from_secs(60),
         }
     }
 }

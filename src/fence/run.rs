@@ -85,25 +85,23 @@ fn fmt_duration(d: Duration) -> String {
     format!("{:.3}s", d.as_secs_f64())
 }
 
-/// Runs `blocks` in order under `policy` in `workdir`; `extra_ro` are
-/// read-only paths added to the policy's (skills directories, …).
+/// Runs `blocks` in order under `policy` in `workdir`; `extra` adds
+/// read-only paths and environment (skills directories, the tool bridge).
 pub async fn execute(
     blocks: &[Block],
     policy: &SandboxPolicy,
     workdir: &Path,
-    extra_ro: &[PathBuf],
+    extra: &sandbox::Exposed,
 ) -> Vec<FenceResult> {
     let mut results = Vec::with_capacity(blocks.len());
     for (i, block) in blocks.iter().enumerate() {
         let outcome = match block {
-            Block::Execute { lang, code, .. } => {
-                match sandbox::run(policy, workdir, &lang.argv(code), extra_ro).await {
-                    Ok(o) => FenceOutcome::Ran(o),
-                    Err(e) => FenceOutcome::NotRun {
-                        reason: format!("sandbox: {e}"),
-                    },
-                }
-            }
+            Block::Execute { lang, code, .. } => match sandbox::run(policy, workdir, &lang.argv(code), extra).await {
+                Ok(o) => FenceOutcome::Ran(o),
+                Err(e) => FenceOutcome::NotRun {
+                    reason: format!("sandbox: {e}"),
+                },
+            },
             Block::Create { path, content, .. } => match create(workdir, path, content) {
                 Ok(p) => FenceOutcome::Created {
                     path: p,

@@ -56,10 +56,15 @@ pub fn args(layout: &Layout<'_>, argv: &[String]) -> Result<Vec<OsString>, Sandb
     for (k, v) in layout.env {
         push(&["--setenv".as_ref(), k.as_ref(), v.as_ref()]);
     }
-    for p in layout.read_only {
-        if provided_by_bwrap(p) {
-            continue;
-        }
+    // Read-only paths under /tmp (a skill directory or the tool bridge's
+    // socket in a state dir there) are bound after the tmpfs, or it would
+    // hide them; the rest now, before the writable binds.
+    let (late, early): (Vec<&PathBuf>, Vec<&PathBuf>) = layout
+        .read_only
+        .iter()
+        .filter(|p| !provided_by_bwrap(p) || p.starts_with("/tmp"))
+        .partition(|p| p.starts_with("/tmp"));
+    for p in early {
         match std::fs::symlink_metadata(p) {
             // Debian's /bin -> usr/bin: recreate the link instead of binding
             // its target a second time.
@@ -100,10 +105,20 @@ pub fn args(layout: &Layout<'_>, argv: &[String]) -> Result<Vec<OsString>, Sandb
         "--bind".as_ref(),
         layout.workdir.as_os_str(),
         layout.workdir.as_os_str(),
-        "--chdir".as_ref(),
-        layout.workdir.as_os_str(),
-        "--".as_ref(),
     ]);
+    for p in late {
+        match std::fs::symlink_metadata(p) {
+            Ok(_) => push(&["--ro-bind".as_ref(), p.as_os_str(), p.as_os_str()]),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(source) => {
+                return Err(SandboxError::Path {
+                    path: p.clone(),
+                    source,
+                });
+            }
+        }
+    }
+    push(&["--chdir".as_ref(), layout.workdir.as_os_str(), "--".as_ref()]);
     a.extend(argv.iter().map(OsString::from));
     Ok(a)
 }

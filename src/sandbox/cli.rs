@@ -51,7 +51,7 @@ pub fn run(args: &SandboxRunArgs) -> anyhow::Result<i32> {
         .build()
         .context("starting the tokio runtime")?;
     let outcome = rt
-        .block_on(super::run(&policy, &workdir, &args.command, &[]))
+        .block_on(super::run(&policy, &workdir, &args.command, &Default::default()))
         .with_context(|| format!("running under profile {}", origin.display()))?;
 
     std::io::stdout().write_all(outcome.stdout.as_bytes())?;

@@ -146,10 +146,15 @@ fn rule_for(
     })?;
     // Directory-only rights on a file would make the kernel reject the
     // rule; the crate would trim them and report the ruleset as partial.
-    let access = if meta.is_dir() {
+    let mut access = if meta.is_dir() {
         access
     } else {
         access & AccessFs::from_file(WANTED_ABI)
     };
+    // A socket listed read-only (the tool bridge) may be connected to:
+    // kernels with pathname UNIX socket rules (ABI 9) ask for this right.
+    if std::os::unix::fs::FileTypeExt::is_socket(&meta.file_type()) {
+        access |= AccessFs::ResolveUnix;
+    }
     Ok(Some(PathBeneath::new(fd, access)))
 }

@@ -103,8 +103,19 @@ const DRAIN_GRACE: Duration = Duration::from_millis(500);
 
 static ROOT_NPROC_WARNING: Once = Once::new();
 
+/// What a caller adds to a policy for one run: read-only paths (skill
+/// directories, the tool bridge's socket, the agentd binary) and
+/// environment variables (the bridge's address and token). Later entries
+/// in `env` replace earlier ones and the minimal environment's of the same
+/// name, so `PATH` can be extended.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Exposed {
+    pub read_only: Vec<PathBuf>,
+    pub env: Vec<(String, String)>,
+}
+
 /// Runs `argv` in `workdir` under `policy` and waits for it (or for the
-/// timeout). `extra_ro` adds read-only paths (skills, a tool socket).
+/// timeout). `extra` adds read-only paths and environment variables.
 ///
 /// Safe to call from a `current_thread` runtime: the child is spawned from
 /// the calling thread and nothing is handed to blocking-pool threads.
@@ -112,8 +123,9 @@ pub async fn run(
     policy: &SandboxPolicy,
     workdir: &Path,
     argv: &[String],
-    extra_ro: &[PathBuf],
+    extra: &Exposed,
 ) -> Result<RunOutcome, SandboxError> {
+    let extra_ro = &extra.read_only;
     let Some(program) = argv.first() else {
         return Err(SandboxError::EmptyCommand);
     };
@@ -160,7 +172,11 @@ pub async fn run(
         .as_ref()
         .map(|t| t.path.clone())
         .unwrap_or_else(|| PathBuf::from("/tmp"));
-    let env = minimal_env(&workdir, &tmpdir);
+    let mut env = minimal_env(&workdir, &tmpdir);
+    for (k, v) in &extra.env {
+        env.retain(|(name, _)| name != k);
+        env.push((k.clone(), v.clone()));
+    }
 
     let mut setup = ChildSetup::new(&policy.limits, identity);
     let mut cmd = match policy.backend {
@@ -314,14 +330,14 @@ pub async fn run(
     })
 }
 
+/// The sandbox's PATH: system directories only.
+pub const DEFAULT_PATH: &str = "/usr/local/bin:/usr/bin:/bin:/usr/local/sbin:/usr/sbin:/sbin";
+
 /// The whole environment a sandboxed process gets: nothing of the daemon's
 /// (API keys live there).
 fn minimal_env(workdir: &Path, tmpdir: &Path) -> Vec<(String, String)> {
     vec![
-        (
-            "PATH".into(),
-            "/usr/local/bin:/usr/bin:/bin:/usr/local/sbin:/usr/sbin:/sbin".into(),
-        ),
+        ("PATH".into(), DEFAULT_PATH.into()),
         ("HOME".into(), workdir.display().to_string()),
         ("LANG".into(), "C.UTF-8".into()),
         ("TMPDIR".into(), tmpdir.display().to_string()),

@@ -64,11 +64,12 @@ fn main() {
         let p = policy(backend);
         let mut samples = Vec::with_capacity(runs);
         // One warm-up run: page cache, dynamic loader.
-        rt.block_on(sandbox::run(&p, wd.path(), &argv, &[])).expect("warm-up");
+        rt.block_on(sandbox::run(&p, wd.path(), &argv, &Default::default()))
+            .expect("warm-up");
         for _ in 0..runs {
             let t = Instant::now();
             let o = rt
-                .block_on(sandbox::run(&p, wd.path(), &argv, &[]))
+                .block_on(sandbox::run(&p, wd.path(), &argv, &Default::default()))
                 .expect("sandbox run");
             samples.push(t.elapsed());
             assert!(o.success(), "{backend:?}: {o:?}");

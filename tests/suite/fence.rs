@@ -282,7 +282,7 @@ async fn execute_runs_blocks_in_order_and_reports_each() {
     let reply = "```data/in.txt:create\nhello\n```\n```bash:execute\ntr a-z A-Z < data/in.txt; echo oops >&2; exit 3\n```\n\
                  ```python:execute\nprint(open('data/in.txt').read().strip()[::-1])\n```\n```bash:execute\nnever closed\n";
     let blocks = fence::parse(reply);
-    let results = fence::execute(&blocks, &policy(), wd.path(), &[]).await;
+    let results = fence::execute(&blocks, &policy(), wd.path(), &Default::default()).await;
     assert_eq!(results.len(), 4);
     assert_eq!(
         std::fs::read_to_string(wd.path().join("data/in.txt")).unwrap(),
@@ -325,7 +325,7 @@ async fn render_reports_timeouts_and_cut_output() {
     p.timeout = Duration::from_secs(1);
     p.limits.output_bytes = 1024;
     let blocks = fence::parse("```bash:execute\nseq 1 100000; sleep 30\n```\n");
-    let r = fence::execute(&blocks, &p, wd.path(), &[]).await;
+    let r = fence::execute(&blocks, &p, wd.path(), &Default::default()).await;
     let text = r[0].render_for_model();
     assert!(text.contains("timed out") && text.contains("timed_out: true"), "{text}");
     assert!(text.contains("output cut") && text.contains("agentd cut"), "{text}");
@@ -376,7 +376,13 @@ async fn a_sandbox_error_is_reported_to_the_model_not_raised() {
     let wd = test_dir("fence-");
     let mut p = policy();
     p.read_only.push("relative/path".into());
-    let r = fence::execute(&fence::parse("```sh:execute\ntrue\n```"), &p, wd.path(), &[]).await;
+    let r = fence::execute(
+        &fence::parse("```sh:execute\ntrue\n```"),
+        &p,
+        wd.path(),
+        &Default::default(),
+    )
+    .await;
     assert!(
         r[0].render_for_model().contains("not run: sandbox"),
         "{}",

@@ -8,6 +8,7 @@ mod repl;
 mod runtime;
 mod sandbox;
 mod schedule;
+mod skills;
 mod snapshots;
 mod supervisor;
 mod systemd_unit;

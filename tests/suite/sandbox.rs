@@ -47,7 +47,7 @@ fn py(code: &str) -> Vec<String> {
 }
 
 async fn run(p: &SandboxPolicy, workdir: &Path, argv: &[String]) -> RunOutcome {
-    sandbox::run(p, workdir, argv, &[])
+    sandbox::run(p, workdir, argv, &Default::default())
         .await
         .unwrap_or_else(|e| panic!("sandbox {:?}: {e}", p.backend))
 }
@@ -527,9 +527,17 @@ async fn extra_read_only_paths_are_readable_but_not_writable() {
     std::fs::write(skills.path().join("SKILL.md"), "use the force").unwrap();
     for backend in [Backend::Landlock, Backend::Bwrap, Backend::BwrapLandlock] {
         let argv = sh(&format!("cat {0}/SKILL.md; echo x > {0}/new", skills.path().display()));
-        let o = sandbox::run(&policy(backend), wd.path(), &argv, &[skills.path().to_path_buf()])
-            .await
-            .unwrap();
+        let o = sandbox::run(
+            &policy(backend),
+            wd.path(),
+            &argv,
+            &sandbox::Exposed {
+                read_only: vec![skills.path().to_path_buf()],
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
         assert_eq!(o.stdout, "use the force", "{backend:?}: {o:?}");
         assert!(!skills.path().join("new").exists(), "{backend:?}");
     }
@@ -540,7 +548,7 @@ async fn a_missing_command_is_a_spawn_error_or_exit_127() {
     let wd = test_dir("wd-");
     let argv = vec!["definitely-not-a-command-agentd".to_string()];
     assert!(matches!(
-        sandbox::run(&policy(Backend::Landlock), wd.path(), &argv, &[]).await,
+        sandbox::run(&policy(Backend::Landlock), wd.path(), &argv, &Default::default()).await,
         Err(sandbox::SandboxError::Spawn { .. })
     ));
     let o = run(&policy(Backend::Bwrap), wd.path(), &argv).await;
@@ -552,7 +560,9 @@ async fn relative_policy_paths_are_refused() {
     let wd = test_dir("wd-");
     let mut p = policy(Backend::Landlock);
     p.read_only.push(PathBuf::from("usr/lib"));
-    let e = sandbox::run(&p, wd.path(), &sh("true"), &[]).await.unwrap_err();
+    let e = sandbox::run(&p, wd.path(), &sh("true"), &Default::default())
+        .await
+        .unwrap_err();
     assert!(e.to_string().contains("must be absolute"), "{e}");
 }
 

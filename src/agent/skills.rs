@@ -1,0 +1,106 @@
+//! What a task's sandbox gets besides its workdir: the local skill
+//! directories, the generated MCP skills (kept in sync with the tool
+//! lists), the tool bridge's socket and token, and `agentd` itself on the
+//! PATH. All of it read-only, at the same absolute paths inside and
+//! outside the sandbox, so the paths in the skills index are the paths
+//! code uses.
+
+use std::path::Path;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use super::Outbox;
+use super::bridge::{self, Bridge};
+use crate::config::{AgentSpec, SkillSpec};
+use crate::mcp::{McpHub, ToolInfo};
+use crate::sandbox::{self, Exposed};
+use crate::skills::generate::Generated;
+
+pub struct SkillsRuntime {
+    local: Vec<SkillSpec>,
+    servers: Vec<String>,
+    generated: Generated,
+    bridge: Option<Bridge>,
+    /// `bin/` with the `agentd` link, and the executable it points to.
+    bin: Option<(PathBuf, PathBuf)>,
+}
+
+impl SkillsRuntime {
+    /// Sets up under `agent_dir`: `skills/` for generated skills,
+    /// `bridge.sock`, `bin/agentd`. A part that cannot be set up is logged
+    /// and left out; the agent still runs.
+    pub fn new(agent_dir: &Path, hub: Arc<McpHub>, spec: &AgentSpec, outbox: Outbox) -> SkillsRuntime {
+        let socket = agent_dir.join("bridge.sock");
+        let bridge = match Bridge::start(socket.clone(), hub, spec.bridge.clone(), outbox) {
+            Ok(b) => Some(b),
+            Err(e) => {
+                tracing::error!(agent = %spec.name, socket = %socket.display(), error = %e, "tool bridge unavailable");
+                None
+            }
+        };
+        SkillsRuntime {
+            local: spec.skills.clone(),
+            servers: spec.mcp_servers.iter().map(|s| s.name.clone()).collect(),
+            generated: Generated::new(agent_dir.join("skills")),
+            bridge,
+            bin: super::agentd_bin_dir(agent_dir),
+        }
+    }
+
+    /// Regenerates the MCP skills whose tool lists changed.
+    pub fn sync(&mut self, tools: &[ToolInfo]) {
+        match self.generated.sync(&self.servers, tools) {
+            Ok(true) => tracing::info!(dir = %self.generated.root().display(), "regenerated MCP tool skills"),
+            Ok(false) => {}
+            Err(e) => tracing::warn!(error = %e, "writing generated MCP skills"),
+        }
+    }
+
+    /// The skills index for the system prompt.
+    pub fn index(&self) -> String {
+        crate::skills::index(&self.local, &self.generated.skills())
+    }
+
+    /// Opens the bridge for a task; its token goes into the sandbox.
+    pub fn begin(&self, task: i64, lease: &str) -> Option<String> {
+        let bridge = self.bridge.as_ref()?;
+        match bridge.begin(task, lease) {
+            Ok(token) => Some(token),
+            Err(e) => {
+                tracing::error!(error = %e, "no random token for the tool bridge; it stays closed for this task");
+                None
+            }
+        }
+    }
+
+    pub fn end(&self) {
+        if let Some(b) = &self.bridge {
+            b.end();
+        }
+    }
+
+    /// What a fence run of the current task may see.
+    pub fn exposed(&self, token: Option<&str>) -> Exposed {
+        let mut e = Exposed::default();
+        e.read_only.extend(self.local.iter().map(|s| s.dir.clone()));
+        let generated = self.generated.skills();
+        if !generated.is_empty() {
+            e.read_only.push(self.generated.root().to_path_buf());
+            let dirs: Vec<String> = generated.iter().map(|s| s.dir.display().to_string()).collect();
+            e.env.push(("PYTHONPATH".into(), dirs.join(":")));
+        }
+        if let (Some(b), Some(token)) = (&self.bridge, token) {
+            e.read_only.push(b.socket().to_path_buf());
+            e.env
+                .push((bridge::ENV_SOCKET.into(), b.socket().display().to_string()));
+            e.env.push((bridge::ENV_TOKEN.into(), token.to_owned()));
+        }
+        if let Some((bin, exe)) = &self.bin {
+            e.read_only.push(bin.clone());
+            e.read_only.push(exe.clone());
+            e.env
+                .push(("PATH".into(), format!("{}:{}", bin.display(), sandbox::DEFAULT_PATH)));
+        }
+        e
+    }
+}
