@@ -12,6 +12,7 @@ pub mod ledger;
 pub mod llm;
 pub mod logging;
 pub mod mcp;
+pub mod procfs;
 pub mod protocol;
 pub mod repl;
 pub mod sandbox;

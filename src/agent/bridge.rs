@@ -214,7 +214,7 @@ impl Shared {
         let Some(pid) = pid else {
             return Reply::refused("refused: the caller's process is unknown");
         };
-        if !is_descendant(pid, self.own_pid) {
+        if !crate::procfs::is_descendant(pid, self.own_pid) {
             tracing::warn!(pid, "tool bridge: refused a call from outside the agent's sandbox");
             return Reply::refused("refused: calls are only accepted from this agent's sandbox");
         }
@@ -328,33 +328,6 @@ async fn drain(conn: &mut UnixStream) {
     .await;
 }
 
-/// Whether `pid` is `ancestor` or one of its descendants, by following
-/// parent pids in /proc.
-fn is_descendant(pid: i32, ancestor: i32) -> bool {
-    let mut p = pid;
-    // Bounded: a parent chain is never this deep, and a loop cannot hang.
-    for _ in 0..128 {
-        if p == ancestor {
-            return true;
-        }
-        if p <= 1 {
-            return false;
-        }
-        match parent_pid(p) {
-            Some(pp) => p = pp,
-            None => return false,
-        }
-    }
-    false
-}
-
-fn parent_pid(pid: i32) -> Option<i32> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // The command name is parenthesised and may contain spaces or `)`.
-    let (_, rest) = stat.rsplit_once(") ")?;
-    rest.split_whitespace().nth(1)?.parse().ok()
-}
-
 fn random_token() -> std::io::Result<String> {
     let mut buf = [0u8; 16];
     let mut filled = 0;
@@ -437,9 +410,9 @@ mod tests {
     #[test]
     fn this_process_descends_from_itself_but_not_from_a_child() {
         let me = std::process::id() as i32;
-        assert!(is_descendant(me, me));
-        assert!(!is_descendant(1, me));
-        assert!(!is_descendant(me, i32::MAX));
+        assert!(crate::procfs::is_descendant(me, me));
+        assert!(!crate::procfs::is_descendant(1, me));
+        assert!(!crate::procfs::is_descendant(me, i32::MAX));
     }
 
     #[test]

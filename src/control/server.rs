@@ -9,8 +9,9 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::{Request, Response};
 
-/// A request with the channel its response goes back on.
-pub type Envelope = (Request, oneshot::Sender<Response>);
+/// A request, the caller's pid (from `SO_PEERCRED`, when the kernel gives
+/// it), and the channel its response goes back on.
+pub type Envelope = (Request, Option<i32>, oneshot::Sender<Response>);
 
 /// Longest request line accepted; anything longer is a protocol error.
 const MAX_LINE: u64 = 64 * 1024;
@@ -24,6 +25,7 @@ pub fn serve(path: &Path, requests: mpsc::UnboundedSender<Envelope>) -> std::io:
             let Ok((stream, _)) = listener.accept().await else {
                 continue;
             };
+            let peer = stream.peer_cred().ok().and_then(|c| c.pid());
             let requests = requests.clone();
             tokio::spawn(async move {
                 let (read, mut write) = stream.into_split();
@@ -50,7 +52,7 @@ pub fn serve(path: &Path, requests: mpsc::UnboundedSender<Envelope>) -> std::io:
                     let response = match serde_json::from_str::<Request>(&line) {
                         Ok(req) => {
                             let (tx, rx) = oneshot::channel();
-                            if requests.send((req, tx)).is_err() {
+                            if requests.send((req, peer, tx)).is_err() {
                                 Response::error("agentd is shutting down")
                             } else {
                                 rx.await.unwrap_or_else(|_| Response::error("agentd is shutting down"))

@@ -281,7 +281,18 @@ async fn run_async(
         let schedule_at = sup.next_schedule_at();
         tokio::select! {
             Some(ev) = events_rx.recv() => sup.handle(ev).await,
-            Some((req, reply)) = control_rx.recv() => sup.on_control(req, reply).await,
+            Some((req, peer, reply)) = control_rx.recv() => match sup.agent_ancestor(peer) {
+                // Sandboxed code runs as a descendant of its agent's
+                // process; it must not steer agentd (Landlock cannot keep
+                // it off the socket before ABI 9).
+                Some(agent) => {
+                    tracing::warn!(agent, "refused a control request from inside the agent's process tree");
+                    let _ = reply.send(Response::error(format!(
+                        "refused: control requests from inside agent {agent}'s processes are not allowed"
+                    )));
+                }
+                None => sup.on_control(req, reply).await,
+            },
             Some(input) = repl_rx.recv() => sup.on_repl(input).await,
             _ = sleep_until_opt(schedule_at), if schedule_at.is_some() => sup.fire_schedules().await,
             _ = sigterm.recv() => sup.begin_stop("SIGTERM"),
@@ -968,6 +979,15 @@ impl Supervisor {
                 }
             },
         }
+    }
+
+    /// The agent whose process tree `peer` belongs to, if any.
+    fn agent_ancestor(&self, peer: Option<i32>) -> Option<String> {
+        let peer = peer?;
+        self.agents.iter().find_map(|(name, a)| {
+            let child = a.child.as_ref()?.pid as i32;
+            crate::procfs::is_descendant(peer, child).then(|| name.clone())
+        })
     }
 
     async fn restore_snapshot(&mut self, agent: &str, which: String) {

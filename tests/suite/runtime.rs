@@ -526,3 +526,32 @@ fn restoring_a_conversation_snapshot_gives_the_agent_that_memory_back() {
         "{msgs}"
     );
 }
+
+#[test]
+fn sandboxed_code_cannot_steer_agentd_through_the_control_socket() {
+    let llm = LlmServer::start(vec![]);
+    let s = Setup::new(&llm.base_url(), "");
+    let socket = s.state().join("agentd.sock");
+    let code = format!(
+        "```python:execute\nimport socket\ns = socket.socket(socket.AF_UNIX)\ns.connect({:?})\ns.sendall(b'{{\"method\":\"Stop\",\"agent\":\"reader\"}}\\n')\nprint(s.recv(4096).decode())\n```",
+        socket.display().to_string()
+    );
+    llm.push(Reply::stream_text(&[&code]));
+    llm.push(Reply::stream_text(&["Tried."]));
+    let d = s.start();
+    let pid = d.running_pid("reader");
+    std::fs::write(s.inbox.join("x.md"), "x").expect("write");
+    let t = wait_task(&d, |t| t.state.is_final(), "finished");
+    assert_eq!(t.state, TaskState::Succeeded, "{t:#?}\n{}", d.log_text());
+    let st = steps(&d.state_dir, t.id);
+    let fence = st
+        .iter()
+        .find(|s| s.kind == "fence")
+        .map(|s| s.payload["result"].to_string())
+        .unwrap_or_default();
+    assert!(
+        fence.contains("refused: control requests from inside agent reader"),
+        "{fence}"
+    );
+    assert_eq!(d.running_pid("reader"), pid, "the agent was not stopped");
+}
