@@ -37,6 +37,7 @@ use tokio::net::{UnixListener, UnixStream};
 use tokio::task::JoinHandle;
 
 use super::Outbox;
+use super::runner::clip;
 use crate::config::BridgeSpec;
 use crate::ledger::NewStep;
 use crate::mcp::McpHub;
@@ -49,8 +50,6 @@ pub const ENV_TOKEN: &str = "AGENTD_BRIDGE_TOKEN";
 
 /// How long a caller may take to send its request line.
 const READ_TIMEOUT: Duration = Duration::from_secs(10);
-/// Longest text kept in a journal step field.
-const JOURNAL_TEXT: usize = 16 * 1024;
 
 /// A request line.
 #[derive(Debug, Serialize, Deserialize)]
@@ -349,17 +348,6 @@ fn random_token() -> std::io::Result<String> {
 /// Compares without an early exit, so timing says nothing about the token.
 fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
-}
-
-fn clip(s: &str) -> String {
-    if s.len() <= JOURNAL_TEXT {
-        return s.to_owned();
-    }
-    let mut end = JOURNAL_TEXT;
-    while !s.is_char_boundary(end) {
-        end -= 1;
-    }
-    format!("{}… [{} more bytes]", &s[..end], s.len() - end)
 }
 
 /// The client side, for `agentd tool call` (and the benchmark): one call,

@@ -247,7 +247,7 @@ fn failed(error: String) -> Outcome {
 }
 
 /// Caps text for the journal, keeping the head and noting the rest.
-fn clip(s: &str) -> String {
+pub(super) fn clip(s: &str) -> String {
     if s.len() <= JOURNAL_TEXT {
         return s.to_owned();
     }

@@ -346,25 +346,11 @@ fn python_module(server: &str, tools: &[ToolInfo], functions: &[String]) -> Stri
     py
 }
 
-/// A Python string literal for any text: a JSON string is one, once the
-/// characters Python reads differently are escaped too.
+/// A Python string literal for any text. Python reads YAML's double-quoted
+/// escapes (`\"`, `\\`, `\n`, `\t`, `\uXXXX`) the same way, so one quoting
+/// serves both.
 pub fn py_str_literal(s: &str) -> String {
-    let mut out = String::with_capacity(s.len() + 2);
-    out.push('"');
-    for c in s.chars() {
-        match c {
-            '"' => out.push_str("\\\""),
-            '\\' => out.push_str("\\\\"),
-            '\n' => out.push_str("\\n"),
-            '\t' => out.push_str("\\t"),
-            c if (c as u32) < 0x20 || c == '\u{7f}' || is_yaml_unsafe(c) => {
-                let _ = write!(out, "\\u{:04x}", c as u32);
-            }
-            c => out.push(c),
-        }
-    }
-    out.push('"');
-    out
+    yaml_quote(s)
 }
 
 /// Characters that are not printable in YAML (or are line breaks or
