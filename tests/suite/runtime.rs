@@ -84,6 +84,19 @@ fn wait_task(d: &Daemon, pred: impl Fn(&Task) -> bool, what: &str) -> Task {
     })
 }
 
+/// Waits until `n` tasks have succeeded.
+fn wait_succeeded(d: &Daemon, n: usize) {
+    let done = || {
+        tasks(&d.state_dir)
+            .iter()
+            .filter(|t| t.state == TaskState::Succeeded)
+            .count()
+            == n
+    };
+    wait_for(Duration::from_secs(30), || done().then_some(()))
+        .unwrap_or_else(|| panic!("{n} tasks never succeeded; log:\n{}", d.log_text()));
+}
+
 fn steps(state: &Path, task: i64) -> Vec<Step> {
     ledger(state).steps(task).unwrap_or_default()
 }
@@ -326,15 +339,7 @@ fn the_conversation_survives_a_child_restart() {
             .any(|a| a.state == "running" && a.pid.is_some_and(|p| p != pid))
     });
     std::fs::write(s.inbox.join("second.md"), "second").expect("write");
-    wait_for(Duration::from_secs(30), || {
-        (tasks(&d.state_dir)
-            .iter()
-            .filter(|t| t.state == TaskState::Succeeded)
-            .count()
-            == 2)
-            .then_some(())
-    })
-    .unwrap_or_else(|| panic!("second task; log:\n{}", d.log_text()));
+    wait_succeeded(&d, 2);
     let reqs = llm.requests();
     let msgs = reqs[1].json()["messages"].as_array().cloned().unwrap_or_default();
     assert!(
@@ -487,15 +492,7 @@ fn restoring_a_conversation_snapshot_gives_the_agent_that_memory_back() {
     std::fs::write(s.inbox.join("apples.md"), "apples").expect("write");
     wait_task(&d, |t| t.state == TaskState::Succeeded, "first");
     std::fs::write(s.inbox.join("pears.md"), "pears").expect("write");
-    wait_for(Duration::from_secs(30), || {
-        (tasks(&d.state_dir)
-            .iter()
-            .filter(|t| t.state == TaskState::Succeeded)
-            .count()
-            == 2)
-            .then_some(())
-    })
-    .expect("second task");
+    wait_succeeded(&d, 2);
     let sd = d.state_dir.to_str().unwrap_or_default().to_owned();
     let out = agentd(&["snapshot", "list", "--state-dir", &sd, "reader", "--json"]);
     let list: Value = serde_json::from_slice(&out.stdout).expect("json");
