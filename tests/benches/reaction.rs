@@ -26,7 +26,9 @@ fn main() {
         return;
     }
     let llm = LlmServer::start(Vec::new());
-    for i in 0..EVENTS + 10 {
+    // With no debounce one write can fire twice (inotify reports the
+    // truncate and the write): script plenty of replies.
+    for i in 0..EVENTS * 3 {
         llm.push(Reply::stream_text(&[&format!("ok {i}")]));
     }
     let dir = tempfile::tempdir().expect("tempdir");
