@@ -98,25 +98,21 @@ impl Runtime {
         outcome
     }
 
-    fn tools(&self) -> Vec<ToolDef> {
-        self.hub
-            .tools()
-            .into_iter()
-            .map(|t| ToolDef::new(t.name, Some(t.description).filter(|d| !d.is_empty()), t.input_schema))
-            .collect()
-    }
-
     async fn turns(&mut self, job: &Job<'_>, messages: &mut Vec<ChatMessage>) -> Outcome {
         let limits = self.spec.limits.clone();
         let mut spent: u64 = 0;
         for turn in 1..=limits.max_turns {
             // Tool lists change while the agent runs (list_changed): the
             // generated skills follow before each turn, and so does the index.
-            self.skills.sync(&self.hub.tools());
+            let infos = self.hub.tools();
+            self.skills.sync(&infos);
             let system = ChatMessage::system(prompt::system_prompt(&self.spec, Some(&self.skills.index())));
-            let tools = self.tools();
+            let tools = infos
+                .into_iter()
+                .map(|t| ToolDef::new(t.name, Some(t.description).filter(|d| !d.is_empty()), t.input_schema))
+                .collect();
             let mut request_messages = Vec::with_capacity(messages.len() + 1);
-            request_messages.push(system.clone());
+            request_messages.push(system);
             request_messages.extend(messages.iter().cloned());
             let request = ChatRequest::new(request_messages, tools);
             let started = Instant::now();

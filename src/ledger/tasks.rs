@@ -366,19 +366,6 @@ impl Ledger {
         Ok(state)
     }
 
-    /// Marks a queued task cancelled.
-    pub fn cancel(&mut self, task: i64, reason: &str) -> Result<bool> {
-        let n = self
-            .conn
-            .execute(
-                "UPDATE tasks SET state = 'cancelled', error = ?2, finished_at = ?3, dedupe_key = NULL
-                 WHERE id = ?1 AND state = 'queued'",
-                params![task, reason, now_ms()],
-            )
-            .map_err(|e| self.err(e))?;
-        Ok(n > 0)
-    }
-
     /// Tasks left `running` by a previous agentd process.
     pub fn running_tasks(&self) -> Result<Vec<Task>> {
         self.list_tasks(&TaskFilter {

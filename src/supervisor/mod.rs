@@ -33,7 +33,7 @@ use tokio::sync::mpsc;
 
 use crate::config::{self, AgentSpec, Config};
 use crate::control::{self, AgentStatus, Request, Response};
-use crate::ledger::{self, Ledger, LedgerError, SnapshotKind, TaskState};
+use crate::ledger::{self, Ledger, LedgerError, SnapshotKind, TaskState, Trigger};
 use crate::protocol::{FromChild, PROTOCOL_VERSION, ToChild};
 use crate::repl::{self, Repl};
 use crate::snapshots;
@@ -568,15 +568,9 @@ impl Supervisor {
                 self.dispatch(name).await;
             }
             FromChild::Trigger { trigger, dedupe_key } => {
-                let agent = name.to_owned();
-                let r = self
-                    .ledger
-                    .call(move |l| l.enqueue(&agent, &trigger, dedupe_key.as_deref()))
-                    .await;
-                match r {
-                    Some(Ok(e)) => tracing::debug!(agent = name, "trigger recorded as task {}: {e:?}", e.id()),
-                    Some(Err(e)) => tracing::error!(agent = name, "cannot record trigger: {e}"),
-                    None => {}
+                match self.record_trigger(name, trigger, dedupe_key).await {
+                    Ok(e) => tracing::debug!(agent = name, "trigger recorded as task {}: {e:?}", e.id()),
+                    Err(e) => tracing::error!(agent = name, "cannot record trigger: {e}"),
                 }
                 self.dispatch(name).await;
             }
@@ -732,6 +726,24 @@ impl Supervisor {
         }
         self.maybe_ready();
         self.update_status();
+    }
+
+    /// Records a trigger as a task (coalescing by `dedupe_key` while queued).
+    async fn record_trigger(
+        &self,
+        agent: &str,
+        trigger: Trigger,
+        dedupe_key: Option<String>,
+    ) -> Result<ledger::Enqueued, String> {
+        let agent = agent.to_owned();
+        match self
+            .ledger
+            .call(move |l| l.enqueue(&agent, &trigger, dedupe_key.as_deref()))
+            .await
+        {
+            Some(r) => r.map_err(|e| e.to_string()),
+            None => Err("the ledger is closed".into()),
+        }
     }
 
     /// Hands the agent its next queued task, if it is free to take one.

@@ -92,18 +92,17 @@ impl Supervisor {
 
     async fn enqueue_schedule(&mut self, name: &str, schedule: &Schedule, at: DateTime<Utc>) {
         let trigger = schedule.trigger(at);
-        let (agent, key) = (name.to_owned(), schedule.dedupe_key().to_owned());
-        match self.ledger.call(move |l| l.enqueue(&agent, &trigger, Some(&key))).await {
-            Some(Ok(Enqueued::New(id))) => {
+        let key = Some(schedule.dedupe_key().to_owned());
+        match self.record_trigger(name, trigger, key).await {
+            Ok(Enqueued::New(id)) => {
                 tracing::debug!(agent = name, "schedule {:?} fired: task {id}", schedule.spec().cron)
             }
-            Some(Ok(Enqueued::Coalesced(id))) => tracing::debug!(
+            Ok(Enqueued::Coalesced(id)) => tracing::debug!(
                 agent = name,
                 "schedule {:?} fired while task {id} was still queued; coalesced",
                 schedule.spec().cron
             ),
-            Some(Err(e)) => tracing::error!(agent = name, "cannot record a scheduled run: {e}"),
-            None => {}
+            Err(e) => tracing::error!(agent = name, "cannot record a scheduled run: {e}"),
         }
     }
 

@@ -239,12 +239,11 @@ impl Supervisor {
             text: text.to_owned(),
             from: from.to_owned(),
         };
-        let owned = agent.to_owned();
-        let id = match self.ledger.call(move |l| l.enqueue(&owned, &trigger, None)).await {
-            Some(Ok(e)) => e.id(),
-            Some(Err(e)) => return Err(format!("cannot record the message: {e}")),
-            None => return Err("agentd is shutting down".into()),
-        };
+        let id = self
+            .record_trigger(agent, trigger, None)
+            .await
+            .map_err(|e| format!("cannot record the message: {e}"))?
+            .id();
         tracing::debug!(agent, "message from {from} queued as task {id}");
         self.dispatch(agent).await;
         Ok(id)
