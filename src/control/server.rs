@@ -1,4 +1,12 @@
 //! Accepts control connections and forwards requests to the supervisor.
+//!
+//! Who may send requests is decided by credentials: the caller's
+//! `SO_PEERCRED` uid must be agentd's own or root. Sandboxed code never has
+//! either (with agentd as root it runs as its agent's own uid; with agentd
+//! unprivileged its seccomp policy refuses `socket(2)` for Unix sockets and
+//! bwrap does not even show it the state dir), so no decision here looks at
+//! process ancestry, which proves nothing: orphans reparent to pid 1 and
+//! pids are recycled.
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
@@ -9,9 +17,14 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::{Request, Response};
 
-/// A request, the caller's pid (from `SO_PEERCRED`, when the kernel gives
-/// it), and the channel its response goes back on.
-pub type Envelope = (Request, Option<i32>, oneshot::Sender<Response>);
+/// A request from an authorized caller, and the channel its response goes
+/// back on.
+pub type Envelope = (Request, oneshot::Sender<Response>);
+
+/// Whether a caller with `uid` may control agentd running as `own_uid`.
+pub fn authorized(uid: u32, own_uid: u32) -> bool {
+    uid == own_uid || uid == 0
+}
 
 /// Longest request line accepted; anything longer is a protocol error.
 const MAX_LINE: u64 = 64 * 1024;
@@ -25,10 +38,22 @@ pub fn serve(path: &Path, requests: mpsc::UnboundedSender<Envelope>) -> std::io:
             let Ok((stream, _)) = listener.accept().await else {
                 continue;
             };
-            let peer = stream.peer_cred().ok().and_then(|c| c.pid());
+            // SAFETY: geteuid cannot fail.
+            let own = unsafe { libc::geteuid() };
+            let cred = stream.peer_cred().ok();
             let requests = requests.clone();
             tokio::spawn(async move {
                 let (read, mut write) = stream.into_split();
+                if let Some(c) = cred.filter(|c| !authorized(c.uid(), own)) {
+                    tracing::warn!(uid = c.uid(), pid = c.pid(), "refused a control connection from another user");
+                    let msg = format!("refused: uid {} may not control this agentd (only uid {own} and root)", c.uid());
+                    let _ = write_response(&mut write, &Response::error(msg)).await;
+                    return;
+                }
+                if cred.is_none() {
+                    let _ = write_response(&mut write, &Response::error("refused: the caller's credentials are unknown")).await;
+                    return;
+                }
                 let mut reader = BufReader::new(read);
                 loop {
                     let mut line = String::new();
@@ -52,7 +77,7 @@ pub fn serve(path: &Path, requests: mpsc::UnboundedSender<Envelope>) -> std::io:
                     let response = match serde_json::from_str::<Request>(&line) {
                         Ok(req) => {
                             let (tx, rx) = oneshot::channel();
-                            if requests.send((req, peer, tx)).is_err() {
+                            if requests.send((req, tx)).is_err() {
                                 Response::error("agentd is shutting down")
                             } else {
                                 rx.await.unwrap_or_else(|_| Response::error("agentd is shutting down"))

@@ -378,7 +378,6 @@ async fn connect_with(
                 args,
                 env,
                 cwd.as_deref(),
-                &task.workdir,
                 task.shared.noise.clone(),
             )?;
             let mut child = spawned.child;
