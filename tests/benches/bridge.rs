@@ -69,10 +69,11 @@ fn main() -> anyhow::Result<()> {
         "server-everything did not come up"
     );
     let (outbox, mut journal) = Outbox::channel();
-    let socket = dir.path().join("bridge.sock");
-    let bridge = {
+    let (bridge, dialer) = {
         let _guard = rt.enter();
-        Bridge::start(socket.clone(), hub.clone(), BridgeSpec::default(), outbox)?
+        let bridge = Bridge::start(hub.clone(), BridgeSpec::default(), outbox);
+        let dialer = bridge.dialer(nix::unistd::geteuid().as_raw())?;
+        (bridge, dialer)
     };
     let token = bridge.begin(1, "bench-lease")?;
     let args: Map<String, Value> = json!({"a": 2, "b": 3}).as_object().cloned().unwrap_or_default();
@@ -89,7 +90,7 @@ fn main() -> anyhow::Result<()> {
     let mut bridged = Vec::with_capacity(CALLS);
     for i in 0..WARMUP + CALLS {
         let started = Instant::now();
-        let reply = client::call(&socket, &token, "get-sum", args.clone())?;
+        let reply = client::call(std::os::fd::AsFd::as_fd(&dialer), &token, "get-sum", args.clone())?;
         if i >= WARMUP {
             bridged.push(started.elapsed());
         }
@@ -102,7 +103,7 @@ fn main() -> anyhow::Result<()> {
 
     println!("tool bridge overhead, get-sum on server-everything (stdio), {CALLS} calls each");
     let (d50, d99) = report("direct McpHub::call_tool", direct);
-    let (b50, b99) = report("bridged (socket + checks)", bridged);
+    let (b50, b99) = report("bridged (dialer fd + checks)", bridged);
     println!(
         "{:<28} p50 {:>8.1} µs   p99 {:>8.1} µs",
         "overhead",

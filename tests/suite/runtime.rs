@@ -529,9 +529,16 @@ fn sandboxed_code_cannot_steer_agentd_through_the_control_socket() {
     let llm = LlmServer::start(vec![]);
     let s = Setup::new(&llm.base_url(), "");
     let socket = s.state().join("agentd.sock");
+    // Directly, and from a double-forked orphan (its parent is pid 1, so an
+    // ancestry check would have let it through).
     let code = format!(
-        "```python:execute\nimport socket\ns = socket.socket(socket.AF_UNIX)\ns.connect({:?})\ns.sendall(b'{{\"method\":\"Stop\",\"agent\":\"reader\"}}\\n')\nprint(s.recv(4096).decode())\n```",
-        socket.display().to_string()
+        "```python:execute\nimport os, socket, time\n\
+         def steer(tag):\n    try:\n        s = socket.socket(socket.AF_UNIX)\n        s.connect({path:?})\n        s.sendall(b'{{\"method\":\"Stop\",\"agent\":\"reader\"}}\\n')\n        out = s.recv(4096).decode()\n    except OSError as e:\n        out = 'error: %s' % e\n    open(tag, 'w').write(out)\n\
+         if os.fork() == 0:\n    if os.fork() == 0:\n        time.sleep(0.3)\n        steer('orphan.txt')\n    os._exit(0)\n\
+         steer('direct.txt')\n\
+         for _ in range(50):\n    if os.path.exists('orphan.txt'): break\n    time.sleep(0.1)\n\
+         print('direct:', open('direct.txt').read())\nprint('orphan:', open('orphan.txt').read())\n```",
+        path = socket.display().to_string()
     );
     llm.push(Reply::stream_text(&[&code]));
     llm.push(Reply::stream_text(&["Tried."]));
@@ -546,9 +553,10 @@ fn sandboxed_code_cannot_steer_agentd_through_the_control_socket() {
         .find(|s| s.kind == "fence")
         .map(|s| s.payload["result"].to_string())
         .unwrap_or_default();
-    assert!(
-        fence.contains("refused: control requests from inside agent reader"),
-        "{fence}"
-    );
+    // Both refused before a request was read: no Unix socket for the
+    // sandbox (seccomp), and the control socket's uid check behind that.
+    assert!(fence.contains("direct: error:"), "{fence}");
+    assert!(fence.contains("orphan: error:"), "{fence}");
+    assert!(!fence.contains("\\\"ok\\\":true"), "{fence}");
     assert_eq!(d.running_pid("reader"), pid, "the agent was not stopped");
 }
