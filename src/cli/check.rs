@@ -9,6 +9,9 @@ pub fn run(path: &Path) -> anyhow::Result<ExitCode> {
     match config::load(path) {
         Ok(cfg) => {
             print!("{}", summary(&cfg));
+            for w in warnings(&cfg) {
+                println!("warning: {w}");
+            }
             Ok(ExitCode::SUCCESS)
         }
         Err(errors) => {
@@ -18,6 +21,40 @@ pub fn run(path: &Path) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::FAILURE)
         }
     }
+}
+
+/// What is valid but unwise: an MCP server started inside an agent's
+/// workdir runs as agentd and reads (imports, executes) from a directory
+/// sandboxed code writes.
+pub fn warnings(cfg: &Config) -> Vec<String> {
+    let workdirs: Vec<(String, std::path::PathBuf)> = cfg
+        .agents
+        .iter()
+        .map(|a| {
+            let w = crate::state_dir::workdir(&cfg.state_dir, a.name.as_str());
+            (a.name.to_string(), std::fs::canonicalize(&w).unwrap_or(w))
+        })
+        .collect();
+    let mut out = Vec::new();
+    for a in &cfg.agents {
+        for srv in &a.mcp_servers {
+            let McpTransport::Stdio { cwd: Some(cwd), .. } = &srv.transport else {
+                continue;
+            };
+            let cwd = std::fs::canonicalize(cwd).unwrap_or_else(|_| cwd.clone());
+            if let Some((owner, _)) = workdirs.iter().find(|(_, w)| cwd.starts_with(w)) {
+                out.push(format!(
+                    "agent {}: server {} starts in {}, inside agent {owner}'s workdir, which sandboxed code \
+                     can write: the server (running as agentd) may load what the model planted there; \
+                     leave cwd unset",
+                    a.name,
+                    srv.name,
+                    cwd.display()
+                ));
+            }
+        }
+    }
+    out
 }
 
 /// A short, human summary of a valid config.

@@ -1,4 +1,5 @@
 mod config;
+mod escape;
 mod fence;
 mod ledger;
 mod llm;
