@@ -44,17 +44,30 @@ pub fn serve(path: &Path, requests: mpsc::UnboundedSender<Envelope>) -> std::io:
             let requests = requests.clone();
             tokio::spawn(async move {
                 let (read, mut write) = stream.into_split();
-                if let Some(c) = cred.filter(|c| !authorized(c.uid(), own)) {
-                    tracing::warn!(uid = c.uid(), pid = c.pid(), "refused a control connection from another user");
-                    let msg = format!("refused: uid {} may not control this agentd (only uid {own} and root)", c.uid());
+                let mut reader = BufReader::new(read);
+                let refusal = match cred {
+                    None => Some("refused: the caller's credentials are unknown".to_string()),
+                    Some(c) if !authorized(c.uid(), own) => {
+                        tracing::warn!(uid = c.uid(), pid = c.pid(), "refused a control connection from another user");
+                        Some(format!(
+                            "refused: uid {} may not control this agentd (only uid {own} and root)",
+                            c.uid()
+                        ))
+                    }
+                    Some(_) => None,
+                };
+                if let Some(msg) = refusal {
+                    // Take the request line (bounded, briefly) before
+                    // answering, so the caller reads why instead of a reset.
+                    let mut line = String::new();
+                    let _ = tokio::time::timeout(
+                        std::time::Duration::from_secs(1),
+                        (&mut reader).take(MAX_LINE).read_line(&mut line),
+                    )
+                    .await;
                     let _ = write_response(&mut write, &Response::error(msg)).await;
                     return;
                 }
-                if cred.is_none() {
-                    let _ = write_response(&mut write, &Response::error("refused: the caller's credentials are unknown")).await;
-                    return;
-                }
-                let mut reader = BufReader::new(read);
                 loop {
                     let mut line = String::new();
                     let n = match (&mut reader).take(MAX_LINE).read_line(&mut line).await {
