@@ -482,3 +482,113 @@ fn the_bridge_token_is_on_no_command_line() {
     assert!(seen > 10, "read the command lines of {seen} processes");
     std::fs::write(a.workdir().join("go"), "").expect("release");
 }
+
+// ---- Host-side handling of a workdir (agentd as root, as the tests run) ----
+
+/// A workdir planted with links out of it, a fifo and a socket, as
+/// sandboxed code could leave it; and a directory outside it.
+struct Planted {
+    work: TempDir,
+    outside: TempDir,
+    _socket: std::os::unix::net::UnixListener,
+}
+
+impl Planted {
+    fn new() -> Planted {
+        let work = tempdir();
+        let outside = tempdir();
+        std::fs::write(outside.path().join("target.txt"), "outside").expect("outside file");
+        std::os::unix::fs::symlink(outside.path(), work.path().join("out")).expect("dir link");
+        std::os::unix::fs::symlink(outside.path().join("target.txt"), work.path().join("notes.txt")).expect("file link");
+        nix::unistd::mkfifo(&work.path().join("fifo"), nix::sys::stat::Mode::from_bits_truncate(0o644)).expect("fifo");
+        let socket = std::os::unix::net::UnixListener::bind(work.path().join("sock")).expect("socket");
+        Planted {
+            work,
+            outside,
+            _socket: socket,
+        }
+    }
+
+    fn outside_target(&self) -> String {
+        std::fs::read_to_string(self.outside.path().join("target.txt")).expect("outside file")
+    }
+}
+
+#[test]
+fn create_blocks_never_follow_planted_links_out_nor_open_special_files() {
+    let p = Planted::new();
+    // The control: a path-based write through the planted link lands outside.
+    std::fs::write(p.work.path().join("out/control.txt"), "x").expect("control write");
+    assert!(p.outside.path().join("control.txt").exists());
+    std::fs::remove_file(p.outside.path().join("control.txt")).expect("cleanup");
+
+    for (rel, why) in [("out/x.txt", "outside"), ("notes.txt", "outside"), ("fifo", "fifo"), ("sock", "special")] {
+        let started = std::time::Instant::now();
+        let e = agentd::fence::create(p.work.path(), rel, "planted").expect_err(rel);
+        assert!(e.contains("refused"), "{rel}: {e}");
+        assert!(e.contains(why) || e.contains("special") || e.contains("outside"), "{rel}: {e}");
+        assert!(started.elapsed() < Duration::from_secs(5), "{rel}: never waits on a fifo");
+    }
+    assert_eq!(p.outside_target(), "outside");
+    assert_eq!(std::fs::read_dir(p.outside.path()).expect("outside").count(), 1);
+}
+
+#[test]
+fn workspace_snapshots_store_links_as_links_skip_special_files_and_restore_never_writes_through_a_link() {
+    let p = Planted::new();
+    std::fs::write(p.work.path().join("real.txt"), "mine").expect("file");
+    let started = std::time::Instant::now();
+    let archive = agentd::sandbox::workspace::archive(p.work.path()).expect("archive");
+    assert!(started.elapsed() < Duration::from_secs(5), "a fifo is never read");
+    let mut names = Vec::new();
+    for e in tar::Archive::new(&archive[..]).entries().expect("entries") {
+        let e = e.expect("entry");
+        let path = e.path().expect("path").display().to_string();
+        if path == "notes.txt" {
+            assert!(e.header().entry_type().is_symlink(), "a link stays a link");
+        }
+        names.push(path);
+    }
+    assert!(!names.iter().any(|n| n == "fifo" || n == "sock"), "{names:?}");
+    assert!(!String::from_utf8_lossy(&archive).contains("outside"), "no content from outside the workdir");
+
+    // Restore over a workdir where code planted a link where the archive
+    // has a file. The control: writing by path goes through the link.
+    let archive_with_file = {
+        let d = tempdir();
+        std::fs::write(d.path().join("notes.txt"), "restored").expect("file");
+        agentd::sandbox::workspace::archive(d.path()).expect("archive")
+    };
+    std::fs::write(p.work.path().join("notes.txt"), "through the link").expect("control");
+    assert_eq!(p.outside_target(), "through the link");
+    std::fs::write(p.outside.path().join("target.txt"), "outside").expect("reset");
+
+    agentd::sandbox::workspace::restore(p.work.path(), &archive_with_file).expect("restore");
+    assert_eq!(p.outside_target(), "outside");
+    let restored = p.work.path().join("notes.txt");
+    assert!(!std::fs::symlink_metadata(&restored).expect("notes").file_type().is_symlink());
+    assert_eq!(std::fs::read_to_string(restored).expect("notes"), "restored");
+}
+
+#[test]
+fn giving_a_workdir_to_its_agents_user_never_follows_planted_links() {
+    let llm = LlmServer::start(vec![]);
+    let a = Agent::new(&llm.base_url(), "", "");
+    let outside = tempdir();
+    let victim = outside.path().join("victim.txt");
+    std::fs::write(&victim, "root's").expect("victim");
+    std::fs::create_dir_all(a.workdir().join("sub")).expect("workdir");
+    std::os::unix::fs::symlink(&victim, a.workdir().join("sub/link")).expect("link");
+    // The control: a chown by path follows the link to the victim.
+    std::os::unix::fs::chown(a.workdir().join("sub/link"), Some(SANDBOX_UID), None).expect("control chown");
+    assert_eq!(std::fs::metadata(&victim).expect("victim").uid(), SANDBOX_UID);
+    std::os::unix::fs::chown(&victim, Some(0), Some(0)).expect("reset");
+
+    let d = a.start();
+    d.running_pid("probe");
+    let uid = std::fs::metadata(a.workdir()).expect("workdir").uid();
+    assert_ne!(uid, 0);
+    assert_eq!(std::fs::symlink_metadata(a.workdir().join("sub/link")).expect("link").uid(), uid);
+    assert_eq!(std::fs::metadata(a.workdir().join("sub")).expect("sub").uid(), uid);
+    assert_eq!(std::fs::metadata(&victim).expect("victim").uid(), 0, "the link was not followed");
+}
