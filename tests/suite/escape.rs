@@ -592,3 +592,68 @@ fn giving_a_workdir_to_its_agents_user_never_follows_planted_links() {
     assert_eq!(std::fs::metadata(a.workdir().join("sub")).expect("sub").uid(), uid);
     assert_eq!(std::fs::metadata(&victim).expect("victim").uid(), 0, "the link was not followed");
 }
+
+#[test]
+fn one_agents_code_can_neither_read_nor_write_another_agents_workdir() {
+    // Backend `none` on purpose: only the separation of users stands
+    // between the two agents here.
+    let llm = LlmServer::start(vec![
+        Reply::stream_text(&[
+            "```bash:execute\ncat ../../b/work/secret.txt && echo READ; echo pwned > ../../b/work/pwned.txt && echo WROTE; id -u\n```\n",
+        ]),
+        Reply::stream_text(&["Done."]),
+    ]);
+    let dir = tempdir();
+    let inbox = dir.path().join("inbox");
+    std::fs::create_dir_all(&inbox).expect("inbox");
+    let agent = |name: &str, sub: &str| {
+        format!(
+            r#"  - name: {name}
+    model: test-model
+    llm: {{base_url: "{base}", api_key_env: TEST_LLM_KEY, request_timeout: 20s, max_retries: 1}}
+    sandbox: {{profile: default, backend: none}}
+    mcp_servers:
+      - name: inbox
+        command: {bin}
+        args: [mcp-watch, "{inbox}", --debounce-ms, "20"]
+{sub}"#,
+            base = llm.base_url(),
+            bin = agentd_bin().display(),
+            inbox = inbox.display(),
+        )
+    };
+    let config = write(
+        dir.path(),
+        "agentd.yaml",
+        &format!(
+            "shutdown_grace: 2s\nagents:\n{}{}",
+            agent("a", &format!("    subscriptions:\n      - {{uri: \"file://{}/*.md\", debounce: 50ms}}\n", inbox.display())),
+            agent("b", "")
+        ),
+    );
+    let state = dir.path().join("state");
+    let d = Daemon::start(&config, &state, &[("TEST_LLM_KEY", "k")]);
+    d.running_pid("a");
+    d.running_pid("b");
+    let b_work = state.join("agents/b/work");
+    std::fs::write(b_work.join("secret.txt"), "b's secret").expect("secret");
+    // The control: agentd's own uid (root) reads and writes it.
+    assert_eq!(std::fs::read_to_string(b_work.join("secret.txt")).expect("control read"), "b's secret");
+    std::fs::write(inbox.join("go.md"), "go").expect("trigger");
+    let t = wait_for(Duration::from_secs(60), || {
+        crate::support::daemon::tasks(&state).into_iter().find(|t| t.state.is_final())
+    })
+    .unwrap_or_else(|| panic!("no task finished; log:\n{}", d.log_text()));
+    let steps = crate::support::daemon::steps(&state, t.id);
+    let fence = steps
+        .iter()
+        .find(|s| s.kind == "fence")
+        .map(|s| s.payload["result"].to_string())
+        .expect("a fence step");
+    assert!(!fence.contains("b's secret") && !fence.contains("READ"), "{fence}");
+    assert!(!fence.contains("WROTE") && !b_work.join("pwned.txt").exists(), "{fence}");
+    let a_uid = std::fs::metadata(state.join("agents/a/work")).expect("a").uid();
+    let b_uid = std::fs::metadata(&b_work).expect("b").uid();
+    assert_ne!(a_uid, b_uid);
+    assert!(fence.contains(&a_uid.to_string()), "a's code ran as a's own user: {fence}");
+}

@@ -2,10 +2,10 @@
 //! (mcp-watch), a scripted OpenAI-compatible server on 127.0.0.1, real
 //! sandboxes and real kills. The ledger is read back as a user would.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Duration;
 
-use agentd::ledger::{self, Ledger, Step, Task, TaskFilter, TaskState};
+use agentd::ledger::{Step, Task, TaskState};
 use nix::sys::signal::Signal;
 use serde_json::Value;
 
@@ -63,13 +63,7 @@ agents:
     }
 }
 
-fn ledger(state: &Path) -> Ledger {
-    Ledger::open_read_only(&state.join(ledger::FILE_NAME)).expect("ledger")
-}
-
-fn tasks(state: &Path) -> Vec<Task> {
-    ledger(state).list_tasks(&TaskFilter::default()).unwrap_or_default()
-}
+use crate::support::daemon::tasks;
 
 fn wait_task(d: &Daemon, pred: impl Fn(&Task) -> bool, what: &str) -> Task {
     wait_for(Duration::from_secs(30), || {
@@ -97,9 +91,7 @@ fn wait_succeeded(d: &Daemon, n: usize) {
         .unwrap_or_else(|| panic!("{n} tasks never succeeded; log:\n{}", d.log_text()));
 }
 
-fn steps(state: &Path, task: i64) -> Vec<Step> {
-    ledger(state).steps(task).unwrap_or_default()
-}
+use crate::support::daemon::steps;
 
 fn kinds(steps: &[Step]) -> Vec<&str> {
     steps.iter().map(|s| s.kind.as_str()).collect()

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use agentd::agent::bridge::client;
-use agentd::ledger::{self, Ledger, Step, Task, TaskFilter, TaskState};
+use agentd::ledger::{Step, Task, TaskState};
 use agentd::mcp::ToolInfo;
 use agentd::skills::{self, generate};
 use serde_json::{Value, json};
@@ -93,13 +93,7 @@ agents:
     }
 }
 
-fn ledger(state: &Path) -> Ledger {
-    Ledger::open_read_only(&state.join(ledger::FILE_NAME)).expect("ledger")
-}
-
-fn tasks(state: &Path) -> Vec<Task> {
-    ledger(state).list_tasks(&TaskFilter::default()).unwrap_or_default()
-}
+use crate::support::daemon::{ledger, tasks};
 
 fn fence_results(steps: &[Step]) -> Vec<String> {
     steps
