@@ -20,7 +20,7 @@ const BUILTIN_PROFILES: &[(&str, &str)] = &[
     ("networked", include_str!("../../sandbox/networked.yaml")),
 ];
 
-const TOP_KEYS: &[&str] = &["state_dir", "include", "defaults", "agents", "shutdown_grace", "agent_uids"];
+const TOP_KEYS: &[&str] = &["state_dir", "include", "defaults", "agents", "shutdown_grace", "agent_uids", "control_group"];
 const DEFAULT_KEYS: &[&str] = &["model", "llm", "sandbox", "restart", "limits"];
 const AGENT_KEYS: &[&str] = &[
     "name",
@@ -278,6 +278,17 @@ impl Loader<'_> {
             }),
             None => Some(DEFAULT_AGENT_UIDS),
         };
+        let control_group = map.get("control_group").and_then(|n| {
+            let name = cx.non_empty_string(n, "control_group")?;
+            let gid = match name.parse::<u32>() {
+                Ok(gid) => Some(gid),
+                Err(_) => nix::unistd::Group::from_name(&name).ok().flatten().map(|g| g.gid.as_raw()),
+            };
+            if gid.is_none() {
+                cx.error_at_node(n, "control_group", format!("no group named {name:?} on this host"));
+            }
+            gid
+        });
         let defaults = match map.get("defaults") {
             Some(n) => self.decode_defaults(&mut cx, n, &dir),
             None => Defaults {
@@ -337,6 +348,7 @@ impl Loader<'_> {
             state_dir: state_dir?,
             shutdown_grace,
             agent_uids: agent_uids?,
+            control_group,
             agents,
         })
     }

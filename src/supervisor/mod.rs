@@ -227,7 +227,13 @@ async fn run_async(
     // here is stale.
     let _ = std::fs::remove_file(&socket);
     let (control_tx, mut control_rx) = mpsc::unbounded_channel();
-    control::serve(&socket, control_tx).with_context(|| format!("cannot listen on {}", socket.display()))?;
+    let operators = control::Operators {
+        // SAFETY: geteuid cannot fail.
+        own_uid: unsafe { libc::geteuid() },
+        group: cfg.control_group,
+    };
+    control::serve(&socket, operators, control_tx)
+        .with_context(|| format!("cannot listen on {}", socket.display()))?;
 
     let (events, mut events_rx) = mpsc::unbounded_channel();
     let mut sup = Supervisor {

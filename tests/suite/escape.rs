@@ -657,3 +657,33 @@ fn one_agents_code_can_neither_read_nor_write_another_agents_workdir() {
     assert_ne!(a_uid, b_uid);
     assert!(fence.contains(&a_uid.to_string()), "a's code ran as a's own user: {fence}");
 }
+
+#[test]
+fn the_operators_group_may_use_the_control_socket_and_others_may_not() {
+    let llm = LlmServer::start(vec![]);
+    let a = Agent::new(&llm.base_url(), "", "");
+    let text = std::fs::read_to_string(&a.config).expect("config").replace("shutdown_grace: 2s\n", "shutdown_grace: 2s\ncontrol_group: \"64996\"\n");
+    std::fs::write(&a.config, text).expect("config");
+    let d = a.start();
+    d.running_pid("probe");
+    let socket = a.state().join("agentd.sock");
+    let meta = std::fs::metadata(&socket).expect("socket");
+    assert_eq!((meta.gid(), meta.mode() & 0o777), (64996, 0o660));
+    let state = a.state().display().to_string();
+    let as_user = |groups: &str| {
+        Command::new("setpriv")
+            .args([format!("--reuid={AGENTD_UID}"), format!("--regid={AGENTD_UID}"), groups.to_string()])
+            .arg(agentd_bin())
+            .args(["status", "--state-dir", &state])
+            .output()
+            .expect("setpriv")
+    };
+    let member = as_user("--groups=64996");
+    assert!(member.status.success(), "{}", stderr(&member));
+    assert!(stdout(&member).contains("probe"), "{}", stdout(&member));
+    // Past a loosened mode, a non-member is still refused by credentials.
+    std::fs::set_permissions(&socket, std::fs::Permissions::from_mode(0o666)).expect("chmod");
+    let stranger = as_user("--clear-groups");
+    assert!(!stranger.status.success(), "{}", stdout(&stranger));
+    assert!(stderr(&stranger).contains("refused: uid 64997"), "{}", stderr(&stranger));
+}
