@@ -67,7 +67,9 @@ pub fn relative(rel: &str) -> Result<&Path, String> {
     }
     let path = Path::new(rel);
     if path.is_absolute() {
-        return Err(format!("refused: {rel:?} is absolute; give a path relative to the workdir"));
+        return Err(format!(
+            "refused: {rel:?} is absolute; give a path relative to the workdir"
+        ));
     }
     if path.components().any(|c| matches!(c, Component::ParentDir)) {
         return Err(format!("refused: {rel:?} contains `..`"));
@@ -109,7 +111,10 @@ pub fn create_file(root: &Path, rel: &str, content: &[u8], owner: Option<(u32, u
     };
     // Parents, one level at a time, each resolved beneath the root.
     let mut prefix = std::path::PathBuf::new();
-    let names: Vec<_> = path.components().filter(|c| matches!(c, Component::Normal(_))).collect();
+    let names: Vec<_> = path
+        .components()
+        .filter(|c| matches!(c, Component::Normal(_)))
+        .collect();
     for name in &names[..names.len() - 1] {
         let parent = prefix.clone();
         prefix.push(name);
@@ -121,8 +126,12 @@ pub fn create_file(root: &Path, rel: &str, content: &[u8], owner: Option<(u32, u
                 } else {
                     openat_beneath(&root_fd, &parent, libc::O_RDONLY | libc::O_DIRECTORY, 0).map_err(why)?
                 };
-                nix::sys::stat::mkdirat(&parent_fd, name.as_os_str(), nix::sys::stat::Mode::from_bits_truncate(0o755))
-                    .map_err(|e| why(e.into()))?;
+                nix::sys::stat::mkdirat(
+                    &parent_fd,
+                    name.as_os_str(),
+                    nix::sys::stat::Mode::from_bits_truncate(0o755),
+                )
+                .map_err(|e| why(e.into()))?;
                 let made = openat_beneath(&root_fd, &prefix, libc::O_RDONLY | libc::O_DIRECTORY, 0).map_err(why)?;
                 chown(&made)?;
             }

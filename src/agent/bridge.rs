@@ -35,8 +35,8 @@ use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::io::unix::AsyncFd;
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::UnixStream;
 
 use super::Outbox;
@@ -192,9 +192,11 @@ async fn receive(dialer: &AsyncFd<OwnedFd>) -> std::io::Result<Option<Vec<UnixSt
                 if let ControlMessageOwned::ScmRights(received) = cmsg {
                     // SAFETY: the kernel just installed these descriptors
                     // in this process; nothing else owns them.
-                    fds.extend(received.into_iter().map(|fd| unsafe {
-                        <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd)
-                    }));
+                    fds.extend(
+                        received
+                            .into_iter()
+                            .map(|fd| unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) }),
+                    );
                 }
             }
             Ok((msg.bytes, fds))
@@ -258,7 +260,11 @@ impl Shared {
         };
         let pid = cred.pid().unwrap_or(0);
         if cred.uid() != uid {
-            tracing::warn!(pid, uid = cred.uid(), "tool bridge: refused a connection made by another user");
+            tracing::warn!(
+                pid,
+                uid = cred.uid(),
+                "tool bridge: refused a connection made by another user"
+            );
             return Reply::refused("refused: calls are only accepted from this agent's sandbox");
         }
         let line = match line {

@@ -95,7 +95,10 @@ impl SkillsRuntime {
         }
         if let Some(token) = token {
             // SAFETY: geteuid cannot fail.
-            let uid = self.user.map(|(uid, _)| uid).unwrap_or_else(|| unsafe { libc::geteuid() });
+            let uid = self
+                .user
+                .map(|(uid, _)| uid)
+                .unwrap_or_else(|| unsafe { libc::geteuid() });
             match self.bridge.dialer(uid) {
                 Ok(fd) => {
                     e.env.push((bridge::ENV_FD.into(), fd.as_raw_fd().to_string()));

@@ -20,7 +20,15 @@ const BUILTIN_PROFILES: &[(&str, &str)] = &[
     ("networked", include_str!("../../sandbox/networked.yaml")),
 ];
 
-const TOP_KEYS: &[&str] = &["state_dir", "include", "defaults", "agents", "shutdown_grace", "agent_uids", "control_group"];
+const TOP_KEYS: &[&str] = &[
+    "state_dir",
+    "include",
+    "defaults",
+    "agents",
+    "shutdown_grace",
+    "agent_uids",
+    "control_group",
+];
 const DEFAULT_KEYS: &[&str] = &["model", "llm", "sandbox", "restart", "limits"];
 const AGENT_KEYS: &[&str] = &[
     "name",
@@ -269,20 +277,25 @@ impl Loader<'_> {
             .duration(&mut cx, "shutdown_grace")
             .unwrap_or(Duration::from_secs(10));
         let agent_uids = match map.get("agent_uids") {
-            Some(n) => cx.non_empty_string(n, "agent_uids").and_then(|s| match parse_uid_range(&s) {
-                Ok(r) => Some(r),
-                Err(msg) => {
-                    cx.error_at_node(n, "agent_uids", msg);
-                    None
-                }
-            }),
+            Some(n) => cx
+                .non_empty_string(n, "agent_uids")
+                .and_then(|s| match parse_uid_range(&s) {
+                    Ok(r) => Some(r),
+                    Err(msg) => {
+                        cx.error_at_node(n, "agent_uids", msg);
+                        None
+                    }
+                }),
             None => Some(DEFAULT_AGENT_UIDS),
         };
         let control_group = map.get("control_group").and_then(|n| {
             let name = cx.non_empty_string(n, "control_group")?;
             let gid = match name.parse::<u32>() {
                 Ok(gid) => Some(gid),
-                Err(_) => nix::unistd::Group::from_name(&name).ok().flatten().map(|g| g.gid.as_raw()),
+                Err(_) => nix::unistd::Group::from_name(&name)
+                    .ok()
+                    .flatten()
+                    .map(|g| g.gid.as_raw()),
             };
             if gid.is_none() {
                 cx.error_at_node(n, "control_group", format!("no group named {name:?} on this host"));
@@ -1291,6 +1304,26 @@ fn decode_policy(cx: &mut Cx, node: &Node, path: &str, mut p: SandboxPolicy, inl
     (cx.errors.len() == before).then_some(p)
 }
 
+/// The uids (and equal gids) agents' sandboxed code runs as when agentd is
+/// root: systemd's range for dynamic users.
+pub const DEFAULT_AGENT_UIDS: std::ops::RangeInclusive<u32> = 61184..=65519;
+
+/// `FIRST-LAST`, both ordinary (non-root) ids, FIRST <= LAST.
+fn parse_uid_range(s: &str) -> Result<std::ops::RangeInclusive<u32>, String> {
+    let bad = || format!("{s:?} is not a uid range: write FIRST-LAST, e.g. 61184-65519");
+    let (a, b) = s.split_once('-').ok_or_else(bad)?;
+    let (first, last): (u32, u32) = (
+        a.trim().parse().map_err(|_| bad())?,
+        b.trim().parse().map_err(|_| bad())?,
+    );
+    if first == 0 || first > last {
+        return Err(format!(
+            "{s:?}: the range must start above 0 (root) and not end before it starts"
+        ));
+    }
+    Ok(first..=last)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1353,19 +1386,4 @@ mod tests {
         assert!(parse_subscription_uri("not a uri").is_err());
         assert!(parse_subscription_uri("tool://?x=1").is_err());
     }
-}
-
-/// The uids (and equal gids) agents' sandboxed code runs as when agentd is
-/// root: systemd's range for dynamic users.
-pub const DEFAULT_AGENT_UIDS: std::ops::RangeInclusive<u32> = 61184..=65519;
-
-/// `FIRST-LAST`, both ordinary (non-root) ids, FIRST <= LAST.
-fn parse_uid_range(s: &str) -> Result<std::ops::RangeInclusive<u32>, String> {
-    let bad = || format!("{s:?} is not a uid range: write FIRST-LAST, e.g. 61184-65519");
-    let (a, b) = s.split_once('-').ok_or_else(bad)?;
-    let (first, last): (u32, u32) = (a.trim().parse().map_err(|_| bad())?, b.trim().parse().map_err(|_| bad())?);
-    if first == 0 || first > last {
-        return Err(format!("{s:?}: the range must start above 0 (root) and not end before it starts"));
-    }
-    Ok(first..=last)
 }

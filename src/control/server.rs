@@ -34,9 +34,7 @@ impl Operators {
     /// Whether a caller with `uid`, primary `gid` and supplementary
     /// `groups` may send requests.
     pub fn admit(&self, uid: u32, gid: u32, groups: &[u32]) -> bool {
-        uid == self.own_uid
-            || uid == 0
-            || self.group.is_some_and(|g| gid == g || groups.contains(&g))
+        uid == self.own_uid || uid == 0 || self.group.is_some_and(|g| gid == g || groups.contains(&g))
     }
 
     fn describe(&self) -> String {
@@ -97,7 +95,11 @@ pub fn serve(path: &Path, operators: Operators, requests: mpsc::UnboundedSender<
                 let refusal = match cred {
                     None => Some("refused: the caller's credentials are unknown".to_string()),
                     Some(c) if !operators.admit(c.uid(), c.gid(), &groups) => {
-                        tracing::warn!(uid = c.uid(), pid = c.pid(), "refused a control connection from another user");
+                        tracing::warn!(
+                            uid = c.uid(),
+                            pid = c.pid(),
+                            "refused a control connection from another user"
+                        );
                         Some(format!(
                             "refused: uid {} may not control this agentd (only {})",
                             c.uid(),

@@ -372,14 +372,7 @@ async fn connect_with(
             env,
             cwd,
         } => {
-            let spawned = child::spawn(
-                &name,
-                command,
-                args,
-                env,
-                cwd.as_deref(),
-                task.shared.noise.clone(),
-            )?;
+            let spawned = child::spawn(&name, command, args, env, cwd.as_deref(), task.shared.noise.clone())?;
             let mut child = spawned.child;
             task.shared.live().pid = Some(spawned.pid);
             match client

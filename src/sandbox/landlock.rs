@@ -132,7 +132,11 @@ pub fn build(allowed: &Allowed, required: &Requirements, best_effort: bool) -> R
         static WARNED: std::sync::Once = std::sync::Once::new();
         WARNED.call_once(|| {
             for lost in &missing {
-                tracing::warn!(abi, lost, "landlock best effort: this kernel does not give this protection");
+                tracing::warn!(
+                    abi,
+                    lost,
+                    "landlock best effort: this kernel does not give this protection"
+                );
             }
         });
     }
@@ -191,43 +195,6 @@ fn unsupported(abi: i32, missing: &str, source: landlock::RulesetError) -> Sandb
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_landlock_only_run_needs_abi_6_and_names_what_an_older_kernel_lacks() {
-        let only = Requirements::landlock_only(false);
-        assert!(only.missing(6).is_empty());
-        assert!(only.missing(7).is_empty());
-        // Ubuntu 24.04's 6.8 (ABI 4) and 6.10 (ABI 5): the scopes are missing.
-        for abi in [4, 5] {
-            assert_eq!(only.missing(abi), ["the signal and abstract-socket scopes (ABI 6, Linux 6.12)"]);
-        }
-        assert_eq!(only.missing(3).len(), 2);
-        assert_eq!(only.missing(0).len(), 1);
-        // Networked: no TCP rules needed, scopes still are.
-        assert_eq!(Requirements::landlock_only(true).missing(3).len(), 1);
-        // Inside bwrap's namespaces the scopes are not needed.
-        assert!(Requirements::inside_namespaces(false).missing(4).is_empty());
-    }
-
-    #[test]
-    fn the_refusal_names_the_kernel_what_is_missing_and_the_fix() {
-        let e = SandboxError::LandlockUnsupported {
-            abi: 4,
-            kernel: "Linux 6.8.0-31-generic".into(),
-            missing: Requirements::landlock_only(false).missing(4).join(", "),
-        }
-        .to_string();
-        assert!(e.contains("Linux 6.8.0-31-generic"), "{e}");
-        assert!(e.contains("ABI 4"), "{e}");
-        assert!(e.contains("signal and abstract-socket scopes"), "{e}");
-        assert!(e.contains("bwrap profile"), "{e}");
-        assert!(e.contains("best_effort"), "{e}");
-    }
-}
-
 fn rule_for(
     path: &Path,
     access: BitFlags<AccessFs>,
@@ -260,4 +227,44 @@ fn rule_for(
         access |= AccessFs::ResolveUnix;
     }
     Ok(Some(PathBeneath::new(fd, access)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_landlock_only_run_needs_abi_6_and_names_what_an_older_kernel_lacks() {
+        let only = Requirements::landlock_only(false);
+        assert!(only.missing(6).is_empty());
+        assert!(only.missing(7).is_empty());
+        // Ubuntu 24.04's 6.8 (ABI 4) and 6.10 (ABI 5): the scopes are missing.
+        for abi in [4, 5] {
+            assert_eq!(
+                only.missing(abi),
+                ["the signal and abstract-socket scopes (ABI 6, Linux 6.12)"]
+            );
+        }
+        assert_eq!(only.missing(3).len(), 2);
+        assert_eq!(only.missing(0).len(), 1);
+        // Networked: no TCP rules needed, scopes still are.
+        assert_eq!(Requirements::landlock_only(true).missing(3).len(), 1);
+        // Inside bwrap's namespaces the scopes are not needed.
+        assert!(Requirements::inside_namespaces(false).missing(4).is_empty());
+    }
+
+    #[test]
+    fn the_refusal_names_the_kernel_what_is_missing_and_the_fix() {
+        let e = SandboxError::LandlockUnsupported {
+            abi: 4,
+            kernel: "Linux 6.8.0-31-generic".into(),
+            missing: Requirements::landlock_only(false).missing(4).join(", "),
+        }
+        .to_string();
+        assert!(e.contains("Linux 6.8.0-31-generic"), "{e}");
+        assert!(e.contains("ABI 4"), "{e}");
+        assert!(e.contains("signal and abstract-socket scopes"), "{e}");
+        assert!(e.contains("bwrap profile"), "{e}");
+        assert!(e.contains("best_effort"), "{e}");
+    }
 }

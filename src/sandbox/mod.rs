@@ -164,12 +164,7 @@ struct Prepared {
 
 /// Decides everything about a run in the parent: who runs it, what it
 /// sees, and the backend's command.
-fn prepare(
-    policy: &SandboxPolicy,
-    workdir: &Path,
-    argv: &[String],
-    extra: &Exposed,
-) -> Result<Prepared, SandboxError> {
+fn prepare(policy: &SandboxPolicy, workdir: &Path, argv: &[String], extra: &Exposed) -> Result<Prepared, SandboxError> {
     let Some(program) = argv.first() else {
         return Err(SandboxError::EmptyCommand);
     };
@@ -233,7 +228,10 @@ fn prepare(
                 writable: writable(),
             };
             let rules = landlock::Requirements::landlock_only(policy.network);
-            setup.with_landlock(landlock::build(&allowed, &rules, policy.best_effort)?, policy.best_effort);
+            setup.with_landlock(
+                landlock::build(&allowed, &rules, policy.best_effort)?,
+                policy.best_effort,
+            );
             setup.with_seccomp(seccomp::policy(policy.network)?);
             command(program, &argv[1..])
         }

@@ -88,7 +88,11 @@ fn compile(network: bool) -> Result<Policy, seccompiler::Error> {
         arch,
     )?;
     let absent = SeccompFilter::new(
-        with_x32_aliases([(libc::SYS_clone3, vec![]), (libc::SYS_openat2, vec![])].into_iter().collect()),
+        with_x32_aliases(
+            [(libc::SYS_clone3, vec![]), (libc::SYS_openat2, vec![])]
+                .into_iter()
+                .collect(),
+        ),
         SeccompAction::Allow,
         SeccompAction::Errno(libc::ENOSYS as u32),
         arch,
@@ -100,9 +104,7 @@ fn compile(network: bool) -> Result<Policy, seccompiler::Error> {
 }
 
 fn target_arch() -> Result<TargetArch, seccompiler::Error> {
-    std::env::consts::ARCH
-        .try_into()
-        .map_err(seccompiler::Error::Backend)
+    std::env::consts::ARCH.try_into().map_err(seccompiler::Error::Backend)
 }
 
 type Rules = BTreeMap<i64, Vec<SeccompRule>>;

@@ -71,8 +71,15 @@ pub fn archive(dir: &Path) -> Result<Vec<u8>, WorkspaceError> {
         .map_err(err)?;
     let mut builder = tar::Builder::new(Vec::new());
     let st = fstat(&root).map_err(io_err).map_err(err)?;
-    append_header(&mut builder, Path::new(ROOT_ENTRY), &st, tar::EntryType::Directory, 0, io::empty())
-        .map_err(err)?;
+    append_header(
+        &mut builder,
+        Path::new(ROOT_ENTRY),
+        &st,
+        tar::EntryType::Directory,
+        0,
+        io::empty(),
+    )
+    .map_err(err)?;
     let mut skipped = Vec::new();
     archive_dir(&mut builder, root, Path::new(""), 0, &mut skipped).map_err(err)?;
     if !skipped.is_empty() {

@@ -232,8 +232,7 @@ async fn run_async(
         own_uid: unsafe { libc::geteuid() },
         group: cfg.control_group,
     };
-    control::serve(&socket, operators, control_tx)
-        .with_context(|| format!("cannot listen on {}", socket.display()))?;
+    control::serve(&socket, operators, control_tx).with_context(|| format!("cannot listen on {}", socket.display()))?;
 
     let (events, mut events_rx) = mpsc::unbounded_channel();
     let mut sup = Supervisor {

@@ -55,7 +55,10 @@ struct Bench {
 
 impl Bench {
     fn new(mode: Agentd) -> Bench {
-        assert!(nix::unistd::geteuid().is_root(), "the escape suite needs root to play both agentd users");
+        assert!(
+            nix::unistd::geteuid().is_root(),
+            "the escape suite needs root to play both agentd users"
+        );
         let dir = tempfile::Builder::new()
             .prefix("escape-")
             .tempdir_in(env!("CARGO_TARGET_TMPDIR"))
@@ -110,7 +113,10 @@ impl Bench {
                 c
             }
         };
-        cmd.args(&args).env("HOME", self.work()).output().expect("agentd sandbox run")
+        cmd.args(&args)
+            .env("HOME", self.work())
+            .output()
+            .expect("agentd sandbox run")
     }
 }
 
@@ -188,7 +194,9 @@ fn sandboxed_code_cannot_reach_kernel_keyrings() {
 
 #[test]
 fn sandboxed_code_cannot_make_user_namespaces() {
-    attack("nested user namespace", &|_| "unshare --user true && echo ESCAPED".into());
+    attack("nested user namespace", &|_| {
+        "unshare --user true && echo ESCAPED".into()
+    });
 }
 
 #[test]
@@ -206,7 +214,10 @@ fn sandboxed_code_cannot_use_io_uring() {
 
 #[test]
 fn sandboxed_code_cannot_open_netlink_or_vsock_sockets() {
-    for (family, ty, name) in [("socket.AF_NETLINK", "socket.SOCK_RAW", "netlink"), ("40", "socket.SOCK_STREAM", "vsock")] {
+    for (family, ty, name) in [
+        ("socket.AF_NETLINK", "socket.SOCK_RAW", "netlink"),
+        ("40", "socket.SOCK_STREAM", "vsock"),
+    ] {
         attack(name, &|_| {
             python(&format!(
                 "import socket\n\
@@ -266,7 +277,11 @@ fn sandboxed_code_cannot_signal_processes_outside_it() {
     attack("signal outside", &|bench: &Bench| {
         let uid = bench.mode.code_uid();
         let child = Command::new("setpriv")
-            .args([format!("--reuid={uid}"), format!("--regid={uid}"), "--clear-groups".into()])
+            .args([
+                format!("--reuid={uid}"),
+                format!("--regid={uid}"),
+                "--clear-groups".into(),
+            ])
             .args(["sleep", "300"])
             .spawn()
             .expect("victim");
@@ -287,8 +302,16 @@ fn sandboxed_code_never_runs_as_root_nor_as_a_root_agentd() {
         let out = bench.run(backend, "id -u; id -G");
         assert!(out.status.success(), "{backend}: {}", stderr(&out));
         let ids = stdout(&out);
-        assert_eq!(ids.lines().next(), Some(SANDBOX_UID.to_string().as_str()), "{backend}: {ids}");
-        assert_eq!(ids.lines().nth(1), Some(SANDBOX_UID.to_string().as_str()), "{backend}: no extra groups");
+        assert_eq!(
+            ids.lines().next(),
+            Some(SANDBOX_UID.to_string().as_str()),
+            "{backend}: {ids}"
+        );
+        assert_eq!(
+            ids.lines().nth(1),
+            Some(SANDBOX_UID.to_string().as_str()),
+            "{backend}: no extra groups"
+        );
 
         // A root-owned workdir gives no user to run as: refused, not run as root.
         let root_owned = Bench::new(Agentd::Root);
@@ -296,7 +319,11 @@ fn sandboxed_code_never_runs_as_root_nor_as_a_root_agentd() {
         let out = root_owned.run(backend, "echo ran");
         assert!(!out.status.success(), "{backend}: {}", stdout(&out));
         assert!(!stdout(&out).contains("ran"));
-        assert!(stderr(&out).contains("sandboxed code never does"), "{backend}: {}", stderr(&out));
+        assert!(
+            stderr(&out).contains("sandboxed code never does"),
+            "{backend}: {}",
+            stderr(&out)
+        );
     }
 }
 
@@ -356,7 +383,9 @@ agents:
 }
 
 fn mode_of(p: &Path) -> u32 {
-    std::fs::symlink_metadata(p).map(|m| m.mode() & 0o7777).unwrap_or_else(|e| panic!("{}: {e}", p.display()))
+    std::fs::symlink_metadata(p)
+        .map(|m| m.mode() & 0o7777)
+        .unwrap_or_else(|e| panic!("{}: {e}", p.display()))
 }
 
 #[test]
@@ -379,10 +408,16 @@ fn state_dir_files_are_agentds_alone_and_each_workdir_is_its_agents_user() {
     }
     let work = std::fs::metadata(a.workdir()).expect("workdir");
     let uid = work.uid();
-    assert!((61184..=65519).contains(&uid), "the agent's own uid, from the default range: {uid}");
+    assert!(
+        (61184..=65519).contains(&uid),
+        "the agent's own uid, from the default range: {uid}"
+    );
     assert_eq!((work.gid(), work.mode() & 0o7777), (uid, 0o700));
     let agent_dir = std::fs::metadata(state.join("agents/probe")).expect("agent dir");
-    assert_eq!((agent_dir.uid(), agent_dir.gid(), agent_dir.mode() & 0o7777), (0, uid, 0o710));
+    assert_eq!(
+        (agent_dir.uid(), agent_dir.gid(), agent_dir.mode() & 0o7777),
+        (0, uid, 0o710)
+    );
     assert_eq!(mode_of(&state.join("agents/probe/mcp")), 0o700);
     assert_eq!(std::fs::metadata(state.join("agents/probe/mcp")).expect("mcp").uid(), 0);
 }
@@ -400,7 +435,11 @@ fn the_control_socket_answers_only_agentds_uid_and_root_whatever_its_mode() {
     let control = agentd(&["status", "--state-dir", &state]);
     assert!(control.status.success(), "root is answered: {}", stderr(&control));
     let other = Command::new("setpriv")
-        .args([format!("--reuid={AGENTD_UID}"), format!("--regid={AGENTD_UID}"), "--clear-groups".into()])
+        .args([
+            format!("--reuid={AGENTD_UID}"),
+            format!("--regid={AGENTD_UID}"),
+            "--clear-groups".into(),
+        ])
         .arg(agentd_bin())
         .args(["pause", "probe", "--state-dir", &state])
         .output()
@@ -421,8 +460,14 @@ fn mcp_servers_start_outside_the_workdir_so_planted_modules_are_never_imported()
     for explicit_cwd in [true, false] {
         let llm = LlmServer::start(vec![]);
         let cwd_line = if explicit_cwd { "        cwd: WORKDIR\n" } else { "" };
-        let a = Agent::new(&llm.base_url(), "", &format!("      - name: planted\n        command: python3\n        args: [-m, planted]\n{cwd_line}"));
-        let text = std::fs::read_to_string(&a.config).expect("config").replace("WORKDIR", &a.workdir().display().to_string());
+        let a = Agent::new(
+            &llm.base_url(),
+            "",
+            &format!("      - name: planted\n        command: python3\n        args: [-m, planted]\n{cwd_line}"),
+        );
+        let text = std::fs::read_to_string(&a.config)
+            .expect("config")
+            .replace("WORKDIR", &a.workdir().display().to_string());
         std::fs::write(&a.config, text).expect("config");
         std::fs::create_dir_all(a.workdir()).expect("workdir");
         std::fs::write(
@@ -499,8 +544,13 @@ impl Planted {
         let outside = tempdir();
         std::fs::write(outside.path().join("target.txt"), "outside").expect("outside file");
         std::os::unix::fs::symlink(outside.path(), work.path().join("out")).expect("dir link");
-        std::os::unix::fs::symlink(outside.path().join("target.txt"), work.path().join("notes.txt")).expect("file link");
-        nix::unistd::mkfifo(&work.path().join("fifo"), nix::sys::stat::Mode::from_bits_truncate(0o644)).expect("fifo");
+        std::os::unix::fs::symlink(outside.path().join("target.txt"), work.path().join("notes.txt"))
+            .expect("file link");
+        nix::unistd::mkfifo(
+            &work.path().join("fifo"),
+            nix::sys::stat::Mode::from_bits_truncate(0o644),
+        )
+        .expect("fifo");
         let socket = std::os::unix::net::UnixListener::bind(work.path().join("sock")).expect("socket");
         Planted {
             work,
@@ -522,12 +572,23 @@ fn create_blocks_never_follow_planted_links_out_nor_open_special_files() {
     assert!(p.outside.path().join("control.txt").exists());
     std::fs::remove_file(p.outside.path().join("control.txt")).expect("cleanup");
 
-    for (rel, why) in [("out/x.txt", "outside"), ("notes.txt", "outside"), ("fifo", "fifo"), ("sock", "special")] {
+    for (rel, why) in [
+        ("out/x.txt", "outside"),
+        ("notes.txt", "outside"),
+        ("fifo", "fifo"),
+        ("sock", "special"),
+    ] {
         let started = std::time::Instant::now();
         let e = agentd::fence::create(p.work.path(), rel, "planted").expect_err(rel);
         assert!(e.contains("refused"), "{rel}: {e}");
-        assert!(e.contains(why) || e.contains("special") || e.contains("outside"), "{rel}: {e}");
-        assert!(started.elapsed() < Duration::from_secs(5), "{rel}: never waits on a fifo");
+        assert!(
+            e.contains(why) || e.contains("special") || e.contains("outside"),
+            "{rel}: {e}"
+        );
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "{rel}: never waits on a fifo"
+        );
     }
     assert_eq!(p.outside_target(), "outside");
     assert_eq!(std::fs::read_dir(p.outside.path()).expect("outside").count(), 1);
@@ -550,7 +611,10 @@ fn workspace_snapshots_store_links_as_links_skip_special_files_and_restore_never
         names.push(path);
     }
     assert!(!names.iter().any(|n| n == "fifo" || n == "sock"), "{names:?}");
-    assert!(!String::from_utf8_lossy(&archive).contains("outside"), "no content from outside the workdir");
+    assert!(
+        !String::from_utf8_lossy(&archive).contains("outside"),
+        "no content from outside the workdir"
+    );
 
     // Restore over a workdir where code planted a link where the archive
     // has a file. The control: writing by path goes through the link.
@@ -566,7 +630,12 @@ fn workspace_snapshots_store_links_as_links_skip_special_files_and_restore_never
     agentd::sandbox::workspace::restore(p.work.path(), &archive_with_file).expect("restore");
     assert_eq!(p.outside_target(), "outside");
     let restored = p.work.path().join("notes.txt");
-    assert!(!std::fs::symlink_metadata(&restored).expect("notes").file_type().is_symlink());
+    assert!(
+        !std::fs::symlink_metadata(&restored)
+            .expect("notes")
+            .file_type()
+            .is_symlink()
+    );
     assert_eq!(std::fs::read_to_string(restored).expect("notes"), "restored");
 }
 
@@ -588,9 +657,18 @@ fn giving_a_workdir_to_its_agents_user_never_follows_planted_links() {
     d.running_pid("probe");
     let uid = std::fs::metadata(a.workdir()).expect("workdir").uid();
     assert_ne!(uid, 0);
-    assert_eq!(std::fs::symlink_metadata(a.workdir().join("sub/link")).expect("link").uid(), uid);
+    assert_eq!(
+        std::fs::symlink_metadata(a.workdir().join("sub/link"))
+            .expect("link")
+            .uid(),
+        uid
+    );
     assert_eq!(std::fs::metadata(a.workdir().join("sub")).expect("sub").uid(), uid);
-    assert_eq!(std::fs::metadata(&victim).expect("victim").uid(), 0, "the link was not followed");
+    assert_eq!(
+        std::fs::metadata(&victim).expect("victim").uid(),
+        0,
+        "the link was not followed"
+    );
 }
 
 #[test]
@@ -627,7 +705,13 @@ fn one_agents_code_can_neither_read_nor_write_another_agents_workdir() {
         "agentd.yaml",
         &format!(
             "shutdown_grace: 2s\nagents:\n{}{}",
-            agent("a", &format!("    subscriptions:\n      - {{uri: \"file://{}/*.md\", debounce: 50ms}}\n", inbox.display())),
+            agent(
+                "a",
+                &format!(
+                    "    subscriptions:\n      - {{uri: \"file://{}/*.md\", debounce: 50ms}}\n",
+                    inbox.display()
+                )
+            ),
             agent("b", "")
         ),
     );
@@ -638,10 +722,15 @@ fn one_agents_code_can_neither_read_nor_write_another_agents_workdir() {
     let b_work = state.join("agents/b/work");
     std::fs::write(b_work.join("secret.txt"), "b's secret").expect("secret");
     // The control: agentd's own uid (root) reads and writes it.
-    assert_eq!(std::fs::read_to_string(b_work.join("secret.txt")).expect("control read"), "b's secret");
+    assert_eq!(
+        std::fs::read_to_string(b_work.join("secret.txt")).expect("control read"),
+        "b's secret"
+    );
     std::fs::write(inbox.join("go.md"), "go").expect("trigger");
     let t = wait_for(Duration::from_secs(60), || {
-        crate::support::daemon::tasks(&state).into_iter().find(|t| t.state.is_final())
+        crate::support::daemon::tasks(&state)
+            .into_iter()
+            .find(|t| t.state.is_final())
     })
     .unwrap_or_else(|| panic!("no task finished; log:\n{}", d.log_text()));
     let steps = crate::support::daemon::steps(&state, t.id);
@@ -651,18 +740,26 @@ fn one_agents_code_can_neither_read_nor_write_another_agents_workdir() {
         .map(|s| s.payload["result"].to_string())
         .expect("a fence step");
     assert!(!fence.contains("b's secret") && !fence.contains("READ"), "{fence}");
-    assert!(!fence.contains("WROTE") && !b_work.join("pwned.txt").exists(), "{fence}");
+    assert!(
+        !fence.contains("WROTE") && !b_work.join("pwned.txt").exists(),
+        "{fence}"
+    );
     let a_uid = std::fs::metadata(state.join("agents/a/work")).expect("a").uid();
     let b_uid = std::fs::metadata(&b_work).expect("b").uid();
     assert_ne!(a_uid, b_uid);
-    assert!(fence.contains(&a_uid.to_string()), "a's code ran as a's own user: {fence}");
+    assert!(
+        fence.contains(&a_uid.to_string()),
+        "a's code ran as a's own user: {fence}"
+    );
 }
 
 #[test]
 fn the_operators_group_may_use_the_control_socket_and_others_may_not() {
     let llm = LlmServer::start(vec![]);
     let a = Agent::new(&llm.base_url(), "", "");
-    let text = std::fs::read_to_string(&a.config).expect("config").replace("shutdown_grace: 2s\n", "shutdown_grace: 2s\ncontrol_group: \"64996\"\n");
+    let text = std::fs::read_to_string(&a.config)
+        .expect("config")
+        .replace("shutdown_grace: 2s\n", "shutdown_grace: 2s\ncontrol_group: \"64996\"\n");
     std::fs::write(&a.config, text).expect("config");
     let d = a.start();
     d.running_pid("probe");
@@ -672,7 +769,11 @@ fn the_operators_group_may_use_the_control_socket_and_others_may_not() {
     let state = a.state().display().to_string();
     let as_user = |groups: &str| {
         Command::new("setpriv")
-            .args([format!("--reuid={AGENTD_UID}"), format!("--regid={AGENTD_UID}"), groups.to_string()])
+            .args([
+                format!("--reuid={AGENTD_UID}"),
+                format!("--regid={AGENTD_UID}"),
+                groups.to_string(),
+            ])
             .arg(agentd_bin())
             .args(["status", "--state-dir", &state])
             .output()
@@ -685,5 +786,9 @@ fn the_operators_group_may_use_the_control_socket_and_others_may_not() {
     std::fs::set_permissions(&socket, std::fs::Permissions::from_mode(0o666)).expect("chmod");
     let stranger = as_user("--clear-groups");
     assert!(!stranger.status.success(), "{}", stdout(&stranger));
-    assert!(stderr(&stranger).contains("refused: uid 64997"), "{}", stderr(&stranger));
+    assert!(
+        stderr(&stranger).contains("refused: uid 64997"),
+        "{}",
+        stderr(&stranger)
+    );
 }

@@ -256,7 +256,9 @@ fn the_bridge_has_no_address_outside_the_run_and_a_leaked_token_opens_nothing() 
     assert!(!env.contains('/'), "no path to the bridge: {env}");
     let sockets: Vec<_> = walk(&d.state_dir)
         .into_iter()
-        .filter(|p| std::fs::symlink_metadata(p).is_ok_and(|m| std::os::unix::fs::FileTypeExt::is_socket(&m.file_type())))
+        .filter(|p| {
+            std::fs::symlink_metadata(p).is_ok_and(|m| std::os::unix::fs::FileTypeExt::is_socket(&m.file_type()))
+        })
         .collect();
     assert_eq!(
         sockets,
