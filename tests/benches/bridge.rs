@@ -10,6 +10,7 @@
 //! same with or without the bridge.
 //!
 //! Run: `cargo bench --bench bridge` (needs `sh tests/setup.sh` once).
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests and benchmarks may panic
 
 use std::collections::BTreeMap;
 use std::path::Path;

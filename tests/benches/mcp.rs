@@ -12,6 +12,7 @@
 //!    debounces add their own quiet time on top of this.
 //!
 //! Run: `cargo bench --bench mcp` (needs nothing outside the repo).
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests and benchmarks may panic
 
 use std::collections::BTreeMap;
 use std::path::Path;

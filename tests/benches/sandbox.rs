@@ -3,6 +3,7 @@
 //! reference. Targets (2 cores): landlock <= 3 ms, bwrap <= 8 ms at p50.
 //!
 //! `cargo bench --bench sandbox` (set SANDBOX_BENCH_RUNS to change the count).
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests and benchmarks may panic
 
 use std::path::Path;
 use std::time::{Duration, Instant};
