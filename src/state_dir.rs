@@ -4,8 +4,15 @@
 //! STATE_DIR/ledger.sqlite        tasks, steps, snapshots (ledger/)
 //! STATE_DIR/agentd.sock          control socket, mode 0600 (control/)
 //! STATE_DIR/agentd.lock          held by the running supervisor
-//! STATE_DIR/agents/NAME/work/    each agent's working directory
+//! STATE_DIR/agents/NAME/          root:GID 0710 when agentd is root
+//! STATE_DIR/agents/NAME/work/     the agent's workdir, its own user's, 0700
+//! STATE_DIR/agents/NAME/mcp/      where its stdio MCP servers start, 0700
+//! STATE_DIR/agents/NAME/skills/   generated MCP skills (read-only to code)
+//! STATE_DIR/agents/NAME/bin/      `agentd` for `agentd tool call` in code
 //! ```
+//!
+//! Every path into the state dir is made here; other modules call these
+//! functions rather than joining names themselves.
 
 use std::path::{Path, PathBuf};
 
@@ -17,8 +24,27 @@ pub fn socket(state_dir: &Path) -> PathBuf {
     state_dir.join(crate::control::SOCKET_NAME)
 }
 
+/// Where agents' directories live.
+pub fn agents(state_dir: &Path) -> PathBuf {
+    state_dir.join("agents")
+}
+
 pub fn workdir(state_dir: &Path, agent: &str) -> PathBuf {
-    state_dir.join("agents").join(agent).join("work")
+    agents(state_dir).join(agent).join("work")
+}
+
+/// The state dir when neither the config nor `--state-dir` names one:
+/// `$AGENTD_HOME`, else `$HOME/.agentd`, else `/var/lib/agentd` (a service
+/// without a home). `env` reads a variable (the config loader passes its
+/// own, so tests can set one).
+pub fn default(env: &dyn Fn(&str) -> Option<String>) -> PathBuf {
+    if let Some(h) = env("AGENTD_HOME").filter(|s| !s.is_empty()) {
+        return PathBuf::from(h);
+    }
+    match env("HOME").filter(|s| !s.is_empty()) {
+        Some(home) => PathBuf::from(home).join(".agentd"),
+        None => PathBuf::from("/var/lib/agentd"),
+    }
 }
 
 /// Takes the supervisor's lock: one agentd per state dir, and offline tools
@@ -102,7 +128,7 @@ pub struct AgentDirs {
 pub fn prepare_agent(state_dir: &Path, agent: &str, user: Option<(u32, u32)>) -> std::io::Result<AgentDirs> {
     use std::os::unix::fs::{MetadataExt, PermissionsExt};
     let set_mode = |p: &Path, mode: u32| std::fs::set_permissions(p, std::fs::Permissions::from_mode(mode));
-    let agents = state_dir.join("agents");
+    let agents = agents(state_dir);
     let dirs = AgentDirs {
         dir: agents.join(agent),
         work: workdir(state_dir, agent),

@@ -253,11 +253,5 @@ fn state_dir(global: &Global, ledger: &LedgerArgs) -> anyhow::Result<PathBuf> {
             Err(e) => Err(anyhow::anyhow!("{e}")),
         };
     }
-    if let Some(h) = std::env::var_os("AGENTD_HOME").filter(|h| !h.is_empty()) {
-        return Ok(PathBuf::from(h));
-    }
-    match std::env::var_os("HOME") {
-        Some(home) => Ok(PathBuf::from(home).join(".agentd")),
-        None => anyhow::bail!("no state dir: pass --state-dir or --config"),
-    }
+    Ok(crate::state_dir::default(&|k| std::env::var(k).ok()))
 }

@@ -271,7 +271,7 @@ impl Loader<'_> {
 
         let state_dir = match map.get("state_dir") {
             Some(n) => cx.non_empty_string(n, "state_dir").map(|s| resolve_path(&s, &dir, env)),
-            None => Some(default_state_dir(env)),
+            None => Some(crate::state_dir::default(env)),
         };
         let shutdown_grace = map
             .duration(&mut cx, "shutdown_grace")
@@ -749,16 +749,6 @@ impl Loader<'_> {
         let policy = decode_policy(&mut cx, &node, "", SandboxPolicy::default(), false)?;
         self.profile_cache.insert(key, Ok(policy.clone()));
         Some(Ok(policy))
-    }
-}
-
-fn default_state_dir(env: &dyn Fn(&str) -> Option<String>) -> PathBuf {
-    if let Some(h) = env("AGENTD_HOME").filter(|s| !s.is_empty()) {
-        return PathBuf::from(h);
-    }
-    match env("HOME").filter(|s| !s.is_empty()) {
-        Some(home) => PathBuf::from(home).join(".agentd"),
-        None => PathBuf::from("/var/lib/agentd"),
     }
 }
 

@@ -219,10 +219,10 @@ async fn run_async(
     let users = root.then(|| users::AgentUsers::load(&cfg.state_dir, cfg.agent_uids.clone()));
     // One supervisor per state dir: two would both run the same tasks.
     let _lock = crate::state_dir::lock(&cfg.state_dir)?;
-    let ledger = Ledger::open(&cfg.state_dir.join(ledger::FILE_NAME))?;
+    let ledger = Ledger::open(&crate::state_dir::ledger(&cfg.state_dir))?;
     let ledger = LedgerThread::start(ledger).context("starting the ledger thread")?;
 
-    let socket = cfg.state_dir.join(control::SOCKET_NAME);
+    let socket = crate::state_dir::socket(&cfg.state_dir);
     // The lock proves no other agentd owns this state dir: a socket left
     // here is stale.
     let _ = std::fs::remove_file(&socket);

@@ -28,7 +28,7 @@ impl AgentUsers {
     /// Reads the current assignments from the workdirs under `state_dir`.
     pub fn load(state_dir: &Path, range: RangeInclusive<u32>) -> AgentUsers {
         let mut by_agent = BTreeMap::new();
-        if let Ok(entries) = std::fs::read_dir(state_dir.join("agents")) {
+        if let Ok(entries) = std::fs::read_dir(crate::state_dir::agents(state_dir)) {
             for entry in entries.flatten() {
                 let name = entry.file_name().to_string_lossy().into_owned();
                 if let Ok(meta) = std::fs::symlink_metadata(entry.path().join("work"))
