@@ -792,3 +792,72 @@ fn the_operators_group_may_use_the_control_socket_and_others_may_not() {
         stderr(&stranger)
     );
 }
+
+#[test]
+fn under_an_unprivileged_agentd_code_keeps_its_uid_but_not_its_files_sockets_or_signals() {
+    // What code running as agentd's own uid would do first: read the
+    // ledger, steer agentd through its socket, signal it.
+    for profile in ["default", "strict"] {
+        let llm = LlmServer::start(vec![]);
+        let a = Agent::new(&llm.base_url(), &format!("    sandbox: {{profile: {profile}}}\n"), "");
+        let state = a.state();
+        let script = |agentd_pid: u32| {
+            format!(
+                "head -c 15 {ledger} && echo ' READ';\n\
+                 python3 -c \"import socket; s = socket.socket(socket.AF_UNIX); s.connect('{socket}'); print('CONNECTED')\";\n\
+                 kill -0 {agentd_pid} && echo SIGNALLED; id -u\n",
+                ledger = state.join("ledger.sqlite").display(),
+                socket = state.join("agentd.sock").display(),
+            )
+        };
+        // The inbox and the config must be readable by that user.
+        std::fs::set_permissions(&a.inbox, std::fs::Permissions::from_mode(0o777)).expect("chmod inbox");
+        let d = Daemon::start_as(AGENTD_UID, &a.config, &state, &[("TEST_LLM_KEY", "k")]);
+        d.running_pid("probe");
+        let agentd_pid = d.pid();
+
+        // The control: the same script, as the same user, outside a sandbox.
+        let control = Command::new("setpriv")
+            .args([
+                format!("--reuid={AGENTD_UID}"),
+                format!("--regid={AGENTD_UID}"),
+                "--clear-groups".into(),
+            ])
+            .args(["bash", "-c", &script(agentd_pid)])
+            .output()
+            .expect("control");
+        let out = stdout(&control);
+        for done in ["SQLite format 3 READ", "CONNECTED", "SIGNALLED"] {
+            assert!(
+                out.contains(done),
+                "control: {done} missing:\n{out}{}",
+                stderr(&control)
+            );
+        }
+
+        llm.push(Reply::stream_text(&[&format!(
+            "```bash:execute\n{}```\n",
+            script(agentd_pid)
+        )]));
+        llm.push(Reply::stream_text(&["Done."]));
+        std::fs::write(a.inbox.join("go.md"), "go").expect("trigger");
+        let t = wait_for(Duration::from_secs(60), || {
+            crate::support::daemon::tasks(&state)
+                .into_iter()
+                .find(|t| t.state.is_final())
+        })
+        .unwrap_or_else(|| panic!("{profile}: no task finished; log:\n{}", d.log_text()));
+        let fence = crate::support::daemon::steps(&state, t.id)
+            .iter()
+            .find(|s| s.kind == "fence")
+            .map(|s| s.payload["result"].to_string())
+            .unwrap_or_else(|| panic!("{profile}: no fence step; log:\n{}", d.log_text()));
+        assert!(
+            fence.contains(&AGENTD_UID.to_string()),
+            "{profile}: code kept agentd's uid: {fence}"
+        );
+        for escaped in ["READ", "CONNECTED", "SIGNALLED"] {
+            assert!(!fence.contains(escaped), "{profile}: {escaped}: {fence}");
+        }
+    }
+}
