@@ -105,6 +105,9 @@ pub struct LlmSpec {
     pub request_timeout: Duration,
     /// How often a failed request (429, 5xx, connection error) is retried.
     pub max_retries: u32,
+    /// `llm.stream: false` sends plain requests only (some servers support
+    /// tools only unstreamed).
+    pub stream: bool,
 }
 
 impl Default for LlmSpec {
@@ -115,6 +118,7 @@ impl Default for LlmSpec {
             temperature: None,
             request_timeout: Duration::from_secs(120),
             max_retries: 5,
+            stream: true,
         }
     }
 }
