@@ -59,6 +59,7 @@ const SERVER_KEYS: &[&str] = &[
     "url",
     "headers",
     "tool_filter",
+    "roots",
 ];
 const SUBSCRIPTION_KEYS: &[&str] = &["uri", "server", "debounce", "interval"];
 const SCHEDULE_KEYS: &[&str] = &["cron", "prompt", "timezone"];
@@ -910,6 +911,14 @@ fn decode_server(cx: &mut Cx, node: &Node, path: &str, index: usize, dir: &Path)
         (!v.is_empty()).then_some(v)
     });
 
+    let roots = map
+        .get("roots")
+        .and_then(|n| cx.strings(n, &f("roots")))
+        .unwrap_or_default()
+        .into_iter()
+        .map(|s| resolve_path(&s, dir, cx.env))
+        .collect();
+
     let (transport, default_name) = if ty == "stdio" {
         misplaced(cx, &["url", "headers"], "is for type: http servers");
         let command = map
@@ -1020,6 +1029,7 @@ fn decode_server(cx: &mut Cx, node: &Node, path: &str, index: usize, dir: &Path)
         name,
         transport,
         tool_filter,
+        roots,
     })
 }
 

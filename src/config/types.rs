@@ -130,6 +130,12 @@ pub struct McpServerSpec {
     pub transport: McpTransport,
     /// When set, only these tools (glob patterns) are offered to the model.
     pub tool_filter: Option<Vec<String>>,
+    /// Directories offered to the server as MCP roots (`roots/list`),
+    /// absolute. Empty: the client does not offer roots at all, so a
+    /// server keeps the directories its command line names (server-filesystem
+    /// replaces them with any roots it is given).
+    #[serde(default)]
+    pub roots: Vec<PathBuf>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -151,7 +151,13 @@ struct Client {
 
 impl ClientHandler for Client {
     fn get_info(&self) -> ClientConfig {
-        let capabilities = ClientCapabilities::builder().enable_roots().build();
+        // Roots are opt-in (`roots:` of the server): a client that offers
+        // roots makes server-filesystem drop its command-line directories.
+        let capabilities = if self.roots.is_empty() {
+            ClientCapabilities::default()
+        } else {
+            ClientCapabilities::builder().enable_roots().build()
+        };
         ClientConfig::new(capabilities, Implementation::new("agentd", env!("CARGO_PKG_VERSION")))
     }
 
@@ -358,7 +364,7 @@ async fn connect_with(
     let name = task.shared.name.clone();
     let client = Client {
         server: Arc::from(name.as_str()),
-        roots: vec![workdir_root(&task.workdir)],
+        roots: task.shared.spec.roots.iter().map(|d| dir_root(d)).collect(),
         notes,
     };
     let connect_err = |e: rmcp::service::ClientInitializeError| McpError::Connect {
@@ -442,12 +448,16 @@ async fn connect_with(
     })
 }
 
-fn workdir_root(workdir: &Path) -> Root {
-    let abs = std::path::absolute(workdir).unwrap_or_else(|_| workdir.to_path_buf());
+fn dir_root(dir: &Path) -> Root {
+    let abs = std::path::absolute(dir).unwrap_or_else(|_| dir.to_path_buf());
     let uri = url::Url::from_directory_path(&abs)
         .map(|u| u.to_string())
         .unwrap_or_else(|_| format!("file://{}", abs.display()));
-    Root::new(uri).with_name("workdir")
+    let name = abs.file_name().map(|n| n.to_string_lossy().into_owned());
+    match name {
+        Some(n) => Root::new(uri).with_name(n),
+        None => Root::new(uri),
+    }
 }
 
 /// Runs one session until it is lost (returns true) or shut down (false).

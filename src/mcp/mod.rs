@@ -148,8 +148,8 @@ impl McpHub {
     /// Connects every server concurrently and returns once each has
     /// connected or failed a first time (at most [`START_WAIT`]). A server
     /// that fails is retried in the background with backoff; its tools
-    /// appear when it connects. `workdir` is the root offered to servers
-    /// (`roots/list`) and the default `cwd` of stdio servers.
+    /// appear when it connects. `workdir` is the default `cwd` of stdio
+    /// servers.
     pub async fn start(
         servers: &[McpServerSpec],
         subscriptions: &[SubscriptionSpec],

@@ -55,6 +55,7 @@ fn main() -> anyhow::Result<()> {
             cwd: None,
         },
         tool_filter: None,
+        roots: Vec::new(),
     };
     // One worker thread serves the hub and the bridge, as the agent child's
     // single-threaded runtime does; calls come from this thread.

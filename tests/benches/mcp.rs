@@ -137,6 +137,7 @@ fn stdio(name: &str, command: &str, args: Vec<String>) -> McpServerSpec {
             cwd: None,
         },
         tool_filter: None,
+        roots: Vec::new(),
     }
 }
 

@@ -84,10 +84,12 @@ async fn shared_tool_names_get_server_prefixes_and_tool_filter_hides_tools() {
 }
 
 #[tokio::test]
-async fn roots_list_is_answered_with_the_agent_workdir() {
+async fn roots_list_is_answered_with_the_configured_roots() {
     let work = tempfile::tempdir().unwrap();
     let (tx, _rx) = channel();
-    let hub = McpHub::start(&[server_everything("everything")], &[], work.path(), tx).await;
+    let mut everything = server_everything("everything");
+    everything.roots = vec![work.path().to_path_buf()];
+    let hub = McpHub::start(&[everything], &[], work.path(), tx).await;
     // server-everything registers get-roots-list after the handshake and
     // announces it with tools/list_changed.
     assert!(
@@ -580,4 +582,77 @@ async fn tool_call_in_flight_when_the_server_dies_fails_clearly() {
     assert!(matches!(err, McpError::Lost { .. }), "{err}");
     assert!(err.to_string().contains("trigger-long-running-operation"), "{err}");
     hub.shutdown().await;
+}
+
+// ---- field compatibility (issue 13) ----
+
+/// Python agentd's facts.yaml shape: `server-filesystem ./output/`. With no
+/// `roots:` configured the server keeps the directory its command line
+/// names (a client that offers roots makes it replace them).
+#[tokio::test]
+async fn server_filesystem_keeps_its_command_line_directories_without_roots() {
+    let work = tempfile::tempdir().unwrap();
+    let output = tempfile::tempdir().unwrap();
+    let (tx, _rx) = channel();
+    let hub = McpHub::start(&[server_filesystem("fs", &[output.path()])], &[], work.path(), tx).await;
+    let target = output.path().join("facts.txt");
+    let out = hub
+        .call_tool(
+            "write_file",
+            args(json!({"path": target.display().to_string(), "content": "a fact"})),
+        )
+        .await
+        .unwrap();
+    assert!(
+        !out.is_error,
+        "write into the command-line directory refused: {}",
+        out.text
+    );
+    assert_eq!(std::fs::read_to_string(&target).unwrap(), "a fact");
+    hub.shutdown().await;
+
+    // Opted in: the configured roots are what the server allows.
+    let (tx, _rx) = channel();
+    let mut fs = server_filesystem("fs", &[output.path()]);
+    fs.roots = vec![work.path().to_path_buf()];
+    let hub = McpHub::start(&[fs], &[], work.path(), tx).await;
+    let allowed = wait_for_text(&hub, "list_allowed_directories", |t| {
+        t.contains(&work.path().canonicalize().unwrap().display().to_string())
+    })
+    .await;
+    assert!(!allowed.contains(&output.path().display().to_string()), "{allowed}");
+    hub.shutdown().await;
+}
+
+/// `@modelcontextprotocol/server-memory`: tools listed and called.
+#[tokio::test]
+async fn server_memory_tools_work() {
+    let work = tempfile::tempdir().unwrap();
+    let (tx, _rx) = channel();
+    let file = work.path().join("memory.jsonl");
+    let hub = McpHub::start(&[server_memory("memory", &file)], &[], work.path(), tx).await;
+    let entity =
+        json!({"entities": [{"name": "agentd", "entityType": "project", "observations": ["written in Rust"]}]});
+    let out = hub.call_tool("create_entities", args(entity)).await.unwrap();
+    assert!(!out.is_error, "{}", out.text);
+    let read = hub.call_tool("read_graph", Map::new()).await.unwrap();
+    assert!(read.text.contains("written in Rust"), "{}", read.text);
+    hub.shutdown().await;
+}
+
+/// Calls `tool` until its text satisfies `ok` (roots arrive asynchronously).
+async fn wait_for_text(hub: &McpHub, tool: &str, ok: impl Fn(&str) -> bool) -> String {
+    let deadline = std::time::Instant::now() + LONG;
+    loop {
+        let text = hub
+            .call_tool(tool, Map::new())
+            .await
+            .map(|o| o.text)
+            .unwrap_or_default();
+        if ok(&text) || std::time::Instant::now() > deadline {
+            assert!(ok(&text), "{tool} never said what was expected: {text}");
+            return text;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
