@@ -9,6 +9,11 @@ pub fn run(path: &Path) -> anyhow::Result<ExitCode> {
     match config::load(path) {
         Ok(cfg) => {
             print!("{}", summary(&cfg));
+            // Warnings do not make a config invalid: the command may be
+            // installed later, and agentd keeps retrying the server.
+            for w in missing_commands(&cfg) {
+                eprintln!("{}: warning: {w}", cfg.path.display());
+            }
             Ok(ExitCode::SUCCESS)
         }
         Err(errors) => {
@@ -18,6 +23,48 @@ pub fn run(path: &Path) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::FAILURE)
         }
     }
+}
+
+/// A stdio server whose command cannot be found: not on agentd's `PATH`
+/// (which servers inherit), or an absolute path that is not there.
+pub fn missing_commands(cfg: &Config) -> Vec<String> {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    let mut out = Vec::new();
+    for (i, a) in cfg.agents.iter().enumerate() {
+        for (j, srv) in a.mcp_servers.iter().enumerate() {
+            let McpTransport::Stdio { command, env, .. } = &srv.transport else {
+                continue;
+            };
+            // `agentd` is this binary (resolved when spawned).
+            if command == "agentd" {
+                continue;
+            }
+            let search = env
+                .get("PATH")
+                .map(std::ffi::OsString::from)
+                .unwrap_or_else(|| path.clone());
+            let found = if command.contains('/') {
+                // Relative paths resolve against the server's cwd, known
+                // only at spawn: judge absolute ones only.
+                !Path::new(command).is_absolute() || is_executable(Path::new(command))
+            } else {
+                std::env::split_paths(&search).any(|d| is_executable(&d.join(command)))
+            };
+            if !found {
+                out.push(format!(
+                    "agents[{i}].mcp_servers[{j}].command: {command:?} (server {}) is not on PATH; \
+                     the server will fail to start until it is installed",
+                    srv.name
+                ));
+            }
+        }
+    }
+    out
+}
+
+fn is_executable(p: &Path) -> bool {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::metadata(p).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
 }
 
 /// A short, human summary of a valid config.

@@ -22,7 +22,7 @@ use std::io;
 use std::path::Path;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -80,6 +80,10 @@ pub(crate) struct Spawned {
     pub pid: u32,
     pub stdin: ChildStdin,
     pub stdout: JsonLines<ChildStdout>,
+    /// While set, stderr lines are logged at DEBUG instead of INFO: the
+    /// connection sets it around the `server/discover` probe, which makes
+    /// every Python-SDK server print a long validation traceback.
+    pub quiet: Arc<AtomicBool>,
 }
 
 /// Spawns `command args…` with a cleared environment (see [`ENV_PASSTHROUGH`])
@@ -146,18 +150,21 @@ pub(crate) fn spawn(
             source: io::Error::other("child pipes missing"),
         });
     };
-    tokio::spawn(log_stderr(server.to_owned(), stderr));
+    let quiet = Arc::new(AtomicBool::new(false));
+    tokio::spawn(log_stderr(server.to_owned(), stderr, quiet.clone()));
     Ok(Spawned {
         child,
         pid,
         stdin,
         stdout: JsonLines::new(server, stdout, noise),
+        quiet,
     })
 }
 
-/// Logs a server's stderr line by line at INFO under its name. Lines are
-/// capped so a server that never prints a newline cannot grow our memory.
-async fn log_stderr(server: String, stderr: tokio::process::ChildStderr) {
+/// Logs a server's stderr line by line at INFO under its name (DEBUG while
+/// `quiet`). Lines are capped so a server that never prints a newline
+/// cannot grow our memory.
+async fn log_stderr(server: String, stderr: tokio::process::ChildStderr, quiet: Arc<AtomicBool>) {
     const MAX_LINE: u64 = 16 * 1024;
     let mut reader = BufReader::new(stderr);
     let mut line = Vec::new();
@@ -168,7 +175,10 @@ async fn log_stderr(server: String, stderr: tokio::process::ChildStderr) {
             Ok(_) => {
                 let text = String::from_utf8_lossy(&line);
                 let text = text.trim_end();
-                if !text.is_empty() {
+                if text.is_empty() {
+                } else if quiet.load(Ordering::Relaxed) {
+                    tracing::debug!(target: "agentd::mcp::stderr", server = %server, "{text}");
+                } else {
                     tracing::info!(target: "agentd::mcp::stderr", server = %server, "{text}");
                 }
             }
