@@ -324,3 +324,38 @@ fn default_log_is_quiet_with_python_sdk_servers() {
     assert!(lines <= 8, "{lines} lines while nothing happened:\n{log}");
     let _ = (server_everything("unused"), PathBuf::new());
 }
+
+/// Item 9: an HTTP server restart is reported by agentd itself (WARN, then
+/// connected again), with no rmcp ERROR lines at the default log level.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http_reconnect_leaves_no_rmcp_errors_in_the_default_log() {
+    use crate::support::mcp::{start_http_everything, start_http_everything_on};
+    let mut server = start_http_everything().await;
+    let port: u16 = server
+        .url
+        .rsplit(':')
+        .next()
+        .and_then(|p| p.trim_end_matches("/mcp").parse().ok())
+        .expect("port");
+    let llm = LlmServer::start(Vec::new());
+    let dir = tempdir();
+    let config = write(
+        dir.path(),
+        "agentd.yaml",
+        &format!(
+            "agents:\n  - name: remote\n    model: m\n    llm: {{base_url: \"{}\"}}\n    mcp_servers:\n      - {{name: everything, type: http, url: \"{}\"}}\n",
+            llm.base_url(),
+            server.url
+        ),
+    );
+    let state = dir.path().join("state");
+    let d = Daemon::start(&config, &state, &[("RUST_LOG", "")]);
+    d.running_pid("remote");
+    server.child.kill().await.expect("kill");
+    let _restarted = start_http_everything_on(port).await;
+    let connected = |log: &str| log.matches("MCP server connected").count();
+    let again = wait_for(LONG, || (connected(&d.log_text()) >= 2).then_some(()));
+    assert!(again.is_some(), "no reconnect:\n{}", d.log_text());
+    let log = d.log_text();
+    assert!(!log.contains("ERROR") && !log.contains("rmcp"), "{log}");
+}

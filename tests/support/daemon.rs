@@ -146,7 +146,12 @@ impl Daemon {
         let mut cmd = agentd_cmd(&all);
         cmd.env("RUST_LOG", "info").stdin(stdin).stdout(stdout).stderr(log_file);
         for (k, v) in envs {
-            cmd.env(k, v);
+            // An empty value removes the variable (RUST_LOG: the default filter).
+            if v.is_empty() {
+                cmd.env_remove(k);
+            } else {
+                cmd.env(k, v);
+            }
         }
         let child = cmd.spawn().expect("spawn agentd");
         drop(cmd);
