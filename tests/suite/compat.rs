@@ -359,3 +359,41 @@ async fn http_reconnect_leaves_no_rmcp_errors_in_the_default_log() {
     let log = d.log_text();
     assert!(!log.contains("ERROR") && !log.contains("rmcp"), "{log}");
 }
+
+/// Item 6: a provider that sends no usage (llama.cpp's server in streams)
+/// still spends the budget: the estimate trips `limits.max_tokens`.
+#[test]
+fn estimated_usage_trips_max_tokens() {
+    use crate::support::llm_server::chunk;
+    use serde_json::json;
+    let no_usage = || {
+        Reply::sse(vec![
+            chunk(
+                json!({"content": "A long answer that goes on and on about everything."}),
+                Value::Null,
+            ),
+            chunk(json!({}), json!("stop")),
+        ])
+    };
+    let llm = LlmServer::start(vec![no_usage(), no_usage()]);
+    let dir = tempdir();
+    let config = write(
+        dir.path(),
+        "agentd.yaml",
+        &format!(
+            "agents:\n  - name: frugal\n    model: m\n    system_prompt: Be brief.\n    llm: {{base_url: \"{}\"}}\n    limits: {{max_tokens: 10, max_attempts: 1}}\n",
+            llm.base_url()
+        ),
+    );
+    let state = dir.path().join("state");
+    let d = Daemon::start(&config, &state, &[("OPENAI_API_KEY", "sk-unused-0123")]);
+    d.running_pid("frugal");
+    let sd = state.display().to_string();
+    let out = agentd(&["send", "frugal", "hello", "--wait", "--json", "--state-dir", &sd]);
+    let reply: Value = serde_json::from_str(&stdout(&out)).unwrap_or_else(|_| panic!("{}", stderr(&out)));
+    assert_eq!(reply["state"], "failed", "{reply}");
+    assert!(
+        reply["error"].as_str().unwrap_or("").contains("token budget exceeded"),
+        "{reply}"
+    );
+}
