@@ -88,6 +88,10 @@ pub fn summary(cfg: &Config) -> String {
             a.sandbox_profile,
             a.sandbox.backend.name()
         );
+        if !a.model.starts_with(crate::llm::REPLAY_PREFIX) {
+            let key = a.llm.api_key_env.as_deref().unwrap_or("none");
+            let _ = writeln!(s, "  llm: {} (key variable {key})", a.llm.base_url);
+        }
         for srv in &a.mcp_servers {
             let how = match &srv.transport {
                 McpTransport::Stdio { command, args, .. } => {

@@ -344,6 +344,10 @@ fn check_prints_a_summary_and_exits_zero() {
     let s = stdout(&out);
     assert!(s.contains("valid, 1 agent"), "{s}");
     assert!(s.contains("agent watcher: model m, sandbox default"), "{s}");
+    assert!(
+        s.contains("llm: https://api.openai.com/v1 (key variable OPENAI_API_KEY)"),
+        "{s}"
+    );
     assert!(s.contains("server fs: stdio: agentd mcp-watch /tmp"), "{s}");
     assert!(s.contains("subscription file:///tmp/*.md (glob"), "{s}");
     assert!(s.contains("schedule \"*/5 * * * *\" UTC: Tidy up"), "{s}");
