@@ -595,6 +595,16 @@ async fn server_filesystem_keeps_its_command_line_directories_without_roots() {
     let output = tempfile::tempdir().unwrap();
     let (tx, _rx) = channel();
     let hub = McpHub::start(&[server_filesystem("fs", &[output.path()])], &[], work.path(), tx).await;
+    // The server asks for roots after the handshake, if the client offers
+    // them: give it the time it takes to apply an answer.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let allowed = hub
+        .call_tool("list_allowed_directories", Map::new())
+        .await
+        .unwrap()
+        .text;
+    let output_dir = output.path().canonicalize().unwrap().display().to_string();
+    assert!(allowed.contains(&output_dir), "{allowed}");
     let target = output.path().join("facts.txt");
     let out = hub
         .call_tool(
