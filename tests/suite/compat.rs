@@ -5,7 +5,7 @@
 //! (LiteLLM's proxy with mock responses); and what users of both see:
 //! `agentd check`, `status` and the default log.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
 
 use agentd::ledger::{self, Ledger, Task, TaskFilter, TaskState};
@@ -14,7 +14,7 @@ use serde_json::Value;
 
 use crate::support::daemon::Daemon;
 use crate::support::llm_server::{LlmServer, Reply};
-use crate::support::mcp::{server_everything, server_filesystem, subscription};
+use crate::support::mcp::{server_filesystem, subscription};
 use crate::support::peers::{LITELLM_KEY, LiteLlm, Page, python_peer, shim_path};
 use crate::support::{agentd, stderr, stdout, tempdir, wait_for, write};
 
@@ -290,39 +290,56 @@ fn missing_server_command_is_warned_by_check_and_shown_by_status() {
     assert!(stdout(&out).contains("degraded"), "{}", stdout(&out));
 }
 
-/// Item 9: at the default log level, a Python-SDK server (mcp-server-fetch
-/// behind mcp-subscribe) and a streamable-HTTP server leave a quiet log
-/// while things work: no validation traceback from a `server/discover`
-/// probe, no rmcp ERROR lines.
+/// Item 9: at the default log level, Python-SDK servers (mcp-server-fetch
+/// directly, and behind mcp-subscribe, which logs every request) leave a
+/// quiet log while things work: no validation traceback from the
+/// `server/discover` probe, no per-request chatter, no ERROR lines.
 #[test]
 fn default_log_is_quiet_with_python_sdk_servers() {
-    let llm = LlmServer::start(Vec::new());
+    let llm = LlmServer::start(vec![Reply::text("Noted."); 4]);
+    let page = Page::start("first");
     let dir = tempdir();
     let fetch = python_peer("mcp-server-fetch");
+    let subscribe = python_peer("mcp_subscribe");
     let config = write(
         dir.path(),
         "agentd.yaml",
         &format!(
-            "agents:\n  - name: quiet\n    model: m\n    llm: {{base_url: \"{}\"}}\n    mcp_servers:\n      - {{name: fetch, command: \"{}\"}}\n",
-            llm.base_url(),
-            fetch.display()
+            r#"agents:
+  - name: quiet
+    model: m
+    llm: {{base_url: "{base}", api_key_env: LLM_KEY}}
+    mcp_servers:
+      - {{name: fetch, command: "{fetch}"}}
+      - {{name: proxy, command: "{subscribe}", args: [--poll-interval, "1", --, "{fetch}"], tool_filter: [fetch]}}
+    subscriptions:
+      - {{uri: "tool://fetch/?url={url}", server: proxy}}
+"#,
+            base = llm.base_url(),
+            fetch = fetch.display(),
+            subscribe = subscribe.display(),
+            url = page.url(),
         ),
     );
     let state = dir.path().join("state");
     // The default filter: RUST_LOG unset.
-    let d = Daemon::start(&config, &state, &[("RUST_LOG", "")]);
+    let d = Daemon::start(&config, &state, &[("RUST_LOG", ""), ("LLM_KEY", "sk-unused-0123")]);
     d.running_pid("quiet");
     std::thread::sleep(Duration::from_secs(3));
+    page.set("second");
+    let done = wait_for(LONG, || {
+        tasks(&state)
+            .into_iter()
+            .find(|t| matches!(t.state, TaskState::Succeeded))
+    });
+    assert!(done.is_some(), "no task from the proxy's update:\n{}", d.log_text());
     let log = d.log_text();
     assert!(!log.contains("Traceback"), "{log}");
-    assert!(
-        !log.contains("ValidationError") && !log.contains("validation error"),
-        "{log}"
-    );
+    assert!(!log.contains("validation error"), "{log}");
+    assert!(!log.contains("Processing request") && !log.contains("DEBUG"), "{log}");
     assert!(!log.contains("ERROR"), "{log}");
     let lines = log.lines().count();
-    assert!(lines <= 8, "{lines} lines while nothing happened:\n{log}");
-    let _ = (server_everything("unused"), PathBuf::new());
+    assert!(lines <= 14, "{lines} lines for one task:\n{log}");
 }
 
 /// Item 9: an HTTP server restart is reported by agentd itself (WARN, then
