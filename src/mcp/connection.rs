@@ -608,8 +608,9 @@ async fn refresh_tools(shared: &Shared, peer: &Peer<RoleClient>) {
 }
 
 /// How long asking a server whether it serves a `tool://` URI may take
-/// (mcp-subscribe calls the tool once before it answers).
-const SERVED_PROBE_TIMEOUT: Duration = Duration::from_secs(15);
+/// (mcp-subscribe calls the tool once before it answers). Kept well under
+/// CONNECT_TIMEOUT, which bounds the whole session setup.
+const SERVED_PROBE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Sets up each `tool://` subscription whose tool this server has (or that
 /// names this server), unless already done on this connection: subscribed
