@@ -26,6 +26,11 @@ pub enum ToChild {
         version: u32,
         spec: Box<AgentSpec>,
         workdir: PathBuf,
+        /// Where stdio MCP servers start (a directory no sandbox can write).
+        mcp_dir: PathBuf,
+        /// `(uid, gid)` sandboxed code runs as; `None` when agentd is
+        /// unprivileged (code keeps agentd's uid).
+        sandbox_user: Option<(u32, u32)>,
         /// The conversation saved after the agent's last task, if any.
         conversation: Option<serde_json::Value>,
         /// `agentd CONFIG --record DIR`: record model replies into cassettes here.

@@ -60,21 +60,32 @@ async fn run(name: &str) -> anyhow::Result<ExitCode> {
     let Some(first) = first else {
         return Ok(ExitCode::SUCCESS);
     };
-    let (spec, workdir, conversation, record_dir) = match serde_json::from_str::<ToChild>(&first) {
+    let (spec, workdir, mcp_dir, user, conversation, record_dir) = match serde_json::from_str::<ToChild>(&first) {
         Ok(ToChild::Start {
             version,
             spec,
             workdir,
+            mcp_dir,
+            sandbox_user,
             conversation,
             record_dir,
-        }) if version == PROTOCOL_VERSION => (spec, workdir, conversation, record_dir),
+        }) if version == PROTOCOL_VERSION => (spec, workdir, mcp_dir, sandbox_user, conversation, record_dir),
         Ok(ToChild::Start { version, .. }) => {
             anyhow::bail!("supervisor speaks protocol {version}, this agent {PROTOCOL_VERSION}")
         }
         Ok(_) => anyhow::bail!("expected a start message first"),
         Err(e) => anyhow::bail!("unreadable start message: {e}"),
     };
-    std::env::set_current_dir(&workdir).with_context(|| format!("entering workdir {}", workdir.display()))?;
+    // The child and the stdio MCP servers it starts live in a directory no
+    // sandbox can write: a server that imports or executes from its cwd
+    // (python -m, npx, git) must never find the model's files there.
+    std::env::set_current_dir(&mcp_dir).with_context(|| format!("entering {}", mcp_dir.display()))?;
+    // What the child creates for the sandbox (generated skills, bin/) must
+    // be readable by the agent's user; agents/NAME (0710) keeps others out.
+    // SAFETY: umask cannot fail.
+    unsafe {
+        libc::umask(0o022);
+    }
 
     let (tx, mut rx) = mpsc::unbounded_channel::<FromChild>();
     let writer = tokio::spawn(async move {
@@ -95,7 +106,7 @@ async fn run(name: &str) -> anyhow::Result<ExitCode> {
     });
 
     let (events_tx, mut events_rx) = mpsc::channel::<ResourceEvent>(256);
-    let hub = McpHub::start(&spec.mcp_servers, &spec.subscriptions, &workdir, events_tx).await;
+    let hub = McpHub::start(&spec.mcp_servers, &spec.subscriptions, events_tx).await;
     let forward = outbox.clone();
     tokio::spawn(async move {
         while let Some(ev) = events_rx.recv().await {
@@ -113,10 +124,9 @@ async fn run(name: &str) -> anyhow::Result<ExitCode> {
     let hub = Arc::new(hub);
     spawn_health(Arc::downgrade(&hub), outbox.clone());
     // The agent's own directory (the workdir's parent) holds what the
-    // sandbox sees besides the workdir: generated skills, the bridge
-    // socket, `bin/agentd`.
+    // sandbox sees besides the workdir: generated skills, `bin/agentd`.
     let agent_dir = workdir.parent().map(Path::to_owned).unwrap_or_else(|| workdir.clone());
-    let skills = SkillsRuntime::new(&agent_dir, hub.clone(), &spec, outbox.clone());
+    let skills = SkillsRuntime::new(&agent_dir, hub.clone(), &spec, outbox.clone(), user);
 
     let history: Vec<ChatMessage> = conversation
         .and_then(|c| serde_json::from_value(c).ok())

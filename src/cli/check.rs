@@ -9,10 +9,9 @@ pub fn run(path: &Path) -> anyhow::Result<ExitCode> {
     match config::load(path) {
         Ok(cfg) => {
             print!("{}", summary(&cfg));
-            // Warnings do not make a config invalid: the command may be
-            // installed later, and agentd keeps retrying the server.
-            for w in missing_commands(&cfg) {
-                eprintln!("{}: warning: {w}", cfg.path.display());
+            // Warnings do not make a config invalid (exit code 0).
+            for w in warnings(&cfg) {
+                println!("warning: {w}");
             }
             Ok(ExitCode::SUCCESS)
         }
@@ -23,6 +22,41 @@ pub fn run(path: &Path) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::FAILURE)
         }
     }
+}
+
+/// What is valid but unwise: an MCP server started inside an agent's
+/// workdir runs as agentd and reads (imports, executes) from a directory
+/// sandboxed code writes; a stdio server whose command is not there.
+pub fn warnings(cfg: &Config) -> Vec<String> {
+    let workdirs: Vec<(String, std::path::PathBuf)> = cfg
+        .agents
+        .iter()
+        .map(|a| {
+            let w = crate::state_dir::workdir(&cfg.state_dir, a.name.as_str());
+            (a.name.to_string(), std::fs::canonicalize(&w).unwrap_or(w))
+        })
+        .collect();
+    let mut out = Vec::new();
+    for a in &cfg.agents {
+        for srv in &a.mcp_servers {
+            let McpTransport::Stdio { cwd: Some(cwd), .. } = &srv.transport else {
+                continue;
+            };
+            let cwd = std::fs::canonicalize(cwd).unwrap_or_else(|_| cwd.clone());
+            if let Some((owner, _)) = workdirs.iter().find(|(_, w)| cwd.starts_with(w)) {
+                out.push(format!(
+                    "agent {}: server {} starts in {}, inside agent {owner}'s workdir, which sandboxed code \
+                     can write: the server (running as agentd) may load what the model planted there; \
+                     leave cwd unset",
+                    a.name,
+                    srv.name,
+                    cwd.display()
+                ));
+            }
+        }
+    }
+    out.extend(missing_commands(cfg));
+    out
 }
 
 /// A stdio server whose command cannot be found: not on agentd's `PATH`

@@ -20,7 +20,15 @@ const BUILTIN_PROFILES: &[(&str, &str)] = &[
     ("networked", include_str!("../../sandbox/networked.yaml")),
 ];
 
-const TOP_KEYS: &[&str] = &["state_dir", "include", "defaults", "agents", "shutdown_grace"];
+const TOP_KEYS: &[&str] = &[
+    "state_dir",
+    "include",
+    "defaults",
+    "agents",
+    "shutdown_grace",
+    "agent_uids",
+    "control_group",
+];
 const DEFAULT_KEYS: &[&str] = &["model", "llm", "sandbox", "restart", "limits"];
 const AGENT_KEYS: &[&str] = &[
     "name",
@@ -272,6 +280,32 @@ impl Loader<'_> {
         let shutdown_grace = map
             .duration(&mut cx, "shutdown_grace")
             .unwrap_or(Duration::from_secs(10));
+        let agent_uids = match map.get("agent_uids") {
+            Some(n) => cx
+                .non_empty_string(n, "agent_uids")
+                .and_then(|s| match parse_uid_range(&s) {
+                    Ok(r) => Some(r),
+                    Err(msg) => {
+                        cx.error_at_node(n, "agent_uids", msg);
+                        None
+                    }
+                }),
+            None => Some(DEFAULT_AGENT_UIDS),
+        };
+        let control_group = map.get("control_group").and_then(|n| {
+            let name = cx.non_empty_string(n, "control_group")?;
+            let gid = match name.parse::<u32>() {
+                Ok(gid) => Some(gid),
+                Err(_) => nix::unistd::Group::from_name(&name)
+                    .ok()
+                    .flatten()
+                    .map(|g| g.gid.as_raw()),
+            };
+            if gid.is_none() {
+                cx.error_at_node(n, "control_group", format!("no group named {name:?} on this host"));
+            }
+            gid
+        });
         let defaults = match map.get("defaults") {
             Some(n) => self.decode_defaults(&mut cx, n, &dir),
             None => Defaults {
@@ -331,6 +365,8 @@ impl Loader<'_> {
             include_globs,
             state_dir: state_dir?,
             shutdown_grace,
+            agent_uids: agent_uids?,
+            control_group,
             agents,
         })
     }
@@ -1318,6 +1354,26 @@ fn decode_policy(cx: &mut Cx, node: &Node, path: &str, mut p: SandboxPolicy, inl
         }
     }
     (cx.errors.len() == before).then_some(p)
+}
+
+/// The uids (and equal gids) agents' sandboxed code runs as when agentd is
+/// root: systemd's range for dynamic users.
+pub const DEFAULT_AGENT_UIDS: std::ops::RangeInclusive<u32> = 61184..=65519;
+
+/// `FIRST-LAST`, both ordinary (non-root) ids, FIRST <= LAST.
+fn parse_uid_range(s: &str) -> Result<std::ops::RangeInclusive<u32>, String> {
+    let bad = || format!("{s:?} is not a uid range: write FIRST-LAST, e.g. 61184-65519");
+    let (a, b) = s.split_once('-').ok_or_else(bad)?;
+    let (first, last): (u32, u32) = (
+        a.trim().parse().map_err(|_| bad())?,
+        b.trim().parse().map_err(|_| bad())?,
+    );
+    if first == 0 || first > last {
+        return Err(format!(
+            "{s:?}: the range must start above 0 (root) and not end before it starts"
+        ));
+    }
+    Ok(first..=last)
 }
 
 #[cfg(test)]

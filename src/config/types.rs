@@ -23,6 +23,12 @@ pub struct Config {
     pub state_dir: PathBuf,
     /// How long running tasks may finish on shutdown before children are stopped.
     pub shutdown_grace: Duration,
+    /// When agentd runs as root, each agent's sandboxed code runs as its own
+    /// uid (gid the same) from this range (`agent_uids: FIRST-LAST`).
+    pub agent_uids: std::ops::RangeInclusive<u32>,
+    /// Members of this group (a gid) may use the control socket too
+    /// (`control_group: NAME|GID`).
+    pub control_group: Option<u32>,
     pub agents: Vec<AgentSpec>,
 }
 

@@ -87,7 +87,8 @@ pub(crate) struct Spawned {
 }
 
 /// Spawns `command args…` with a cleared environment (see [`ENV_PASSTHROUGH`])
-/// plus `env`, in `cwd` (default: the agent's workdir), in a new process group.
+/// plus `env`, in `cwd` (default: the agent child's own directory, which no
+/// sandbox can write), in a new process group.
 /// The command `agentd` is this executable.
 pub(crate) fn spawn(
     server: &str,
@@ -95,7 +96,6 @@ pub(crate) fn spawn(
     args: &[String],
     env: &BTreeMap<String, String>,
     cwd: Option<&Path>,
-    workdir: &Path,
     noise: Arc<AtomicU64>,
 ) -> Result<Spawned, McpError> {
     check_env(server, env)?;
@@ -112,8 +112,10 @@ pub(crate) fn spawn(
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
         .kill_on_drop(true)
-        .process_group(0)
-        .current_dir(cwd.unwrap_or(workdir));
+        .process_group(0);
+    if let Some(cwd) = cwd {
+        cmd.current_dir(cwd);
+    }
     for key in ENV_PASSTHROUGH {
         if let Some(value) = std::env::var_os(key) {
             cmd.env(key, value);

@@ -18,7 +18,7 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::num::NonZeroUsize;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -205,7 +205,6 @@ struct Conn {
 pub(crate) struct Task {
     pub shared: Arc<Shared>,
     pub subs: Vec<SubscriptionSpec>,
-    pub workdir: PathBuf,
     pub events: mpsc::Sender<ResourceEvent>,
     pub shutdown: watch::Receiver<bool>,
 }
@@ -386,15 +385,7 @@ async fn connect_with(
             env,
             cwd,
         } => {
-            let spawned = child::spawn(
-                &name,
-                command,
-                args,
-                env,
-                cwd.as_deref(),
-                &task.workdir,
-                task.shared.noise.clone(),
-            )?;
+            let spawned = child::spawn(&name, command, args, env, cwd.as_deref(), task.shared.noise.clone())?;
             let mut child = spawned.child;
             task.shared.live().pid = Some(spawned.pid);
             // The discover probe makes Python-SDK servers print a 31-line

@@ -18,6 +18,7 @@ pub mod restart;
 mod schedules;
 mod systemd;
 mod talk;
+mod users;
 mod watch;
 
 use std::collections::{BTreeMap, HashMap};
@@ -183,6 +184,8 @@ pub struct Supervisor {
     waiters: Waiters,
     /// `--state-dir` was given: the config's `state_dir` does not apply.
     state_dir_overridden: bool,
+    /// Agents' own users, when agentd runs as root.
+    users: Option<users::AgentUsers>,
 }
 
 /// Runs the supervisor until it is stopped; the process's exit code.
@@ -208,8 +211,16 @@ async fn run_async(
     state_dir_overridden: bool,
     repl_mode: Option<repl::Mode>,
 ) -> anyhow::Result<ExitCode> {
-    std::fs::create_dir_all(&cfg.state_dir)
-        .with_context(|| format!("cannot create state dir {}", cfg.state_dir.display()))?;
+    // Everything agentd creates is its own alone unless it says otherwise
+    // (agents' directories are given their modes explicitly).
+    // SAFETY: umask cannot fail.
+    unsafe {
+        libc::umask(0o077);
+    }
+    // SAFETY: geteuid cannot fail.
+    let root = unsafe { libc::geteuid() } == 0;
+    crate::state_dir::prepare(&cfg.state_dir, root)?;
+    let users = root.then(|| users::AgentUsers::load(&cfg.state_dir, cfg.agent_uids.clone()));
     // One supervisor per state dir: two would both run the same tasks.
     let _lock = crate::state_dir::lock(&cfg.state_dir)?;
     let ledger = Ledger::open(&cfg.state_dir.join(ledger::FILE_NAME))?;
@@ -220,7 +231,12 @@ async fn run_async(
     // here is stale.
     let _ = std::fs::remove_file(&socket);
     let (control_tx, mut control_rx) = mpsc::unbounded_channel();
-    control::serve(&socket, control_tx).with_context(|| format!("cannot listen on {}", socket.display()))?;
+    let operators = control::Operators {
+        // SAFETY: geteuid cannot fail.
+        own_uid: unsafe { libc::geteuid() },
+        group: cfg.control_group,
+    };
+    control::serve(&socket, operators, control_tx).with_context(|| format!("cannot listen on {}", socket.display()))?;
 
     let (events, mut events_rx) = mpsc::unbounded_channel();
     let mut sup = Supervisor {
@@ -238,6 +254,7 @@ async fn run_async(
         watched: HashMap::new(),
         waiters: HashMap::new(),
         state_dir_overridden,
+        users,
         cfg,
     };
     sup.recover_orphaned_tasks().await;
@@ -285,18 +302,7 @@ async fn run_async(
         let schedule_at = sup.next_schedule_at();
         tokio::select! {
             Some(ev) = events_rx.recv() => sup.handle(ev).await,
-            Some((req, peer, reply)) = control_rx.recv() => match sup.agent_ancestor(peer) {
-                // Sandboxed code runs as a descendant of its agent's
-                // process; it must not steer agentd (Landlock cannot keep
-                // it off the socket before ABI 9).
-                Some(agent) => {
-                    tracing::warn!(agent, "refused a control request from inside the agent's process tree");
-                    let _ = reply.send(Response::error(format!(
-                        "refused: control requests from inside agent {agent}'s processes are not allowed"
-                    )));
-                }
-                None => sup.on_control(req, reply).await,
-            },
+            Some((req, reply)) = control_rx.recv() => sup.on_control(req, reply).await,
             Some(input) = repl_rx.recv() => sup.on_repl(input).await,
             _ = sleep_until_opt(schedule_at), if schedule_at.is_some() => sup.fire_schedules().await,
             _ = sigterm.recv() => sup.begin_stop("SIGTERM"),
@@ -404,17 +410,27 @@ impl Supervisor {
         let generation = self.generation;
         let events = self.events.clone();
         let record_dir = self.record.clone();
+        let user = match self.users.as_mut().map(|u| u.assign(name)).transpose() {
+            Ok(user) => user,
+            Err(e) => {
+                self.fail_to_start(name, e);
+                return;
+            }
+        };
+        let dirs = match crate::state_dir::prepare_agent(&self.cfg.state_dir, name, user) {
+            Ok(d) => d,
+            Err(e) => {
+                self.fail_to_start(name, format!("cannot prepare workdir {}: {e}", workdir.display()));
+                return;
+            }
+        };
         let Some(a) = self.agents.get_mut(name) else { return };
-        if let Err(e) = std::fs::create_dir_all(&workdir) {
-            a.state = State::Failed;
-            a.last_error = Some(format!("cannot create workdir {}: {e}", workdir.display()));
-            tracing::error!(agent = name, "{}", a.last_error.as_deref().unwrap_or_default());
-            return;
-        }
         let start = ToChild::Start {
             version: PROTOCOL_VERSION,
             spec: Box::new(a.spec.clone()),
-            workdir,
+            workdir: dirs.work,
+            mcp_dir: dirs.mcp,
+            sandbox_user: user,
             conversation,
             record_dir,
         };
@@ -434,6 +450,15 @@ impl Supervisor {
                 a.last_error = Some(format!("cannot start agent process: {e}"));
                 tracing::error!(agent = name, "cannot start agent process: {e}");
             }
+        }
+        self.update_status();
+    }
+
+    fn fail_to_start(&mut self, name: &str, why: String) {
+        if let Some(a) = self.agents.get_mut(name) {
+            tracing::error!(agent = name, "{why}");
+            a.state = State::Failed;
+            a.last_error = Some(why);
         }
         self.update_status();
     }
@@ -1006,15 +1031,6 @@ impl Supervisor {
                 }
             },
         }
-    }
-
-    /// The agent whose process tree `peer` belongs to, if any.
-    fn agent_ancestor(&self, peer: Option<i32>) -> Option<String> {
-        let peer = peer?;
-        self.agents.iter().find_map(|(name, a)| {
-            let child = a.child.as_ref()?.pid as i32;
-            crate::procfs::is_descendant(peer, child).then(|| name.clone())
-        })
     }
 
     async fn restore_snapshot(&mut self, agent: &str, which: String) {

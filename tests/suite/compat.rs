@@ -143,7 +143,6 @@ fn python_agentd_filesystem_config_runs_end_to_end() {
 /// change still arrives, pushed by the proxy's 1 s polling.
 #[tokio::test]
 async fn tool_subscription_served_by_mcp_subscribe_is_subscribed_not_polled() {
-    let work = tempfile::tempdir().unwrap();
     let watched = tempfile::tempdir().unwrap();
     let fs = server_filesystem("fs", &[watched.path()]);
     let agentd::config::McpTransport::Stdio { command, args, .. } = fs.transport.clone() else {
@@ -165,7 +164,7 @@ async fn tool_subscription_served_by_mcp_subscribe_is_subscribed_not_polled() {
     let uri = format!("tool://list_directory/?path={}", watched.path().display());
     let subs = [subscription(&uri, Duration::ZERO, Duration::from_secs(3600))];
     let (tx, mut rx) = tokio::sync::mpsc::channel(16);
-    let hub = McpHub::start(&[proxy], &subs, work.path(), tx).await;
+    let hub = McpHub::start(&[proxy], &subs, tx).await;
     assert!(hub.tools().iter().any(|t| t.name == "list_directory"));
     // Let the proxy take its baseline before the change.
     tokio::time::sleep(Duration::from_secs(3)).await;

@@ -19,11 +19,16 @@ use crate::support::wait_for;
 
 /// A test directory outside /tmp (bwrap mounts a tmpfs there, which would
 /// make "blocked" trivially true for paths under /tmp).
+/// As root, it belongs to the tests' sandbox user, as agentd gives each
+/// agent's workdir to the agent's own user: sandboxed code never runs as
+/// root.
 fn test_dir(prefix: &str) -> TempDir {
-    tempfile::Builder::new()
+    let d = tempfile::Builder::new()
         .prefix(prefix)
         .tempdir_in(env!("CARGO_TARGET_TMPDIR"))
-        .expect("tempdir")
+        .expect("tempdir");
+    crate::support::give_to_sandbox_user(d.path());
+    d
 }
 
 /// The shipped default profile with the backend under test.

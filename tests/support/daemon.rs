@@ -166,3 +166,20 @@ impl Daemon {
         d
     }
 }
+
+/// The ledger of a state dir, opened read-only (agentd may be writing it).
+pub fn ledger(state: &Path) -> agentd::ledger::Ledger {
+    agentd::ledger::Ledger::open_read_only(&state.join(agentd::ledger::FILE_NAME)).expect("ledger")
+}
+
+/// Every task in a state dir's ledger.
+pub fn tasks(state: &Path) -> Vec<agentd::ledger::Task> {
+    ledger(state)
+        .list_tasks(&agentd::ledger::TaskFilter::default())
+        .unwrap_or_default()
+}
+
+/// A task's journal.
+pub fn steps(state: &Path, task: i64) -> Vec<agentd::ledger::Step> {
+    ledger(state).steps(task).unwrap_or_default()
+}
