@@ -61,6 +61,9 @@ pub enum FromChild {
     },
     /// Append to the running task's journal.
     Step { task: i64, lease: String, step: NewStep },
+    /// An MCP server of the agent cannot be reached (`degraded`: which and
+    /// why), or all are fine again (`None`). Sent on change only.
+    Health { degraded: Option<String> },
     /// Text the model produced for a person (streamed REPL replies).
     Output { task: i64, lease: String, text: String },
     /// The task ended; the child is free for the next one.

@@ -106,7 +106,7 @@ async fn run(name: &str) -> anyhow::Result<ExitCode> {
     });
 
     let (events_tx, mut events_rx) = mpsc::channel::<ResourceEvent>(256);
-    let hub = McpHub::start(&spec.mcp_servers, &spec.subscriptions, &workdir, events_tx).await;
+    let hub = McpHub::start(&spec.mcp_servers, &spec.subscriptions, events_tx).await;
     let forward = outbox.clone();
     tokio::spawn(async move {
         while let Some(ev) = events_rx.recv().await {
@@ -122,6 +122,7 @@ async fn run(name: &str) -> anyhow::Result<ExitCode> {
     });
 
     let hub = Arc::new(hub);
+    spawn_health(Arc::downgrade(&hub), outbox.clone());
     // The agent's own directory (the workdir's parent) holds what the
     // sandbox sees besides the workdir: generated skills, `bin/agentd`.
     let agent_dir = workdir.parent().map(Path::to_owned).unwrap_or_else(|| workdir.clone());
@@ -225,6 +226,32 @@ async fn run(name: &str) -> anyhow::Result<ExitCode> {
     drop(outbox);
     let _ = writer.await;
     Ok(ExitCode::SUCCESS)
+}
+
+/// How often the child looks at its MCP servers' health.
+const HEALTH_EVERY: Duration = Duration::from_secs(1);
+
+/// Reports to the supervisor when an MCP server becomes unreachable (it
+/// failed to spawn or connect, or lost its connection) and when all are
+/// fine again. Holds the hub weakly so shutdown can take it back.
+fn spawn_health(hub: std::sync::Weak<McpHub>, outbox: Outbox) {
+    tokio::spawn(async move {
+        let mut reported: Option<String> = None;
+        loop {
+            tokio::time::sleep(HEALTH_EVERY).await;
+            let Some(hub) = hub.upgrade() else { return };
+            let degraded = hub
+                .servers()
+                .into_iter()
+                .find(|s| !s.connected && s.last_error.is_some())
+                .map(|s| format!("MCP server {}: {}", s.name, s.last_error.unwrap_or_default()));
+            drop(hub);
+            if degraded != reported {
+                reported = degraded.clone();
+                outbox.send(FromChild::Health { degraded });
+            }
+        }
+    });
 }
 
 /// Shuts the MCP servers down once the bridge's aborted tasks have let go

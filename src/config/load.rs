@@ -53,6 +53,7 @@ const LLM_KEYS: &[&str] = &[
     "temperature",
     "request_timeout",
     "max_retries",
+    "stream",
 ];
 const SERVER_KEYS: &[&str] = &[
     "name",
@@ -66,6 +67,7 @@ const SERVER_KEYS: &[&str] = &[
     "url",
     "headers",
     "tool_filter",
+    "roots",
 ];
 const SUBSCRIPTION_KEYS: &[&str] = &["uri", "server", "debounce", "interval"];
 const SCHEDULE_KEYS: &[&str] = &["cron", "prompt", "timezone"];
@@ -225,6 +227,8 @@ fn normalize(p: &Path) -> PathBuf {
 struct Defaults {
     model: Option<String>,
     llm: LlmSpec,
+    /// Which of `llm`'s routing fields the config wrote (not defaults).
+    llm_set: LlmSet,
     sandbox: Option<(String, SandboxPolicy)>,
     restart: RestartSpec,
     limits: Limits,
@@ -307,6 +311,7 @@ impl Loader<'_> {
             None => Defaults {
                 model: None,
                 llm: LlmSpec::default(),
+                llm_set: LlmSet::default(),
                 sandbox: None,
                 restart: RestartSpec::default(),
                 limits: Limits::default(),
@@ -441,6 +446,7 @@ impl Loader<'_> {
         let mut d = Defaults {
             model: None,
             llm: LlmSpec::default(),
+            llm_set: LlmSet::default(),
             sandbox: None,
             restart: RestartSpec::default(),
             limits: Limits::default(),
@@ -450,7 +456,7 @@ impl Loader<'_> {
         };
         d.model = map.get("model").and_then(|n| cx.non_empty_string(n, "defaults.model"));
         if let Some(n) = map.get("llm") {
-            d.llm = decode_llm(cx, n, "defaults.llm", d.llm.clone());
+            (d.llm, d.llm_set) = decode_llm(cx, n, "defaults.llm", d.llm.clone(), d.llm_set);
         }
         if let Some(n) = map.get("sandbox") {
             d.sandbox = self.decode_sandbox(cx, n, "defaults.sandbox", dir);
@@ -486,10 +492,11 @@ impl Loader<'_> {
         };
         let model = model.and_then(|m| self.resolve_model(cx, &map, m, dir));
 
-        let llm = match map.get("llm") {
-            Some(n) => decode_llm(cx, n, &f("llm"), d.llm.clone()),
-            None => d.llm.clone(),
+        let (mut llm, llm_set) = match map.get("llm") {
+            Some(n) => decode_llm(cx, n, &f("llm"), d.llm.clone(), d.llm_set),
+            None => (d.llm.clone(), d.llm_set),
         };
+        let model = model.and_then(|m| route_model(cx, &map, m, &mut llm, llm_set));
 
         let system_prompt = match (map.get("system_prompt"), map.get("system_prompt_file")) {
             (Some(_), Some(n)) => {
@@ -765,10 +772,41 @@ fn resolve_path(s: &str, dir: &Path, env: &dyn Fn(&str) -> Option<String>) -> Pa
     })
 }
 
-fn decode_llm(cx: &mut Cx, node: &Node, path: &str, mut llm: LlmSpec) -> LlmSpec {
+/// Which routing fields of `llm` a config wrote itself.
+#[derive(Debug, Clone, Copy, Default)]
+struct LlmSet {
+    base_url: bool,
+    api_key_env: bool,
+}
+
+/// Without `llm.base_url`, a model goes where the OpenAI SDK's environment
+/// and its LiteLLM-style prefix say ([`crate::llm::providers`]).
+fn route_model(cx: &mut Cx, map: &Map, model: String, llm: &mut LlmSpec, set: LlmSet) -> Option<String> {
+    if set.base_url || model.starts_with(crate::llm::REPLAY_PREFIX) {
+        return Some(model);
+    }
+    match crate::llm::providers::route(&model, cx.env) {
+        Ok(route) => {
+            llm.base_url = route.base_url;
+            if !set.api_key_env {
+                llm.api_key_env = route.api_key_env;
+            }
+            Some(route.model)
+        }
+        Err(msg) => {
+            let span = map.get("model").map(|n| *n.span()).unwrap_or(*map.node.span());
+            cx.error_at(&span, &map.field("model"), msg);
+            None
+        }
+    }
+}
+
+fn decode_llm(cx: &mut Cx, node: &Node, path: &str, mut llm: LlmSpec, mut set: LlmSet) -> (LlmSpec, LlmSet) {
     let Some(map) = Map::open(cx, node, path, LLM_KEYS) else {
-        return llm;
+        return (llm, set);
     };
+    set.base_url |= map.get("base_url").is_some();
+    set.api_key_env |= map.get("api_key_env").is_some();
     if let Some(n) = map.get("base_url") {
         let p = map.field("base_url");
         if let Some(s) = cx.non_empty_string(n, &p) {
@@ -803,7 +841,10 @@ fn decode_llm(cx: &mut Cx, node: &Node, path: &str, mut llm: LlmSpec) -> LlmSpec
     if let Some(n) = map.number::<u32>(cx, "max_retries", "a whole number") {
         llm.max_retries = n;
     }
-    llm
+    if let Some(b) = map.bool(cx, "stream") {
+        llm.stream = b;
+    }
+    (llm, set)
 }
 
 /// Launchers whose first plain argument names the server better than they do.
@@ -891,8 +932,18 @@ fn decode_server(cx: &mut Cx, node: &Node, path: &str, index: usize, dir: &Path)
                 cx.error_at_node(item, &p, format!("invalid tool pattern {pat:?}: {e}"));
             }
         }
-        Some(v)
+        // Python agentd writes `tool_filter: []` in every example, meaning
+        // "no filter"; an empty allow-list would hide every tool.
+        (!v.is_empty()).then_some(v)
     });
+
+    let roots = map
+        .get("roots")
+        .and_then(|n| cx.strings(n, &f("roots")))
+        .unwrap_or_default()
+        .into_iter()
+        .map(|s| resolve_path(&s, dir, cx.env))
+        .collect();
 
     let (transport, default_name) = if ty == "stdio" {
         misplaced(cx, &["url", "headers"], "is for type: http servers");
@@ -1004,6 +1055,7 @@ fn decode_server(cx: &mut Cx, node: &Node, path: &str, index: usize, dir: &Path)
         name,
         transport,
         tool_filter,
+        roots,
     })
 }
 

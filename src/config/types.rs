@@ -111,6 +111,9 @@ pub struct LlmSpec {
     pub request_timeout: Duration,
     /// How often a failed request (429, 5xx, connection error) is retried.
     pub max_retries: u32,
+    /// `llm.stream: false` sends plain requests only (some servers support
+    /// tools only unstreamed).
+    pub stream: bool,
 }
 
 impl Default for LlmSpec {
@@ -121,6 +124,7 @@ impl Default for LlmSpec {
             temperature: None,
             request_timeout: Duration::from_secs(120),
             max_retries: 5,
+            stream: true,
         }
     }
 }
@@ -132,6 +136,12 @@ pub struct McpServerSpec {
     pub transport: McpTransport,
     /// When set, only these tools (glob patterns) are offered to the model.
     pub tool_filter: Option<Vec<String>>,
+    /// Directories offered to the server as MCP roots (`roots/list`),
+    /// absolute. Empty: the client does not offer roots at all, so a
+    /// server keeps the directories its command line names (server-filesystem
+    /// replaces them with any roots it is given).
+    #[serde(default)]
+    pub roots: Vec<PathBuf>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -137,6 +137,9 @@ struct Agent {
     schedules: Vec<Armed>,
     /// A snapshot to restore once the child has stopped, before it restarts.
     pending_restore: Option<String>,
+    /// The child's report of an MCP server it cannot reach: status shows
+    /// the running agent as `degraded` with this error.
+    degraded: Option<String>,
 }
 
 impl Agent {
@@ -157,6 +160,7 @@ impl Agent {
             paused: false,
             schedules: Vec::new(),
             pending_restore: None,
+            degraded: None,
         }
     }
 }
@@ -608,6 +612,16 @@ impl Supervisor {
                     tracing::warn!(agent = name, "journal write rejected: {e}");
                 }
             }
+            FromChild::Health { degraded } => {
+                if let Some(a) = self.agents.get_mut(name) {
+                    match &degraded {
+                        Some(why) => tracing::warn!(agent = name, "degraded: {why}"),
+                        None if a.degraded.is_some() => tracing::info!(agent = name, "MCP servers reachable again"),
+                        None => {}
+                    }
+                    a.degraded = degraded;
+                }
+            }
             FromChild::Output { task, text, .. } => {
                 tracing::debug!(agent = name, "model: {text}");
                 self.on_output(task, &text);
@@ -672,6 +686,7 @@ impl Supervisor {
         }
         let uptime = a.started_at.map(|t| t.elapsed()).unwrap_or_default();
         a.last_exit = Some(exit);
+        a.degraded = None;
         let running = a.running.take();
         let max_attempts = a.spec.limits.max_attempts;
         let after = a.after_exit;
@@ -1055,14 +1070,22 @@ impl Supervisor {
                 schedules: Vec::new(),
             };
         };
+        // A running agent with an unreachable MCP server is `degraded`,
+        // its server's error in `last_error`.
+        let degraded = a.degraded.as_ref().filter(|_| a.state == State::Running);
         AgentStatus {
             name: name.to_owned(),
-            state: a.state.as_str().into(),
+            state: if degraded.is_some() {
+                "degraded"
+            } else {
+                a.state.as_str()
+            }
+            .into(),
             pid: a.child.as_ref().map(|c| c.pid),
             restarts: a.restart_count,
             uptime_s: a.child.as_ref().and(a.started_at).map(|t| t.elapsed().as_secs_f64()),
             last_exit: a.last_exit.map(|e| e.to_string()),
-            last_error: a.last_error.clone(),
+            last_error: degraded.or(a.last_error.as_ref()).cloned(),
             queued,
             running_task: a.running.as_ref().map(|(id, _)| *id),
             paused: a.paused,

@@ -46,7 +46,6 @@ fn main() -> anyhow::Result<()> {
     let js = Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("tests/peers/node_modules/@modelcontextprotocol/server-everything/dist/index.js");
     anyhow::ensure!(js.is_file(), "server-everything is missing: run sh tests/setup.sh");
-    let dir = tempfile::tempdir()?;
     let spec = McpServerSpec {
         name: "everything".into(),
         transport: McpTransport::Stdio {
@@ -56,6 +55,7 @@ fn main() -> anyhow::Result<()> {
             cwd: None,
         },
         tool_filter: None,
+        roots: Vec::new(),
     };
     // One worker thread serves the hub and the bridge, as the agent child's
     // single-threaded runtime does; calls come from this thread.
@@ -64,7 +64,7 @@ fn main() -> anyhow::Result<()> {
         .enable_all()
         .build()?;
     let (events, _events_rx) = tokio::sync::mpsc::channel(16);
-    let hub = Arc::new(rt.block_on(McpHub::start(std::slice::from_ref(&spec), &[], dir.path(), events)));
+    let hub = Arc::new(rt.block_on(McpHub::start(std::slice::from_ref(&spec), &[], events)));
     anyhow::ensure!(
         hub.tools().iter().any(|t| t.name == "get-sum"),
         "server-everything did not come up"

@@ -1,3 +1,4 @@
+mod compat;
 mod config;
 mod escape;
 mod fence;

@@ -544,7 +544,7 @@ impl BridgeHarness {
             .expect("runtime");
         let dir = tempdir();
         let (events, _rx) = tokio::sync::mpsc::channel(16);
-        let hub = std::sync::Arc::new(rt.block_on(agentd::mcp::McpHub::start(servers, &[], dir.path(), events)));
+        let hub = std::sync::Arc::new(rt.block_on(agentd::mcp::McpHub::start(servers, &[], events)));
         let (outbox, journal) = agentd::agent::Outbox::channel();
         let (bridge, dialer) = {
             let _guard = rt.enter();

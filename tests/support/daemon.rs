@@ -56,7 +56,10 @@ impl Daemon {
     /// Waits until `name` is running (ready) and returns its pid.
     pub fn running_pid(&self, name: &str) -> u32 {
         let pid = wait_for(Duration::from_secs(20), || {
-            self.agent(name).filter(|a| a.state == "running").and_then(|a| a.pid)
+            // Degraded (an MCP server down) is running too.
+            self.agent(name)
+                .filter(|a| a.state == "running" || a.state == "degraded")
+                .and_then(|a| a.pid)
         });
         pid.unwrap_or_else(|| {
             panic!(
@@ -180,7 +183,12 @@ impl Daemon {
         };
         cmd.env("RUST_LOG", "info").stdin(stdin).stdout(stdout).stderr(log_file);
         for (k, v) in envs {
-            cmd.env(k, v);
+            // An empty value removes the variable (RUST_LOG: the default filter).
+            if v.is_empty() {
+                cmd.env_remove(k);
+            } else {
+                cmd.env(k, v);
+            }
         }
         let child = cmd.spawn().expect("spawn agentd");
         drop(cmd);

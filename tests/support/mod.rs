@@ -20,6 +20,10 @@ pub fn agentd_cmd(args: &[&str]) -> Command {
         .env_remove("AGENTD_STATE_DIR")
         .env_remove("AGENTD_HOME")
         .env_remove("NOTIFY_SOCKET")
+        // The OpenAI SDK's variables route models (issue 13): the host's
+        // must not reach tests, which set them where they mean to.
+        .env_remove("OPENAI_BASE_URL")
+        .env_remove("OPENAI_API_BASE")
         .env("RUST_LOG", "warn");
     c
 }
@@ -93,6 +97,7 @@ pub mod daemon;
 pub mod llm_server;
 
 pub mod mcp;
+pub mod peers;
 pub mod repl;
 
 /// Logs to the test's captured output; `RUST_LOG` picks the level.
