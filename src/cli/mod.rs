@@ -3,6 +3,7 @@
 
 mod check;
 mod control;
+pub mod sandbox;
 mod snapshot;
 mod tasks;
 mod tool;
@@ -148,7 +149,7 @@ pub enum ToolCommand {
 #[derive(Debug, Subcommand)]
 pub enum SandboxCommand {
     /// Run CMD under PROFILE (a name from sandbox/ or a built-in one).
-    Run(crate::sandbox::cli::SandboxRunArgs),
+    Run(crate::cli::sandbox::SandboxRunArgs),
 }
 
 /// Parses the command line and runs it; the binary's whole `main`.
@@ -188,7 +189,7 @@ pub fn main() -> ExitCode {
         Some(Command::Agent { name }) => crate::agent::main(&name),
         Some(Command::Snapshot(cmd)) => snapshot::run(&cli.global, &cmd),
         Some(Command::Sandbox(SandboxCommand::Run(args))) => {
-            crate::sandbox::cli::run(&args).map(|code| ExitCode::from(code.clamp(0, 255) as u8))
+            crate::cli::sandbox::run(&args).map(|code| ExitCode::from(code.clamp(0, 255) as u8))
         }
         Some(Command::Tool(ToolCommand::Call(args))) => tool::call(&args),
         Some(Command::McpWatch { dir, debounce_ms }) => mcp_watch(&dir, debounce_ms),

@@ -20,11 +20,10 @@
 //! bubblewrap command lines, [`helper`] is bwrap+landlock's inner half,
 //! [`seccomp`] is the system-call policy of every backend, `limits` is
 //! everything between fork and exec, [`output`] caps captured output,
-//! [`workspace`] archives and restores workdirs, [`cli`] is `agentd sandbox
-//! run`.
+//! [`workspace`] archives and restores workdirs; `agentd sandbox run` is
+//! [`crate::cli::sandbox`].
 
 pub mod bwrap;
-pub mod cli;
 pub mod helper;
 pub mod landlock;
 mod limits;

@@ -575,20 +575,29 @@ async fn relative_policy_paths_are_refused() {
 fn cli_runs_a_command_under_a_builtin_profile_and_returns_its_status() {
     let wd = test_dir("wd-");
     sandbox::helper::set_helper_exe(PathBuf::from(env!("CARGO_BIN_EXE_agentd")));
-    let args = |profile: &str, cmd: &[&str]| sandbox::cli::SandboxRunArgs {
+    let args = |profile: &str, cmd: &[&str]| agentd::cli::sandbox::SandboxRunArgs {
         profile: profile.into(),
         workdir: Some(wd.path().to_path_buf()),
         config: None,
         uid: None,
         command: cmd.iter().map(|s| s.to_string()).collect(),
     };
-    assert_eq!(sandbox::cli::run(&args("default", &["sh", "-c", "exit 7"])).unwrap(), 7);
+    assert_eq!(
+        agentd::cli::sandbox::run(&args("default", &["sh", "-c", "exit 7"])).unwrap(),
+        7
+    );
     let outside = test_dir("outside-");
     let touch = format!("touch {}/x", outside.path().display());
-    assert_ne!(sandbox::cli::run(&args("default", &["sh", "-c", &touch])).unwrap(), 0);
+    assert_ne!(
+        agentd::cli::sandbox::run(&args("default", &["sh", "-c", &touch])).unwrap(),
+        0
+    );
     assert!(!outside.path().join("x").exists());
-    assert_eq!(sandbox::cli::run(&args("strict", &["sh", "-c", "exit 0"])).unwrap(), 0);
-    let e = sandbox::cli::run(&args("no-such-profile", &["true"])).unwrap_err();
+    assert_eq!(
+        agentd::cli::sandbox::run(&args("strict", &["sh", "-c", "exit 0"])).unwrap(),
+        0
+    );
+    let e = agentd::cli::sandbox::run(&args("no-such-profile", &["true"])).unwrap_err();
     assert!(format!("{e:#}").contains("no-such-profile"), "{e:#}");
 }
 
@@ -602,14 +611,18 @@ fn cli_takes_profiles_from_the_sandbox_dir_next_to_the_config() {
         "backend: landlock\nread_only: [/usr, /bin, /lib, /lib64, /etc/ld.so.cache]\ntimeout: 1s\n",
     )
     .unwrap();
-    let args = sandbox::cli::SandboxRunArgs {
+    let args = agentd::cli::sandbox::SandboxRunArgs {
         profile: "quick".into(),
         workdir: Some(wd.path().to_path_buf()),
         config: Some(cfg.path().join("config.yaml")),
         uid: None,
         command: vec!["sleep".into(), "5".into()],
     };
-    assert_eq!(sandbox::cli::run(&args).unwrap(), 124, "timed out like timeout(1)");
+    assert_eq!(
+        agentd::cli::sandbox::run(&args).unwrap(),
+        124,
+        "timed out like timeout(1)"
+    );
 }
 
 #[test]
@@ -716,7 +729,7 @@ fn cli_args_take_the_command_after_a_double_dash() {
     #[derive(Parser)]
     struct Cli {
         #[command(flatten)]
-        run: sandbox::cli::SandboxRunArgs,
+        run: agentd::cli::sandbox::SandboxRunArgs,
     }
     let cli = Cli::try_parse_from(["agentd", "strict", "--workdir", "/srv/a", "--", "sh", "-c", "ls --all"]).unwrap();
     assert_eq!(cli.run.profile, "strict");

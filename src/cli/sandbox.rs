@@ -11,7 +11,7 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 
-use super::Backend;
+use crate::sandbox::{self as sb, Backend};
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct SandboxRunArgs {
@@ -65,11 +65,11 @@ pub fn run(args: &SandboxRunArgs) -> anyhow::Result<i32> {
         .build()
         .context("starting the tokio runtime")?;
     let outcome = rt
-        .block_on(super::run(
+        .block_on(sb::run(
             &policy,
             &workdir,
             &args.command,
-            &super::Exposed {
+            &sb::Exposed {
                 user: args.uid,
                 ..Default::default()
             },
