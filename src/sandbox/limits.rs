@@ -13,6 +13,7 @@ use std::io;
 
 use landlock::{RulesetCreated, RulesetStatus};
 
+use super::cgroup::Join;
 use super::policy::ResourceLimits;
 
 /// One `setrlimit` call, prepared before the fork.
@@ -73,6 +74,7 @@ pub struct ChildSetup {
     seccomp: Option<Vec<libc::sock_filter>>,
     landlock: Option<RulesetCreated>,
     best_effort: bool,
+    cgroup: Join,
 }
 
 impl ChildSetup {
@@ -110,7 +112,13 @@ impl ChildSetup {
             seccomp: None,
             landlock: None,
             best_effort: false,
+            cgroup: Join::default(),
         }
+    }
+
+    /// The run's cgroup, joined first thing after fork.
+    pub fn with_cgroup(&mut self, join: Join) {
+        self.cgroup = join;
     }
 
     /// bwrap drops capabilities itself and needs them to set up namespaces.
@@ -134,6 +142,9 @@ impl ChildSetup {
     /// have the privileges to set them, then no_new_privs, which seccomp
     /// and landlock require, and landlock last so nothing above is denied.
     pub fn apply(&mut self) -> io::Result<()> {
+        // Into the run's cgroup before anything else, while still
+        // privileged, so every process the run starts is counted and killed.
+        self.cgroup.apply()?;
         // SAFETY (whole function): plain system calls on values prepared
         // before fork; no allocation, no locks.
         unsafe {

@@ -19,12 +19,15 @@
 //! `agentd sandbox run`.
 
 pub mod bwrap;
+pub mod cgroup;
 pub mod cli;
+pub mod contain;
 pub mod helper;
 pub mod landlock;
 mod limits;
 pub mod output;
 mod policy;
+pub mod quota;
 mod seccomp;
 pub mod workspace;
 
@@ -37,6 +40,7 @@ use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
+pub use contain::Containment;
 pub use limits::Identity;
 pub use policy::*;
 
@@ -58,6 +62,10 @@ pub struct RunOutcome {
     pub timed_out: bool,
     /// Whether stdout or stderr was cut.
     pub truncated: bool,
+    /// Why agentd stopped the run (or flagged it after it ended), when it
+    /// did for a reason other than the timeout: the workdir quota.
+    #[serde(default)]
+    pub stopped: Option<String>,
 }
 
 impl RunOutcome {
@@ -89,6 +97,8 @@ pub enum SandboxError {
          backend landlock"
     )]
     BwrapMissing,
+    #[error("the run's cgroup: {0}")]
+    Cgroup(#[from] cgroup::CgroupError),
     #[error("private /tmp: {0}")]
     PrivateTmp(std::io::Error),
     #[error("starting {program}: {source}")]
@@ -112,6 +122,8 @@ static ROOT_NPROC_WARNING: Once = Once::new();
 pub struct Exposed {
     pub read_only: Vec<PathBuf>,
     pub env: Vec<(String, String)>,
+    /// The agent's cgroup scope, tmp naming and workdir quota.
+    pub containment: Containment,
 }
 
 /// Runs `argv` in `workdir` under `policy` and waits for it (or for the
@@ -166,7 +178,7 @@ pub async fn run(
 
     let private_tmp = match policy.backend {
         Backend::Bwrap | Backend::BwrapLandlock => None,
-        Backend::Landlock | Backend::None => Some(PrivateTmp::create(identity)?),
+        Backend::Landlock | Backend::None => Some(PrivateTmp::create(identity, extra.containment.tmp_prefix())?),
     };
     let tmpdir = private_tmp
         .as_ref()
@@ -178,7 +190,15 @@ pub async fn run(
         env.push((k.clone(), v.clone()));
     }
 
-    let mut setup = ChildSetup::new(&policy.limits, identity);
+    // containment: the run's own cgroup, joined in pre_exec; its pids.max
+    // replaces RLIMIT_NPROC, which counts every process of the uid.
+    let run_cgroup = extra.containment.run_cgroup(&policy.limits)?;
+    let mut limits = policy.limits.clone();
+    if run_cgroup.limits_processes() {
+        limits.processes = None;
+    }
+    let mut setup = ChildSetup::new(&limits, identity);
+    setup.with_cgroup(run_cgroup.join());
     let mut cmd = match policy.backend {
         Backend::None => {
             let mut c = tokio::process::Command::new(program);
@@ -248,6 +268,11 @@ pub async fn run(
         cmd.pre_exec(move || setup.apply());
     }
 
+    let mut quota = match extra.containment.quota() {
+        Some(q) => Some(quota::Watch::start(quota::dirs(&workdir, private_tmp.as_ref().map(|t| t.path.as_path())), q).await),
+        None => None,
+    };
+    let mut stopped = None;
     let started = Instant::now();
     let mut child = cmd.spawn().map_err(|source| spawn_error(policy, program, source))?;
     let pgid = child.id().map(|p| p as libc::pid_t);
@@ -279,6 +304,7 @@ pub async fn run(
                     // Background processes die with their parent: a fence
                     // leaves nothing running behind it.
                     kill_group(pgid);
+                    run_cgroup.kill();
                     if read_done { break; }
                     draining = true;
                     deadline.as_mut().reset(tokio::time::Instant::now() + DRAIN_GRACE);
@@ -287,10 +313,16 @@ pub async fn run(
                     read_done = true;
                     if status.is_some() { break; }
                 }
+                reason = quota::exceeded(&mut quota), if status.is_none() && stopped.is_none() => {
+                    stopped = Some(reason);
+                    kill_group(pgid);
+                    run_cgroup.kill();
+                }
                 _ = &mut deadline => {
                     if draining { break; }
                     timed_out = true;
                     kill_group(pgid);
+                    run_cgroup.kill();
                     draining = true;
                     deadline.as_mut().reset(tokio::time::Instant::now() + DRAIN_GRACE);
                 }
@@ -312,6 +344,10 @@ pub async fn run(
         source,
     })?;
     let duration = started.elapsed();
+    drop(run_cgroup);
+    if let (None, Some(q)) = (&stopped, quota.as_mut()) {
+        stopped = q.check().await;
+    }
     // Reaped and its group killed above: disarm so a recycled pgid is
     // never signalled.
     group.0 = None;
@@ -327,6 +363,7 @@ pub async fn run(
         duration,
         timed_out,
         truncated: cut_out || cut_err,
+        stopped,
     })
 }
 
@@ -383,7 +420,7 @@ struct PrivateTmp {
 }
 
 impl PrivateTmp {
-    fn create(identity: Identity) -> Result<PrivateTmp, SandboxError> {
+    fn create(identity: Identity, prefix: &str) -> Result<PrivateTmp, SandboxError> {
         use std::os::unix::fs::DirBuilderExt;
         use std::sync::atomic::{AtomicU64, Ordering};
         static COUNTER: AtomicU64 = AtomicU64::new(0);
@@ -395,7 +432,7 @@ impl PrivateTmp {
         let mut last_err = None;
         for _ in 0..16 {
             let n = COUNTER.fetch_add(1, Ordering::Relaxed);
-            let path = base.join(format!("agentd-sandbox-{}-{n}-{nanos:x}", std::process::id()));
+            let path = base.join(format!("{prefix}{}-{n}-{nanos:x}", std::process::id()));
             match std::fs::DirBuilder::new().mode(0o700).create(&path) {
                 Ok(()) => {
                     if let Identity::Switch { uid, gid } = identity {

@@ -208,6 +208,9 @@ async fn run_async(
         .with_context(|| format!("cannot create state dir {}", cfg.state_dir.display()))?;
     // One supervisor per state dir: two would both run the same tasks.
     let _lock = crate::state_dir::lock(&cfg.state_dir)?;
+    // Before any agent starts: cgroups for sandbox runs, and what a killed
+    // agentd left behind.
+    crate::sandbox::contain::at_supervisor_start(&cfg.state_dir);
     let ledger = Ledger::open(&cfg.state_dir.join(ledger::FILE_NAME))?;
     let ledger = LedgerThread::start(ledger).context("starting the ledger thread")?;
 
@@ -644,6 +647,7 @@ impl Supervisor {
         if let Some(c) = a.child.take() {
             // Whatever the child started and left behind goes with it.
             c.kill_group();
+            crate::sandbox::contain::after_agent_exit(&self.cfg.state_dir, name);
         }
         let uptime = a.started_at.map(|t| t.elapsed()).unwrap_or_default();
         a.last_exit = Some(exit);

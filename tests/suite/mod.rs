@@ -12,3 +12,4 @@ mod skills;
 mod snapshots;
 mod supervisor;
 mod systemd_unit;
+mod containment;

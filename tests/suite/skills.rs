@@ -437,6 +437,7 @@ fn run_in_sandbox(backend: agentd::sandbox::Backend, skill: &str, script: &str) 
     let exposed = agentd::sandbox::Exposed {
         read_only: vec![shipped(skill)],
         env: vec![("SKILL".into(), shipped(skill).display().to_string())],
+        ..Default::default()
     };
     let argv = vec!["sh".to_string(), "-c".into(), script.into()];
     let rt = tokio::runtime::Builder::new_current_thread()
