@@ -79,7 +79,7 @@ impl Hierarchy {
             Err(e) => {
                 return Hierarchy::Unavailable {
                     reason: format!("cannot read /proc/self/cgroup: {e}"),
-                }
+                };
             }
         };
         Self::detect_in(Path::new(CGROUP_ROOT), &own)
@@ -495,7 +495,9 @@ fn kill_cgroup(dir: &Path, v2: bool) -> usize {
             // Killed processes die when thawed.
             let _ = write_file(&freeze_file, thawed);
         }
-        if wait_empty(&procs, Instant::now() + Duration::from_millis(50).min(KILL_TIMEOUT)) || Instant::now() >= deadline {
+        if wait_empty(&procs, Instant::now() + Duration::from_millis(50).min(KILL_TIMEOUT))
+            || Instant::now() >= deadline
+        {
             break;
         }
         if can_freeze {
@@ -591,7 +593,10 @@ mod tests {
             "cpuset cpu io memory pids",
         )
         .unwrap_or_else(|e| panic!("{e}"));
-        for own in ["0::/system.slice/agentd.service\n", "0::/system.slice/agentd.service/supervisor\n"] {
+        for own in [
+            "0::/system.slice/agentd.service\n",
+            "0::/system.slice/agentd.service/supervisor\n",
+        ] {
             match Hierarchy::detect_in(root, own) {
                 Hierarchy::V2 { base, controllers } => {
                     assert_eq!(base, root.join("system.slice/agentd.service"));

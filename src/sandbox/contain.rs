@@ -125,7 +125,10 @@ pub fn at_supervisor_start(state_dir: &Path) -> Hierarchy {
 pub fn after_agent_exit(state_dir: &Path, agent: &str) {
     let killed = Containment::with_hierarchy(Hierarchy::detect(), state_dir, agent, None).clean_leftovers();
     if killed > 0 {
-        tracing::warn!(agent, "killed {killed} processes of sandbox runs the agent's process left behind");
+        tracing::warn!(
+            agent,
+            "killed {killed} processes of sandbox runs the agent's process left behind"
+        );
     }
 }
 

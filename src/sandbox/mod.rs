@@ -269,7 +269,9 @@ pub async fn run(
     }
 
     let mut quota = match extra.containment.quota() {
-        Some(q) => Some(quota::Watch::start(quota::dirs(&workdir, private_tmp.as_ref().map(|t| t.path.as_path())), q).await),
+        Some(q) => {
+            Some(quota::Watch::start(quota::dirs(&workdir, private_tmp.as_ref().map(|t| t.path.as_path())), q).await)
+        }
         None => None,
     };
     let mut stopped = None;

@@ -53,7 +53,9 @@ pub fn measure(dirs: &[PathBuf]) -> Usage {
     let mut usage = Usage::default();
     let mut seen = HashSet::new();
     for root in dirs {
-        let Ok(meta) = std::fs::symlink_metadata(root) else { continue };
+        let Ok(meta) = std::fs::symlink_metadata(root) else {
+            continue;
+        };
         let dev = meta.dev();
         let mut stack = vec![root.clone()];
         while let Some(dir) = stack.pop() {

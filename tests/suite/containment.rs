@@ -118,62 +118,80 @@ fn marker() -> String {
     )
 }
 
-/// Background processes in every shape a fence can make: a subshell's
-/// child, nohup, and a process that left the run's process group.
-fn escape_script(m: &str) -> String {
-    format!(
-        "( sleep {m} & ); nohup sleep {m} >/dev/null 2>&1 & \
-         python3 -c 'import os, time\nif os.fork() == 0:\n    os.setpgid(0, 0); os.execvp(\"sleep\", [\"sleep\", \"{m}\"])'; \
-         sleep 0.3; echo started"
+/// Background processes as fences make them: a subshell's child and nohup.
+fn background_script(m: &str) -> String {
+    format!("( sleep {m} & ); nohup sleep {m} >/dev/null 2>&1 & sleep 1; echo started")
+}
+
+/// Watches, from another thread, for `n` processes carrying `m` while the
+/// run lives: the control that shows they were there to be killed.
+fn seen_running(m: &str, n: usize) -> std::thread::JoinHandle<bool> {
+    let m = m.to_string();
+    std::thread::spawn(move || {
+        wait_for(Duration::from_secs(10), || (with_marker(&m).len() >= n).then_some(())).is_some()
+    })
+}
+
+async fn background_processes_die_with_the_run(backend: Backend) {
+    require_root();
+    let wd = test_dir("wd-");
+    let state = test_dir("state-");
+    let m = marker();
+    let seen = seen_running(&m, 2);
+    let out = run(
+        &policy(backend),
+        wd.path(),
+        &background_script(&m),
+        &exposed(contained(state.path(), None)),
     )
+    .await;
+    assert!(out.stdout.contains("started"), "{out:?}");
+    assert!(seen.join().unwrap_or(false), "control: the background processes ran");
+    let left = with_marker(&m);
+    kill_all(&left);
+    assert!(left.is_empty(), "processes outlived their run: {left:?}");
 }
 
 #[tokio::test(flavor = "current_thread")]
 async fn background_processes_of_a_run_never_outlive_it_landlock() {
-    require_root();
-    let wd = test_dir("wd-");
-    let state = test_dir("state-");
-
-    // Control: without a cgroup, the process that left the group survives
-    // the run (killing the process group cannot reach it).
-    let m = marker();
-    let control = run(&policy(Backend::Landlock), wd.path(), &escape_script(&m), &Exposed::default()).await;
-    assert!(control.stdout.contains("started"), "{control:?}");
-    let left = with_marker(&m);
-    kill_all(&left);
-    assert!(!left.is_empty(), "control: a process outside the group outlives a run without a cgroup");
-
-    let m = marker();
-    let out = run(
-        &policy(Backend::Landlock),
-        wd.path(),
-        &escape_script(&m),
-        &exposed(contained(state.path(), None)),
-    )
-    .await;
-    assert!(out.stdout.contains("started"), "{out:?}");
-    let left = with_marker(&m);
-    kill_all(&left);
-    assert!(left.is_empty(), "processes outlived their run: {left:?}");
+    background_processes_die_with_the_run(Backend::Landlock).await;
 }
 
 #[tokio::test(flavor = "current_thread")]
 async fn background_processes_of_a_run_never_outlive_it_bwrap() {
+    background_processes_die_with_the_run(Backend::Bwrap).await;
+}
+
+/// Landlock's seccomp filter denies setsid and setpgid, and bwrap's PID
+/// namespace ends with the run; without either (backend none) a process
+/// can leave the run's process group, and only the cgroup still finds it.
+#[tokio::test(flavor = "current_thread")]
+async fn a_process_that_left_the_process_group_dies_with_the_run_cgroup() {
     require_root();
     let wd = test_dir("wd-");
     let state = test_dir("state-");
+    let script = |m: &str| format!("setsid sleep {m} & sleep 0.3; echo started");
+
+    // Control: without a cgroup it survives the run.
+    let m = marker();
+    let control = run(&policy(Backend::None), wd.path(), &script(&m), &Exposed::default()).await;
+    assert!(control.stdout.contains("started"), "{control:?}");
+    let left = with_marker(&m);
+    kill_all(&left);
+    assert!(!left.is_empty(), "control: setsid escapes the process group kill");
+
     let m = marker();
     let out = run(
-        &policy(Backend::Bwrap),
+        &policy(Backend::None),
         wd.path(),
-        &escape_script(&m),
+        &script(&m),
         &exposed(contained(state.path(), None)),
     )
     .await;
     assert!(out.stdout.contains("started"), "{out:?}");
     let left = with_marker(&m);
     kill_all(&left);
-    assert!(left.is_empty(), "processes outlived their run: {left:?}");
+    assert!(left.is_empty(), "outlived its run: {left:?}");
 }
 
 #[tokio::test(flavor = "current_thread")]
@@ -182,8 +200,10 @@ async fn a_run_leaves_no_cgroup_behind() {
     let wd = test_dir("wd-");
     let state = test_dir("state-");
     let c = contained(state.path(), None);
+    // Backend none: landlock keeps /proc/self/cgroup from the code; the
+    // cgroup does not depend on the backend.
     let out = run(
-        &policy(Backend::Landlock),
+        &policy(Backend::None),
         wd.path(),
         "cat /proc/self/cgroup",
         &exposed(c.clone()),
@@ -196,7 +216,12 @@ async fn a_run_leaves_no_cgroup_behind() {
     );
     for dir in Hierarchy::detect().tag_dirs(&tag) {
         let runs: Vec<_> = std::fs::read_dir(dir.join("tester"))
-            .map(|d| d.flatten().map(|e| e.path()).collect())
+            .map(|d| {
+                d.flatten()
+                    .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+                    .map(|e| e.path())
+                    .collect()
+            })
             .unwrap_or_default();
         assert!(runs.is_empty(), "left behind: {runs:?}");
     }
@@ -229,7 +254,10 @@ async fn the_memory_limit_counts_the_whole_run_not_each_process() {
     tight.limits.memory_bytes = Some(1 << 30);
     let out = run(&tight, wd.path(), FOUR_BIG, &exposed(contained(state.path(), None))).await;
     let held = out.stdout.matches("held").count();
-    assert!(held <= 1, "{held} processes held 800 MiB each under a 1 GiB run: {out:?}");
+    assert!(
+        held <= 1,
+        "{held} processes held 800 MiB each under a 1 GiB run: {out:?}"
+    );
 }
 
 #[tokio::test(flavor = "current_thread")]
@@ -260,7 +288,8 @@ async fn the_process_limit_counts_the_run_not_the_uid() {
 
     // Control: RLIMIT_NPROC (no cgroup) counts the uid's 40 processes and
     // refuses the run's forks.
-    let control = run(&p, &wd, eight, &Exposed::default()).await;
+    let argv = vec!["bash".to_string(), "-c".into(), eight.into()];
+    let control = sandbox::run(&p, &wd, &argv, &Exposed::default()).await;
     // With the run's cgroup, the same 8 forks fit in its 16.
     let ok = run(&p, &wd, eight, &exposed(contained(state.path(), None))).await;
     // And the cgroup's limit is real: 30 forks do not fit in 16.
@@ -274,10 +303,12 @@ async fn the_process_limit_counts_the_run_not_the_uid() {
         let _ = c.kill();
         let _ = c.wait();
     }
-    assert!(
-        control.stderr.contains("fork") || !control.success(),
-        "control: RLIMIT_NPROC counts the uid: {control:?}"
-    );
+    // The kernel refuses even to start the run (setresuid or exec fails
+    // with EAGAIN), or the forks inside it.
+    match &control {
+        Err(e) => assert!(e.to_string().contains("Resource temporarily unavailable"), "{e}"),
+        Ok(o) => assert!(!o.success(), "control: RLIMIT_NPROC counts the uid: {o:?}"),
+    }
     assert!(ok.success() && ok.stdout.contains("forked"), "{ok:?}");
     assert!(
         denied.stderr.contains("fork") && denied.stderr.contains("Resource temporarily unavailable"),
@@ -348,6 +379,7 @@ async fn a_fence_writing_past_workdir_size_is_stopped_and_told_why() {
     };
     let (_, control) = fence_in(&wd, script, q, state.path()).await;
     assert!(control.success() && control.stdout.contains("wrote-all"), "{control:?}");
+    std::fs::remove_dir_all(&wd).expect("room for the next runs");
 
     let wd = fs.workdir("limited");
     let q = Quota {
@@ -358,16 +390,25 @@ async fn a_fence_writing_past_workdir_size_is_stopped_and_told_why() {
     assert!(!out.stdout.contains("wrote-all"), "the run went on: {out:?}");
     assert!(!wd.join("f40").exists(), "stopped before the end");
     assert!(
-        out.stopped.as_deref().is_some_and(|r| r.contains("limits.workdir_size")),
+        out.stopped
+            .as_deref()
+            .is_some_and(|r| r.contains("limits.workdir_size")),
         "{out:?}"
     );
-    assert!(rendered.contains("workdir quota is exceeded"), "the model is told: {rendered}");
+    assert!(
+        rendered.contains("workdir quota is exceeded"),
+        "the model is told: {rendered}"
+    );
+    std::fs::remove_dir_all(&wd).expect("room for the next run");
 
     // A write too quick for the watch is still reported after the run.
     let wd = fs.workdir("quick");
     let (rendered, out) = fence_in(&wd, "head -c 20971520 /dev/zero > big", q, state.path()).await;
     assert!(
-        out.stopped.as_deref().is_some_and(|r| r.contains("limits.workdir_size")) && rendered.contains("20.0 MiB"),
+        out.stopped
+            .as_deref()
+            .is_some_and(|r| r.contains("limits.workdir_size"))
+            && rendered.contains("20.0 MiB"),
         "{rendered}"
     );
 }
@@ -396,7 +437,9 @@ async fn a_fence_creating_more_than_workdir_files_is_stopped_and_told_why() {
     let (rendered, out) = fence_in(&wd, script, tight, state.path()).await;
     assert!(!out.stdout.contains("made-all"), "the run went on: {out:?}");
     assert!(
-        out.stopped.as_deref().is_some_and(|r| r.contains("limits.workdir_files")),
+        out.stopped
+            .as_deref()
+            .is_some_and(|r| r.contains("limits.workdir_files")),
         "{out:?}"
     );
     assert!(rendered.contains("workdir quota is exceeded"), "{rendered}");
@@ -430,7 +473,9 @@ agents:
 
 /// A fence that starts background processes and then blocks.
 fn stalling_fence(m: &str) -> String {
-    format!("Running.\n```bash:execute\n( sleep {m} & ); nohup sleep {m} >/dev/null 2>&1 & echo x > $TMPDIR/mark; sleep {m}\n```\n")
+    format!(
+        "Running.\n```bash:execute\n( sleep {m} & ); nohup sleep {m} >/dev/null 2>&1 & echo x > $TMPDIR/mark; sleep {m}\n```\n"
+    )
 }
 
 fn send(d: &Daemon, text: &str) {
@@ -488,7 +533,11 @@ fn kill_9_of_the_agent_mid_fence_leaves_no_process_behind() {
     send(&d, "go");
     // Control: while the fence runs, its background processes exist.
     let before = wait_for(Duration::from_secs(20), || three_running(&m));
-    assert!(before.is_some(), "the fence's processes never ran; log:\n{}", d.log_text());
+    assert!(
+        before.is_some(),
+        "the fence's processes never ran; log:\n{}",
+        d.log_text()
+    );
     assert_eq!(run_cgroups(&state).len(), 4, "one run cgroup per v1 hierarchy");
 
     nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), Signal::SIGKILL).expect("kill agent");
@@ -519,15 +568,21 @@ fn kill_9_of_agentd_then_restart_cleans_processes_cgroups_and_tmp_dirs() {
     let state = dir.path().join("state");
     let cfg = config(dir.path(), &llm.base_url());
     let mut d = Daemon::start(&cfg, &state, &[("TEST_LLM_KEY", KEY)]);
-    d.running_pid("reader");
     send(&d, "go");
     assert!(
         wait_for(Duration::from_secs(20), || three_running(&m)).is_some(),
         "the fence's processes never ran; log:\n{}",
         d.log_text()
     );
+    // Both die at once, as when the OOM killer or `kill -9 -PGID` takes
+    // them: the agent is stopped first so that it cannot clean up on the
+    // SIGTERM agentd's death sends it.
+    let agent = d.running_pid("reader");
+    let agent = nix::unistd::Pid::from_raw(agent as i32);
+    nix::sys::signal::kill(agent, Signal::SIGSTOP).expect("stop agent");
     d.signal(Signal::SIGKILL);
     d.wait_exit(Duration::from_secs(10));
+    nix::sys::signal::kill(agent, Signal::SIGKILL).expect("kill agent");
     std::thread::sleep(Duration::from_millis(300));
     // Control: what a dead agentd leaves behind (the run's main process
     // dies with the agent; its background processes do not).
@@ -537,7 +592,9 @@ fn kill_9_of_agentd_then_restart_cleans_processes_cgroups_and_tmp_dirs() {
     drop(d);
     if left.is_empty() || cgroups.is_empty() || tmps.is_empty() {
         kill_all(&left);
-        panic!("expected leftovers after kill -9 of agentd: processes {left:?}, cgroups {cgroups:?}, tmp dirs {tmps:?}");
+        panic!(
+            "expected leftovers after kill -9 of agentd: processes {left:?}, cgroups {cgroups:?}, tmp dirs {tmps:?}"
+        );
     }
 
     let d = Daemon::start(&cfg, &state, &[("TEST_LLM_KEY", KEY)]);
@@ -547,7 +604,11 @@ fn kill_9_of_agentd_then_restart_cleans_processes_cgroups_and_tmp_dirs() {
     assert!(after.is_empty(), "still running after restart: {after:?}");
     assert!(run_cgroups(&state).is_empty(), "{:?}", run_cgroups(&state));
     assert!(private_tmp_dirs(&state).is_empty(), "{:?}", private_tmp_dirs(&state));
-    assert!(d.log_text().contains("cleaned what an earlier agentd left behind"), "{}", d.log_text());
+    assert!(
+        d.log_text().contains("cleaned what an earlier agentd left behind"),
+        "{}",
+        d.log_text()
+    );
     // The interrupted task still finishes.
     let done = wait_for(Duration::from_secs(20), || {
         let l = Ledger::open(&state.join(agentd::ledger::FILE_NAME)).ok()?;

@@ -1,4 +1,5 @@
 mod config;
+mod containment;
 mod fence;
 mod ledger;
 mod llm;
@@ -12,4 +13,3 @@ mod skills;
 mod snapshots;
 mod supervisor;
 mod systemd_unit;
-mod containment;
