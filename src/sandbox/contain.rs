@@ -120,6 +120,15 @@ pub fn at_supervisor_start(state_dir: &Path) -> Hierarchy {
     hierarchy
 }
 
+/// When agentd stops, after its agents: whatever is left of the state
+/// dir's runs is killed and its cgroups removed.
+pub fn at_supervisor_stop(state_dir: &Path) {
+    let killed = cgroup::clean_state_dir(&Hierarchy::detect(), &state_tag(state_dir));
+    if killed > 0 {
+        tracing::warn!("killed {killed} processes of sandbox runs at shutdown");
+    }
+}
+
 /// After an agent's process exited (supervisor): its runs' processes,
 /// cgroups and private tmp dirs go with it.
 pub fn after_agent_exit(state_dir: &Path, agent: &str) {

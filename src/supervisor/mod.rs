@@ -333,6 +333,7 @@ async fn run_async(
         c.repl.finish();
     }
     let _ = sup.ledger.call(|l| l.checkpoint()).await;
+    crate::sandbox::contain::at_supervisor_stop(&sup.cfg.state_dir);
     tracing::info!("agentd stopped");
     Ok(code)
 }

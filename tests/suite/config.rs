@@ -377,3 +377,31 @@ fn secrets_are_never_echoed_in_errors() {
     assert!(!e.contains("sk-live"), "{e}");
     assert!(e.contains("takes the NAME of an environment variable"), "{e}");
 }
+
+#[test]
+fn workdir_quota_has_defaults_and_is_set_under_limits() {
+    let dir = tempdir();
+    let main = write(
+        dir.path(),
+        "agentd.yaml",
+        "agents:\n  - name: a\n    model: m\n  - name: b\n    model: m\n    limits: {workdir_size: 64MiB, workdir_files: 500}\n",
+    );
+    let cfg = load(&main).expect("valid");
+    assert_eq!(cfg.agents[0].limits.workdir_size, 1 << 30);
+    assert_eq!(cfg.agents[0].limits.workdir_files, 100_000);
+    assert_eq!(cfg.agents[1].limits.workdir_size, 64 << 20);
+    assert_eq!(cfg.agents[1].limits.workdir_files, 500);
+
+    let errs = errors_of("agents:\n  - name: a\n    model: m\n    limits: {workdir_size: huge, workdir_files: 0}\n");
+    assert_eq!(errs.len(), 2, "{errs:#?}");
+    assert!(
+        errs.iter()
+            .any(|e| e.contains("agents[0].limits.workdir_size: invalid size \"huge\"")),
+        "{errs:#?}"
+    );
+    assert!(
+        errs.iter()
+            .any(|e| e.contains("agents[0].limits.workdir_files: workdir_files must be at least 1")),
+        "{errs:#?}"
+    );
+}
