@@ -16,7 +16,9 @@
 //! `seccomp` takes the network and `setsid` from landlock-only runs,
 //! `limits` is everything between fork and exec, [`output`] caps captured
 //! output, [`workspace`] archives and restores workdirs, [`cli`] is
-//! `agentd sandbox run`.
+//! `agentd sandbox run`. Containment: [`cgroup`] gives each run a cgroup,
+//! [`contain`] ties runs to their agent and state dir and cleans what dead
+//! ones left, [`quota`] watches the workdir quota.
 
 pub mod bwrap;
 pub mod cgroup;

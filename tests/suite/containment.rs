@@ -194,6 +194,39 @@ async fn a_process_that_left_the_process_group_dies_with_the_run_cgroup() {
     assert!(left.is_empty(), "outlived its run: {left:?}");
 }
 
+/// The v2 path on this machine's hybrid layout: the unified hierarchy at
+/// /sys/fs/cgroup/unified has no controllers (they are bound to v1), but
+/// a run's cgroup there still finds and kills every process with
+/// `cgroup.kill`, and is removed.
+#[tokio::test(flavor = "current_thread")]
+async fn on_cgroup_v2_a_run_is_killed_as_a_whole_with_cgroup_kill() {
+    require_root();
+    let unified = Path::new("/sys/fs/cgroup/unified");
+    let own = std::fs::read_to_string("/proc/self/cgroup").expect("/proc/self/cgroup");
+    let h = Hierarchy::detect_in(unified, &own);
+    assert!(
+        matches!(&h, Hierarchy::V2 { controllers, .. } if controllers.is_empty()),
+        "{h:?}"
+    );
+    let wd = test_dir("wd-");
+    let state = test_dir("state-");
+    let tag = contain::state_tag(state.path());
+    let c = Containment::with_hierarchy(h.clone(), state.path(), "tester", None);
+    let m = marker();
+    let script = format!("setsid sleep {m} & sleep 0.3; grep '^0::' /proc/self/cgroup");
+    let out = run(&policy(Backend::None), wd.path(), &script, &exposed(c.clone())).await;
+    assert!(out.stdout.contains(&format!("/agentd/{tag}/tester/run-")), "{out:?}");
+    let left = with_marker(&m);
+    kill_all(&left);
+    assert!(left.is_empty(), "outlived its run: {left:?}");
+    let runs = std::fs::read_dir(h.tag_dirs(&tag)[0].join("tester"))
+        .map(|d| d.flatten().filter(|e| e.file_type().is_ok_and(|t| t.is_dir())).count())
+        .unwrap_or(0);
+    assert_eq!(runs, 0, "run cgroups left behind");
+    c.clean_leftovers();
+    let _ = std::fs::remove_dir(&h.tag_dirs(&tag)[0]);
+}
+
 #[tokio::test(flavor = "current_thread")]
 async fn a_run_leaves_no_cgroup_behind() {
     require_root();
