@@ -40,11 +40,13 @@ const V1_CONTROLLERS: [&str; 4] = ["freezer", "memory", "pids", "cpu"];
 /// How long killing a cgroup may take before it is left for the next
 /// clean-up (a process stuck in uninterruptible sleep cannot die sooner).
 const KILL_TIMEOUT: Duration = Duration::from_secs(2);
-/// CPU weight of a run relative to its siblings and to agentd itself
-/// (v2 `cpu.weight`, default 100; v1 `cpu.shares`, default 1024): sandboxed
-/// code yields to the daemon under contention.
-const RUN_CPU_WEIGHT_V2: u64 = 50;
-const RUN_CPU_SHARES_V1: u64 = 512;
+/// CPU weight of all sandbox runs together (the `agentd/` cgroup) next to
+/// agentd and its agent processes (v2: the `supervisor/` leaf, weight 100;
+/// v1: agentd's own cgroup, whose processes count as 1024 shares each):
+/// under contention sandboxed code yields to the daemon. Runs share it
+/// equally per state dir, agent and run (default weights below).
+const RUNS_CPU_WEIGHT_V2: u64 = 50;
+const RUNS_CPU_SHARES_V1: u64 = 512;
 
 #[derive(Debug, thiserror::Error)]
 pub enum CgroupError {
@@ -274,7 +276,7 @@ impl AgentScope {
                     }
                 }
                 if has("cpu") {
-                    let _ = write_file(&dir.join("cpu.weight"), &RUN_CPU_WEIGHT_V2.to_string());
+                    let _ = write_file(&agentd.join("cpu.weight"), &RUNS_CPU_WEIGHT_V2.to_string());
                 }
                 run.procs.push(open_procs(&dir)?);
             }
@@ -299,7 +301,7 @@ impl AgentScope {
                             }
                         }
                         "cpu" => {
-                            let _ = write_file(&dir.join("cpu.shares"), &RUN_CPU_SHARES_V1.to_string());
+                            let _ = write_file(&own.join("agentd").join("cpu.shares"), &RUNS_CPU_SHARES_V1.to_string());
                         }
                         _ => {}
                     }

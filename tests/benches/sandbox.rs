@@ -66,6 +66,10 @@ fn main() {
     let state = tempfile::tempdir().expect("state dir");
     let hierarchy = sandbox::cgroup::Hierarchy::detect();
     println!("containment: {}", hierarchy.describe());
+    let cgroup_only = sandbox::Exposed {
+        containment: sandbox::Containment::with_hierarchy(hierarchy.clone(), state.path(), "bench", None),
+        ..Default::default()
+    };
     let contained = sandbox::Exposed {
         containment: sandbox::Containment::with_hierarchy(
             hierarchy,
@@ -76,7 +80,11 @@ fn main() {
         ..Default::default()
     };
     for backend in [Backend::None, Backend::Landlock, Backend::Bwrap, Backend::BwrapLandlock] {
-        for (label, extra) in [("", sandbox::Exposed::default()), ("+cgroup", contained.clone())] {
+        for (label, extra) in [
+            ("", sandbox::Exposed::default()),
+            ("+cgroup", cgroup_only.clone()),
+            ("+cgroup+quota", contained.clone()),
+        ] {
             let p = policy(backend);
             let mut samples = Vec::with_capacity(runs);
             // One warm-up run: page cache, dynamic loader.
