@@ -258,6 +258,16 @@ async fn a_run_leaves_no_cgroup_behind() {
             .unwrap_or_default();
         assert!(runs.is_empty(), "left behind: {runs:?}");
     }
+    // All runs together weigh half of agentd's own cgroup (a fresh
+    // cgroup has 1024 shares, the default).
+    if let Hierarchy::V1 { dirs } = Hierarchy::detect() {
+        let cpu = dirs
+            .iter()
+            .find(|(c, _)| *c == "cpu")
+            .map(|(_, d)| d.join("agentd/cpu.shares"));
+        let shares = cpu.and_then(|p| std::fs::read_to_string(p).ok()).unwrap_or_default();
+        assert_eq!(shares.trim(), "512");
+    }
     c.clean_leftovers();
     for dir in Hierarchy::detect().tag_dirs(&tag) {
         let _ = std::fs::remove_dir(&dir);
