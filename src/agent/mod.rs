@@ -26,6 +26,7 @@ use crate::ledger::{TaskState, Trigger};
 use crate::llm::{ChatMessage, LlmClient};
 use crate::mcp::{McpHub, ResourceEvent};
 use crate::protocol::{self, FromChild, PROTOCOL_VERSION, ToChild};
+use crate::sandbox;
 use runner::{Outcome, Runtime};
 use skills::SkillsRuntime;
 
@@ -75,6 +76,18 @@ async fn run(name: &str) -> anyhow::Result<ExitCode> {
         }
         Ok(_) => anyhow::bail!("expected a start message first"),
         Err(e) => anyhow::bail!("unreadable start message: {e}"),
+    };
+    // Before anything runs: what this agent's earlier process left behind
+    // (sandbox runs' processes, cgroups, private tmp dirs) is cleaned.
+    let containment = match sandbox::contain::state_dir_of_workdir(&workdir) {
+        Some(state_dir) => {
+            let quota = sandbox::quota::Quota {
+                max_bytes: spec.limits.workdir_size,
+                max_files: spec.limits.workdir_files,
+            };
+            sandbox::Containment::for_agent(&state_dir, spec.name.as_str(), Some(quota))
+        }
+        None => sandbox::Containment::default(),
     };
     // The child and the stdio MCP servers it starts live in a directory no
     // sandbox can write: a server that imports or executes from its cwd
@@ -146,6 +159,7 @@ async fn run(name: &str) -> anyhow::Result<ExitCode> {
                 skills,
                 history,
                 outbox: outbox.clone(),
+                containment,
             }),
             None,
         ),

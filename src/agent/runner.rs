@@ -33,6 +33,8 @@ pub struct Runtime {
     /// Remembered conversation (without the system prompt).
     pub history: Vec<ChatMessage>,
     pub outbox: Outbox,
+    /// The cgroup scope, tmp naming and workdir quota of this agent's runs.
+    pub containment: crate::sandbox::Containment,
 }
 
 /// How a task ended.
@@ -174,7 +176,8 @@ impl Runtime {
             let text = reply.content.as_deref().unwrap_or("");
             let blocks = fence::parse(text);
             if !blocks.is_empty() {
-                let exposed = self.skills.exposed(job.token.as_deref());
+                let mut exposed = self.skills.exposed(job.token.as_deref());
+                exposed.containment = self.containment.clone();
                 let results = fence::execute(&blocks, &self.spec.sandbox, &self.workdir, &exposed).await;
                 let mut feedback = String::from("Results of your code blocks:\n");
                 for r in &results {

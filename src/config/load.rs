@@ -79,6 +79,8 @@ const LIMIT_KEYS: &[&str] = &[
     "max_attempts",
     "history_messages",
     "history_tokens",
+    "workdir_size",
+    "workdir_files",
 ];
 const POLICY_KEYS: &[&str] = &[
     "profile",
@@ -1269,6 +1271,14 @@ fn decode_limits(cx: &mut Cx, node: &Node, path: &str, mut l: Limits) -> Limits 
     }
     if let Some(v) = map.number::<u64>(cx, "history_tokens", "a whole number") {
         l.history_tokens = v;
+    }
+    if let Some(v) = map.size(cx, "workdir_size") {
+        positive(cx, "workdir_size", v);
+        l.workdir_size = v;
+    }
+    if let Some(v) = map.number::<u64>(cx, "workdir_files", "a whole number") {
+        positive(cx, "workdir_files", v);
+        l.workdir_files = v;
     }
     l
 }

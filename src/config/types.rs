@@ -254,6 +254,10 @@ pub struct Limits {
     /// Conversation window kept between tasks.
     pub history_messages: u32,
     pub history_tokens: u64,
+    /// What the agent's workdir may hold (checked during and after each
+    /// sandbox run): bytes of disk, and files.
+    pub workdir_size: u64,
+    pub workdir_files: u64,
 }
 
 impl Default for Limits {
@@ -265,6 +269,8 @@ impl Default for Limits {
             max_attempts: 3,
             history_messages: 40,
             history_tokens: 32_000,
+            workdir_size: crate::sandbox::quota::Quota::default().max_bytes,
+            workdir_files: crate::sandbox::quota::Quota::default().max_files,
         }
     }
 }

@@ -49,7 +49,9 @@ impl FenceResult {
             }
             FenceOutcome::NotRun { reason } => format!("{head} not run: {reason}\n"),
             FenceOutcome::Ran(o) => {
-                let status = if o.timed_out {
+                let status = if let Some(reason) = &o.stopped {
+                    reason.clone()
+                } else if o.timed_out {
                     "timed out: killed with its children".to_string()
                 } else {
                     match (o.exit_code, o.signal) {

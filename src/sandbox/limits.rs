@@ -14,6 +14,7 @@ use std::io;
 use landlock::{RulesetCreated, RulesetStatus};
 
 use super::SandboxError;
+use super::cgroup::Join;
 use super::policy::ResourceLimits;
 use super::seccomp;
 
@@ -73,6 +74,7 @@ pub struct ChildSetup {
     inherit: Vec<libc::c_int>,
     landlock: Option<RulesetCreated>,
     best_effort: bool,
+    cgroup: Join,
 }
 
 impl ChildSetup {
@@ -111,7 +113,13 @@ impl ChildSetup {
             inherit: Vec::new(),
             landlock: None,
             best_effort: false,
+            cgroup: Join::default(),
         }
+    }
+
+    /// The run's cgroup, joined first thing after fork.
+    pub fn with_cgroup(&mut self, join: Join) {
+        self.cgroup = join;
     }
 
     /// bwrap builds its sandbox from a user namespace of its own.
@@ -140,6 +148,9 @@ impl ChildSetup {
     /// have the privileges to set them, then no_new_privs, which seccomp
     /// and landlock require, and landlock last so nothing above is denied.
     pub fn apply(&mut self) -> io::Result<()> {
+        // Into the run's cgroup before anything else, while still
+        // privileged, so every process the run starts is counted and killed.
+        self.cgroup.apply()?;
         // SAFETY (whole function): plain system calls on values prepared
         // before fork; no allocation, no locks.
         unsafe {

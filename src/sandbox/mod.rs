@@ -21,14 +21,19 @@
 //! [`seccomp`] is the system-call policy of every backend, `limits` is
 //! everything between fork and exec, [`output`] caps captured output,
 //! [`workspace`] archives and restores workdirs; `agentd sandbox run` is
-//! [`crate::cli::sandbox`].
+//! [`crate::cli::sandbox`]. Containment: [`cgroup`] gives each run a
+//! cgroup, [`contain`] ties runs to their agent and state dir and cleans
+//! what dead ones left, [`quota`] watches the workdir quota.
 
 pub mod bwrap;
+pub mod cgroup;
+pub mod contain;
 pub mod helper;
 pub mod landlock;
 mod limits;
 pub mod output;
 mod policy;
+pub mod quota;
 pub mod seccomp;
 pub mod workspace;
 
@@ -42,6 +47,7 @@ use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
+pub use contain::Containment;
 pub use limits::Identity;
 pub use policy::*;
 
@@ -63,6 +69,10 @@ pub struct RunOutcome {
     pub timed_out: bool,
     /// Whether stdout or stderr was cut.
     pub truncated: bool,
+    /// Why agentd stopped the run (or flagged it after it ended), when it
+    /// did for a reason other than the timeout: the workdir quota.
+    #[serde(default)]
+    pub stopped: Option<String>,
 }
 
 impl RunOutcome {
@@ -101,6 +111,8 @@ pub enum SandboxError {
          (uid {uid}, gid {gid}); give the workdir to an ordinary user or name one (--uid)"
     )]
     RootIdentity { uid: u32, gid: u32 },
+    #[error("the run's cgroup: {0}")]
+    Cgroup(#[from] cgroup::CgroupError),
     #[error("private /tmp: {0}")]
     PrivateTmp(std::io::Error),
     #[error("seccomp program for bwrap: {0}")]
@@ -131,6 +143,8 @@ pub struct Exposed {
     /// `(uid, gid)` to run as when agentd is root; without it, the
     /// workdir's owner (refused when that is root).
     pub user: Option<(u32, u32)>,
+    /// The agent's cgroup scope, tmp naming and workdir quota.
+    pub containment: Containment,
 }
 
 /// Runs `argv` in `workdir` under `policy` and waits for it (or for the
@@ -156,6 +170,11 @@ struct Prepared {
     program: String,
     /// Removed when the run ends (landlock and none only).
     private_tmp: Option<PrivateTmp>,
+    /// The run's own cgroup: killed when the run ends, removed when dropped.
+    run_cgroup: cgroup::RunCgroup,
+    /// The agent's workdir quota, watched during and checked after the run.
+    quota: Option<quota::Quota>,
+    workdir: PathBuf,
     /// Descriptors that must stay open until the spawn (bwrap's seccomp
     /// programs).
     _keep: Vec<OwnedFd>,
@@ -196,7 +215,7 @@ fn prepare(policy: &SandboxPolicy, workdir: &Path, argv: &[String], extra: &Expo
 
     let private_tmp = match policy.backend {
         Backend::Bwrap | Backend::BwrapLandlock => None,
-        Backend::Landlock | Backend::None => Some(PrivateTmp::create(identity)?),
+        Backend::Landlock | Backend::None => Some(PrivateTmp::create(identity, extra.containment.tmp_prefix())?),
     };
     let tmpdir = private_tmp
         .as_ref()
@@ -214,7 +233,15 @@ fn prepare(policy: &SandboxPolicy, workdir: &Path, argv: &[String], extra: &Expo
         w
     };
 
-    let mut setup = ChildSetup::new(&policy.limits, identity);
+    // containment: the run's own cgroup, joined in pre_exec; its pids.max
+    // replaces RLIMIT_NPROC, which counts every process of the uid.
+    let run_cgroup = extra.containment.run_cgroup(&policy.limits)?;
+    let mut limits = policy.limits.clone();
+    if run_cgroup.limits_processes() {
+        limits.processes = None;
+    }
+    let mut setup = ChildSetup::new(&limits, identity);
+    setup.with_cgroup(run_cgroup.join());
     for fd in &extra.inherit {
         setup.inherit(fd.as_raw_fd());
     }
@@ -287,6 +314,9 @@ fn prepare(policy: &SandboxPolicy, workdir: &Path, argv: &[String], extra: &Expo
         cmd,
         program: program.clone(),
         private_tmp,
+        run_cgroup,
+        quota: extra.containment.quota(),
+        workdir,
         _keep: keep,
     })
 }
@@ -310,14 +340,25 @@ fn program_fd(program: &seccompiler::BpfProgram) -> Result<OwnedFd, SandboxError
 }
 
 /// Spawns the prepared command and watches it: output capture, timeout,
-/// and the kill of its whole process group when it ends or is dropped.
+/// the workdir quota, and the kill of its whole process group and cgroup
+/// when it ends or is dropped.
 async fn supervise(prepared: Prepared, policy: &SandboxPolicy) -> Result<RunOutcome, SandboxError> {
     let Prepared {
         mut cmd,
         program,
         private_tmp,
+        run_cgroup,
+        quota,
+        workdir,
         _keep,
     } = prepared;
+    let mut quota = match quota {
+        Some(q) => {
+            Some(quota::Watch::start(quota::dirs(&workdir, private_tmp.as_ref().map(|t| t.path.as_path())), q).await)
+        }
+        None => None,
+    };
+    let mut stopped = None;
     let started = Instant::now();
     let mut child = cmd.spawn().map_err(|source| spawn_error(policy, &program, source))?;
     drop(_keep);
@@ -350,6 +391,7 @@ async fn supervise(prepared: Prepared, policy: &SandboxPolicy) -> Result<RunOutc
                     // Background processes die with their parent: a fence
                     // leaves nothing running behind it.
                     kill_group(pgid);
+                    run_cgroup.kill();
                     if read_done { break; }
                     draining = true;
                     deadline.as_mut().reset(tokio::time::Instant::now() + DRAIN_GRACE);
@@ -358,10 +400,16 @@ async fn supervise(prepared: Prepared, policy: &SandboxPolicy) -> Result<RunOutc
                     read_done = true;
                     if status.is_some() { break; }
                 }
+                reason = quota::exceeded(&mut quota), if status.is_none() && stopped.is_none() => {
+                    stopped = Some(reason);
+                    kill_group(pgid);
+                    run_cgroup.kill();
+                }
                 _ = &mut deadline => {
                     if draining { break; }
                     timed_out = true;
                     kill_group(pgid);
+                    run_cgroup.kill();
                     draining = true;
                     deadline.as_mut().reset(tokio::time::Instant::now() + DRAIN_GRACE);
                 }
@@ -383,6 +431,10 @@ async fn supervise(prepared: Prepared, policy: &SandboxPolicy) -> Result<RunOutc
         source,
     })?;
     let duration = started.elapsed();
+    drop(run_cgroup);
+    if let (None, Some(q)) = (&stopped, quota.as_mut()) {
+        stopped = q.check().await;
+    }
     // Reaped and its group killed above: disarm so a recycled pgid is
     // never signalled.
     group.0 = None;
@@ -398,6 +450,7 @@ async fn supervise(prepared: Prepared, policy: &SandboxPolicy) -> Result<RunOutc
         duration,
         timed_out,
         truncated: cut_out || cut_err,
+        stopped,
     })
 }
 
@@ -455,7 +508,7 @@ struct PrivateTmp {
 }
 
 impl PrivateTmp {
-    fn create(identity: Identity) -> Result<PrivateTmp, SandboxError> {
+    fn create(identity: Identity, prefix: &str) -> Result<PrivateTmp, SandboxError> {
         use std::os::unix::fs::DirBuilderExt;
         use std::sync::atomic::{AtomicU64, Ordering};
         static COUNTER: AtomicU64 = AtomicU64::new(0);
@@ -467,7 +520,7 @@ impl PrivateTmp {
         let mut last_err = None;
         for _ in 0..16 {
             let n = COUNTER.fetch_add(1, Ordering::Relaxed);
-            let path = base.join(format!("agentd-sandbox-{}-{n}-{nanos:x}", std::process::id()));
+            let path = base.join(format!("{prefix}{}-{n}-{nanos:x}", std::process::id()));
             match std::fs::DirBuilder::new().mode(0o700).create(&path) {
                 Ok(()) => {
                     if let Identity::Switch { uid, gid } = identity {

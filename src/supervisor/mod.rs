@@ -223,6 +223,9 @@ async fn run_async(
     let users = root.then(|| users::AgentUsers::load(&cfg.state_dir, cfg.agent_uids.clone()));
     // One supervisor per state dir: two would both run the same tasks.
     let _lock = crate::state_dir::lock(&cfg.state_dir)?;
+    // Before any agent starts: cgroups for sandbox runs, and what a killed
+    // agentd left behind.
+    crate::sandbox::contain::at_supervisor_start(&cfg.state_dir);
     let ledger = Ledger::open(&crate::state_dir::ledger(&cfg.state_dir))?;
     let ledger = LedgerThread::start(ledger).context("starting the ledger thread")?;
 
@@ -340,6 +343,7 @@ async fn run_async(
         c.repl.finish();
     }
     let _ = sup.ledger.call(|l| l.checkpoint()).await;
+    crate::sandbox::contain::at_supervisor_stop(&sup.cfg.state_dir);
     tracing::info!("agentd stopped");
     Ok(code)
 }
@@ -683,6 +687,7 @@ impl Supervisor {
         if let Some(c) = a.child.take() {
             // Whatever the child started and left behind goes with it.
             c.kill_group();
+            crate::sandbox::contain::after_agent_exit(&self.cfg.state_dir, name);
         }
         let uptime = a.started_at.map(|t| t.elapsed()).unwrap_or_default();
         a.last_exit = Some(exit);

@@ -28,7 +28,7 @@ fn report(name: &str, mut samples: Vec<Duration>) {
     samples.sort();
     let ms = |d: Duration| d.as_secs_f64() * 1000.0;
     println!(
-        "{name:<10} n={:<5} p50={:>7.3} ms  p99={:>7.3} ms  min={:>7.3} ms",
+        "{name:<22} n={:<5} p50={:>7.3} ms  p99={:>7.3} ms  min={:>7.3} ms",
         samples.len(),
         ms(percentile(&samples, 0.50)),
         ms(percentile(&samples, 0.99)),
@@ -66,20 +66,46 @@ fn main() {
     }
     report("fork+exec", bare);
 
+    // Each backend without containment (as before cgroups), then with a
+    // cgroup per run (created, joined, killed and removed) and the workdir
+    // quota's walks, as an agent's runs get them.
+    let state = tempfile::tempdir().expect("state dir");
+    let hierarchy = sandbox::cgroup::Hierarchy::detect();
+    println!("containment: {}", hierarchy.describe());
+    let cgroup_only = sandbox::Exposed {
+        containment: sandbox::Containment::with_hierarchy(hierarchy.clone(), state.path(), "bench", None),
+        ..Default::default()
+    };
+    let contained = sandbox::Exposed {
+        containment: sandbox::Containment::with_hierarchy(
+            hierarchy,
+            state.path(),
+            "bench",
+            Some(sandbox::quota::Quota::default()),
+        ),
+        ..Default::default()
+    };
     for backend in [Backend::None, Backend::Landlock, Backend::Bwrap, Backend::BwrapLandlock] {
-        let p = policy(backend);
-        let mut samples = Vec::with_capacity(runs);
-        // One warm-up run: page cache, dynamic loader.
-        rt.block_on(sandbox::run(&p, wd.path(), &argv, &Default::default()))
-            .expect("warm-up");
-        for _ in 0..runs {
-            let t = Instant::now();
-            let o = rt
-                .block_on(sandbox::run(&p, wd.path(), &argv, &Default::default()))
-                .expect("sandbox run");
-            samples.push(t.elapsed());
-            assert!(o.success(), "{backend:?}: {o:?}");
+        for (label, extra) in [
+            ("", sandbox::Exposed::default()),
+            ("+cgroup", cgroup_only.clone()),
+            ("+cgroup+quota", contained.clone()),
+        ] {
+            let p = policy(backend);
+            let mut samples = Vec::with_capacity(runs);
+            // One warm-up run: page cache, dynamic loader.
+            rt.block_on(sandbox::run(&p, wd.path(), &argv, &extra))
+                .expect("warm-up");
+            for _ in 0..runs {
+                let t = Instant::now();
+                let o = rt
+                    .block_on(sandbox::run(&p, wd.path(), &argv, &extra))
+                    .expect("sandbox run");
+                samples.push(t.elapsed());
+                assert!(o.success(), "{backend:?}: {o:?}");
+            }
+            report(&format!("{}{label}", backend.name()), samples);
         }
-        report(backend.name(), samples);
     }
+    contained.containment.clean_leftovers();
 }

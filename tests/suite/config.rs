@@ -454,3 +454,30 @@ fn llm_stream_false_is_read() {
     let cfg = load_env("agents:\n  - {name: a, model: m}\n", &[]).expect("valid");
     assert!(cfg.agents[0].llm.stream);
 }
+#[test]
+fn workdir_quota_has_defaults_and_is_set_under_limits() {
+    let dir = tempdir();
+    let main = write(
+        dir.path(),
+        "agentd.yaml",
+        "agents:\n  - name: a\n    model: m\n  - name: b\n    model: m\n    limits: {workdir_size: 64MiB, workdir_files: 500}\n",
+    );
+    let cfg = load(&main).expect("valid");
+    assert_eq!(cfg.agents[0].limits.workdir_size, 1 << 30);
+    assert_eq!(cfg.agents[0].limits.workdir_files, 100_000);
+    assert_eq!(cfg.agents[1].limits.workdir_size, 64 << 20);
+    assert_eq!(cfg.agents[1].limits.workdir_files, 500);
+
+    let errs = errors_of("agents:\n  - name: a\n    model: m\n    limits: {workdir_size: huge, workdir_files: 0}\n");
+    assert_eq!(errs.len(), 2, "{errs:#?}");
+    assert!(
+        errs.iter()
+            .any(|e| e.contains("agents[0].limits.workdir_size: invalid size \"huge\"")),
+        "{errs:#?}"
+    );
+    assert!(
+        errs.iter()
+            .any(|e| e.contains("agents[0].limits.workdir_files: workdir_files must be at least 1")),
+        "{errs:#?}"
+    );
+}

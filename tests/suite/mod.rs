@@ -1,5 +1,6 @@
 mod compat;
 mod config;
+mod containment;
 mod escape;
 mod fence;
 mod ledger;

@@ -110,6 +110,8 @@ impl Drop for Daemon {
             let _ = self.child.kill();
             let _ = self.child.wait();
         }
+        // Sandbox runs of a killed agentd: their processes and cgroups.
+        agentd::sandbox::contain::at_supervisor_stop(&self.state_dir);
         for pid in self.seen.borrow().iter() {
             if alive(*pid) {
                 let _ = nix::sys::signal::killpg(
