@@ -8,7 +8,7 @@ use crate::config::{self, Config, McpTransport, SubscriptionTarget};
 pub fn run(path: &Path) -> anyhow::Result<ExitCode> {
     match config::load(path) {
         Ok(cfg) => {
-            print!("{}", summary(&cfg));
+            out!("{}", summary(&cfg));
             Ok(ExitCode::SUCCESS)
         }
         Err(errors) => {

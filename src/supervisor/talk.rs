@@ -281,10 +281,12 @@ impl Supervisor {
             let _ = reply.send(resp);
             return;
         };
+        let paused = self.agents.get(&agent).is_some_and(|a| a.paused);
         match self.send_message(&agent, &text, "control").await {
-            Ok(task) if wait => self.waiters.entry(task).or_default().push(reply),
+            // A paused agent runs nothing until someone resumes it: waiting
+            // would only end in the caller's timeout. Say so at once.
+            Ok(task) if wait && !paused => self.waiters.entry(task).or_default().push(reply),
             Ok(task) => {
-                let paused = self.agents.get(&agent).is_some_and(|a| a.paused);
                 let _ = reply.send(send_result(SendResult {
                     task,
                     agent,

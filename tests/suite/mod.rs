@@ -1,3 +1,4 @@
+mod abuse;
 mod config;
 mod fence;
 mod ledger;
