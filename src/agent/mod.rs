@@ -176,6 +176,7 @@ async fn run(name: &str) -> anyhow::Result<ExitCode> {
                             o = &mut fut => break Some(o),
                             line = lines.next_line() => match line.ok().flatten().map(|l| serde_json::from_str::<ToChild>(&l)) {
                                 Some(Ok(ToChild::Shutdown { grace_ms })) => stop = Some(Duration::from_millis(grace_ms)),
+                                Some(Ok(ToChild::Ping { seq })) => outbox.send(FromChild::Pong { seq }),
                                 Some(Ok(other)) => tracing::warn!(agent = name, "ignoring {other:?} while a task runs"),
                                 Some(Err(e)) => tracing::warn!(agent = name, "unreadable message from supervisor: {e}"),
                                 None => stop = Some(Duration::ZERO),
@@ -197,6 +198,7 @@ async fn run(name: &str) -> anyhow::Result<ExitCode> {
                 }
             }
             Ok(ToChild::Shutdown { .. }) => break,
+            Ok(ToChild::Ping { seq }) => outbox.send(FromChild::Pong { seq }),
             Ok(ToChild::Start { .. }) => tracing::warn!(agent = name, "ignoring a second start message"),
             Err(e) => tracing::warn!(agent = name, "unreadable message from supervisor: {e}"),
         }

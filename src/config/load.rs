@@ -21,7 +21,7 @@ const BUILTIN_PROFILES: &[(&str, &str)] = &[
 ];
 
 const TOP_KEYS: &[&str] = &["state_dir", "include", "defaults", "agents", "shutdown_grace"];
-const DEFAULT_KEYS: &[&str] = &["model", "llm", "sandbox", "restart", "limits"];
+const DEFAULT_KEYS: &[&str] = &["model", "llm", "sandbox", "restart", "heartbeat", "limits"];
 const AGENT_KEYS: &[&str] = &[
     "name",
     "description",
@@ -36,8 +36,10 @@ const AGENT_KEYS: &[&str] = &[
     "skills",
     "bridge",
     "restart",
+    "heartbeat",
     "limits",
 ];
+const HEARTBEAT_KEYS: &[&str] = &["interval", "timeout"];
 const BRIDGE_KEYS: &[&str] = &["max_request", "max_reply", "call_timeout"];
 const LLM_KEYS: &[&str] = &[
     "base_url",
@@ -219,6 +221,7 @@ struct Defaults {
     llm: LlmSpec,
     sandbox: Option<(String, SandboxPolicy)>,
     restart: RestartSpec,
+    heartbeat: HeartbeatSpec,
     limits: Limits,
 }
 
@@ -275,6 +278,7 @@ impl Loader<'_> {
                 llm: LlmSpec::default(),
                 sandbox: None,
                 restart: RestartSpec::default(),
+                heartbeat: HeartbeatSpec::default(),
                 limits: Limits::default(),
             },
         };
@@ -407,6 +411,7 @@ impl Loader<'_> {
             llm: LlmSpec::default(),
             sandbox: None,
             restart: RestartSpec::default(),
+            heartbeat: HeartbeatSpec::default(),
             limits: Limits::default(),
         };
         let Some(map) = Map::open(cx, node, "defaults", DEFAULT_KEYS) else {
@@ -421,6 +426,9 @@ impl Loader<'_> {
         }
         if let Some(n) = map.get("restart") {
             d.restart = decode_restart(cx, n, "defaults.restart", d.restart.clone());
+        }
+        if let Some(n) = map.get("heartbeat") {
+            d.heartbeat = decode_heartbeat(cx, n, "defaults.heartbeat", d.heartbeat.clone());
         }
         if let Some(n) = map.get("limits") {
             d.limits = decode_limits(cx, n, "defaults.limits", d.limits.clone());
@@ -567,6 +575,10 @@ impl Loader<'_> {
             Some(n) => decode_restart(cx, n, &f("restart"), d.restart.clone()),
             None => d.restart.clone(),
         };
+        let heartbeat = match map.get("heartbeat") {
+            Some(n) => decode_heartbeat(cx, n, &f("heartbeat"), d.heartbeat.clone()),
+            None => d.heartbeat.clone(),
+        };
         let limits = match map.get("limits") {
             Some(n) => decode_limits(cx, n, &f("limits"), d.limits.clone()),
             None => d.limits.clone(),
@@ -590,6 +602,7 @@ impl Loader<'_> {
             skills,
             bridge,
             restart,
+            heartbeat,
             limits,
         })
     }
@@ -1138,6 +1151,29 @@ fn decode_restart(cx: &mut Cx, node: &Node, path: &str, mut r: RestartSpec) -> R
         cx.error_at(&map.start(), path, "backoff_min must not exceed backoff_max");
     }
     r
+}
+
+fn decode_heartbeat(cx: &mut Cx, node: &Node, path: &str, mut h: HeartbeatSpec) -> HeartbeatSpec {
+    let Some(map) = Map::open(cx, node, path, HEARTBEAT_KEYS) else {
+        return h;
+    };
+    if let Some(d) = map.duration(cx, "interval") {
+        h.interval = d;
+    }
+    if let Some(d) = map.duration(cx, "timeout") {
+        h.timeout = d;
+    }
+    if h.interval.is_zero() {
+        cx.error_at(&map.start(), &map.field("interval"), "interval must be more than 0");
+    }
+    if h.timeout <= h.interval {
+        cx.error_at(
+            &map.start(),
+            &map.field("timeout"),
+            "timeout must be longer than interval (a child gets several pings before it counts as hung)",
+        );
+    }
+    h
 }
 
 fn decode_bridge(cx: &mut Cx, node: &Node, path: &str) -> BridgeSpec {

@@ -91,6 +91,8 @@ pub struct AgentSpec {
     /// Limits of the tool bridge that sandboxed code calls MCP tools through.
     pub bridge: BridgeSpec,
     pub restart: RestartSpec,
+    /// How the supervisor tells a hung child from a busy one.
+    pub heartbeat: HeartbeatSpec,
     pub limits: Limits,
 }
 
@@ -223,6 +225,24 @@ impl Default for RestartSpec {
             backoff_max: Duration::from_secs(30),
             burst: 5,
             interval: Duration::from_secs(10),
+        }
+    }
+}
+
+/// The supervisor pings each child every `interval`; a child that has not
+/// answered for `timeout` (stopped, deadlocked, its event loop blocked) is
+/// killed and restarted, and its task re-queued.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct HeartbeatSpec {
+    pub interval: Duration,
+    pub timeout: Duration,
+}
+
+impl Default for HeartbeatSpec {
+    fn default() -> Self {
+        HeartbeatSpec {
+            interval: Duration::from_secs(5),
+            timeout: Duration::from_secs(30),
         }
     }
 }

@@ -13,6 +13,7 @@
 //! decisions and every ledger write happen here.
 
 mod child;
+mod heartbeat;
 mod ledger_thread;
 pub mod restart;
 mod schedules;
@@ -77,6 +78,11 @@ pub enum Event {
         generation: u64,
         signal: Signal,
     },
+    /// Time to ping this child, or to call it hung.
+    Heartbeat {
+        agent: String,
+        generation: u64,
+    },
     ConfigChanged,
 }
 
@@ -136,6 +142,11 @@ struct Agent {
     schedules: Vec<Armed>,
     /// A snapshot to restore once the child has stopped, before it restarts.
     pending_restore: Option<String>,
+    /// When the child last answered a heartbeat (or became ready).
+    last_pong: Instant,
+    heartbeat_seq: u64,
+    /// Set when the child was killed as hung: the cause of its exit.
+    hung: Option<String>,
 }
 
 impl Agent {
@@ -156,6 +167,9 @@ impl Agent {
             paused: false,
             schedules: Vec::new(),
             pending_restore: None,
+            last_pong: Instant::now(),
+            heartbeat_seq: 0,
+            hung: None,
         }
     }
 }
@@ -414,7 +428,7 @@ impl Supervisor {
             conversation,
             record_dir,
         };
-        match child::spawn(name, generation, &start, events) {
+        match child::spawn(name, generation, &start, a.spec.heartbeat.interval, events) {
             Ok(handle) => {
                 tracing::info!(agent = name, pid = handle.pid, "agent started");
                 let now = Instant::now();
@@ -424,6 +438,8 @@ impl Supervisor {
                 a.started_at = Some(now);
                 a.after_exit = AfterExit::Policy;
                 a.generation = generation;
+                a.last_pong = now;
+                a.hung = None;
             }
             Err(e) => {
                 a.state = State::Failed;
@@ -540,10 +556,37 @@ impl Supervisor {
                     }
                 }
             }
+            Event::Heartbeat { agent, generation } => self.on_heartbeat(&agent, generation),
             Event::ConfigChanged => {
                 if self.stop_deadline.is_none() {
                     self.reload_at = Some(tokio::time::Instant::now() + RELOAD_DEBOUNCE);
                 }
+            }
+        }
+    }
+
+    /// Pings a running child, or kills it when it has stopped answering
+    /// (see [`heartbeat`]). Starting children are not judged: they read
+    /// their stdin only once their MCP servers are up. Stopping ones have
+    /// their own escalation.
+    fn on_heartbeat(&mut self, name: &str, generation: u64) {
+        let Some(a) = self.agents.get_mut(name) else { return };
+        let Some(child) = a.child.as_ref().filter(|c| c.generation == generation) else {
+            return;
+        };
+        if a.state != State::Running || a.hung.is_some() {
+            return;
+        }
+        match heartbeat::verdict(&a.spec.heartbeat, a.last_pong, Instant::now()) {
+            heartbeat::Verdict::Alive => {
+                a.heartbeat_seq += 1;
+                child.send(&ToChild::Ping { seq: a.heartbeat_seq });
+            }
+            heartbeat::Verdict::Hung(why) => {
+                tracing::error!(agent = name, pid = child.pid, "{why}");
+                child.signal(Signal::SIGKILL);
+                child.kill_group();
+                a.hung = Some(why);
             }
         }
     }
@@ -562,6 +605,7 @@ impl Supervisor {
                 {
                     tracing::debug!(agent = name, pid, "agent ready");
                     a.state = State::Running;
+                    a.last_pong = Instant::now();
                 }
                 self.maybe_ready();
                 self.update_status();
@@ -581,6 +625,13 @@ impl Supervisor {
                 let r = self.ledger.call(move |l| l.append_step(task, &lease, &step)).await;
                 if let Some(Err(e)) = r {
                     tracing::warn!(agent = name, "journal write rejected: {e}");
+                }
+            }
+            FromChild::Pong { seq } => {
+                if let Some(a) = self.agents.get_mut(name)
+                    && seq == a.heartbeat_seq
+                {
+                    a.last_pong = Instant::now();
                 }
             }
             FromChild::Output { task, text, .. } => {
@@ -650,8 +701,10 @@ impl Supervisor {
         let running = a.running.take();
         let max_attempts = a.spec.limits.max_attempts;
         let after = a.after_exit;
+        // Killed as hung: that, not the SIGKILL, is why it is gone.
+        let cause = a.hung.take().unwrap_or_else(|| format!("agent process {exit}"));
         if !exit.success() && after == AfterExit::Policy {
-            a.last_error = Some(format!("agent process {exit}"));
+            a.last_error = Some(cause.clone());
         }
         let log_exit = format!(
             "agent process {exit} after {}",
@@ -664,7 +717,6 @@ impl Supervisor {
         }
 
         if let Some((task, _)) = running {
-            let cause = format!("agent process {exit}");
             let c2 = cause.clone();
             let r = self.ledger.call(move |l| l.release(task, &c2, max_attempts)).await;
             match r {

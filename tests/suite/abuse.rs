@@ -95,3 +95,73 @@ fn send_wait_to_a_paused_agent_answers_at_once() {
     let r = d.request(&Request::Status);
     assert_eq!(r.result.unwrap_or_default()["agents"][0]["queued"], 1);
 }
+
+/// A model endpoint that accepts connections and never answers: a task
+/// stays `running` as long as the test wants.
+fn silent_model() -> (std::net::TcpListener, String) {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let url = format!("http://{}/v1", l.local_addr().expect("addr"));
+    (l, url)
+}
+
+fn ledger_task(state: &Path, id: i64) -> agentd::ledger::Task {
+    Ledger::open_read_only(&state.join(agentd::ledger::FILE_NAME))
+        .and_then(|l| l.task(id))
+        .expect("read the task")
+}
+
+fn signal(pid: u32, sig: nix::sys::signal::Signal) {
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), sig).expect("signal");
+}
+
+#[test]
+fn a_stopped_child_is_killed_restarted_and_its_task_requeued_with_the_cause() {
+    let (_model, url) = silent_model();
+    let dir = tempdir();
+    let cfg = one_agent(
+        dir.path(),
+        &format!(
+            "    llm: {{base_url: \"{url}\", api_key_env: HB_KEY, request_timeout: 5m, max_retries: 0}}\n    heartbeat: {{interval: 100ms, timeout: 1s}}\n"
+        ),
+    );
+    let state = dir.path().join("state");
+    let d = Daemon::start(&cfg, &state, &[("HB_KEY", "k")]);
+    let pid = d.running_pid("alpha");
+    let r = d.request(&Request::Send {
+        agent: "alpha".into(),
+        text: "think hard".into(),
+        wait: false,
+    });
+    let task = r.result.unwrap_or_default()["task"].as_i64().expect("task id");
+    d.wait_status("the task to run", |s| s[0].running_task == Some(task));
+
+    // Control: a child busy for longer than the timeout (its model call
+    // hangs) but answering heartbeats is left alone.
+    std::thread::sleep(Duration::from_millis(2500));
+    let s = d.agent("alpha").expect("alpha");
+    assert_eq!(
+        (s.pid, s.running_task, s.restarts),
+        (Some(pid), Some(task), 0),
+        "{}",
+        d.log_text()
+    );
+
+    signal(pid, nix::sys::signal::Signal::SIGSTOP);
+    let stopped = Instant::now();
+    let s = d.wait_status("the hung child to be replaced", |s| {
+        s[0].state == "running" && s[0].pid.is_some_and(|p| p != pid)
+    });
+    let detected = stopped.elapsed();
+    eprintln!("hung child replaced {detected:?} after SIGSTOP (heartbeat 100ms/1s)");
+    let why = s[0].last_error.clone().unwrap_or_default();
+    assert!(why.contains("hung: no answer to the heartbeat"), "status says {why:?}");
+    assert!(!crate::support::alive(pid), "the stopped child is gone");
+    // The task went back to the queue with that cause, and runs again.
+    let t = crate::support::wait_for(Duration::from_secs(10), || {
+        let t = ledger_task(&state, task);
+        (t.attempts == 2).then_some(t)
+    })
+    .unwrap_or_else(|| panic!("task not retried; log:\n{}", d.log_text()));
+    let err = t.error.unwrap_or_default();
+    assert!(err.contains("hung") && err.contains("re-queued"), "{err}");
+}
