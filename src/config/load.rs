@@ -1,6 +1,6 @@
 //! Loading: files, includes, defaults and every agent field.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -173,13 +173,15 @@ pub fn load_sandbox_profile_str(file: &Path, text: &str) -> Result<SandboxPolicy
 /// Groups errors by file (the main file first, then in the order files were
 /// read) and orders each group by position.
 fn sort_errors(errors: &mut [ConfigError], main: &Path) {
-    let mut order: Vec<PathBuf> = vec![main.to_owned()];
+    // File → rank, by first appearance: a map, so many errors in many
+    // files sort in n log n.
+    let mut order: HashMap<PathBuf, usize> = HashMap::new();
+    order.insert(main.to_owned(), 0);
     for e in errors.iter() {
-        if !order.contains(&e.file) {
-            order.push(e.file.clone());
-        }
+        let next = order.len();
+        order.entry(e.file.clone()).or_insert(next);
     }
-    errors.sort_by_key(|e| (order.iter().position(|f| *f == e.file), e.line, e.column));
+    errors.sort_by_key(|e| (order.get(&e.file).copied(), e.line, e.column));
 }
 
 fn plain_error(file: &Path, message: &str) -> ConfigError {
@@ -486,14 +488,17 @@ impl Loader<'_> {
             (None, None) => Some(String::new()),
         };
 
-        let mut mcp_servers = Vec::new();
+        let mut mcp_servers: Vec<McpServerSpec> = Vec::new();
+        // Names seen so far: a set, so a long server list loads in linear time.
+        let mut server_names: HashSet<String> = HashSet::new();
         if let Some(n) = map.get("mcp_servers") {
             for (i, (item, p)) in cx.list(n, &f("mcp_servers"), false).into_iter().enumerate() {
                 if let Some(s) = decode_server(cx, item, &p, i, dir) {
-                    if let Some(prev) = mcp_servers.iter().find(|x: &&McpServerSpec| x.name == s.name) {
-                        let msg = format!("duplicate server name {:?}; give each server a unique name", prev.name);
+                    if server_names.contains(&s.name) {
+                        let msg = format!("duplicate server name {:?}; give each server a unique name", s.name);
                         cx.error_at_node(item, &p, msg);
                     } else {
+                        server_names.insert(s.name.clone());
                         mcp_servers.push(s);
                     }
                 }
@@ -503,7 +508,7 @@ impl Loader<'_> {
         let mut subscriptions = Vec::new();
         if let Some(n) = map.get("subscriptions") {
             for (item, p) in cx.list(n, &f("subscriptions"), false) {
-                if let Some(s) = decode_subscription(cx, item, &p, &mcp_servers) {
+                if let Some(s) = decode_subscription(cx, item, &p, &mcp_servers, &server_names) {
                     subscriptions.push(s);
                 }
             }
@@ -994,7 +999,13 @@ fn decode_server(cx: &mut Cx, node: &Node, path: &str, index: usize, dir: &Path)
     })
 }
 
-fn decode_subscription(cx: &mut Cx, node: &Node, path: &str, servers: &[McpServerSpec]) -> Option<SubscriptionSpec> {
+fn decode_subscription(
+    cx: &mut Cx,
+    node: &Node,
+    path: &str,
+    servers: &[McpServerSpec],
+    server_names: &HashSet<String>,
+) -> Option<SubscriptionSpec> {
     let (uri_node, uri_path, map) = match node {
         Node::Scalar(_) => (node, path.to_owned(), None),
         _ => {
@@ -1014,7 +1025,7 @@ fn decode_subscription(cx: &mut Cx, node: &Node, path: &str, servers: &[McpServe
     if let Some(map) = map {
         if let Some(n) = map.get("server") {
             let s = cx.non_empty_string(n, &map.field("server"))?;
-            if !servers.iter().any(|x| x.name == s) {
+            if !server_names.contains(&s) {
                 let names: Vec<&str> = servers.iter().map(|x| x.name.as_str()).collect();
                 let hint = match suggest(&s, &names) {
                     Some(h) => format!("; did you mean {h:?}?"),

@@ -84,6 +84,20 @@ pub enum Event {
         generation: u64,
     },
     ConfigChanged,
+    /// A reload's parse is done (see [`Supervisor::begin_reload`]).
+    ConfigParsed {
+        seq: u64,
+        result: Result<Config, String>,
+        by: ReloadBy,
+    },
+}
+
+/// Who asked for a reload, and where its answer goes.
+#[derive(Debug)]
+pub enum ReloadBy {
+    Sighup,
+    Watcher,
+    Control(tokio::sync::oneshot::Sender<Response>),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -193,6 +207,8 @@ pub struct Supervisor {
     waiters: Waiters,
     /// `--state-dir` was given: the config's `state_dir` does not apply.
     state_dir_overridden: bool,
+    /// The latest reload started; older parses are dropped when they land.
+    reload_seq: u64,
 }
 
 /// Runs the supervisor until it is stopped; the process's exit code.
@@ -248,6 +264,7 @@ async fn run_async(
         watched: HashMap::new(),
         waiters: HashMap::new(),
         state_dir_overridden,
+        reload_seq: 0,
         cfg,
     };
     sup.recover_orphaned_tasks().await;
@@ -319,16 +336,10 @@ async fn run_async(
                 }
                 sup.begin_stop("SIGINT");
             }
-            _ = sighup.recv() => {
-                if let Err(e) = sup.reload().await {
-                    tracing::error!("reload on SIGHUP failed; agents keep running:\n{e}");
-                }
-            }
+            _ = sighup.recv() => sup.begin_reload(ReloadBy::Sighup),
             _ = sleep_until_opt(reload_at), if reload_at.is_some() => {
                 sup.reload_at = None;
-                if let Err(e) = sup.reload().await {
-                    tracing::error!("config change rejected; agents keep running:\n{e}");
-                }
+                sup.begin_reload(ReloadBy::Watcher);
             }
             _ = sleep_until_opt(stop_deadline), if stop_deadline.is_some() => {
                 tracing::warn!("grace period over: killing the remaining agents");
@@ -557,6 +568,7 @@ impl Supervisor {
                 }
             }
             Event::Heartbeat { agent, generation } => self.on_heartbeat(&agent, generation),
+            Event::ConfigParsed { seq, result, by } => self.finish_reload(seq, result, by).await,
             Event::ConfigChanged => {
                 if self.stop_deadline.is_none() {
                     self.reload_at = Some(tokio::time::Instant::now() + RELOAD_DEBOUNCE);
@@ -875,14 +887,53 @@ impl Supervisor {
         }
     }
 
-    async fn reload(&mut self) -> Result<serde_json::Value, String> {
+    /// Parses the config off the event loop (a large one takes a while);
+    /// [`Event::ConfigParsed`] brings the result back to [`Self::finish_reload`].
+    pub(super) fn begin_reload(&mut self, by: ReloadBy) {
         systemd::reloading();
-        let result = config::load(&self.cfg.path);
+        self.reload_seq += 1;
+        let seq = self.reload_seq;
+        let path = self.cfg.path.clone();
+        let events = self.events.clone();
+        std::thread::Builder::new()
+            .name("config-parse".into())
+            .spawn(move || {
+                let result = config::load(&path).map_err(|e| e.to_string());
+                let _ = events.send(Event::ConfigParsed { seq, result, by });
+            })
+            .map(drop)
+            .unwrap_or_else(|e| tracing::error!("cannot start the config parser thread: {e}"));
+    }
+
+    /// Applies a parsed config, unless a newer reload started since.
+    async fn finish_reload(&mut self, seq: u64, result: Result<Config, String>, by: ReloadBy) {
+        if seq != self.reload_seq {
+            if let ReloadBy::Control(reply) = by {
+                let _ = reply.send(Response::error("superseded by a newer reload"));
+            }
+            return;
+        }
+        let outcome = self.reload(result).await;
+        match (by, outcome) {
+            (ReloadBy::Control(reply), Ok(summary)) => {
+                let _ = reply.send(Response::ok(summary));
+            }
+            (ReloadBy::Control(reply), Err(e)) => {
+                tracing::error!("reload requested over the control socket failed; agents keep running:\n{e}");
+                let _ = reply.send(Response::error(format!("config rejected; agents keep running:\n{e}")));
+            }
+            (ReloadBy::Sighup, Err(e)) => tracing::error!("reload on SIGHUP failed; agents keep running:\n{e}"),
+            (ReloadBy::Watcher, Err(e)) => tracing::error!("config change rejected; agents keep running:\n{e}"),
+            (_, Ok(_)) => {}
+        }
+    }
+
+    async fn reload(&mut self, result: Result<Config, String>) -> Result<serde_json::Value, String> {
         let mut new = match result {
             Ok(c) => c,
             Err(errors) => {
                 systemd::ready(&format!("{}; last reload rejected", self.status_line()));
-                return Err(errors.to_string());
+                return Err(errors);
             }
         };
         if new.state_dir != self.cfg.state_dir && !self.state_dir_overridden {
@@ -1035,13 +1086,8 @@ impl Supervisor {
                 }
                 Response::ok(json!(meta))
             }
-            Request::Reload => match self.reload().await {
-                Ok(summary) => Response::ok(summary),
-                Err(e) => {
-                    tracing::error!("reload requested over the control socket failed; agents keep running:\n{e}");
-                    Response::error(format!("config rejected; agents keep running:\n{e}"))
-                }
-            },
+            // Answered in `on_control`, once the config is parsed.
+            Request::Reload => Response::error("internal: Reload is handled before control()"),
         }
     }
 

@@ -276,6 +276,14 @@ impl Supervisor {
     /// Control requests that may answer later (`Send` with `wait`); the
     /// rest answer at once.
     pub(super) async fn on_control(&mut self, req: Request, reply: oneshot::Sender<Response>) {
+        if let Request::Reload = req {
+            if self.stop_deadline.is_some() {
+                let _ = reply.send(Response::error("agentd is shutting down"));
+            } else {
+                self.begin_reload(super::ReloadBy::Control(reply));
+            }
+            return;
+        }
         let Request::Send { agent, text, wait } = req else {
             let resp = self.control(req).await;
             let _ = reply.send(resp);

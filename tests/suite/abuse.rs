@@ -165,3 +165,46 @@ fn a_stopped_child_is_killed_restarted_and_its_task_requeued_with_the_cause() {
     let err = t.error.unwrap_or_default();
     assert!(err.contains("hung") && err.contains("re-queued"), "{err}");
 }
+
+#[test]
+fn a_slow_reload_parses_off_the_event_loop() {
+    let dir = tempdir();
+    let cfg = one_agent(dir.path(), "");
+    let state = dir.path().join("state");
+    let d = Daemon::start(&cfg, &state, &[]);
+    let pid = d.running_pid("alpha");
+    // A large config with a mistake at its very end: parsing takes seconds
+    // (debug build), then the reload is rejected.
+    let mut big =
+        String::from("shutdown_grace: 1s\ndefaults: {model: m}\nagents:\n  - name: alpha\n    mcp_servers:\n");
+    for i in 0..60_000 {
+        big.push_str(&format!("      - {{name: s{i}, command: srv, args: [\"{i}\"]}}\n"));
+    }
+    big.push_str("    limits: {max_turns: many}\n");
+    std::fs::write(&cfg, big).expect("write the big config");
+    std::thread::sleep(Duration::from_millis(400));
+    let socket = d.socket();
+    let reload = std::thread::spawn(move || {
+        let t = Instant::now();
+        let r = agentd::control::client::request(&socket, &Request::Reload, Duration::from_secs(300));
+        (t.elapsed(), r)
+    });
+    let mut slowest = Duration::ZERO;
+    let mut answered = 0;
+    while !reload.is_finished() {
+        let t = Instant::now();
+        assert!(d.request(&Request::Health).ok);
+        slowest = slowest.max(t.elapsed());
+        answered += 1;
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let (took, r) = reload.join().expect("reload thread");
+    let r = r.expect("reload answered");
+    assert!(!r.ok, "the broken config was rejected");
+    // Control: the parse was slow enough that a blocked event loop would
+    // have kept Health waiting for most of it.
+    assert!(took > Duration::from_millis(1500), "the reload took only {took:?}");
+    eprintln!("reload took {took:?}; {answered} health requests answered meanwhile, slowest {slowest:?}");
+    assert!(slowest < took / 3, "health waited {slowest:?} during a {took:?} reload");
+    assert_eq!(d.running_pid("alpha"), pid, "agents keep running");
+}
