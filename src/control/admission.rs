@@ -60,7 +60,8 @@ struct Table {
 #[derive(Clone)]
 pub struct Admission {
     table: Arc<Mutex<Table>>,
-    cap: usize,
+    /// A fixed cap, or `None` for [`cap`] (the descriptor limit now).
+    cap: Option<usize>,
 }
 
 /// One admitted connection; dropping it frees its place.
@@ -72,18 +73,29 @@ pub struct Ticket {
 }
 
 impl Admission {
-    pub fn new(cap: usize) -> Admission {
+    /// Capped by the descriptor limit, read at each admission (an
+    /// operator may lower it with `prlimit` while agentd runs).
+    pub fn new() -> Admission {
         Admission {
             table: Arc::default(),
-            cap: cap.max(1),
+            cap: None,
+        }
+    }
+
+    #[cfg(test)]
+    fn with_cap(cap: usize) -> Admission {
+        Admission {
+            table: Arc::default(),
+            cap: Some(cap.max(1)),
         }
     }
 
     /// Admits a new connection, evicting the longest-idle one at the cap;
     /// `None` when every connection is busy.
     pub fn admit(&self) -> Option<Ticket> {
+        let cap = self.cap.unwrap_or_else(cap);
         let mut t = self.table.lock().unwrap_or_else(|p| p.into_inner());
-        if t.slots.len() >= self.cap {
+        if t.slots.len() >= cap {
             let oldest = t
                 .slots
                 .iter()
@@ -112,7 +124,8 @@ impl Admission {
     }
 
     /// Connections open now.
-    pub fn open(&self) -> usize {
+    #[cfg(test)]
+    fn open(&self) -> usize {
         self.table.lock().unwrap_or_else(|p| p.into_inner()).slots.len()
     }
 }
@@ -173,7 +186,7 @@ mod tests {
 
     #[test]
     fn at_the_cap_the_longest_idle_connection_makes_room() {
-        let a = Admission::new(2);
+        let a = Admission::with_cap(2);
         let first = a.admit().expect("first");
         std::thread::sleep(Duration::from_millis(2));
         let second = a.admit().expect("second");

@@ -208,3 +208,126 @@ fn a_slow_reload_parses_off_the_event_loop() {
     assert!(slowest < took / 3, "health waited {slowest:?} during a {took:?} reload");
     assert_eq!(d.running_pid("alpha"), pid, "agents keep running");
 }
+
+/// Sets `pid`'s soft and hard RLIMIT_NOFILE (as root).
+fn set_nofile(pid: u32, soft: u64, hard: u64) {
+    let lim = libc::rlimit {
+        rlim_cur: soft,
+        rlim_max: hard,
+    };
+    // SAFETY: prlimit reads `lim` and writes nothing (old limit pointer null).
+    let rc = unsafe { libc::prlimit(pid as libc::pid_t, libc::RLIMIT_NOFILE, &lim, std::ptr::null_mut()) };
+    assert_eq!(rc, 0, "prlimit: {}", std::io::Error::last_os_error());
+}
+
+/// Lets this test process hold a few thousand sockets.
+fn raise_own_nofile() {
+    let (_, hard) = nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE).expect("getrlimit");
+    nix::sys::resource::setrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE, hard, hard).expect("setrlimit");
+    assert!(
+        hard >= 4096,
+        "this test needs a hard descriptor limit of 4096 or more (have {hard})"
+    );
+}
+
+/// User + system CPU time a process has used.
+fn cpu_time(pid: u32) -> Duration {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("stat");
+    let rest = stat.rsplit_once(") ").map(|(_, r)| r).unwrap_or_default();
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    // After the command: state is field 3, utime 14 and stime 15 (1-based).
+    let ticks: u64 = f[11].parse::<u64>().unwrap_or(0) + f[12].parse::<u64>().unwrap_or(0);
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64;
+    Duration::from_millis(ticks * 1000 / hz)
+}
+
+fn open_sockets(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .map(|d| {
+            d.filter_map(Result::ok)
+                .filter(|e| std::fs::read_link(e.path()).is_ok_and(|l| l.to_string_lossy().starts_with("socket:")))
+                .count()
+        })
+        .unwrap_or(0)
+}
+
+fn connect_many(socket: &Path, n: usize) -> Vec<std::os::unix::net::UnixStream> {
+    (0..n)
+        .map(|i| std::os::unix::net::UnixStream::connect(socket).unwrap_or_else(|e| panic!("connection {i}: {e}")))
+        .collect()
+}
+
+#[test]
+fn twelve_hundred_idle_connections_do_not_lock_operators_out() {
+    raise_own_nofile();
+    let dir = tempdir();
+    let cfg = one_agent(dir.path(), "");
+    let state = dir.path().join("state");
+    let d = Daemon::start(&cfg, &state, &[]);
+    d.running_pid("alpha");
+    // systemd's default soft limit.
+    set_nofile(d.pid(), 1024, 4096);
+    let before = open_sockets(d.pid());
+    let flood = connect_many(&d.socket(), 1200);
+    // Control: the flood is more than agentd could hold open (1,024 files).
+    assert_eq!(flood.len(), 1200);
+    std::thread::sleep(Duration::from_millis(300));
+    let held = open_sockets(d.pid()) - before;
+    assert!(held <= 256, "agentd holds {held} control connections (cap 256)");
+    let cpu0 = cpu_time(d.pid());
+    let t = Instant::now();
+    let out = agentd(&["status", "--state-dir", state.to_str().unwrap_or_default()]);
+    let took = t.elapsed();
+    assert!(
+        out.status.success(),
+        "status failed under the flood: {}\n{}",
+        stderr(&out),
+        d.log_text()
+    );
+    assert!(crate::support::stdout(&out).contains("alpha"));
+    d.request(&Request::Restart { agent: "alpha".into() });
+    std::thread::sleep(Duration::from_secs(1));
+    let cpu = cpu_time(d.pid()) - cpu0;
+    eprintln!("status under 1,200 idle connections: {took:?}; agentd CPU over the next ~1 s: {cpu:?}; held {held}");
+    assert!(
+        cpu < Duration::from_millis(500),
+        "agentd used {cpu:?} of CPU while flooded"
+    );
+    drop(flood);
+}
+
+#[test]
+fn out_of_descriptors_the_accept_loop_backs_off_and_recovers() {
+    raise_own_nofile();
+    let dir = tempdir();
+    let cfg = one_agent(dir.path(), "");
+    let state = dir.path().join("state");
+    let d = Daemon::start(&cfg, &state, &[]);
+    d.running_pid("alpha");
+    // Leave agentd four free descriptors: fewer than the smallest cap (8),
+    // so accepting runs into EMFILE.
+    let used = std::fs::read_dir(format!("/proc/{}/fd", d.pid())).expect("fds").count() as u64;
+    set_nofile(d.pid(), used + 4, 4096);
+    let flood = connect_many(&d.socket(), 64);
+    let cpu0 = cpu_time(d.pid());
+    std::thread::sleep(Duration::from_secs(2));
+    let cpu = cpu_time(d.pid()) - cpu0;
+    // Control: agentd really ran out of descriptors.
+    let now = std::fs::read_dir(format!("/proc/{}/fd", d.pid())).expect("fds").count() as u64;
+    assert!(now >= used + 4, "agentd has {now} of {} descriptors open", used + 4);
+    eprintln!("agentd CPU over 2 s out of descriptors: {cpu:?}");
+    assert!(
+        cpu < Duration::from_millis(400),
+        "the accept loop spun: {cpu:?} of CPU in 2 s"
+    );
+    // Descriptors come back: agentd accepts again by itself.
+    set_nofile(d.pid(), 1024, 4096);
+    drop(flood);
+    let r = crate::support::wait_for(Duration::from_secs(10), || d.try_request(&Request::Health).ok());
+    assert!(
+        r.is_some_and(|r| r.ok),
+        "agentd did not recover; log:\n{}",
+        d.log_text()
+    );
+}
