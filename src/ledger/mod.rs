@@ -11,6 +11,7 @@
 //! from any other instance are rejected, so a stale child (one the
 //! supervisor already gave up on) cannot corrupt a re-queued task.
 
+mod integrity;
 mod schema;
 mod snapshots;
 mod tasks;
@@ -19,6 +20,7 @@ use std::path::{Path, PathBuf};
 
 use rusqlite::{Connection, OpenFlags};
 
+pub use integrity::{Integrity, RECOVERY};
 pub use schema::{APPLICATION_ID, SCHEMA_VERSION, create_at_version};
 pub use snapshots::{Snapshot, SnapshotKind, SnapshotMeta};
 pub use tasks::{Enqueued, NewStep, Step, Task, TaskFilter, TaskState, Trigger};
@@ -48,6 +50,11 @@ pub enum LedgerError {
         #[source]
         source: std::io::Error,
     },
+    #[error(
+        "{path}: the ledger is damaged ({problems}); agentd will not run on it: {}",
+        integrity::RECOVERY
+    )]
+    Damaged { path: PathBuf, problems: String },
     #[error("task {0} does not exist")]
     NoSuchTask(i64),
     #[error("task {task}: lease {lease:?} is not the current holder; the write was rejected")]
@@ -127,6 +134,10 @@ impl Ledger {
 }
 
 fn sqlite(path: &Path, source: rusqlite::Error) -> LedgerError {
+    // A damaged file is named as such wherever it is first noticed.
+    if integrity::is_damage(&source) {
+        return integrity::damaged(path, vec![source.to_string()]);
+    }
     LedgerError::Sqlite {
         path: path.to_owned(),
         source,

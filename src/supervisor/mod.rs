@@ -45,6 +45,8 @@ use schedules::Armed;
 use talk::{Console, Waiters, Watched};
 use watch::ConfigWatcher;
 
+/// The longest the integrity check of the ledger may hold up the start.
+const INTEGRITY_BUDGET: Duration = Duration::from_secs(10);
 /// Quiet time after a config file event before reloading.
 const RELOAD_DEBOUNCE: Duration = Duration::from_millis(150);
 /// After the grace period, a child gets SIGTERM; this much later, SIGKILL.
@@ -239,6 +241,14 @@ async fn run_async(
     // One supervisor per state dir: two would both run the same tasks.
     let _lock = crate::state_dir::lock(&cfg.state_dir)?;
     let ledger = Ledger::open(&cfg.state_dir.join(ledger::FILE_NAME))?;
+    // Before a single row is trusted: a damaged ledger is refused, never half-run.
+    match ledger.check_integrity(INTEGRITY_BUDGET)? {
+        ledger::Integrity::Ok { took } => tracing::debug!("ledger integrity check passed in {took:?}"),
+        ledger::Integrity::Unfinished { budget } => tracing::warn!(
+            "ledger integrity check did not finish within {}; starting without it",
+            humantime::format_duration(budget)
+        ),
+    }
     let ledger = LedgerThread::start(ledger).context("starting the ledger thread")?;
 
     let socket = cfg.state_dir.join(control::SOCKET_NAME);
@@ -267,7 +277,7 @@ async fn run_async(
         reload_seq: 0,
         cfg,
     };
-    sup.recover_orphaned_tasks().await;
+    sup.recover_orphaned_tasks().await?;
     sup.watch_config();
     let names: Vec<AgentSpec> = sup.cfg.agents.clone();
     for spec in names {
@@ -369,7 +379,7 @@ async fn sleep_until_opt(t: Option<tokio::time::Instant>) {
 impl Supervisor {
     /// Tasks a previous agentd left running go back in the queue (or fail
     /// once their attempts are spent): never lost, never run twice at once.
-    async fn recover_orphaned_tasks(&mut self) {
+    async fn recover_orphaned_tasks(&mut self) -> anyhow::Result<()> {
         let max: BTreeMap<String, u32> = self
             .cfg
             .agents
@@ -394,9 +404,11 @@ impl Supervisor {
                     tracing::warn!(agent, "task {id} was running when agentd last stopped; now {state}");
                 }
             }
-            Some(Err(e)) => tracing::error!("recovering running tasks failed: {e}"),
-            None => {}
+            // Starting anyway would run on a ledger that cannot record.
+            Some(Err(e)) => anyhow::bail!("recovering running tasks failed; not starting: {e}"),
+            None => anyhow::bail!("the ledger thread is gone; not starting"),
         }
+        Ok(())
     }
 
     fn watch_config(&mut self) {

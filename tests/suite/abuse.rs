@@ -331,3 +331,84 @@ fn out_of_descriptors_the_accept_loop_backs_off_and_recovers() {
         d.log_text()
     );
 }
+
+/// A ledger with enough tasks to fill a few dozen pages.
+fn filled_ledger(state: &Path) -> PathBuf {
+    let path = state.join(agentd::ledger::FILE_NAME);
+    let mut l = Ledger::open(&path).expect("ledger");
+    for i in 0..400 {
+        let t = Trigger::Message {
+            text: format!("message {i}: {}", "x".repeat(200)),
+            from: "test".into(),
+        };
+        l.enqueue("alpha", &t, None).expect("enqueue");
+    }
+    l.checkpoint().expect("checkpoint");
+    drop(l);
+    path
+}
+
+/// Overwrites `len` bytes of page `page` (1-based, 4 KiB pages) at `offset`.
+fn damage(path: &Path, page: u64, offset: u64, len: usize) {
+    use std::io::{Seek, SeekFrom, Write};
+    let mut f = std::fs::OpenOptions::new().write(true).open(path).expect("open ledger");
+    f.seek(SeekFrom::Start((page - 1) * 4096 + offset)).expect("seek");
+    f.write_all(&vec![0xA5; len]).expect("write garbage");
+}
+
+/// Runs agentd on `state` until it exits (at most 20 s); its exit code and log.
+fn run_to_exit(cfg: &Path, state: &Path) -> (Option<i32>, String) {
+    let log = state.with_extension("log");
+    let mut child = agentd_cmd(&[
+        "--state-dir",
+        state.to_str().unwrap_or_default(),
+        cfg.to_str().unwrap_or_default(),
+    ])
+    .env("RUST_LOG", "info")
+    .stdin(std::process::Stdio::null())
+    .stderr(std::fs::File::create(&log).expect("log"))
+    .spawn()
+    .expect("spawn agentd");
+    let status = crate::support::wait_for(Duration::from_secs(20), || child.try_wait().ok().flatten());
+    if status.is_none() {
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+    (
+        status.and_then(|s| s.code()),
+        std::fs::read_to_string(&log).unwrap_or_default(),
+    )
+}
+
+#[test]
+fn a_damaged_ledger_is_refused_before_anything_runs() {
+    let dir = tempdir();
+    let cfg = one_agent(dir.path(), "");
+    // Control: the same ledger undamaged starts, and agentd reaches READY.
+    let good = dir.path().join("good");
+    filled_ledger(&good);
+    let d = Daemon::start(&cfg, &good, &[]);
+    d.running_pid("alpha");
+    drop(d);
+
+    for (what, page, offset, len) in [
+        ("flipped bytes in data pages", 6, 0, 64),
+        ("flipped bytes in data pages", 9, 0, 4096),
+        ("a corrupt page 2", 2, 0, 4096),
+    ] {
+        let state = dir.path().join(format!("bad-{page}"));
+        let path = filled_ledger(&state);
+        damage(&path, page, offset, len);
+        let (code, log) = run_to_exit(&cfg, &state);
+        assert_eq!(code, Some(1), "{what}: agentd should refuse; log:\n{log}");
+        assert!(log.contains("the ledger is damaged"), "{what}: {log}");
+        assert!(
+            log.contains(".recover") && log.contains("README"),
+            "{what}: no way out given: {log}"
+        );
+        assert!(
+            !log.contains("ready:") && !log.contains("agent started"),
+            "{what}: half-started: {log}"
+        );
+    }
+}
