@@ -81,6 +81,9 @@ pub fn status(global: &Global, args: &StatusArgs) -> anyhow::Result<ExitCode> {
         return Ok(ExitCode::SUCCESS);
     }
     let agents: Vec<AgentStatus> = serde_json::from_value(v["agents"].clone())?;
+    if let Some(cause) = v["degraded"].as_str() {
+        outln!("agentd: DEGRADED: {cause}");
+    }
     for line in control::status_lines(&agents) {
         outln!("{line}");
     }

@@ -63,6 +63,29 @@ pub enum LedgerError {
     NoSuchSnapshot(String),
 }
 
+impl LedgerError {
+    /// Whether the file cannot take writes now (disk full, I/O failing):
+    /// a condition that may pass, unlike a rejected write.
+    pub fn is_unwritable(&self) -> bool {
+        matches!(
+            self,
+            LedgerError::Sqlite { source: rusqlite::Error::SqliteFailure(f, _), .. }
+                if matches!(
+                    f.code,
+                    rusqlite::ErrorCode::DiskFull | rusqlite::ErrorCode::SystemIoFailure | rusqlite::ErrorCode::ReadOnly
+                )
+        )
+    }
+
+    /// The cause without the path, for status lines.
+    pub fn short(&self) -> String {
+        match self {
+            LedgerError::Sqlite { source, .. } => source.to_string(),
+            other => other.to_string(),
+        }
+    }
+}
+
 pub type Result<T, E = LedgerError> = std::result::Result<T, E>;
 
 pub struct Ledger {
@@ -111,6 +134,16 @@ impl Ledger {
 
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// A small real write (the header's schema version, rewritten with its
+    /// own value): whether the ledger takes writes again.
+    pub fn probe_write(&self) -> Result<()> {
+        let v: i64 = self
+            .conn
+            .query_row("PRAGMA user_version", [], |r| r.get(0))
+            .map_err(|e| self.err(e))?;
+        self.exec(&format!("PRAGMA user_version = {v};"))
     }
 
     /// Folds the WAL back into the main file (on clean stop).

@@ -13,6 +13,7 @@
 //! decisions and every ledger write happen here.
 
 mod child;
+mod degraded;
 mod heartbeat;
 mod ledger_thread;
 pub mod restart;
@@ -39,6 +40,7 @@ use crate::protocol::{FromChild, PROTOCOL_VERSION, ToChild};
 use crate::repl::{self, Repl};
 use crate::snapshots;
 use child::ChildHandle;
+use degraded::{Deferred, Degraded};
 use ledger_thread::LedgerThread;
 use restart::{Decision, Exit, Restarts};
 use schedules::Armed;
@@ -211,6 +213,8 @@ pub struct Supervisor {
     state_dir_overridden: bool,
     /// The latest reload started; older parses are dropped when they land.
     reload_seq: u64,
+    /// The ledger cannot be written: why, and the writes kept meanwhile.
+    degraded: Degraded,
 }
 
 /// Runs the supervisor until it is stopped; the process's exit code.
@@ -275,6 +279,7 @@ async fn run_async(
         waiters: HashMap::new(),
         state_dir_overridden,
         reload_seq: 0,
+        degraded: Degraded::default(),
         cfg,
     };
     sup.recover_orphaned_tasks().await?;
@@ -320,6 +325,7 @@ async fn run_async(
         let reload_at = sup.reload_at;
         let stop_deadline = sup.stop_deadline;
         let schedule_at = sup.next_schedule_at();
+        let degraded = sup.degraded.is_degraded();
         tokio::select! {
             Some(ev) = events_rx.recv() => sup.handle(ev).await,
             Some((req, peer, reply)) = control_rx.recv() => match sup.agent_ancestor(peer) {
@@ -336,6 +342,7 @@ async fn run_async(
             },
             Some(input) = repl_rx.recv() => sup.on_repl(input).await,
             _ = sleep_until_opt(schedule_at), if schedule_at.is_some() => sup.fire_schedules().await,
+            _ = tokio::time::sleep(degraded::RETRY), if degraded => sup.retry_kept().await,
             _ = sigterm.recv() => sup.begin_stop("SIGTERM"),
             _ = sigint.recv() => {
                 interrupts += 1;
@@ -636,20 +643,19 @@ impl Supervisor {
                 self.dispatch(name).await;
             }
             FromChild::Trigger { trigger, dedupe_key } => {
-                match self.record_trigger(name, trigger, dedupe_key).await {
-                    Ok(e) => tracing::debug!(agent = name, "trigger recorded as task {}: {e:?}", e.id()),
-                    Err(e) => tracing::error!(agent = name, "cannot record trigger: {e}"),
-                }
+                let kept = Deferred::Trigger {
+                    agent: name.to_owned(),
+                    trigger,
+                    dedupe_key,
+                };
+                self.write_or_keep(name, kept).await;
                 self.dispatch(name).await;
             }
             FromChild::Step { task, lease, step } => {
                 if self.watched.contains_key(&task) {
                     self.on_step(task, &step.kind, step.payload["name"].as_str());
                 }
-                let r = self.ledger.call(move |l| l.append_step(task, &lease, &step)).await;
-                if let Some(Err(e)) = r {
-                    tracing::warn!(agent = name, "journal write rejected: {e}");
-                }
+                self.write_or_keep(name, Deferred::Step { task, lease, step }).await;
             }
             FromChild::Pong { seq } => {
                 if let Some(a) = self.agents.get_mut(name)
@@ -686,20 +692,18 @@ impl Supervisor {
                 // Shown and answered after the write, so whoever hears of the
                 // end finds it in the ledger.
                 let (shown_result, shown_error) = (result.clone(), error.clone());
-                let r = self
-                    .ledger
-                    .call(move |l| -> Result<(), LedgerError> {
-                        l.finish(task, &lease, state, result.as_deref(), error.as_deref())?;
-                        if let Some(c) = conversation {
-                            let data = serde_json::to_vec(&c).unwrap_or_default();
-                            l.put_snapshot(&agent, SnapshotKind::Conversation, None, Some(task), &data)?;
-                        }
-                        Ok(())
-                    })
-                    .await;
-                if let Some(Err(e)) = r {
-                    tracing::error!(agent = name, "cannot record the end of task {task}: {e}");
-                }
+                // Kept in memory when the ledger cannot take it: the task
+                // is not left `running` for good.
+                let end = Deferred::Finish {
+                    agent,
+                    task,
+                    lease,
+                    state,
+                    result,
+                    error,
+                    conversation: conversation.map(|c| serde_json::to_vec(&c).unwrap_or_default()),
+                };
+                self.write_or_keep(name, end).await;
                 let said = summary.map(|s| format!(": {s}")).unwrap_or_default();
                 tracing::info!(agent = name, "task {task} {state}{said}");
                 self.on_task_end(name, task, state, shown_result.as_deref(), shown_error.as_deref());
@@ -742,11 +746,29 @@ impl Supervisor {
 
         if let Some((task, _)) = running {
             let c2 = cause.clone();
-            let r = self.ledger.call(move |l| l.release(task, &c2, max_attempts)).await;
+            let r = if self.degraded.kept.is_empty() {
+                self.ledger.call(move |l| l.release(task, &c2, max_attempts)).await
+            } else {
+                Some(Err(LedgerError::NoSuchTask(task)))
+            };
             match r {
                 Some(Ok(state)) => {
                     tracing::warn!(agent = name, "task {task} interrupted; now {state}");
                     self.on_task_released(name, task, state, &cause);
+                }
+                Some(Err(e)) if !self.degraded.kept.is_empty() || e.is_unwritable() => {
+                    if e.is_unwritable() {
+                        self.enter_degraded(&e);
+                    }
+                    tracing::warn!(
+                        agent = name,
+                        "task {task} interrupted; its release is kept until the ledger takes writes"
+                    );
+                    self.degraded.keep(Deferred::Release {
+                        task,
+                        cause: cause.clone(),
+                        max_attempts,
+                    });
                 }
                 Some(Err(e)) => tracing::error!(agent = name, "cannot release task {task}: {e}"),
                 None => {}
@@ -806,7 +828,7 @@ impl Supervisor {
 
     /// Records a trigger as a task (coalescing by `dedupe_key` while queued).
     async fn record_trigger(
-        &self,
+        &mut self,
         agent: &str,
         trigger: Trigger,
         dedupe_key: Option<String>,
@@ -817,8 +839,110 @@ impl Supervisor {
             .call(move |l| l.enqueue(&agent, &trigger, dedupe_key.as_deref()))
             .await
         {
-            Some(r) => r.map_err(|e| e.to_string()),
+            Some(Ok(e)) => Ok(e),
+            Some(Err(e)) => {
+                if e.is_unwritable() {
+                    self.enter_degraded(&e);
+                }
+                Err(e.to_string())
+            }
             None => Err("the ledger is closed".into()),
+        }
+    }
+
+    /// Writes what must not be lost, or keeps it in memory while the ledger
+    /// cannot take writes (and behind writes already kept, so their order
+    /// holds). See [`degraded`].
+    async fn write_or_keep(&mut self, agent: &str, d: Deferred) {
+        if !self.degraded.kept.is_empty() {
+            self.degraded.keep(d);
+            return;
+        }
+        let (back, r) = match self
+            .ledger
+            .call(move |l| {
+                let r = d.apply(l);
+                (d, r)
+            })
+            .await
+        {
+            Some(x) => x,
+            None => return,
+        };
+        match r {
+            Ok(()) => {
+                if let Deferred::Trigger { .. } = back {
+                    tracing::debug!(agent, "trigger recorded");
+                }
+            }
+            Err(e) if e.is_unwritable() => {
+                self.enter_degraded(&e);
+                self.degraded.keep(back);
+            }
+            Err(e) => tracing::warn!(agent, "ledger write rejected: {e}"),
+        }
+    }
+
+    fn enter_degraded(&mut self, e: &LedgerError) {
+        if self.degraded.enter(e) {
+            tracing::error!(
+                "agentd is degraded: the ledger cannot be written ({}); tasks' ends, journal steps and \
+                 agents' triggers are kept in memory, new messages are refused, retrying every {}",
+                e.short(),
+                humantime::format_duration(degraded::RETRY)
+            );
+            self.update_status();
+        }
+    }
+
+    /// While degraded: replays the kept writes in order, then proves the
+    /// ledger takes writes; on success agentd is whole again.
+    async fn retry_kept(&mut self) {
+        let kept = std::mem::take(&mut self.degraded.kept);
+        let r = self
+            .ledger
+            .call(move |l| {
+                let mut kept = kept;
+                let mut dropped = Vec::new();
+                while let Some(d) = kept.front() {
+                    match d.apply(l) {
+                        Ok(()) => {
+                            kept.pop_front();
+                        }
+                        Err(e) if e.is_unwritable() => return (kept, dropped, Err(e)),
+                        Err(e) => {
+                            dropped.push(e.to_string());
+                            kept.pop_front();
+                        }
+                    }
+                }
+                let probe = l.probe_write();
+                (kept, dropped, probe)
+            })
+            .await;
+        let Some((kept, dropped, outcome)) = r else { return };
+        self.degraded.kept = kept;
+        for e in dropped {
+            tracing::warn!("a kept ledger write was rejected on replay: {e}");
+        }
+        if outcome.is_ok()
+            && let Some(took) = self.degraded.recovered()
+        {
+            let lost = std::mem::take(&mut self.degraded.dropped_steps);
+            let lost = if lost > 0 {
+                format!(" ({lost} journal steps past the in-memory cap were dropped)")
+            } else {
+                String::new()
+            };
+            tracing::info!(
+                "the ledger takes writes again after {}: agentd is no longer degraded{lost}",
+                humantime::format_duration(Duration::from_secs(took.as_secs()))
+            );
+            self.update_status();
+            let names: Vec<String> = self.agents.keys().cloned().collect();
+            for name in names {
+                self.dispatch(&name).await;
+            }
         }
     }
 
@@ -839,7 +963,11 @@ impl Supervisor {
             Some(Ok(Some(t))) => t,
             Some(Ok(None)) | None => return,
             Some(Err(e)) => {
-                tracing::error!(agent = name, "cannot claim a task: {e}");
+                if e.is_unwritable() {
+                    self.enter_degraded(&e);
+                } else {
+                    tracing::error!(agent = name, "cannot claim a task: {e}");
+                }
                 return;
             }
         };
@@ -884,8 +1012,13 @@ impl Supervisor {
 
     fn status_line(&self) -> String {
         let count = |s: State| self.agents.values().filter(|a| a.state == s).count();
+        let degraded = self
+            .degraded
+            .cause()
+            .map(|c| format!("; DEGRADED: {c}"))
+            .unwrap_or_default();
         format!(
-            "{} agents: {} running, {} starting, {} failed",
+            "{} agents: {} running, {} starting, {} failed{degraded}",
             self.agents.len(),
             count(State::Running),
             count(State::Starting) + count(State::Backoff),
@@ -1002,7 +1135,8 @@ impl Supervisor {
         match req {
             Request::DescribeInterface => Response::ok(Request::describe()),
             Request::Health => Response::ok(json!({
-                "ok": self.stop_deadline.is_none(),
+                "ok": self.stop_deadline.is_none() && !self.degraded.is_degraded(),
+                "degraded": self.degraded.cause(),
                 "pid": std::process::id(),
                 "uptime_s": self.started.elapsed().as_secs_f64(),
                 "agents": self.agents.len(),
@@ -1014,7 +1148,7 @@ impl Supervisor {
                 for name in names {
                     out.push(self.agent_status(&name).await);
                 }
-                Response::ok(json!({ "agents": out }))
+                Response::ok(json!({ "agents": out, "degraded": self.degraded.cause() }))
             }
             Request::Start { agent }
             | Request::Stop { agent }

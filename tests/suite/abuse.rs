@@ -412,3 +412,105 @@ fn a_damaged_ledger_is_refused_before_anything_runs() {
         );
     }
 }
+
+/// A small tmpfs mounted for one test, unmounted when dropped.
+struct Tmpfs(PathBuf);
+
+impl Tmpfs {
+    fn mount(at: &Path, size: &str) -> Tmpfs {
+        std::fs::create_dir_all(at).expect("mount point");
+        let out = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(at)
+            .output()
+            .expect("run mount");
+        assert!(out.status.success(), "mount tmpfs (needs root): {}", stderr(&out));
+        Tmpfs(at.to_owned())
+    }
+
+    /// Writes a file until the filesystem is full; returns its path.
+    fn fill(&self) -> PathBuf {
+        use std::io::Write;
+        let path = self.0.join("filler");
+        let mut f = std::fs::File::create(&path).expect("filler");
+        let block = vec![0u8; 64 * 1024];
+        while f.write_all(&block).is_ok() {}
+        let one = [0u8; 1];
+        while f.write_all(&one).is_ok() {}
+        path
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount").arg("-l").arg(&self.0).status();
+    }
+}
+
+#[test]
+fn a_full_disk_degrades_agentd_without_lying_and_it_recovers_by_itself() {
+    let (_model, url) = silent_model();
+    let dir = tempdir();
+    let cfg = one_agent(
+        dir.path(),
+        &format!("    llm: {{base_url: \"{url}\", api_key_env: FULL_KEY, request_timeout: 2s, max_retries: 0}}\n"),
+    );
+    // The state dir is the tmpfs itself; agentd's log lands next to it.
+    let state = dir.path().join("state");
+    let fs = Tmpfs::mount(&state, "8m");
+    let d = Daemon::start(&cfg, &state, &[("FULL_KEY", "k")]);
+    d.running_pid("alpha");
+    let sd = state.to_str().unwrap_or_default();
+    // Control: with space, a message is recorded and agentd is healthy.
+    let r = d.request(&Request::Send {
+        agent: "alpha".into(),
+        text: "first".into(),
+        wait: false,
+    });
+    let task = r.result.unwrap_or_default()["task"].as_i64().expect("task id");
+    d.wait_status("the task to run", |s| s[0].running_task == Some(task));
+    assert_eq!(d.request(&Request::Health).result.unwrap_or_default()["ok"], true);
+
+    // The disk fills while the task runs; the model call then times out,
+    // and the task's end cannot be written.
+    let filler = fs.fill();
+    let out = agentd(&["send", "--state-dir", sd, "alpha", "second"]);
+    assert_eq!(out.status.code(), Some(1), "a message on a full disk must be refused");
+    assert!(stderr(&out).contains("disk is full"), "{}", stderr(&out));
+    let degraded = crate::support::wait_for(Duration::from_secs(10), || {
+        let out = agentd(&["status", "--state-dir", sd]);
+        let text = crate::support::stdout(&out);
+        text.contains("DEGRADED").then_some(text)
+    })
+    .unwrap_or_else(|| panic!("status never said degraded; log:\n{}", d.log_text()));
+    assert!(degraded.contains("database or disk is full"), "{degraded}");
+    // The task ended (its model call timed out), and agentd knows it: the
+    // agent is free, not stuck on a task the ledger still calls running.
+    d.wait_status("the task to end", |s| s[0].running_task.is_none());
+    assert_eq!(
+        ledger_task(&state, task).state.as_str(),
+        "running",
+        "the ledger could not be written yet"
+    );
+
+    // Space returns: agentd writes what it kept, by itself.
+    std::fs::remove_file(filler).expect("free space");
+    let t = crate::support::wait_for(Duration::from_secs(10), || {
+        let t = ledger_task(&state, task);
+        t.state.is_final().then_some(t)
+    })
+    .unwrap_or_else(|| panic!("the task's end was never written; log:\n{}", d.log_text()));
+    assert_eq!(t.state.as_str(), "failed");
+    assert!(
+        t.error.unwrap_or_default().contains("model"),
+        "the kept error was written"
+    );
+    let h = crate::support::wait_for(Duration::from_secs(10), || {
+        let h = d.request(&Request::Health).result.unwrap_or_default();
+        (h["ok"] == true).then_some(h)
+    });
+    assert!(h.is_some(), "agentd stayed degraded; log:\n{}", d.log_text());
+    let out = agentd(&["send", "--state-dir", sd, "alpha", "third"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    drop(d);
+}
