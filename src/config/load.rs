@@ -61,7 +61,7 @@ const SERVER_KEYS: &[&str] = &[
     "headers",
     "tool_filter",
 ];
-const SUBSCRIPTION_KEYS: &[&str] = &["uri", "server", "debounce", "interval"];
+const SUBSCRIPTION_KEYS: &[&str] = &["uri", "server", "debounce", "interval", "min_interval"];
 const SCHEDULE_KEYS: &[&str] = &["cron", "prompt", "timezone"];
 const RESTART_KEYS: &[&str] = &["policy", "backoff_min", "backoff_max", "burst", "interval"];
 const LIMIT_KEYS: &[&str] = &[
@@ -86,6 +86,9 @@ const POLICY_LIMIT_KEYS: &[&str] = &["cpu", "memory", "processes", "file_size", 
 
 /// Default quiet time for resource subscriptions: bursts inside it coalesce.
 const DEFAULT_DEBOUNCE: Duration = Duration::from_millis(200);
+/// Default least time between two triggers from one resource of a
+/// subscription: a chatty server cannot turn into an LLM bill.
+const DEFAULT_MIN_INTERVAL: Duration = Duration::from_secs(10);
 /// Default poll interval for `tool://` subscriptions.
 const DEFAULT_POLL: Duration = Duration::from_secs(30);
 
@@ -1021,6 +1024,7 @@ fn decode_subscription(
         server: None,
         debounce: DEFAULT_DEBOUNCE,
         interval: DEFAULT_POLL,
+        min_interval: DEFAULT_MIN_INTERVAL,
     };
     if let Some(map) = map {
         if let Some(n) = map.get("server") {
@@ -1035,6 +1039,9 @@ fn decode_subscription(
                 return None;
             }
             spec.server = Some(s);
+        }
+        if let Some(d) = map.duration(cx, "min_interval") {
+            spec.min_interval = d;
         }
         if let Some(d) = map.duration(cx, "debounce") {
             spec.debounce = d;

@@ -174,6 +174,10 @@ pub struct SubscriptionSpec {
     pub debounce: Duration,
     /// For `tool://` subscriptions: how often the tool is polled.
     pub interval: Duration,
+    /// The least time between two triggers from one resource of this
+    /// subscription; updates inside it coalesce into one trigger at its
+    /// end, with the freshest contents.
+    pub min_interval: Duration,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

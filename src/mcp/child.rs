@@ -161,6 +161,7 @@ async fn log_stderr(server: String, stderr: tokio::process::ChildStderr) {
     const MAX_LINE: u64 = 16 * 1024;
     let mut reader = BufReader::new(stderr);
     let mut line = Vec::new();
+    let mut limit = crate::log_limit::LogLimit::new("stderr lines", &server);
     loop {
         line.clear();
         match (&mut reader).take(MAX_LINE).read_until(b'\n', &mut line).await {
@@ -168,8 +169,11 @@ async fn log_stderr(server: String, stderr: tokio::process::ChildStderr) {
             Ok(_) => {
                 let text = String::from_utf8_lossy(&line);
                 let text = text.trim_end();
-                if !text.is_empty() {
-                    tracing::info!(target: "agentd::mcp::stderr", server = %server, "{text}");
+                if !text.is_empty()
+                    && let Some(suppressed) = limit.allow(std::time::Instant::now())
+                {
+                    let note = limit.note(suppressed);
+                    tracing::info!(target: "agentd::mcp::stderr", server = %server, "{text}{note}");
                 }
             }
         }
@@ -240,6 +244,8 @@ pub(crate) struct JsonLines<R> {
     /// Dropping the rest of an oversized line.
     discarding: bool,
     eof: bool,
+    /// Keeps a flood of non-JSON lines from flooding the log.
+    limit: crate::log_limit::LogLimit,
 }
 
 impl<R> JsonLines<R> {
@@ -254,6 +260,7 @@ impl<R> JsonLines<R> {
             ready_pos: 0,
             discarding: false,
             eof: false,
+            limit: crate::log_limit::LogLimit::new("non-JSON stdout lines", server),
         }
     }
 
@@ -287,12 +294,16 @@ impl<R> JsonLines<R> {
             return;
         }
         self.noise.fetch_add(1, Ordering::Relaxed);
+        let Some(suppressed) = self.limit.allow(std::time::Instant::now()) else {
+            return;
+        };
+        let note = self.limit.note(suppressed);
         let shown = String::from_utf8_lossy(&body[..body.len().min(200)]).into_owned();
         tracing::warn!(
             server = %self.server,
             line = %shown,
             "MCP server printed a non-JSON line on stdout (stdout is for JSON-RPC only; \
-             logs belong on stderr); ignored"
+             logs belong on stderr); ignored{note}"
         );
     }
 }
