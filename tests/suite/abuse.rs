@@ -514,3 +514,145 @@ fn a_full_disk_degrades_agentd_without_lying_and_it_recovers_by_itself() {
     assert!(out.status.success(), "{}", stderr(&out));
     drop(d);
 }
+
+/// A stdio MCP server (Python) with one subscribable resource. Once
+/// subscribed it sends `updates` `resources/updated` notifications as
+/// fast as it can, and prints `noise` non-JSON lines on stdout and on stderr.
+const FLOOD_SERVER: &str = r#"
+import json, sys, threading
+updates, noise = int(sys.argv[1]), int(sys.argv[2])
+lock = threading.Lock()
+def send(msg):
+    with lock:
+        sys.stdout.write(json.dumps(msg) + "\n"); sys.stdout.flush()
+def flood():
+    for i in range(noise):
+        with lock:
+            sys.stdout.write("noise line %d on stdout\n" % i)
+        sys.stderr.write("noise line %d on stderr\n" % i)
+    sys.stdout.flush(); sys.stderr.flush()
+    for i in range(updates):
+        send({"jsonrpc": "2.0", "method": "notifications/resources/updated", "params": {"uri": "flood://x"}})
+    with open(sys.argv[3], "w") as f:
+        f.write("done")
+counter = [0]
+for line in sys.stdin:
+    msg = json.loads(line)
+    m, i = msg.get("method"), msg.get("id")
+    if i is None:
+        continue
+    if m == "initialize":
+        r = {"protocolVersion": msg["params"]["protocolVersion"], "serverInfo": {"name": "flood", "version": "1"},
+             "capabilities": {"resources": {"subscribe": True}}}
+    elif m == "resources/list":
+        r = {"resources": [{"uri": "flood://x", "name": "x"}]}
+    elif m == "resources/read":
+        counter[0] += 1
+        r = {"contents": [{"uri": "flood://x", "text": "version %d" % counter[0]}]}
+    elif m == "resources/subscribe":
+        send({"jsonrpc": "2.0", "id": i, "result": {}})
+        threading.Thread(target=flood, daemon=True).start()
+        continue
+    elif m in ("tools/list",):
+        r = {"tools": []}
+    elif m in ("prompts/list",):
+        r = {"prompts": []}
+    else:
+        send({"jsonrpc": "2.0", "id": i, "error": {"code": -32601, "message": "no " + str(m)}})
+        continue
+    send({"jsonrpc": "2.0", "id": i, "result": r})
+"#;
+
+/// Runs one agent subscribed to the flood server until the flood is over
+/// and 3 s more, then stops agentd; returns how many tasks it made, how
+/// long the flood lasted, and agentd's log.
+fn flood_run(dir: &Path, name: &str, updates: u32, noise: u32, subscription: &str) -> (usize, Duration, String) {
+    let script = write(dir, "flood.py", FLOOD_SERVER);
+    let done = dir.join(format!("{name}.done"));
+    let cfg = write(
+        dir,
+        &format!("{name}.yaml"),
+        &format!(
+            "shutdown_grace: 1s\nagents:\n  - name: alpha\n    model: m\n    llm: {{base_url: \"http://127.0.0.1:1/v1\", max_retries: 0}}\n    mcp_servers: [{{name: flood, command: python3, args: [\"{}\", \"{updates}\", \"{noise}\", \"{}\"]}}]\n    subscriptions: [{subscription}]\n",
+            script.display(),
+            done.display()
+        ),
+    );
+    let state = dir.join(name);
+    let mut d = Daemon::start(&cfg, &state, &[]);
+    d.running_pid("alpha");
+    let started = Instant::now();
+    let finished = crate::support::wait_for(Duration::from_secs(120), || done.exists().then_some(()));
+    assert!(finished.is_some(), "the flood never finished; log:\n{}", d.log_text());
+    let lasted = started.elapsed();
+    // Past the default min_interval, so a held-back update has fired.
+    std::thread::sleep(Duration::from_secs(3).max(Duration::from_secs(12).saturating_sub(lasted)));
+    d.signal(nix::sys::signal::Signal::SIGTERM);
+    d.wait_exit(Duration::from_secs(20));
+    let tasks = Ledger::open_read_only(&state.join(agentd::ledger::FILE_NAME))
+        .and_then(|l| {
+            l.list_tasks(&agentd::ledger::TaskFilter {
+                agent: None,
+                state: None,
+                limit: None,
+            })
+        })
+        .expect("tasks")
+        .len();
+    (tasks, lasted, d.log_text())
+}
+
+#[test]
+fn a_flood_of_resource_updates_is_a_handful_of_tasks() {
+    let dir = tempdir();
+    // Control: without the rate limit the same flood makes many tasks.
+    let (unlimited, _, _) = flood_run(
+        dir.path(),
+        "unlimited",
+        20_000,
+        0,
+        "{uri: \"flood://x\", debounce: 0ms, min_interval: 0ms}",
+    );
+    let (limited, lasted, log) = flood_run(dir.path(), "limited", 20_000, 0, "{uri: \"flood://x\", debounce: 0ms}");
+    eprintln!(
+        "20,000 updates: {unlimited} tasks without min_interval, {limited} with the default 10 s (flood lasted {lasted:?})"
+    );
+    assert!(unlimited > 10, "the control flood made only {unlimited} tasks");
+    // One at once, then at most one per 10 s, the last at the end.
+    let bound = 2 + (lasted.as_secs() / 10) as usize;
+    assert!(
+        limited <= bound,
+        "{limited} tasks from a {lasted:?} flood (at most {bound}); log:\n{log}"
+    );
+    // The last update is not lost: it fired when its interval ended.
+    assert!(limited >= 2, "the held-back update never fired; log:\n{log}");
+}
+
+#[test]
+fn a_flood_of_server_noise_is_a_few_log_lines_with_counts() {
+    let dir = tempdir();
+    let t = Instant::now();
+    let (_, _, log) = flood_run(dir.path(), "noisy", 0, 100_000, "{uri: \"flood://x\"}");
+    let took = t.elapsed();
+    let stdout_lines = log.matches("non-JSON line on stdout").count();
+    let stderr_lines = log.matches("noise line").count() - stdout_lines;
+    eprintln!(
+        "200,000 noise lines in ~{took:?}: {stdout_lines} stdout warnings and {stderr_lines} stderr lines logged, {} log bytes",
+        log.len()
+    );
+    // Control: the server really printed them (agentd counted what it held back).
+    let counted: u64 = log
+        .match_indices(" more non-JSON stdout lines suppressed")
+        .chain(log.match_indices(" non-JSON stdout lines suppressed at the end"))
+        .filter_map(|(i, _)| log[..i].rsplit([' ', '(']).next().and_then(|n| n.parse::<u64>().ok()))
+        .sum();
+    assert!(
+        counted + stdout_lines as u64 >= 99_000,
+        "only {counted} suppressed lines counted; log tail:\n{}",
+        &log[log.len().saturating_sub(3000)..]
+    );
+    assert!(
+        stdout_lines < 500 && stderr_lines < 500,
+        "{stdout_lines} + {stderr_lines} noise lines reached the log"
+    );
+}
