@@ -66,6 +66,7 @@ const SCHEDULE_KEYS: &[&str] = &["cron", "prompt", "timezone"];
 const RESTART_KEYS: &[&str] = &["policy", "backoff_min", "backoff_max", "burst", "interval"];
 const LIMIT_KEYS: &[&str] = &[
     "max_turns",
+    "max_tool_calls",
     "max_tokens",
     "task_timeout",
     "max_attempts",
@@ -1228,6 +1229,10 @@ fn decode_limits(cx: &mut Cx, node: &Node, path: &str, mut l: Limits) -> Limits 
     if let Some(v) = map.number::<u32>(cx, "max_turns", "a whole number") {
         positive(cx, "max_turns", v.into());
         l.max_turns = v;
+    }
+    if let Some(v) = map.number::<u32>(cx, "max_tool_calls", "a whole number") {
+        positive(cx, "max_tool_calls", v.into());
+        l.max_tool_calls = v;
     }
     if let Some(v) = map.number::<u64>(cx, "max_tokens", "a whole number") {
         positive(cx, "max_tokens", v);

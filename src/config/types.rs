@@ -254,6 +254,8 @@ impl Default for HeartbeatSpec {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Limits {
     pub max_turns: u32,
+    /// Tool calls run from one model reply; the rest are answered "not run".
+    pub max_tool_calls: u32,
     /// Token budget of one task (prompt + completion, summed over turns).
     pub max_tokens: u64,
     pub task_timeout: Duration,
@@ -268,6 +270,7 @@ impl Default for Limits {
     fn default() -> Self {
         Limits {
             max_turns: 20,
+            max_tool_calls: 32,
             max_tokens: 200_000,
             task_timeout: Duration::from_secs(600),
             max_attempts: 3,

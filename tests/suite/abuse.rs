@@ -656,3 +656,136 @@ fn a_flood_of_server_noise_is_a_few_log_lines_with_counts() {
         "{stdout_lines} + {stderr_lines} noise lines reached the log"
     );
 }
+
+fn agent_with_model(dir: &Path, name: &str, base_url: &str, limits: &str) -> PathBuf {
+    write(
+        dir,
+        &format!("{name}.yaml"),
+        &format!(
+            "shutdown_grace: 1s\nagents:\n  - name: alpha\n    model: m\n    llm: {{base_url: \"{base_url}\", api_key_env: T_KEY, request_timeout: 60s, max_retries: 0}}\n    limits: {{{limits}}}\n"
+        ),
+    )
+}
+
+/// Sends a message and waits (up to 60 s) for its task to end.
+fn run_message(d: &Daemon, state: &Path) -> agentd::ledger::Task {
+    let r = d.request(&Request::Send {
+        agent: "alpha".into(),
+        text: "go".into(),
+        wait: false,
+    });
+    let id = r.result.unwrap_or_default()["task"].as_i64().expect("task id");
+    crate::support::wait_for(Duration::from_secs(60), || {
+        let t = ledger_task(state, id);
+        t.state.is_final().then_some(t)
+    })
+    .unwrap_or_else(|| panic!("task {id} did not end; log:\n{}", d.log_text()))
+}
+
+fn tool_steps(state: &Path, task: i64) -> (usize, Vec<serde_json::Value>) {
+    let steps = Ledger::open_read_only(&state.join(agentd::ledger::FILE_NAME))
+        .and_then(|l| l.steps(task))
+        .expect("steps");
+    let tools = steps.iter().filter(|s| s.kind == "tool").count();
+    let capped = steps
+        .iter()
+        .filter(|s| s.kind == "tool_calls_capped")
+        .map(|s| s.payload.clone())
+        .collect();
+    (tools, capped)
+}
+
+#[test]
+fn a_reply_with_a_thousand_tool_calls_runs_only_the_cap() {
+    use crate::support::llm_server::{LlmServer, Reply};
+    let calls: Vec<(String, String)> = (0..1000).map(|i| (format!("call_{i}"), "{}".to_owned())).collect();
+    let calls: Vec<(&str, &str, &str)> = calls.iter().map(|(id, a)| (id.as_str(), "nope", a.as_str())).collect();
+    let dir = tempdir();
+    let mut ran = Vec::new();
+    for (name, limits) in [("control", "max_tool_calls: 5000"), ("capped", "")] {
+        let llm = LlmServer::start(vec![Reply::stream_tool_calls(&calls), Reply::stream_text(&["done"])]);
+        let cfg = agent_with_model(dir.path(), name, &llm.base_url(), limits);
+        let state = dir.path().join(name);
+        let d = Daemon::start(&cfg, &state, &[("T_KEY", "k")]);
+        d.running_pid("alpha");
+        let t = run_message(&d, &state);
+        assert_eq!(t.state.as_str(), "succeeded", "{:?}; log:\n{}", t.error, d.log_text());
+        // Every call was answered in the next request, run or not.
+        let second = llm.requests().get(1).map(|r| r.json()).expect("a second model request");
+        let answers = second["messages"]
+            .as_array()
+            .map(|m| m.iter().filter(|m| m["role"] == "tool").count())
+            .unwrap_or(0);
+        assert_eq!(
+            answers,
+            1000,
+            "{name}: every tool call needs an answer: {}",
+            &second.to_string()[..2000.min(second.to_string().len())]
+        );
+        ran.push(tool_steps(&state, t.id));
+    }
+    assert_eq!(ran[0].0, 1000, "control: without the cap all 1,000 run");
+    assert_eq!(ran[1].0, 32, "the default cap runs 32");
+    assert_eq!(ran[1].1.len(), 1);
+    assert_eq!(ran[1].1[0]["not_run"], 968);
+}
+
+/// Peak resident memory of a process (VmHWM), in KiB.
+fn peak_rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("status");
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or(0)
+}
+
+#[test]
+fn a_20_mb_reply_is_stored_capped_and_never_crosses_the_supervisor_whole() {
+    use crate::support::llm_server::{LlmServer, Reply};
+    let big = "All work and no play makes Jack a dull boy.\n".repeat(20 * 1024 * 1024 / 44);
+    let pieces: Vec<&str> = big
+        .as_bytes()
+        .chunks(1 << 20)
+        .map(|c| std::str::from_utf8(c).unwrap_or(""))
+        .collect();
+    let llm = LlmServer::start(vec![Reply::stream_text(&pieces)]);
+    let dir = tempdir();
+    let cfg = agent_with_model(dir.path(), "big", &llm.base_url(), "");
+    let state = dir.path().join("big");
+    let d = Daemon::start(&cfg, &state, &[("T_KEY", "k")]);
+    d.running_pid("alpha");
+    let before = peak_rss_kib(d.pid());
+    let t = run_message(&d, &state);
+    let after = peak_rss_kib(d.pid());
+    eprintln!(
+        "supervisor peak RSS {before} KiB before, {after} KiB after a {} MB reply",
+        big.len() / 1_000_000
+    );
+    assert_eq!(
+        t.state.as_str(),
+        "succeeded",
+        "{:?}; {} requests: {:?}\nlog:\n{}",
+        t.error,
+        llm.request_count(),
+        llm.requests()
+            .iter()
+            .map(|r| r.body.chars().take(300).collect::<String>())
+            .collect::<Vec<_>>(),
+        d.log_text()
+    );
+    let result = t.result.unwrap_or_default();
+    // Control: the reply really was 20 MB; the note says how much was left out.
+    let note = format!("[{} more bytes]", big.len() - 64 * 1024);
+    assert!(
+        result.ends_with(&note),
+        "stored result ends {:?}",
+        &result[result.len().saturating_sub(80)..]
+    );
+    assert!(result.len() < 70 * 1024);
+    assert!(
+        after - before < 16 * 1024,
+        "the supervisor grew by {} KiB for a 20 MB reply",
+        after - before
+    );
+}
