@@ -4,6 +4,7 @@
 //! the map of modules and their invariants.
 
 pub mod agent;
+pub mod beneath;
 pub mod cli;
 pub mod config;
 pub mod control;
@@ -13,7 +14,6 @@ pub mod llm;
 pub mod log_limit;
 pub mod logging;
 pub mod mcp;
-pub mod procfs;
 pub mod protocol;
 pub mod repl;
 pub mod sandbox;

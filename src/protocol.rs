@@ -26,6 +26,11 @@ pub enum ToChild {
         version: u32,
         spec: Box<AgentSpec>,
         workdir: PathBuf,
+        /// Where stdio MCP servers start (a directory no sandbox can write).
+        mcp_dir: PathBuf,
+        /// `(uid, gid)` sandboxed code runs as; `None` when agentd is
+        /// unprivileged (code keeps agentd's uid).
+        sandbox_user: Option<(u32, u32)>,
         /// The conversation saved after the agent's last task, if any.
         conversation: Option<serde_json::Value>,
         /// `agentd CONFIG --record DIR`: record model replies into cassettes here.
@@ -61,6 +66,9 @@ pub enum FromChild {
     Step { task: i64, lease: String, step: NewStep },
     /// The answer to [`ToChild::Ping`].
     Pong { seq: u64 },
+    /// An MCP server of the agent cannot be reached (`degraded`: which and
+    /// why), or all are fine again (`None`). Sent on change only.
+    Health { degraded: Option<String> },
     /// Text the model produced for a person (streamed REPL replies).
     Output { task: i64, lease: String, text: String },
     /// The task ended; the child is free for the next one.

@@ -1,24 +1,27 @@
-//! The tool bridge: a Unix socket the agent child serves so that code in
-//! its sandbox can call the agent's MCP tools (generated Python bindings,
-//! `agentd tool call`).
+//! The tool bridge: how code in an agent's sandbox calls the agent's MCP
+//! tools (generated Python bindings, `agentd tool call`).
 //!
-//! Protocol: one JSON line per connection, `{"token", "tool",
+//! There is no socket with a name. For each sandbox run the bridge makes a
+//! *dialer*: a `SOCK_SEQPACKET` socket pair whose one end the run inherits
+//! as a file descriptor (its number in `AGENTD_BRIDGE_FD`), and no other
+//! process agentd starts does. A caller makes a fresh stream socket pair
+//! and sends one end through the dialer (`SCM_RIGHTS`); the bridge serves
+//! that end. So nothing outside the run can reach the bridge: no path to
+//! connect to exists, and with network off the seccomp policy refuses
+//! `socket(2)` and `connect(2)` anyway, so the dialer is the only way out.
+//!
+//! Protocol on each connection: one JSON line `{"token", "tool",
 //! "arguments"}`, answered by one JSON line, `{"ok": true, "text",
 //! "is_error", "structured"}` or `{"ok": false, "error"}`, then the bridge
-//! closes the connection.
+//! closes it.
 //!
-//! Who may call: the socket is reachable by name from the host (bwrap
-//! binds it into the sandbox, landlock grants it), so the bridge checks
-//! two things before it looks at a request:
-//! - the peer (`SO_PEERCRED`, pid translated into our PID namespace by the
-//!   kernel, bwrap's or not) must be a descendant of this agent child:
-//!   sandbox runs are, other agents, the supervisor and users' shells are
-//!   not;
-//! - the request must carry the running task's token: 128 random bits
-//!   made when the task starts, passed only in the sandbox's environment
-//!   (`AGENTD_BRIDGE_TOKEN`) and dropped when the task ends. This shuts
-//!   out the agent's own MCP servers (descendants, but without the token)
-//!   and leftovers of an earlier task.
+//! Before it looks at a request the bridge checks credentials, not
+//! ancestry: the connection's `SO_PEERCRED` uid must be the run's (the
+//! agent's own uid when agentd is root), and the request must carry the
+//! running task's token: 128 random bits made when the task starts, passed
+//! only in the sandbox's environment (`AGENTD_BRIDGE_TOKEN`, on no command
+//! line) and dropped when the task ends, which shuts out leftovers of an
+//! earlier task.
 //!
 //! Only the agent's own tools are callable (its [`McpHub`]); requests and
 //! replies are capped and each call has a timeout (`bridge:` in the agent's
@@ -26,15 +29,15 @@
 //! `bridge` step of the running task through the supervisor, with the
 //! task's lease.
 
-use std::path::{Path, PathBuf};
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
+use tokio::io::unix::AsyncFd;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
-use tokio::net::{UnixListener, UnixStream};
-use tokio::task::JoinHandle;
+use tokio::net::UnixStream;
 
 use super::Outbox;
 use super::runner::clip;
@@ -43,8 +46,9 @@ use crate::ledger::NewStep;
 use crate::mcp::McpHub;
 use crate::protocol::FromChild;
 
-/// Environment variable with the socket's path, inside the sandbox.
-pub const ENV_SOCKET: &str = "AGENTD_BRIDGE";
+/// Environment variable with the dialer's descriptor number, inside the
+/// sandbox.
+pub const ENV_FD: &str = "AGENTD_BRIDGE_FD";
 /// Environment variable with the running task's token, inside the sandbox.
 pub const ENV_TOKEN: &str = "AGENTD_BRIDGE_TOKEN";
 
@@ -94,64 +98,27 @@ struct Current {
     token: String,
 }
 
-/// The bridge of one agent child. Stops serving and removes its socket
-/// when dropped.
+/// The bridge of one agent child.
 pub struct Bridge {
-    socket: PathBuf,
-    current: Arc<Mutex<Option<Current>>>,
-    server: JoinHandle<()>,
+    shared: Arc<Shared>,
 }
 
 impl Bridge {
-    /// Binds `socket` (replacing a stale one) and serves it.
-    pub fn start(socket: PathBuf, hub: Arc<McpHub>, limits: BridgeSpec, outbox: Outbox) -> std::io::Result<Bridge> {
-        use std::os::unix::fs::PermissionsExt;
-        match std::fs::remove_file(&socket) {
-            Ok(()) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => return Err(e),
+    pub fn start(hub: Arc<McpHub>, limits: BridgeSpec, outbox: Outbox) -> Bridge {
+        Bridge {
+            shared: Arc::new(Shared {
+                hub,
+                limits,
+                outbox,
+                current: Arc::default(),
+            }),
         }
-        let listener = UnixListener::bind(&socket)?;
-        // Sandboxed code may run as another user (the workdir's owner when
-        // agentd is root): access is decided by the peer and token checks,
-        // not by the file mode.
-        std::fs::set_permissions(&socket, std::fs::Permissions::from_mode(0o666))?;
-        let current: Arc<Mutex<Option<Current>>> = Arc::default();
-        let shared = Arc::new(Shared {
-            hub,
-            limits,
-            outbox,
-            current: current.clone(),
-            own_pid: std::process::id() as i32,
-        });
-        let server = tokio::spawn(async move {
-            loop {
-                match listener.accept().await {
-                    Ok((conn, _)) => {
-                        tokio::spawn(shared.clone().serve(conn));
-                    }
-                    Err(e) => {
-                        tracing::warn!(error = %e, "tool bridge: accept failed");
-                        tokio::time::sleep(Duration::from_millis(50)).await;
-                    }
-                }
-            }
-        });
-        Ok(Bridge {
-            socket,
-            current,
-            server,
-        })
-    }
-
-    pub fn socket(&self) -> &Path {
-        &self.socket
     }
 
     /// Opens the bridge for a task; returns the token its sandbox gets.
     pub fn begin(&self, task: i64, lease: &str) -> std::io::Result<String> {
         let token = random_token()?;
-        if let Ok(mut c) = self.current.lock() {
+        if let Ok(mut c) = self.shared.current.lock() {
             *c = Some(Current {
                 task,
                 lease: lease.to_owned(),
@@ -163,16 +130,95 @@ impl Bridge {
 
     /// Closes the bridge to the finished task's token.
     pub fn end(&self) {
-        if let Ok(mut c) = self.current.lock() {
+        if let Ok(mut c) = self.shared.current.lock() {
             *c = None;
         }
     }
+
+    /// A dialer for one sandbox run whose processes run as `uid`: the end
+    /// the run inherits. The bridge serves what arrives through it until
+    /// every copy of that end is closed (the run is over).
+    pub fn dialer(&self, uid: u32) -> std::io::Result<OwnedFd> {
+        use nix::sys::socket::{AddressFamily, SockFlag, SockType, socketpair};
+        let (ours, theirs) = socketpair(
+            AddressFamily::Unix,
+            SockType::SeqPacket,
+            None,
+            SockFlag::SOCK_CLOEXEC | SockFlag::SOCK_NONBLOCK,
+        )?;
+        // SAFETY: `ours` is a descriptor this function just made; it is
+        // owned by the AsyncFd and closed only when the AsyncFd is dropped.
+        let ours = unsafe { AsyncFd::register(ours) }.map_err(|e| e.into_parts().1)?;
+        let shared = self.shared.clone();
+        tokio::spawn(async move {
+            loop {
+                match receive(&ours).await {
+                    Ok(Some(conns)) => {
+                        for conn in conns {
+                            tokio::spawn(shared.clone().serve(conn, uid));
+                        }
+                    }
+                    Ok(None) => break,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "tool bridge: dialer failed");
+                        break;
+                    }
+                }
+            }
+        });
+        Ok(theirs)
+    }
 }
 
-impl Drop for Bridge {
-    fn drop(&mut self) {
-        self.server.abort();
-        let _ = std::fs::remove_file(&self.socket);
+/// Waits for the next message on a dialer: the connections it carries, or
+/// `None` at the end (every sender closed).
+async fn receive(dialer: &AsyncFd<OwnedFd>) -> std::io::Result<Option<Vec<UnixStream>>> {
+    use nix::sys::socket::{ControlMessageOwned, MsgFlags, recvmsg};
+    loop {
+        let mut guard = dialer.readable().await?;
+        let got = guard.try_io(|fd| {
+            let mut byte = [0u8; 1];
+            let mut iov = [std::io::IoSliceMut::new(&mut byte)];
+            let mut space = nix::cmsg_space!([std::os::fd::RawFd; 4]);
+            let msg = recvmsg::<()>(
+                fd.as_raw_fd(),
+                &mut iov,
+                Some(&mut space),
+                MsgFlags::MSG_CMSG_CLOEXEC | MsgFlags::MSG_DONTWAIT,
+            )
+            .map_err(std::io::Error::from)?;
+            let mut fds = Vec::new();
+            for cmsg in msg.cmsgs().map_err(std::io::Error::from)? {
+                if let ControlMessageOwned::ScmRights(received) = cmsg {
+                    // SAFETY: the kernel just installed these descriptors
+                    // in this process; nothing else owns them.
+                    fds.extend(
+                        received
+                            .into_iter()
+                            .map(|fd| unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) }),
+                    );
+                }
+            }
+            Ok((msg.bytes, fds))
+        });
+        match got {
+            Ok(Ok((0, fds))) if fds.is_empty() => return Ok(None),
+            Ok(Ok((_, fds))) => {
+                let mut conns = Vec::new();
+                for fd in fds {
+                    let std = std::os::unix::net::UnixStream::from(fd);
+                    // Anything but a socket we can serve is dropped here.
+                    if std.set_nonblocking(true).is_ok()
+                        && let Ok(conn) = UnixStream::from_std(std)
+                    {
+                        conns.push(conn);
+                    }
+                }
+                return Ok(Some(conns));
+            }
+            Ok(Err(e)) => return Err(e),
+            Err(_would_block) => continue,
+        }
     }
 }
 
@@ -181,12 +227,11 @@ struct Shared {
     limits: BridgeSpec,
     outbox: Outbox,
     current: Arc<Mutex<Option<Current>>>,
-    own_pid: i32,
 }
 
 impl Shared {
-    async fn serve(self: Arc<Self>, mut conn: UnixStream) {
-        let reply = self.handle(&mut conn).await;
+    async fn serve(self: Arc<Self>, mut conn: UnixStream, uid: u32) {
+        let reply = self.handle(&mut conn, uid).await;
         let mut line = serde_json::to_string(&reply).unwrap_or_else(|_| r#"{"ok":false}"#.into());
         if line.len() as u64 > self.limits.max_reply {
             line = serde_json::to_string(&Reply::refused(format!(
@@ -203,18 +248,23 @@ impl Shared {
         let _ = conn.shutdown().await;
     }
 
-    async fn handle(&self, conn: &mut UnixStream) -> Reply {
-        let pid = conn.peer_cred().ok().and_then(|c| c.pid());
+    async fn handle(&self, conn: &mut UnixStream, uid: u32) -> Reply {
+        let cred = conn.peer_cred().ok();
         let line = read_line(conn, self.limits.max_request).await;
         // Whatever the verdict, take the rest of the caller's input first:
         // closing on unread data resets the connection and the caller
         // would never read why it was refused.
         drain(conn).await;
-        let Some(pid) = pid else {
-            return Reply::refused("refused: the caller's process is unknown");
+        let Some(cred) = cred else {
+            return Reply::refused("refused: the caller's credentials are unknown");
         };
-        if !crate::procfs::is_descendant(pid, self.own_pid) {
-            tracing::warn!(pid, "tool bridge: refused a call from outside the agent's sandbox");
+        let pid = cred.pid().unwrap_or(0);
+        if cred.uid() != uid {
+            tracing::warn!(
+                pid,
+                uid = cred.uid(),
+                "tool bridge: refused a connection made by another user"
+            );
             return Reply::refused("refused: calls are only accepted from this agent's sandbox");
         }
         let line = match line {
@@ -355,7 +405,6 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 pub mod client {
     use std::io::{Read, Write};
     use std::os::unix::net::UnixStream;
-    use std::path::Path;
 
     use serde_json::{Map, Value};
 
@@ -363,19 +412,41 @@ pub mod client {
 
     #[derive(Debug, thiserror::Error)]
     pub enum ClientError {
-        #[error("cannot reach the tool bridge at {path}: {source}")]
-        Connect { path: String, source: std::io::Error },
+        #[error("cannot reach the tool bridge through descriptor {fd}: {source}")]
+        Connect { fd: i32, source: std::io::Error },
         #[error("talking to the tool bridge: {0}")]
         Io(#[from] std::io::Error),
         #[error("unreadable reply from the tool bridge: {0}")]
         Reply(#[from] serde_json::Error),
     }
 
-    pub fn call(socket: &Path, token: &str, tool: &str, arguments: Map<String, Value>) -> Result<Reply, ClientError> {
-        let mut s = UnixStream::connect(socket).map_err(|source| ClientError::Connect {
-            path: socket.display().to_string(),
-            source,
-        })?;
+    /// One call through the dialer descriptor `dialer` (inherited from
+    /// the sandbox run): a fresh socket pair, one end sent through.
+    pub fn call(
+        dialer: std::os::fd::BorrowedFd<'_>,
+        token: &str,
+        tool: &str,
+        arguments: Map<String, Value>,
+    ) -> Result<Reply, ClientError> {
+        use nix::sys::socket::{AddressFamily, ControlMessage, MsgFlags, SockFlag, SockType, sendmsg, socketpair};
+        use std::os::fd::AsRawFd;
+        let dial = |e: nix::Error| ClientError::Connect {
+            fd: dialer.as_raw_fd(),
+            source: e.into(),
+        };
+        let (mine, theirs) =
+            socketpair(AddressFamily::Unix, SockType::Stream, None, SockFlag::SOCK_CLOEXEC).map_err(dial)?;
+        let fds = [theirs.as_raw_fd()];
+        sendmsg::<()>(
+            dialer.as_raw_fd(),
+            &[std::io::IoSlice::new(b"c")],
+            &[ControlMessage::ScmRights(&fds)],
+            MsgFlags::empty(),
+            None,
+        )
+        .map_err(dial)?;
+        drop(theirs);
+        let mut s = UnixStream::from(mine);
         let mut line = serde_json::to_vec(&Request {
             token: token.to_owned(),
             tool: tool.to_owned(),
@@ -394,14 +465,6 @@ pub mod client {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn this_process_descends_from_itself_but_not_from_a_child() {
-        let me = std::process::id() as i32;
-        assert!(crate::procfs::is_descendant(me, me));
-        assert!(!crate::procfs::is_descendant(1, me));
-        assert!(!crate::procfs::is_descendant(me, i32::MAX));
-    }
 
     #[test]
     fn tokens_are_random_and_compare_exactly() {

@@ -61,21 +61,32 @@ async fn run(name: &str) -> anyhow::Result<ExitCode> {
     let Some(first) = first else {
         return Ok(ExitCode::SUCCESS);
     };
-    let (spec, workdir, conversation, record_dir) = match serde_json::from_str::<ToChild>(&first) {
+    let (spec, workdir, mcp_dir, user, conversation, record_dir) = match serde_json::from_str::<ToChild>(&first) {
         Ok(ToChild::Start {
             version,
             spec,
             workdir,
+            mcp_dir,
+            sandbox_user,
             conversation,
             record_dir,
-        }) if version == PROTOCOL_VERSION => (spec, workdir, conversation, record_dir),
+        }) if version == PROTOCOL_VERSION => (spec, workdir, mcp_dir, sandbox_user, conversation, record_dir),
         Ok(ToChild::Start { version, .. }) => {
             anyhow::bail!("supervisor speaks protocol {version}, this agent {PROTOCOL_VERSION}")
         }
         Ok(_) => anyhow::bail!("expected a start message first"),
         Err(e) => anyhow::bail!("unreadable start message: {e}"),
     };
-    std::env::set_current_dir(&workdir).with_context(|| format!("entering workdir {}", workdir.display()))?;
+    // The child and the stdio MCP servers it starts live in a directory no
+    // sandbox can write: a server that imports or executes from its cwd
+    // (python -m, npx, git) must never find the model's files there.
+    std::env::set_current_dir(&mcp_dir).with_context(|| format!("entering {}", mcp_dir.display()))?;
+    // What the child creates for the sandbox (generated skills, bin/) must
+    // be readable by the agent's user; agents/NAME (0710) keeps others out.
+    // SAFETY: umask cannot fail.
+    unsafe {
+        libc::umask(0o022);
+    }
 
     let (tx, mut rx) = mpsc::unbounded_channel::<FromChild>();
     let writer = tokio::spawn(async move {
@@ -96,7 +107,7 @@ async fn run(name: &str) -> anyhow::Result<ExitCode> {
     });
 
     let (events_tx, mut events_rx) = mpsc::channel::<ResourceEvent>(256);
-    let hub = McpHub::start(&spec.mcp_servers, &spec.subscriptions, &workdir, events_tx).await;
+    let hub = McpHub::start(&spec.mcp_servers, &spec.subscriptions, events_tx).await;
     let forward = outbox.clone();
     let mut throttle = throttle::Throttle::new(spec.subscriptions.iter().map(|s| (s.uri.clone(), s.min_interval)));
     tokio::spawn(async move {
@@ -132,11 +143,11 @@ async fn run(name: &str) -> anyhow::Result<ExitCode> {
     });
 
     let hub = Arc::new(hub);
+    spawn_health(Arc::downgrade(&hub), outbox.clone());
     // The agent's own directory (the workdir's parent) holds what the
-    // sandbox sees besides the workdir: generated skills, the bridge
-    // socket, `bin/agentd`.
+    // sandbox sees besides the workdir: generated skills, `bin/agentd`.
     let agent_dir = workdir.parent().map(Path::to_owned).unwrap_or_else(|| workdir.clone());
-    let skills = SkillsRuntime::new(&agent_dir, hub.clone(), &spec, outbox.clone());
+    let skills = SkillsRuntime::new(&agent_dir, hub.clone(), &spec, outbox.clone(), user);
 
     let history: Vec<ChatMessage> = conversation
         .and_then(|c| serde_json::from_value(c).ok())
@@ -245,6 +256,32 @@ async fn sleep_until_opt(t: Option<std::time::Instant>) {
         Some(t) => tokio::time::sleep_until(t.into()).await,
         None => std::future::pending().await,
     }
+}
+
+/// How often the child looks at its MCP servers' health.
+const HEALTH_EVERY: Duration = Duration::from_secs(1);
+
+/// Reports to the supervisor when an MCP server becomes unreachable (it
+/// failed to spawn or connect, or lost its connection) and when all are
+/// fine again. Holds the hub weakly so shutdown can take it back.
+fn spawn_health(hub: std::sync::Weak<McpHub>, outbox: Outbox) {
+    tokio::spawn(async move {
+        let mut reported: Option<String> = None;
+        loop {
+            tokio::time::sleep(HEALTH_EVERY).await;
+            let Some(hub) = hub.upgrade() else { return };
+            let degraded = hub
+                .servers()
+                .into_iter()
+                .find(|s| !s.connected && s.last_error.is_some())
+                .map(|s| format!("MCP server {}: {}", s.name, s.last_error.unwrap_or_default()));
+            drop(hub);
+            if degraded != reported {
+                reported = degraded.clone();
+                outbox.send(FromChild::Health { degraded });
+            }
+        }
+    });
 }
 
 /// Shuts the MCP servers down once the bridge's aborted tasks have let go

@@ -180,6 +180,7 @@ impl Runtime {
                         "finish_reason": reply.finish_reason,
                     },
                     "retries": reply.retries,
+                    "usage_estimated": reply.usage.estimated,
                 }),
                 (reply.usage.prompt_tokens, reply.usage.completion_tokens),
                 Some(started),

@@ -1,10 +1,11 @@
 //! What a task's sandbox gets besides its workdir: the local skill
 //! directories, the generated MCP skills (kept in sync with the tool
-//! lists), the tool bridge's socket and token, and `agentd` itself on the
-//! PATH. All of it read-only, at the same absolute paths inside and
-//! outside the sandbox, so the paths in the skills index are the paths
-//! code uses.
+//! lists), the tool bridge's dialer descriptor and token, `agentd` itself
+//! on the PATH, and the user the code runs as. The paths are read-only, at
+//! the same absolute paths inside and outside the sandbox, so the paths in
+//! the skills index are the paths code uses.
 
+use std::os::fd::AsRawFd;
 use std::path::Path;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -20,30 +21,32 @@ pub struct SkillsRuntime {
     local: Vec<SkillSpec>,
     servers: Vec<String>,
     generated: Generated,
-    bridge: Option<Bridge>,
+    bridge: Bridge,
     /// `bin/` with the `agentd` link, and the executable it points to.
     bin: Option<(PathBuf, PathBuf)>,
+    /// Who sandboxed code runs as when agentd is root (the agent's own
+    /// user); `None` when agentd is unprivileged.
+    user: Option<(u32, u32)>,
 }
 
 impl SkillsRuntime {
-    /// Sets up under `agent_dir`: `skills/` for generated skills,
-    /// `bridge.sock`, `bin/agentd`. A part that cannot be set up is logged
-    /// and left out; the agent still runs.
-    pub fn new(agent_dir: &Path, hub: Arc<McpHub>, spec: &AgentSpec, outbox: Outbox) -> SkillsRuntime {
-        let socket = agent_dir.join("bridge.sock");
-        let bridge = match Bridge::start(socket.clone(), hub, spec.bridge.clone(), outbox) {
-            Ok(b) => Some(b),
-            Err(e) => {
-                tracing::error!(agent = %spec.name, socket = %socket.display(), error = %e, "tool bridge unavailable");
-                None
-            }
-        };
+    /// Sets up under `agent_dir`: `skills/` for generated skills and
+    /// `bin/agentd`. A part that cannot be set up is logged and left out;
+    /// the agent still runs.
+    pub fn new(
+        agent_dir: &Path,
+        hub: Arc<McpHub>,
+        spec: &AgentSpec,
+        outbox: Outbox,
+        user: Option<(u32, u32)>,
+    ) -> SkillsRuntime {
         SkillsRuntime {
             local: spec.skills.clone(),
             servers: spec.mcp_servers.iter().map(|s| s.name.clone()).collect(),
             generated: Generated::new(agent_dir.join("skills")),
-            bridge,
+            bridge: Bridge::start(hub, spec.bridge.clone(), outbox),
             bin: super::agentd_bin_dir(agent_dir),
+            user,
         }
     }
 
@@ -63,8 +66,7 @@ impl SkillsRuntime {
 
     /// Opens the bridge for a task; its token goes into the sandbox.
     pub fn begin(&self, task: i64, lease: &str) -> Option<String> {
-        let bridge = self.bridge.as_ref()?;
-        match bridge.begin(task, lease) {
+        match self.bridge.begin(task, lease) {
             Ok(token) => Some(token),
             Err(e) => {
                 tracing::error!(error = %e, "no random token for the tool bridge; it stays closed for this task");
@@ -74,14 +76,16 @@ impl SkillsRuntime {
     }
 
     pub fn end(&self) {
-        if let Some(b) = &self.bridge {
-            b.end();
-        }
+        self.bridge.end();
     }
 
-    /// What a fence run of the current task may see.
+    /// What the fence runs of the current task may see: each call makes a
+    /// fresh bridge dialer, so call it once per batch of runs.
     pub fn exposed(&self, token: Option<&str>) -> Exposed {
-        let mut e = Exposed::default();
+        let mut e = Exposed {
+            user: self.user,
+            ..Exposed::default()
+        };
         e.read_only.extend(self.local.iter().map(|s| s.dir.clone()));
         let generated = self.generated.skills();
         if !generated.is_empty() {
@@ -89,11 +93,20 @@ impl SkillsRuntime {
             let dirs: Vec<String> = generated.iter().map(|s| s.dir.display().to_string()).collect();
             e.env.push(("PYTHONPATH".into(), dirs.join(":")));
         }
-        if let (Some(b), Some(token)) = (&self.bridge, token) {
-            e.read_only.push(b.socket().to_path_buf());
-            e.env
-                .push((bridge::ENV_SOCKET.into(), b.socket().display().to_string()));
-            e.env.push((bridge::ENV_TOKEN.into(), token.to_owned()));
+        if let Some(token) = token {
+            // SAFETY: geteuid cannot fail.
+            let uid = self
+                .user
+                .map(|(uid, _)| uid)
+                .unwrap_or_else(|| unsafe { libc::geteuid() });
+            match self.bridge.dialer(uid) {
+                Ok(fd) => {
+                    e.env.push((bridge::ENV_FD.into(), fd.as_raw_fd().to_string()));
+                    e.env.push((bridge::ENV_TOKEN.into(), token.to_owned()));
+                    e.inherit.push(Arc::new(fd));
+                }
+                Err(err) => tracing::error!(error = %err, "tool bridge: no dialer for this run"),
+            }
         }
         if let Some((bin, exe)) = &self.bin {
             e.read_only.push(bin.clone());

@@ -62,7 +62,7 @@ pub enum Verb {
 }
 
 fn socket(global: &Global, args: &LedgerArgs) -> anyhow::Result<PathBuf> {
-    Ok(state_dir(global, args)?.join(control::SOCKET_NAME))
+    Ok(crate::state_dir::socket(&state_dir(global, args)?))
 }
 
 fn call(global: &Global, args: &LedgerArgs, req: &Request, timeout: Duration) -> anyhow::Result<serde_json::Value> {

@@ -163,15 +163,17 @@ pub fn main() -> ExitCode {
             return ExitCode::from(e.exit_code().clamp(0, 255) as u8);
         }
     };
-    // rmcp narrates every message at info; its warnings are what matter.
-    logging::init(cli.global.log_format, "info,rmcp=warn");
+    // rmcp narrates every message at info and logs transport hiccups (each
+    // HTTP reconnect) as ERROR; agentd reports connection loss, retries and
+    // recovery itself, so rmcp is off unless RUST_LOG asks for it.
+    logging::init(cli.global.log_format, "info,rmcp=off");
     // A terminal REPL shares the screen with the logs. agentd's own go
     // through the REPL's printer; the agent processes write to the terminal
     // directly, so they keep to warnings unless RUST_LOG asks for more.
     let terminal_repl = cli.command.is_none() && cli.run.repl_mode() == Some(crate::repl::Mode::Terminal);
     if terminal_repl && std::env::var_os("RUST_LOG").is_none() {
         // SAFETY: still single-threaded (no runtime yet); the children inherit it.
-        unsafe { std::env::set_var("RUST_LOG", "warn,rmcp=warn") };
+        unsafe { std::env::set_var("RUST_LOG", "warn,rmcp=off") };
     }
     let result = match cli.command {
         Some(Command::Check { config }) => check::run(&config),
@@ -257,11 +259,5 @@ fn state_dir(global: &Global, ledger: &LedgerArgs) -> anyhow::Result<PathBuf> {
             Err(e) => Err(anyhow::anyhow!("{e}")),
         };
     }
-    if let Some(h) = std::env::var_os("AGENTD_HOME").filter(|h| !h.is_empty()) {
-        return Ok(PathBuf::from(h));
-    }
-    match std::env::var_os("HOME") {
-        Some(home) => Ok(PathBuf::from(home).join(".agentd")),
-        None => anyhow::bail!("no state dir: pass --state-dir or --config"),
-    }
+    Ok(crate::state_dir::default(&|k| std::env::var(k).ok()))
 }

@@ -5,7 +5,7 @@ use std::process::ExitCode;
 use clap::Args;
 
 use super::{Global, LedgerArgs, state_dir};
-use crate::ledger::{self, Ledger, Task, TaskFilter, TaskState};
+use crate::ledger::{Ledger, Task, TaskFilter, TaskState};
 
 #[derive(Debug, Args)]
 pub struct TasksArgs {
@@ -45,7 +45,7 @@ fn parse_state(s: &str) -> Result<TaskState, String> {
 
 fn open(global: &Global, args: &LedgerArgs) -> anyhow::Result<Ledger> {
     let dir = state_dir(global, args)?;
-    Ok(Ledger::open_read_only(&dir.join(ledger::FILE_NAME))?)
+    Ok(Ledger::open_read_only(&crate::state_dir::ledger(&dir))?)
 }
 
 pub fn list(global: &Global, args: &TasksArgs) -> anyhow::Result<ExitCode> {

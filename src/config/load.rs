@@ -20,7 +20,15 @@ const BUILTIN_PROFILES: &[(&str, &str)] = &[
     ("networked", include_str!("../../sandbox/networked.yaml")),
 ];
 
-const TOP_KEYS: &[&str] = &["state_dir", "include", "defaults", "agents", "shutdown_grace"];
+const TOP_KEYS: &[&str] = &[
+    "state_dir",
+    "include",
+    "defaults",
+    "agents",
+    "shutdown_grace",
+    "agent_uids",
+    "control_group",
+];
 const DEFAULT_KEYS: &[&str] = &["model", "llm", "sandbox", "restart", "heartbeat", "limits"];
 const AGENT_KEYS: &[&str] = &[
     "name",
@@ -47,6 +55,7 @@ const LLM_KEYS: &[&str] = &[
     "temperature",
     "request_timeout",
     "max_retries",
+    "stream",
 ];
 const SERVER_KEYS: &[&str] = &[
     "name",
@@ -60,6 +69,7 @@ const SERVER_KEYS: &[&str] = &[
     "url",
     "headers",
     "tool_filter",
+    "roots",
 ];
 const SUBSCRIPTION_KEYS: &[&str] = &["uri", "server", "debounce", "interval", "min_interval"];
 const SCHEDULE_KEYS: &[&str] = &["cron", "prompt", "timezone"];
@@ -225,6 +235,8 @@ fn normalize(p: &Path) -> PathBuf {
 struct Defaults {
     model: Option<String>,
     llm: LlmSpec,
+    /// Which of `llm`'s routing fields the config wrote (not defaults).
+    llm_set: LlmSet,
     sandbox: Option<(String, SandboxPolicy)>,
     restart: RestartSpec,
     heartbeat: HeartbeatSpec,
@@ -272,16 +284,43 @@ impl Loader<'_> {
 
         let state_dir = match map.get("state_dir") {
             Some(n) => cx.non_empty_string(n, "state_dir").map(|s| resolve_path(&s, &dir, env)),
-            None => Some(default_state_dir(env)),
+            None => Some(crate::state_dir::default(env)),
         };
         let shutdown_grace = map
             .duration(&mut cx, "shutdown_grace")
             .unwrap_or(Duration::from_secs(10));
+        let agent_uids = match map.get("agent_uids") {
+            Some(n) => cx
+                .non_empty_string(n, "agent_uids")
+                .and_then(|s| match parse_uid_range(&s) {
+                    Ok(r) => Some(r),
+                    Err(msg) => {
+                        cx.error_at_node(n, "agent_uids", msg);
+                        None
+                    }
+                }),
+            None => Some(DEFAULT_AGENT_UIDS),
+        };
+        let control_group = map.get("control_group").and_then(|n| {
+            let name = cx.non_empty_string(n, "control_group")?;
+            let gid = match name.parse::<u32>() {
+                Ok(gid) => Some(gid),
+                Err(_) => nix::unistd::Group::from_name(&name)
+                    .ok()
+                    .flatten()
+                    .map(|g| g.gid.as_raw()),
+            };
+            if gid.is_none() {
+                cx.error_at_node(n, "control_group", format!("no group named {name:?} on this host"));
+            }
+            gid
+        });
         let defaults = match map.get("defaults") {
             Some(n) => self.decode_defaults(&mut cx, n, &dir),
             None => Defaults {
                 model: None,
                 llm: LlmSpec::default(),
+                llm_set: LlmSet::default(),
                 sandbox: None,
                 restart: RestartSpec::default(),
                 heartbeat: HeartbeatSpec::default(),
@@ -336,6 +375,8 @@ impl Loader<'_> {
             include_globs,
             state_dir: state_dir?,
             shutdown_grace,
+            agent_uids: agent_uids?,
+            control_group,
             agents,
         })
     }
@@ -415,6 +456,7 @@ impl Loader<'_> {
         let mut d = Defaults {
             model: None,
             llm: LlmSpec::default(),
+            llm_set: LlmSet::default(),
             sandbox: None,
             restart: RestartSpec::default(),
             heartbeat: HeartbeatSpec::default(),
@@ -425,7 +467,7 @@ impl Loader<'_> {
         };
         d.model = map.get("model").and_then(|n| cx.non_empty_string(n, "defaults.model"));
         if let Some(n) = map.get("llm") {
-            d.llm = decode_llm(cx, n, "defaults.llm", d.llm.clone());
+            (d.llm, d.llm_set) = decode_llm(cx, n, "defaults.llm", d.llm.clone(), d.llm_set);
         }
         if let Some(n) = map.get("sandbox") {
             d.sandbox = self.decode_sandbox(cx, n, "defaults.sandbox", dir);
@@ -464,10 +506,11 @@ impl Loader<'_> {
         };
         let model = model.and_then(|m| self.resolve_model(cx, &map, m, dir));
 
-        let llm = match map.get("llm") {
-            Some(n) => decode_llm(cx, n, &f("llm"), d.llm.clone()),
-            None => d.llm.clone(),
+        let (mut llm, llm_set) = match map.get("llm") {
+            Some(n) => decode_llm(cx, n, &f("llm"), d.llm.clone(), d.llm_set),
+            None => (d.llm.clone(), d.llm_set),
         };
+        let model = model.and_then(|m| route_model(cx, &map, m, &mut llm, llm_set));
 
         let system_prompt = match (map.get("system_prompt"), map.get("system_prompt_file")) {
             (Some(_), Some(n)) => {
@@ -738,16 +781,6 @@ impl Loader<'_> {
     }
 }
 
-fn default_state_dir(env: &dyn Fn(&str) -> Option<String>) -> PathBuf {
-    if let Some(h) = env("AGENTD_HOME").filter(|s| !s.is_empty()) {
-        return PathBuf::from(h);
-    }
-    match env("HOME").filter(|s| !s.is_empty()) {
-        Some(home) => PathBuf::from(home).join(".agentd"),
-        None => PathBuf::from("/var/lib/agentd"),
-    }
-}
-
 /// `~/x` → `$HOME/x`; relative paths are relative to the defining file's directory.
 fn resolve_path(s: &str, dir: &Path, env: &dyn Fn(&str) -> Option<String>) -> PathBuf {
     let expanded = match (s.strip_prefix("~/"), env("HOME")) {
@@ -761,10 +794,41 @@ fn resolve_path(s: &str, dir: &Path, env: &dyn Fn(&str) -> Option<String>) -> Pa
     })
 }
 
-fn decode_llm(cx: &mut Cx, node: &Node, path: &str, mut llm: LlmSpec) -> LlmSpec {
+/// Which routing fields of `llm` a config wrote itself.
+#[derive(Debug, Clone, Copy, Default)]
+struct LlmSet {
+    base_url: bool,
+    api_key_env: bool,
+}
+
+/// Without `llm.base_url`, a model goes where the OpenAI SDK's environment
+/// and its LiteLLM-style prefix say ([`crate::llm::providers`]).
+fn route_model(cx: &mut Cx, map: &Map, model: String, llm: &mut LlmSpec, set: LlmSet) -> Option<String> {
+    if set.base_url || model.starts_with(crate::llm::REPLAY_PREFIX) {
+        return Some(model);
+    }
+    match crate::llm::providers::route(&model, cx.env) {
+        Ok(route) => {
+            llm.base_url = route.base_url;
+            if !set.api_key_env {
+                llm.api_key_env = route.api_key_env;
+            }
+            Some(route.model)
+        }
+        Err(msg) => {
+            let span = map.get("model").map(|n| *n.span()).unwrap_or(*map.node.span());
+            cx.error_at(&span, &map.field("model"), msg);
+            None
+        }
+    }
+}
+
+fn decode_llm(cx: &mut Cx, node: &Node, path: &str, mut llm: LlmSpec, mut set: LlmSet) -> (LlmSpec, LlmSet) {
     let Some(map) = Map::open(cx, node, path, LLM_KEYS) else {
-        return llm;
+        return (llm, set);
     };
+    set.base_url |= map.get("base_url").is_some();
+    set.api_key_env |= map.get("api_key_env").is_some();
     if let Some(n) = map.get("base_url") {
         let p = map.field("base_url");
         if let Some(s) = cx.non_empty_string(n, &p) {
@@ -799,7 +863,10 @@ fn decode_llm(cx: &mut Cx, node: &Node, path: &str, mut llm: LlmSpec) -> LlmSpec
     if let Some(n) = map.number::<u32>(cx, "max_retries", "a whole number") {
         llm.max_retries = n;
     }
-    llm
+    if let Some(b) = map.bool(cx, "stream") {
+        llm.stream = b;
+    }
+    (llm, set)
 }
 
 /// Launchers whose first plain argument names the server better than they do.
@@ -887,8 +954,18 @@ fn decode_server(cx: &mut Cx, node: &Node, path: &str, index: usize, dir: &Path)
                 cx.error_at_node(item, &p, format!("invalid tool pattern {pat:?}: {e}"));
             }
         }
-        Some(v)
+        // Python agentd writes `tool_filter: []` in every example, meaning
+        // "no filter"; an empty allow-list would hide every tool.
+        (!v.is_empty()).then_some(v)
     });
+
+    let roots = map
+        .get("roots")
+        .and_then(|n| cx.strings(n, &f("roots")))
+        .unwrap_or_default()
+        .into_iter()
+        .map(|s| resolve_path(&s, dir, cx.env))
+        .collect();
 
     let (transport, default_name) = if ty == "stdio" {
         misplaced(cx, &["url", "headers"], "is for type: http servers");
@@ -1000,6 +1077,7 @@ fn decode_server(cx: &mut Cx, node: &Node, path: &str, index: usize, dir: &Path)
         name,
         transport,
         tool_filter,
+        roots,
     })
 }
 
@@ -1325,6 +1403,26 @@ fn decode_policy(cx: &mut Cx, node: &Node, path: &str, mut p: SandboxPolicy, inl
         }
     }
     (cx.errors.len() == before).then_some(p)
+}
+
+/// The uids (and equal gids) agents' sandboxed code runs as when agentd is
+/// root: systemd's range for dynamic users.
+pub const DEFAULT_AGENT_UIDS: std::ops::RangeInclusive<u32> = 61184..=65519;
+
+/// `FIRST-LAST`, both ordinary (non-root) ids, FIRST <= LAST.
+fn parse_uid_range(s: &str) -> Result<std::ops::RangeInclusive<u32>, String> {
+    let bad = || format!("{s:?} is not a uid range: write FIRST-LAST, e.g. 61184-65519");
+    let (a, b) = s.split_once('-').ok_or_else(bad)?;
+    let (first, last): (u32, u32) = (
+        a.trim().parse().map_err(|_| bad())?,
+        b.trim().parse().map_err(|_| bad())?,
+    );
+    if first == 0 || first > last {
+        return Err(format!(
+            "{s:?}: the range must start above 0 (root) and not end before it starts"
+        ));
+    }
+    Ok(first..=last)
 }
 
 #[cfg(test)]

@@ -23,6 +23,12 @@ pub struct Config {
     pub state_dir: PathBuf,
     /// How long running tasks may finish on shutdown before children are stopped.
     pub shutdown_grace: Duration,
+    /// When agentd runs as root, each agent's sandboxed code runs as its own
+    /// uid (gid the same) from this range (`agent_uids: FIRST-LAST`).
+    pub agent_uids: std::ops::RangeInclusive<u32>,
+    /// Members of this group (a gid) may use the control socket too
+    /// (`control_group: NAME|GID`).
+    pub control_group: Option<u32>,
     pub agents: Vec<AgentSpec>,
 }
 
@@ -107,6 +113,9 @@ pub struct LlmSpec {
     pub request_timeout: Duration,
     /// How often a failed request (429, 5xx, connection error) is retried.
     pub max_retries: u32,
+    /// `llm.stream: false` sends plain requests only (some servers support
+    /// tools only unstreamed).
+    pub stream: bool,
 }
 
 impl Default for LlmSpec {
@@ -117,6 +126,7 @@ impl Default for LlmSpec {
             temperature: None,
             request_timeout: Duration::from_secs(120),
             max_retries: 5,
+            stream: true,
         }
     }
 }
@@ -128,6 +138,12 @@ pub struct McpServerSpec {
     pub transport: McpTransport,
     /// When set, only these tools (glob patterns) are offered to the model.
     pub tool_filter: Option<Vec<String>>,
+    /// Directories offered to the server as MCP roots (`roots/list`),
+    /// absolute. Empty: the client does not offer roots at all, so a
+    /// server keeps the directories its command line names (server-filesystem
+    /// replaces them with any roots it is given).
+    #[serde(default)]
+    pub roots: Vec<PathBuf>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -7,8 +7,7 @@
 //! this module can check itself, and doing it here keeps the file's owner
 //! right. This module must never run model code outside the sandbox.
 
-use std::io::Write;
-use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+use std::os::unix::fs::MetadataExt;
 use std::path::{Component, Path, PathBuf};
 use std::time::Duration;
 
@@ -125,108 +124,19 @@ pub async fn execute(
 }
 
 /// Writes `content` to `rel` inside `workdir`; returns the path relative
-/// to the workdir. The error is a sentence for the model.
+/// to the workdir. Resolution never leaves the workdir, whatever the
+/// sandbox planted there (see [`crate::beneath`]). When agentd runs as
+/// root, sandboxed code runs as the workdir's owner (see
+/// [`crate::sandbox::Identity`]): what is created is given to it. The error
+/// is a sentence for the model.
 pub fn create(workdir: &Path, rel: &str, content: &str) -> Result<PathBuf, String> {
-    let root = std::fs::canonicalize(workdir).map_err(|e| format!("workdir {}: {e}", workdir.display()))?;
-    let target = resolve_inside(&root, rel)?;
-    let parent = target.parent().ok_or_else(|| format!("{rel:?} names no file"))?;
-    std::fs::create_dir_all(parent).map_err(|e| format!("creating {}: {e}", parent.display()))?;
-    // The parents were checked before they were created; check again in
-    // case something swapped one for a symlink meanwhile.
-    let real_parent = std::fs::canonicalize(parent).map_err(|e| format!("{}: {e}", parent.display()))?;
-    if !real_parent.starts_with(&root) {
-        return Err(format!("refused: {rel:?} leads outside the workdir"));
-    }
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .custom_flags(libc::O_NOFOLLOW)
-        .open(&target)
-        .map_err(|e| format!("writing {rel}: {e}"))?;
-    f.write_all(content.as_bytes())
-        .map_err(|e| format!("writing {rel}: {e}"))?;
-    give_to_workdir_owner(&root, &target);
-    Ok(target.strip_prefix(&root).map(Path::to_path_buf).unwrap_or(target))
-}
-
-/// When agentd runs as root, sandboxed code runs as the workdir's owner
-/// (see [`crate::sandbox::Identity`]): files written for it must be its.
-fn give_to_workdir_owner(root: &Path, file: &Path) {
+    let meta = std::fs::metadata(workdir).map_err(|e| format!("workdir {}: {e}", workdir.display()))?;
     // SAFETY: geteuid cannot fail.
-    if unsafe { libc::geteuid() } != 0 {
-        return;
-    }
-    let Ok(meta) = std::fs::metadata(root) else {
-        return;
-    };
-    if meta.uid() == 0 {
-        return;
-    }
-    let mut p = file.to_path_buf();
-    while p != root && p.starts_with(root) {
-        if let Err(e) = std::os::unix::fs::lchown(&p, Some(meta.uid()), Some(meta.gid())) {
-            tracing::warn!(path = %p.display(), error = %e, "giving a created file to the workdir owner");
-        }
-        if !p.pop() {
-            break;
-        }
-    }
-}
-
-/// Resolves `rel` under `root` (canonical) without ever leaving it.
-fn resolve_inside(root: &Path, rel: &str) -> Result<PathBuf, String> {
-    if rel.is_empty() || rel.contains('\0') {
-        return Err(format!("refused: {rel:?} is not a file name"));
-    }
-    let path = Path::new(rel);
-    if path.is_absolute() {
-        return Err(format!(
-            "refused: {rel:?} is absolute; give a path relative to the workdir"
-        ));
-    }
-    let comps: Vec<Component<'_>> = path.components().collect();
-    if comps.iter().any(|c| matches!(c, Component::ParentDir)) {
-        return Err(format!("refused: {rel:?} contains `..`"));
-    }
-    let names: Vec<&std::ffi::OsStr> = comps
-        .iter()
-        .filter_map(|c| match c {
-            Component::Normal(n) => Some(*n),
-            _ => None,
-        })
+    let owner = (unsafe { libc::geteuid() } == 0 && meta.uid() != 0).then(|| (meta.uid(), meta.gid()));
+    crate::beneath::create_file(workdir, rel, content.as_bytes(), owner)?;
+    let clean: PathBuf = Path::new(rel)
+        .components()
+        .filter(|c| matches!(c, Component::Normal(_)))
         .collect();
-    if names.is_empty() {
-        return Err(format!("refused: {rel:?} names no file"));
-    }
-    let mut cur = root.to_path_buf();
-    for (i, name) in names.iter().enumerate() {
-        let last = i + 1 == names.len();
-        let next = cur.join(name);
-        match std::fs::symlink_metadata(&next) {
-            Ok(m) if m.file_type().is_symlink() => {
-                let real = std::fs::canonicalize(&next)
-                    .map_err(|_| format!("refused: {rel:?} goes through a dangling symlink"))?;
-                if !real.starts_with(root) {
-                    return Err(format!(
-                        "refused: {rel:?} goes through a symlink that leaves the workdir"
-                    ));
-                }
-                cur = real;
-            }
-            Ok(m) if m.is_dir() && last => {
-                return Err(format!("refused: {rel:?} is a directory"));
-            }
-            Ok(m) if !m.is_dir() && !last => {
-                return Err(format!(
-                    "refused: {rel:?}: {} is not a directory",
-                    name.to_string_lossy()
-                ));
-            }
-            Ok(_) => cur = next,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => cur = next,
-            Err(e) => return Err(format!("{rel}: {e}")),
-        }
-    }
-    Ok(cur)
+    Ok(clean)
 }

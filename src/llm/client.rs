@@ -196,7 +196,7 @@ impl HttpBackend {
             temperature: spec.temperature,
             timeout: spec.request_timeout,
             policy: RetryPolicy::from_spec(spec),
-            stream: AtomicBool::new(true),
+            stream: AtomicBool::new(spec.stream),
             stream_usage: AtomicBool::new(true),
             config,
             http: OnceLock::new(),
@@ -258,6 +258,9 @@ impl HttpBackend {
             let err = match self.attempt(req, auth.clone(), on_text).await {
                 Ok(mut reply) => {
                     reply.retries = retries;
+                    if reply.usage.total() == 0 {
+                        reply.usage = super::Usage::estimate(req, &reply);
+                    }
                     return Ok(reply);
                 }
                 Err(e) => scrub(e, key.as_deref()),
@@ -453,6 +456,13 @@ impl HttpBackend {
         }
         if events == 0 {
             return Ok(None);
+        }
+        // `[DONE]` and a closed connection look the same from here; a
+        // finished answer always names its finish_reason.
+        if acc.finish_reason.is_none() {
+            return Err(LlmError::BrokenOff {
+                received: acc.text.len() + acc.calls.iter().map(|c| c.call.arguments.len()).sum::<usize>(),
+            });
         }
         Ok(Some(finish(acc.finish())))
     }

@@ -48,6 +48,14 @@ pub enum LlmError {
         text_delivered: bool,
     },
 
+    /// The stream ended without a `finish_reason` (nor usage after it):
+    /// the connection closed mid-answer. The partial answer is worthless
+    /// as a result, so this is retried even when some text was shown.
+    #[error(
+        "the response stream broke off before the model finished ({received} bytes of answer received, no finish_reason)"
+    )]
+    BrokenOff { received: usize },
+
     #[error("gave up after {attempts} attempts: {last}")]
     RetriesExhausted { attempts: u32, last: Box<LlmError> },
 
@@ -95,6 +103,7 @@ impl LlmError {
             }
             LlmError::Timeout { .. } | LlmError::Connection(_) | LlmError::Malformed(_) => true,
             LlmError::Stream { text_delivered, .. } => !text_delivered,
+            LlmError::BrokenOff { .. } => true,
             _ => false,
         }
     }

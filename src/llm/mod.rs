@@ -16,6 +16,7 @@
 pub mod cassette;
 pub mod client;
 pub mod error;
+pub mod providers;
 pub mod retry;
 pub mod types;
 

@@ -240,19 +240,46 @@ impl ChatRequest {
     }
 }
 
-/// Token counts of one completion, as the provider reported them (zero
-/// when it reported none).
+/// Token counts of one completion, as the provider reported them, or
+/// estimated by the client when it reported none (`estimated`).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Usage {
     #[serde(default, deserialize_with = "null_as_default")]
     pub prompt_tokens: u64,
     #[serde(default, deserialize_with = "null_as_default")]
     pub completion_tokens: u64,
+    /// The provider sent no usage; these are the client's estimate.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub estimated: bool,
 }
+
+/// Characters per token in the estimate: the usual figure for English
+/// text with OpenAI's tokenizers, and on the high side for JSON.
+const CHARS_PER_TOKEN: usize = 4;
 
 impl Usage {
     pub fn total(&self) -> u64 {
         self.prompt_tokens.saturating_add(self.completion_tokens)
+    }
+
+    /// An estimate from the size of what was sent and received, for
+    /// providers that report no usage (llama.cpp's server in streams): a
+    /// budget (`limits.max_tokens`) must still be able to trip.
+    pub fn estimate(req: &ChatRequest, reply: &ChatResponse) -> Usage {
+        let tokens = |chars: usize| chars.div_ceil(CHARS_PER_TOKEN) as u64;
+        let sent = serde_json::to_string(&req.messages).map_or(0, |s| s.len())
+            + serde_json::to_string(&req.tools).map_or(0, |s| s.len());
+        let received = reply.content.as_deref().map_or(0, str::len)
+            + reply
+                .tool_calls
+                .iter()
+                .map(|c| c.name.len() + c.arguments.len())
+                .sum::<usize>();
+        Usage {
+            prompt_tokens: tokens(sent),
+            completion_tokens: tokens(received).max(1),
+            estimated: true,
+        }
     }
 }
 

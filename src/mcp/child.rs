@@ -22,7 +22,7 @@ use std::io;
 use std::path::Path;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -80,10 +80,15 @@ pub(crate) struct Spawned {
     pub pid: u32,
     pub stdin: ChildStdin,
     pub stdout: JsonLines<ChildStdout>,
+    /// While set, stderr lines are logged at DEBUG instead of INFO: the
+    /// connection sets it around the `server/discover` probe, which makes
+    /// every Python-SDK server print a long validation traceback.
+    pub quiet: Arc<AtomicBool>,
 }
 
 /// Spawns `command args…` with a cleared environment (see [`ENV_PASSTHROUGH`])
-/// plus `env`, in `cwd` (default: the agent's workdir), in a new process group.
+/// plus `env`, in `cwd` (default: the agent child's own directory, which no
+/// sandbox can write), in a new process group.
 /// The command `agentd` is this executable.
 pub(crate) fn spawn(
     server: &str,
@@ -91,7 +96,6 @@ pub(crate) fn spawn(
     args: &[String],
     env: &BTreeMap<String, String>,
     cwd: Option<&Path>,
-    workdir: &Path,
     noise: Arc<AtomicU64>,
 ) -> Result<Spawned, McpError> {
     check_env(server, env)?;
@@ -108,8 +112,10 @@ pub(crate) fn spawn(
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
         .kill_on_drop(true)
-        .process_group(0)
-        .current_dir(cwd.unwrap_or(workdir));
+        .process_group(0);
+    if let Some(cwd) = cwd {
+        cmd.current_dir(cwd);
+    }
     for key in ENV_PASSTHROUGH {
         if let Some(value) = std::env::var_os(key) {
             cmd.env(key, value);
@@ -146,18 +152,22 @@ pub(crate) fn spawn(
             source: io::Error::other("child pipes missing"),
         });
     };
-    tokio::spawn(log_stderr(server.to_owned(), stderr));
+    let quiet = Arc::new(AtomicBool::new(false));
+    tokio::spawn(log_stderr(server.to_owned(), stderr, quiet.clone()));
     Ok(Spawned {
         child,
         pid,
         stdin,
         stdout: JsonLines::new(server, stdout, noise),
+        quiet,
     })
 }
 
-/// Logs a server's stderr line by line at INFO under its name. Lines are
-/// capped so a server that never prints a newline cannot grow our memory.
-async fn log_stderr(server: String, stderr: tokio::process::ChildStderr) {
+/// Logs a server's stderr line by line at INFO under its name, at DEBUG
+/// while `quiet` and for the server's own debug and info chatter (see
+/// [`is_chatter`]). Lines are capped so a server that never prints a
+/// newline cannot grow our memory.
+async fn log_stderr(server: String, stderr: tokio::process::ChildStderr, quiet: Arc<AtomicBool>) {
     const MAX_LINE: u64 = 16 * 1024;
     let mut reader = BufReader::new(stderr);
     let mut line = Vec::new();
@@ -169,15 +179,25 @@ async fn log_stderr(server: String, stderr: tokio::process::ChildStderr) {
             Ok(_) => {
                 let text = String::from_utf8_lossy(&line);
                 let text = text.trim_end();
-                if !text.is_empty()
-                    && let Some(suppressed) = limit.allow(std::time::Instant::now())
-                {
+                if text.is_empty() {
+                } else if quiet.load(Ordering::Relaxed) || is_chatter(text) {
+                    tracing::debug!(target: "agentd::mcp::stderr", server = %server, "{text}");
+                } else if let Some(suppressed) = limit.allow(std::time::Instant::now()) {
                     let note = limit.note(suppressed);
                     tracing::info!(target: "agentd::mcp::stderr", server = %server, "{text}{note}");
                 }
             }
         }
     }
+}
+
+/// Whether a stderr line is the server's own DEBUG or INFO logging in the
+/// Python `logging` default format (`INFO:mcp.server…:Processing request`),
+/// which mcp-subscribe prints for every request: relayed at DEBUG so the
+/// default log stays quiet while things work. Warnings, errors and
+/// unprefixed lines (tracebacks, node servers' banners) stay at INFO.
+pub(crate) fn is_chatter(line: &str) -> bool {
+    ["DEBUG:", "INFO:"].iter().any(|p| line.starts_with(p))
 }
 
 /// Stops a server whose stdin has already been closed: wait for it to exit,
@@ -359,6 +379,17 @@ mod tests {
         let mut out = String::new();
         reader.read_to_string(&mut out).await.unwrap();
         (out, noise.load(Ordering::Relaxed))
+    }
+
+    #[test]
+    fn python_debug_and_info_logging_is_chatter() {
+        assert!(is_chatter(
+            "INFO:mcp.server.lowlevel.server:Processing request of type CallToolRequest"
+        ));
+        assert!(is_chatter("DEBUG:mcp.server.lowlevel.server:Response sent"));
+        assert!(!is_chatter("WARNING:root:something is off"));
+        assert!(!is_chatter("Traceback (most recent call last):"));
+        assert!(!is_chatter("Secure MCP Filesystem Server running on stdio"));
     }
 
     #[tokio::test]

@@ -18,7 +18,7 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::num::NonZeroUsize;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -33,7 +33,7 @@ use rmcp::{ClientHandler, ClientLifecycleMode, ClientServiceExt};
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 
-use super::poll::{LastResults, Poll, spawn_poller};
+use super::poll::{LastResults, Poll, poll_once, same_tool_uri, spawn_poller};
 use super::subscribe::{MAX_EVENT_CONTENTS, glob_matches, render_read, truncate};
 use super::{McpError, ResourceEvent, child};
 use crate::config::{McpServerSpec, McpTransport, SubscriptionSpec, SubscriptionTarget};
@@ -52,6 +52,9 @@ const STABLE: Duration = Duration::from_secs(10);
 /// exit closes the pipe.
 const PROBE_EVERY: Duration = Duration::from_secs(5);
 const PROBE_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long after the handshake a server's stderr stays at DEBUG: the
+/// traceback of a refused `server/discover` may still be in the pipe.
+const PROBE_NOISE_GRACE: Duration = Duration::from_millis(1000);
 
 /// What the hub can see of a server, updated by its task.
 pub(crate) struct Shared {
@@ -151,7 +154,13 @@ struct Client {
 
 impl ClientHandler for Client {
     fn get_info(&self) -> ClientConfig {
-        let capabilities = ClientCapabilities::builder().enable_roots().build();
+        // Roots are opt-in (`roots:` of the server): a client that offers
+        // roots makes server-filesystem drop its command-line directories.
+        let capabilities = if self.roots.is_empty() {
+            ClientCapabilities::default()
+        } else {
+            ClientCapabilities::builder().enable_roots().build()
+        };
         ClientConfig::new(capabilities, Implementation::new("agentd", env!("CARGO_PKG_VERSION")))
     }
 
@@ -196,7 +205,6 @@ struct Conn {
 pub(crate) struct Task {
     pub shared: Arc<Shared>,
     pub subs: Vec<SubscriptionSpec>,
-    pub workdir: PathBuf,
     pub events: mpsc::Sender<ResourceEvent>,
     pub shutdown: watch::Receiver<bool>,
 }
@@ -217,6 +225,9 @@ struct Subs {
     listen_task: Option<JoinHandle<()>>,
     /// Per connection: spec index → its `tool://` poller.
     pollers: HashMap<usize, JoinHandle<()>>,
+    /// Per connection: indexes of `tool://` specs the server serves itself
+    /// (subscribed with `resources/subscribe`, not polled).
+    served: BTreeSet<usize>,
     last_results: LastResults,
 }
 
@@ -225,6 +236,7 @@ impl Subs {
         for (_, poller) in self.pollers.drain() {
             poller.abort();
         }
+        self.served.clear();
         if let Some(listen) = self.listen_task.take() {
             listen.abort();
         }
@@ -245,6 +257,7 @@ pub(crate) async fn run(mut task: Task) {
         listened: None,
         listen_task: None,
         pollers: HashMap::new(),
+        served: BTreeSet::new(),
         last_results: Default::default(),
     };
     let mut backoff = BACKOFF_MIN;
@@ -358,7 +371,7 @@ async fn connect_with(
     let name = task.shared.name.clone();
     let client = Client {
         server: Arc::from(name.as_str()),
-        roots: vec![workdir_root(&task.workdir)],
+        roots: task.shared.spec.roots.iter().map(|d| dir_root(d)).collect(),
         notes,
     };
     let connect_err = |e: rmcp::service::ClientInitializeError| McpError::Connect {
@@ -372,21 +385,25 @@ async fn connect_with(
             env,
             cwd,
         } => {
-            let spawned = child::spawn(
-                &name,
-                command,
-                args,
-                env,
-                cwd.as_deref(),
-                &task.workdir,
-                task.shared.noise.clone(),
-            )?;
+            let spawned = child::spawn(&name, command, args, env, cwd.as_deref(), task.shared.noise.clone())?;
             let mut child = spawned.child;
             task.shared.live().pid = Some(spawned.pid);
-            match client
+            // The discover probe makes Python-SDK servers print a 31-line
+            // validation traceback on stderr: relay what they print while
+            // it is answered, and a moment after, at DEBUG.
+            let probing = matches!(lifecycle, ClientLifecycleMode::Auto { .. });
+            spawned.quiet.store(probing, std::sync::atomic::Ordering::Relaxed);
+            let served = client
                 .serve_with_lifecycle((spawned.stdout, spawned.stdin), lifecycle)
-                .await
-            {
+                .await;
+            if probing {
+                let quiet = spawned.quiet;
+                tokio::spawn(async move {
+                    tokio::time::sleep(PROBE_NOISE_GRACE).await;
+                    quiet.store(false, std::sync::atomic::Ordering::Relaxed);
+                });
+            }
+            match served {
                 Ok(service) => (service, Some(child)),
                 Err(e) => {
                     // The pipes are gone with the failed service: stdin is closed.
@@ -442,12 +459,16 @@ async fn connect_with(
     })
 }
 
-fn workdir_root(workdir: &Path) -> Root {
-    let abs = std::path::absolute(workdir).unwrap_or_else(|_| workdir.to_path_buf());
+fn dir_root(dir: &Path) -> Root {
+    let abs = std::path::absolute(dir).unwrap_or_else(|_| dir.to_path_buf());
     let uri = url::Url::from_directory_path(&abs)
         .map(|u| u.to_string())
         .unwrap_or_else(|_| format!("file://{}", abs.display()));
-    Root::new(uri).with_name("workdir")
+    let name = abs.file_name().map(|n| n.to_string_lossy().into_owned());
+    match name {
+        Some(n) => Root::new(uri).with_name(n),
+        None => Root::new(uri),
+    }
 }
 
 /// Runs one session until it is lost (returns true) or shut down (false).
@@ -483,7 +504,7 @@ async fn session(
         refresh_tools(&task.shared, &peer).await;
         task.shared.live().peer = Some(peer.clone());
         resync(task, subs, &peer, modern, notes_tx).await;
-        start_pollers(task, subs, &peer);
+        start_pollers(task, subs, &peer, modern).await;
     })
     .await
     .is_ok();
@@ -505,7 +526,10 @@ async fn session(
                 }
                 _ = stopped(&mut stop) => break false,
                 Some(note) = notes.recv() => match note {
-                    Note::Updated(uri) => trigger(subs, &uri, notes_tx),
+                    Note::Updated(uri) => {
+                        served_update(task, subs, &peer, &uri);
+                        trigger(subs, &uri, notes_tx);
+                    }
                     Note::Flush(uri) => flush(task, subs, &peer, uri),
                     Note::ResourceListChanged => resync(task, subs, &peer, modern, notes_tx).await,
                     Note::ListenEnded => {
@@ -520,7 +544,7 @@ async fn session(
                     Note::ToolListChanged => {
                         refresh_tools(&task.shared, &peer).await;
                         // A tool:// subscription may have found its tool.
-                        start_pollers(task, subs, &peer);
+                        start_pollers(task, subs, &peer, modern).await;
                     }
                 },
             }
@@ -574,36 +598,95 @@ async fn refresh_tools(shared: &Shared, peer: &Peer<RoleClient>) {
     }
 }
 
-/// Starts a poller for each `tool://` subscription whose tool this server has
-/// (or that names this server), unless one is already running.
-fn start_pollers(task: &Task, subs: &mut Subs, peer: &Peer<RoleClient>) {
+/// How long asking a server whether it serves a `tool://` URI may take
+/// (mcp-subscribe calls the tool once before it answers). Kept well under
+/// CONNECT_TIMEOUT, which bounds the whole session setup.
+const SERVED_PROBE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Sets up each `tool://` subscription whose tool this server has (or that
+/// names this server), unless already done on this connection: subscribed
+/// when the server serves the URI itself, polled otherwise.
+async fn start_pollers(task: &Task, subs: &mut Subs, peer: &Peer<RoleClient>, modern: bool) {
     let name = &task.shared.name;
-    for (i, spec) in subs.specs.iter().enumerate() {
-        let SubscriptionTarget::Tool { tool, arguments } = &spec.target else {
+    for i in 0..subs.specs.len() {
+        let Some(poll) = poll_for(&subs.specs[i], name) else {
             continue;
         };
-        if subs.pollers.contains_key(&i) {
+        if subs.pollers.contains_key(&i) || subs.served.contains(&i) {
             continue;
         }
-        let has_tool = task.shared.with_tools(|tools| tools.iter().any(|t| t.name == *tool));
-        if !has_tool && spec.server.as_deref() != Some(name.as_str()) {
+        let has_tool = task
+            .shared
+            .with_tools(|tools| tools.iter().any(|t| t.name == poll.tool));
+        if !has_tool && subs.specs[i].server.as_deref() != Some(name.as_str()) {
             continue;
         }
-        subs.pollers.insert(
-            i,
-            spawn_poller(
-                Poll {
-                    server: name.clone(),
-                    subscription: spec.uri.clone(),
-                    tool: tool.clone(),
-                    arguments: arguments.clone(),
-                    interval: spec.interval,
-                },
-                peer.clone(),
-                subs.last_results.clone(),
-                task.events.clone(),
-            ),
-        );
+        if !modern && serves_tool_uri(peer, &poll.subscription).await {
+            tracing::info!(server = %name, "{} is served by the server: subscribed, not polled", poll.subscription);
+            subs.served.insert(i);
+            continue;
+        }
+        let poller = spawn_poller(poll, peer.clone(), subs.last_results.clone(), task.events.clone());
+        subs.pollers.insert(i, poller);
+    }
+}
+
+fn poll_for(spec: &SubscriptionSpec, server: &str) -> Option<Poll> {
+    let SubscriptionTarget::Tool { tool, arguments } = &spec.target else {
+        return None;
+    };
+    Some(Poll {
+        server: server.to_owned(),
+        subscription: spec.uri.clone(),
+        tool: tool.clone(),
+        arguments: arguments.clone(),
+        interval: spec.interval,
+    })
+}
+
+/// Whether the server serves a `tool://` URI as a subscribable resource.
+/// A server that advertises resource subscriptions accepts any URI
+/// (server-everything does), so for it only a listed URI counts; a server
+/// that does not advertise them but accepts `resources/subscribe` for the
+/// URI anyway is a proxy like mcp-subscribe, which polls for us.
+async fn serves_tool_uri(peer: &Peer<RoleClient>, uri: &str) -> bool {
+    let advertised = peer
+        .peer_info()
+        .and_then(|i| i.capabilities.resources.as_ref().and_then(|r| r.subscribe))
+        .unwrap_or(false);
+    let probe = async {
+        if advertised {
+            let listed = peer
+                .list_all_resources()
+                .await
+                .is_ok_and(|all| all.iter().any(|r| same_tool_uri(&r.uri, uri)));
+            if !listed {
+                return false;
+            }
+        }
+        peer.subscribe(SubscribeRequestParams::new(uri.to_owned()))
+            .await
+            .is_ok()
+    };
+    tokio::time::timeout(SERVED_PROBE_TIMEOUT, probe).await.unwrap_or(false)
+}
+
+/// A `resources/updated` for a `tool://` URI the server serves: the update
+/// only says "changed" (mcp-subscribe cannot even read it back), so call
+/// the tool once and fire with its result.
+fn served_update(task: &Task, subs: &Subs, peer: &Peer<RoleClient>, uri: &str) {
+    for &i in &subs.served {
+        let spec = &subs.specs[i];
+        if !same_tool_uri(&spec.uri, uri) {
+            continue;
+        }
+        let Some(poll) = poll_for(spec, &task.shared.name) else {
+            continue;
+        };
+        let (peer, last, events) = (peer.clone(), subs.last_results.clone(), task.events.clone());
+        tokio::spawn(async move {
+            poll_once(&poll, &peer, &last, &events, true).await;
+        });
     }
 }
 

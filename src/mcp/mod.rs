@@ -56,7 +56,6 @@ pub mod subscribe;
 pub mod tools;
 pub mod watch_server;
 
-use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -148,12 +147,10 @@ impl McpHub {
     /// Connects every server concurrently and returns once each has
     /// connected or failed a first time (at most [`START_WAIT`]). A server
     /// that fails is retried in the background with backoff; its tools
-    /// appear when it connects. `workdir` is the root offered to servers
-    /// (`roots/list`) and the default `cwd` of stdio servers.
+    /// appear when it connects.
     pub async fn start(
         servers: &[McpServerSpec],
         subscriptions: &[SubscriptionSpec],
-        workdir: &Path,
         events: mpsc::Sender<ResourceEvent>,
     ) -> McpHub {
         let (shutdown, _) = watch::channel(false);
@@ -169,7 +166,6 @@ impl McpHub {
             tasks.push(tokio::spawn(connection::run(connection::Task {
                 shared: s.clone(),
                 subs,
-                workdir: workdir.to_path_buf(),
                 events: events.clone(),
                 shutdown: shutdown.subscribe(),
             })));

@@ -35,7 +35,9 @@ pub struct Layout<'a> {
     pub writable: &'a [PathBuf],
     pub workdir: &'a Path,
     pub network: bool,
-    pub env: &'a [(String, String)],
+    /// Inherited descriptors holding the seccomp programs bwrap installs
+    /// just before it execs the command.
+    pub seccomp_fds: &'a [i32],
 }
 
 /// Arguments for bwrap, ending with `--` and `argv`.
@@ -48,13 +50,15 @@ pub fn args(layout: &Layout<'_>, argv: &[String]) -> Result<Vec<OsString>, Sandb
         "--new-session".as_ref(),
         "--cap-drop".as_ref(),
         "ALL".as_ref(),
-        "--clearenv".as_ref(),
     ]);
     if layout.network {
         push(&["--share-net".as_ref()]);
     }
-    for (k, v) in layout.env {
-        push(&["--setenv".as_ref(), k.as_ref(), v.as_ref()]);
+    // The environment is bwrap's own, passed on: nothing secret on the
+    // command line, where every local user can read it.
+    let fds: Vec<String> = layout.seccomp_fds.iter().map(|fd| fd.to_string()).collect();
+    for fd in &fds {
+        push(&["--add-seccomp-fd".as_ref(), fd.as_ref()]);
     }
     // Read-only paths under /tmp (a skill directory or the tool bridge's
     // socket in a state dir there) are bound after the tmpfs, or it would

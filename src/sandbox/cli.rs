@@ -26,9 +26,23 @@ pub struct SandboxRunArgs {
     /// Config file whose directory holds `sandbox/` (default: current directory).
     #[arg(long, value_name = "FILE")]
     pub config: Option<PathBuf>,
+    /// As root: the unprivileged user to run the command as, `UID[:GID]`
+    /// (default: the workdir's owner; code never runs as root).
+    #[arg(long, value_name = "UID[:GID]", value_parser = parse_user)]
+    pub uid: Option<(u32, u32)>,
     /// The command and its arguments.
     #[arg(last = true, required = true, value_name = "CMD")]
     pub command: Vec<String>,
+}
+
+/// `UID` or `UID:GID` (the gid defaults to the uid).
+fn parse_user(s: &str) -> Result<(u32, u32), String> {
+    let (u, g) = s.split_once(':').unwrap_or((s, s));
+    let num = |x: &str| {
+        x.parse::<u32>()
+            .map_err(|_| format!("{s:?}: expected UID or UID:GID, numbers"))
+    };
+    Ok((num(u)?, num(g)?))
 }
 
 /// Exit status of `timeout(1)` when the command timed out.
@@ -51,7 +65,15 @@ pub fn run(args: &SandboxRunArgs) -> anyhow::Result<i32> {
         .build()
         .context("starting the tokio runtime")?;
     let outcome = rt
-        .block_on(super::run(&policy, &workdir, &args.command, &Default::default()))
+        .block_on(super::run(
+            &policy,
+            &workdir,
+            &args.command,
+            &super::Exposed {
+                user: args.uid,
+                ..Default::default()
+            },
+        ))
         .with_context(|| format!("running under profile {}", origin.display()))?;
 
     std::io::stdout().write_all(outcome.stdout.as_bytes())?;

@@ -17,7 +17,7 @@ use std::path::PathBuf;
 use std::sync::OnceLock;
 
 use super::SandboxError;
-use super::landlock::{self, Allowed};
+use super::landlock::{self, Allowed, Requirements};
 
 /// The hidden subcommand the agentd binary must dispatch to [`main`].
 pub const SUBCOMMAND: &str = "__sandbox-landlock";
@@ -109,7 +109,8 @@ fn restrict_and_exec(args: impl IntoIterator<Item = OsString>) -> Result<Never, 
     let Some((program, rest)) = command.split_first() else {
         return Err("no command after --".into());
     };
-    let ruleset = landlock::build(&allowed, network, best_effort).map_err(|e| e.to_string())?;
+    let ruleset =
+        landlock::build(&allowed, &Requirements::inside_namespaces(network), best_effort).map_err(|e| e.to_string())?;
     // This process exists only to be restricted and replaced by `program`.
     let status = ruleset.restrict_self().map_err(|e| e.to_string())?;
     if status.ruleset == ::landlock::RulesetStatus::NotEnforced && !best_effort {

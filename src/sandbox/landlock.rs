@@ -7,11 +7,13 @@
 //! `restrict_self`: doing it in the daemon would sandbox agentd itself.
 //!
 //! Required rights are demanded with `HardRequirement` unless the policy is
-//! best-effort: filesystem rights up to ABI 3 (without `Truncate` a
-//! sandboxed process could truncate any file it can see) and, when network
-//! is off, TCP bind/connect (ABI 4). Newer rights (device ioctls, pathname
-//! UNIX sockets) and the ABI 6 scopes (abstract UNIX sockets, signals to
-//! processes outside the sandbox) are taken when the kernel has them.
+//! best-effort ([`Requirements`]): filesystem rights up to ABI 3 (without
+//! `Truncate` a sandboxed process could truncate any file it can see),
+//! when network is off TCP bind/connect (ABI 4), and for a landlock-only
+//! run the ABI 6 scopes (signals to processes outside the sandbox, abstract
+//! UNIX sockets): without them code running as agentd's own uid could
+//! `kill -9 -1`. Newer rights (device ioctls, pathname UNIX sockets of ABI
+//! 9) are taken when the kernel has them.
 
 use std::path::{Path, PathBuf};
 
@@ -50,48 +52,112 @@ pub struct Allowed {
     pub writable: Vec<PathBuf>,
 }
 
-/// Builds the ruleset for `allowed` paths and network on/off.
-///
-/// Read-only paths that do not exist are skipped (a profile may list
-/// `/lib64` for machines that have it; granting nothing is safe); a path
-/// that exists but cannot be opened is an error, because the landlock crate
-/// would silently drop it. Writable paths must exist.
-pub fn build(allowed: &Allowed, network: bool, best_effort: bool) -> Result<RulesetCreated, SandboxError> {
-    let abi = kernel_abi();
-    if abi == 0 && !best_effort {
-        return Err(SandboxError::LandlockUnsupported {
-            abi,
-            missing: "Landlock itself (not built into this kernel or not enabled at boot)",
-        });
-    }
-    if best_effort {
-        let missing = match abi {
-            0 => Some("Landlock itself: no filesystem restriction at all"),
-            1 | 2 => Some("truncate rules (ABI 3)"),
-            3 if !network => Some("TCP rules (ABI 4); seccomp or the network namespace still deny sockets"),
-            _ => None,
-        };
-        if let Some(missing) = missing {
-            tracing::warn!(
-                abi,
-                missing,
-                "landlock best effort: this kernel does not enforce the whole policy"
-            );
+/// What a ruleset must enforce, beyond the filesystem rights of ABI 3 that
+/// every ruleset requires.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Requirements {
+    /// TCP bind/connect rules (ABI 4): required when network is off.
+    pub tcp: bool,
+    /// The signal and abstract-socket scopes (ABI 6): required when
+    /// Landlock is the only wall (no PID or network namespace around it).
+    pub scopes: bool,
+}
+
+impl Requirements {
+    /// A landlock-only run: everything the kernel must hold by itself.
+    pub fn landlock_only(network: bool) -> Requirements {
+        Requirements {
+            tcp: !network,
+            scopes: true,
         }
     }
-    let required = if best_effort {
+
+    /// Inside bwrap's namespaces, which already isolate signals and
+    /// abstract sockets (and the network, when off).
+    pub fn inside_namespaces(network: bool) -> Requirements {
+        Requirements {
+            tcp: !network,
+            scopes: false,
+        }
+    }
+
+    /// The protections a kernel with Landlock ABI `abi` cannot give, each
+    /// named with the ABI (and Linux version) that brings it.
+    pub fn missing(&self, abi: i32) -> Vec<&'static str> {
+        let mut m = Vec::new();
+        if abi < 1 {
+            m.push("Landlock itself (not built into this kernel or not enabled at boot)");
+            return m;
+        }
+        if abi < 3 {
+            m.push("truncate rules (ABI 3, Linux 6.2)");
+        }
+        if self.tcp && abi < 4 {
+            m.push("TCP rules (ABI 4, Linux 6.7)");
+        }
+        if self.scopes && abi < 6 {
+            m.push("the signal and abstract-socket scopes (ABI 6, Linux 6.12)");
+        }
+        m
+    }
+}
+
+/// The running kernel's release, for messages (`uname -r`).
+pub fn kernel_release() -> String {
+    nix::sys::utsname::uname()
+        .map(|u| format!("Linux {}", u.release().to_string_lossy()))
+        .unwrap_or_else(|_| "this kernel".into())
+}
+
+/// Builds the ruleset for `allowed` paths and network on/off.
+///
+/// A kernel that lacks a required protection is refused with a message
+/// naming the kernel and what is missing, unless `best_effort`, which runs
+/// with what the kernel has and logs each protection lost (once per
+/// process). Read-only paths that do not exist are skipped (a profile may
+/// list `/lib64` for machines that have it; granting nothing is safe); a
+/// path that exists but cannot be opened is an error, because the landlock
+/// crate would silently drop it. Writable paths must exist.
+pub fn build(allowed: &Allowed, required: &Requirements, best_effort: bool) -> Result<RulesetCreated, SandboxError> {
+    let abi = kernel_abi();
+    let missing = required.missing(abi);
+    if !missing.is_empty() {
+        if !best_effort {
+            return Err(SandboxError::LandlockUnsupported {
+                abi,
+                kernel: kernel_release(),
+                missing: missing.join(", "),
+            });
+        }
+        static WARNED: std::sync::Once = std::sync::Once::new();
+        WARNED.call_once(|| {
+            for lost in &missing {
+                tracing::warn!(
+                    abi,
+                    lost,
+                    "landlock best effort: this kernel does not give this protection"
+                );
+            }
+        });
+    }
+    let level = if best_effort {
         CompatLevel::BestEffort
     } else {
         CompatLevel::HardRequirement
     };
     let mut ruleset = Ruleset::default()
-        .set_compatibility(required)
+        .set_compatibility(level)
         .handle_access(AccessFs::from_all(REQUIRED_FS_ABI))
         .map_err(|source| unsupported(abi, "filesystem rights of ABI 3 (truncate)", source))?;
-    if !network {
+    if required.tcp {
         ruleset = ruleset
             .handle_access(AccessNet::BindTcp | AccessNet::ConnectTcp)
             .map_err(|source| unsupported(abi, "TCP rules of ABI 4 (network: false)", source))?;
+    }
+    if required.scopes {
+        ruleset = ruleset
+            .scope(Scope::from_all(ABI::V6))
+            .map_err(|source| unsupported(abi, "the scopes of ABI 6", source))?;
     }
     let ruleset = ruleset
         .set_compatibility(CompatLevel::BestEffort)
@@ -120,9 +186,13 @@ pub fn build(allowed: &Allowed, network: bool, best_effort: bool) -> Result<Rule
     Ok(created)
 }
 
-fn unsupported(abi: i32, missing: &'static str, source: landlock::RulesetError) -> SandboxError {
+fn unsupported(abi: i32, missing: &str, source: landlock::RulesetError) -> SandboxError {
     tracing::debug!(%source, "landlock compatibility failure");
-    SandboxError::LandlockUnsupported { abi, missing }
+    SandboxError::LandlockUnsupported {
+        abi,
+        kernel: kernel_release(),
+        missing: missing.into(),
+    }
 }
 
 fn rule_for(
@@ -157,4 +227,44 @@ fn rule_for(
         access |= AccessFs::ResolveUnix;
     }
     Ok(Some(PathBeneath::new(fd, access)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_landlock_only_run_needs_abi_6_and_names_what_an_older_kernel_lacks() {
+        let only = Requirements::landlock_only(false);
+        assert!(only.missing(6).is_empty());
+        assert!(only.missing(7).is_empty());
+        // Ubuntu 24.04's 6.8 (ABI 4) and 6.10 (ABI 5): the scopes are missing.
+        for abi in [4, 5] {
+            assert_eq!(
+                only.missing(abi),
+                ["the signal and abstract-socket scopes (ABI 6, Linux 6.12)"]
+            );
+        }
+        assert_eq!(only.missing(3).len(), 2);
+        assert_eq!(only.missing(0).len(), 1);
+        // Networked: no TCP rules needed, scopes still are.
+        assert_eq!(Requirements::landlock_only(true).missing(3).len(), 1);
+        // Inside bwrap's namespaces the scopes are not needed.
+        assert!(Requirements::inside_namespaces(false).missing(4).is_empty());
+    }
+
+    #[test]
+    fn the_refusal_names_the_kernel_what_is_missing_and_the_fix() {
+        let e = SandboxError::LandlockUnsupported {
+            abi: 4,
+            kernel: "Linux 6.8.0-31-generic".into(),
+            missing: Requirements::landlock_only(false).missing(4).join(", "),
+        }
+        .to_string();
+        assert!(e.contains("Linux 6.8.0-31-generic"), "{e}");
+        assert!(e.contains("ABI 4"), "{e}");
+        assert!(e.contains("signal and abstract-socket scopes"), "{e}");
+        assert!(e.contains("bwrap profile"), "{e}");
+        assert!(e.contains("best_effort"), "{e}");
+    }
 }

@@ -13,7 +13,9 @@ use std::io;
 
 use landlock::{RulesetCreated, RulesetStatus};
 
+use super::SandboxError;
 use super::policy::ResourceLimits;
+use super::seccomp;
 
 /// One `setrlimit` call, prepared before the fork.
 #[derive(Debug, Clone, Copy)]
@@ -23,40 +25,33 @@ struct Rlimit {
     hard: u64,
 }
 
-/// Who the sandboxed process runs as.
+/// Who the sandboxed process runs as. Never uid 0: there is no variant
+/// for it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Identity {
-    /// Keep the caller's identity (agentd runs unprivileged).
+    /// agentd runs unprivileged: code keeps agentd's uid (it cannot take
+    /// another), and the sandbox's namespaces, Landlock and seccomp keep it
+    /// away from agentd's files and sockets.
     Inherit,
-    /// agentd runs as root and the workdir belongs to an ordinary user: run
-    /// as that user, so that the kernel enforces the process limit (it never
-    /// does for uid 0) and no root capability is ever in reach.
+    /// agentd runs as root: code runs as this unprivileged user, the agent's
+    /// own, which owns the agent's workdir and nothing else. The kernel then
+    /// enforces the process limit (never for uid 0) and no capability of
+    /// root is ever in reach.
     Switch { uid: u32, gid: u32 },
-    /// agentd runs as root and the workdir belongs to root: stay uid 0 but
-    /// drop every capability (bounding, ambient, permitted, effective,
-    /// inheritable) so root cannot load modules, open raw sockets or
-    /// override file permissions. The process limit cannot be enforced.
-    RootWithoutCapabilities,
 }
 
 impl Identity {
-    /// Decides who runs sandboxed code in `workdir` for a caller with `euid`.
-    pub fn for_workdir(euid: u32, owner_uid: u32, owner_gid: u32) -> Identity {
+    /// Decides who runs sandboxed code for a caller with `euid`: the given
+    /// `user` when agentd is root, else the workdir's owner when that is not
+    /// root. Root with neither is refused: sandboxed code never runs as uid 0.
+    pub fn for_run(euid: u32, user: Option<(u32, u32)>, workdir_owner: (u32, u32)) -> Result<Identity, SandboxError> {
         if euid != 0 {
-            Identity::Inherit
-        } else if owner_uid != 0 {
-            Identity::Switch {
-                uid: owner_uid,
-                gid: owner_gid,
-            }
-        } else {
-            Identity::RootWithoutCapabilities
+            return Ok(Identity::Inherit);
         }
-    }
-
-    /// Whether `RLIMIT_NPROC` means anything for this identity.
-    pub fn process_limit_enforced(self) -> bool {
-        !matches!(self, Identity::RootWithoutCapabilities)
+        match user.unwrap_or(workdir_owner) {
+            (uid, gid) if uid != 0 && gid != 0 => Ok(Identity::Switch { uid, gid }),
+            (uid, gid) => Err(SandboxError::RootIdentity { uid, gid }),
+        }
     }
 }
 
@@ -66,11 +61,16 @@ pub struct ChildSetup {
     parent_pid: libc::pid_t,
     rlimits: Vec<Rlimit>,
     identity: Identity,
-    /// Drop capabilities inside the child (not when exec'ing bwrap as root:
-    /// bwrap needs them to build namespaces and drops them itself).
-    drop_capabilities: bool,
+    /// Empty the capability bounding set before switching users (not for
+    /// bwrap, which builds its namespaces from a user namespace of its own).
+    drop_bounding: bool,
     cap_last: libc::c_ulong,
-    seccomp: Option<Vec<libc::sock_filter>>,
+    /// Installed here for backends without bwrap; bwrap loads it itself.
+    seccomp: Option<&'static seccomp::Policy>,
+    /// Descriptors the command inherits (the tool bridge, bwrap's seccomp
+    /// programs): their close-on-exec flag is cleared after fork, so no
+    /// other child of agentd ever inherits them.
+    inherit: Vec<libc::c_int>,
     landlock: Option<RulesetCreated>,
     best_effort: bool,
 }
@@ -105,21 +105,27 @@ impl ChildSetup {
             parent_pid: std::process::id() as libc::pid_t,
             rlimits,
             identity,
-            drop_capabilities: identity == Identity::RootWithoutCapabilities,
+            drop_bounding: true,
             cap_last: cap_last_cap(),
             seccomp: None,
+            inherit: Vec::new(),
             landlock: None,
             best_effort: false,
         }
     }
 
-    /// bwrap drops capabilities itself and needs them to set up namespaces.
-    pub fn keep_capabilities_for_bwrap(&mut self) {
-        self.drop_capabilities = false;
+    /// bwrap builds its sandbox from a user namespace of its own.
+    pub fn for_bwrap(&mut self) {
+        self.drop_bounding = false;
     }
 
-    pub fn with_seccomp(&mut self, program: Vec<libc::sock_filter>) {
-        self.seccomp = Some(program);
+    pub fn with_seccomp(&mut self, policy: &'static seccomp::Policy) {
+        self.seccomp = Some(policy);
+    }
+
+    /// Lets the command inherit `fd` (which must stay open until spawn).
+    pub fn inherit(&mut self, fd: libc::c_int) {
+        self.inherit.push(fd);
     }
 
     pub fn with_landlock(&mut self, ruleset: RulesetCreated, best_effort: bool) {
@@ -159,8 +165,12 @@ impl ChildSetup {
                 }
             }
             match self.identity {
-                Identity::Inherit | Identity::RootWithoutCapabilities => {}
                 Identity::Switch { uid, gid } => {
+                    if self.drop_bounding {
+                        drop_bounding_set(self.cap_last)?;
+                    }
+                    // From root to an ordinary user: the kernel clears the
+                    // permitted, effective and ambient capability sets.
                     if libc::setgroups(0, std::ptr::null()) < 0
                         || libc::setresgid(gid, gid, gid) < 0
                         || libc::setresuid(uid, uid, uid) < 0
@@ -168,27 +178,34 @@ impl ChildSetup {
                         return Err(io::Error::last_os_error());
                     }
                 }
-            }
-            if self.drop_capabilities {
-                drop_all_capabilities(self.cap_last)?;
+                // An unprivileged agentd may still hold capabilities (an
+                // operator's AmbientCapabilities=): none reach the code.
+                Identity::Inherit => clear_capabilities()?,
             }
             if libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) < 0 {
                 return Err(io::Error::last_os_error());
             }
-            if let Some(program) = &self.seccomp {
-                let fprog = libc::sock_fprog {
-                    len: program.len() as libc::c_ushort,
-                    filter: program.as_ptr() as *mut libc::sock_filter,
-                };
-                if libc::prctl(
-                    libc::PR_SET_SECCOMP,
-                    libc::SECCOMP_MODE_FILTER as libc::c_ulong,
-                    &fprog as *const libc::sock_fprog as libc::c_ulong,
-                    0,
-                    0,
-                ) < 0
-                {
+            for &fd in &self.inherit {
+                if libc::fcntl(fd, libc::F_SETFD, 0) < 0 {
                     return Err(io::Error::last_os_error());
+                }
+            }
+            if let Some(policy) = self.seccomp {
+                for program in policy.programs() {
+                    let fprog = libc::sock_fprog {
+                        len: program.len() as libc::c_ushort,
+                        filter: program.as_ptr() as *mut libc::sock_filter,
+                    };
+                    if libc::prctl(
+                        libc::PR_SET_SECCOMP,
+                        libc::SECCOMP_MODE_FILTER as libc::c_ulong,
+                        &fprog as *const libc::sock_fprog as libc::c_ulong,
+                        0,
+                        0,
+                    ) < 0
+                    {
+                        return Err(io::Error::last_os_error());
+                    }
                 }
             }
         }
@@ -211,11 +228,25 @@ impl ChildSetup {
     }
 }
 
-/// Empties the bounding and ambient sets, then permitted, effective and
-/// inheritable, so that neither this process nor anything it execs (even
-/// a setuid-root binary, which no_new_privs neutralises anyway) holds a
-/// capability.
-unsafe fn drop_all_capabilities(cap_last: libc::c_ulong) -> io::Result<()> {
+/// Empties the capability bounding set, so that nothing the process execs
+/// can regain a capability (no_new_privs already neutralises setuid-root
+/// binaries; this is the second lock). Needs CAP_SETPCAP: root only.
+unsafe fn drop_bounding_set(cap_last: libc::c_ulong) -> io::Result<()> {
+    // SAFETY: prctl on plain integers; async-signal-safe.
+    unsafe {
+        for cap in 0..=cap_last {
+            // EINVAL for capabilities this kernel does not know is fine.
+            if libc::prctl(libc::PR_CAPBSET_DROP, cap, 0, 0, 0) < 0 && *libc::__errno_location() != libc::EINVAL {
+                return Err(io::Error::last_os_error());
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Empties the ambient, permitted, effective and inheritable sets of an
+/// unprivileged process (lowering is always allowed).
+unsafe fn clear_capabilities() -> io::Result<()> {
     #[repr(C)]
     struct CapHeader {
         version: u32,
@@ -230,12 +261,6 @@ unsafe fn drop_all_capabilities(cap_last: libc::c_ulong) -> io::Result<()> {
     const LINUX_CAPABILITY_VERSION_3: u32 = 0x2008_0522;
     // SAFETY: raw capability syscalls on stack values; async-signal-safe.
     unsafe {
-        for cap in 0..=cap_last {
-            // EINVAL for capabilities this kernel does not know is fine.
-            if libc::prctl(libc::PR_CAPBSET_DROP, cap, 0, 0, 0) < 0 && *libc::__errno_location() != libc::EINVAL {
-                return Err(io::Error::last_os_error());
-            }
-        }
         if libc::prctl(
             libc::PR_CAP_AMBIENT,
             libc::PR_CAP_AMBIENT_CLEAR_ALL as libc::c_ulong,
@@ -250,18 +275,12 @@ unsafe fn drop_all_capabilities(cap_last: libc::c_ulong) -> io::Result<()> {
             version: LINUX_CAPABILITY_VERSION_3,
             pid: 0,
         };
-        let data = [
-            CapData {
-                effective: 0,
-                permitted: 0,
-                inheritable: 0,
-            },
-            CapData {
-                effective: 0,
-                permitted: 0,
-                inheritable: 0,
-            },
-        ];
+        let empty = || CapData {
+            effective: 0,
+            permitted: 0,
+            inheritable: 0,
+        };
+        let data = [empty(), empty()];
         if libc::syscall(libc::SYS_capset, &header, data.as_ptr()) < 0 {
             return Err(io::Error::last_os_error());
         }

@@ -3,20 +3,25 @@
 //! This module owns the policy type (decoded from `sandbox/*.yaml` profiles
 //! or inline agent config by [`crate::config`]) and, in its submodules, the
 //! backends that enforce it. [`run`] is the one entry point: it runs one
-//! command under a policy and returns what happened.
+//! command under a policy and returns what happened, in two steps: a
+//! per-backend *prepare* (everything decided and opened in the parent:
+//! identity, environment, Landlock ruleset, seccomp programs, bwrap's
+//! command line) and one *supervise* (spawn, capture, timeout, kill).
 //!
 //! It must never restrict the daemon itself: every restriction is built in
-//! the parent and applied in the forked child just before `exec`. Whatever the backend, every run gets a cleared environment
-//! with an explicit minimal one, rlimits, `no_new_privs`, its own session
-//! (the timeout kills the whole process group), capped output, and never
-//! runs with root's capabilities.
+//! the parent and applied in the forked child just before `exec`. Whatever
+//! the backend, every run gets a cleared environment with an explicit
+//! minimal one, rlimits, `no_new_privs`, the one seccomp policy, its own
+//! session (the timeout kills the whole process group), capped output, and
+//! never runs as uid 0: with agentd as root it runs as the agent's own
+//! unprivileged user ([`Identity`]), and a run with no such user is refused.
 //!
 //! Where things live: [`landlock`] builds rulesets, [`bwrap`] builds
 //! bubblewrap command lines, [`helper`] is bwrap+landlock's inner half,
-//! `seccomp` takes the network and `setsid` from landlock-only runs,
-//! `limits` is everything between fork and exec, [`output`] caps captured
-//! output, [`workspace`] archives and restores workdirs, [`cli`] is
-//! `agentd sandbox run`.
+//! [`seccomp`] is the system-call policy of every backend, `limits` is
+//! everything between fork and exec, [`output`] caps captured output,
+//! [`workspace`] archives and restores workdirs, [`cli`] is `agentd sandbox
+//! run`.
 
 pub mod bwrap;
 pub mod cli;
@@ -25,14 +30,15 @@ pub mod landlock;
 mod limits;
 pub mod output;
 mod policy;
-mod seccomp;
+pub mod seccomp;
 pub mod workspace;
 
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::fs::MetadataExt;
 use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
-use std::sync::Once;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
@@ -77,20 +83,29 @@ pub enum SandboxError {
     #[error("sandbox path {path}: {source}")]
     Path { path: PathBuf, source: std::io::Error },
     #[error(
-        "this kernel (Landlock ABI {abi}) cannot enforce the policy: it lacks {missing}; \
-         refusing to run. Use backend bwrap, a newer kernel, or set best_effort: true to run \
-         with whatever the kernel enforces"
+        "this kernel ({kernel}, Landlock ABI {abi}) cannot enforce the policy: it lacks {missing}; \
+         refusing to run. Use a bwrap profile (e.g. strict), a newer kernel, or set best_effort: true \
+         to run with whatever the kernel enforces"
     )]
-    LandlockUnsupported { abi: i32, missing: &'static str },
+    LandlockUnsupported { abi: i32, kernel: String, missing: String },
     #[error("building the landlock ruleset: {0}")]
     Landlock(#[from] ::landlock::RulesetError),
+    #[error(transparent)]
+    Seccomp(#[from] seccomp::SeccompError),
     #[error(
         "bubblewrap (bwrap) is not installed: install it (apt-get install bubblewrap) or use \
          backend landlock"
     )]
     BwrapMissing,
+    #[error(
+        "agentd runs as root, and sandboxed code never does: this run has no unprivileged user \
+         (uid {uid}, gid {gid}); give the workdir to an ordinary user or name one (--uid)"
+    )]
+    RootIdentity { uid: u32, gid: u32 },
     #[error("private /tmp: {0}")]
     PrivateTmp(std::io::Error),
+    #[error("seccomp program for bwrap: {0}")]
+    SeccompFd(std::io::Error),
     #[error("starting {program}: {source}")]
     Spawn { program: String, source: std::io::Error },
     #[error("waiting for {program}: {source}")]
@@ -101,21 +116,27 @@ pub enum SandboxError {
 /// the output pipes get before the capture stops waiting for them.
 const DRAIN_GRACE: Duration = Duration::from_millis(500);
 
-static ROOT_NPROC_WARNING: Once = Once::new();
-
 /// What a caller adds to a policy for one run: read-only paths (skill
-/// directories, the tool bridge's socket, the agentd binary) and
-/// environment variables (the bridge's address and token). Later entries
-/// in `env` replace earlier ones and the minimal environment's of the same
-/// name, so `PATH` can be extended.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+/// directories, the agentd binary), environment variables (the bridge's
+/// descriptor number and token), descriptors the command inherits (the
+/// bridge), and, when agentd runs as root, the unprivileged user the code
+/// runs as. Later entries in `env` replace earlier ones and the minimal
+/// environment's of the same name, so `PATH` can be extended.
+#[derive(Debug, Clone, Default)]
 pub struct Exposed {
     pub read_only: Vec<PathBuf>,
     pub env: Vec<(String, String)>,
+    /// Inherited by the command at the same descriptor numbers, and by no
+    /// other process agentd starts.
+    pub inherit: Vec<Arc<OwnedFd>>,
+    /// `(uid, gid)` to run as when agentd is root; without it, the
+    /// workdir's owner (refused when that is root).
+    pub user: Option<(u32, u32)>,
 }
 
 /// Runs `argv` in `workdir` under `policy` and waits for it (or for the
-/// timeout). `extra` adds read-only paths and environment variables.
+/// timeout). `extra` adds read-only paths, environment, inherited
+/// descriptors and the user to run as.
 ///
 /// Safe to call from a `current_thread` runtime: the child is spawned from
 /// the calling thread and nothing is handed to blocking-pool threads.
@@ -125,7 +146,25 @@ pub async fn run(
     argv: &[String],
     extra: &Exposed,
 ) -> Result<RunOutcome, SandboxError> {
-    let extra_ro = &extra.read_only;
+    let prepared = prepare(policy, workdir, argv, extra)?;
+    supervise(prepared, policy).await
+}
+
+/// A run ready to spawn: the command with its pre-exec setup, and what must
+/// live until it ends.
+struct Prepared {
+    cmd: tokio::process::Command,
+    program: String,
+    /// Removed when the run ends (landlock and none only).
+    private_tmp: Option<PrivateTmp>,
+    /// Descriptors that must stay open until the spawn (bwrap's seccomp
+    /// programs).
+    _keep: Vec<OwnedFd>,
+}
+
+/// Decides everything about a run in the parent: who runs it, what it
+/// sees, and the backend's command.
+fn prepare(policy: &SandboxPolicy, workdir: &Path, argv: &[String], extra: &Exposed) -> Result<Prepared, SandboxError> {
     let Some(program) = argv.first() else {
         return Err(SandboxError::EmptyCommand);
     };
@@ -143,23 +182,15 @@ pub async fn run(
             source: std::io::Error::new(std::io::ErrorKind::NotADirectory, "not a directory"),
         });
     }
-    for p in policy.read_only.iter().chain(&policy.writable).chain(extra_ro) {
+    let read_only: Vec<PathBuf> = policy.read_only.iter().chain(&extra.read_only).cloned().collect();
+    for p in read_only.iter().chain(&policy.writable) {
         if !p.is_absolute() {
             return Err(SandboxError::RelativePath { path: p.clone() });
         }
     }
 
     // SAFETY: geteuid cannot fail.
-    let identity = Identity::for_workdir(unsafe { libc::geteuid() }, meta.uid(), meta.gid());
-    if !identity.process_limit_enforced() && policy.limits.processes.is_some() {
-        ROOT_NPROC_WARNING.call_once(|| {
-            tracing::warn!(
-                "sandboxed code runs as root (capabilities dropped) because the workdir is \
-                 owned by root: the kernel does not enforce the process limit for uid 0; give \
-                 agent workdirs to an unprivileged user"
-            )
-        });
-    }
+    let identity = Identity::for_run(unsafe { libc::geteuid() }, extra.user, (meta.uid(), meta.gid()))?;
     if policy.backend == Backend::None {
         tracing::warn!(workdir = %workdir.display(), "sandbox backend none: running WITHOUT isolation");
     }
@@ -177,66 +208,72 @@ pub async fn run(
         env.retain(|(name, _)| name != k);
         env.push((k.clone(), v.clone()));
     }
+    let writable = || {
+        let mut w = policy.writable.clone();
+        w.push(workdir.clone());
+        w.push(tmpdir.clone());
+        w
+    };
 
     let mut setup = ChildSetup::new(&policy.limits, identity);
+    for fd in &extra.inherit {
+        setup.inherit(fd.as_raw_fd());
+    }
+    let mut keep = Vec::new();
     let mut cmd = match policy.backend {
-        Backend::None => {
-            let mut c = tokio::process::Command::new(program);
-            c.args(&argv[1..]);
-            c
-        }
+        Backend::None => command(program, &argv[1..]),
         Backend::Landlock => {
-            let mut allowed = landlock::Allowed {
-                read_only: policy.read_only.iter().chain(extra_ro).cloned().collect(),
-                writable: policy.writable.clone(),
+            let allowed = landlock::Allowed {
+                read_only,
+                writable: writable(),
             };
-            allowed.writable.push(workdir.clone());
-            allowed.writable.push(tmpdir.clone());
+            let rules = landlock::Requirements::landlock_only(policy.network);
             setup.with_landlock(
-                landlock::build(&allowed, policy.network, policy.best_effort)?,
+                landlock::build(&allowed, &rules, policy.best_effort)?,
                 policy.best_effort,
             );
-            setup.with_seccomp(seccomp::program(policy.network));
-            let mut c = tokio::process::Command::new(program);
-            c.args(&argv[1..]);
-            c
+            setup.with_seccomp(seccomp::policy(policy.network)?);
+            command(program, &argv[1..])
         }
         Backend::Bwrap | Backend::BwrapLandlock => {
             let bwrap = bwrap::find()?;
-            setup.keep_capabilities_for_bwrap();
-            let mut read_only: Vec<PathBuf> = policy.read_only.iter().chain(extra_ro).cloned().collect();
+            setup.for_bwrap();
+            let mut bound = read_only;
             let inner = if policy.backend == Backend::BwrapLandlock {
                 // Inside bwrap, the helper restricts itself and execs argv.
                 let helper = helper::helper_exe()?;
-                let mut allowed = landlock::Allowed {
-                    read_only: read_only.clone(),
-                    writable: policy.writable.clone(),
+                let allowed = landlock::Allowed {
+                    read_only: bound.clone(),
+                    writable: writable(),
                 };
-                allowed.writable.push(workdir.clone());
-                allowed.writable.push(tmpdir.clone());
-                read_only.push(helper.clone());
+                bound.push(helper.clone());
                 helper::argv(&helper, &allowed, policy.network, policy.best_effort, argv)
             } else {
                 argv.to_vec()
             };
+            let mut seccomp_fds = Vec::new();
+            for program in seccomp::policy(policy.network)?.programs() {
+                let fd = program_fd(program)?;
+                setup.inherit(fd.as_raw_fd());
+                seccomp_fds.push(fd.as_raw_fd());
+                keep.push(fd);
+            }
             let layout = bwrap::Layout {
-                read_only: &read_only,
+                read_only: &bound,
                 writable: &policy.writable,
                 workdir: &workdir,
                 network: policy.network,
-                env: &env,
+                seccomp_fds: &seccomp_fds,
             };
             let mut c = tokio::process::Command::new(bwrap);
             c.args(bwrap::args(&layout, &inner)?);
             c
         }
     };
+    // bwrap passes its own environment on: the variables (the bridge's
+    // token among them) never appear on a command line.
     cmd.env_clear()
-        .envs(
-            env.iter()
-                .filter(|(k, _)| matches!(policy.backend, Backend::None | Backend::Landlock) || k == "PATH")
-                .map(|(k, v)| (k, v)),
-        )
+        .envs(env.iter().map(|(k, v)| (k, v)))
         .current_dir(&workdir)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
@@ -247,9 +284,44 @@ pub async fn run(
     unsafe {
         cmd.pre_exec(move || setup.apply());
     }
+    Ok(Prepared {
+        cmd,
+        program: program.clone(),
+        private_tmp,
+        _keep: keep,
+    })
+}
 
+fn command(program: &str, args: &[String]) -> tokio::process::Command {
+    let mut c = tokio::process::Command::new(program);
+    c.args(args);
+    c
+}
+
+/// A seccomp program in a sealed-size memory file bwrap reads it from.
+fn program_fd(program: &seccompiler::BpfProgram) -> Result<OwnedFd, SandboxError> {
+    use std::io::{Seek, Write};
+    let fd = nix::sys::memfd::memfd_create(c"agentd-seccomp", nix::sys::memfd::MFdFlags::MFD_CLOEXEC)
+        .map_err(|e| SandboxError::SeccompFd(e.into()))?;
+    let mut file = std::fs::File::from(fd);
+    file.write_all(&seccomp::to_bytes(program))
+        .and_then(|()| file.rewind())
+        .map_err(SandboxError::SeccompFd)?;
+    Ok(file.into())
+}
+
+/// Spawns the prepared command and watches it: output capture, timeout,
+/// and the kill of its whole process group when it ends or is dropped.
+async fn supervise(prepared: Prepared, policy: &SandboxPolicy) -> Result<RunOutcome, SandboxError> {
+    let Prepared {
+        mut cmd,
+        program,
+        private_tmp,
+        _keep,
+    } = prepared;
     let started = Instant::now();
-    let mut child = cmd.spawn().map_err(|source| spawn_error(policy, program, source))?;
+    let mut child = cmd.spawn().map_err(|source| spawn_error(policy, &program, source))?;
+    drop(_keep);
     let pgid = child.id().map(|p| p as libc::pid_t);
     // If this future is dropped mid-run (the agent's task was cancelled),
     // the whole group dies with it, not just the direct child.
@@ -367,7 +439,8 @@ fn spawn_error(policy: &SandboxPolicy, program: &str, source: std::io::Error) ->
     if policy.backend == Backend::Landlock && source.raw_os_error() == Some(libc::ENOTSUP) {
         return SandboxError::LandlockUnsupported {
             abi: landlock::kernel_abi(),
-            missing: "Landlock enforcement (the ruleset was not applied)",
+            kernel: landlock::kernel_release(),
+            missing: "Landlock enforcement (the ruleset was not applied)".into(),
         };
     }
     SandboxError::Spawn {

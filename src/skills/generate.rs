@@ -258,24 +258,28 @@ class ToolError(Exception):
 
 
 def _agentd_call(_agentd_tool, _agentd_args):
-    path = _agentd_os.environ.get("AGENTD_BRIDGE")
+    fd = _agentd_os.environ.get("AGENTD_BRIDGE_FD")
     token = _agentd_os.environ.get("AGENTD_BRIDGE_TOKEN")
-    if not path or not token:
-        raise ToolError("no tool bridge here: AGENTD_BRIDGE is not set (run this inside the agent's sandbox)")
+    if not fd or not token:
+        raise ToolError("no tool bridge here: AGENTD_BRIDGE_FD is not set (run this inside the agent's sandbox)")
     request = _agentd_json.dumps({"token": token, "tool": _agentd_tool, "arguments": _agentd_args}) + "\n"
     chunks = []
     try:
-        with _agentd_socket.socket(_agentd_socket.AF_UNIX, _agentd_socket.SOCK_STREAM) as s:
-            s.connect(path)
-            s.sendall(request.encode("utf-8"))
-            s.shutdown(_agentd_socket.SHUT_WR)
+        # The bridge has no address: hand it one end of a fresh pair through
+        # the descriptor this sandbox run inherited, and talk on the other.
+        mine, theirs = _agentd_socket.socketpair(_agentd_socket.AF_UNIX, _agentd_socket.SOCK_STREAM)
+        with mine:
+            with theirs, _agentd_socket.socket(fileno=_agentd_os.dup(int(fd))) as dialer:
+                _agentd_socket.send_fds(dialer, [b"c"], [theirs.fileno()])
+            mine.sendall(request.encode("utf-8"))
+            mine.shutdown(_agentd_socket.SHUT_WR)
             while True:
-                chunk = s.recv(65536)
+                chunk = mine.recv(65536)
                 if not chunk:
                     break
                 chunks.append(chunk)
-    except _agentd_socket.error as e:  # OSError, by a name no tool can shadow
-        raise ToolError("cannot reach the tool bridge at %s: %s" % (path, e)) from e
+    except (_agentd_socket.error, ValueError) as e:  # OSError, by a name no tool can shadow
+        raise ToolError("cannot reach the tool bridge through descriptor %s: %s" % (fd, e)) from e
     reply = _agentd_json.loads(b"".join(chunks).decode("utf-8"))
     if not reply.get("ok"):
         raise ToolError(reply.get("error") or "the tool bridge refused the call")

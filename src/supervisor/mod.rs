@@ -20,6 +20,7 @@ pub mod restart;
 mod schedules;
 mod systemd;
 mod talk;
+mod users;
 mod watch;
 
 use std::collections::{BTreeMap, HashMap};
@@ -165,6 +166,9 @@ struct Agent {
     heartbeat_seq: u64,
     /// Set when the child was killed as hung: the cause of its exit.
     hung: Option<String>,
+    /// The child's report of an MCP server it cannot reach: status shows
+    /// the running agent as `degraded` with this error.
+    degraded: Option<String>,
 }
 
 impl Agent {
@@ -188,6 +192,7 @@ impl Agent {
             last_pong: Instant::now(),
             heartbeat_seq: 0,
             hung: None,
+            degraded: None,
         }
     }
 }
@@ -215,6 +220,8 @@ pub struct Supervisor {
     reload_seq: u64,
     /// The ledger cannot be written: why, and the writes kept meanwhile.
     degraded: Degraded,
+    /// Agents' own users, when agentd runs as root.
+    users: Option<users::AgentUsers>,
 }
 
 /// Runs the supervisor until it is stopped; the process's exit code.
@@ -240,11 +247,19 @@ async fn run_async(
     state_dir_overridden: bool,
     repl_mode: Option<repl::Mode>,
 ) -> anyhow::Result<ExitCode> {
-    std::fs::create_dir_all(&cfg.state_dir)
-        .with_context(|| format!("cannot create state dir {}", cfg.state_dir.display()))?;
+    // Everything agentd creates is its own alone unless it says otherwise
+    // (agents' directories are given their modes explicitly).
+    // SAFETY: umask cannot fail.
+    unsafe {
+        libc::umask(0o077);
+    }
+    // SAFETY: geteuid cannot fail.
+    let root = unsafe { libc::geteuid() } == 0;
+    crate::state_dir::prepare(&cfg.state_dir, root)?;
+    let users = root.then(|| users::AgentUsers::load(&cfg.state_dir, cfg.agent_uids.clone()));
     // One supervisor per state dir: two would both run the same tasks.
     let _lock = crate::state_dir::lock(&cfg.state_dir)?;
-    let ledger = Ledger::open(&cfg.state_dir.join(ledger::FILE_NAME))?;
+    let ledger = Ledger::open(&crate::state_dir::ledger(&cfg.state_dir))?;
     // Before a single row is trusted: a damaged ledger is refused, never half-run.
     match ledger.check_integrity(INTEGRITY_BUDGET)? {
         ledger::Integrity::Ok { took } => tracing::debug!("ledger integrity check passed in {took:?}"),
@@ -255,12 +270,17 @@ async fn run_async(
     }
     let ledger = LedgerThread::start(ledger).context("starting the ledger thread")?;
 
-    let socket = cfg.state_dir.join(control::SOCKET_NAME);
+    let socket = crate::state_dir::socket(&cfg.state_dir);
     // The lock proves no other agentd owns this state dir: a socket left
     // here is stale.
     let _ = std::fs::remove_file(&socket);
     let (control_tx, mut control_rx) = mpsc::unbounded_channel();
-    control::serve(&socket, control_tx).with_context(|| format!("cannot listen on {}", socket.display()))?;
+    let operators = control::Operators {
+        // SAFETY: geteuid cannot fail.
+        own_uid: unsafe { libc::geteuid() },
+        group: cfg.control_group,
+    };
+    control::serve(&socket, operators, control_tx).with_context(|| format!("cannot listen on {}", socket.display()))?;
 
     let (events, mut events_rx) = mpsc::unbounded_channel();
     let mut sup = Supervisor {
@@ -280,6 +300,7 @@ async fn run_async(
         state_dir_overridden,
         reload_seq: 0,
         degraded: Degraded::default(),
+        users,
         cfg,
     };
     sup.recover_orphaned_tasks().await?;
@@ -328,18 +349,7 @@ async fn run_async(
         let degraded = sup.degraded.is_degraded();
         tokio::select! {
             Some(ev) = events_rx.recv() => sup.handle(ev).await,
-            Some((req, peer, reply)) = control_rx.recv() => match sup.agent_ancestor(peer) {
-                // Sandboxed code runs as a descendant of its agent's
-                // process; it must not steer agentd (Landlock cannot keep
-                // it off the socket before ABI 9).
-                Some(agent) => {
-                    tracing::warn!(agent, "refused a control request from inside the agent's process tree");
-                    let _ = reply.send(Response::error(format!(
-                        "refused: control requests from inside agent {agent}'s processes are not allowed"
-                    )));
-                }
-                None => sup.on_control(req, reply).await,
-            },
+            Some((req, reply)) = control_rx.recv() => sup.on_control(req, reply).await,
             Some(input) = repl_rx.recv() => sup.on_repl(input).await,
             _ = sleep_until_opt(schedule_at), if schedule_at.is_some() => sup.fire_schedules().await,
             _ = tokio::time::sleep(degraded::RETRY), if degraded => sup.retry_kept().await,
@@ -444,17 +454,27 @@ impl Supervisor {
         let generation = self.generation;
         let events = self.events.clone();
         let record_dir = self.record.clone();
+        let user = match self.users.as_mut().map(|u| u.assign(name)).transpose() {
+            Ok(user) => user,
+            Err(e) => {
+                self.fail_to_start(name, e);
+                return;
+            }
+        };
+        let dirs = match crate::state_dir::prepare_agent(&self.cfg.state_dir, name, user) {
+            Ok(d) => d,
+            Err(e) => {
+                self.fail_to_start(name, format!("cannot prepare workdir {}: {e}", workdir.display()));
+                return;
+            }
+        };
         let Some(a) = self.agents.get_mut(name) else { return };
-        if let Err(e) = std::fs::create_dir_all(&workdir) {
-            a.state = State::Failed;
-            a.last_error = Some(format!("cannot create workdir {}: {e}", workdir.display()));
-            tracing::error!(agent = name, "{}", a.last_error.as_deref().unwrap_or_default());
-            return;
-        }
         let start = ToChild::Start {
             version: PROTOCOL_VERSION,
             spec: Box::new(a.spec.clone()),
-            workdir,
+            workdir: dirs.work,
+            mcp_dir: dirs.mcp,
+            sandbox_user: user,
             conversation,
             record_dir,
         };
@@ -476,6 +496,15 @@ impl Supervisor {
                 a.last_error = Some(format!("cannot start agent process: {e}"));
                 tracing::error!(agent = name, "cannot start agent process: {e}");
             }
+        }
+        self.update_status();
+    }
+
+    fn fail_to_start(&mut self, name: &str, why: String) {
+        if let Some(a) = self.agents.get_mut(name) {
+            tracing::error!(agent = name, "{why}");
+            a.state = State::Failed;
+            a.last_error = Some(why);
         }
         self.update_status();
     }
@@ -664,6 +693,16 @@ impl Supervisor {
                     a.last_pong = Instant::now();
                 }
             }
+            FromChild::Health { degraded } => {
+                if let Some(a) = self.agents.get_mut(name) {
+                    match &degraded {
+                        Some(why) => tracing::warn!(agent = name, "degraded: {why}"),
+                        None if a.degraded.is_some() => tracing::info!(agent = name, "MCP servers reachable again"),
+                        None => {}
+                    }
+                    a.degraded = degraded;
+                }
+            }
             FromChild::Output { task, text, .. } => {
                 tracing::debug!(agent = name, "model: {text}");
                 self.on_output(task, &text);
@@ -726,6 +765,7 @@ impl Supervisor {
         }
         let uptime = a.started_at.map(|t| t.elapsed()).unwrap_or_default();
         a.last_exit = Some(exit);
+        a.degraded = None;
         let running = a.running.take();
         let max_attempts = a.spec.limits.max_attempts;
         let after = a.after_exit;
@@ -1237,15 +1277,6 @@ impl Supervisor {
         }
     }
 
-    /// The agent whose process tree `peer` belongs to, if any.
-    fn agent_ancestor(&self, peer: Option<i32>) -> Option<String> {
-        let peer = peer?;
-        self.agents.iter().find_map(|(name, a)| {
-            let child = a.child.as_ref()?.pid as i32;
-            crate::procfs::is_descendant(peer, child).then(|| name.clone())
-        })
-    }
-
     async fn restore_snapshot(&mut self, agent: &str, which: String) {
         let workdir = self.workdir(agent);
         let name = agent.to_owned();
@@ -1283,14 +1314,22 @@ impl Supervisor {
                 schedules: Vec::new(),
             };
         };
+        // A running agent with an unreachable MCP server is `degraded`,
+        // its server's error in `last_error`.
+        let degraded = a.degraded.as_ref().filter(|_| a.state == State::Running);
         AgentStatus {
             name: name.to_owned(),
-            state: a.state.as_str().into(),
+            state: if degraded.is_some() {
+                "degraded"
+            } else {
+                a.state.as_str()
+            }
+            .into(),
             pid: a.child.as_ref().map(|c| c.pid),
             restarts: a.restart_count,
             uptime_s: a.child.as_ref().and(a.started_at).map(|t| t.elapsed().as_secs_f64()),
             last_exit: a.last_exit.map(|e| e.to_string()),
-            last_error: a.last_error.clone(),
+            last_error: degraded.or(a.last_error.as_ref()).cloned(),
             queued,
             running_task: a.running.as_ref().map(|(id, _)| *id),
             paused: a.paused,

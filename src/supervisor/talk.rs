@@ -187,7 +187,8 @@ impl Supervisor {
         match self.ledger.call(move |l| l.list_tasks(&filter)).await {
             Some(Ok(tasks)) if tasks.is_empty() => self.say(format!("{agent} has no tasks yet")),
             Some(Ok(tasks)) => {
-                for t in tasks.iter().rev() {
+                // Newest first, as `agentd tasks` lists them.
+                for t in &tasks {
                     let what = t.trigger().map(|tr| tr.summary()).unwrap_or_default();
                     self.say(format!(
                         "#{:<5} {:<9} {:<8} {what}",

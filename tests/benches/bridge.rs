@@ -10,6 +10,7 @@
 //! same with or without the bridge.
 //!
 //! Run: `cargo bench --bench bridge` (needs `sh tests/setup.sh` once).
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests and benchmarks may panic
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -45,7 +46,6 @@ fn main() -> anyhow::Result<()> {
     let js = Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("tests/peers/node_modules/@modelcontextprotocol/server-everything/dist/index.js");
     anyhow::ensure!(js.is_file(), "server-everything is missing: run sh tests/setup.sh");
-    let dir = tempfile::tempdir()?;
     let spec = McpServerSpec {
         name: "everything".into(),
         transport: McpTransport::Stdio {
@@ -55,6 +55,7 @@ fn main() -> anyhow::Result<()> {
             cwd: None,
         },
         tool_filter: None,
+        roots: Vec::new(),
     };
     // One worker thread serves the hub and the bridge, as the agent child's
     // single-threaded runtime does; calls come from this thread.
@@ -63,16 +64,17 @@ fn main() -> anyhow::Result<()> {
         .enable_all()
         .build()?;
     let (events, _events_rx) = tokio::sync::mpsc::channel(16);
-    let hub = Arc::new(rt.block_on(McpHub::start(std::slice::from_ref(&spec), &[], dir.path(), events)));
+    let hub = Arc::new(rt.block_on(McpHub::start(std::slice::from_ref(&spec), &[], events)));
     anyhow::ensure!(
         hub.tools().iter().any(|t| t.name == "get-sum"),
         "server-everything did not come up"
     );
     let (outbox, mut journal) = Outbox::channel();
-    let socket = dir.path().join("bridge.sock");
-    let bridge = {
+    let (bridge, dialer) = {
         let _guard = rt.enter();
-        Bridge::start(socket.clone(), hub.clone(), BridgeSpec::default(), outbox)?
+        let bridge = Bridge::start(hub.clone(), BridgeSpec::default(), outbox);
+        let dialer = bridge.dialer(nix::unistd::geteuid().as_raw())?;
+        (bridge, dialer)
     };
     let token = bridge.begin(1, "bench-lease")?;
     let args: Map<String, Value> = json!({"a": 2, "b": 3}).as_object().cloned().unwrap_or_default();
@@ -89,7 +91,7 @@ fn main() -> anyhow::Result<()> {
     let mut bridged = Vec::with_capacity(CALLS);
     for i in 0..WARMUP + CALLS {
         let started = Instant::now();
-        let reply = client::call(&socket, &token, "get-sum", args.clone())?;
+        let reply = client::call(std::os::fd::AsFd::as_fd(&dialer), &token, "get-sum", args.clone())?;
         if i >= WARMUP {
             bridged.push(started.elapsed());
         }
@@ -102,7 +104,7 @@ fn main() -> anyhow::Result<()> {
 
     println!("tool bridge overhead, get-sum on server-everything (stdio), {CALLS} calls each");
     let (d50, d99) = report("direct McpHub::call_tool", direct);
-    let (b50, b99) = report("bridged (socket + checks)", bridged);
+    let (b50, b99) = report("bridged (dialer fd + checks)", bridged);
     println!(
         "{:<28} p50 {:>8.1} µs   p99 {:>8.1} µs",
         "overhead",

@@ -4,6 +4,7 @@
 //! linear) and the largest config loaded within 1 s.
 //!
 //! `cargo bench --bench config` (CONFIG_BENCH_MAX caps N).
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests and benchmarks may panic
 
 use std::fmt::Write as _;
 use std::path::Path;

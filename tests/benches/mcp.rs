@@ -12,9 +12,9 @@
 //!    debounces add their own quiet time on top of this.
 //!
 //! Run: `cargo bench --bench mcp` (needs nothing outside the repo).
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests and benchmarks may panic
 
 use std::collections::BTreeMap;
-use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -137,6 +137,7 @@ fn stdio(name: &str, command: &str, args: Vec<String>) -> McpServerSpec {
             cwd: None,
         },
         tool_filter: None,
+        roots: Vec::new(),
     }
 }
 
@@ -175,10 +176,9 @@ async fn next(rx: &mut mpsc::Receiver<ResourceEvent>) -> ResourceEvent {
 async fn bench_notification(modern: bool) -> Vec<Duration> {
     let exe = std::env::current_exe().unwrap().display().to_string();
     let mode = if modern { "modern" } else { "legacy" };
-    let work = tempfile::tempdir().unwrap();
     let (tx, mut rx) = mpsc::channel(1024);
     let server = stdio("bench", &exe, vec!["--bench-server".into(), mode.into()]);
-    let hub = McpHub::start(&[server], &[subscription(TICK)], work.path(), tx).await;
+    let hub = McpHub::start(&[server], &[subscription(TICK)], tx).await;
     assert!(hub.servers()[0].connected, "{:?}", hub.servers());
     let mut samples = Vec::with_capacity(EVENTS);
     for i in 0..EVENTS + 50 {
@@ -212,7 +212,7 @@ async fn bench_file_write() -> Vec<Duration> {
             "0".into(),
         ],
     );
-    let hub = McpHub::start(&[server], &[subscription(&uri)], Path::new(&dir), tx).await;
+    let hub = McpHub::start(&[server], &[subscription(&uri)], tx).await;
     assert!(hub.servers()[0].connected, "{:?}", hub.servers());
     let mut samples = Vec::with_capacity(EVENTS);
     for i in 0..EVENTS + 50 {

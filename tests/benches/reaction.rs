@@ -4,6 +4,7 @@
 //! (debounce 0), real ledger; the scripted server answers at once.
 //!
 //! Run: `cargo bench --bench reaction` (prints p50/p99 over 1,000 events).
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests and benchmarks may panic
 
 #[allow(dead_code)]
 #[path = "../support/llm_server.rs"]

@@ -3,6 +3,7 @@
 //! reference. Targets (2 cores): landlock <= 3 ms, bwrap <= 8 ms at p50.
 //!
 //! `cargo bench --bench sandbox` (set SANDBOX_BENCH_RUNS to change the count).
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests and benchmarks may panic
 
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -41,6 +42,11 @@ fn main() {
         .and_then(|s| s.parse().ok())
         .unwrap_or(300);
     let wd = tempfile::tempdir().expect("tempdir");
+    // Sandboxed code never runs as root: as root, give the workdir to an
+    // unprivileged user, as agentd does with an agent's workdir.
+    if nix::unistd::geteuid().is_root() {
+        std::os::unix::fs::chown(wd.path(), Some(64_998), Some(64_998)).expect("chown workdir");
+    }
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()

@@ -3,6 +3,7 @@
 //! 100 agents. Prints a table; asserts nothing (targets live in the README).
 //!
 //! Run: `cargo bench --bench supervisor`
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests and benchmarks may panic
 
 use std::os::unix::net::UnixDatagram;
 use std::path::Path;

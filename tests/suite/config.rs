@@ -344,6 +344,10 @@ fn check_prints_a_summary_and_exits_zero() {
     let s = stdout(&out);
     assert!(s.contains("valid, 1 agent"), "{s}");
     assert!(s.contains("agent watcher: model m, sandbox default"), "{s}");
+    assert!(
+        s.contains("llm: https://api.openai.com/v1 (key variable OPENAI_API_KEY)"),
+        "{s}"
+    );
     assert!(s.contains("server fs: stdio: agentd mcp-watch /tmp"), "{s}");
     assert!(s.contains("subscription file:///tmp/*.md (glob"), "{s}");
     assert!(s.contains("schedule \"*/5 * * * *\" UTC: Tidy up"), "{s}");
@@ -376,4 +380,77 @@ fn secrets_are_never_echoed_in_errors() {
     let e = one_error("agents:\n  - name: a\n    model: m\n    llm: {api_key_env: \"sk-live-abcdef\"}\n");
     assert!(!e.contains("sk-live"), "{e}");
     assert!(e.contains("takes the NAME of an environment variable"), "{e}");
+}
+
+// ---- field compatibility (issue 13) ----
+
+fn load_env(text: &str, vars: &'static [(&'static str, &'static str)]) -> Result<Config, ConfigErrors> {
+    let dir = tempdir();
+    let path = write(dir.path(), "agentd.yaml", text);
+    // The tempdir goes when this returns; the config is already read.
+    config::load_with_env(&path, &|k: &str| {
+        vars.iter()
+            .find(|(n, _)| *n == k)
+            .map(|(_, v)| v.to_string())
+            .or_else(|| env(k))
+    })
+}
+
+#[test]
+fn empty_tool_filter_means_no_filter() {
+    let cfg = load_env(
+        "agents:\n  - name: a\n    model: m\n    mcp_servers:\n      - {type: stdio, command: uvx, arguments: [mcp-server-fetch], tool_filter: []}\n",
+        &[],
+    )
+    .expect("valid");
+    let filter = cfg.agents[0].mcp_servers[0].tool_filter.clone();
+    assert_eq!(filter, None);
+    assert!(agentd::mcp::tools::tool_allowed(filter.as_deref(), "fetch"));
+}
+
+#[test]
+fn openai_sdk_environment_is_honoured_without_llm() {
+    let text = "agents:\n  - {name: a, model: gpt-4o-mini}\n";
+    let cfg = load_env(text, &[("OPENAI_BASE_URL", "http://127.0.0.1:8/v1")]).expect("valid");
+    assert_eq!(cfg.agents[0].llm.base_url, "http://127.0.0.1:8/v1");
+    let cfg = load_env(text, &[]).expect("valid");
+    assert_eq!(cfg.agents[0].llm.base_url, "https://api.openai.com/v1");
+    assert_eq!(cfg.agents[0].llm.api_key_env.as_deref(), Some("OPENAI_API_KEY"));
+    // What the config says wins over the environment.
+    let cfg = load_env(
+        "agents:\n  - {name: a, model: gpt-4o-mini, llm: {base_url: \"http://10.0.0.1/v1\"}}\n",
+        &[("OPENAI_BASE_URL", "http://127.0.0.1:8/v1")],
+    )
+    .expect("valid");
+    assert_eq!(cfg.agents[0].llm.base_url, "http://10.0.0.1/v1");
+}
+
+#[test]
+fn litellm_model_prefixes_route_to_their_providers_or_fail_clearly() {
+    let cfg = load_env("agents:\n  - {name: a, model: gemini/gemini-2.0-flash}\n", &[]).expect("valid");
+    let a = &cfg.agents[0];
+    assert_eq!(a.model, "gemini-2.0-flash");
+    assert_eq!(
+        a.llm.base_url,
+        "https://generativelanguage.googleapis.com/v1beta/openai"
+    );
+    assert_eq!(a.llm.api_key_env.as_deref(), Some("GEMINI_API_KEY"));
+    let cfg = load_env("agents:\n  - {name: a, model: claude-3-5-haiku-latest}\n", &[]).expect("valid");
+    assert_eq!(cfg.agents[0].llm.base_url, "https://api.anthropic.com/v1");
+    let cfg = load_env("agents:\n  - {name: a, model: ollama/llama3}\n", &[]).expect("valid");
+    assert_eq!(cfg.agents[0].llm.api_key_env, None);
+    let errs = load_env("agents:\n  - {name: a, model: bedrock/anthropic.claude-v2}\n", &[]).expect_err("refused");
+    let msg = errs.0[0].to_string();
+    assert!(
+        msg.contains("agents[0].model") && msg.contains("OpenAI chat-completions"),
+        "{msg}"
+    );
+}
+
+#[test]
+fn llm_stream_false_is_read() {
+    let cfg = load_env("agents:\n  - {name: a, model: m, llm: {stream: false}}\n", &[]).expect("valid");
+    assert!(!cfg.agents[0].llm.stream);
+    let cfg = load_env("agents:\n  - {name: a, model: m}\n", &[]).expect("valid");
+    assert!(cfg.agents[0].llm.stream);
 }

@@ -263,10 +263,12 @@ proptest! {
 }
 
 fn test_dir(prefix: &str) -> tempfile::TempDir {
-    tempfile::Builder::new()
+    let d = tempfile::Builder::new()
         .prefix(prefix)
         .tempdir_in(env!("CARGO_TARGET_TMPDIR"))
-        .expect("tempdir")
+        .expect("tempdir");
+    crate::support::give_to_sandbox_user(d.path());
+    d
 }
 
 fn policy() -> SandboxPolicy {

@@ -35,6 +35,7 @@ fn spec(server: &LlmServer) -> LlmSpec {
         temperature: Some(0.2),
         request_timeout: Duration::from_secs(20),
         max_retries: 3,
+        stream: true,
     }
 }
 
@@ -597,6 +598,7 @@ async fn unreachable_provider_is_a_connection_error() {
         temperature: None,
         request_timeout: Duration::from_secs(5),
         max_retries: 1,
+        stream: true,
     };
     let client = LlmClient::new(&spec, "m").unwrap().with_retry_policy(fast_retries(1));
     let err = complete(&client, &ask("hi")).await.0.expect_err("refused");
@@ -672,7 +674,8 @@ async fn content_parts_null_lists_and_missing_usage_are_tolerated() {
     let reply = complete(&plain_client(&server), &ask("hi")).await.0.expect("tolerated");
     assert_eq!(reply.content.as_deref(), Some("ab"));
     assert!(reply.tool_calls.is_empty());
-    assert_eq!(reply.usage.total(), 0);
+    // No usage from the provider: estimated, and marked so.
+    assert!(reply.usage.estimated && reply.usage.total() > 0, "{:?}", reply.usage);
 }
 
 #[test]
@@ -1071,4 +1074,71 @@ async fn overhead_of_one_completion_on_loopback() {
         times[N * 9 / 10],
         times[N - 1]
     );
+}
+
+// ---- field compatibility (issue 13) ----
+
+#[tokio::test]
+async fn stream_that_breaks_off_without_finish_reason_is_an_error_and_retried() {
+    // The connection closes mid-answer: no finish_reason, no [DONE]. The
+    // partial text must not become the answer; the request is tried again.
+    let partial = vec![
+        chunk(json!({"role": "assistant", "content": ""}), Value::Null),
+        chunk(json!({"content": "The answer is"}), Value::Null),
+    ];
+    let server = LlmServer::start(vec![Reply::sse_cut(partial.clone()), Reply::stream_text(&["42."])]);
+    let (reply, deltas) = complete(&client(&server), &ask("hi")).await;
+    let reply = reply.expect("retried after the break-off");
+    assert_eq!(reply.content.as_deref(), Some("42."));
+    assert_eq!(reply.retries.len(), 1);
+    assert!(reply.retries[0].error.contains("broke off"), "{:?}", reply.retries);
+    assert_eq!(deltas, ["The answer is", "42."]);
+
+    // Only break-offs: the call fails, never returns the partial text.
+    let server = LlmServer::start(vec![Reply::sse_cut(partial.clone()), Reply::sse_cut(partial)]);
+    let client = LlmClient::new(&spec(&server), "test-model")
+        .unwrap()
+        .with_retry_policy(fast_retries(1));
+    let err = complete(&client, &ask("hi")).await.0.expect_err("broken stream");
+    assert!(err.to_string().contains("broke off"), "{err}");
+}
+
+#[tokio::test]
+async fn streams_ask_for_usage_and_estimate_it_when_none_comes() {
+    // llama.cpp's server: a finished stream without any usage chunk.
+    let server = LlmServer::start(vec![Reply::sse(vec![
+        chunk(json!({"content": "Twelve characters and more"}), Value::Null),
+        chunk(json!({}), json!("stop")),
+    ])]);
+    let reply = complete(&client(&server), &ask("hi")).await.0.expect("reply");
+    assert_eq!(
+        server.requests()[0].json()["stream_options"],
+        json!({"include_usage": true})
+    );
+    assert!(reply.usage.estimated, "{:?}", reply.usage);
+    assert!(
+        reply.usage.prompt_tokens > 10 && reply.usage.completion_tokens >= 6,
+        "{:?}",
+        reply.usage
+    );
+    // A reported figure is kept as it is.
+    let server = LlmServer::start(vec![Reply::stream_text(&["a"])]);
+    let reply = complete(&client(&server), &ask("hi")).await.0.expect("reply");
+    assert!(!reply.usage.estimated);
+    assert_eq!(reply.usage.total(), 13);
+}
+
+#[tokio::test]
+async fn llm_stream_false_sends_plain_requests() {
+    let server = LlmServer::start(vec![Reply::text("plain")]);
+    let spec = LlmSpec {
+        stream: false,
+        ..spec(&server)
+    };
+    let client = LlmClient::new(&spec, "m").unwrap();
+    let reply = complete(&client, &ask("hi")).await.0.expect("reply");
+    assert_eq!(reply.content.as_deref(), Some("plain"));
+    let body = server.requests()[0].json();
+    assert_eq!(body["stream"], json!(false), "{body}");
+    assert!(body.get("stream_options").is_none_or(Value::is_null), "{body}");
 }

@@ -27,9 +27,8 @@ fn channel() -> (mpsc::Sender<ResourceEvent>, mpsc::Receiver<ResourceEvent>) {
 
 #[tokio::test]
 async fn server_everything_tools_are_listed_and_called() {
-    let work = tempfile::tempdir().unwrap();
     let (tx, _rx) = channel();
-    let hub = McpHub::start(&[server_everything("everything")], &[], work.path(), tx).await;
+    let hub = McpHub::start(&[server_everything("everything")], &[], tx).await;
     let names: Vec<String> = hub.tools().into_iter().map(|t| t.name).collect();
     assert!(names.contains(&"echo".to_owned()), "{names:?}");
     assert!(names.contains(&"get-sum".to_owned()), "{names:?}");
@@ -55,11 +54,10 @@ async fn server_everything_tools_are_listed_and_called() {
 
 #[tokio::test]
 async fn shared_tool_names_get_server_prefixes_and_tool_filter_hides_tools() {
-    let work = tempfile::tempdir().unwrap();
     let (tx, _rx) = channel();
     let mut b = server_everything("b");
     b.tool_filter = Some(vec!["echo".into(), "get-s*".into()]);
-    let hub = McpHub::start(&[server_everything("a"), b], &[], work.path(), tx).await;
+    let hub = McpHub::start(&[server_everything("a"), b], &[], tx).await;
     let tools = hub.tools();
     let names: Vec<&str> = tools.iter().map(|t| t.name.as_str()).collect();
     assert!(names.contains(&"a__echo") && names.contains(&"b__echo"), "{names:?}");
@@ -84,10 +82,12 @@ async fn shared_tool_names_get_server_prefixes_and_tool_filter_hides_tools() {
 }
 
 #[tokio::test]
-async fn roots_list_is_answered_with_the_agent_workdir() {
+async fn roots_list_is_answered_with_the_configured_roots() {
     let work = tempfile::tempdir().unwrap();
     let (tx, _rx) = channel();
-    let hub = McpHub::start(&[server_everything("everything")], &[], work.path(), tx).await;
+    let mut everything = server_everything("everything");
+    everything.roots = vec![work.path().to_path_buf()];
+    let hub = McpHub::start(&[everything], &[], tx).await;
     // server-everything registers get-roots-list after the handshake and
     // announces it with tools/list_changed.
     assert!(
@@ -102,11 +102,10 @@ async fn roots_list_is_answered_with_the_agent_workdir() {
 
 #[tokio::test]
 async fn server_everything_update_becomes_one_event_with_fresh_contents() {
-    let work = tempfile::tempdir().unwrap();
     let (tx, mut rx) = channel();
     let uri = "demo://resource/dynamic/text/1";
     let subs = [subscription(uri, Duration::from_millis(300), POLL)];
-    let hub = McpHub::start(&[server_everything("everything")], &subs, work.path(), tx).await;
+    let hub = McpHub::start(&[server_everything("everything")], &subs, tx).await;
     hub.call_tool("toggle-subscriber-updates", Map::new()).await.unwrap();
     let event = next_event(&mut rx, LONG).await.expect("an update event");
     assert_eq!(event.uri, uri);
@@ -134,7 +133,7 @@ async fn mcp_watch_file_write_becomes_one_event_with_fresh_contents() {
     let uri = file_uri(&file);
     let (tx, mut rx) = channel();
     let subs = [subscription(&uri, Duration::from_millis(100), POLL)];
-    let hub = McpHub::start(&[mcp_watch("watch", &inbox, 25)], &subs, work.path(), tx).await;
+    let hub = McpHub::start(&[mcp_watch("watch", &inbox, 25)], &subs, tx).await;
     assert_eq!(hub.servers()[0].protocol.as_deref(), Some("2026-07-28"));
     std::fs::write(&file, "fresh contents").unwrap();
     let event = next_event(&mut rx, LONG).await.expect("an update event");
@@ -152,7 +151,7 @@ async fn burst_of_50_writes_yields_a_bounded_number_of_events_never_zero() {
     let uri = file_uri(&file);
     let (tx, mut rx) = channel();
     let subs = [subscription(&uri, Duration::from_millis(200), POLL)];
-    let hub = McpHub::start(&[mcp_watch("watch", work.path(), 25)], &subs, work.path(), tx).await;
+    let hub = McpHub::start(&[mcp_watch("watch", work.path(), 25)], &subs, tx).await;
     for i in 0..50 {
         std::fs::write(&file, format!("write {i}")).unwrap();
     }
@@ -172,7 +171,7 @@ async fn glob_subscription_fires_for_new_files_and_their_updates_only() {
     let pattern = format!("{}/*.md", file_uri(&inbox));
     let (tx, mut rx) = channel();
     let subs = [subscription(&pattern, Duration::from_millis(100), POLL)];
-    let hub = McpHub::start(&[mcp_watch("watch", &inbox, 25)], &subs, work.path(), tx).await;
+    let hub = McpHub::start(&[mcp_watch("watch", &inbox, 25)], &subs, tx).await;
     // Existing files do not fire at start.
     assert!(next_event(&mut rx, Duration::from_millis(500)).await.is_none());
 
@@ -202,7 +201,7 @@ async fn tool_subscription_fires_on_change_and_not_otherwise() {
     let uri = "tool://read_file/?path=state.txt";
     let (tx, mut rx) = channel();
     let subs = [subscription(uri, NO_DEBOUNCE, Duration::from_millis(100))];
-    let hub = McpHub::start(&[mcp_watch("watch", work.path(), 25)], &subs, work.path(), tx).await;
+    let hub = McpHub::start(&[mcp_watch("watch", work.path(), 25)], &subs, tx).await;
     // Many polls, same result: nothing fires.
     assert!(next_event(&mut rx, Duration::from_secs(1)).await.is_none());
     std::fs::write(work.path().join("state.txt"), "busy").unwrap();
@@ -233,7 +232,7 @@ async fn killed_server_reconnects_and_resubscribes() {
     let uri = file_uri(&file);
     let (tx, mut rx) = channel();
     let subs = [subscription(&uri, Duration::from_millis(50), POLL)];
-    let hub = McpHub::start(&[shell_server("watch", &script)], &subs, work.path(), tx).await;
+    let hub = McpHub::start(&[shell_server("watch", &script)], &subs, tx).await;
     let first = hub.servers()[0].clone();
     let pid = first.pid.expect("server pid");
     assert_eq!(first.connects, 1);
@@ -274,11 +273,10 @@ async fn killed_server_reconnects_and_resubscribes() {
 
 #[tokio::test]
 async fn killed_server_everything_reconnects_and_resubscribes() {
-    let work = tempfile::tempdir().unwrap();
     let (tx, mut rx) = channel();
     let uri = "demo://resource/dynamic/text/2";
     let subs = [subscription(uri, Duration::from_millis(100), POLL)];
-    let hub = McpHub::start(&[server_everything("everything")], &subs, work.path(), tx).await;
+    let hub = McpHub::start(&[server_everything("everything")], &subs, tx).await;
     let pid = hub.servers()[0].pid.expect("pid");
     nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(pid as i32),
@@ -307,7 +305,6 @@ async fn shutdown_leaves_no_server_process_behind() {
     let hub = McpHub::start(
         &[server_everything("everything"), mcp_watch("watch", work.path(), 25)],
         &subs,
-        work.path(),
         tx,
     )
     .await;
@@ -330,7 +327,7 @@ async fn non_json_stdout_lines_are_reported_and_tolerated() {
         work.path().display()
     );
     let (tx, _rx) = channel();
-    let hub = McpHub::start(&[shell_server("noisy", &script)], &[], work.path(), tx).await;
+    let hub = McpHub::start(&[shell_server("noisy", &script)], &[], tx).await;
     let status = &hub.servers()[0];
     assert!(status.connected, "{status:?}");
     assert_eq!(status.noise_lines, 1);
@@ -340,10 +337,9 @@ async fn non_json_stdout_lines_are_reported_and_tolerated() {
 
 #[tokio::test]
 async fn stdio_server_gets_a_cleared_environment_plus_declared_env() {
-    let work = tempfile::tempdir().unwrap();
     let (tx, _rx) = channel();
     let spec = with_env(server_everything("everything"), "AGENTD_DECLARED", "yes");
-    let hub = McpHub::start(&[spec], &[], work.path(), tx).await;
+    let hub = McpHub::start(&[spec], &[], tx).await;
     let out = hub.call_tool("get-env", Map::new()).await.unwrap();
     let env: Value = serde_json::from_str(&out.text).unwrap();
     assert_eq!(env["AGENTD_DECLARED"], "yes");
@@ -359,7 +355,7 @@ async fn denied_env_key_is_refused_with_its_name() {
     let work = tempfile::tempdir().unwrap();
     let (tx, _rx) = channel();
     let spec = with_env(mcp_watch("watch", work.path(), 25), "LD_PRELOAD", "/tmp/evil.so");
-    let hub = McpHub::start(&[spec], &[], work.path(), tx).await;
+    let hub = McpHub::start(&[spec], &[], tx).await;
     let status = &hub.servers()[0];
     assert!(!status.connected);
     assert!(status.pid.is_none());
@@ -378,7 +374,7 @@ async fn mcp_watch_tools_refuse_paths_outside_its_directory() {
     std::fs::create_dir(&dir).unwrap();
     std::os::unix::fs::symlink(work.path(), dir.join("up")).unwrap();
     let (tx, _rx) = channel();
-    let hub = McpHub::start(&[mcp_watch("watch", &dir, 25)], &[], work.path(), tx).await;
+    let hub = McpHub::start(&[mcp_watch("watch", &dir, 25)], &[], tx).await;
     let ok = hub
         .call_tool("write_file", args(json!({"path": "sub/a.txt", "content": "inside"})))
         .await
@@ -408,11 +404,10 @@ async fn mcp_watch_tools_refuse_paths_outside_its_directory() {
 #[tokio::test]
 async fn streamable_http_server_tools_and_updates_work() {
     let server = start_http_everything().await;
-    let work = tempfile::tempdir().unwrap();
     let (tx, mut rx) = channel();
     let uri = "demo://resource/dynamic/text/3";
     let subs = [subscription(uri, Duration::from_millis(100), POLL)];
-    let hub = McpHub::start(&[http("remote", &server.url)], &subs, work.path(), tx).await;
+    let hub = McpHub::start(&[http("remote", &server.url)], &subs, tx).await;
     assert!(hub.servers()[0].connected, "{:?}", hub.servers());
     let out = hub
         .call_tool("echo", args(json!({"message": "over http"})))
@@ -434,7 +429,7 @@ async fn every_write_in_a_slow_sequence_fires_with_its_own_contents() {
     let uri = file_uri(&file);
     let (tx, mut rx) = channel();
     let subs = [subscription(&uri, NO_DEBOUNCE, POLL)];
-    let hub = McpHub::start(&[mcp_watch("watch", work.path(), 0)], &subs, work.path(), tx).await;
+    let hub = McpHub::start(&[mcp_watch("watch", work.path(), 0)], &subs, tx).await;
     for i in 0..200 {
         let expected = format!("write {i}");
         std::fs::write(&file, &expected).unwrap();
@@ -533,11 +528,10 @@ async fn restarted_http_server_gets_a_new_session_and_subscriptions() {
         .trim_end_matches("/mcp")
         .parse()
         .unwrap();
-    let work = tempfile::tempdir().unwrap();
     let (tx, mut rx) = channel();
     let uri = "demo://resource/dynamic/text/4";
     let subs = [subscription(uri, Duration::from_millis(100), POLL)];
-    let hub = McpHub::start(&[http("remote", &server.url)], &subs, work.path(), tx).await;
+    let hub = McpHub::start(&[http("remote", &server.url)], &subs, tx).await;
     assert_eq!(hub.servers()[0].connects, 1);
     server.child.kill().await.unwrap();
     let _restarted = start_http_everything_on(port).await;
@@ -557,9 +551,8 @@ async fn restarted_http_server_gets_a_new_session_and_subscriptions() {
 
 #[tokio::test]
 async fn tool_call_in_flight_when_the_server_dies_fails_clearly() {
-    let work = tempfile::tempdir().unwrap();
     let (tx, _rx) = channel();
-    let hub = McpHub::start(&[server_everything("everything")], &[], work.path(), tx).await;
+    let hub = McpHub::start(&[server_everything("everything")], &[], tx).await;
     let pid = hub.servers()[0].pid.expect("pid");
     let call = hub.call_tool(
         "trigger-long-running-operation",
@@ -580,4 +573,87 @@ async fn tool_call_in_flight_when_the_server_dies_fails_clearly() {
     assert!(matches!(err, McpError::Lost { .. }), "{err}");
     assert!(err.to_string().contains("trigger-long-running-operation"), "{err}");
     hub.shutdown().await;
+}
+
+// ---- field compatibility (issue 13) ----
+
+/// Python agentd's facts.yaml shape: `server-filesystem ./output/`. With no
+/// `roots:` configured the server keeps the directory its command line
+/// names (a client that offers roots makes it replace them).
+#[tokio::test]
+async fn server_filesystem_keeps_its_command_line_directories_without_roots() {
+    let work = tempfile::tempdir().unwrap();
+    let output = tempfile::tempdir().unwrap();
+    let (tx, _rx) = channel();
+    let hub = McpHub::start(&[server_filesystem("fs", &[output.path()])], &[], tx).await;
+    // The server asks for roots after the handshake, if the client offers
+    // them: give it the time it takes to apply an answer.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let allowed = hub
+        .call_tool("list_allowed_directories", Map::new())
+        .await
+        .unwrap()
+        .text;
+    let output_dir = output.path().canonicalize().unwrap().display().to_string();
+    assert!(allowed.contains(&output_dir), "{allowed}");
+    let target = output.path().join("facts.txt");
+    let out = hub
+        .call_tool(
+            "write_file",
+            args(json!({"path": target.display().to_string(), "content": "a fact"})),
+        )
+        .await
+        .unwrap();
+    assert!(
+        !out.is_error,
+        "write into the command-line directory refused: {}",
+        out.text
+    );
+    assert_eq!(std::fs::read_to_string(&target).unwrap(), "a fact");
+    hub.shutdown().await;
+
+    // Opted in: the configured roots are what the server allows.
+    let (tx, _rx) = channel();
+    let mut fs = server_filesystem("fs", &[output.path()]);
+    fs.roots = vec![work.path().to_path_buf()];
+    let hub = McpHub::start(&[fs], &[], tx).await;
+    let allowed = wait_for_text(&hub, "list_allowed_directories", |t| {
+        t.contains(&work.path().canonicalize().unwrap().display().to_string())
+    })
+    .await;
+    assert!(!allowed.contains(&output.path().display().to_string()), "{allowed}");
+    hub.shutdown().await;
+}
+
+/// `@modelcontextprotocol/server-memory`: tools listed and called.
+#[tokio::test]
+async fn server_memory_tools_work() {
+    let work = tempfile::tempdir().unwrap();
+    let (tx, _rx) = channel();
+    let file = work.path().join("memory.jsonl");
+    let hub = McpHub::start(&[server_memory("memory", &file)], &[], tx).await;
+    let entity =
+        json!({"entities": [{"name": "agentd", "entityType": "project", "observations": ["written in Rust"]}]});
+    let out = hub.call_tool("create_entities", args(entity)).await.unwrap();
+    assert!(!out.is_error, "{}", out.text);
+    let read = hub.call_tool("read_graph", Map::new()).await.unwrap();
+    assert!(read.text.contains("written in Rust"), "{}", read.text);
+    hub.shutdown().await;
+}
+
+/// Calls `tool` until its text satisfies `ok` (roots arrive asynchronously).
+async fn wait_for_text(hub: &McpHub, tool: &str, ok: impl Fn(&str) -> bool) -> String {
+    let deadline = std::time::Instant::now() + LONG;
+    loop {
+        let text = hub
+            .call_tool(tool, Map::new())
+            .await
+            .map(|o| o.text)
+            .unwrap_or_default();
+        if ok(&text) || std::time::Instant::now() > deadline {
+            assert!(ok(&text), "{tool} never said what was expected: {text}");
+            return text;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }

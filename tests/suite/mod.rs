@@ -1,5 +1,7 @@
 mod abuse;
+mod compat;
 mod config;
+mod escape;
 mod fence;
 mod ledger;
 mod llm;

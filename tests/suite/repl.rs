@@ -386,3 +386,36 @@ fn without_a_terminal_or_repl_flag_stdin_is_not_read() {
     assert_eq!(llm.request_count(), 0);
     assert!(d.child.try_wait().expect("try_wait").is_none(), "/quit was not read");
 }
+
+/// `/tasks` and `agentd tasks` list in the same order: newest first.
+#[test]
+fn repl_tasks_lists_newest_first_like_agentd_tasks() {
+    let llm = LlmServer::start(vec![
+        Reply::stream_text(&["First answer."]),
+        Reply::stream_text(&["Second answer."]),
+    ]);
+    let dir = tempdir();
+    let config = two_agents(dir.path(), &llm.base_url());
+    let state = dir.path().join("state");
+    let mut r = PipedRepl::start(&config, &state, &[("TEST_LLM_KEY", KEY)]);
+    r.daemon.running_pid("news");
+    r.line("one");
+    r.wait_line("news: First answer.");
+    r.line("two");
+    r.wait_line("news: Second answer.");
+    r.line("/tasks");
+    let lines = r.wait_until("two task rows", |l| {
+        l.iter().filter(|x| x.starts_with('#')).count() >= 2
+    });
+    let rows: Vec<&String> = lines.iter().filter(|x| x.starts_with('#')).collect();
+    assert!(rows[0].starts_with("#2 ") && rows[1].starts_with("#1 "), "{rows:#?}");
+
+    let out = agentd(&["tasks", "--state-dir", &state.display().to_string()]);
+    let listed = stdout(&out);
+    let ids: Vec<&str> = listed
+        .lines()
+        .skip(1)
+        .filter_map(|l| l.split_whitespace().next())
+        .collect();
+    assert_eq!(ids, ["2", "1"], "{listed}");
+}

@@ -2,10 +2,10 @@
 //! (mcp-watch), a scripted OpenAI-compatible server on 127.0.0.1, real
 //! sandboxes and real kills. The ledger is read back as a user would.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Duration;
 
-use agentd::ledger::{self, Ledger, Step, Task, TaskFilter, TaskState};
+use agentd::ledger::{Step, Task, TaskState};
 use nix::sys::signal::Signal;
 use serde_json::Value;
 
@@ -63,13 +63,7 @@ agents:
     }
 }
 
-fn ledger(state: &Path) -> Ledger {
-    Ledger::open_read_only(&state.join(ledger::FILE_NAME)).expect("ledger")
-}
-
-fn tasks(state: &Path) -> Vec<Task> {
-    ledger(state).list_tasks(&TaskFilter::default()).unwrap_or_default()
-}
+use crate::support::daemon::tasks;
 
 fn wait_task(d: &Daemon, pred: impl Fn(&Task) -> bool, what: &str) -> Task {
     wait_for(Duration::from_secs(30), || {
@@ -97,9 +91,7 @@ fn wait_succeeded(d: &Daemon, n: usize) {
         .unwrap_or_else(|| panic!("{n} tasks never succeeded; log:\n{}", d.log_text()));
 }
 
-fn steps(state: &Path, task: i64) -> Vec<Step> {
-    ledger(state).steps(task).unwrap_or_default()
-}
+use crate::support::daemon::steps;
 
 fn kinds(steps: &[Step]) -> Vec<&str> {
     steps.iter().map(|s| s.kind.as_str()).collect()
@@ -529,9 +521,16 @@ fn sandboxed_code_cannot_steer_agentd_through_the_control_socket() {
     let llm = LlmServer::start(vec![]);
     let s = Setup::new(&llm.base_url(), "");
     let socket = s.state().join("agentd.sock");
+    // Directly, and from a double-forked orphan (its parent is pid 1, so an
+    // ancestry check would have let it through).
     let code = format!(
-        "```python:execute\nimport socket\ns = socket.socket(socket.AF_UNIX)\ns.connect({:?})\ns.sendall(b'{{\"method\":\"Stop\",\"agent\":\"reader\"}}\\n')\nprint(s.recv(4096).decode())\n```",
-        socket.display().to_string()
+        "```python:execute\nimport os, socket, time\n\
+         def steer(tag):\n    try:\n        s = socket.socket(socket.AF_UNIX)\n        s.connect({path:?})\n        s.sendall(b'{{\"method\":\"Stop\",\"agent\":\"reader\"}}\\n')\n        out = s.recv(4096).decode()\n    except OSError as e:\n        out = 'error: %s' % e\n    open(tag, 'w').write(out)\n\
+         if os.fork() == 0:\n    if os.fork() == 0:\n        time.sleep(0.3)\n        steer('orphan.txt')\n    os._exit(0)\n\
+         steer('direct.txt')\n\
+         for _ in range(50):\n    if os.path.exists('orphan.txt'): break\n    time.sleep(0.1)\n\
+         print('direct:', open('direct.txt').read())\nprint('orphan:', open('orphan.txt').read())\n```",
+        path = socket.display().to_string()
     );
     llm.push(Reply::stream_text(&[&code]));
     llm.push(Reply::stream_text(&["Tried."]));
@@ -546,9 +545,10 @@ fn sandboxed_code_cannot_steer_agentd_through_the_control_socket() {
         .find(|s| s.kind == "fence")
         .map(|s| s.payload["result"].to_string())
         .unwrap_or_default();
-    assert!(
-        fence.contains("refused: control requests from inside agent reader"),
-        "{fence}"
-    );
+    // Both refused before a request was read: no Unix socket for the
+    // sandbox (seccomp), and the control socket's uid check behind that.
+    assert!(fence.contains("direct: error:"), "{fence}");
+    assert!(fence.contains("orphan: error:"), "{fence}");
+    assert!(!fence.contains("\\\"ok\\\":true"), "{fence}");
     assert_eq!(d.running_pid("reader"), pid, "the agent was not stopped");
 }

@@ -19,11 +19,16 @@ use crate::support::wait_for;
 
 /// A test directory outside /tmp (bwrap mounts a tmpfs there, which would
 /// make "blocked" trivially true for paths under /tmp).
+/// As root, it belongs to the tests' sandbox user, as agentd gives each
+/// agent's workdir to the agent's own user: sandboxed code never runs as
+/// root.
 fn test_dir(prefix: &str) -> TempDir {
-    tempfile::Builder::new()
+    let d = tempfile::Builder::new()
         .prefix(prefix)
         .tempdir_in(env!("CARGO_TARGET_TMPDIR"))
-        .expect("tempdir")
+        .expect("tempdir");
+    crate::support::give_to_sandbox_user(d.path());
+    d
 }
 
 /// The shipped default profile with the backend under test.
@@ -574,6 +579,7 @@ fn cli_runs_a_command_under_a_builtin_profile_and_returns_its_status() {
         profile: profile.into(),
         workdir: Some(wd.path().to_path_buf()),
         config: None,
+        uid: None,
         command: cmd.iter().map(|s| s.to_string()).collect(),
     };
     assert_eq!(sandbox::cli::run(&args("default", &["sh", "-c", "exit 7"])).unwrap(), 7);
@@ -600,6 +606,7 @@ fn cli_takes_profiles_from_the_sandbox_dir_next_to_the_config() {
         profile: "quick".into(),
         workdir: Some(wd.path().to_path_buf()),
         config: Some(cfg.path().join("config.yaml")),
+        uid: None,
         command: vec!["sleep".into(), "5".into()],
     };
     assert_eq!(sandbox::cli::run(&args).unwrap(), 124, "timed out like timeout(1)");

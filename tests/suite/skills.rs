@@ -7,10 +7,10 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use agentd::agent::bridge::client;
-use agentd::ledger::{self, Ledger, Step, Task, TaskFilter, TaskState};
+use agentd::ledger::{Step, Task, TaskState};
 use agentd::mcp::ToolInfo;
 use agentd::skills::{self, generate};
-use serde_json::{Map, Value, json};
+use serde_json::{Value, json};
 
 use crate::support::daemon::Daemon;
 use crate::support::llm_server::{LlmServer, Reply};
@@ -93,13 +93,7 @@ agents:
     }
 }
 
-fn ledger(state: &Path) -> Ledger {
-    Ledger::open_read_only(&state.join(ledger::FILE_NAME)).expect("ledger")
-}
-
-fn tasks(state: &Path) -> Vec<Task> {
-    ledger(state).list_tasks(&TaskFilter::default()).unwrap_or_default()
-}
+use crate::support::daemon::{ledger, tasks};
 
 fn fence_results(steps: &[Step]) -> Vec<String> {
     steps
@@ -234,12 +228,12 @@ fn the_bridge_refuses_unknown_tools_and_oversize_requests() {
 }
 
 #[test]
-fn the_bridge_refuses_calls_from_outside_the_agents_sandbox_even_with_the_token() {
-    // The fence leaks the token and the socket path into the workdir, then
-    // waits until the test has tried them from outside.
+fn the_bridge_has_no_address_outside_the_run_and_a_leaked_token_opens_nothing() {
+    // The fence leaks the token and what it knows of the bridge into the
+    // workdir, then waits until the test has looked from outside.
     let llm = LlmServer::start(vec![
         Reply::stream_text(&[
-            "```bash:execute\necho \"$AGENTD_BRIDGE_TOKEN\" > token; echo \"$AGENTD_BRIDGE\" > socket\n\
+            "```bash:execute\necho \"$AGENTD_BRIDGE_TOKEN\" > token; env | grep AGENTD_ > env.txt\n\
              for i in $(seq 300); do [ -e go ] && break; sleep 0.1; done\n\
              agentd tool call get-sum --json '{\"a\": 1, \"b\": 1}'\n```\n",
         ]),
@@ -249,29 +243,38 @@ fn the_bridge_refuses_calls_from_outside_the_agents_sandbox_even_with_the_token(
     let d = s.start();
     std::fs::write(s.inbox.join("go.md"), "go\n").expect("write note");
     let wd = s.workdir();
-    let (token, socket) = wait_for(Duration::from_secs(60), || {
+    let (token, env) = wait_for(Duration::from_secs(60), || {
         let token = std::fs::read_to_string(wd.join("token")).ok()?;
-        let socket = std::fs::read_to_string(wd.join("socket")).ok()?;
-        (token.ends_with('\n') && socket.ends_with('\n')).then(|| (token.trim().to_owned(), socket.trim().to_owned()))
+        let env = std::fs::read_to_string(wd.join("env.txt")).ok()?;
+        (token.ends_with('\n') && env.ends_with('\n')).then(|| (token.trim().to_owned(), env))
     })
     .unwrap_or_else(|| panic!("the fence never wrote the token; log:\n{}", d.log_text()));
-    let args: Map<String, Value> = json!({"a": 2, "b": 3}).as_object().cloned().unwrap_or_default();
-
-    let with_token = client::call(Path::new(&socket), &token, "get-sum", args.clone()).expect("bridge answers");
-    let without = client::call(Path::new(&socket), "", "get-sum", args).expect("bridge answers");
+    assert_eq!(token.len(), 32, "{token}");
+    // What the sandbox was told names a descriptor, not a place: nothing
+    // a process outside the run could open or connect to.
+    assert!(env.contains("AGENTD_BRIDGE_FD="), "{env}");
+    assert!(!env.contains('/'), "no path to the bridge: {env}");
+    let sockets: Vec<_> = walk(&d.state_dir)
+        .into_iter()
+        .filter(|p| {
+            std::fs::symlink_metadata(p).is_ok_and(|m| std::os::unix::fs::FileTypeExt::is_socket(&m.file_type()))
+        })
+        .collect();
+    assert_eq!(
+        sockets,
+        vec![d.state_dir.join("agentd.sock")],
+        "the only socket is the control socket, which checks uids"
+    );
+    // With the token in hand, a process outside the run has no descriptor:
+    // `agentd tool call` there cannot reach anything.
+    let outside = crate::support::agentd_cmd(&["tool", "call", "get-sum", "--json", r#"{"a": 2, "b": 3}"#])
+        .env("AGENTD_BRIDGE_TOKEN", &token)
+        .env("AGENTD_BRIDGE_FD", "3")
+        .output()
+        .expect("agentd tool call");
+    assert!(!outside.status.success());
     std::fs::write(wd.join("go"), "").expect("release the fence");
 
-    for reply in [&with_token, &without] {
-        assert!(!reply.ok, "{reply:?}");
-        assert!(
-            reply
-                .error
-                .as_deref()
-                .unwrap_or("")
-                .contains("only accepted from this agent's sandbox"),
-            "{reply:?}"
-        );
-    }
     let t = wait_for(Duration::from_secs(60), || {
         tasks(&d.state_dir).into_iter().find(|t| t.state.is_final())
     })
@@ -282,6 +285,21 @@ fn the_bridge_refuses_calls_from_outside_the_agents_sandbox_even_with_the_token(
     let fences = fence_results(&steps);
     assert!(fences[0].contains("The sum of 1 and 1 is 2"), "{}", fences[0]);
     assert_eq!(bridge_steps(&steps).len(), 1, "{steps:#?}");
+}
+
+fn walk(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    if let Ok(entries) = std::fs::read_dir(dir) {
+        for e in entries.flatten() {
+            let p = e.path();
+            if e.file_type().is_ok_and(|t| t.is_dir()) {
+                out.extend(walk(&p));
+            } else {
+                out.push(p);
+            }
+        }
+    }
+    out
 }
 
 fn awkward_tools() -> Vec<ToolInfo> {
@@ -434,9 +452,11 @@ fn run_in_sandbox(backend: agentd::sandbox::Backend, skill: &str, script: &str) 
     let policy = agentd::config::resolve_sandbox_profile("default", Some(Path::new("/nonexistent")))
         .map(|(p, _)| agentd::sandbox::SandboxPolicy { backend, ..p })
         .expect("default profile");
+    crate::support::give_to_sandbox_user(wd.path());
     let exposed = agentd::sandbox::Exposed {
         read_only: vec![shipped(skill)],
         env: vec![("SKILL".into(), shipped(skill).display().to_string())],
+        ..Default::default()
     };
     let argv = vec!["sh".to_string(), "-c".into(), script.into()];
     let rt = tokio::runtime::Builder::new_current_thread()
@@ -506,11 +526,11 @@ fn data_summary_reports_types_missing_values_and_statistics() {
 }
 
 /// A bridge as the agent child runs it, served by a one-worker runtime;
-/// this test process is the caller (its own descendant for the peer check).
+/// this test process is the caller, holding a dialer made for its own uid.
 struct BridgeHarness {
     rt: tokio::runtime::Runtime,
     _dir: tempfile::TempDir,
-    socket: PathBuf,
+    dialer: std::os::fd::OwnedFd,
     bridge: Option<agentd::agent::bridge::Bridge>,
     journal: tokio::sync::mpsc::UnboundedReceiver<agentd::protocol::FromChild>,
 }
@@ -524,24 +544,31 @@ impl BridgeHarness {
             .expect("runtime");
         let dir = tempdir();
         let (events, _rx) = tokio::sync::mpsc::channel(16);
-        let hub = std::sync::Arc::new(rt.block_on(agentd::mcp::McpHub::start(servers, &[], dir.path(), events)));
+        let hub = std::sync::Arc::new(rt.block_on(agentd::mcp::McpHub::start(servers, &[], events)));
         let (outbox, journal) = agentd::agent::Outbox::channel();
-        let socket = dir.path().join("bridge.sock");
-        let bridge = {
+        let (bridge, dialer) = {
             let _guard = rt.enter();
-            agentd::agent::bridge::Bridge::start(socket.clone(), hub, limits, outbox).expect("bridge")
+            let bridge = agentd::agent::bridge::Bridge::start(hub, limits, outbox);
+            let dialer = bridge.dialer(nix::unistd::geteuid().as_raw()).expect("dialer");
+            (bridge, dialer)
         };
         BridgeHarness {
             rt,
             _dir: dir,
-            socket,
+            dialer,
             bridge: Some(bridge),
             journal,
         }
     }
 
     fn call(&self, token: &str, tool: &str, args: Value) -> agentd::agent::bridge::Reply {
-        client::call(&self.socket, token, tool, args.as_object().cloned().unwrap_or_default()).expect("bridge answers")
+        client::call(
+            std::os::fd::AsFd::as_fd(&self.dialer),
+            token,
+            tool,
+            args.as_object().cloned().unwrap_or_default(),
+        )
+        .expect("bridge answers")
     }
 
     fn bridge(&self) -> &agentd::agent::bridge::Bridge {

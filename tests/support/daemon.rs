@@ -56,7 +56,10 @@ impl Daemon {
     /// Waits until `name` is running (ready) and returns its pid.
     pub fn running_pid(&self, name: &str) -> u32 {
         let pid = wait_for(Duration::from_secs(20), || {
-            self.agent(name).filter(|a| a.state == "running").and_then(|a| a.pid)
+            // Degraded (an MCP server down) is running too.
+            self.agent(name)
+                .filter(|a| a.state == "running" || a.state == "degraded")
+                .and_then(|a| a.pid)
         });
         pid.unwrap_or_else(|| {
             panic!(
@@ -124,9 +127,30 @@ impl Daemon {
         Daemon::start_with_stdio(config, state_dir, envs, args, Stdio::null(), Stdio::null())
     }
 
+    /// Like [`Daemon::start`], with agentd running as the unprivileged
+    /// `uid` (gid the same, no other groups), as under systemd's
+    /// `DynamicUser=`. The state dir is created and given to that user.
+    pub fn start_as(uid: u32, config: &Path, state_dir: &Path, envs: &[(&str, &str)]) -> Daemon {
+        std::fs::create_dir_all(state_dir).expect("state dir");
+        std::os::unix::fs::chown(state_dir, Some(uid), Some(uid)).expect("chown state dir");
+        Daemon::spawn(Some(uid), config, state_dir, envs, &[], Stdio::null(), Stdio::null())
+    }
+
     /// Like [`Daemon::start_with_args`], with agentd's stdin and stdout
     /// given (a pipe or a pseudo-terminal, for the REPL).
     pub fn start_with_stdio(
+        config: &Path,
+        state_dir: &Path,
+        envs: &[(&str, &str)],
+        args: &[&str],
+        stdin: Stdio,
+        stdout: Stdio,
+    ) -> Daemon {
+        Daemon::spawn(None, config, state_dir, envs, args, stdin, stdout)
+    }
+
+    fn spawn(
+        uid: Option<u32>,
         config: &Path,
         state_dir: &Path,
         envs: &[(&str, &str)],
@@ -140,10 +164,31 @@ impl Daemon {
         let mut all = vec!["--state-dir", state_dir.to_str().unwrap_or_default()];
         all.extend_from_slice(args);
         all.push(config.to_str().unwrap_or_default());
-        let mut cmd = agentd_cmd(&all);
+        let mut cmd = match uid {
+            None => agentd_cmd(&all),
+            Some(uid) => {
+                let mut c = std::process::Command::new("setpriv");
+                c.args([
+                    format!("--reuid={uid}"),
+                    format!("--regid={uid}"),
+                    "--clear-groups".into(),
+                ])
+                .arg(super::agentd_bin())
+                .args(&all)
+                .env_remove("AGENTD_STATE_DIR")
+                .env_remove("AGENTD_HOME")
+                .env_remove("NOTIFY_SOCKET");
+                c
+            }
+        };
         cmd.env("RUST_LOG", "info").stdin(stdin).stdout(stdout).stderr(log_file);
         for (k, v) in envs {
-            cmd.env(k, v);
+            // An empty value removes the variable (RUST_LOG: the default filter).
+            if v.is_empty() {
+                cmd.env_remove(k);
+            } else {
+                cmd.env(k, v);
+            }
         }
         let child = cmd.spawn().expect("spawn agentd");
         drop(cmd);
@@ -157,4 +202,21 @@ impl Daemon {
         assert!(up.is_some(), "agentd did not come up; log:\n{}", d.log_text());
         d
     }
+}
+
+/// The ledger of a state dir, opened read-only (agentd may be writing it).
+pub fn ledger(state: &Path) -> agentd::ledger::Ledger {
+    agentd::ledger::Ledger::open_read_only(&state.join(agentd::ledger::FILE_NAME)).expect("ledger")
+}
+
+/// Every task in a state dir's ledger.
+pub fn tasks(state: &Path) -> Vec<agentd::ledger::Task> {
+    ledger(state)
+        .list_tasks(&agentd::ledger::TaskFilter::default())
+        .unwrap_or_default()
+}
+
+/// A task's journal.
+pub fn steps(state: &Path, task: i64) -> Vec<agentd::ledger::Step> {
+    ledger(state).steps(task).unwrap_or_default()
 }

@@ -37,6 +37,9 @@ pub enum Reply {
     Sse { events: Vec<String>, stall: bool },
     /// Reads the request, then never answers (until the server drops).
     Stall,
+    /// A 200 `text/event-stream` with these events, then the connection
+    /// closes cleanly: no `[DONE]`, as when a provider dies mid-answer.
+    SseCut(Vec<String>),
 }
 
 impl Reply {
@@ -111,6 +114,11 @@ impl Reply {
             events: events.into_iter().map(|e| e.to_string()).collect(),
             stall: true,
         }
+    }
+
+    /// The chunk objects, then the connection closes without `[DONE]`.
+    pub fn sse_cut(events: Vec<Value>) -> Reply {
+        Reply::SseCut(events.into_iter().map(|e| e.to_string()).collect())
     }
 
     /// A stream of raw event data, as given.
@@ -354,6 +362,18 @@ fn serve(conn: TcpStream, state: &State) -> std::io::Result<()> {
             r#"{"error": {"message": "the test script has no more replies"}}"#,
         ),
         Some(Reply::Http { status, headers, body }) => write_http(&mut out, status, &headers, &body),
+        Some(Reply::SseCut(events)) => {
+            write!(
+                out,
+                "HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nCache-Control: no-cache\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n"
+            )?;
+            for data in &events {
+                let event = format!("data: {data}\n\n");
+                write!(out, "{:x}\r\n{event}\r\n", event.len())?;
+            }
+            write!(out, "0\r\n\r\n")?;
+            out.flush()
+        }
         Some(Reply::Sse { events, stall }) => {
             write!(
                 out,

@@ -35,7 +35,40 @@ fn stdio(name: &str, command: &str, args: Vec<String>) -> McpServerSpec {
             cwd: None,
         },
         tool_filter: None,
+        roots: Vec::new(),
     }
+}
+
+/// An installed npm peer's entry point (`tests/peers/node_modules/…`);
+/// panics with what to do when it is missing.
+pub fn npm_peer_js(package: &str) -> PathBuf {
+    let js = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/peers/node_modules")
+        .join(package)
+        .join("dist/index.js");
+    assert!(js.is_file(), "{package} is not installed: run tests/setup.sh");
+    js
+}
+
+/// `@modelcontextprotocol/server-filesystem DIR…` over stdio.
+pub fn server_filesystem(name: &str, dirs: &[&Path]) -> McpServerSpec {
+    let mut args = vec![
+        npm_peer_js("@modelcontextprotocol/server-filesystem")
+            .display()
+            .to_string(),
+    ];
+    args.extend(dirs.iter().map(|d| d.display().to_string()));
+    stdio(name, "node", args)
+}
+
+/// `@modelcontextprotocol/server-memory`, its graph in `file`.
+pub fn server_memory(name: &str, file: &Path) -> McpServerSpec {
+    let js = npm_peer_js("@modelcontextprotocol/server-memory").display().to_string();
+    with_env(
+        stdio(name, "node", vec![js]),
+        "MEMORY_FILE_PATH",
+        &file.display().to_string(),
+    )
 }
 
 /// server-everything over stdio.
@@ -78,6 +111,7 @@ pub fn http(name: &str, url: &str) -> McpServerSpec {
             headers: BTreeMap::from([("X-Agentd-Test".to_owned(), "1".to_owned())]),
         },
         tool_filter: None,
+        roots: Vec::new(),
     }
 }
 

@@ -20,6 +20,10 @@ pub fn agentd_cmd(args: &[&str]) -> Command {
         .env_remove("AGENTD_STATE_DIR")
         .env_remove("AGENTD_HOME")
         .env_remove("NOTIFY_SOCKET")
+        // The OpenAI SDK's variables route models (issue 13): the host's
+        // must not reach tests, which set them where they mean to.
+        .env_remove("OPENAI_BASE_URL")
+        .env_remove("OPENAI_API_BASE")
         .env("RUST_LOG", "warn");
     c
 }
@@ -42,11 +46,28 @@ pub fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
     p
 }
 
+/// A temporary directory others may traverse (not list): with agentd as
+/// root, agents' own users must walk through it to their workdirs.
 pub fn tempdir() -> tempfile::TempDir {
-    tempfile::Builder::new()
+    use std::os::unix::fs::PermissionsExt;
+    let d = tempfile::Builder::new()
         .prefix("agentd-test-")
         .tempdir()
-        .expect("tempdir")
+        .expect("tempdir");
+    std::fs::set_permissions(d.path(), std::fs::Permissions::from_mode(0o711)).expect("chmod tempdir");
+    d
+}
+
+/// The unprivileged user tests run sandboxed code as when they call the
+/// sandbox directly as root (agentd itself assigns agents their own).
+pub const SANDBOX_UID: u32 = 64_998;
+
+/// Gives `dir` to [`SANDBOX_UID`] when the tests run as root, as agentd
+/// does with a workdir: sandboxed code never runs as root.
+pub fn give_to_sandbox_user(dir: &Path) {
+    if nix::unistd::geteuid().is_root() {
+        std::os::unix::fs::chown(dir, Some(SANDBOX_UID), Some(SANDBOX_UID)).expect("chown to the sandbox user");
+    }
 }
 
 /// Polls `f` every 25 ms until it returns `Some`, for at most `timeout`.
@@ -76,6 +97,7 @@ pub mod daemon;
 pub mod llm_server;
 
 pub mod mcp;
+pub mod peers;
 pub mod repl;
 
 /// Logs to the test's captured output; `RUST_LOG` picks the level.
