@@ -11,6 +11,7 @@ pub mod control;
 pub mod fence;
 pub mod ledger;
 pub mod llm;
+pub mod log_limit;
 pub mod logging;
 pub mod mcp;
 pub mod protocol;

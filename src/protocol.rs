@@ -15,7 +15,7 @@ use serde::{Deserialize, Serialize};
 use crate::config::AgentSpec;
 use crate::ledger::{NewStep, TaskState, Trigger};
 
-pub const PROTOCOL_VERSION: u32 = 1;
+pub const PROTOCOL_VERSION: u32 = 2;
 
 /// Supervisor → child.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -45,6 +45,9 @@ pub enum ToChild {
     },
     /// Finish the current task (up to `grace_ms`), release resources, exit 0.
     Shutdown { grace_ms: u64 },
+    /// Heartbeat: answer with [`FromChild::Pong`] carrying the same `seq`,
+    /// from the child's main loop (so a blocked loop cannot answer).
+    Ping { seq: u64 },
 }
 
 /// Child → supervisor.
@@ -61,6 +64,8 @@ pub enum FromChild {
     },
     /// Append to the running task's journal.
     Step { task: i64, lease: String, step: NewStep },
+    /// The answer to [`ToChild::Ping`].
+    Pong { seq: u64 },
     /// An MCP server of the agent cannot be reached (`degraded`: which and
     /// why), or all are fine again (`None`). Sent on change only.
     Health { degraded: Option<String> },

@@ -12,6 +12,7 @@ pub mod bridge;
 mod prompt;
 mod runner;
 mod skills;
+mod throttle;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -121,8 +122,9 @@ async fn run(name: &str) -> anyhow::Result<ExitCode> {
     let (events_tx, mut events_rx) = mpsc::channel::<ResourceEvent>(256);
     let hub = McpHub::start(&spec.mcp_servers, &spec.subscriptions, events_tx).await;
     let forward = outbox.clone();
+    let mut throttle = throttle::Throttle::new(spec.subscriptions.iter().map(|s| (s.uri.clone(), s.min_interval)));
     tokio::spawn(async move {
-        while let Some(ev) = events_rx.recv().await {
+        let send = |ev: ResourceEvent| {
             let dedupe_key = Some(ev.uri.clone());
             let trigger = Trigger::Resource {
                 uri: ev.uri,
@@ -131,6 +133,25 @@ async fn run(name: &str) -> anyhow::Result<ExitCode> {
                 contents: ev.contents,
             };
             forward.send(FromChild::Trigger { trigger, dedupe_key });
+        };
+        loop {
+            let due = throttle.next_due();
+            tokio::select! {
+                ev = events_rx.recv() => match ev {
+                    Some(ev) => {
+                        if let Some(ev) = throttle.offer(ev, std::time::Instant::now()) {
+                            send(ev);
+                        }
+                    }
+                    None => break,
+                },
+                _ = sleep_until_opt(due), if due.is_some() => {
+                    for ev in throttle.take_due(std::time::Instant::now()) {
+                        send(ev);
+                    }
+                    tracing::debug!(coalesced = throttle.coalesced, "held resource updates fired");
+                }
+            }
         }
     });
 
@@ -201,6 +222,7 @@ async fn run(name: &str) -> anyhow::Result<ExitCode> {
                             o = &mut fut => break Some(o),
                             line = lines.next_line() => match line.ok().flatten().map(|l| serde_json::from_str::<ToChild>(&l)) {
                                 Some(Ok(ToChild::Shutdown { grace_ms })) => stop = Some(Duration::from_millis(grace_ms)),
+                                Some(Ok(ToChild::Ping { seq })) => outbox.send(FromChild::Pong { seq }),
                                 Some(Ok(other)) => tracing::warn!(agent = name, "ignoring {other:?} while a task runs"),
                                 Some(Err(e)) => tracing::warn!(agent = name, "unreadable message from supervisor: {e}"),
                                 None => stop = Some(Duration::ZERO),
@@ -222,6 +244,7 @@ async fn run(name: &str) -> anyhow::Result<ExitCode> {
                 }
             }
             Ok(ToChild::Shutdown { .. }) => break,
+            Ok(ToChild::Ping { seq }) => outbox.send(FromChild::Pong { seq }),
             Ok(ToChild::Start { .. }) => tracing::warn!(agent = name, "ignoring a second start message"),
             Err(e) => tracing::warn!(agent = name, "unreadable message from supervisor: {e}"),
         }
@@ -240,6 +263,13 @@ async fn run(name: &str) -> anyhow::Result<ExitCode> {
     drop(outbox);
     let _ = writer.await;
     Ok(ExitCode::SUCCESS)
+}
+
+async fn sleep_until_opt(t: Option<std::time::Instant>) {
+    match t {
+        Some(t) => tokio::time::sleep_until(t.into()).await,
+        None => std::future::pending().await,
+    }
 }
 
 /// How often the child looks at its MCP servers' health.

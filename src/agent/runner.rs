@@ -21,6 +21,12 @@ use crate::protocol::FromChild;
 
 /// Longest text kept in a journal step field; the model still sees it all.
 const JOURNAL_TEXT: usize = 16 * 1024;
+/// Longest model reply or tool result kept beyond its turn: the task's
+/// result, each message of the remembered conversation (and so its
+/// snapshot), and the text streamed to the supervisor per turn. A 20 MB
+/// reply must not travel whole through the supervisor or into every later
+/// prompt.
+pub(super) const STORED_TEXT: usize = 64 * 1024;
 
 /// What an agent child keeps between tasks.
 pub struct Runtime {
@@ -97,6 +103,9 @@ impl Runtime {
         // The agent remembers what happened, failed attempts included, so
         // it can answer "what did you just do?".
         self.history = prompt::window(&messages, &self.spec.limits);
+        self.history.iter_mut().for_each(clip_message);
+        let mut outcome = outcome;
+        outcome.result = outcome.result.map(|r| clip_to(&r, STORED_TEXT));
         outcome
     }
 
@@ -120,11 +129,29 @@ impl Runtime {
             let started = Instant::now();
             let outbox = job.outbox.clone();
             let (task, lease) = (job.id, job.lease.to_owned());
+            let mut streamed = 0usize;
             let mut on_text = move |text: &str| {
+                // Streamed for people to read: capped per turn, with a note.
+                let room = STORED_TEXT.saturating_sub(streamed);
+                streamed = streamed.saturating_add(text.len());
+                let text = if text.len() <= room {
+                    text.to_owned()
+                } else if room > 0 {
+                    let mut end = room;
+                    while !text.is_char_boundary(end) {
+                        end -= 1;
+                    }
+                    format!(
+                        "{}\n[the reply is longer than {STORED_TEXT} bytes; the rest is not streamed]\n",
+                        &text[..end]
+                    )
+                } else {
+                    return;
+                };
                 outbox.send(FromChild::Output {
                     task,
                     lease: lease.clone(),
-                    text: text.to_owned(),
+                    text,
                 });
             };
             let reply = match self.llm.complete(&request, &mut on_text).await {
@@ -168,9 +195,28 @@ impl Runtime {
                 ));
             }
 
-            for call in &reply.tool_calls {
+            let cap = limits.max_tool_calls as usize;
+            for call in reply.tool_calls.iter().take(cap) {
                 let answer = self.call_tool(job, call).await;
                 messages.push(ChatMessage::tool(call.id.clone(), answer));
+            }
+            // Every call must be answered; the ones past the cap are not run.
+            let skipped = &reply.tool_calls[cap.min(reply.tool_calls.len())..];
+            if !skipped.is_empty() {
+                let note = format!(
+                    "not run: this reply asked for {} tool calls and at most {cap} run per reply \
+                     (limits.max_tool_calls); ask again for the ones still needed",
+                    reply.tool_calls.len()
+                );
+                job.step(
+                    "tool_calls_capped",
+                    json!({"requested": reply.tool_calls.len(), "run": cap, "not_run": skipped.len()}),
+                    (0, 0),
+                    None,
+                );
+                for call in skipped {
+                    messages.push(ChatMessage::tool(call.id.clone(), format!("error: {note}")));
+                }
             }
 
             let text = reply.content.as_deref().unwrap_or("");
@@ -248,12 +294,32 @@ fn failed(error: String) -> Outcome {
 
 /// Caps text for the journal, keeping the head and noting the rest.
 pub(super) fn clip(s: &str) -> String {
-    if s.len() <= JOURNAL_TEXT {
+    clip_to(s, JOURNAL_TEXT)
+}
+
+/// Keeps the first `max` bytes of `s` (on a character boundary) and notes
+/// how many more there were.
+pub(super) fn clip_to(s: &str, max: usize) -> String {
+    if s.len() <= max {
         return s.to_owned();
     }
-    let mut end = JOURNAL_TEXT;
+    let mut end = max;
     while !s.is_char_boundary(end) {
         end -= 1;
     }
     format!("{}… [{} more bytes]", &s[..end], s.len() - end)
+}
+
+/// Caps a remembered message's text at [`STORED_TEXT`].
+fn clip_message(m: &mut ChatMessage) {
+    let text = match m {
+        ChatMessage::System { content } | ChatMessage::User { content } | ChatMessage::Tool { content, .. } => content,
+        ChatMessage::Assistant {
+            content: Some(content), ..
+        } => content,
+        ChatMessage::Assistant { content: None, .. } => return,
+    };
+    if text.len() > STORED_TEXT {
+        *text = clip_to(text, STORED_TEXT);
+    }
 }

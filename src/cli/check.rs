@@ -8,10 +8,10 @@ use crate::config::{self, Config, McpTransport, SubscriptionTarget};
 pub fn run(path: &Path) -> anyhow::Result<ExitCode> {
     match config::load(path) {
         Ok(cfg) => {
-            print!("{}", summary(&cfg));
+            out!("{}", summary(&cfg));
             // Warnings do not make a config invalid (exit code 0).
             for w in warnings(&cfg) {
-                println!("warning: {w}");
+                outln!("warning: {w}");
             }
             Ok(ExitCode::SUCCESS)
         }

@@ -77,12 +77,15 @@ fn call(global: &Global, args: &LedgerArgs, req: &Request, timeout: Duration) ->
 pub fn status(global: &Global, args: &StatusArgs) -> anyhow::Result<ExitCode> {
     let v = call(global, &args.ledger, &Request::Status, Duration::from_secs(10))?;
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&v)?);
+        outln!("{}", serde_json::to_string_pretty(&v)?);
         return Ok(ExitCode::SUCCESS);
     }
     let agents: Vec<AgentStatus> = serde_json::from_value(v["agents"].clone())?;
+    if let Some(cause) = v["degraded"].as_str() {
+        outln!("agentd: DEGRADED: {cause}");
+    }
     for line in control::status_lines(&agents) {
-        println!("{line}");
+        outln!("{line}");
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -100,7 +103,7 @@ pub fn agent_request(global: &Global, args: &AgentArgs, verb: Verb) -> anyhow::R
     let a: AgentStatus = serde_json::from_value(v)?;
     let pid = a.pid.map(|p| format!(" (pid {p})")).unwrap_or_default();
     let paused = if a.paused { ", paused" } else { "" };
-    println!("{}: {}{paused}{pid}", a.name, a.state);
+    outln!("{}: {}{paused}{pid}", a.name, a.state);
     Ok(ExitCode::SUCCESS)
 }
 
@@ -127,28 +130,37 @@ pub fn send(global: &Global, args: &SendArgs) -> anyhow::Result<ExitCode> {
         _ => e,
     })?;
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&v)?);
+        outln!("{}", serde_json::to_string_pretty(&v)?);
     }
     let r: SendResult = serde_json::from_value(v)?;
+    // `--wait` with no reply: the agent is paused and agentd did not wait.
+    let unanswered = args.wait && r.state == "queued";
     if args.json {
-        return Ok(if r.state == "failed" || r.state == "cancelled" {
+        return Ok(if r.state == "failed" || r.state == "cancelled" || unanswered {
             ExitCode::FAILURE
         } else {
             ExitCode::SUCCESS
         });
     }
     match r.state.as_str() {
+        "queued" if unanswered => {
+            eprintln!(
+                "task {} queued for {}, not waiting: the agent is paused (agentd resume {} runs it)",
+                r.task, r.agent, r.agent
+            );
+            Ok(ExitCode::FAILURE)
+        }
         "queued" => {
             let paused = if r.paused {
                 " (the agent is paused: it runs on resume)"
             } else {
                 ""
             };
-            println!("task {} queued for {}{paused}", r.task, r.agent);
+            outln!("task {} queued for {}{paused}", r.task, r.agent);
             Ok(ExitCode::SUCCESS)
         }
         "succeeded" => {
-            println!("{}", r.result.unwrap_or_default());
+            outln!("{}", r.result.unwrap_or_default());
             Ok(ExitCode::SUCCESS)
         }
         state => {
@@ -169,7 +181,7 @@ pub fn reload(global: &Global, args: &ReloadArgs) -> anyhow::Result<ExitCode> {
             .map(|a| a.iter().filter_map(|x| x.as_str()).collect::<Vec<_>>().join(", "))
             .unwrap_or_default()
     };
-    println!(
+    outln!(
         "reloaded: added [{}], removed [{}], restarted [{}], unchanged [{}]",
         list("added"),
         list("removed"),

@@ -1,6 +1,8 @@
 //! The command line: parsing (clap) and dispatch. Each subcommand's output
 //! formatting lives in its own module; this one only wires them up.
 
+#[macro_use]
+mod out;
 mod check;
 mod control;
 pub mod sandbox;
@@ -200,6 +202,8 @@ pub fn main() -> ExitCode {
     };
     match result {
         Ok(code) => code,
+        // The reader went away (`agentd show 7 | head`): nothing is wrong.
+        Err(e) if out::is_closed_pipe(&e) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("agentd: {e:#}");
             ExitCode::FAILURE

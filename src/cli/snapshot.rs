@@ -63,11 +63,11 @@ pub fn run(global: &Global, cmd: &SnapshotCommand) -> anyhow::Result<ExitCode> {
             let l = Ledger::open_read_only(&layout::ledger(&state_dir(global, ledger)?))?;
             let list = l.list_snapshots(agent, None)?;
             if *json {
-                println!("{}", serde_json::to_string_pretty(&list)?);
+                outln!("{}", serde_json::to_string_pretty(&list)?);
             } else {
-                println!("{:>6}  {:<13} {:>10}  {:<23}  LABEL", "ID", "KIND", "BYTES", "CREATED");
+                outln!("{:>6}  {:<13} {:>10}  {:<23}  LABEL", "ID", "KIND", "BYTES", "CREATED");
                 for m in list {
-                    println!(
+                    outln!(
                         "{:>6}  {:<13} {:>10}  {:<23}  {}",
                         m.id,
                         m.kind.as_str(),
@@ -90,14 +90,14 @@ pub fn run(global: &Global, cmd: &SnapshotCommand) -> anyhow::Result<ExitCode> {
                 SnapshotKind::Conversation => {
                     let messages: serde_json::Value = serde_json::from_slice(&snap.data)?;
                     if *json {
-                        println!("{}", serde_json::to_string_pretty(&messages)?);
+                        outln!("{}", serde_json::to_string_pretty(&messages)?);
                     } else {
                         for m in messages.as_array().into_iter().flatten() {
                             let role = m["role"].as_str().unwrap_or("?");
                             let text = m["content"].as_str().unwrap_or("");
-                            println!("{role}: {}", text.trim_end().replace('\n', "\n  "));
+                            outln!("{role}: {}", text.trim_end().replace('\n', "\n  "));
                             for c in m["tool_calls"].as_array().into_iter().flatten() {
-                                println!(
+                                outln!(
                                     "  → {}({})",
                                     c["function"]["name"].as_str().unwrap_or("?"),
                                     c["function"]["arguments"].as_str().unwrap_or("")
@@ -114,13 +114,13 @@ pub fn run(global: &Global, cmd: &SnapshotCommand) -> anyhow::Result<ExitCode> {
                         files.push((entry.path()?.display().to_string(), entry.header().size().unwrap_or(0)));
                     }
                     if *json {
-                        println!(
+                        outln!(
                             "{}",
                             serde_json::to_string_pretty(&serde_json::json!({"meta": snap.meta, "files": files}))?
                         );
                     } else {
                         for (path, size) in files {
-                            println!("{size:>10}  {path}");
+                            outln!("{size:>10}  {path}");
                         }
                     }
                 }
@@ -134,7 +134,7 @@ pub fn run(global: &Global, cmd: &SnapshotCommand) -> anyhow::Result<ExitCode> {
             let meta = write(global, &args.ledger, &req, |l, workdir| {
                 snapshots::create(l, &args.agent, workdir, args.label.as_deref())
             })?;
-            println!("snapshot {} of {}: workspace, {} bytes", meta.id, meta.agent, meta.size);
+            outln!("snapshot {} of {}: workspace, {} bytes", meta.id, meta.agent, meta.size);
         }
         SnapshotCommand::Restore {
             ledger,
@@ -148,7 +148,7 @@ pub fn run(global: &Global, cmd: &SnapshotCommand) -> anyhow::Result<ExitCode> {
             let meta = write(global, ledger, &req, |l, workdir| {
                 snapshots::restore(l, agent, workdir, snapshot)
             })?;
-            println!("restored {} snapshot {} of {}", meta.kind.as_str(), meta.id, meta.agent);
+            outln!("restored {} snapshot {} of {}", meta.kind.as_str(), meta.id, meta.agent);
         }
     }
     Ok(ExitCode::SUCCESS)

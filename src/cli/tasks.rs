@@ -57,9 +57,9 @@ pub fn list(global: &Global, args: &TasksArgs) -> anyhow::Result<ExitCode> {
     };
     let tasks = ledger.list_tasks(&filter)?;
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&tasks)?);
+        outln!("{}", serde_json::to_string_pretty(&tasks)?);
     } else {
-        print!("{}", table(&tasks));
+        out!("{}", table(&tasks));
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -70,29 +70,29 @@ pub fn show(global: &Global, args: &ShowArgs) -> anyhow::Result<ExitCode> {
     let steps = ledger.steps(args.task)?;
     if args.json {
         let v = serde_json::json!({ "task": task, "steps": steps });
-        println!("{}", serde_json::to_string_pretty(&v)?);
+        outln!("{}", serde_json::to_string_pretty(&v)?);
         return Ok(ExitCode::SUCCESS);
     }
-    println!("task {} ({})", task.id, task.agent);
-    println!("  state:    {} (attempt {})", task.state, task.attempts);
-    println!(
+    outln!("task {} ({})", task.id, task.agent);
+    outln!("  state:    {} (attempt {})", task.state, task.attempts);
+    outln!(
         "  trigger:  {} {}",
         task.trigger_kind,
         task.trigger().map(|t| t.summary()).unwrap_or_default()
     );
-    println!("  created:  {}", time(task.created_at));
+    outln!("  created:  {}", time(task.created_at));
     if let Some(t) = task.started_at {
-        println!("  started:  {}", time(t));
+        outln!("  started:  {}", time(t));
     }
     if let Some(t) = task.finished_at {
-        println!("  finished: {}", time(t));
+        outln!("  finished: {}", time(t));
     }
-    println!("  tokens:   {} in, {} out", task.input_tokens, task.output_tokens);
+    outln!("  tokens:   {} in, {} out", task.input_tokens, task.output_tokens);
     if let Some(e) = &task.error {
-        println!("  error:    {e}");
+        outln!("  error:    {e}");
     }
     if let Some(r) = &task.result {
-        println!("  result:   {}", indent(r));
+        outln!("  result:   {}", indent(r));
     }
     for s in &steps {
         let latency = s.latency_ms.map(|ms| format!(", {ms} ms")).unwrap_or_default();
@@ -101,12 +101,12 @@ pub fn show(global: &Global, args: &ShowArgs) -> anyhow::Result<ExitCode> {
         } else {
             String::new()
         };
-        println!("step {} [{}] attempt {}{latency}{tokens}", s.seq, s.kind, s.attempt);
+        outln!("step {} [{}] attempt {}{latency}{tokens}", s.seq, s.kind, s.attempt);
         let body = match &s.payload {
             serde_json::Value::String(text) => text.clone(),
             v => serde_json::to_string_pretty(v).unwrap_or_default(),
         };
-        println!("  {}", indent(&body));
+        outln!("  {}", indent(&body));
     }
     Ok(ExitCode::SUCCESS)
 }

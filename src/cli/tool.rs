@@ -51,9 +51,9 @@ pub fn call(args: &CallArgs) -> anyhow::Result<ExitCode> {
     };
     let reply = client::call(dialer, &token, &args.name, arguments)?;
     if args.raw {
-        println!("{}", serde_json::to_string(&reply)?);
+        outln!("{}", serde_json::to_string(&reply)?);
     } else if let Some(text) = &reply.text {
-        println!("{text}");
+        outln!("{text}");
     }
     if let Some(e) = &reply.error {
         eprintln!("agentd tool call: {e}");

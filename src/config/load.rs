@@ -1,6 +1,6 @@
 //! Loading: files, includes, defaults and every agent field.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -29,7 +29,7 @@ const TOP_KEYS: &[&str] = &[
     "agent_uids",
     "control_group",
 ];
-const DEFAULT_KEYS: &[&str] = &["model", "llm", "sandbox", "restart", "limits"];
+const DEFAULT_KEYS: &[&str] = &["model", "llm", "sandbox", "restart", "heartbeat", "limits"];
 const AGENT_KEYS: &[&str] = &[
     "name",
     "description",
@@ -44,8 +44,10 @@ const AGENT_KEYS: &[&str] = &[
     "skills",
     "bridge",
     "restart",
+    "heartbeat",
     "limits",
 ];
+const HEARTBEAT_KEYS: &[&str] = &["interval", "timeout"];
 const BRIDGE_KEYS: &[&str] = &["max_request", "max_reply", "call_timeout"];
 const LLM_KEYS: &[&str] = &[
     "base_url",
@@ -69,11 +71,12 @@ const SERVER_KEYS: &[&str] = &[
     "tool_filter",
     "roots",
 ];
-const SUBSCRIPTION_KEYS: &[&str] = &["uri", "server", "debounce", "interval"];
+const SUBSCRIPTION_KEYS: &[&str] = &["uri", "server", "debounce", "interval", "min_interval"];
 const SCHEDULE_KEYS: &[&str] = &["cron", "prompt", "timezone"];
 const RESTART_KEYS: &[&str] = &["policy", "backoff_min", "backoff_max", "burst", "interval"];
 const LIMIT_KEYS: &[&str] = &[
     "max_turns",
+    "max_tool_calls",
     "max_tokens",
     "task_timeout",
     "max_attempts",
@@ -96,6 +99,9 @@ const POLICY_LIMIT_KEYS: &[&str] = &["cpu", "memory", "processes", "file_size", 
 
 /// Default quiet time for resource subscriptions: bursts inside it coalesce.
 const DEFAULT_DEBOUNCE: Duration = Duration::from_millis(200);
+/// Default least time between two triggers from one resource of a
+/// subscription: a chatty server cannot turn into an LLM bill.
+const DEFAULT_MIN_INTERVAL: Duration = Duration::from_secs(10);
 /// Default poll interval for `tool://` subscriptions.
 const DEFAULT_POLL: Duration = Duration::from_secs(30);
 
@@ -183,13 +189,15 @@ pub fn load_sandbox_profile_str(file: &Path, text: &str) -> Result<SandboxPolicy
 /// Groups errors by file (the main file first, then in the order files were
 /// read) and orders each group by position.
 fn sort_errors(errors: &mut [ConfigError], main: &Path) {
-    let mut order: Vec<PathBuf> = vec![main.to_owned()];
+    // File → rank, by first appearance: a map, so many errors in many
+    // files sort in n log n.
+    let mut order: HashMap<PathBuf, usize> = HashMap::new();
+    order.insert(main.to_owned(), 0);
     for e in errors.iter() {
-        if !order.contains(&e.file) {
-            order.push(e.file.clone());
-        }
+        let next = order.len();
+        order.entry(e.file.clone()).or_insert(next);
     }
-    errors.sort_by_key(|e| (order.iter().position(|f| *f == e.file), e.line, e.column));
+    errors.sort_by_key(|e| (order.get(&e.file).copied(), e.line, e.column));
 }
 
 fn plain_error(file: &Path, message: &str) -> ConfigError {
@@ -233,6 +241,7 @@ struct Defaults {
     llm_set: LlmSet,
     sandbox: Option<(String, SandboxPolicy)>,
     restart: RestartSpec,
+    heartbeat: HeartbeatSpec,
     limits: Limits,
 }
 
@@ -316,6 +325,7 @@ impl Loader<'_> {
                 llm_set: LlmSet::default(),
                 sandbox: None,
                 restart: RestartSpec::default(),
+                heartbeat: HeartbeatSpec::default(),
                 limits: Limits::default(),
             },
         };
@@ -451,6 +461,7 @@ impl Loader<'_> {
             llm_set: LlmSet::default(),
             sandbox: None,
             restart: RestartSpec::default(),
+            heartbeat: HeartbeatSpec::default(),
             limits: Limits::default(),
         };
         let Some(map) = Map::open(cx, node, "defaults", DEFAULT_KEYS) else {
@@ -465,6 +476,9 @@ impl Loader<'_> {
         }
         if let Some(n) = map.get("restart") {
             d.restart = decode_restart(cx, n, "defaults.restart", d.restart.clone());
+        }
+        if let Some(n) = map.get("heartbeat") {
+            d.heartbeat = decode_heartbeat(cx, n, "defaults.heartbeat", d.heartbeat.clone());
         }
         if let Some(n) = map.get("limits") {
             d.limits = decode_limits(cx, n, "defaults.limits", d.limits.clone());
@@ -523,14 +537,17 @@ impl Loader<'_> {
             (None, None) => Some(String::new()),
         };
 
-        let mut mcp_servers = Vec::new();
+        let mut mcp_servers: Vec<McpServerSpec> = Vec::new();
+        // Names seen so far: a set, so a long server list loads in linear time.
+        let mut server_names: HashSet<String> = HashSet::new();
         if let Some(n) = map.get("mcp_servers") {
             for (i, (item, p)) in cx.list(n, &f("mcp_servers"), false).into_iter().enumerate() {
                 if let Some(s) = decode_server(cx, item, &p, i, dir) {
-                    if let Some(prev) = mcp_servers.iter().find(|x: &&McpServerSpec| x.name == s.name) {
-                        let msg = format!("duplicate server name {:?}; give each server a unique name", prev.name);
+                    if server_names.contains(&s.name) {
+                        let msg = format!("duplicate server name {:?}; give each server a unique name", s.name);
                         cx.error_at_node(item, &p, msg);
                     } else {
+                        server_names.insert(s.name.clone());
                         mcp_servers.push(s);
                     }
                 }
@@ -540,7 +557,7 @@ impl Loader<'_> {
         let mut subscriptions = Vec::new();
         if let Some(n) = map.get("subscriptions") {
             for (item, p) in cx.list(n, &f("subscriptions"), false) {
-                if let Some(s) = decode_subscription(cx, item, &p, &mcp_servers) {
+                if let Some(s) = decode_subscription(cx, item, &p, &mcp_servers, &server_names) {
                     subscriptions.push(s);
                 }
             }
@@ -612,6 +629,10 @@ impl Loader<'_> {
             Some(n) => decode_restart(cx, n, &f("restart"), d.restart.clone()),
             None => d.restart.clone(),
         };
+        let heartbeat = match map.get("heartbeat") {
+            Some(n) => decode_heartbeat(cx, n, &f("heartbeat"), d.heartbeat.clone()),
+            None => d.heartbeat.clone(),
+        };
         let limits = match map.get("limits") {
             Some(n) => decode_limits(cx, n, &f("limits"), d.limits.clone()),
             None => d.limits.clone(),
@@ -635,6 +656,7 @@ impl Loader<'_> {
             skills,
             bridge,
             restart,
+            heartbeat,
             limits,
         })
     }
@@ -1061,7 +1083,13 @@ fn decode_server(cx: &mut Cx, node: &Node, path: &str, index: usize, dir: &Path)
     })
 }
 
-fn decode_subscription(cx: &mut Cx, node: &Node, path: &str, servers: &[McpServerSpec]) -> Option<SubscriptionSpec> {
+fn decode_subscription(
+    cx: &mut Cx,
+    node: &Node,
+    path: &str,
+    servers: &[McpServerSpec],
+    server_names: &HashSet<String>,
+) -> Option<SubscriptionSpec> {
     let (uri_node, uri_path, map) = match node {
         Node::Scalar(_) => (node, path.to_owned(), None),
         _ => {
@@ -1077,11 +1105,12 @@ fn decode_subscription(cx: &mut Cx, node: &Node, path: &str, servers: &[McpServe
         server: None,
         debounce: DEFAULT_DEBOUNCE,
         interval: DEFAULT_POLL,
+        min_interval: DEFAULT_MIN_INTERVAL,
     };
     if let Some(map) = map {
         if let Some(n) = map.get("server") {
             let s = cx.non_empty_string(n, &map.field("server"))?;
-            if !servers.iter().any(|x| x.name == s) {
+            if !server_names.contains(&s) {
                 let names: Vec<&str> = servers.iter().map(|x| x.name.as_str()).collect();
                 let hint = match suggest(&s, &names) {
                     Some(h) => format!("; did you mean {h:?}?"),
@@ -1091,6 +1120,9 @@ fn decode_subscription(cx: &mut Cx, node: &Node, path: &str, servers: &[McpServe
                 return None;
             }
             spec.server = Some(s);
+        }
+        if let Some(d) = map.duration(cx, "min_interval") {
+            spec.min_interval = d;
         }
         if let Some(d) = map.duration(cx, "debounce") {
             spec.debounce = d;
@@ -1220,6 +1252,29 @@ fn decode_restart(cx: &mut Cx, node: &Node, path: &str, mut r: RestartSpec) -> R
     r
 }
 
+fn decode_heartbeat(cx: &mut Cx, node: &Node, path: &str, mut h: HeartbeatSpec) -> HeartbeatSpec {
+    let Some(map) = Map::open(cx, node, path, HEARTBEAT_KEYS) else {
+        return h;
+    };
+    if let Some(d) = map.duration(cx, "interval") {
+        h.interval = d;
+    }
+    if let Some(d) = map.duration(cx, "timeout") {
+        h.timeout = d;
+    }
+    if h.interval.is_zero() {
+        cx.error_at(&map.start(), &map.field("interval"), "interval must be more than 0");
+    }
+    if h.timeout <= h.interval {
+        cx.error_at(
+            &map.start(),
+            &map.field("timeout"),
+            "timeout must be longer than interval (a child gets several pings before it counts as hung)",
+        );
+    }
+    h
+}
+
 fn decode_bridge(cx: &mut Cx, node: &Node, path: &str) -> BridgeSpec {
     let mut b = BridgeSpec::default();
     let Some(map) = Map::open(cx, node, path, BRIDGE_KEYS) else {
@@ -1254,6 +1309,10 @@ fn decode_limits(cx: &mut Cx, node: &Node, path: &str, mut l: Limits) -> Limits 
     if let Some(v) = map.number::<u32>(cx, "max_turns", "a whole number") {
         positive(cx, "max_turns", v.into());
         l.max_turns = v;
+    }
+    if let Some(v) = map.number::<u32>(cx, "max_tool_calls", "a whole number") {
+        positive(cx, "max_tool_calls", v.into());
+        l.max_tool_calls = v;
     }
     if let Some(v) = map.number::<u64>(cx, "max_tokens", "a whole number") {
         positive(cx, "max_tokens", v);

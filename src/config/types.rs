@@ -97,6 +97,8 @@ pub struct AgentSpec {
     /// Limits of the tool bridge that sandboxed code calls MCP tools through.
     pub bridge: BridgeSpec,
     pub restart: RestartSpec,
+    /// How the supervisor tells a hung child from a busy one.
+    pub heartbeat: HeartbeatSpec,
     pub limits: Limits,
 }
 
@@ -188,6 +190,10 @@ pub struct SubscriptionSpec {
     pub debounce: Duration,
     /// For `tool://` subscriptions: how often the tool is polled.
     pub interval: Duration,
+    /// The least time between two triggers from one resource of this
+    /// subscription; updates inside it coalesce into one trigger at its
+    /// end, with the freshest contents.
+    pub min_interval: Duration,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -243,9 +249,29 @@ impl Default for RestartSpec {
     }
 }
 
+/// The supervisor pings each child every `interval`; a child that has not
+/// answered for `timeout` (stopped, deadlocked, its event loop blocked) is
+/// killed and restarted, and its task re-queued.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct HeartbeatSpec {
+    pub interval: Duration,
+    pub timeout: Duration,
+}
+
+impl Default for HeartbeatSpec {
+    fn default() -> Self {
+        HeartbeatSpec {
+            interval: Duration::from_secs(5),
+            timeout: Duration::from_secs(30),
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Limits {
     pub max_turns: u32,
+    /// Tool calls run from one model reply; the rest are answered "not run".
+    pub max_tool_calls: u32,
     /// Token budget of one task (prompt + completion, summed over turns).
     pub max_tokens: u64,
     pub task_timeout: Duration,
@@ -264,6 +290,7 @@ impl Default for Limits {
     fn default() -> Self {
         Limits {
             max_turns: 20,
+            max_tool_calls: 32,
             max_tokens: 200_000,
             task_timeout: Duration::from_secs(600),
             max_attempts: 3,

@@ -6,6 +6,7 @@
 //! message to the supervisor's event loop, which alone changes state. A bad
 //! request gets an error object; the connection and the daemon carry on.
 
+mod admission;
 pub mod client;
 mod server;
 

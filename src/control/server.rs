@@ -12,11 +12,13 @@
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
+use std::time::Duration;
 
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::UnixListener;
 use tokio::sync::{mpsc, oneshot};
 
+use super::admission::{self, Admission};
 use super::{Request, Response};
 
 /// A request from an authorized caller, and the channel its response goes
@@ -81,9 +83,17 @@ pub fn serve(path: &Path, operators: Operators, requests: mpsc::UnboundedSender<
     }
     let mode = if operators.group.is_some() { 0o660 } else { 0o600 };
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))?;
+    let admission = Admission::new();
     tokio::spawn(async move {
         loop {
-            let Ok((stream, _)) = listener.accept().await else {
+            // Backs off on EMFILE and the like instead of spinning.
+            let stream = admission::accept(&listener).await;
+            // At the cap the longest-idle connection makes room; with every
+            // connection busy, the newcomer is told and closed.
+            let Some(ticket) = admission.admit() else {
+                let (_, mut write) = stream.into_split();
+                let busy = Response::error("too many control connections are busy; try again");
+                let _ = tokio::time::timeout(Duration::from_secs(1), write_response(&mut write, &busy)).await;
                 continue;
             };
             let cred = stream.peer_cred().ok();
@@ -122,7 +132,19 @@ pub fn serve(path: &Path, operators: Operators, requests: mpsc::UnboundedSender<
                 }
                 loop {
                     let mut line = String::new();
-                    let n = match (&mut reader).take(MAX_LINE).read_line(&mut line).await {
+                    ticket.set_busy(false);
+                    let mut limited = (&mut reader).take(MAX_LINE);
+                    let read = tokio::select! {
+                        r = tokio::time::timeout(admission::IDLE_TIMEOUT, limited.read_line(&mut line)) => r,
+                        // A newer connection took this idle one's place.
+                        () = ticket.evicted.notified() => break,
+                    };
+                    let Ok(read) = read else {
+                        // Idle for too long: close.
+                        break;
+                    };
+                    ticket.set_busy(true);
+                    let n = match read {
                         Ok(n) => n,
                         Err(e) => {
                             let _ = write_response(&mut write, &Response::error(format!("bad request: {e}"))).await;
@@ -160,10 +182,15 @@ pub fn serve(path: &Path, operators: Operators, requests: mpsc::UnboundedSender<
     Ok(())
 }
 
+/// Writes one response line; a caller that stops reading is dropped after
+/// the idle timeout rather than holding its connection forever.
 async fn write_response(w: &mut tokio::net::unix::OwnedWriteHalf, r: &Response) -> std::io::Result<()> {
     let mut line = serde_json::to_string(r).unwrap_or_else(|_| "{\"ok\":false}".into());
     line.push('\n');
-    w.write_all(line.as_bytes()).await
+    match tokio::time::timeout(admission::IDLE_TIMEOUT, w.write_all(line.as_bytes())).await {
+        Ok(r) => r,
+        Err(_) => Err(std::io::ErrorKind::TimedOut.into()),
+    }
 }
 
 #[cfg(test)]

@@ -11,6 +11,7 @@
 //! from any other instance are rejected, so a stale child (one the
 //! supervisor already gave up on) cannot corrupt a re-queued task.
 
+mod integrity;
 mod schema;
 mod snapshots;
 mod tasks;
@@ -19,6 +20,7 @@ use std::path::{Path, PathBuf};
 
 use rusqlite::{Connection, OpenFlags};
 
+pub use integrity::{Integrity, RECOVERY};
 pub use schema::{APPLICATION_ID, SCHEMA_VERSION, create_at_version};
 pub use snapshots::{Snapshot, SnapshotKind, SnapshotMeta};
 pub use tasks::{Enqueued, NewStep, Step, Task, TaskFilter, TaskState, Trigger};
@@ -48,12 +50,40 @@ pub enum LedgerError {
         #[source]
         source: std::io::Error,
     },
+    #[error(
+        "{path}: the ledger is damaged ({problems}); agentd will not run on it: {}",
+        integrity::RECOVERY
+    )]
+    Damaged { path: PathBuf, problems: String },
     #[error("task {0} does not exist")]
     NoSuchTask(i64),
     #[error("task {task}: lease {lease:?} is not the current holder; the write was rejected")]
     StaleLease { task: i64, lease: String },
     #[error("snapshot {0} does not exist")]
     NoSuchSnapshot(String),
+}
+
+impl LedgerError {
+    /// Whether the file cannot take writes now (disk full, I/O failing):
+    /// a condition that may pass, unlike a rejected write.
+    pub fn is_unwritable(&self) -> bool {
+        matches!(
+            self,
+            LedgerError::Sqlite { source: rusqlite::Error::SqliteFailure(f, _), .. }
+                if matches!(
+                    f.code,
+                    rusqlite::ErrorCode::DiskFull | rusqlite::ErrorCode::SystemIoFailure | rusqlite::ErrorCode::ReadOnly
+                )
+        )
+    }
+
+    /// The cause without the path, for status lines.
+    pub fn short(&self) -> String {
+        match self {
+            LedgerError::Sqlite { source, .. } => source.to_string(),
+            other => other.to_string(),
+        }
+    }
 }
 
 pub type Result<T, E = LedgerError> = std::result::Result<T, E>;
@@ -106,6 +136,16 @@ impl Ledger {
         &self.path
     }
 
+    /// A small real write (the header's schema version, rewritten with its
+    /// own value): whether the ledger takes writes again.
+    pub fn probe_write(&self) -> Result<()> {
+        let v: i64 = self
+            .conn
+            .query_row("PRAGMA user_version", [], |r| r.get(0))
+            .map_err(|e| self.err(e))?;
+        self.exec(&format!("PRAGMA user_version = {v};"))
+    }
+
     /// Folds the WAL back into the main file (on clean stop).
     pub fn checkpoint(&self) -> Result<()> {
         self.exec("PRAGMA wal_checkpoint(TRUNCATE);")
@@ -127,6 +167,10 @@ impl Ledger {
 }
 
 fn sqlite(path: &Path, source: rusqlite::Error) -> LedgerError {
+    // A damaged file is named as such wherever it is first noticed.
+    if integrity::is_damage(&source) {
+        return integrity::damaged(path, vec![source.to_string()]);
+    }
     LedgerError::Sqlite {
         path: path.to_owned(),
         source,

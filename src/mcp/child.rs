@@ -171,6 +171,7 @@ async fn log_stderr(server: String, stderr: tokio::process::ChildStderr, quiet: 
     const MAX_LINE: u64 = 16 * 1024;
     let mut reader = BufReader::new(stderr);
     let mut line = Vec::new();
+    let mut limit = crate::log_limit::LogLimit::new("stderr lines", &server);
     loop {
         line.clear();
         match (&mut reader).take(MAX_LINE).read_until(b'\n', &mut line).await {
@@ -181,8 +182,9 @@ async fn log_stderr(server: String, stderr: tokio::process::ChildStderr, quiet: 
                 if text.is_empty() {
                 } else if quiet.load(Ordering::Relaxed) || is_chatter(text) {
                     tracing::debug!(target: "agentd::mcp::stderr", server = %server, "{text}");
-                } else {
-                    tracing::info!(target: "agentd::mcp::stderr", server = %server, "{text}");
+                } else if let Some(suppressed) = limit.allow(std::time::Instant::now()) {
+                    let note = limit.note(suppressed);
+                    tracing::info!(target: "agentd::mcp::stderr", server = %server, "{text}{note}");
                 }
             }
         }
@@ -262,6 +264,8 @@ pub(crate) struct JsonLines<R> {
     /// Dropping the rest of an oversized line.
     discarding: bool,
     eof: bool,
+    /// Keeps a flood of non-JSON lines from flooding the log.
+    limit: crate::log_limit::LogLimit,
 }
 
 impl<R> JsonLines<R> {
@@ -276,6 +280,7 @@ impl<R> JsonLines<R> {
             ready_pos: 0,
             discarding: false,
             eof: false,
+            limit: crate::log_limit::LogLimit::new("non-JSON stdout lines", server),
         }
     }
 
@@ -309,12 +314,16 @@ impl<R> JsonLines<R> {
             return;
         }
         self.noise.fetch_add(1, Ordering::Relaxed);
+        let Some(suppressed) = self.limit.allow(std::time::Instant::now()) else {
+            return;
+        };
+        let note = self.limit.note(suppressed);
         let shown = String::from_utf8_lossy(&body[..body.len().min(200)]).into_owned();
         tracing::warn!(
             server = %self.server,
             line = %shown,
             "MCP server printed a non-JSON line on stdout (stdout is for JSON-RPC only; \
-             logs belong on stderr); ignored"
+             logs belong on stderr); ignored{note}"
         );
     }
 }

@@ -17,6 +17,7 @@ use tokio::process::Command;
 use tokio::sync::mpsc;
 
 use super::Event;
+use super::heartbeat::Ticker;
 use super::restart::Exit;
 use crate::protocol::{self, FromChild, ToChild};
 
@@ -25,6 +26,8 @@ pub struct ChildHandle {
     pub pid: u32,
     pub generation: u64,
     tx: mpsc::UnboundedSender<String>,
+    /// Asks for heartbeat checks while the child lives; stops with it.
+    _heartbeat: Ticker,
 }
 
 impl ChildHandle {
@@ -51,6 +54,7 @@ pub fn spawn(
     agent: &str,
     generation: u64,
     start: &ToChild,
+    heartbeat: std::time::Duration,
     events: mpsc::UnboundedSender<Event>,
 ) -> std::io::Result<ChildHandle> {
     let exe = std::env::current_exe()?;
@@ -101,6 +105,7 @@ pub fn spawn(
         });
     }
 
+    let ticker = Ticker::start(agent, generation, heartbeat, events.clone());
     let stdout = child.stdout.take();
     let name = agent.to_owned();
     tokio::spawn(async move {
@@ -143,5 +148,10 @@ pub fn spawn(
         });
     });
 
-    Ok(ChildHandle { pid, generation, tx })
+    Ok(ChildHandle {
+        pid,
+        generation,
+        tx,
+        _heartbeat: ticker,
+    })
 }

@@ -13,6 +13,8 @@
 //! decisions and every ledger write happen here.
 
 mod child;
+mod degraded;
+mod heartbeat;
 mod ledger_thread;
 pub mod restart;
 mod schedules;
@@ -39,12 +41,15 @@ use crate::protocol::{FromChild, PROTOCOL_VERSION, ToChild};
 use crate::repl::{self, Repl};
 use crate::snapshots;
 use child::ChildHandle;
+use degraded::{Deferred, Degraded};
 use ledger_thread::LedgerThread;
 use restart::{Decision, Exit, Restarts};
 use schedules::Armed;
 use talk::{Console, Waiters, Watched};
 use watch::ConfigWatcher;
 
+/// The longest the integrity check of the ledger may hold up the start.
+const INTEGRITY_BUDGET: Duration = Duration::from_secs(10);
 /// Quiet time after a config file event before reloading.
 const RELOAD_DEBOUNCE: Duration = Duration::from_millis(150);
 /// After the grace period, a child gets SIGTERM; this much later, SIGKILL.
@@ -78,7 +83,26 @@ pub enum Event {
         generation: u64,
         signal: Signal,
     },
+    /// Time to ping this child, or to call it hung.
+    Heartbeat {
+        agent: String,
+        generation: u64,
+    },
     ConfigChanged,
+    /// A reload's parse is done (see [`Supervisor::begin_reload`]).
+    ConfigParsed {
+        seq: u64,
+        result: Result<Config, String>,
+        by: ReloadBy,
+    },
+}
+
+/// Who asked for a reload, and where its answer goes.
+#[derive(Debug)]
+pub enum ReloadBy {
+    Sighup,
+    Watcher,
+    Control(tokio::sync::oneshot::Sender<Response>),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -137,6 +161,11 @@ struct Agent {
     schedules: Vec<Armed>,
     /// A snapshot to restore once the child has stopped, before it restarts.
     pending_restore: Option<String>,
+    /// When the child last answered a heartbeat (or became ready).
+    last_pong: Instant,
+    heartbeat_seq: u64,
+    /// Set when the child was killed as hung: the cause of its exit.
+    hung: Option<String>,
     /// The child's report of an MCP server it cannot reach: status shows
     /// the running agent as `degraded` with this error.
     degraded: Option<String>,
@@ -160,6 +189,9 @@ impl Agent {
             paused: false,
             schedules: Vec::new(),
             pending_restore: None,
+            last_pong: Instant::now(),
+            heartbeat_seq: 0,
+            hung: None,
             degraded: None,
         }
     }
@@ -184,6 +216,10 @@ pub struct Supervisor {
     waiters: Waiters,
     /// `--state-dir` was given: the config's `state_dir` does not apply.
     state_dir_overridden: bool,
+    /// The latest reload started; older parses are dropped when they land.
+    reload_seq: u64,
+    /// The ledger cannot be written: why, and the writes kept meanwhile.
+    degraded: Degraded,
     /// Agents' own users, when agentd runs as root.
     users: Option<users::AgentUsers>,
 }
@@ -227,6 +263,14 @@ async fn run_async(
     // agentd left behind.
     crate::sandbox::contain::at_supervisor_start(&cfg.state_dir);
     let ledger = Ledger::open(&crate::state_dir::ledger(&cfg.state_dir))?;
+    // Before a single row is trusted: a damaged ledger is refused, never half-run.
+    match ledger.check_integrity(INTEGRITY_BUDGET)? {
+        ledger::Integrity::Ok { took } => tracing::debug!("ledger integrity check passed in {took:?}"),
+        ledger::Integrity::Unfinished { budget } => tracing::warn!(
+            "ledger integrity check did not finish within {}; starting without it",
+            humantime::format_duration(budget)
+        ),
+    }
     let ledger = LedgerThread::start(ledger).context("starting the ledger thread")?;
 
     let socket = crate::state_dir::socket(&cfg.state_dir);
@@ -257,10 +301,12 @@ async fn run_async(
         watched: HashMap::new(),
         waiters: HashMap::new(),
         state_dir_overridden,
+        reload_seq: 0,
+        degraded: Degraded::default(),
         users,
         cfg,
     };
-    sup.recover_orphaned_tasks().await;
+    sup.recover_orphaned_tasks().await?;
     sup.watch_config();
     let names: Vec<AgentSpec> = sup.cfg.agents.clone();
     for spec in names {
@@ -303,11 +349,13 @@ async fn run_async(
         let reload_at = sup.reload_at;
         let stop_deadline = sup.stop_deadline;
         let schedule_at = sup.next_schedule_at();
+        let degraded = sup.degraded.is_degraded();
         tokio::select! {
             Some(ev) = events_rx.recv() => sup.handle(ev).await,
             Some((req, reply)) = control_rx.recv() => sup.on_control(req, reply).await,
             Some(input) = repl_rx.recv() => sup.on_repl(input).await,
             _ = sleep_until_opt(schedule_at), if schedule_at.is_some() => sup.fire_schedules().await,
+            _ = tokio::time::sleep(degraded::RETRY), if degraded => sup.retry_kept().await,
             _ = sigterm.recv() => sup.begin_stop("SIGTERM"),
             _ = sigint.recv() => {
                 interrupts += 1;
@@ -318,16 +366,10 @@ async fn run_async(
                 }
                 sup.begin_stop("SIGINT");
             }
-            _ = sighup.recv() => {
-                if let Err(e) = sup.reload().await {
-                    tracing::error!("reload on SIGHUP failed; agents keep running:\n{e}");
-                }
-            }
+            _ = sighup.recv() => sup.begin_reload(ReloadBy::Sighup),
             _ = sleep_until_opt(reload_at), if reload_at.is_some() => {
                 sup.reload_at = None;
-                if let Err(e) = sup.reload().await {
-                    tracing::error!("config change rejected; agents keep running:\n{e}");
-                }
+                sup.begin_reload(ReloadBy::Watcher);
             }
             _ = sleep_until_opt(stop_deadline), if stop_deadline.is_some() => {
                 tracing::warn!("grace period over: killing the remaining agents");
@@ -358,7 +400,7 @@ async fn sleep_until_opt(t: Option<tokio::time::Instant>) {
 impl Supervisor {
     /// Tasks a previous agentd left running go back in the queue (or fail
     /// once their attempts are spent): never lost, never run twice at once.
-    async fn recover_orphaned_tasks(&mut self) {
+    async fn recover_orphaned_tasks(&mut self) -> anyhow::Result<()> {
         let max: BTreeMap<String, u32> = self
             .cfg
             .agents
@@ -383,9 +425,11 @@ impl Supervisor {
                     tracing::warn!(agent, "task {id} was running when agentd last stopped; now {state}");
                 }
             }
-            Some(Err(e)) => tracing::error!("recovering running tasks failed: {e}"),
-            None => {}
+            // Starting anyway would run on a ledger that cannot record.
+            Some(Err(e)) => anyhow::bail!("recovering running tasks failed; not starting: {e}"),
+            None => anyhow::bail!("the ledger thread is gone; not starting"),
         }
+        Ok(())
     }
 
     fn watch_config(&mut self) {
@@ -438,7 +482,7 @@ impl Supervisor {
             conversation,
             record_dir,
         };
-        match child::spawn(name, generation, &start, events) {
+        match child::spawn(name, generation, &start, a.spec.heartbeat.interval, events) {
             Ok(handle) => {
                 tracing::info!(agent = name, pid = handle.pid, "agent started");
                 let now = Instant::now();
@@ -448,6 +492,8 @@ impl Supervisor {
                 a.started_at = Some(now);
                 a.after_exit = AfterExit::Policy;
                 a.generation = generation;
+                a.last_pong = now;
+                a.hung = None;
             }
             Err(e) => {
                 a.state = State::Failed;
@@ -573,10 +619,38 @@ impl Supervisor {
                     }
                 }
             }
+            Event::Heartbeat { agent, generation } => self.on_heartbeat(&agent, generation),
+            Event::ConfigParsed { seq, result, by } => self.finish_reload(seq, result, by).await,
             Event::ConfigChanged => {
                 if self.stop_deadline.is_none() {
                     self.reload_at = Some(tokio::time::Instant::now() + RELOAD_DEBOUNCE);
                 }
+            }
+        }
+    }
+
+    /// Pings a running child, or kills it when it has stopped answering
+    /// (see [`heartbeat`]). Starting children are not judged: they read
+    /// their stdin only once their MCP servers are up. Stopping ones have
+    /// their own escalation.
+    fn on_heartbeat(&mut self, name: &str, generation: u64) {
+        let Some(a) = self.agents.get_mut(name) else { return };
+        let Some(child) = a.child.as_ref().filter(|c| c.generation == generation) else {
+            return;
+        };
+        if a.state != State::Running || a.hung.is_some() {
+            return;
+        }
+        match heartbeat::verdict(&a.spec.heartbeat, a.last_pong, Instant::now()) {
+            heartbeat::Verdict::Alive => {
+                a.heartbeat_seq += 1;
+                child.send(&ToChild::Ping { seq: a.heartbeat_seq });
+            }
+            heartbeat::Verdict::Hung(why) => {
+                tracing::error!(agent = name, pid = child.pid, "{why}");
+                child.signal(Signal::SIGKILL);
+                child.kill_group();
+                a.hung = Some(why);
             }
         }
     }
@@ -595,25 +669,32 @@ impl Supervisor {
                 {
                     tracing::debug!(agent = name, pid, "agent ready");
                     a.state = State::Running;
+                    a.last_pong = Instant::now();
                 }
                 self.maybe_ready();
                 self.update_status();
                 self.dispatch(name).await;
             }
             FromChild::Trigger { trigger, dedupe_key } => {
-                match self.record_trigger(name, trigger, dedupe_key).await {
-                    Ok(e) => tracing::debug!(agent = name, "trigger recorded as task {}: {e:?}", e.id()),
-                    Err(e) => tracing::error!(agent = name, "cannot record trigger: {e}"),
-                }
+                let kept = Deferred::Trigger {
+                    agent: name.to_owned(),
+                    trigger,
+                    dedupe_key,
+                };
+                self.write_or_keep(name, kept).await;
                 self.dispatch(name).await;
             }
             FromChild::Step { task, lease, step } => {
                 if self.watched.contains_key(&task) {
                     self.on_step(task, &step.kind, step.payload["name"].as_str());
                 }
-                let r = self.ledger.call(move |l| l.append_step(task, &lease, &step)).await;
-                if let Some(Err(e)) = r {
-                    tracing::warn!(agent = name, "journal write rejected: {e}");
+                self.write_or_keep(name, Deferred::Step { task, lease, step }).await;
+            }
+            FromChild::Pong { seq } => {
+                if let Some(a) = self.agents.get_mut(name)
+                    && seq == a.heartbeat_seq
+                {
+                    a.last_pong = Instant::now();
                 }
             }
             FromChild::Health { degraded } => {
@@ -654,20 +735,18 @@ impl Supervisor {
                 // Shown and answered after the write, so whoever hears of the
                 // end finds it in the ledger.
                 let (shown_result, shown_error) = (result.clone(), error.clone());
-                let r = self
-                    .ledger
-                    .call(move |l| -> Result<(), LedgerError> {
-                        l.finish(task, &lease, state, result.as_deref(), error.as_deref())?;
-                        if let Some(c) = conversation {
-                            let data = serde_json::to_vec(&c).unwrap_or_default();
-                            l.put_snapshot(&agent, SnapshotKind::Conversation, None, Some(task), &data)?;
-                        }
-                        Ok(())
-                    })
-                    .await;
-                if let Some(Err(e)) = r {
-                    tracing::error!(agent = name, "cannot record the end of task {task}: {e}");
-                }
+                // Kept in memory when the ledger cannot take it: the task
+                // is not left `running` for good.
+                let end = Deferred::Finish {
+                    agent,
+                    task,
+                    lease,
+                    state,
+                    result,
+                    error,
+                    conversation: conversation.map(|c| serde_json::to_vec(&c).unwrap_or_default()),
+                };
+                self.write_or_keep(name, end).await;
                 let said = summary.map(|s| format!(": {s}")).unwrap_or_default();
                 tracing::info!(agent = name, "task {task} {state}{said}");
                 self.on_task_end(name, task, state, shown_result.as_deref(), shown_error.as_deref());
@@ -695,8 +774,10 @@ impl Supervisor {
         let running = a.running.take();
         let max_attempts = a.spec.limits.max_attempts;
         let after = a.after_exit;
+        // Killed as hung: that, not the SIGKILL, is why it is gone.
+        let cause = a.hung.take().unwrap_or_else(|| format!("agent process {exit}"));
         if !exit.success() && after == AfterExit::Policy {
-            a.last_error = Some(format!("agent process {exit}"));
+            a.last_error = Some(cause.clone());
         }
         let log_exit = format!(
             "agent process {exit} after {}",
@@ -709,13 +790,30 @@ impl Supervisor {
         }
 
         if let Some((task, _)) = running {
-            let cause = format!("agent process {exit}");
             let c2 = cause.clone();
-            let r = self.ledger.call(move |l| l.release(task, &c2, max_attempts)).await;
+            let r = if self.degraded.kept.is_empty() {
+                self.ledger.call(move |l| l.release(task, &c2, max_attempts)).await
+            } else {
+                Some(Err(LedgerError::NoSuchTask(task)))
+            };
             match r {
                 Some(Ok(state)) => {
                     tracing::warn!(agent = name, "task {task} interrupted; now {state}");
                     self.on_task_released(name, task, state, &cause);
+                }
+                Some(Err(e)) if !self.degraded.kept.is_empty() || e.is_unwritable() => {
+                    if e.is_unwritable() {
+                        self.enter_degraded(&e);
+                    }
+                    tracing::warn!(
+                        agent = name,
+                        "task {task} interrupted; its release is kept until the ledger takes writes"
+                    );
+                    self.degraded.keep(Deferred::Release {
+                        task,
+                        cause: cause.clone(),
+                        max_attempts,
+                    });
                 }
                 Some(Err(e)) => tracing::error!(agent = name, "cannot release task {task}: {e}"),
                 None => {}
@@ -775,7 +873,7 @@ impl Supervisor {
 
     /// Records a trigger as a task (coalescing by `dedupe_key` while queued).
     async fn record_trigger(
-        &self,
+        &mut self,
         agent: &str,
         trigger: Trigger,
         dedupe_key: Option<String>,
@@ -786,8 +884,110 @@ impl Supervisor {
             .call(move |l| l.enqueue(&agent, &trigger, dedupe_key.as_deref()))
             .await
         {
-            Some(r) => r.map_err(|e| e.to_string()),
+            Some(Ok(e)) => Ok(e),
+            Some(Err(e)) => {
+                if e.is_unwritable() {
+                    self.enter_degraded(&e);
+                }
+                Err(e.to_string())
+            }
             None => Err("the ledger is closed".into()),
+        }
+    }
+
+    /// Writes what must not be lost, or keeps it in memory while the ledger
+    /// cannot take writes (and behind writes already kept, so their order
+    /// holds). See [`degraded`].
+    async fn write_or_keep(&mut self, agent: &str, d: Deferred) {
+        if !self.degraded.kept.is_empty() {
+            self.degraded.keep(d);
+            return;
+        }
+        let (back, r) = match self
+            .ledger
+            .call(move |l| {
+                let r = d.apply(l);
+                (d, r)
+            })
+            .await
+        {
+            Some(x) => x,
+            None => return,
+        };
+        match r {
+            Ok(()) => {
+                if let Deferred::Trigger { .. } = back {
+                    tracing::debug!(agent, "trigger recorded");
+                }
+            }
+            Err(e) if e.is_unwritable() => {
+                self.enter_degraded(&e);
+                self.degraded.keep(back);
+            }
+            Err(e) => tracing::warn!(agent, "ledger write rejected: {e}"),
+        }
+    }
+
+    fn enter_degraded(&mut self, e: &LedgerError) {
+        if self.degraded.enter(e) {
+            tracing::error!(
+                "agentd is degraded: the ledger cannot be written ({}); tasks' ends, journal steps and \
+                 agents' triggers are kept in memory, new messages are refused, retrying every {}",
+                e.short(),
+                humantime::format_duration(degraded::RETRY)
+            );
+            self.update_status();
+        }
+    }
+
+    /// While degraded: replays the kept writes in order, then proves the
+    /// ledger takes writes; on success agentd is whole again.
+    async fn retry_kept(&mut self) {
+        let kept = std::mem::take(&mut self.degraded.kept);
+        let r = self
+            .ledger
+            .call(move |l| {
+                let mut kept = kept;
+                let mut dropped = Vec::new();
+                while let Some(d) = kept.front() {
+                    match d.apply(l) {
+                        Ok(()) => {
+                            kept.pop_front();
+                        }
+                        Err(e) if e.is_unwritable() => return (kept, dropped, Err(e)),
+                        Err(e) => {
+                            dropped.push(e.to_string());
+                            kept.pop_front();
+                        }
+                    }
+                }
+                let probe = l.probe_write();
+                (kept, dropped, probe)
+            })
+            .await;
+        let Some((kept, dropped, outcome)) = r else { return };
+        self.degraded.kept = kept;
+        for e in dropped {
+            tracing::warn!("a kept ledger write was rejected on replay: {e}");
+        }
+        if outcome.is_ok()
+            && let Some(took) = self.degraded.recovered()
+        {
+            let lost = std::mem::take(&mut self.degraded.dropped_steps);
+            let lost = if lost > 0 {
+                format!(" ({lost} journal steps past the in-memory cap were dropped)")
+            } else {
+                String::new()
+            };
+            tracing::info!(
+                "the ledger takes writes again after {}: agentd is no longer degraded{lost}",
+                humantime::format_duration(Duration::from_secs(took.as_secs()))
+            );
+            self.update_status();
+            let names: Vec<String> = self.agents.keys().cloned().collect();
+            for name in names {
+                self.dispatch(&name).await;
+            }
         }
     }
 
@@ -808,7 +1008,11 @@ impl Supervisor {
             Some(Ok(Some(t))) => t,
             Some(Ok(None)) | None => return,
             Some(Err(e)) => {
-                tracing::error!(agent = name, "cannot claim a task: {e}");
+                if e.is_unwritable() {
+                    self.enter_degraded(&e);
+                } else {
+                    tracing::error!(agent = name, "cannot claim a task: {e}");
+                }
                 return;
             }
         };
@@ -853,8 +1057,13 @@ impl Supervisor {
 
     fn status_line(&self) -> String {
         let count = |s: State| self.agents.values().filter(|a| a.state == s).count();
+        let degraded = self
+            .degraded
+            .cause()
+            .map(|c| format!("; DEGRADED: {c}"))
+            .unwrap_or_default();
         format!(
-            "{} agents: {} running, {} starting, {} failed",
+            "{} agents: {} running, {} starting, {} failed{degraded}",
             self.agents.len(),
             count(State::Running),
             count(State::Starting) + count(State::Backoff),
@@ -868,14 +1077,53 @@ impl Supervisor {
         }
     }
 
-    async fn reload(&mut self) -> Result<serde_json::Value, String> {
+    /// Parses the config off the event loop (a large one takes a while);
+    /// [`Event::ConfigParsed`] brings the result back to [`Self::finish_reload`].
+    pub(super) fn begin_reload(&mut self, by: ReloadBy) {
         systemd::reloading();
-        let result = config::load(&self.cfg.path);
+        self.reload_seq += 1;
+        let seq = self.reload_seq;
+        let path = self.cfg.path.clone();
+        let events = self.events.clone();
+        std::thread::Builder::new()
+            .name("config-parse".into())
+            .spawn(move || {
+                let result = config::load(&path).map_err(|e| e.to_string());
+                let _ = events.send(Event::ConfigParsed { seq, result, by });
+            })
+            .map(drop)
+            .unwrap_or_else(|e| tracing::error!("cannot start the config parser thread: {e}"));
+    }
+
+    /// Applies a parsed config, unless a newer reload started since.
+    async fn finish_reload(&mut self, seq: u64, result: Result<Config, String>, by: ReloadBy) {
+        if seq != self.reload_seq {
+            if let ReloadBy::Control(reply) = by {
+                let _ = reply.send(Response::error("superseded by a newer reload"));
+            }
+            return;
+        }
+        let outcome = self.reload(result).await;
+        match (by, outcome) {
+            (ReloadBy::Control(reply), Ok(summary)) => {
+                let _ = reply.send(Response::ok(summary));
+            }
+            (ReloadBy::Control(reply), Err(e)) => {
+                tracing::error!("reload requested over the control socket failed; agents keep running:\n{e}");
+                let _ = reply.send(Response::error(format!("config rejected; agents keep running:\n{e}")));
+            }
+            (ReloadBy::Sighup, Err(e)) => tracing::error!("reload on SIGHUP failed; agents keep running:\n{e}"),
+            (ReloadBy::Watcher, Err(e)) => tracing::error!("config change rejected; agents keep running:\n{e}"),
+            (_, Ok(_)) => {}
+        }
+    }
+
+    async fn reload(&mut self, result: Result<Config, String>) -> Result<serde_json::Value, String> {
         let mut new = match result {
             Ok(c) => c,
             Err(errors) => {
                 systemd::ready(&format!("{}; last reload rejected", self.status_line()));
-                return Err(errors.to_string());
+                return Err(errors);
             }
         };
         if new.state_dir != self.cfg.state_dir && !self.state_dir_overridden {
@@ -932,7 +1180,8 @@ impl Supervisor {
         match req {
             Request::DescribeInterface => Response::ok(Request::describe()),
             Request::Health => Response::ok(json!({
-                "ok": self.stop_deadline.is_none(),
+                "ok": self.stop_deadline.is_none() && !self.degraded.is_degraded(),
+                "degraded": self.degraded.cause(),
                 "pid": std::process::id(),
                 "uptime_s": self.started.elapsed().as_secs_f64(),
                 "agents": self.agents.len(),
@@ -944,7 +1193,7 @@ impl Supervisor {
                 for name in names {
                     out.push(self.agent_status(&name).await);
                 }
-                Response::ok(json!({ "agents": out }))
+                Response::ok(json!({ "agents": out, "degraded": self.degraded.cause() }))
             }
             Request::Start { agent }
             | Request::Stop { agent }
@@ -1028,13 +1277,8 @@ impl Supervisor {
                 }
                 Response::ok(json!(meta))
             }
-            Request::Reload => match self.reload().await {
-                Ok(summary) => Response::ok(summary),
-                Err(e) => {
-                    tracing::error!("reload requested over the control socket failed; agents keep running:\n{e}");
-                    Response::error(format!("config rejected; agents keep running:\n{e}"))
-                }
-            },
+            // Answered in `on_control`, once the config is parsed.
+            Request::Reload => Response::error("internal: Reload is handled before control()"),
         }
     }
 

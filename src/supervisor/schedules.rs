@@ -93,7 +93,17 @@ impl Supervisor {
     async fn enqueue_schedule(&mut self, name: &str, schedule: &Schedule, at: DateTime<Utc>) {
         let trigger = schedule.trigger(at);
         let key = Some(schedule.dedupe_key().to_owned());
-        match self.record_trigger(name, trigger, key).await {
+        if self.degraded.is_degraded() {
+            // Kept with the other writes until the ledger takes them.
+            let kept = super::Deferred::Trigger {
+                agent: name.to_owned(),
+                trigger,
+                dedupe_key: key,
+            };
+            self.write_or_keep(name, kept).await;
+            return;
+        }
+        match self.record_trigger(name, trigger.clone(), key.clone()).await {
             Ok(Enqueued::New(id)) => {
                 tracing::debug!(agent = name, "schedule {:?} fired: task {id}", schedule.spec().cron)
             }
@@ -102,6 +112,14 @@ impl Supervisor {
                 "schedule {:?} fired while task {id} was still queued; coalesced",
                 schedule.spec().cron
             ),
+            Err(_) if self.degraded.is_degraded() => {
+                let kept = super::Deferred::Trigger {
+                    agent: name.to_owned(),
+                    trigger,
+                    dedupe_key: key,
+                };
+                self.write_or_keep(name, kept).await;
+            }
             Err(e) => tracing::error!(agent = name, "cannot record a scheduled run: {e}"),
         }
     }

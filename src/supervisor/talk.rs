@@ -277,15 +277,25 @@ impl Supervisor {
     /// Control requests that may answer later (`Send` with `wait`); the
     /// rest answer at once.
     pub(super) async fn on_control(&mut self, req: Request, reply: oneshot::Sender<Response>) {
+        if let Request::Reload = req {
+            if self.stop_deadline.is_some() {
+                let _ = reply.send(Response::error("agentd is shutting down"));
+            } else {
+                self.begin_reload(super::ReloadBy::Control(reply));
+            }
+            return;
+        }
         let Request::Send { agent, text, wait } = req else {
             let resp = self.control(req).await;
             let _ = reply.send(resp);
             return;
         };
+        let paused = self.agents.get(&agent).is_some_and(|a| a.paused);
         match self.send_message(&agent, &text, "control").await {
-            Ok(task) if wait => self.waiters.entry(task).or_default().push(reply),
+            // A paused agent runs nothing until someone resumes it: waiting
+            // would only end in the caller's timeout. Say so at once.
+            Ok(task) if wait && !paused => self.waiters.entry(task).or_default().push(reply),
             Ok(task) => {
-                let paused = self.agents.get(&agent).is_some_and(|a| a.paused);
                 let _ = reply.send(send_result(SendResult {
                     task,
                     agent,

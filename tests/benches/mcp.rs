@@ -148,6 +148,7 @@ fn subscription(uri: &str) -> SubscriptionSpec {
         server: None,
         debounce: Duration::ZERO,
         interval: Duration::from_secs(3600),
+        min_interval: Duration::ZERO,
     }
 }
 

@@ -39,7 +39,7 @@ fn main() {
     std::fs::write(
         &cfg,
         format!(
-            "agents:\n  - name: r\n    model: m\n    llm: {{base_url: \"{}\"}}\n    limits: {{history_messages: 2}}\n    mcp_servers: [{{name: inbox, command: agentd, args: [mcp-watch, \"{}\", --debounce-ms, \"0\"]}}]\n    subscriptions: [{{uri: \"file://{}/*.md\", debounce: 0ms}}]\n",
+            "agents:\n  - name: r\n    model: m\n    llm: {{base_url: \"{}\"}}\n    limits: {{history_messages: 2}}\n    mcp_servers: [{{name: inbox, command: agentd, args: [mcp-watch, \"{}\", --debounce-ms, \"0\"]}}]\n    subscriptions: [{{uri: \"file://{}/*.md\", debounce: 0ms, min_interval: 0ms}}]\n",
             llm.base_url(),
             inbox.display(),
             inbox.display()

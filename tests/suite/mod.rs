@@ -1,3 +1,4 @@
+mod abuse;
 mod compat;
 mod config;
 mod containment;

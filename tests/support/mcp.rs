@@ -123,6 +123,8 @@ pub fn subscription(uri: &str, debounce: Duration, interval: Duration) -> Subscr
         server: None,
         debounce,
         interval,
+        // The hub does not throttle (the agent child does).
+        min_interval: Duration::ZERO,
     }
 }
 
