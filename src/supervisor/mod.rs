@@ -14,6 +14,7 @@
 
 mod child;
 mod degraded;
+mod diff;
 mod heartbeat;
 mod ledger_thread;
 pub mod restart;
@@ -1134,46 +1135,42 @@ impl Supervisor {
             );
         }
         new.state_dir = self.cfg.state_dir.clone();
-        let (mut added, mut removed, mut restarted, mut unchanged) = (vec![], vec![], vec![], vec![]);
-        let old_names: Vec<String> = self.agents.keys().cloned().collect();
-        for name in old_names {
-            if new.agent(&name).is_none() {
-                removed.push(name.clone());
-                if self.stop_agent(&name, AfterExit::Remove, self.cfg.shutdown_grace) {
-                    self.agents.remove(&name);
-                }
+        let running = self.agents.iter().map(|(name, a)| (name.clone(), &a.spec)).collect();
+        let diff = diff::ConfigDiff::between(&running, &new);
+        for name in &diff.remove {
+            if self.stop_agent(name, AfterExit::Remove, self.cfg.shutdown_grace) {
+                self.agents.remove(name);
             }
         }
-        for spec in new.agents.clone() {
+        for spec in &diff.add {
             let name = spec.name.to_string();
-            match self.agents.get_mut(&name) {
-                None => {
-                    self.agents.insert(name.clone(), Agent::new(spec));
-                    self.arm_schedules(&name).await;
-                    self.start_agent(&name).await;
-                    added.push(name);
-                }
-                Some(a) if a.spec != spec => {
-                    a.restarts = Restarts::new(spec.restart.clone());
-                    a.spec = spec;
-                    a.last_error = None;
-                    self.arm_schedules(&name).await;
-                    if self.stop_agent(&name, AfterExit::StartAgain, self.cfg.shutdown_grace) {
-                        self.start_agent(&name).await;
-                    }
-                    restarted.push(name);
-                }
-                Some(_) => unchanged.push(name),
+            self.agents.insert(name.clone(), Agent::new(spec.clone()));
+            self.arm_schedules(&name).await;
+            self.start_agent(&name).await;
+        }
+        for spec in &diff.change {
+            let name = spec.name.to_string();
+            let Some(a) = self.agents.get_mut(&name) else { continue };
+            a.restarts = Restarts::new(spec.restart.clone());
+            a.spec = spec.clone();
+            a.last_error = None;
+            self.arm_schedules(&name).await;
+            if self.stop_agent(&name, AfterExit::StartAgain, self.cfg.shutdown_grace) {
+                self.start_agent(&name).await;
             }
         }
         self.cfg = new;
         self.watch_config();
+        let summary = diff.summary();
         tracing::info!(
-            "config reloaded: added {added:?}, removed {removed:?}, restarted {restarted:?}, {} unchanged",
-            unchanged.len()
+            "config reloaded: added {}, removed {}, restarted {}, {} unchanged",
+            summary["added"],
+            summary["removed"],
+            summary["restarted"],
+            diff.unchanged.len()
         );
         systemd::ready(&self.status_line());
-        Ok(json!({"added": added, "removed": removed, "restarted": restarted, "unchanged": unchanged}))
+        Ok(summary)
     }
 
     async fn control(&mut self, req: Request) -> Response {
