@@ -17,6 +17,7 @@ mod degraded;
 mod diff;
 mod heartbeat;
 mod ledger_thread;
+mod requests;
 pub mod restart;
 mod schedules;
 mod systemd;
@@ -31,16 +32,14 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use nix::sys::signal::Signal;
-use serde_json::json;
 use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::mpsc;
 
 use crate::config::{self, AgentSpec, Config};
-use crate::control::{self, AgentStatus, Request, Response};
+use crate::control::{self, Response};
 use crate::ledger::{self, Ledger, LedgerError, SnapshotKind, TaskState, Trigger};
 use crate::protocol::{FromChild, PROTOCOL_VERSION, ToChild};
 use crate::repl::{self, Repl};
-use crate::snapshots;
 use child::ChildHandle;
 use degraded::{Deferred, Degraded};
 use ledger_thread::LedgerThread;
@@ -1171,172 +1170,6 @@ impl Supervisor {
         );
         systemd::ready(&self.status_line());
         Ok(summary)
-    }
-
-    async fn control(&mut self, req: Request) -> Response {
-        match req {
-            Request::DescribeInterface => Response::ok(Request::describe()),
-            Request::Health => Response::ok(json!({
-                "ok": self.stop_deadline.is_none() && !self.degraded.is_degraded(),
-                "degraded": self.degraded.cause(),
-                "pid": std::process::id(),
-                "uptime_s": self.started.elapsed().as_secs_f64(),
-                "agents": self.agents.len(),
-                "failed": self.agents.values().filter(|a| a.state == State::Failed).count(),
-            })),
-            Request::Status => {
-                let mut out = Vec::new();
-                let names: Vec<String> = self.agents.keys().cloned().collect();
-                for name in names {
-                    out.push(self.agent_status(&name).await);
-                }
-                Response::ok(json!({ "agents": out, "degraded": self.degraded.cause() }))
-            }
-            Request::Start { agent }
-            | Request::Stop { agent }
-            | Request::Restart { agent }
-            | Request::Pause { agent }
-            | Request::Resume { agent }
-            | Request::SnapshotCreate { agent, .. }
-            | Request::SnapshotRestore { agent, .. }
-                if !self.agents.contains_key(&agent) =>
-            {
-                Response::error(format!("no agent named {agent:?}"))
-            }
-            _ if self.stop_deadline.is_some() => Response::error("agentd is shutting down"),
-            Request::Start { agent } => {
-                if let Some(a) = self.agents.get_mut(&agent)
-                    && a.child.is_none()
-                {
-                    a.restarts.reset();
-                    a.last_error = None;
-                    self.start_agent(&agent).await;
-                }
-                Response::ok(json!(self.agent_status(&agent).await))
-            }
-            Request::Stop { agent } => {
-                if self.stop_agent(&agent, AfterExit::StayDown, self.cfg.shutdown_grace)
-                    && let Some(a) = self.agents.get_mut(&agent)
-                {
-                    a.state = State::Stopped;
-                }
-                Response::ok(json!(self.agent_status(&agent).await))
-            }
-            Request::Restart { agent } => {
-                if self.stop_agent(&agent, AfterExit::StartAgain, self.cfg.shutdown_grace) {
-                    if let Some(a) = self.agents.get_mut(&agent) {
-                        a.restarts.reset();
-                    }
-                    self.start_agent(&agent).await;
-                }
-                Response::ok(json!(self.agent_status(&agent).await))
-            }
-            Request::Pause { agent } => match self.pause(&agent) {
-                Ok(()) => Response::ok(json!(self.agent_status(&agent).await)),
-                Err(e) => Response::error(e),
-            },
-            Request::Resume { agent } => match self.resume(&agent).await {
-                Ok(()) => Response::ok(json!(self.agent_status(&agent).await)),
-                Err(e) => Response::error(e),
-            },
-            // Answered in `on_control`, which may hold the reply until the
-            // task ends.
-            Request::Send { .. } => Response::error("internal: Send is handled before control()"),
-            Request::SnapshotCreate { agent, label } => {
-                let workdir = self.workdir(&agent);
-                let r = self
-                    .ledger
-                    .call(move |l| snapshots::create(l, &agent, &workdir, label.as_deref()))
-                    .await;
-                match r {
-                    Some(Ok(meta)) => Response::ok(json!(meta)),
-                    Some(Err(e)) => Response::error(e.to_string()),
-                    None => Response::error("the ledger is closed"),
-                }
-            }
-            Request::SnapshotRestore { agent, snapshot } => {
-                let (a2, s2) = (agent.clone(), snapshot.clone());
-                let meta = match self.ledger.call(move |l| l.snapshot(&a2, &s2).map(|s| s.meta)).await {
-                    Some(Ok(meta)) => meta,
-                    Some(Err(e)) => return Response::error(e.to_string()),
-                    None => return Response::error("the ledger is closed"),
-                };
-                // The child must be down while its workdir is rewritten, and
-                // must restart to load a restored conversation.
-                let running = self.agents.get(&agent).is_some_and(|a| a.child.is_some());
-                if running {
-                    if let Some(a) = self.agents.get_mut(&agent) {
-                        a.pending_restore = Some(meta.id.to_string());
-                    }
-                    self.stop_agent(&agent, AfterExit::StartAgain, self.cfg.shutdown_grace);
-                } else {
-                    self.restore_snapshot(&agent, meta.id.to_string()).await;
-                }
-                Response::ok(json!(meta))
-            }
-            // Answered in `on_control`, once the config is parsed.
-            Request::Reload => Response::error("internal: Reload is handled before control()"),
-        }
-    }
-
-    async fn restore_snapshot(&mut self, agent: &str, which: String) {
-        let workdir = self.workdir(agent);
-        let name = agent.to_owned();
-        match self
-            .ledger
-            .call(move |l| snapshots::restore(l, &name, &workdir, &which))
-            .await
-        {
-            Some(Ok(meta)) => tracing::info!(agent, "restored {} snapshot {}", meta.kind.as_str(), meta.id),
-            Some(Err(e)) => tracing::error!(agent, "restoring a snapshot failed: {e}"),
-            None => {}
-        }
-    }
-
-    async fn agent_status(&self, name: &str) -> AgentStatus {
-        let owned = name.to_owned();
-        let queued = self
-            .ledger
-            .call(move |l| l.queued_count(&owned))
-            .await
-            .and_then(Result::ok)
-            .unwrap_or(0);
-        let Some(a) = self.agents.get(name) else {
-            return AgentStatus {
-                name: name.to_owned(),
-                state: "removed".into(),
-                pid: None,
-                restarts: 0,
-                uptime_s: None,
-                last_exit: None,
-                last_error: None,
-                queued,
-                running_task: None,
-                paused: false,
-                schedules: Vec::new(),
-            };
-        };
-        // A running agent with an unreachable MCP server is `degraded`,
-        // its server's error in `last_error`.
-        let degraded = a.degraded.as_ref().filter(|_| a.state == State::Running);
-        AgentStatus {
-            name: name.to_owned(),
-            state: if degraded.is_some() {
-                "degraded"
-            } else {
-                a.state.as_str()
-            }
-            .into(),
-            pid: a.child.as_ref().map(|c| c.pid),
-            restarts: a.restart_count,
-            uptime_s: a.child.as_ref().and(a.started_at).map(|t| t.elapsed().as_secs_f64()),
-            last_exit: a.last_exit.map(|e| e.to_string()),
-            last_error: degraded.or(a.last_error.as_ref()).cloned(),
-            queued,
-            running_task: a.running.as_ref().map(|(id, _)| *id),
-            paused: a.paused,
-            schedules: self.schedule_status(name),
-        }
     }
 }
 

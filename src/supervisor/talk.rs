@@ -12,7 +12,7 @@ use std::collections::HashMap;
 use tokio::sync::oneshot;
 
 use super::Supervisor;
-use crate::control::{self, Request, Response, SendResult};
+use crate::control::{self, Response, SendResult};
 use crate::ledger::{TaskFilter, TaskState, Trigger};
 use crate::repl::{self, Answer, Command, Input, LineBuffer, Repl, labelled};
 
@@ -274,43 +274,6 @@ impl Supervisor {
         Ok(())
     }
 
-    /// Control requests that may answer later (`Send` with `wait`); the
-    /// rest answer at once.
-    pub(super) async fn on_control(&mut self, req: Request, reply: oneshot::Sender<Response>) {
-        if let Request::Reload = req {
-            if self.stop_deadline.is_some() {
-                let _ = reply.send(Response::error("agentd is shutting down"));
-            } else {
-                self.begin_reload(super::ReloadBy::Control(reply));
-            }
-            return;
-        }
-        let Request::Send { agent, text, wait } = req else {
-            let resp = self.control(req).await;
-            let _ = reply.send(resp);
-            return;
-        };
-        let paused = self.agents.get(&agent).is_some_and(|a| a.paused);
-        match self.send_message(&agent, &text, "control").await {
-            // A paused agent runs nothing until someone resumes it: waiting
-            // would only end in the caller's timeout. Say so at once.
-            Ok(task) if wait && !paused => self.waiters.entry(task).or_default().push(reply),
-            Ok(task) => {
-                let _ = reply.send(send_result(SendResult {
-                    task,
-                    agent,
-                    state: TaskState::Queued.as_str().into(),
-                    paused,
-                    result: None,
-                    error: None,
-                }));
-            }
-            Err(e) => {
-                let _ = reply.send(Response::error(e));
-            }
-        }
-    }
-
     /// Streamed model text: shown line by line if the REPL asked for it.
     pub(super) fn on_output(&mut self, task: i64, text: &str) {
         let Some(w) = self.watched.get_mut(&task) else { return };
@@ -394,6 +357,6 @@ pub(super) fn prompt_for(current: Option<&str>) -> String {
     format!("{}> ", current.unwrap_or("agentd"))
 }
 
-fn send_result(r: SendResult) -> Response {
+pub(super) fn send_result(r: SendResult) -> Response {
     Response::ok(serde_json::to_value(r).unwrap_or_default())
 }

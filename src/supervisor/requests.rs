@@ -1,0 +1,248 @@
+//! Control requests, each answered by a handler of its own, all in this
+//! one place (mini-redis's `cmd/` is the model): [`Supervisor::on_control`]
+//! checks what every request needs (the agent exists, agentd is not
+//! stopping) and hands the request to its handler. Most handlers answer at
+//! once; `Send` with `wait` answers when its task ends and `Reload` once
+//! the new config has been parsed off the event loop, so handlers take the
+//! reply channel rather than return a response.
+
+use serde_json::json;
+use tokio::sync::oneshot;
+
+use super::talk::send_result;
+use super::{AfterExit, ReloadBy, State, Supervisor};
+use crate::control::{AgentStatus, Request, Response, SendResult};
+use crate::ledger::TaskState;
+use crate::snapshots;
+
+type Reply = oneshot::Sender<Response>;
+
+fn answer(reply: Reply, response: Response) {
+    // The caller may have gone; nothing to do then.
+    let _ = reply.send(response);
+}
+
+impl Supervisor {
+    /// Every control request enters here.
+    pub(super) async fn on_control(&mut self, req: Request, reply: Reply) {
+        let agent = match &req {
+            Request::Start { agent }
+            | Request::Stop { agent }
+            | Request::Restart { agent }
+            | Request::Pause { agent }
+            | Request::Resume { agent }
+            | Request::SnapshotCreate { agent, .. }
+            | Request::SnapshotRestore { agent, .. } => Some(agent.as_str()),
+            // `send_message` says so itself for an unknown agent.
+            Request::Send { .. } | Request::DescribeInterface | Request::Health | Request::Status | Request::Reload => {
+                None
+            }
+        };
+        if let Some(agent) = agent.filter(|a| !self.agents.contains_key(*a)) {
+            return answer(reply, Response::error(format!("no agent named {agent:?}")));
+        }
+        let changes_state = !matches!(
+            req,
+            Request::DescribeInterface | Request::Health | Request::Status | Request::Send { .. }
+        );
+        if changes_state && self.stop_deadline.is_some() {
+            return answer(reply, Response::error("agentd is shutting down"));
+        }
+        match req {
+            Request::DescribeInterface => answer(reply, Response::ok(Request::describe())),
+            Request::Health => answer(reply, self.health()),
+            Request::Status => answer(reply, self.status().await),
+            Request::Start { agent } => answer(reply, self.start_by_hand(&agent).await),
+            Request::Stop { agent } => answer(reply, self.stop_by_hand(&agent).await),
+            Request::Restart { agent } => answer(reply, self.restart_by_hand(&agent).await),
+            Request::Pause { agent } => {
+                let r = match self.pause(&agent) {
+                    Ok(()) => Response::ok(json!(self.agent_status(&agent).await)),
+                    Err(e) => Response::error(e),
+                };
+                answer(reply, r)
+            }
+            Request::Resume { agent } => {
+                let r = match self.resume(&agent).await {
+                    Ok(()) => Response::ok(json!(self.agent_status(&agent).await)),
+                    Err(e) => Response::error(e),
+                };
+                answer(reply, r)
+            }
+            Request::SnapshotCreate { agent, label } => answer(reply, self.snapshot_create(agent, label).await),
+            Request::SnapshotRestore { agent, snapshot } => answer(reply, self.snapshot_restore(agent, snapshot).await),
+            Request::Send { agent, text, wait } => self.send_by_request(agent, text, wait, reply).await,
+            Request::Reload => self.begin_reload(ReloadBy::Control(reply)),
+        }
+    }
+
+    fn health(&self) -> Response {
+        Response::ok(json!({
+            "ok": self.stop_deadline.is_none() && !self.degraded.is_degraded(),
+            "degraded": self.degraded.cause(),
+            "pid": std::process::id(),
+            "uptime_s": self.started.elapsed().as_secs_f64(),
+            "agents": self.agents.len(),
+            "failed": self.agents.values().filter(|a| a.state == State::Failed).count(),
+        }))
+    }
+
+    async fn status(&self) -> Response {
+        let mut out = Vec::new();
+        for name in self.agents.keys() {
+            out.push(self.agent_status(name).await);
+        }
+        Response::ok(json!({ "agents": out, "degraded": self.degraded.cause() }))
+    }
+
+    async fn start_by_hand(&mut self, agent: &str) -> Response {
+        if let Some(a) = self.agents.get_mut(agent)
+            && a.child.is_none()
+        {
+            a.restarts.reset();
+            a.last_error = None;
+            self.start_agent(agent).await;
+        }
+        Response::ok(json!(self.agent_status(agent).await))
+    }
+
+    async fn stop_by_hand(&mut self, agent: &str) -> Response {
+        if self.stop_agent(agent, AfterExit::StayDown, self.cfg.shutdown_grace)
+            && let Some(a) = self.agents.get_mut(agent)
+        {
+            a.state = State::Stopped;
+        }
+        Response::ok(json!(self.agent_status(agent).await))
+    }
+
+    async fn restart_by_hand(&mut self, agent: &str) -> Response {
+        if self.stop_agent(agent, AfterExit::StartAgain, self.cfg.shutdown_grace) {
+            if let Some(a) = self.agents.get_mut(agent) {
+                a.restarts.reset();
+            }
+            self.start_agent(agent).await;
+        }
+        Response::ok(json!(self.agent_status(agent).await))
+    }
+
+    async fn snapshot_create(&mut self, agent: String, label: Option<String>) -> Response {
+        let workdir = self.workdir(&agent);
+        let r = self
+            .ledger
+            .call(move |l| snapshots::create(l, &agent, &workdir, label.as_deref()))
+            .await;
+        match r {
+            Some(Ok(meta)) => Response::ok(json!(meta)),
+            Some(Err(e)) => Response::error(e.to_string()),
+            None => Response::error("the ledger is closed"),
+        }
+    }
+
+    async fn snapshot_restore(&mut self, agent: String, snapshot: String) -> Response {
+        let a2 = agent.clone();
+        let meta = match self
+            .ledger
+            .call(move |l| l.snapshot(&a2, &snapshot).map(|s| s.meta))
+            .await
+        {
+            Some(Ok(meta)) => meta,
+            Some(Err(e)) => return Response::error(e.to_string()),
+            None => return Response::error("the ledger is closed"),
+        };
+        // The child must be down while its workdir is rewritten, and must
+        // restart to load a restored conversation.
+        let running = self.agents.get(&agent).is_some_and(|a| a.child.is_some());
+        if running {
+            if let Some(a) = self.agents.get_mut(&agent) {
+                a.pending_restore = Some(meta.id.to_string());
+            }
+            self.stop_agent(&agent, AfterExit::StartAgain, self.cfg.shutdown_grace);
+        } else {
+            self.restore_snapshot(&agent, meta.id.to_string()).await;
+        }
+        Response::ok(json!(meta))
+    }
+
+    /// A message from the control socket: answered with the task at once,
+    /// or with its result when it ends (`wait`).
+    async fn send_by_request(&mut self, agent: String, text: String, wait: bool, reply: Reply) {
+        let paused = self.agents.get(&agent).is_some_and(|a| a.paused);
+        match self.send_message(&agent, &text, "control").await {
+            // A paused agent runs nothing until someone resumes it: waiting
+            // would only end in the caller's timeout. Say so at once.
+            Ok(task) if wait && !paused => self.waiters.entry(task).or_default().push(reply),
+            Ok(task) => answer(
+                reply,
+                send_result(SendResult {
+                    task,
+                    agent,
+                    state: TaskState::Queued.as_str().into(),
+                    paused,
+                    result: None,
+                    error: None,
+                }),
+            ),
+            Err(e) => answer(reply, Response::error(e)),
+        }
+    }
+
+    pub(super) async fn restore_snapshot(&mut self, agent: &str, which: String) {
+        let workdir = self.workdir(agent);
+        let name = agent.to_owned();
+        match self
+            .ledger
+            .call(move |l| snapshots::restore(l, &name, &workdir, &which))
+            .await
+        {
+            Some(Ok(meta)) => tracing::info!(agent, "restored {} snapshot {}", meta.kind.as_str(), meta.id),
+            Some(Err(e)) => tracing::error!(agent, "restoring a snapshot failed: {e}"),
+            None => {}
+        }
+    }
+
+    pub(super) async fn agent_status(&self, name: &str) -> AgentStatus {
+        let owned = name.to_owned();
+        let queued = self
+            .ledger
+            .call(move |l| l.queued_count(&owned))
+            .await
+            .and_then(Result::ok)
+            .unwrap_or(0);
+        let Some(a) = self.agents.get(name) else {
+            return AgentStatus {
+                name: name.to_owned(),
+                state: "removed".into(),
+                pid: None,
+                restarts: 0,
+                uptime_s: None,
+                last_exit: None,
+                last_error: None,
+                queued,
+                running_task: None,
+                paused: false,
+                schedules: Vec::new(),
+            };
+        };
+        // A running agent with an unreachable MCP server is `degraded`,
+        // its server's error in `last_error`.
+        let degraded = a.degraded.as_ref().filter(|_| a.state == State::Running);
+        AgentStatus {
+            name: name.to_owned(),
+            state: if degraded.is_some() {
+                "degraded"
+            } else {
+                a.state.as_str()
+            }
+            .into(),
+            pid: a.child.as_ref().map(|c| c.pid),
+            restarts: a.restart_count,
+            uptime_s: a.child.as_ref().and(a.started_at).map(|t| t.elapsed().as_secs_f64()),
+            last_exit: a.last_exit.map(|e| e.to_string()),
+            last_error: degraded.or(a.last_error.as_ref()).cloned(),
+            queued,
+            running_task: a.running.as_ref().map(|(id, _)| *id),
+            paused: a.paused,
+            schedules: self.schedule_status(name),
+        }
+    }
+}
