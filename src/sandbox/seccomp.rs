@@ -36,6 +36,10 @@
 //! - **clone3** answers ENOSYS (its flags sit in a struct too), so libc
 //!   falls back to `clone`, whose flags the filter can see.
 //!
+//! The table is kept short on purpose: the kernel emulates an installed
+//! filter once for every system call number (to cache what is always
+//! allowed), so a run pays for the program's length when it starts.
+//!
 //! The compiled programs are built once per process and network setting;
 //! [`super::limits::ChildSetup`] installs them after fork (landlock), and
 //! bwrap loads them from inherited descriptors (`--add-seccomp-fd`) just
@@ -280,12 +284,19 @@ fn denied(network: bool) -> Result<Rules, seccompiler::Error> {
 }
 
 /// On x86_64 the x32 ABI is a second entry to every call (numbers with bit
-/// 30 set, same architecture token): each rule is repeated for it, and the
-/// x32-only numbers are denied outright. A kernel without x32 support
-/// never sees them; one with it must not be a way around the table.
+/// 30 set, same architecture token). On a kernel that serves x32 calls each
+/// rule is repeated for it and the x32-only numbers are denied outright; a
+/// kernel without x32 (most distributions: `CONFIG_X86_X32_ABI` off, or
+/// `syscall.x32=n`) answers every such number with ENOSYS itself, so the
+/// aliases would only lengthen the program. Length matters: the kernel
+/// emulates the filter for every system call number when it is installed
+/// (to cache what is always allowed), once per sandbox run.
 #[cfg(target_arch = "x86_64")]
 fn with_x32_aliases(mut rules: Rules) -> Rules {
     const X32_SYSCALL_BIT: i64 = 0x4000_0000;
+    if !kernel_serves_x32() {
+        return rules;
+    }
     let aliases: Vec<(i64, Vec<SeccompRule>)> = rules
         .iter()
         .map(|(nr, rs)| (nr | X32_SYSCALL_BIT, rs.clone()))
@@ -296,6 +307,18 @@ fn with_x32_aliases(mut rules: Rules) -> Rules {
         rules.insert(nr | X32_SYSCALL_BIT, vec![]);
     }
     rules
+}
+
+/// Whether this kernel answers x32 system calls: the x32 `getpid` either
+/// returns our pid or fails with ENOSYS.
+#[cfg(target_arch = "x86_64")]
+fn kernel_serves_x32() -> bool {
+    static SERVES: OnceLock<bool> = OnceLock::new();
+    *SERVES.get_or_init(|| {
+        // SAFETY: getpid through the x32 entry takes no arguments and has
+        // no effect; without x32 the kernel returns ENOSYS.
+        unsafe { libc::syscall(libc::SYS_getpid | 0x4000_0000) >= 0 }
+    })
 }
 
 #[cfg(not(target_arch = "x86_64"))]
