@@ -8,6 +8,7 @@ pub mod beneath;
 pub mod cli;
 pub mod config;
 pub mod control;
+pub mod domain;
 pub mod fence;
 pub mod ledger;
 pub mod llm;

@@ -13,7 +13,7 @@ use std::path::PathBuf;
 use serde::{Deserialize, Serialize};
 
 use crate::config::AgentSpec;
-use crate::ledger::{NewStep, TaskState, Trigger};
+use crate::domain::{NewStep, TaskState, Trigger};
 
 pub const PROTOCOL_VERSION: u32 = 2;
 

@@ -42,7 +42,7 @@ use tokio::net::UnixStream;
 use super::Outbox;
 use super::runner::clip;
 use crate::config::BridgeSpec;
-use crate::ledger::NewStep;
+use crate::domain::{NewStep, StepKind};
 use crate::mcp::McpHub;
 use crate::protocol::FromChild;
 
@@ -303,7 +303,7 @@ impl Shared {
             task: current.task,
             lease: current.lease,
             step: NewStep {
-                kind: "bridge".into(),
+                kind: StepKind::Bridge,
                 payload,
                 input_tokens: 0,
                 output_tokens: 0,

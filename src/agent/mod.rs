@@ -23,7 +23,7 @@ use anyhow::Context;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::sync::mpsc;
 
-use crate::ledger::{TaskState, Trigger};
+use crate::domain::{TaskState, Trigger};
 use crate::llm::{ChatMessage, LlmClient};
 use crate::mcp::{McpHub, ResourceEvent};
 use crate::protocol::{self, FromChild, PROTOCOL_VERSION, ToChild};

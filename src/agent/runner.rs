@@ -13,8 +13,8 @@ use super::Outbox;
 use super::prompt;
 use super::skills::SkillsRuntime;
 use crate::config::AgentSpec;
+use crate::domain::{NewStep, StepKind, TaskState, Trigger};
 use crate::fence;
-use crate::ledger::{NewStep, TaskState, Trigger};
 use crate::llm::{ChatMessage, ChatRequest, LlmClient, ToolCall, ToolDef};
 use crate::mcp::McpHub;
 use crate::protocol::FromChild;
@@ -60,12 +60,12 @@ struct Job<'a> {
 }
 
 impl Job<'_> {
-    fn step(&self, kind: &str, payload: Value, tokens: (u64, u64), started: Option<Instant>) {
+    fn step(&self, kind: StepKind, payload: Value, tokens: (u64, u64), started: Option<Instant>) {
         self.outbox.send(FromChild::Step {
             task: self.id,
             lease: self.lease.to_owned(),
             step: NewStep {
-                kind: kind.to_owned(),
+                kind,
                 payload,
                 input_tokens: tokens.0 as i64,
                 output_tokens: tokens.1 as i64,
@@ -158,7 +158,7 @@ impl Runtime {
                 Ok(r) => r,
                 Err(e) => {
                     job.step(
-                        "llm_error",
+                        StepKind::LlmError,
                         json!({"turn": turn, "error": e.to_string()}),
                         (0, 0),
                         Some(started),
@@ -168,7 +168,7 @@ impl Runtime {
             };
             spent += reply.usage.total();
             job.step(
-                "llm",
+                StepKind::Llm,
                 json!({
                     "turn": turn,
                     "request": {
@@ -209,7 +209,7 @@ impl Runtime {
                     reply.tool_calls.len()
                 );
                 job.step(
-                    "tool_calls_capped",
+                    StepKind::ToolCallsCapped,
                     json!({"requested": reply.tool_calls.len(), "run": cap, "not_run": skipped.len()}),
                     (0, 0),
                     None,
@@ -229,7 +229,7 @@ impl Runtime {
                 for r in &results {
                     let rendered = r.render_for_model();
                     job.step(
-                        "fence",
+                        StepKind::Fence,
                         json!({"block": r.tag, "line": r.span.line, "result": clip(&rendered)}),
                         (0, 0),
                         None,
@@ -266,7 +266,7 @@ impl Runtime {
             Err(why) => {
                 let msg = format!("error: the arguments of {} {why}", call.name);
                 let payload = json!({"name": call.name, "arguments": clip(&call.arguments), "error": msg});
-                job.step("tool", payload, (0, 0), None);
+                job.step(StepKind::Tool, payload, (0, 0), None);
                 return msg;
             }
         };
@@ -275,7 +275,7 @@ impl Runtime {
             Err(e) => (e.to_string(), true),
         };
         job.step(
-            "tool",
+            StepKind::Tool,
             json!({"name": call.name, "arguments": Value::Object(args), "result": clip(&text), "is_error": is_error}),
             (0, 0),
             Some(started),

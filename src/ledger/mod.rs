@@ -20,10 +20,11 @@ use std::path::{Path, PathBuf};
 
 use rusqlite::{Connection, OpenFlags};
 
+pub use crate::domain::{NewStep, StepKind, TaskState, Trigger};
 pub use integrity::{Integrity, RECOVERY};
 pub use schema::{APPLICATION_ID, SCHEMA_VERSION, create_at_version};
 pub use snapshots::{Snapshot, SnapshotKind, SnapshotMeta};
-pub use tasks::{Enqueued, NewStep, Step, Task, TaskFilter, TaskState, Trigger};
+pub use tasks::{Enqueued, Step, Task, TaskFilter};
 
 /// The ledger's file name inside the state dir.
 pub const FILE_NAME: &str = "ledger.sqlite";

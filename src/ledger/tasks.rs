@@ -4,91 +4,7 @@ use rusqlite::{OptionalExtension, Row, params};
 use serde::{Deserialize, Serialize};
 
 use super::{Ledger, LedgerError, Result, now_ms};
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum TaskState {
-    Queued,
-    Running,
-    Succeeded,
-    Failed,
-    Cancelled,
-}
-
-impl TaskState {
-    pub const ALL: [TaskState; 5] = [
-        TaskState::Queued,
-        TaskState::Running,
-        TaskState::Succeeded,
-        TaskState::Failed,
-        TaskState::Cancelled,
-    ];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            TaskState::Queued => "queued",
-            TaskState::Running => "running",
-            TaskState::Succeeded => "succeeded",
-            TaskState::Failed => "failed",
-            TaskState::Cancelled => "cancelled",
-        }
-    }
-
-    pub fn parse(s: &str) -> Option<TaskState> {
-        TaskState::ALL.into_iter().find(|t| t.as_str() == s)
-    }
-
-    pub fn is_final(self) -> bool {
-        matches!(self, TaskState::Succeeded | TaskState::Failed | TaskState::Cancelled)
-    }
-}
-
-impl std::fmt::Display for TaskState {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-/// What woke the agent.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(tag = "kind", rename_all = "snake_case")]
-pub enum Trigger {
-    /// A subscribed resource changed (or a polled tool's result did);
-    /// `contents` is what it says now.
-    Resource {
-        uri: String,
-        server: String,
-        subscription: String,
-        contents: String,
-    },
-    /// A cron schedule fired.
-    Schedule {
-        cron: String,
-        prompt: String,
-        scheduled_for: String,
-    },
-    /// A person wrote to the agent (REPL or `agentd send`).
-    Message { text: String, from: String },
-}
-
-impl Trigger {
-    pub fn kind(&self) -> &'static str {
-        match self {
-            Trigger::Resource { .. } => "resource",
-            Trigger::Schedule { .. } => "schedule",
-            Trigger::Message { .. } => "message",
-        }
-    }
-
-    /// One line for listings.
-    pub fn summary(&self) -> String {
-        match self {
-            Trigger::Resource { uri, .. } => uri.clone(),
-            Trigger::Schedule { cron, .. } => format!("cron {cron}"),
-            Trigger::Message { text, .. } => text.lines().next().unwrap_or("").to_owned(),
-        }
-    }
-}
+use crate::domain::{NewStep, StepKind, TaskState, Trigger};
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Task {
@@ -145,24 +61,12 @@ pub struct Step {
     pub task_id: i64,
     pub seq: i64,
     pub attempt: i64,
-    pub kind: String,
+    pub kind: StepKind,
     pub payload: serde_json::Value,
     pub input_tokens: i64,
     pub output_tokens: i64,
     pub latency_ms: Option<i64>,
     pub created_at: i64,
-}
-
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct NewStep {
-    pub kind: String,
-    pub payload: serde_json::Value,
-    #[serde(default)]
-    pub input_tokens: i64,
-    #[serde(default)]
-    pub output_tokens: i64,
-    #[serde(default)]
-    pub latency_ms: Option<i64>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -284,7 +188,7 @@ impl Ledger {
                 task,
                 seq,
                 attempt,
-                step.kind,
+                step.kind.as_str(),
                 step.payload.to_string(),
                 step.input_tokens,
                 step.output_tokens,
@@ -446,7 +350,7 @@ impl Ledger {
                     task_id: r.get(0)?,
                     seq: r.get(1)?,
                     attempt: r.get(2)?,
-                    kind: r.get(3)?,
+                    kind: StepKind::parse(&r.get::<_, String>(3)?),
                     payload: serde_json::from_str(&payload).unwrap_or(serde_json::Value::String(payload)),
                     input_tokens: r.get(5)?,
                     output_tokens: r.get(6)?,

@@ -1001,7 +1001,12 @@ impl Supervisor {
         if a.state != State::Running || a.running.is_some() || a.paused {
             return;
         }
-        let lease = format!("{name}:{}:{}", child.pid, child.generation);
+        let lease = crate::domain::Lease {
+            agent: name.to_owned(),
+            pid: child.pid,
+            generation: child.generation,
+        }
+        .to_string();
         let (agent, l2) = (name.to_owned(), lease.clone());
         let claimed = self.ledger.call(move |l| l.claim_next(&agent, &l2)).await;
         let task = match claimed {

@@ -287,10 +287,10 @@ impl Supervisor {
 
     /// A journal step of a watched task ends the model's turn (so its last
     /// line is complete) or names a tool it called.
-    pub(super) fn on_step(&mut self, task: i64, kind: &str, tool: Option<&str>) {
+    pub(super) fn on_step(&mut self, task: i64, kind: &crate::domain::StepKind, tool: Option<&str>) {
         let Some(w) = self.watched.get_mut(&task) else { return };
         let mut lines: Vec<String> = w.buf.flush().into_iter().collect();
-        if kind == "tool" {
+        if *kind == crate::domain::StepKind::Tool {
             lines.push(format!("[tool {}]", tool.unwrap_or("?")));
         }
         w.shown |= !lines.is_empty();

@@ -172,7 +172,7 @@ fn a_stale_lease_cannot_write() {
     let again = l.claim_next("a", "new").expect("claim").expect("task");
     assert_eq!(again.attempts, 2);
     let step = NewStep {
-        kind: "note".into(),
+        kind: agentd::domain::StepKind::parse("note"),
         payload: serde_json::json!("x"),
         input_tokens: 0,
         output_tokens: 0,
@@ -230,7 +230,7 @@ fn tasks_and_show_print_the_ledger() {
         l.enqueue("other", &msg("queued one"), None).expect("e");
         l.claim_next("news", "L").expect("claim");
         let step = NewStep {
-            kind: "llm".into(),
+            kind: agentd::domain::StepKind::Llm,
             payload: serde_json::json!({"reply": "I will read it"}),
             input_tokens: 120,
             output_tokens: 30,

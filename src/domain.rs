@@ -1,0 +1,224 @@
+//! agentd's domain vocabulary: the words every layer uses for tasks and
+//! their journals, owned by none of them. The agent child builds
+//! [`NewStep`]s and holds a [`Lease`] without knowing how the ledger stores
+//! them; the supervisor and the readers (`agentd show`, the REPL) match
+//! [`StepKind`] variants, not strings.
+
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TaskState {
+    Queued,
+    Running,
+    Succeeded,
+    Failed,
+    Cancelled,
+}
+
+impl TaskState {
+    pub const ALL: [TaskState; 5] = [
+        TaskState::Queued,
+        TaskState::Running,
+        TaskState::Succeeded,
+        TaskState::Failed,
+        TaskState::Cancelled,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TaskState::Queued => "queued",
+            TaskState::Running => "running",
+            TaskState::Succeeded => "succeeded",
+            TaskState::Failed => "failed",
+            TaskState::Cancelled => "cancelled",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<TaskState> {
+        TaskState::ALL.into_iter().find(|t| t.as_str() == s)
+    }
+
+    pub fn is_final(self) -> bool {
+        matches!(self, TaskState::Succeeded | TaskState::Failed | TaskState::Cancelled)
+    }
+}
+
+impl std::fmt::Display for TaskState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// What woke the agent.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Trigger {
+    /// A subscribed resource changed (or a polled tool's result did);
+    /// `contents` is what it says now.
+    Resource {
+        uri: String,
+        server: String,
+        subscription: String,
+        contents: String,
+    },
+    /// A cron schedule fired.
+    Schedule {
+        cron: String,
+        prompt: String,
+        scheduled_for: String,
+    },
+    /// A person wrote to the agent (REPL or `agentd send`).
+    Message { text: String, from: String },
+}
+
+impl Trigger {
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Trigger::Resource { .. } => "resource",
+            Trigger::Schedule { .. } => "schedule",
+            Trigger::Message { .. } => "message",
+        }
+    }
+
+    /// One line for listings.
+    pub fn summary(&self) -> String {
+        match self {
+            Trigger::Resource { uri, .. } => uri.clone(),
+            Trigger::Schedule { cron, .. } => format!("cron {cron}"),
+            Trigger::Message { text, .. } => text.lines().next().unwrap_or("").to_owned(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct NewStep {
+    pub kind: StepKind,
+    pub payload: serde_json::Value,
+    #[serde(default)]
+    pub input_tokens: i64,
+    #[serde(default)]
+    pub output_tokens: i64,
+    #[serde(default)]
+    pub latency_ms: Option<i64>,
+}
+
+/// What a journal step records. Stored as its snake_case name; a name this
+/// build does not know (a newer agentd wrote it) reads as `Other`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum StepKind {
+    /// A model reply (with the request's summary, tokens, latency).
+    Llm,
+    /// A model request that failed.
+    LlmError,
+    /// An MCP tool call the model asked for, and its result.
+    Tool,
+    /// Tool calls beyond `limits.max_tool_calls`, answered "not run".
+    ToolCallsCapped,
+    /// A code block run in the sandbox (or a `:create`), and its result.
+    Fence,
+    /// A tool call from sandboxed code through the tool bridge.
+    Bridge,
+    Other(String),
+}
+
+impl StepKind {
+    pub fn as_str(&self) -> &str {
+        match self {
+            StepKind::Llm => "llm",
+            StepKind::LlmError => "llm_error",
+            StepKind::Tool => "tool",
+            StepKind::ToolCallsCapped => "tool_calls_capped",
+            StepKind::Fence => "fence",
+            StepKind::Bridge => "bridge",
+            StepKind::Other(s) => s,
+        }
+    }
+
+    pub fn parse(s: &str) -> StepKind {
+        match s {
+            "llm" => StepKind::Llm,
+            "llm_error" => StepKind::LlmError,
+            "tool" => StepKind::Tool,
+            "tool_calls_capped" => StepKind::ToolCallsCapped,
+            "fence" => StepKind::Fence,
+            "bridge" => StepKind::Bridge,
+            other => StepKind::Other(other.to_owned()),
+        }
+    }
+}
+
+impl std::fmt::Display for StepKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl PartialEq<&str> for StepKind {
+    fn eq(&self, other: &&str) -> bool {
+        self.as_str() == *other
+    }
+}
+
+impl Serialize for StepKind {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.as_str())
+    }
+}
+
+impl<'de> Deserialize<'de> for StepKind {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<StepKind, D::Error> {
+        Ok(StepKind::parse(&String::deserialize(d)?))
+    }
+}
+
+/// Who may write about a running task: one agent process of one
+/// generation. Every write the child sends carries it, and the ledger
+/// refuses one whose lease is not the task's (a stale child's).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Lease {
+    pub agent: String,
+    pub pid: u32,
+    pub generation: u64,
+}
+
+impl std::fmt::Display for Lease {
+    /// `agent:pid:generation`, as stored in the ledger's `lease` column.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}:{}:{}", self.agent, self.pid, self.generation)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn step_kinds_round_trip_by_name_and_unknown_ones_are_kept() {
+        for kind in [
+            StepKind::Llm,
+            StepKind::LlmError,
+            StepKind::Tool,
+            StepKind::ToolCallsCapped,
+            StepKind::Fence,
+            StepKind::Bridge,
+        ] {
+            let json = serde_json::to_string(&kind).expect("serialise");
+            assert_eq!(json, format!("\"{}\"", kind.as_str()));
+            assert_eq!(serde_json::from_str::<StepKind>(&json).expect("parse"), kind);
+        }
+        let future: StepKind = serde_json::from_str("\"approval\"").expect("parse");
+        assert_eq!(future, StepKind::Other("approval".into()));
+        assert_eq!(future, "approval");
+    }
+
+    #[test]
+    fn a_lease_is_written_as_agent_pid_generation() {
+        let l = Lease {
+            agent: "news".into(),
+            pid: 42,
+            generation: 7,
+        };
+        assert_eq!(l.to_string(), "news:42:7");
+    }
+}
