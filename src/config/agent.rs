@@ -198,9 +198,9 @@ impl Loader<'_> {
 
     /// Skill directories: each must hold a valid `SKILL.md`, and names are
     /// unique within the agent.
-    fn decode_skills(&mut self, cx: &mut Cx, n: &Node, path: &str, dir: &Path) -> Vec<SkillSpec> {
+    fn decode_skills(&mut self, cx: &mut Cx, node: &Node, field: &str, dir: &Path) -> Vec<SkillSpec> {
         let mut skills = Vec::new();
-        for (item, p) in cx.list(n, path, false) {
+        for (item, p) in cx.list(node, field, false) {
             let Some(s) = cx.non_empty_string(item, &p) else {
                 continue;
             };

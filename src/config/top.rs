@@ -29,8 +29,13 @@ const TOP_KEYS: &[&str] = &[
     "control_group",
 ];
 
-/// Agent names seen so far: where each was first defined (file, line).
-type Seen = BTreeMap<String, (PathBuf, usize)>;
+/// The agents read so far, and where each name was first defined (file,
+/// line): names are unique across all files.
+#[derive(Default)]
+struct Roster {
+    agents: Vec<AgentSpec>,
+    seen: BTreeMap<String, (PathBuf, usize)>,
+}
 
 impl Loader<'_> {
     pub(super) fn load_main(&mut self, path: &Path, errors: &mut Vec<yaml::Error>) -> Option<Config> {
@@ -95,46 +100,16 @@ impl Loader<'_> {
             None => Defaults::default(),
         };
 
-        let mut agents: Vec<AgentSpec> = Vec::new();
-        let mut seen = Seen::new();
+        let mut roster = Roster::default();
         if let Some(n) = map.get("agents") {
             for (item, p) in cx.list(n, "agents", false) {
-                self.add_agent(&mut cx, item, &p, &dir, &defaults, &mut agents, &mut seen);
+                self.add_agent(&mut cx, item, &p, &dir, &defaults, &mut roster);
             }
         }
-
-        let mut include_globs = Vec::new();
-        if let Some(n) = map.get("include") {
-            for (item, p) in cx.list(n, "include", true) {
-                let Some(pattern) = cx.non_empty_string(item, &p) else {
-                    continue;
-                };
-                let abs = normalize(&dir.join(&pattern)).to_string_lossy().into_owned();
-                let is_glob = pattern.contains(['*', '?', '[']);
-                let matches = match glob::glob(&abs) {
-                    Ok(paths) => {
-                        let mut v: Vec<PathBuf> = paths.filter_map(Result::ok).filter(|p| p.is_file()).collect();
-                        v.sort();
-                        v
-                    }
-                    Err(e) => {
-                        cx.error_at_node(item, &p, format!("invalid glob pattern {pattern:?}: {e}"));
-                        continue;
-                    }
-                };
-                if matches.is_empty() && !is_glob {
-                    cx.error_at_node(
-                        item,
-                        &p,
-                        format!("include file {} does not exist", dir.join(&pattern).display()),
-                    );
-                }
-                include_globs.push(abs);
-                for file in matches {
-                    self.load_include(cx.errors, &file, &defaults, &mut agents, &mut seen);
-                }
-            }
-        }
+        let include_globs = match map.get("include") {
+            Some(n) => self.load_includes(&mut cx, n, &dir, &defaults, &mut roster),
+            None => Vec::new(),
+        };
 
         Some(Config {
             path: path.to_owned(),
@@ -144,18 +119,54 @@ impl Loader<'_> {
             shutdown_grace,
             agent_uids: agent_uids?,
             control_group,
-            agents,
+            agents: roster.agents,
         })
     }
 
-    fn load_include(
+    /// Reads every file `include` names (globs expand in sorted order) and
+    /// returns the absolute patterns, for the reload watcher.
+    fn load_includes(
         &mut self,
-        errors: &mut Vec<yaml::Error>,
-        file: &Path,
+        cx: &mut Cx,
+        node: &Node,
+        dir: &Path,
         defaults: &Defaults,
-        agents: &mut Vec<AgentSpec>,
-        seen: &mut Seen,
-    ) {
+        roster: &mut Roster,
+    ) -> Vec<String> {
+        let mut include_globs = Vec::new();
+        for (item, p) in cx.list(node, "include", true) {
+            let Some(pattern) = cx.non_empty_string(item, &p) else {
+                continue;
+            };
+            let abs = normalize(&dir.join(&pattern)).to_string_lossy().into_owned();
+            let is_glob = pattern.contains(['*', '?', '[']);
+            let matches = match glob::glob(&abs) {
+                Ok(paths) => {
+                    let mut v: Vec<PathBuf> = paths.filter_map(Result::ok).filter(|p| p.is_file()).collect();
+                    v.sort();
+                    v
+                }
+                Err(e) => {
+                    cx.error_at_node(item, &p, format!("invalid glob pattern {pattern:?}: {e}"));
+                    continue;
+                }
+            };
+            if matches.is_empty() && !is_glob {
+                cx.error_at_node(
+                    item,
+                    &p,
+                    format!("include file {} does not exist", dir.join(&pattern).display()),
+                );
+            }
+            include_globs.push(abs);
+            for file in matches {
+                self.load_include(cx.errors, &file, defaults, roster);
+            }
+        }
+        include_globs
+    }
+
+    fn load_include(&mut self, errors: &mut Vec<yaml::Error>, file: &Path, defaults: &Defaults, roster: &mut Roster) {
         let text = match self.read(file) {
             Ok(t) => t,
             Err(msg) => return errors.push(plain_error(file, &msg)),
@@ -173,14 +184,13 @@ impl Loader<'_> {
         match &root {
             Node::Sequence(_) => {
                 for (item, p) in cx.list(&root, "", false) {
-                    self.add_agent(&mut cx, item, &p, &dir, defaults, agents, seen);
+                    self.add_agent(&mut cx, item, &p, &dir, defaults, roster);
                 }
             }
-            _ => self.add_agent(&mut cx, &root, "", &dir, defaults, agents, seen),
+            _ => self.add_agent(&mut cx, &root, "", &dir, defaults, roster),
         }
     }
 
-    #[allow(clippy::too_many_arguments)]
     fn add_agent(
         &mut self,
         cx: &mut Cx,
@@ -188,8 +198,7 @@ impl Loader<'_> {
         path: &str,
         dir: &Path,
         defaults: &Defaults,
-        agents: &mut Vec<AgentSpec>,
-        seen: &mut Seen,
+        roster: &mut Roster,
     ) {
         // Duplicates are checked on the raw name, so they are reported even
         // when the agent has other errors.
@@ -201,7 +210,7 @@ impl Loader<'_> {
         if let Some(n) = name_node {
             let name = n.as_str().to_owned();
             let line = n.span().start().map(|s| s.line()).unwrap_or(0);
-            if let Some((file, first)) = seen.get(&name) {
+            if let Some((file, first)) = roster.seen.get(&name) {
                 let msg = format!(
                     "duplicate agent name {name:?} (first defined at {}:{first})",
                     file.display()
@@ -209,13 +218,13 @@ impl Loader<'_> {
                 cx.error_at(n.span(), &yaml::join(path, "name"), msg);
                 duplicate = true;
             } else {
-                seen.insert(name, (cx.file.clone(), line));
+                roster.seen.insert(name, (cx.file.clone(), line));
             }
         }
         if let Some(agent) = self.decode_agent(cx, node, path, dir, defaults)
             && !duplicate
         {
-            agents.push(agent);
+            roster.agents.push(agent);
         }
     }
 }
