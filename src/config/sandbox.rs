@@ -3,9 +3,9 @@
 //! next to the config (`sandbox/NAME.yaml`) and then among the built-in
 //! ones, read once per load.
 //!
-//! This module owns the policy keys (`backend`, `network`, `read_only`,
-//! `writable`, `timeout`, `limits`) and is the one reader of profile files,
-//! for `agentd check`, `agentd sandbox` and the loader alike. It must never
+//! This module owns the policy keys (`backend`, `best_effort`, `network`,
+//! `read_only`, `writable`, `timeout`, `limits`) and is the one reader of
+//! profile files, for the loader and `agentd sandbox` alike. It must never
 //! apply a policy: [`crate::sandbox`] does, in the forked child only.
 
 use std::path::{Path, PathBuf};

@@ -268,6 +268,7 @@ fn decode_server(cx: &mut Cx, node: &Node, path: &str, index: usize, dir: &Path)
         }
         None => default_name,
     };
+    // One key at a time, so every refused key is reported where it was written.
     for (key, span, p) in &written {
         let one = BTreeMap::from([(key.clone(), String::new())]);
         if let Err(e) = crate::mcp::check_env(&name, &one) {
