@@ -23,3 +23,4 @@ pub mod skills;
 pub mod snapshots;
 pub mod state_dir;
 pub mod supervisor;
+pub mod yaml;

@@ -42,7 +42,7 @@ pub struct SendArgs {
     #[arg(long)]
     pub json: bool,
     /// With --wait: give up waiting after this long (the task runs on).
-    #[arg(long, value_name = "DURATION", default_value = "10m", value_parser = crate::config::units::parse_duration)]
+    #[arg(long, value_name = "DURATION", default_value = "10m", value_parser = crate::yaml::parse_duration)]
     pub timeout: Duration,
 }
 

@@ -1,37 +1,13 @@
-//! Config errors: each names the file, line, column and field path.
+//! Config errors: every problem of one load, each naming its file, line,
+//! column and field path.
 
 use std::fmt;
-use std::path::PathBuf;
 
-/// One problem in a config file, rendered as `FILE:LINE:COL: field.path: message`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ConfigError {
-    pub file: PathBuf,
-    /// 1-based; 0 when the problem has no position (e.g. an unreadable file).
-    pub line: usize,
-    pub column: usize,
-    /// Dotted field path such as `agents[0].mcp_servers[1].command`; empty
-    /// for problems with the document itself.
-    pub path: String,
-    pub message: String,
-}
-
-impl fmt::Display for ConfigError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}", self.file.display())?;
-        if self.line > 0 {
-            write!(f, ":{}:{}", self.line, self.column)?;
-        }
-        if !self.path.is_empty() {
-            write!(f, ": {}", self.path)?;
-        }
-        write!(f, ": {}", self.message)
-    }
-}
+use crate::yaml;
 
 /// Every problem found in one load, in file order.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub struct ConfigErrors(pub Vec<ConfigError>);
+pub struct ConfigErrors(pub Vec<yaml::Error>);
 
 impl fmt::Display for ConfigErrors {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {

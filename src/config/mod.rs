@@ -2,22 +2,35 @@
 //!
 //! `load` reads the main file and every included file, interpolates `${VAR}`
 //! references, decodes every field and reports *all* problems at once, each
-//! with its file, line, column and field path (see [`error`]). The result is
-//! a fully resolved [`Config`]: system prompts read, sandbox profiles looked
-//! up, defaults merged, cron expressions and URIs parsed. Nothing downstream
-//! re-validates or re-reads a config file.
+//! with its file, line, column and field path (see [`crate::yaml`]). The
+//! result is a fully resolved [`Config`]: system prompts read, sandbox
+//! profiles looked up, defaults merged, cron expressions and URIs parsed.
+//! Nothing downstream re-validates or re-reads a config file.
 //!
-//! The YAML layer is `marked-yaml`, not `serde_yaml`: serde_yaml stops at the
-//! first error and its values carry no positions, and we promise every error
-//! with its position.
+//! One module per section, each with the keys it accepts beside the code
+//! that reads them: [`load`](self::load) (entry points, files, error order),
+//! `top` (top level, includes, agent names across files), `defaults`,
+//! `agent`, `llm`, `server` (`mcp_servers`), `subscription`, `schedule`,
+//! `sandbox` (inline policies and profiles), `supervision` (`restart`,
+//! `heartbeat`) and `limits` (`limits`, `bridge`). The decoder they share
+//! is [`crate::yaml`].
 
-pub(crate) mod decode;
-pub mod error;
-mod interp;
+mod agent;
+mod defaults;
+mod error;
+mod limits;
+mod llm;
 mod load;
+mod sandbox;
+mod schedule;
+mod server;
+mod subscription;
+mod supervision;
+mod top;
 mod types;
-pub mod units;
 
-pub use error::{ConfigError, ConfigErrors};
-pub use load::{load, load_sandbox_profile_str, load_with_env, parse_subscription_uri, resolve_sandbox_profile};
+pub use error::ConfigErrors;
+pub use load::{load, load_with_env};
+pub use sandbox::{load_sandbox_profile_str, resolve_sandbox_profile};
+pub use subscription::parse_subscription_uri;
 pub use types::*;

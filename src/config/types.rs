@@ -209,7 +209,7 @@ impl ScheduleSpec {
     /// The parsed schedule. Validated at load, so this cannot fail for a
     /// spec that came from [`load`](super::load).
     pub fn schedule(&self) -> Result<cron::Schedule, String> {
-        super::units::parse_cron(&self.cron)
+        super::schedule::parse_cron(&self.cron)
     }
 
     pub fn tz(&self) -> Result<chrono_tz::Tz, String> {

@@ -11,9 +11,9 @@
 //! MCP server with Python bindings for its tools ([`generate`]).
 //!
 //! It must never run code: skills are run by the model, in the sandbox,
-//! through code fences. The front matter is decoded with the config
-//! layer's span-keeping YAML decoder, so its errors read like config
-//! errors (`FILE:LINE:COL: field: message`).
+//! through code fences. The front matter is decoded with the span-keeping
+//! YAML decoder the config uses ([`crate::yaml`]), so its errors read like
+//! config errors (`FILE:LINE:COL: field: message`).
 
 pub mod generate;
 
@@ -21,8 +21,8 @@ use std::path::Path;
 
 use marked_yaml::Node;
 
-use crate::config::decode::{Cx, Map, kind, parse};
-use crate::config::{ConfigError, SkillSpec};
+use crate::config::SkillSpec;
+use crate::yaml::{self, Cx, Map, kind, parse};
 
 /// The file that makes a directory a skill.
 pub const SKILL_FILE: &str = "SKILL.md";
@@ -41,9 +41,9 @@ const MAX_DESCRIPTION: usize = 1024;
 
 /// Validates `SKILL.md` (`text`, read from `file`) of the skill in `dir`.
 /// Every problem is returned, with the line and column in `file`.
-pub fn parse_skill(dir: &Path, file: &Path, text: &str) -> Result<SkillSpec, Vec<ConfigError>> {
+pub fn parse_skill(dir: &Path, file: &Path, text: &str) -> Result<SkillSpec, Vec<yaml::Error>> {
     let mut errors = Vec::new();
-    let whole_file = |message: String| ConfigError {
+    let whole_file = |message: String| yaml::Error {
         file: file.to_owned(),
         line: 1,
         column: 1,
@@ -99,7 +99,7 @@ fn front_matter(text: &str) -> Option<&str> {
 
 /// Positions in the front matter are one line above the file's (the
 /// opening `---`).
-fn shift(errors: &mut [ConfigError]) {
+fn shift(errors: &mut [yaml::Error]) {
     for e in errors {
         e.line = if e.line > 0 { e.line + 1 } else { 1 };
     }
@@ -237,7 +237,7 @@ mod tests {
     use super::*;
     use std::path::PathBuf;
 
-    fn check(dir: &str, text: &str) -> Result<SkillSpec, Vec<ConfigError>> {
+    fn check(dir: &str, text: &str) -> Result<SkillSpec, Vec<yaml::Error>> {
         let dir = PathBuf::from("/skills").join(dir);
         parse_skill(&dir, &dir.join(SKILL_FILE), text)
     }

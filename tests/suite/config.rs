@@ -376,6 +376,28 @@ fn check_exits_one_on_errors_and_two_on_usage() {
 }
 
 #[test]
+fn check_reports_a_code_injecting_server_env_key_with_its_position() {
+    let dir = tempdir();
+    let main = write(
+        dir.path(),
+        "agentd.yaml",
+        "agents:\n  - name: a\n    model: m\n    mcp_servers:\n      - name: fs\n        command: agentd\n        env:\n          API_TOKEN: x\n          LD_PRELOAD: /tmp/evil.so\n        env_vars: [\"NODE_OPTIONS=--require /tmp/evil.js\"]\n",
+    );
+    let out = agentd(&["check", main.to_str().unwrap_or_default()]);
+    assert_eq!(out.status.code(), Some(1), "{}", stdout(&out));
+    let err = stderr(&out);
+    let at = |pos: &str, field: &str, key: &str| {
+        err.lines().any(|l| {
+            l.starts_with(&format!("{}:{pos}: agents[0].mcp_servers[0].{field}: ", main.display()))
+                && l.contains(&format!("env key \"{key}\" is not allowed"))
+        })
+    };
+    assert!(at("9:11", "env.LD_PRELOAD", "LD_PRELOAD"), "{err}");
+    assert!(at("10:20", "env_vars[0]", "NODE_OPTIONS"), "{err}");
+    assert!(!err.contains("API_TOKEN"), "{err}");
+}
+
+#[test]
 fn secrets_are_never_echoed_in_errors() {
     let e = one_error("agents:\n  - name: a\n    model: m\n    llm: {api_key_env: \"sk-live-abcdef\"}\n");
     assert!(!e.contains("sk-live"), "{e}");

@@ -12,21 +12,21 @@ use std::time::Duration;
 use marked_yaml::types::{MarkedMappingNode, MarkedScalarNode};
 use marked_yaml::{LoadError, Node, Span};
 
-use super::error::ConfigError;
+use super::error::Error;
 use super::interp::interpolate;
 use super::units;
 
 /// Decoding context for one file: where errors go and how `${VAR}` resolves.
 pub struct Cx<'e> {
     pub file: PathBuf,
-    pub errors: &'e mut Vec<ConfigError>,
+    pub errors: &'e mut Vec<Error>,
     pub env: &'e dyn Fn(&str) -> Option<String>,
 }
 
 impl Cx<'_> {
     pub fn error_at(&mut self, span: &Span, path: &str, message: impl Into<String>) {
         let (line, column) = span.start().map(|m| (m.line(), m.column())).unwrap_or((0, 0));
-        self.errors.push(ConfigError {
+        self.errors.push(Error {
             file: self.file.clone(),
             line,
             column,
@@ -263,7 +263,7 @@ pub fn suggest<'a>(word: &str, candidates: &[&'a str]) -> Option<&'a str> {
 
 /// Parses YAML text into a node tree. A document may hold a mapping or a
 /// list at the top; an empty document is an empty mapping.
-pub fn parse(file: &Path, text: &str) -> Result<Node, ConfigError> {
+pub fn parse(file: &Path, text: &str) -> Result<Node, Error> {
     use marked_yaml::LoaderOptions;
     let opts = || LoaderOptions::default().error_on_duplicate_keys(true);
     let result = match marked_yaml::parse_yaml_with_options(0, text, opts()) {
@@ -275,7 +275,7 @@ pub fn parse(file: &Path, text: &str) -> Result<Node, ConfigError> {
     result.map_err(|e| load_error(file, e))
 }
 
-fn load_error(file: &Path, e: LoadError) -> ConfigError {
+fn load_error(file: &Path, e: LoadError) -> Error {
     let (marker, message) = match &e {
         LoadError::ScanError(m, se) => (Some(*m), format!("YAML syntax error: {}", se.info())),
         LoadError::DuplicateKey(d) => (
@@ -293,7 +293,7 @@ fn load_error(file: &Path, e: LoadError) -> ConfigError {
             (Some(*m), "the document must be a mapping or a list".into())
         }
     };
-    ConfigError {
+    Error {
         file: file.to_owned(),
         line: marker.map(|m| m.line()).unwrap_or(0),
         column: marker.map(|m| m.column()).unwrap_or(0),

@@ -1,32 +1,53 @@
-//! Durations, sizes and cron expressions as written in config files.
+//! `schedules`: cron expressions (POSIX five-field, or six/seven with
+//! seconds), their prompt and timezone.
+//!
+//! [`parse_cron`] is the one reading of a cron expression: the loader
+//! validates with it and [`ScheduleSpec::schedule`](super::ScheduleSpec::schedule)
+//! parses with it, so a loaded schedule always parses. This module must
+//! never compute run times (that is [`crate::schedule`]).
 
-use std::time::Duration;
+use marked_yaml::Node;
 
-/// `30s`, `5m`, `1h 30m`, `250ms`, or a bare number of seconds.
-pub fn parse_duration(s: &str) -> Result<Duration, String> {
-    let t = s.trim();
-    if let Ok(secs) = t.parse::<u64>() {
-        return Ok(Duration::from_secs(secs));
-    }
-    humantime::parse_duration(t)
-        .map_err(|e| format!("invalid duration {s:?} ({e}); write e.g. 30s, 5m, 1h30m or 250ms"))
-}
+use super::types::ScheduleSpec;
+use crate::yaml::{Cx, Map};
 
-/// `512MiB`, `1 GB`, `64k`, or a bare number of bytes.
-pub fn parse_size(s: &str) -> Result<u64, String> {
-    let t = s.trim();
-    if let Ok(n) = t.parse::<u64>() {
-        return Ok(n);
-    }
-    t.parse::<bytesize::ByteSize>()
-        .map(|b| b.as_u64())
-        .map_err(|_| format!("invalid size {s:?}; write e.g. 512MiB, 1GiB, 64KiB or a number of bytes"))
+const SCHEDULE_KEYS: &[&str] = &["cron", "prompt", "timezone"];
+
+pub(super) fn decode_schedule(cx: &mut Cx, node: &Node, path: &str) -> Option<ScheduleSpec> {
+    let map = Map::open(cx, node, path, SCHEDULE_KEYS)?;
+    let cron_node = map.require(cx, "cron");
+    let cron = cron_node.and_then(|n| {
+        let s = cx.non_empty_string(n, &map.field("cron"))?;
+        cx.check(n, &map.field("cron"), parse_cron(&s)).map(|_| s)
+    });
+    let prompt = map
+        .require(cx, "prompt")
+        .and_then(|n| cx.non_empty_string(n, &map.field("prompt")));
+    let timezone = match map.get("timezone") {
+        Some(n) => cx.non_empty_string(n, &map.field("timezone")).and_then(|tz| {
+            let ok = tz.parse::<chrono_tz::Tz>().is_ok();
+            let r = if ok {
+                Ok(tz.clone())
+            } else {
+                Err(format!(
+                    "unknown timezone {tz:?}; use an IANA name such as Europe/Berlin or UTC"
+                ))
+            };
+            cx.check(n, &map.field("timezone"), r)
+        }),
+        None => Some("UTC".to_owned()),
+    };
+    Some(ScheduleSpec {
+        cron: cron?,
+        prompt: prompt?,
+        timezone: timezone?,
+    })
 }
 
 /// Standard 5-field cron (minute hour day month weekday), or 6/7 fields with
 /// seconds (and year) first. Five-field weekdays follow POSIX cron
 /// (0 or 7 = Sunday); the `cron` crate counts 1 = Sunday, so they are mapped.
-pub fn parse_cron(expr: &str) -> Result<cron::Schedule, String> {
+pub(super) fn parse_cron(expr: &str) -> Result<cron::Schedule, String> {
     let fields: Vec<&str> = expr.split_whitespace().collect();
     let normalized = match fields.len() {
         5 => {
@@ -80,23 +101,10 @@ fn posix_weekdays(field: &str) -> Result<String, String> {
     }
     Ok(out.join(","))
 }
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use chrono::{Datelike, TimeZone, Utc};
-
-    #[test]
-    fn durations_and_sizes() {
-        assert_eq!(parse_duration("30s").unwrap(), Duration::from_secs(30));
-        assert_eq!(parse_duration("1h30m").unwrap(), Duration::from_secs(5400));
-        assert_eq!(parse_duration("250ms").unwrap(), Duration::from_millis(250));
-        assert_eq!(parse_duration("7").unwrap(), Duration::from_secs(7));
-        assert!(parse_duration("thirty").is_err());
-        assert_eq!(parse_size("512MiB").unwrap(), 512 << 20);
-        assert_eq!(parse_size("4096").unwrap(), 4096);
-        assert!(parse_size("lots").is_err());
-    }
 
     #[test]
     fn five_field_cron_uses_posix_weekdays() {
