@@ -20,6 +20,7 @@ mod ledger_thread;
 mod requests;
 pub mod restart;
 mod schedules;
+mod slot;
 mod systemd;
 mod talk;
 mod users;
@@ -40,11 +41,10 @@ use crate::control::{self, Response};
 use crate::ledger::{self, Ledger, LedgerError, SnapshotKind, TaskState, Trigger};
 use crate::protocol::{FromChild, PROTOCOL_VERSION, ToChild};
 use crate::repl::{self, Repl};
-use child::ChildHandle;
 use degraded::{Deferred, Degraded};
 use ledger_thread::LedgerThread;
 use restart::{Decision, Exit, Restarts};
-use schedules::Armed;
+use slot::{AfterExit, Agent, Claim, Lifecycle, Live};
 use talk::{Console, Waiters, Watched};
 use watch::ConfigWatcher;
 
@@ -103,98 +103,6 @@ pub enum ReloadBy {
     Sighup,
     Watcher,
     Control(tokio::sync::oneshot::Sender<Response>),
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum State {
-    Starting,
-    Running,
-    Backoff,
-    Stopping,
-    Stopped,
-    Failed,
-}
-
-impl State {
-    fn as_str(self) -> &'static str {
-        match self {
-            State::Starting => "starting",
-            State::Running => "running",
-            State::Backoff => "backoff",
-            State::Stopping => "stopping",
-            State::Stopped => "stopped",
-            State::Failed => "failed",
-        }
-    }
-}
-
-/// What to do when the current child exits.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum AfterExit {
-    /// It crashed or exited on its own: ask the restart policy.
-    Policy,
-    /// Stopped on purpose: stay down.
-    StayDown,
-    /// Restarted on purpose (by hand, or its config changed).
-    StartAgain,
-    /// Removed from the config.
-    Remove,
-}
-
-struct Agent {
-    spec: AgentSpec,
-    state: State,
-    child: Option<ChildHandle>,
-    started_at: Option<Instant>,
-    restarts: Restarts,
-    restart_count: u32,
-    last_exit: Option<Exit>,
-    last_error: Option<String>,
-    /// The task the child is running, with its lease.
-    running: Option<(i64, String)>,
-    after_exit: AfterExit,
-    /// Generation of the current child or of the pending restart; events
-    /// from older generations are stale and ignored.
-    generation: u64,
-    /// Paused: triggers queue up, nothing is dispatched.
-    paused: bool,
-    schedules: Vec<Armed>,
-    /// A snapshot to restore once the child has stopped, before it restarts.
-    pending_restore: Option<String>,
-    /// When the child last answered a heartbeat (or became ready).
-    last_pong: Instant,
-    heartbeat_seq: u64,
-    /// Set when the child was killed as hung: the cause of its exit.
-    hung: Option<String>,
-    /// The child's report of an MCP server it cannot reach: status shows
-    /// the running agent as `degraded` with this error.
-    degraded: Option<String>,
-}
-
-impl Agent {
-    fn new(spec: AgentSpec) -> Agent {
-        let restarts = Restarts::new(spec.restart.clone());
-        Agent {
-            spec,
-            state: State::Stopped,
-            child: None,
-            started_at: None,
-            restarts,
-            restart_count: 0,
-            last_exit: None,
-            last_error: None,
-            running: None,
-            after_exit: AfterExit::Policy,
-            generation: 0,
-            paused: false,
-            schedules: Vec::new(),
-            pending_restore: None,
-            last_pong: Instant::now(),
-            heartbeat_seq: 0,
-            hung: None,
-            degraded: None,
-        }
-    }
 }
 
 pub struct Supervisor {
@@ -343,7 +251,7 @@ async fn run_async(
     let mut interrupts = 0;
 
     let code = loop {
-        if sup.stop_deadline.is_some() && sup.agents.values().all(|a| a.child.is_none()) {
+        if sup.stop_deadline.is_some() && sup.agents.values().all(|a| a.life.child().is_none()) {
             break ExitCode::SUCCESS;
         }
         let reload_at = sup.reload_at;
@@ -487,16 +395,14 @@ impl Supervisor {
                 tracing::info!(agent = name, pid = handle.pid, "agent started");
                 let now = Instant::now();
                 a.restarts.started(now);
-                a.child = Some(handle);
-                a.state = State::Starting;
-                a.started_at = Some(now);
-                a.after_exit = AfterExit::Policy;
-                a.generation = generation;
+                a.life = Lifecycle::Starting {
+                    child: Live { handle, since: now },
+                };
                 a.last_pong = now;
                 a.hung = None;
             }
             Err(e) => {
-                a.state = State::Failed;
+                a.life = Lifecycle::Failed;
                 a.last_error = Some(format!("cannot start agent process: {e}"));
                 tracing::error!(agent = name, "cannot start agent process: {e}");
             }
@@ -507,7 +413,7 @@ impl Supervisor {
     fn fail_to_start(&mut self, name: &str, why: String) {
         if let Some(a) = self.agents.get_mut(name) {
             tracing::error!(agent = name, "{why}");
-            a.state = State::Failed;
+            a.life = Lifecycle::Failed;
             a.last_error = Some(why);
         }
         self.update_status();
@@ -519,17 +425,25 @@ impl Supervisor {
         let Some(a) = self.agents.get_mut(name) else {
             return false;
         };
-        a.after_exit = after;
-        let Some(child) = &a.child else {
-            // Not running (backoff, stopped, failed): nothing to wait for.
-            a.generation = 0;
-            return true;
+        let (child, claim) = match std::mem::replace(&mut a.life, Lifecycle::Stopped) {
+            Lifecycle::Starting { child } => (child, None),
+            Lifecycle::Running { child, claim } | Lifecycle::Stopping { child, claim, .. } => (child, claim),
+            // A pending restart is called off; stopped and failed stay so.
+            Lifecycle::Backoff { .. } => return true,
+            down @ (Lifecycle::Stopped | Lifecycle::Failed) => {
+                a.life = down;
+                return true;
+            }
         };
-        child.send(&ToChild::Shutdown {
+        child.handle.send(&ToChild::Shutdown {
             grace_ms: grace.as_millis() as u64,
         });
-        a.state = State::Stopping;
-        let generation = child.generation;
+        let generation = child.handle.generation;
+        a.life = Lifecycle::Stopping {
+            child,
+            claim,
+            then: after,
+        };
         let events = self.events.clone();
         let agent = name.to_owned();
         tokio::spawn(async move {
@@ -569,7 +483,7 @@ impl Supervisor {
 
     fn kill_all(&mut self) {
         for a in self.agents.values() {
-            if let Some(c) = &a.child {
+            if let Some(c) = a.life.child() {
                 c.signal(Signal::SIGKILL);
                 c.kill_group();
             }
@@ -582,7 +496,7 @@ impl Supervisor {
                 if self
                     .agents
                     .get(&agent)
-                    .is_some_and(|a| a.child.as_ref().is_some_and(|c| c.generation == generation))
+                    .is_some_and(|a| a.life.child_of(generation).is_some())
                 {
                     self.on_child_message(&agent, msg).await;
                 }
@@ -599,7 +513,7 @@ impl Supervisor {
                 let due = self
                     .agents
                     .get(&agent)
-                    .is_some_and(|a| a.state == State::Backoff && a.generation == generation && a.child.is_none());
+                    .is_some_and(|a| matches!(a.life, Lifecycle::Backoff { generation: g } if g == generation));
                 if due && self.stop_deadline.is_none() {
                     self.start_agent(&agent).await;
                 }
@@ -609,9 +523,7 @@ impl Supervisor {
                 generation,
                 signal,
             } => {
-                if let Some(c) = self.agents.get(&agent).and_then(|a| a.child.as_ref())
-                    && c.generation == generation
-                {
+                if let Some(c) = self.agents.get(&agent).and_then(|a| a.life.child_of(generation)) {
                     tracing::warn!(agent, pid = c.pid, "agent did not stop in time: sending {signal}");
                     c.signal(signal);
                     if signal == Signal::SIGKILL {
@@ -635,10 +547,10 @@ impl Supervisor {
     /// their own escalation.
     fn on_heartbeat(&mut self, name: &str, generation: u64) {
         let Some(a) = self.agents.get_mut(name) else { return };
-        let Some(child) = a.child.as_ref().filter(|c| c.generation == generation) else {
+        let Some(child) = a.life.child_of(generation) else {
             return;
         };
-        if a.state != State::Running || a.hung.is_some() {
+        if !a.life.is_running() || a.hung.is_some() {
             return;
         }
         match heartbeat::verdict(&a.spec.heartbeat, a.last_pong, Instant::now()) {
@@ -665,10 +577,11 @@ impl Supervisor {
                     );
                 }
                 if let Some(a) = self.agents.get_mut(name)
-                    && a.state == State::Starting
+                    && a.life.is_starting()
+                    && let Lifecycle::Starting { child } = std::mem::replace(&mut a.life, Lifecycle::Stopped)
                 {
                     tracing::debug!(agent = name, pid, "agent ready");
-                    a.state = State::Running;
+                    a.life = Lifecycle::Running { child, claim: None };
                     a.last_pong = Instant::now();
                 }
                 self.maybe_ready();
@@ -719,8 +632,13 @@ impl Supervisor {
                 error,
                 conversation,
             } => {
-                let current = self.agents.get(name).and_then(|a| a.running.clone());
-                if current.as_ref() != Some(&(task, lease.clone())) {
+                let current = self.agents.get(name).and_then(|a| a.life.claim().cloned());
+                if current
+                    != Some(Claim {
+                        task,
+                        lease: lease.clone(),
+                    })
+                {
                     tracing::warn!(agent = name, "ignoring a result for task {task} from a stale lease");
                     return;
                 }
@@ -750,8 +668,10 @@ impl Supervisor {
                 let said = summary.map(|s| format!(": {s}")).unwrap_or_default();
                 tracing::info!(agent = name, "task {task} {state}{said}");
                 self.on_task_end(name, task, state, shown_result.as_deref(), shown_error.as_deref());
-                if let Some(a) = self.agents.get_mut(name) {
-                    a.running = None;
+                if let Some(a) = self.agents.get_mut(name)
+                    && let Lifecycle::Running { claim, .. } | Lifecycle::Stopping { claim, .. } = &mut a.life
+                {
+                    *claim = None;
                 }
                 self.dispatch(name).await;
             }
@@ -760,20 +680,22 @@ impl Supervisor {
 
     async fn on_exit(&mut self, name: &str, generation: u64, exit: Exit) {
         let Some(a) = self.agents.get_mut(name) else { return };
-        if a.child.as_ref().is_none_or(|c| c.generation != generation) {
+        if a.life.child_of(generation).is_none() {
             return;
         }
-        if let Some(c) = a.child.take() {
-            // Whatever the child started and left behind goes with it.
-            c.kill_group();
-            crate::sandbox::contain::after_agent_exit(&self.cfg.state_dir, name);
-        }
-        let uptime = a.started_at.map(|t| t.elapsed()).unwrap_or_default();
+        let (child, running, after) = match std::mem::replace(&mut a.life, Lifecycle::Stopped) {
+            Lifecycle::Starting { child } => (child, None, AfterExit::Policy),
+            Lifecycle::Running { child, claim } => (child, claim, AfterExit::Policy),
+            Lifecycle::Stopping { child, claim, then } => (child, claim, then),
+            Lifecycle::Stopped | Lifecycle::Failed | Lifecycle::Backoff { .. } => return,
+        };
+        // Whatever the child started and left behind goes with it.
+        child.handle.kill_group();
+        crate::sandbox::contain::after_agent_exit(&self.cfg.state_dir, name);
+        let uptime = child.since.elapsed();
         a.last_exit = Some(exit);
         a.degraded = None;
-        let running = a.running.take();
         let max_attempts = a.spec.limits.max_attempts;
-        let after = a.after_exit;
         // Killed as hung: that, not the SIGKILL, is why it is gone.
         let cause = a.hung.take().unwrap_or_else(|| format!("agent process {exit}"));
         if !exit.success() && after == AfterExit::Policy {
@@ -789,7 +711,7 @@ impl Supervisor {
             tracing::info!(agent = name, "{log_exit}");
         }
 
-        if let Some((task, _)) = running {
+        if let Some(Claim { task, .. }) = running {
             let c2 = cause.clone();
             let r = if self.degraded.kept.is_empty() {
                 self.ledger.call(move |l| l.release(task, &c2, max_attempts)).await
@@ -826,7 +748,7 @@ impl Supervisor {
             AfterExit::Remove => {
                 self.agents.remove(name);
             }
-            AfterExit::StayDown => a.state = State::Stopped,
+            AfterExit::StayDown => a.life = Lifecycle::Stopped,
             AfterExit::StartAgain if !stopping => {
                 a.restarts.reset();
                 if let Some(which) = a.pending_restore.take() {
@@ -834,16 +756,17 @@ impl Supervisor {
                 }
                 self.start_agent(name).await;
             }
-            AfterExit::StartAgain => a.state = State::Stopped,
-            AfterExit::Policy if stopping => a.state = State::Stopped,
+            AfterExit::StartAgain => a.life = Lifecycle::Stopped,
+            AfterExit::Policy if stopping => a.life = Lifecycle::Stopped,
             AfterExit::Policy => {
                 a.restarts.ran_for(uptime);
                 match a.restarts.decide(exit, Instant::now()) {
                     Decision::Restart(delay) => {
-                        a.state = State::Backoff;
                         a.restart_count += 1;
                         self.generation += 1;
-                        a.generation = self.generation;
+                        a.life = Lifecycle::Backoff {
+                            generation: self.generation,
+                        };
                         let (events, agent, generation) = (self.events.clone(), name.to_owned(), self.generation);
                         tracing::info!(
                             agent = name,
@@ -855,13 +778,13 @@ impl Supervisor {
                             let _ = events.send(Event::RestartDue { agent, generation });
                         });
                     }
-                    Decision::Stop => a.state = State::Stopped,
+                    Decision::Stop => a.life = Lifecycle::Stopped,
                     Decision::Fail(why) => {
                         tracing::error!(
                             agent = name,
                             "agent failed: {why}; it stays down until restarted or its config changes"
                         );
-                        a.state = State::Failed;
+                        a.life = Lifecycle::Failed;
                         a.last_error = Some(why);
                     }
                 }
@@ -997,8 +920,14 @@ impl Supervisor {
             return;
         }
         let Some(a) = self.agents.get(name) else { return };
-        let Some(child) = &a.child else { return };
-        if a.state != State::Running || a.running.is_some() || a.paused {
+        let Lifecycle::Running {
+            child: Live { handle: child, .. },
+            claim: None,
+        } = &a.life
+        else {
+            return;
+        };
+        if a.paused {
             return;
         }
         let lease = crate::domain::Lease {
@@ -1038,20 +967,26 @@ impl Supervisor {
             task.attempts,
             trigger.summary()
         );
-        a.running = Some((task.id, lease.clone()));
-        if let Some(c) = &a.child {
-            c.send(&ToChild::Task {
-                id: task.id,
-                lease,
-                attempt: task.attempts,
-                trigger,
-            });
-        }
+        // Checked above; the supervisor handles one event at a time, so the
+        // lifecycle cannot have moved while the ledger answered.
+        let (Lifecycle::Running { child, claim } | Lifecycle::Stopping { child, claim, .. }) = &mut a.life else {
+            return;
+        };
+        *claim = Some(Claim {
+            task: task.id,
+            lease: lease.clone(),
+        });
+        child.handle.send(&ToChild::Task {
+            id: task.id,
+            lease,
+            attempt: task.attempts,
+            trigger,
+        });
     }
 
     /// READY=1 once every agent has started (or failed trying).
     fn maybe_ready(&mut self) {
-        if self.ready_sent || self.agents.values().any(|a| a.state == State::Starting) {
+        if self.ready_sent || self.agents.values().any(|a| a.life.is_starting()) {
             return;
         }
         self.ready_sent = true;
@@ -1061,7 +996,7 @@ impl Supervisor {
     }
 
     fn status_line(&self) -> String {
-        let count = |s: State| self.agents.values().filter(|a| a.state == s).count();
+        let count = |s: &str| self.agents.values().filter(|a| a.life.name() == s).count();
         let degraded = self
             .degraded
             .cause()
@@ -1070,9 +1005,9 @@ impl Supervisor {
         format!(
             "{} agents: {} running, {} starting, {} failed{degraded}",
             self.agents.len(),
-            count(State::Running),
-            count(State::Starting) + count(State::Backoff),
-            count(State::Failed)
+            count("running"),
+            count("starting") + count("backoff"),
+            count("failed")
         )
     }
 

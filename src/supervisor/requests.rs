@@ -9,8 +9,9 @@
 use serde_json::json;
 use tokio::sync::oneshot;
 
+use super::slot::{AfterExit, Lifecycle};
 use super::talk::send_result;
-use super::{AfterExit, ReloadBy, State, Supervisor};
+use super::{ReloadBy, Supervisor};
 use crate::control::{AgentStatus, Request, Response, SendResult};
 use crate::ledger::TaskState;
 use crate::snapshots;
@@ -83,7 +84,7 @@ impl Supervisor {
             "pid": std::process::id(),
             "uptime_s": self.started.elapsed().as_secs_f64(),
             "agents": self.agents.len(),
-            "failed": self.agents.values().filter(|a| a.state == State::Failed).count(),
+            "failed": self.agents.values().filter(|a| a.life.is_failed()).count(),
         }))
     }
 
@@ -97,7 +98,7 @@ impl Supervisor {
 
     async fn start_by_hand(&mut self, agent: &str) -> Response {
         if let Some(a) = self.agents.get_mut(agent)
-            && a.child.is_none()
+            && a.life.child().is_none()
         {
             a.restarts.reset();
             a.last_error = None;
@@ -110,7 +111,7 @@ impl Supervisor {
         if self.stop_agent(agent, AfterExit::StayDown, self.cfg.shutdown_grace)
             && let Some(a) = self.agents.get_mut(agent)
         {
-            a.state = State::Stopped;
+            a.life = Lifecycle::Stopped;
         }
         Response::ok(json!(self.agent_status(agent).await))
     }
@@ -151,7 +152,7 @@ impl Supervisor {
         };
         // The child must be down while its workdir is rewritten, and must
         // restart to load a restored conversation.
-        let running = self.agents.get(&agent).is_some_and(|a| a.child.is_some());
+        let running = self.agents.get(&agent).is_some_and(|a| a.life.child().is_some());
         if running {
             if let Some(a) = self.agents.get_mut(&agent) {
                 a.pending_restore = Some(meta.id.to_string());
@@ -225,22 +226,17 @@ impl Supervisor {
         };
         // A running agent with an unreachable MCP server is `degraded`,
         // its server's error in `last_error`.
-        let degraded = a.degraded.as_ref().filter(|_| a.state == State::Running);
+        let degraded = a.degraded.as_ref().filter(|_| a.life.is_running());
         AgentStatus {
             name: name.to_owned(),
-            state: if degraded.is_some() {
-                "degraded"
-            } else {
-                a.state.as_str()
-            }
-            .into(),
-            pid: a.child.as_ref().map(|c| c.pid),
+            state: if degraded.is_some() { "degraded" } else { a.life.name() }.into(),
+            pid: a.life.child().map(|c| c.pid),
             restarts: a.restart_count,
-            uptime_s: a.child.as_ref().and(a.started_at).map(|t| t.elapsed().as_secs_f64()),
+            uptime_s: a.life.live().map(|l| l.since.elapsed().as_secs_f64()),
             last_exit: a.last_exit.map(|e| e.to_string()),
             last_error: degraded.or(a.last_error.as_ref()).cloned(),
             queued,
-            running_task: a.running.as_ref().map(|(id, _)| *id),
+            running_task: a.life.claim().map(|c| c.task),
             paused: a.paused,
             schedules: self.schedule_status(name),
         }

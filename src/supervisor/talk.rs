@@ -124,7 +124,7 @@ impl Supervisor {
                             ' '
                         };
                         let paused = if a.paused { ", paused" } else { "" };
-                        format!("{mark} {name} ({}{paused})", a.state.as_str())
+                        format!("{mark} {name} ({}{paused})", a.life.name())
                     })
                     .collect();
                 for l in lines {
@@ -223,8 +223,8 @@ impl Supervisor {
         let a = self.agents.get(name)?;
         if a.paused {
             Some(format!("{name} is paused; /resume {name} runs it"))
-        } else if a.child.is_none() {
-            Some(format!("{name} is {}", a.state.as_str()))
+        } else if a.life.child().is_none() {
+            Some(format!("{name} is {}", a.life.name()))
         } else {
             None
         }
@@ -256,7 +256,7 @@ impl Supervisor {
             && !a.paused
         {
             a.paused = true;
-            let running = a.running.as_ref().map(|(id, _)| format!("; task {id} finishes first"));
+            let running = a.life.claim().map(|c| format!("; task {} finishes first", c.task));
             tracing::info!(agent = name, "paused{}", running.unwrap_or_default());
         }
         Ok(())
