@@ -11,18 +11,29 @@
 //! REPL lines ([`talk`]) and cron firings ([`schedules`]) arrive the same
 //! way: the REPL's threads and the schedule timer only deliver; the
 //! decisions and every ledger write happen here.
+//!
+//! Where things live: this file has the loop and the event types; an
+//! agent's slot and its lifecycle enum are [`slot`]; process starts, stops,
+//! heartbeats and exits [`lifecycle`]; tasks between ledger and children
+//! [`tasks`]; one handler per control request [`requests`]; reload
+//! [`reload`] with its pure [`diff`]; writes that a full disk refuses
+//! [`ledger_writes`] and [`degraded`]; agents' users [`users`].
 
 mod child;
 mod degraded;
 mod diff;
 mod heartbeat;
 mod ledger_thread;
+mod ledger_writes;
+mod lifecycle;
+mod reload;
 mod requests;
 pub mod restart;
 mod schedules;
 mod slot;
 mod systemd;
 mod talk;
+mod tasks;
 mod users;
 mod watch;
 
@@ -36,25 +47,25 @@ use nix::sys::signal::Signal;
 use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::mpsc;
 
-use crate::config::{self, AgentSpec, Config};
+use crate::config::{AgentSpec, Config};
 use crate::control::{self, Response};
-use crate::ledger::{self, Ledger, LedgerError, SnapshotKind, TaskState, Trigger};
-use crate::protocol::{FromChild, PROTOCOL_VERSION, ToChild};
+use crate::ledger::{self, Ledger};
+use crate::protocol::FromChild;
 use crate::repl::{self, Repl};
 use degraded::{Deferred, Degraded};
 use ledger_thread::LedgerThread;
-use restart::{Decision, Exit, Restarts};
-use slot::{AfterExit, Agent, Claim, Lifecycle, Live};
+use restart::Exit;
+use slot::{Agent, Lifecycle};
 use talk::{Console, Waiters, Watched};
 use watch::ConfigWatcher;
 
 /// The longest the integrity check of the ledger may hold up the start.
 const INTEGRITY_BUDGET: Duration = Duration::from_secs(10);
 /// Quiet time after a config file event before reloading.
-const RELOAD_DEBOUNCE: Duration = Duration::from_millis(150);
+pub(super) const RELOAD_DEBOUNCE: Duration = Duration::from_millis(150);
 /// After the grace period, a child gets SIGTERM; this much later, SIGKILL.
-const TERM_AFTER_GRACE: Duration = Duration::from_secs(1);
-const KILL_AFTER_TERM: Duration = Duration::from_secs(3);
+pub(super) const TERM_AFTER_GRACE: Duration = Duration::from_secs(1);
+pub(super) const KILL_AFTER_TERM: Duration = Duration::from_secs(3);
 
 /// Everything the event loop reacts to, besides signals and control requests.
 #[derive(Debug)]
@@ -306,188 +317,8 @@ async fn sleep_until_opt(t: Option<tokio::time::Instant>) {
 }
 
 impl Supervisor {
-    /// Tasks a previous agentd left running go back in the queue (or fail
-    /// once their attempts are spent): never lost, never run twice at once.
-    async fn recover_orphaned_tasks(&mut self) -> anyhow::Result<()> {
-        let max: BTreeMap<String, u32> = self
-            .cfg
-            .agents
-            .iter()
-            .map(|a| (a.name.to_string(), a.limits.max_attempts))
-            .collect();
-        let recovered = self
-            .ledger
-            .call(move |l| -> Result<Vec<(i64, String, TaskState)>, LedgerError> {
-                let mut out = Vec::new();
-                for t in l.running_tasks()? {
-                    let attempts = max.get(&t.agent).copied().unwrap_or(1);
-                    let state = l.release(t.id, "agentd stopped while the task was running", attempts)?;
-                    out.push((t.id, t.agent, state));
-                }
-                Ok(out)
-            })
-            .await;
-        match recovered {
-            Some(Ok(tasks)) => {
-                for (id, agent, state) in tasks {
-                    tracing::warn!(agent, "task {id} was running when agentd last stopped; now {state}");
-                }
-            }
-            // Starting anyway would run on a ledger that cannot record.
-            Some(Err(e)) => anyhow::bail!("recovering running tasks failed; not starting: {e}"),
-            None => anyhow::bail!("the ledger thread is gone; not starting"),
-        }
-        Ok(())
-    }
-
-    fn watch_config(&mut self) {
-        self.watcher = None;
-        match ConfigWatcher::start(&self.cfg, self.events.clone()) {
-            Ok(w) => self.watcher = Some(w),
-            Err(e) => tracing::warn!("hot reload is off: cannot watch config files: {e}"),
-        }
-    }
-
     fn workdir(&self, agent: &str) -> PathBuf {
         crate::state_dir::workdir(&self.cfg.state_dir, agent)
-    }
-
-    async fn start_agent(&mut self, name: &str) {
-        let workdir = self.workdir(name);
-        let owned = name.to_owned();
-        let conversation = self
-            .ledger
-            .call(move |l| l.latest_snapshot(&owned, SnapshotKind::Conversation))
-            .await
-            .and_then(Result::ok)
-            .flatten()
-            .and_then(|s| serde_json::from_slice(&s.data).ok());
-        self.generation += 1;
-        let generation = self.generation;
-        let events = self.events.clone();
-        let record_dir = self.record.clone();
-        let user = match self.users.as_mut().map(|u| u.assign(name)).transpose() {
-            Ok(user) => user,
-            Err(e) => {
-                self.fail_to_start(name, e);
-                return;
-            }
-        };
-        let dirs = match crate::state_dir::prepare_agent(&self.cfg.state_dir, name, user) {
-            Ok(d) => d,
-            Err(e) => {
-                self.fail_to_start(name, format!("cannot prepare workdir {}: {e}", workdir.display()));
-                return;
-            }
-        };
-        let Some(a) = self.agents.get_mut(name) else { return };
-        let start = ToChild::Start {
-            version: PROTOCOL_VERSION,
-            spec: Box::new(a.spec.clone()),
-            workdir: dirs.work,
-            mcp_dir: dirs.mcp,
-            sandbox_user: user,
-            conversation,
-            record_dir,
-        };
-        match child::spawn(name, generation, &start, a.spec.heartbeat.interval, events) {
-            Ok(handle) => {
-                tracing::info!(agent = name, pid = handle.pid, "agent started");
-                let now = Instant::now();
-                a.restarts.started(now);
-                a.life = Lifecycle::Starting {
-                    child: Live { handle, since: now },
-                };
-                a.last_pong = now;
-                a.hung = None;
-            }
-            Err(e) => {
-                a.life = Lifecycle::Failed;
-                a.last_error = Some(format!("cannot start agent process: {e}"));
-                tracing::error!(agent = name, "cannot start agent process: {e}");
-            }
-        }
-        self.update_status();
-    }
-
-    fn fail_to_start(&mut self, name: &str, why: String) {
-        if let Some(a) = self.agents.get_mut(name) {
-            tracing::error!(agent = name, "{why}");
-            a.life = Lifecycle::Failed;
-            a.last_error = Some(why);
-        }
-        self.update_status();
-    }
-
-    /// Asks the child to stop (finishing its task within `grace`), then
-    /// escalates to SIGTERM and SIGKILL. Without a child, `after` applies now.
-    fn stop_agent(&mut self, name: &str, after: AfterExit, grace: Duration) -> bool {
-        let Some(a) = self.agents.get_mut(name) else {
-            return false;
-        };
-        let (child, claim) = match std::mem::replace(&mut a.life, Lifecycle::Stopped) {
-            Lifecycle::Starting { child } => (child, None),
-            Lifecycle::Running { child, claim } | Lifecycle::Stopping { child, claim, .. } => (child, claim),
-            // A pending restart is called off; stopped and failed stay so.
-            Lifecycle::Backoff { .. } => return true,
-            down @ (Lifecycle::Stopped | Lifecycle::Failed) => {
-                a.life = down;
-                return true;
-            }
-        };
-        child.handle.send(&ToChild::Shutdown {
-            grace_ms: grace.as_millis() as u64,
-        });
-        let generation = child.handle.generation;
-        a.life = Lifecycle::Stopping {
-            child,
-            claim,
-            then: after,
-        };
-        let events = self.events.clone();
-        let agent = name.to_owned();
-        tokio::spawn(async move {
-            tokio::time::sleep(grace + TERM_AFTER_GRACE).await;
-            let _ = events.send(Event::Escalate {
-                agent: agent.clone(),
-                generation,
-                signal: Signal::SIGTERM,
-            });
-            tokio::time::sleep(KILL_AFTER_TERM).await;
-            let _ = events.send(Event::Escalate {
-                agent,
-                generation,
-                signal: Signal::SIGKILL,
-            });
-        });
-        false
-    }
-
-    fn begin_stop(&mut self, why: &str) {
-        if self.stop_deadline.is_some() {
-            return;
-        }
-        let grace = self.cfg.shutdown_grace;
-        tracing::info!(
-            "{why}: stopping {} agents (grace {})",
-            self.agents.len(),
-            humantime::format_duration(grace)
-        );
-        systemd::stopping();
-        self.stop_deadline = Some(tokio::time::Instant::now() + grace + TERM_AFTER_GRACE + KILL_AFTER_TERM);
-        let names: Vec<String> = self.agents.keys().cloned().collect();
-        for name in names {
-            self.stop_agent(&name, AfterExit::StayDown, grace);
-        }
-    }
-
-    fn kill_all(&mut self) {
-        for a in self.agents.values() {
-            if let Some(c) = a.life.child() {
-                c.signal(Signal::SIGKILL);
-                c.kill_group();
-            }
-        }
     }
 
     async fn handle(&mut self, ev: Event) {
@@ -541,449 +372,6 @@ impl Supervisor {
         }
     }
 
-    /// Pings a running child, or kills it when it has stopped answering
-    /// (see [`heartbeat`]). Starting children are not judged: they read
-    /// their stdin only once their MCP servers are up. Stopping ones have
-    /// their own escalation.
-    fn on_heartbeat(&mut self, name: &str, generation: u64) {
-        let Some(a) = self.agents.get_mut(name) else { return };
-        let Some(child) = a.life.child_of(generation) else {
-            return;
-        };
-        if !a.life.is_running() || a.hung.is_some() {
-            return;
-        }
-        match heartbeat::verdict(&a.spec.heartbeat, a.last_pong, Instant::now()) {
-            heartbeat::Verdict::Alive => {
-                a.heartbeat_seq += 1;
-                child.send(&ToChild::Ping { seq: a.heartbeat_seq });
-            }
-            heartbeat::Verdict::Hung(why) => {
-                tracing::error!(agent = name, pid = child.pid, "{why}");
-                child.signal(Signal::SIGKILL);
-                child.kill_group();
-                a.hung = Some(why);
-            }
-        }
-    }
-
-    async fn on_child_message(&mut self, name: &str, msg: FromChild) {
-        match msg {
-            FromChild::Ready { version, pid } => {
-                if version != PROTOCOL_VERSION {
-                    tracing::error!(
-                        agent = name,
-                        "agent speaks protocol {version}, expected {PROTOCOL_VERSION}"
-                    );
-                }
-                if let Some(a) = self.agents.get_mut(name)
-                    && a.life.is_starting()
-                    && let Lifecycle::Starting { child } = std::mem::replace(&mut a.life, Lifecycle::Stopped)
-                {
-                    tracing::debug!(agent = name, pid, "agent ready");
-                    a.life = Lifecycle::Running { child, claim: None };
-                    a.last_pong = Instant::now();
-                }
-                self.maybe_ready();
-                self.update_status();
-                self.dispatch(name).await;
-            }
-            FromChild::Trigger { trigger, dedupe_key } => {
-                let kept = Deferred::Trigger {
-                    agent: name.to_owned(),
-                    trigger,
-                    dedupe_key,
-                };
-                self.write_or_keep(name, kept).await;
-                self.dispatch(name).await;
-            }
-            FromChild::Step { task, lease, step } => {
-                if self.watched.contains_key(&task) {
-                    self.on_step(task, &step.kind, step.payload["name"].as_str());
-                }
-                self.write_or_keep(name, Deferred::Step { task, lease, step }).await;
-            }
-            FromChild::Pong { seq } => {
-                if let Some(a) = self.agents.get_mut(name)
-                    && seq == a.heartbeat_seq
-                {
-                    a.last_pong = Instant::now();
-                }
-            }
-            FromChild::Health { degraded } => {
-                if let Some(a) = self.agents.get_mut(name) {
-                    match &degraded {
-                        Some(why) => tracing::warn!(agent = name, "degraded: {why}"),
-                        None if a.degraded.is_some() => tracing::info!(agent = name, "MCP servers reachable again"),
-                        None => {}
-                    }
-                    a.degraded = degraded;
-                }
-            }
-            FromChild::Output { task, text, .. } => {
-                tracing::debug!(agent = name, "model: {text}");
-                self.on_output(task, &text);
-            }
-            FromChild::Finished {
-                task,
-                lease,
-                state,
-                result,
-                error,
-                conversation,
-            } => {
-                let current = self.agents.get(name).and_then(|a| a.life.claim().cloned());
-                if current
-                    != Some(Claim {
-                        task,
-                        lease: lease.clone(),
-                    })
-                {
-                    tracing::warn!(agent = name, "ignoring a result for task {task} from a stale lease");
-                    return;
-                }
-                let agent = name.to_owned();
-                let state = if state.is_final() { state } else { TaskState::Failed };
-                // One line of what the model said (or what went wrong) for the log.
-                let summary = result
-                    .as_deref()
-                    .or(error.as_deref())
-                    .and_then(|t| t.lines().find(|l| !l.trim().is_empty()));
-                let summary = summary.map(|l| l.chars().take(200).collect::<String>());
-                // Shown and answered after the write, so whoever hears of the
-                // end finds it in the ledger.
-                let (shown_result, shown_error) = (result.clone(), error.clone());
-                // Kept in memory when the ledger cannot take it: the task
-                // is not left `running` for good.
-                let end = Deferred::Finish {
-                    agent,
-                    task,
-                    lease,
-                    state,
-                    result,
-                    error,
-                    conversation: conversation.map(|c| serde_json::to_vec(&c).unwrap_or_default()),
-                };
-                self.write_or_keep(name, end).await;
-                let said = summary.map(|s| format!(": {s}")).unwrap_or_default();
-                tracing::info!(agent = name, "task {task} {state}{said}");
-                self.on_task_end(name, task, state, shown_result.as_deref(), shown_error.as_deref());
-                if let Some(a) = self.agents.get_mut(name)
-                    && let Lifecycle::Running { claim, .. } | Lifecycle::Stopping { claim, .. } = &mut a.life
-                {
-                    *claim = None;
-                }
-                self.dispatch(name).await;
-            }
-        }
-    }
-
-    async fn on_exit(&mut self, name: &str, generation: u64, exit: Exit) {
-        let Some(a) = self.agents.get_mut(name) else { return };
-        if a.life.child_of(generation).is_none() {
-            return;
-        }
-        let (child, running, after) = match std::mem::replace(&mut a.life, Lifecycle::Stopped) {
-            Lifecycle::Starting { child } => (child, None, AfterExit::Policy),
-            Lifecycle::Running { child, claim } => (child, claim, AfterExit::Policy),
-            Lifecycle::Stopping { child, claim, then } => (child, claim, then),
-            Lifecycle::Stopped | Lifecycle::Failed | Lifecycle::Backoff { .. } => return,
-        };
-        // Whatever the child started and left behind goes with it.
-        child.handle.kill_group();
-        crate::sandbox::contain::after_agent_exit(&self.cfg.state_dir, name);
-        let uptime = child.since.elapsed();
-        a.last_exit = Some(exit);
-        a.degraded = None;
-        let max_attempts = a.spec.limits.max_attempts;
-        // Killed as hung: that, not the SIGKILL, is why it is gone.
-        let cause = a.hung.take().unwrap_or_else(|| format!("agent process {exit}"));
-        if !exit.success() && after == AfterExit::Policy {
-            a.last_error = Some(cause.clone());
-        }
-        let log_exit = format!(
-            "agent process {exit} after {}",
-            humantime::format_duration(trim(uptime))
-        );
-        if after == AfterExit::Policy && !exit.success() {
-            tracing::warn!(agent = name, "{log_exit}");
-        } else {
-            tracing::info!(agent = name, "{log_exit}");
-        }
-
-        if let Some(Claim { task, .. }) = running {
-            let c2 = cause.clone();
-            let r = if self.degraded.kept.is_empty() {
-                self.ledger.call(move |l| l.release(task, &c2, max_attempts)).await
-            } else {
-                Some(Err(LedgerError::NoSuchTask(task)))
-            };
-            match r {
-                Some(Ok(state)) => {
-                    tracing::warn!(agent = name, "task {task} interrupted; now {state}");
-                    self.on_task_released(name, task, state, &cause);
-                }
-                Some(Err(e)) if !self.degraded.kept.is_empty() || e.is_unwritable() => {
-                    if e.is_unwritable() {
-                        self.enter_degraded(&e);
-                    }
-                    tracing::warn!(
-                        agent = name,
-                        "task {task} interrupted; its release is kept until the ledger takes writes"
-                    );
-                    self.degraded.keep(Deferred::Release {
-                        task,
-                        cause: cause.clone(),
-                        max_attempts,
-                    });
-                }
-                Some(Err(e)) => tracing::error!(agent = name, "cannot release task {task}: {e}"),
-                None => {}
-            }
-        }
-
-        let stopping = self.stop_deadline.is_some();
-        let Some(a) = self.agents.get_mut(name) else { return };
-        match after {
-            AfterExit::Remove => {
-                self.agents.remove(name);
-            }
-            AfterExit::StayDown => a.life = Lifecycle::Stopped,
-            AfterExit::StartAgain if !stopping => {
-                a.restarts.reset();
-                if let Some(which) = a.pending_restore.take() {
-                    self.restore_snapshot(name, which).await;
-                }
-                self.start_agent(name).await;
-            }
-            AfterExit::StartAgain => a.life = Lifecycle::Stopped,
-            AfterExit::Policy if stopping => a.life = Lifecycle::Stopped,
-            AfterExit::Policy => {
-                a.restarts.ran_for(uptime);
-                match a.restarts.decide(exit, Instant::now()) {
-                    Decision::Restart(delay) => {
-                        a.restart_count += 1;
-                        self.generation += 1;
-                        a.life = Lifecycle::Backoff {
-                            generation: self.generation,
-                        };
-                        let (events, agent, generation) = (self.events.clone(), name.to_owned(), self.generation);
-                        tracing::info!(
-                            agent = name,
-                            "restarting in {}",
-                            humantime::format_duration(trim(delay))
-                        );
-                        tokio::spawn(async move {
-                            tokio::time::sleep(delay).await;
-                            let _ = events.send(Event::RestartDue { agent, generation });
-                        });
-                    }
-                    Decision::Stop => a.life = Lifecycle::Stopped,
-                    Decision::Fail(why) => {
-                        tracing::error!(
-                            agent = name,
-                            "agent failed: {why}; it stays down until restarted or its config changes"
-                        );
-                        a.life = Lifecycle::Failed;
-                        a.last_error = Some(why);
-                    }
-                }
-            }
-        }
-        self.maybe_ready();
-        self.update_status();
-    }
-
-    /// Records a trigger as a task (coalescing by `dedupe_key` while queued).
-    async fn record_trigger(
-        &mut self,
-        agent: &str,
-        trigger: Trigger,
-        dedupe_key: Option<String>,
-    ) -> Result<ledger::Enqueued, String> {
-        let agent = agent.to_owned();
-        match self
-            .ledger
-            .call(move |l| l.enqueue(&agent, &trigger, dedupe_key.as_deref()))
-            .await
-        {
-            Some(Ok(e)) => Ok(e),
-            Some(Err(e)) => {
-                if e.is_unwritable() {
-                    self.enter_degraded(&e);
-                }
-                Err(e.to_string())
-            }
-            None => Err("the ledger is closed".into()),
-        }
-    }
-
-    /// Writes what must not be lost, or keeps it in memory while the ledger
-    /// cannot take writes (and behind writes already kept, so their order
-    /// holds). See [`degraded`].
-    async fn write_or_keep(&mut self, agent: &str, d: Deferred) {
-        if !self.degraded.kept.is_empty() {
-            self.degraded.keep(d);
-            return;
-        }
-        let (back, r) = match self
-            .ledger
-            .call(move |l| {
-                let r = d.apply(l);
-                (d, r)
-            })
-            .await
-        {
-            Some(x) => x,
-            None => return,
-        };
-        match r {
-            Ok(()) => {
-                if let Deferred::Trigger { .. } = back {
-                    tracing::debug!(agent, "trigger recorded");
-                }
-            }
-            Err(e) if e.is_unwritable() => {
-                self.enter_degraded(&e);
-                self.degraded.keep(back);
-            }
-            Err(e) => tracing::warn!(agent, "ledger write rejected: {e}"),
-        }
-    }
-
-    fn enter_degraded(&mut self, e: &LedgerError) {
-        if self.degraded.enter(e) {
-            tracing::error!(
-                "agentd is degraded: the ledger cannot be written ({}); tasks' ends, journal steps and \
-                 agents' triggers are kept in memory, new messages are refused, retrying every {}",
-                e.short(),
-                humantime::format_duration(degraded::RETRY)
-            );
-            self.update_status();
-        }
-    }
-
-    /// While degraded: replays the kept writes in order, then proves the
-    /// ledger takes writes; on success agentd is whole again.
-    async fn retry_kept(&mut self) {
-        let kept = std::mem::take(&mut self.degraded.kept);
-        let r = self
-            .ledger
-            .call(move |l| {
-                let mut kept = kept;
-                let mut dropped = Vec::new();
-                while let Some(d) = kept.front() {
-                    match d.apply(l) {
-                        Ok(()) => {
-                            kept.pop_front();
-                        }
-                        Err(e) if e.is_unwritable() => return (kept, dropped, Err(e)),
-                        Err(e) => {
-                            dropped.push(e.to_string());
-                            kept.pop_front();
-                        }
-                    }
-                }
-                let probe = l.probe_write();
-                (kept, dropped, probe)
-            })
-            .await;
-        let Some((kept, dropped, outcome)) = r else { return };
-        self.degraded.kept = kept;
-        for e in dropped {
-            tracing::warn!("a kept ledger write was rejected on replay: {e}");
-        }
-        if outcome.is_ok()
-            && let Some(took) = self.degraded.recovered()
-        {
-            let lost = std::mem::take(&mut self.degraded.dropped_steps);
-            let lost = if lost > 0 {
-                format!(" ({lost} journal steps past the in-memory cap were dropped)")
-            } else {
-                String::new()
-            };
-            tracing::info!(
-                "the ledger takes writes again after {}: agentd is no longer degraded{lost}",
-                humantime::format_duration(Duration::from_secs(took.as_secs()))
-            );
-            self.update_status();
-            let names: Vec<String> = self.agents.keys().cloned().collect();
-            for name in names {
-                self.dispatch(&name).await;
-            }
-        }
-    }
-
-    /// Hands the agent its next queued task, if it is free to take one.
-    async fn dispatch(&mut self, name: &str) {
-        if self.stop_deadline.is_some() {
-            return;
-        }
-        let Some(a) = self.agents.get(name) else { return };
-        let Lifecycle::Running {
-            child: Live { handle: child, .. },
-            claim: None,
-        } = &a.life
-        else {
-            return;
-        };
-        if a.paused {
-            return;
-        }
-        let lease = crate::domain::Lease {
-            agent: name.to_owned(),
-            pid: child.pid,
-            generation: child.generation,
-        }
-        .to_string();
-        let (agent, l2) = (name.to_owned(), lease.clone());
-        let claimed = self.ledger.call(move |l| l.claim_next(&agent, &l2)).await;
-        let task = match claimed {
-            Some(Ok(Some(t))) => t,
-            Some(Ok(None)) | None => return,
-            Some(Err(e)) => {
-                if e.is_unwritable() {
-                    self.enter_degraded(&e);
-                } else {
-                    tracing::error!(agent = name, "cannot claim a task: {e}");
-                }
-                return;
-            }
-        };
-        let Some(a) = self.agents.get_mut(name) else { return };
-        let Some(trigger) = task.trigger() else {
-            let id = task.id;
-            tracing::error!(agent = name, "task {id} has an unreadable trigger; failing it");
-            let _ = self
-                .ledger
-                .call(move |l| l.finish(id, &lease, TaskState::Failed, None, Some("unreadable trigger payload")))
-                .await;
-            return;
-        };
-        tracing::info!(
-            agent = name,
-            "task {} started (attempt {}): {}",
-            task.id,
-            task.attempts,
-            trigger.summary()
-        );
-        // Checked above; the supervisor handles one event at a time, so the
-        // lifecycle cannot have moved while the ledger answered.
-        let (Lifecycle::Running { child, claim } | Lifecycle::Stopping { child, claim, .. }) = &mut a.life else {
-            return;
-        };
-        *claim = Some(Claim {
-            task: task.id,
-            lease: lease.clone(),
-        });
-        child.handle.send(&ToChild::Task {
-            id: task.id,
-            lease,
-            attempt: task.attempts,
-            trigger,
-        });
-    }
-
     /// READY=1 once every agent has started (or failed trying).
     fn maybe_ready(&mut self) {
         if self.ready_sent || self.agents.values().any(|a| a.life.is_starting()) {
@@ -1016,104 +404,9 @@ impl Supervisor {
             systemd::status(&self.status_line());
         }
     }
-
-    /// Parses the config off the event loop (a large one takes a while);
-    /// [`Event::ConfigParsed`] brings the result back to [`Self::finish_reload`].
-    pub(super) fn begin_reload(&mut self, by: ReloadBy) {
-        systemd::reloading();
-        self.reload_seq += 1;
-        let seq = self.reload_seq;
-        let path = self.cfg.path.clone();
-        let events = self.events.clone();
-        std::thread::Builder::new()
-            .name("config-parse".into())
-            .spawn(move || {
-                let result = config::load(&path).map_err(|e| e.to_string());
-                let _ = events.send(Event::ConfigParsed { seq, result, by });
-            })
-            .map(drop)
-            .unwrap_or_else(|e| tracing::error!("cannot start the config parser thread: {e}"));
-    }
-
-    /// Applies a parsed config, unless a newer reload started since.
-    async fn finish_reload(&mut self, seq: u64, result: Result<Config, String>, by: ReloadBy) {
-        if seq != self.reload_seq {
-            if let ReloadBy::Control(reply) = by {
-                let _ = reply.send(Response::error("superseded by a newer reload"));
-            }
-            return;
-        }
-        let outcome = self.reload(result).await;
-        match (by, outcome) {
-            (ReloadBy::Control(reply), Ok(summary)) => {
-                let _ = reply.send(Response::ok(summary));
-            }
-            (ReloadBy::Control(reply), Err(e)) => {
-                tracing::error!("reload requested over the control socket failed; agents keep running:\n{e}");
-                let _ = reply.send(Response::error(format!("config rejected; agents keep running:\n{e}")));
-            }
-            (ReloadBy::Sighup, Err(e)) => tracing::error!("reload on SIGHUP failed; agents keep running:\n{e}"),
-            (ReloadBy::Watcher, Err(e)) => tracing::error!("config change rejected; agents keep running:\n{e}"),
-            (_, Ok(_)) => {}
-        }
-    }
-
-    async fn reload(&mut self, result: Result<Config, String>) -> Result<serde_json::Value, String> {
-        let mut new = match result {
-            Ok(c) => c,
-            Err(errors) => {
-                systemd::ready(&format!("{}; last reload rejected", self.status_line()));
-                return Err(errors);
-            }
-        };
-        if new.state_dir != self.cfg.state_dir && !self.state_dir_overridden {
-            tracing::warn!(
-                "state_dir changed to {}; that takes a restart of agentd (keeping {})",
-                new.state_dir.display(),
-                self.cfg.state_dir.display()
-            );
-        }
-        new.state_dir = self.cfg.state_dir.clone();
-        let running = self.agents.iter().map(|(name, a)| (name.clone(), &a.spec)).collect();
-        let diff = diff::ConfigDiff::between(&running, &new);
-        for name in &diff.remove {
-            if self.stop_agent(name, AfterExit::Remove, self.cfg.shutdown_grace) {
-                self.agents.remove(name);
-            }
-        }
-        for spec in &diff.add {
-            let name = spec.name.to_string();
-            self.agents.insert(name.clone(), Agent::new(spec.clone()));
-            self.arm_schedules(&name).await;
-            self.start_agent(&name).await;
-        }
-        for spec in &diff.change {
-            let name = spec.name.to_string();
-            let Some(a) = self.agents.get_mut(&name) else { continue };
-            a.restarts = Restarts::new(spec.restart.clone());
-            a.spec = spec.clone();
-            a.last_error = None;
-            self.arm_schedules(&name).await;
-            if self.stop_agent(&name, AfterExit::StartAgain, self.cfg.shutdown_grace) {
-                self.start_agent(&name).await;
-            }
-        }
-        self.cfg = new;
-        self.watch_config();
-        let summary = diff.summary();
-        tracing::info!(
-            "config reloaded: added {}, removed {}, restarted {}, {} unchanged",
-            summary["added"],
-            summary["removed"],
-            summary["restarted"],
-            diff.unchanged.len()
-        );
-        systemd::ready(&self.status_line());
-        Ok(summary)
-    }
 }
 
 /// Durations for humans: whole milliseconds.
-fn trim(d: Duration) -> Duration {
+pub(super) fn trim(d: Duration) -> Duration {
     Duration::from_millis(d.as_millis() as u64)
 }

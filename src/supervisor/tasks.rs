@@ -1,0 +1,253 @@
+//! Tasks between the ledger and the children: triggers recorded as tasks,
+//! what children report about them (steps, output, results), handing the
+//! next queued task to a free child, and tasks a dead agentd left running.
+
+use std::collections::BTreeMap;
+use std::time::Instant;
+
+use super::Supervisor;
+use super::degraded::Deferred;
+use super::slot::{Claim, Lifecycle, Live};
+use crate::ledger::{self, LedgerError, TaskState, Trigger};
+use crate::protocol::{FromChild, PROTOCOL_VERSION, ToChild};
+
+impl Supervisor {
+    /// Tasks a previous agentd left running go back in the queue (or fail
+    /// once their attempts are spent): never lost, never run twice at once.
+    pub(super) async fn recover_orphaned_tasks(&mut self) -> anyhow::Result<()> {
+        let max: BTreeMap<String, u32> = self
+            .cfg
+            .agents
+            .iter()
+            .map(|a| (a.name.to_string(), a.limits.max_attempts))
+            .collect();
+        let recovered = self
+            .ledger
+            .call(move |l| -> Result<Vec<(i64, String, TaskState)>, LedgerError> {
+                let mut out = Vec::new();
+                for t in l.running_tasks()? {
+                    let attempts = max.get(&t.agent).copied().unwrap_or(1);
+                    let state = l.release(t.id, "agentd stopped while the task was running", attempts)?;
+                    out.push((t.id, t.agent, state));
+                }
+                Ok(out)
+            })
+            .await;
+        match recovered {
+            Some(Ok(tasks)) => {
+                for (id, agent, state) in tasks {
+                    tracing::warn!(agent, "task {id} was running when agentd last stopped; now {state}");
+                }
+            }
+            // Starting anyway would run on a ledger that cannot record.
+            Some(Err(e)) => anyhow::bail!("recovering running tasks failed; not starting: {e}"),
+            None => anyhow::bail!("the ledger thread is gone; not starting"),
+        }
+        Ok(())
+    }
+
+    pub(super) async fn on_child_message(&mut self, name: &str, msg: FromChild) {
+        match msg {
+            FromChild::Ready { version, pid } => {
+                if version != PROTOCOL_VERSION {
+                    tracing::error!(
+                        agent = name,
+                        "agent speaks protocol {version}, expected {PROTOCOL_VERSION}"
+                    );
+                }
+                if let Some(a) = self.agents.get_mut(name)
+                    && a.life.is_starting()
+                    && let Lifecycle::Starting { child } = std::mem::replace(&mut a.life, Lifecycle::Stopped)
+                {
+                    tracing::debug!(agent = name, pid, "agent ready");
+                    a.life = Lifecycle::Running { child, claim: None };
+                    a.last_pong = Instant::now();
+                }
+                self.maybe_ready();
+                self.update_status();
+                self.dispatch(name).await;
+            }
+            FromChild::Trigger { trigger, dedupe_key } => {
+                let kept = Deferred::Trigger {
+                    agent: name.to_owned(),
+                    trigger,
+                    dedupe_key,
+                };
+                self.write_or_keep(name, kept).await;
+                self.dispatch(name).await;
+            }
+            FromChild::Step { task, lease, step } => {
+                if self.watched.contains_key(&task) {
+                    self.on_step(task, &step.kind, step.payload["name"].as_str());
+                }
+                self.write_or_keep(name, Deferred::Step { task, lease, step }).await;
+            }
+            FromChild::Pong { seq } => {
+                if let Some(a) = self.agents.get_mut(name)
+                    && seq == a.heartbeat_seq
+                {
+                    a.last_pong = Instant::now();
+                }
+            }
+            FromChild::Health { degraded } => {
+                if let Some(a) = self.agents.get_mut(name) {
+                    match &degraded {
+                        Some(why) => tracing::warn!(agent = name, "degraded: {why}"),
+                        None if a.degraded.is_some() => tracing::info!(agent = name, "MCP servers reachable again"),
+                        None => {}
+                    }
+                    a.degraded = degraded;
+                }
+            }
+            FromChild::Output { task, text, .. } => {
+                tracing::debug!(agent = name, "model: {text}");
+                self.on_output(task, &text);
+            }
+            FromChild::Finished {
+                task,
+                lease,
+                state,
+                result,
+                error,
+                conversation,
+            } => {
+                let current = self.agents.get(name).and_then(|a| a.life.claim().cloned());
+                if current
+                    != Some(Claim {
+                        task,
+                        lease: lease.clone(),
+                    })
+                {
+                    tracing::warn!(agent = name, "ignoring a result for task {task} from a stale lease");
+                    return;
+                }
+                let agent = name.to_owned();
+                let state = if state.is_final() { state } else { TaskState::Failed };
+                // One line of what the model said (or what went wrong) for the log.
+                let summary = result
+                    .as_deref()
+                    .or(error.as_deref())
+                    .and_then(|t| t.lines().find(|l| !l.trim().is_empty()));
+                let summary = summary.map(|l| l.chars().take(200).collect::<String>());
+                // Shown and answered after the write, so whoever hears of the
+                // end finds it in the ledger.
+                let (shown_result, shown_error) = (result.clone(), error.clone());
+                // Kept in memory when the ledger cannot take it: the task
+                // is not left `running` for good.
+                let end = Deferred::Finish {
+                    agent,
+                    task,
+                    lease,
+                    state,
+                    result,
+                    error,
+                    conversation: conversation.map(|c| serde_json::to_vec(&c).unwrap_or_default()),
+                };
+                self.write_or_keep(name, end).await;
+                let said = summary.map(|s| format!(": {s}")).unwrap_or_default();
+                tracing::info!(agent = name, "task {task} {state}{said}");
+                self.on_task_end(name, task, state, shown_result.as_deref(), shown_error.as_deref());
+                if let Some(a) = self.agents.get_mut(name)
+                    && let Lifecycle::Running { claim, .. } | Lifecycle::Stopping { claim, .. } = &mut a.life
+                {
+                    *claim = None;
+                }
+                self.dispatch(name).await;
+            }
+        }
+    }
+
+    /// Records a trigger as a task (coalescing by `dedupe_key` while queued).
+    pub(super) async fn record_trigger(
+        &mut self,
+        agent: &str,
+        trigger: Trigger,
+        dedupe_key: Option<String>,
+    ) -> Result<ledger::Enqueued, String> {
+        let agent = agent.to_owned();
+        match self
+            .ledger
+            .call(move |l| l.enqueue(&agent, &trigger, dedupe_key.as_deref()))
+            .await
+        {
+            Some(Ok(e)) => Ok(e),
+            Some(Err(e)) => {
+                if e.is_unwritable() {
+                    self.enter_degraded(&e);
+                }
+                Err(e.to_string())
+            }
+            None => Err("the ledger is closed".into()),
+        }
+    }
+
+    /// Hands the agent its next queued task, if it is free to take one.
+    pub(super) async fn dispatch(&mut self, name: &str) {
+        if self.stop_deadline.is_some() {
+            return;
+        }
+        let Some(a) = self.agents.get(name) else { return };
+        let Lifecycle::Running {
+            child: Live { handle: child, .. },
+            claim: None,
+        } = &a.life
+        else {
+            return;
+        };
+        if a.paused {
+            return;
+        }
+        let lease = crate::domain::Lease {
+            agent: name.to_owned(),
+            pid: child.pid,
+            generation: child.generation,
+        }
+        .to_string();
+        let (agent, l2) = (name.to_owned(), lease.clone());
+        let claimed = self.ledger.call(move |l| l.claim_next(&agent, &l2)).await;
+        let task = match claimed {
+            Some(Ok(Some(t))) => t,
+            Some(Ok(None)) | None => return,
+            Some(Err(e)) => {
+                if e.is_unwritable() {
+                    self.enter_degraded(&e);
+                } else {
+                    tracing::error!(agent = name, "cannot claim a task: {e}");
+                }
+                return;
+            }
+        };
+        let Some(a) = self.agents.get_mut(name) else { return };
+        let Some(trigger) = task.trigger() else {
+            let id = task.id;
+            tracing::error!(agent = name, "task {id} has an unreadable trigger; failing it");
+            let _ = self
+                .ledger
+                .call(move |l| l.finish(id, &lease, TaskState::Failed, None, Some("unreadable trigger payload")))
+                .await;
+            return;
+        };
+        tracing::info!(
+            agent = name,
+            "task {} started (attempt {}): {}",
+            task.id,
+            task.attempts,
+            trigger.summary()
+        );
+        // Checked above; the supervisor handles one event at a time, so the
+        // lifecycle cannot have moved while the ledger answered.
+        let (Lifecycle::Running { child, claim } | Lifecycle::Stopping { child, claim, .. }) = &mut a.life else {
+            return;
+        };
+        *claim = Some(Claim {
+            task: task.id,
+            lease: lease.clone(),
+        });
+        child.handle.send(&ToChild::Task {
+            id: task.id,
+            lease,
+            attempt: task.attempts,
+            trigger,
+        });
+    }
+}
