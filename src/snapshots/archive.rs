@@ -1,4 +1,6 @@
-//! Workspace snapshots: an agent's workdir as one tar archive, and back.
+//! The workdir archive format: an agent's workdir as one tar archive, and
+//! back. The only module that reads or writes these archives ([`list`] is
+//! what `agentd snapshot show` prints).
 //!
 //! [`archive`] captures contents, modes, mtimes and symlinks (as symlinks);
 //! [`restore`] makes the directory exactly that again: entries added since
@@ -29,7 +31,7 @@ use nix::fcntl::{AtFlags, OFlag, openat};
 use nix::sys::stat::{FileStat, Mode, fstat, fstatat};
 
 #[derive(Debug, thiserror::Error)]
-pub enum WorkspaceError {
+pub enum ArchiveError {
     #[error("archiving {path}: {source}")]
     Archive { path: PathBuf, source: io::Error },
     #[error("restoring {path}: {source}")]
@@ -61,8 +63,8 @@ fn kind(st: &FileStat) -> u32 {
 
 /// Archives everything under `dir`, never following a link; special files
 /// are left out (logged).
-pub fn archive(dir: &Path) -> Result<Vec<u8>, WorkspaceError> {
-    let err = |source| WorkspaceError::Archive {
+pub fn archive(dir: &Path) -> Result<Vec<u8>, ArchiveError> {
+    let err = |source| ArchiveError::Archive {
         path: dir.to_path_buf(),
         source,
     };
@@ -187,9 +189,19 @@ fn append_header(
     b.append_data(&mut h, path, data)
 }
 
+/// The entries of an archive: path and size, in archive order.
+pub fn list(bytes: &[u8]) -> io::Result<Vec<(String, u64)>> {
+    let mut files = Vec::new();
+    for entry in tar::Archive::new(bytes).entries()? {
+        let entry = entry?;
+        files.push((entry.path()?.display().to_string(), entry.header().size().unwrap_or(0)));
+    }
+    Ok(files)
+}
+
 /// Puts `dir` back exactly as it was when `bytes` was archived.
-pub fn restore(dir: &Path, bytes: &[u8]) -> Result<(), WorkspaceError> {
-    let err = |source| WorkspaceError::Restore {
+pub fn restore(dir: &Path, bytes: &[u8]) -> Result<(), ArchiveError> {
+    let err = |source| ArchiveError::Restore {
         path: dir.to_path_buf(),
         source,
     };
