@@ -274,7 +274,26 @@ pub fn create_file(root: &Path, rel: &str, content: &[u8], owner: Option<(u32, u
 }
 
 /// Deeper than any real tree; a bound keeps a hostile one finite.
-const MAX_DEPTH: usize = 256;
+pub const MAX_DEPTH: usize = 256;
+
+/// Opens the directory `name` in `parent`, never following a link.
+pub fn open_dir_at(parent: &OwnedFd, name: &std::ffi::CStr) -> io::Result<OwnedFd> {
+    let flags = OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC;
+    Ok(nix::fcntl::openat(parent, name, flags, Mode::empty())?)
+}
+
+/// The names in the directory `dir` (not `.` nor `..`), sorted.
+pub fn names(dir: &OwnedFd) -> io::Result<Vec<CString>> {
+    let mut names = Vec::new();
+    for entry in nix::dir::Dir::from_fd(dir.try_clone()?)?.iter() {
+        let name = entry?.file_name().to_owned();
+        if name.to_bytes() != b"." && name.to_bytes() != b".." {
+            names.push(name);
+        }
+    }
+    names.sort();
+    Ok(names)
+}
 
 /// Every regular file under the directory `rel` beneath `root`, as a path
 /// relative to `root` with its size, sorted. Links are not followed (nor
@@ -295,28 +314,18 @@ fn walk(fd: OwnedFd, rel: &Path, depth: usize, out: &mut Vec<(PathBuf, u64)>) {
     if depth > MAX_DEPTH {
         return;
     }
-    let Ok(parent) = fd.try_clone() else {
+    let Ok(names) = names(&fd) else {
         return;
     };
-    let Ok(mut dir) = nix::dir::Dir::from_fd(fd) else {
-        return;
-    };
-    let names: Vec<CString> = dir
-        .iter()
-        .flatten()
-        .map(|entry| entry.file_name().to_owned())
-        .filter(|name| name.to_bytes() != b"." && name.to_bytes() != b"..")
-        .collect();
     for name in names {
         let path = rel.join(OsStr::from_bytes(name.to_bytes()));
-        let Ok(st) = nix::sys::stat::fstatat(&parent, name.as_c_str(), AtFlags::AT_SYMLINK_NOFOLLOW) else {
+        let Ok(st) = nix::sys::stat::fstatat(&fd, name.as_c_str(), AtFlags::AT_SYMLINK_NOFOLLOW) else {
             continue;
         };
         match st.st_mode & libc::S_IFMT {
             libc::S_IFREG => out.push((path, st.st_size as u64)),
             libc::S_IFDIR => {
-                let flags = OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC;
-                if let Ok(sub) = nix::fcntl::openat(&parent, name.as_c_str(), flags, Mode::empty()) {
+                if let Ok(sub) = open_dir_at(&fd, &name) {
                     walk(sub, &path, depth + 1, out);
                 }
             }

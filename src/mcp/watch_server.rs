@@ -251,9 +251,9 @@ impl Inner {
     /// Whether `path` (absolute, from a filesystem event) is a regular
     /// file reached beneath DIR.
     fn is_file(&self, path: &Path) -> bool {
-        path.to_str()
-            .and_then(|p| beneath::under(&self.root, p).ok())
-            .and_then(|rel| beneath::stat(&self.root_fd, &rel).ok())
+        path.strip_prefix(&self.root)
+            .ok()
+            .and_then(|rel| beneath::stat(&self.root_fd, rel).ok())
             .is_some_and(|st| st.st_mode & libc::S_IFMT == libc::S_IFREG)
     }
 

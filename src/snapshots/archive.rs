@@ -21,14 +21,16 @@
 //!
 //! Hard links are stored as separate files.
 
-use std::ffi::{CStr, CString, OsStr};
+use std::ffi::{CString, OsStr};
 use std::io::{self, Read, Write};
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::OwnedFd;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
 use nix::fcntl::{AtFlags, OFlag, openat};
 use nix::sys::stat::{FileStat, Mode, fstat, fstatat};
+
+use crate::beneath::{MAX_DEPTH, names, open_dir_at};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ArchiveError {
@@ -41,9 +43,6 @@ pub enum ArchiveError {
 /// The archive entry that carries the workdir's own mode.
 const ROOT_ENTRY: &str = ".";
 
-/// Deeper than any real tree; a bound keeps a hostile one finite.
-const MAX_DEPTH: usize = 256;
-
 const DIR_FLAGS: OFlag = OFlag::O_RDONLY
     .union(OFlag::O_DIRECTORY)
     .union(OFlag::O_NOFOLLOW)
@@ -51,10 +50,6 @@ const DIR_FLAGS: OFlag = OFlag::O_RDONLY
 
 fn io_err(e: nix::Error) -> io::Error {
     e.into()
-}
-
-fn open_dir_at(parent: &impl AsFd, name: &CStr) -> io::Result<OwnedFd> {
-    openat(parent, name, DIR_FLAGS, Mode::empty()).map_err(io_err)
 }
 
 fn kind(st: &FileStat) -> u32 {
@@ -104,16 +99,8 @@ fn archive_dir(
     if depth > MAX_DEPTH {
         return Err(io::Error::other("directory tree too deep"));
     }
-    let parent = fd.try_clone()?;
-    let mut names: Vec<CString> = Vec::new();
-    for entry in nix::dir::Dir::from_fd(fd).map_err(io_err)?.iter() {
-        let name = entry.map_err(io_err)?.file_name().to_owned();
-        if name.to_bytes() != b"." && name.to_bytes() != b".." {
-            names.push(name);
-        }
-    }
-    names.sort();
-    for name in names {
+    let parent = fd;
+    for name in names(&parent)? {
         let path = rel.join(OsStr::from_bytes(name.to_bytes()));
         let st = match fstatat(&parent, name.as_c_str(), AtFlags::AT_SYMLINK_NOFOLLOW) {
             Ok(st) => st,
@@ -323,15 +310,7 @@ fn clear(fd: &OwnedFd, depth: usize) -> io::Result<()> {
     }
     // Emptying needs write and search permission on the directory itself.
     nix::sys::stat::fchmod(fd, Mode::from_bits_truncate(0o700)).map_err(io_err)?;
-    let mut names = Vec::new();
-    for entry in nix::dir::Dir::from_fd(fd.try_clone()?).map_err(io_err)?.iter() {
-        let entry = entry.map_err(io_err)?;
-        let name = entry.file_name().to_owned();
-        if name.to_bytes() != b"." && name.to_bytes() != b".." {
-            names.push(name);
-        }
-    }
-    for name in names {
+    for name in names(fd)? {
         let st = fstatat(fd, name.as_c_str(), AtFlags::AT_SYMLINK_NOFOLLOW).map_err(io_err)?;
         if kind(&st) == libc::S_IFDIR {
             let sub = open_dir_at(fd, &name)?;
