@@ -23,7 +23,7 @@ use anyhow::Context;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::sync::mpsc;
 
-use crate::domain::{TaskState, Trigger};
+use crate::domain::Trigger;
 use crate::llm::{ChatMessage, LlmClient};
 use crate::mcp::{McpHub, ResourceEvent};
 use crate::protocol::{self, FromChild, PROTOCOL_VERSION, ToChild};
@@ -204,7 +204,7 @@ async fn run(name: &str) -> anyhow::Result<ExitCode> {
                         &outbox,
                         id,
                         &lease,
-                        fail(format!("model client unusable: {error}")),
+                        Outcome::failed(format!("model client unusable: {error}")),
                         None,
                     );
                     continue;
@@ -332,14 +332,6 @@ fn agentd_bin_dir(agent_dir: &Path) -> Option<(PathBuf, PathBuf)> {
             tracing::warn!(error = %e, "cannot link agentd into {}; `agentd tool call` is unavailable in the sandbox", bin.display());
             None
         }
-    }
-}
-
-fn fail(error: String) -> Outcome {
-    Outcome {
-        state: TaskState::Failed,
-        result: None,
-        error: Some(error),
     }
 }
 

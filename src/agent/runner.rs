@@ -50,6 +50,24 @@ pub struct Outcome {
     pub error: Option<String>,
 }
 
+impl Outcome {
+    pub fn failed(error: String) -> Outcome {
+        Outcome {
+            state: TaskState::Failed,
+            result: None,
+            error: Some(error),
+        }
+    }
+
+    fn succeeded(result: String) -> Outcome {
+        Outcome {
+            state: TaskState::Succeeded,
+            result: Some(result),
+            error: None,
+        }
+    }
+}
+
 /// A task in progress: its id and lease go on every message about it.
 struct Job<'a> {
     id: i64,
@@ -91,14 +109,10 @@ impl Runtime {
         self.skills.end();
         let outcome = match result {
             Ok(o) => o,
-            Err(_) => Outcome {
-                state: TaskState::Failed,
-                result: None,
-                error: Some(format!(
-                    "task timed out after {} (limits.task_timeout)",
-                    humantime::format_duration(timeout)
-                )),
-            },
+            Err(_) => Outcome::failed(format!(
+                "task timed out after {} (limits.task_timeout)",
+                humantime::format_duration(timeout)
+            )),
         };
         // The agent remembers what happened, failed attempts included, so
         // it can answer "what did you just do?".
@@ -163,7 +177,7 @@ impl Runtime {
                         (0, 0),
                         Some(started),
                     );
-                    return failed(format!("model request failed: {e}"));
+                    return Outcome::failed(format!("model request failed: {e}"));
                 }
             };
             spent += reply.usage.total();
@@ -189,7 +203,7 @@ impl Runtime {
             );
             messages.push(reply.message());
             if spent > limits.max_tokens {
-                return failed(format!(
+                return Outcome::failed(format!(
                     "token budget exceeded: {spent} tokens used, limits.max_tokens is {}",
                     limits.max_tokens
                 ));
@@ -240,14 +254,10 @@ impl Runtime {
             }
 
             if reply.tool_calls.is_empty() && blocks.is_empty() {
-                return Outcome {
-                    state: TaskState::Succeeded,
-                    result: Some(text.to_owned()),
-                    error: None,
-                };
+                return Outcome::succeeded(text.to_owned());
             }
         }
-        failed(format!(
+        Outcome::failed(format!(
             "stopped after {} turns (limits.max_turns) while the model was still calling tools or running code",
             limits.max_turns
         ))
@@ -281,14 +291,6 @@ impl Runtime {
             Some(started),
         );
         if is_error { format!("error: {text}") } else { text }
-    }
-}
-
-fn failed(error: String) -> Outcome {
-    Outcome {
-        state: TaskState::Failed,
-        result: None,
-        error: Some(error),
     }
 }
 

@@ -2,7 +2,8 @@
 //!
 //! Reads go straight to the ledger. Writes go through the running agentd
 //! (the only writer of its ledger); with none running, the command takes
-//! the state dir's lock and writes itself.
+//! the state dir's lock and calls [`crate::snapshots`] itself. What a
+//! workspace archive holds is [`crate::snapshots::archive::list`]'s to say.
 
 use std::process::ExitCode;
 use std::time::Duration;
@@ -107,12 +108,7 @@ pub fn run(global: &Global, cmd: &SnapshotCommand) -> anyhow::Result<ExitCode> {
                     }
                 }
                 SnapshotKind::Workspace => {
-                    let mut archive = tar::Archive::new(&snap.data[..]);
-                    let mut files = Vec::new();
-                    for entry in archive.entries()? {
-                        let entry = entry?;
-                        files.push((entry.path()?.display().to_string(), entry.header().size().unwrap_or(0)));
-                    }
+                    let files = snapshots::archive::list(&snap.data)?;
                     if *json {
                         outln!(
                             "{}",
@@ -131,7 +127,7 @@ pub fn run(global: &Global, cmd: &SnapshotCommand) -> anyhow::Result<ExitCode> {
                 agent: args.agent.clone(),
                 label: args.label.clone(),
             };
-            let meta = write(global, &args.ledger, &req, |l, workdir| {
+            let meta = write(global, &args.ledger, &args.agent, &req, |l, workdir| {
                 snapshots::create(l, &args.agent, workdir, args.label.as_deref())
             })?;
             outln!("snapshot {} of {}: workspace, {} bytes", meta.id, meta.agent, meta.size);
@@ -145,7 +141,7 @@ pub fn run(global: &Global, cmd: &SnapshotCommand) -> anyhow::Result<ExitCode> {
                 agent: agent.clone(),
                 snapshot: snapshot.clone(),
             };
-            let meta = write(global, ledger, &req, |l, workdir| {
+            let meta = write(global, ledger, agent, &req, |l, workdir| {
                 snapshots::restore(l, agent, workdir, snapshot)
             })?;
             outln!("restored {} snapshot {} of {}", meta.kind.as_str(), meta.id, meta.agent);
@@ -158,21 +154,18 @@ pub fn run(global: &Global, cmd: &SnapshotCommand) -> anyhow::Result<ExitCode> {
 fn write(
     global: &Global,
     args: &LedgerArgs,
+    agent: &str,
     req: &Request,
     offline: impl FnOnce(&mut Ledger, &std::path::Path) -> Result<SnapshotMeta, snapshots::SnapshotError>,
 ) -> anyhow::Result<SnapshotMeta> {
     let dir = state_dir(global, args)?;
-    let agent = match req {
-        Request::SnapshotCreate { agent, .. } | Request::SnapshotRestore { agent, .. } => agent.clone(),
-        _ => String::new(),
-    };
     match client::request(&layout::socket(&dir), req, Duration::from_secs(60)) {
         Ok(resp) if resp.ok => Ok(serde_json::from_value(resp.result.unwrap_or_default())?),
         Ok(resp) => anyhow::bail!("{}", resp.error.unwrap_or_else(|| "request failed".into())),
         Err(client::ClientError::Connect { .. }) => {
             let _lock = layout::lock(&dir)?;
             let mut ledger = Ledger::open(&layout::ledger(&dir))?;
-            Ok(offline(&mut ledger, &layout::workdir(&dir, &agent))?)
+            Ok(offline(&mut ledger, &layout::workdir(&dir, agent))?)
         }
         Err(e) => Err(e.into()),
     }

@@ -1,5 +1,7 @@
-//! Snapshots: an agent's conversation after each task (so a restarted child
-//! remembers), and labelled archives of its workdir.
+//! Snapshot storage: an agent's conversation after each task (so a
+//! restarted child remembers), and labelled archives of its workdir. Only
+//! rows: what the bytes mean and how they are made or put back is
+//! [`crate::snapshots`]'.
 
 use rusqlite::{OptionalExtension, params};
 use serde::{Deserialize, Serialize};
@@ -90,6 +92,16 @@ impl Ledger {
             .query_map(params![agent, kind.map(SnapshotKind::as_str)], meta_from_row)
             .map_err(|e| self.err(e))?;
         rows.collect::<rusqlite::Result<Vec<_>>>().map_err(|e| self.err(e))
+    }
+
+    /// What is stored about snapshot `id`, without its data.
+    pub fn snapshot_meta(&self, id: i64) -> Result<SnapshotMeta> {
+        let sql = format!("SELECT {META_COLUMNS} FROM snapshots WHERE id = ?1");
+        self.conn
+            .query_row(&sql, params![id], meta_from_row)
+            .optional()
+            .map_err(|e| self.err(e))?
+            .ok_or_else(|| LedgerError::NoSuchSnapshot(id.to_string()))
     }
 
     /// A snapshot of `agent` by id or label (the newest with that label).

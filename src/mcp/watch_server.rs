@@ -14,12 +14,18 @@
 //! - Tools `list_files`, `read_file`, `write_file` work on paths relative to
 //!   DIR (absolute paths and `file://` URIs inside DIR are accepted too).
 //!
-//! It must never touch anything outside DIR: every path is normalized
-//! lexically (`..` cannot climb out) and then through the filesystem (the
-//! nearest existing ancestor is canonicalized, so a symlink cannot lead out).
+//! It must never touch anything outside DIR, and DIR may be a workdir that
+//! sandboxed code writes, so the rule is [`crate::beneath`]'s, the same as
+//! fence `:create`: a name is made relative to DIR lexically
+//! ([`beneath::under`]), then resolved by the kernel beneath a descriptor of
+//! DIR opened once at start (`openat2(RESOLVE_BENEATH)`). Links that stay
+//! inside are followed; one that leads out is refused, whatever is swapped
+//! when; fifos, devices and sockets are refused and never waited on;
+//! listings walk descriptor to descriptor and never follow a link.
 
 use std::collections::{BTreeSet, HashSet};
-use std::path::{Component, Path, PathBuf};
+use std::os::fd::OwnedFd;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
@@ -35,7 +41,10 @@ use rmcp::model::{
 use rmcp::service::{Peer, RequestContext, RoleServer, SubscriptionContext, SubscriptionSink};
 use rmcp::{ServerHandler, ServiceExt};
 use serde_json::{Value, json};
+use tokio::io::AsyncReadExt;
 use tokio::sync::mpsc;
+
+use crate::beneath::{self, Denied, NotUnder};
 
 /// Quiet time after a filesystem event before notifications go out.
 pub const DEFAULT_DEBOUNCE: Duration = Duration::from_millis(25);
@@ -68,22 +77,22 @@ pub async fn serve_stdio_with(dir: &Path, options: WatchOptions) -> anyhow::Resu
         anyhow::bail!("mcp-watch: {} is not a directory", root.display());
     }
     let server = WatchServer {
-        inner: Arc::new(Inner {
-            root: root.clone(),
-            legacy: AtomicBool::new(false),
-            subscribed: Mutex::new(HashSet::new()),
-            sinks: Mutex::new(Vec::new()),
-            peer: OnceLock::new(),
-        }),
+        inner: Arc::new(
+            Inner::new(&root).map_err(|e| anyhow::anyhow!("mcp-watch: cannot open {}: {e}", root.display()))?,
+        ),
     };
     // Watch before serving, so no change between the first listing and the
     // first notification is lost.
     let (fs_tx, fs_rx) = mpsc::unbounded_channel();
-    let mut watcher = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
-        if let Ok(event) = res {
-            let _ = fs_tx.send(event);
-        }
-    })?;
+    // A link planted under DIR is not a reason to watch where it leads.
+    let mut watcher = notify::RecommendedWatcher::new(
+        move |res: notify::Result<notify::Event>| {
+            if let Ok(event) = res {
+                let _ = fs_tx.send(event);
+            }
+        },
+        notify::Config::default().with_follow_symlinks(false),
+    )?;
     watcher.watch(&root, RecursiveMode::Recursive)?;
     let inner = server.inner.clone();
     let running = server.serve(rmcp::transport::stdio_pipes()).await?;
@@ -101,7 +110,10 @@ struct WatchServer {
 }
 
 struct Inner {
+    /// DIR, canonical: what names are made relative to, and what URIs say.
     root: PathBuf,
+    /// DIR, opened once: what every name is resolved beneath.
+    root_fd: OwnedFd,
     /// The client used `initialize` (legacy lifecycle): send it unscoped
     /// notifications. A 2026-07-28 client gets them on its listen streams.
     legacy: AtomicBool,
@@ -119,7 +131,7 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 /// Collects filesystem events and sends notifications once things are
 /// quiet for `debounce`.
 async fn pump_events(inner: Arc<Inner>, mut fs_rx: mpsc::UnboundedReceiver<notify::Event>, debounce: Duration) {
-    let mut known: BTreeSet<PathBuf> = list_files(&inner.root).into_iter().collect();
+    let mut known: BTreeSet<PathBuf> = inner.files().into_iter().map(|(p, _)| p).collect();
     loop {
         let Some(first) = fs_rx.recv().await else {
             return;
@@ -149,12 +161,12 @@ async fn pump_events(inner: Arc<Inner>, mut fs_rx: mpsc::UnboundedReceiver<notif
             }
         }
         for path in &changed {
-            if path.is_file() {
+            if inner.is_file(path) {
                 inner.notify_updated(&file_uri(path)).await;
             }
         }
         if structural {
-            let now: BTreeSet<PathBuf> = list_files(&inner.root).into_iter().collect();
+            let now: BTreeSet<PathBuf> = inner.files().into_iter().map(|(p, _)| p).collect();
             if now != known {
                 known = now;
                 inner.notify_list_changed().await;
@@ -178,6 +190,18 @@ fn classify(kind: &EventKind) -> (bool, bool) {
 }
 
 impl Inner {
+    /// `root` canonical.
+    fn new(root: &Path) -> std::io::Result<Inner> {
+        Ok(Inner {
+            root: root.to_path_buf(),
+            root_fd: beneath::open_root(root)?,
+            legacy: AtomicBool::new(false),
+            subscribed: Mutex::new(HashSet::new()),
+            sinks: Mutex::new(Vec::new()),
+            peer: OnceLock::new(),
+        })
+    }
+
     async fn notify_updated(&self, uri: &str) {
         if self.legacy.load(Ordering::Relaxed) && lock(&self.subscribed).contains(uri) {
             if let Some(peer) = self.peer.get() {
@@ -215,55 +239,58 @@ impl Inner {
         lock(&self.sinks).clone()
     }
 
-    fn resolve(&self, path: &str) -> Result<PathBuf, String> {
-        resolve_inside(&self.root, path)
+    /// `path` (relative, absolute inside DIR, or a `file://` URI) as a
+    /// path relative to DIR; the error is a sentence for the client.
+    fn relative(&self, path: &str) -> Result<PathBuf, String> {
+        beneath::under(&self.root, path).map_err(|why| match why {
+            NotUnder::NotAFileUri => format!("{path:?} is not a file:// URI of a local path"),
+            NotUnder::Outside => outside(path),
+        })
+    }
+
+    /// Whether `path` (absolute, from a filesystem event) is a regular
+    /// file reached beneath DIR.
+    fn is_file(&self, path: &Path) -> bool {
+        path.strip_prefix(&self.root)
+            .ok()
+            .and_then(|rel| beneath::stat(&self.root_fd, rel).ok())
+            .is_some_and(|st| st.st_mode & libc::S_IFMT == libc::S_IFREG)
+    }
+
+    /// Every regular file under DIR (absolute) with its size, sorted.
+    fn files(&self) -> Vec<(PathBuf, u64)> {
+        let files = beneath::list_files(&self.root_fd, Path::new("")).unwrap_or_default();
+        files
+            .into_iter()
+            .map(|(rel, size)| (self.root.join(rel), size))
+            .collect()
+    }
+
+    /// Reads the regular file `path` names beneath DIR.
+    async fn read(&self, path: &str) -> Result<(PathBuf, Vec<u8>), String> {
+        let rel = self.relative(path)?;
+        let file = beneath::open_file(&self.root_fd, &rel).map_err(|d| denied(path, d, "cannot read"))?;
+        let mut bytes = Vec::new();
+        tokio::fs::File::from_std(file)
+            .read_to_end(&mut bytes)
+            .await
+            .map_err(|e| format!("cannot read {path}: {e}"))?;
+        Ok((rel, bytes))
     }
 }
 
-/// Resolves `path` (relative to `root`, absolute, or a `file://` URI) to a
-/// path inside `root`, refusing `..` escapes and symlinks that lead out.
-pub fn resolve_inside(root: &Path, path: &str) -> Result<PathBuf, String> {
-    let refuse = || format!("{path:?} is outside the watched directory");
-    let raw = if path.starts_with("file://") {
-        url::Url::parse(path)
-            .ok()
-            .and_then(|u| u.to_file_path().ok())
-            .ok_or_else(|| format!("{path:?} is not a file:// URI of a local path"))?
-    } else {
-        PathBuf::from(path)
-    };
-    let joined = if raw.is_absolute() { raw } else { root.join(raw) };
-    let mut normal = PathBuf::new();
-    for component in joined.components() {
-        match component {
-            Component::ParentDir => {
-                if !normal.pop() {
-                    return Err(refuse());
-                }
-            }
-            Component::CurDir => {}
-            other => normal.push(other),
-        }
-    }
-    if !normal.starts_with(root) {
-        return Err(refuse());
-    }
-    // Follow symlinks through the nearest existing ancestor.
-    let mut existing = normal.as_path();
-    loop {
-        if let Ok(real) = existing.canonicalize() {
-            if !real.starts_with(root) {
-                return Err(refuse());
-            }
-            let rest = normal.strip_prefix(existing).map_err(|_| refuse())?;
-            // `join("")` would add a trailing slash to a file path.
-            return Ok(if rest.as_os_str().is_empty() {
-                real
-            } else {
-                real.join(rest)
-            });
-        }
-        existing = existing.parent().ok_or_else(refuse)?;
+fn outside(path: &str) -> String {
+    format!("{path:?} is outside the watched directory")
+}
+
+/// Why `path` was not given, for the client; `doing` starts an I/O error.
+fn denied(path: &str, d: Denied, doing: &str) -> String {
+    match d {
+        Denied::Outside => outside(path),
+        Denied::Special(kind) => format!("refused: {path:?} is {kind}"),
+        Denied::Directory => format!("{doing} {path}: it is a directory"),
+        Denied::ParentNotDirectory => format!("{doing} {path}: a parent is not a directory"),
+        Denied::Io(e) => format!("{doing} {path}: {e}"),
     }
 }
 
@@ -271,29 +298,6 @@ fn file_uri(path: &Path) -> String {
     url::Url::from_file_path(path)
         .map(|u| u.to_string())
         .unwrap_or_else(|_| format!("file://{}", path.display()))
-}
-
-/// Every regular file under `root`, sorted. Symlinks are not followed.
-fn list_files(root: &Path) -> Vec<PathBuf> {
-    let mut out = Vec::new();
-    let mut stack = vec![root.to_path_buf()];
-    while let Some(dir) = stack.pop() {
-        let Ok(entries) = std::fs::read_dir(&dir) else {
-            continue;
-        };
-        for entry in entries.flatten() {
-            let Ok(kind) = entry.file_type() else {
-                continue;
-            };
-            if kind.is_dir() {
-                stack.push(entry.path());
-            } else if kind.is_file() {
-                out.push(entry.path());
-            }
-        }
-    }
-    out.sort();
-    out
 }
 
 fn mime_for(path: &Path) -> &'static str {
@@ -372,15 +376,15 @@ impl ServerHandler for WatchServer {
         _context: RequestContext<RoleServer>,
     ) -> Result<ListResourcesResult, ErrorData> {
         let root = &self.inner.root;
-        let resources = list_files(root)
+        let resources = self
+            .inner
+            .files()
             .into_iter()
-            .map(|path| {
+            .map(|(path, size)| {
                 let name = path.strip_prefix(root).unwrap_or(&path).display().to_string();
-                let mut r = Resource::new(file_uri(&path), name).with_mime_type(mime_for(&path));
-                if let Ok(meta) = std::fs::metadata(&path) {
-                    r = r.with_size(meta.len());
-                }
-                r
+                Resource::new(file_uri(&path), name)
+                    .with_mime_type(mime_for(&path))
+                    .with_size(size)
             })
             .collect();
         Ok(ListResourcesResult::with_all_items(resources))
@@ -392,10 +396,7 @@ impl ServerHandler for WatchServer {
         _context: RequestContext<RoleServer>,
     ) -> Result<ReadResourceResponse, ErrorData> {
         let not_found = |why: String| ErrorData::resource_not_found(why, None);
-        let path = self.inner.resolve(&request.uri).map_err(not_found)?;
-        let bytes = tokio::fs::read(&path)
-            .await
-            .map_err(|e| not_found(format!("{}: {e}", request.uri)))?;
+        let (path, bytes) = self.inner.read(&request.uri).await.map_err(not_found)?;
         let contents = match String::from_utf8(bytes) {
             Ok(text) => ResourceContents::text(text, request.uri.clone()),
             Err(e) => ResourceContents::blob(base64(e.as_bytes()), request.uri.clone()),
@@ -409,9 +410,15 @@ impl ServerHandler for WatchServer {
         request: SubscribeRequestParams,
         _context: RequestContext<RoleServer>,
     ) -> Result<(), ErrorData> {
-        self.inner
-            .resolve(&request.uri)
+        // A file that does not exist yet may be subscribed to; one reached
+        // through a link that leads out may not.
+        let rel = self
+            .inner
+            .relative(&request.uri)
             .map_err(|why| ErrorData::invalid_params(why, None))?;
+        if let Err(Denied::Outside) = beneath::stat(&self.inner.root_fd, &rel) {
+            return Err(ErrorData::invalid_params(outside(&request.uri), None));
+        }
         lock(&self.inner.subscribed).insert(request.uri);
         Ok(())
     }
@@ -473,22 +480,25 @@ impl ServerHandler for WatchServer {
     ) -> Result<CallToolResponse, ErrorData> {
         let args = request.arguments.unwrap_or_default();
         let arg = |k: &str| args.get(k).and_then(Value::as_str);
-        let root = &self.inner.root;
         match request.name.as_ref() {
             "list_files" => {
-                let dir = match arg("path") {
-                    Some(p) => match self.inner.resolve(p) {
-                        Ok(dir) => dir,
+                let (p, rel) = match arg("path") {
+                    Some(p) => match self.inner.relative(p) {
+                        Ok(rel) => (p, rel),
                         Err(why) => return Ok(tool_error(why)),
                     },
-                    None => root.clone(),
+                    None => (".", PathBuf::new()),
                 };
-                let lines: Vec<String> = list_files(&dir)
+                let files = match beneath::list_files(&self.inner.root_fd, &rel) {
+                    Ok(files) => files,
+                    // Nothing there (yet): nothing to list.
+                    Err(Denied::ParentNotDirectory) => Vec::new(),
+                    Err(Denied::Io(e)) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
+                    Err(d) => return Ok(tool_error(denied(p, d, "cannot list"))),
+                };
+                let lines: Vec<String> = files
                     .into_iter()
-                    .map(|p| {
-                        let size = std::fs::metadata(&p).map(|m| m.len()).unwrap_or(0);
-                        format!("{}\t{size}", p.strip_prefix(root).unwrap_or(&p).display())
-                    })
+                    .map(|(rel, size)| format!("{}\t{size}", rel.display()))
                     .collect();
                 Ok(CallToolResult::success(vec![ContentBlock::text(lines.join("\n"))]).into())
             }
@@ -496,39 +506,33 @@ impl ServerHandler for WatchServer {
                 let Some(p) = arg("path") else {
                     return Ok(tool_error("read_file needs a \"path\""));
                 };
-                let path = match self.inner.resolve(p) {
-                    Ok(path) => path,
-                    Err(why) => return Ok(tool_error(why)),
-                };
-                match tokio::fs::read(&path).await {
-                    Ok(bytes) => Ok(CallToolResult::success(vec![ContentBlock::text(
+                match self.inner.read(p).await {
+                    Ok((_, bytes)) => Ok(CallToolResult::success(vec![ContentBlock::text(
                         String::from_utf8_lossy(&bytes).into_owned(),
                     )])
                     .into()),
-                    Err(e) => Ok(tool_error(format!("cannot read {p}: {e}"))),
+                    Err(why) => Ok(tool_error(why)),
                 }
             }
             "write_file" => {
                 let (Some(p), Some(content)) = (arg("path"), arg("content")) else {
                     return Ok(tool_error("write_file needs \"path\" and \"content\""));
                 };
-                let path = match self.inner.resolve(p) {
-                    Ok(path) if path != *root => path,
+                let rel = match self.inner.relative(p) {
+                    Ok(rel) if !rel.as_os_str().is_empty() => rel,
                     Ok(_) => return Ok(tool_error("write_file needs a file path")),
                     Err(why) => return Ok(tool_error(why)),
                 };
-                if let Some(parent) = path.parent()
-                    && let Err(e) = tokio::fs::create_dir_all(parent).await
-                {
-                    return Ok(tool_error(format!("cannot create {}: {e}", parent.display())));
-                }
-                match tokio::fs::write(&path, content).await {
+                let written = beneath::create_file_at(&self.inner.root_fd, &rel, None).and_then(|mut file| {
+                    std::io::Write::write_all(&mut file, content.as_bytes()).map_err(Denied::from)
+                });
+                match written {
                     Ok(()) => Ok(CallToolResult::success(vec![ContentBlock::text(format!(
                         "wrote {} bytes to {p}",
                         content.len()
                     ))])
                     .into()),
-                    Err(e) => Ok(tool_error(format!("cannot write {p}: {e}"))),
+                    Err(d) => Ok(tool_error(denied(p, d, "cannot write"))),
                 }
             }
             other => Err(ErrorData::invalid_params(format!("no tool named {other:?}"), None)),
@@ -540,29 +544,32 @@ impl ServerHandler for WatchServer {
 mod tests {
     use super::*;
 
-    #[test]
-    fn paths_outside_the_directory_are_refused() {
+    #[tokio::test]
+    async fn paths_outside_the_directory_are_refused() {
         let tmp = tempfile::tempdir().unwrap();
         let root = tmp.path().canonicalize().unwrap();
         std::fs::create_dir(root.join("in")).unwrap();
         std::os::unix::fs::symlink("/etc", root.join("in/escape")).unwrap();
-        assert_eq!(resolve_inside(&root, "a.md").unwrap(), root.join("a.md"));
-        assert_eq!(resolve_inside(&root, "in/../b.md").unwrap(), root.join("b.md"));
+        let inner = Inner::new(&root).unwrap();
+        assert_eq!(inner.relative("a.md").unwrap(), Path::new("a.md"));
+        assert_eq!(inner.relative("in/../b.md").unwrap(), Path::new("b.md"));
         std::fs::write(root.join("in/real.md"), "x").unwrap();
-        let real = resolve_inside(&root, "in/real.md").unwrap();
-        assert_eq!(real, root.join("in/real.md"));
-        assert!(real.is_file());
+        assert_eq!(inner.relative("in/real.md").unwrap(), Path::new("in/real.md"));
+        assert_eq!(inner.read("in/real.md").await.unwrap().1, b"x");
         let uri = file_uri(&root.join("in/c.md"));
-        assert_eq!(resolve_inside(&root, &uri).unwrap(), root.join("in/c.md"));
-        for bad in [
-            "../x",
-            "in/../../x",
-            "/etc/passwd",
-            "in/escape/passwd",
-            "file:///etc/passwd",
-        ] {
-            assert!(resolve_inside(&root, bad).is_err(), "{bad} was accepted");
+        assert_eq!(inner.relative(&uri).unwrap(), Path::new("in/c.md"));
+        assert_eq!(inner.relative(&root.display().to_string()).unwrap(), Path::new(""));
+        for bad in ["../x", "in/../../x", "/etc/passwd", "file:///etc/passwd"] {
+            let why = inner.relative(bad).expect_err(bad);
+            assert!(why.contains("outside the watched directory"), "{bad}: {why}");
         }
+        // Lexically inside, but the link leads out: the kernel refuses it.
+        let why = inner
+            .read("in/escape/passwd")
+            .await
+            .expect_err("read through a link out");
+        assert!(why.contains("outside the watched directory"), "{why}");
+        assert!(inner.relative("file://host/x").is_err());
     }
 
     #[test]

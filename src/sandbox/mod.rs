@@ -19,9 +19,9 @@
 //! Where things live: [`landlock`] builds rulesets, [`bwrap`] builds
 //! bubblewrap command lines, [`helper`] is bwrap+landlock's inner half,
 //! [`seccomp`] is the system-call policy of every backend, `limits` is
-//! everything between fork and exec, [`output`] caps captured output,
-//! [`workspace`] archives and restores workdirs; `agentd sandbox run` is
-//! [`crate::cli::sandbox`]. Containment: [`cgroup`] gives each run a
+//! everything between fork and exec, [`output`] caps captured output;
+//! `agentd sandbox run` is [`crate::cli::sandbox`] and workdir archives are
+//! [`crate::snapshots::archive`]. Containment: [`cgroup`] gives each run a
 //! cgroup, [`contain`] ties runs to their agent and state dir and cleans
 //! what dead ones left, [`quota`] watches the workdir quota.
 
@@ -35,7 +35,6 @@ pub mod output;
 mod policy;
 pub mod quota;
 pub mod seccomp;
-pub mod workspace;
 
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::fs::MetadataExt;

@@ -599,7 +599,7 @@ fn workspace_snapshots_store_links_as_links_skip_special_files_and_restore_never
     let p = Planted::new();
     std::fs::write(p.work.path().join("real.txt"), "mine").expect("file");
     let started = std::time::Instant::now();
-    let archive = agentd::sandbox::workspace::archive(p.work.path()).expect("archive");
+    let archive = agentd::snapshots::archive::archive(p.work.path()).expect("archive");
     assert!(started.elapsed() < Duration::from_secs(5), "a fifo is never read");
     let mut names = Vec::new();
     for e in tar::Archive::new(&archive[..]).entries().expect("entries") {
@@ -621,13 +621,13 @@ fn workspace_snapshots_store_links_as_links_skip_special_files_and_restore_never
     let archive_with_file = {
         let d = tempdir();
         std::fs::write(d.path().join("notes.txt"), "restored").expect("file");
-        agentd::sandbox::workspace::archive(d.path()).expect("archive")
+        agentd::snapshots::archive::archive(d.path()).expect("archive")
     };
     std::fs::write(p.work.path().join("notes.txt"), "through the link").expect("control");
     assert_eq!(p.outside_target(), "through the link");
     std::fs::write(p.outside.path().join("target.txt"), "outside").expect("reset");
 
-    agentd::sandbox::workspace::restore(p.work.path(), &archive_with_file).expect("restore");
+    agentd::snapshots::archive::restore(p.work.path(), &archive_with_file).expect("restore");
     assert_eq!(p.outside_target(), "outside");
     let restored = p.work.path().join("notes.txt");
     assert!(

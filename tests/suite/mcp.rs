@@ -401,6 +401,93 @@ async fn mcp_watch_tools_refuse_paths_outside_its_directory() {
     hub.shutdown().await;
 }
 
+/// What sandboxed code could plant in a watched workdir: links that lead
+/// out (a directory and a file) and a fifo. mcp-watch follows none of them
+/// out and never waits on the fifo; the controls show a path-based read and
+/// write would have gone through.
+#[tokio::test]
+async fn mcp_watch_tools_refuse_planted_links_out_and_special_files() {
+    let work = tempfile::tempdir().unwrap();
+    let outside = tempfile::tempdir().unwrap();
+    let secret = outside.path().join("secret.txt");
+    std::fs::write(&secret, "outside").unwrap();
+    std::os::unix::fs::symlink(outside.path(), work.path().join("out")).unwrap();
+    std::os::unix::fs::symlink(&secret, work.path().join("notes.txt")).unwrap();
+    nix::unistd::mkfifo(
+        &work.path().join("fifo"),
+        nix::sys::stat::Mode::from_bits_truncate(0o644),
+    )
+    .unwrap();
+    std::fs::write(work.path().join("mine.txt"), "inside").unwrap();
+    std::os::unix::fs::symlink("mine.txt", work.path().join("alias.txt")).unwrap();
+    // The controls: by name, both links lead out.
+    assert_eq!(
+        std::fs::read_to_string(work.path().join("notes.txt")).unwrap(),
+        "outside"
+    );
+    assert_eq!(
+        std::fs::read_to_string(work.path().join("out/secret.txt")).unwrap(),
+        "outside"
+    );
+
+    let (tx, _rx) = channel();
+    let hub = McpHub::start(&[mcp_watch("watch", work.path(), 25)], &[], tx).await;
+    // A link that stays inside is fine.
+    let alias = hub
+        .call_tool("read_file", args(json!({"path": "alias.txt"})))
+        .await
+        .unwrap();
+    assert!(!alias.is_error, "{}", alias.text);
+    assert_eq!(alias.text, "inside");
+
+    for path in ["notes.txt", "out/secret.txt", "out/new.txt"] {
+        let read = hub.call_tool("read_file", args(json!({"path": path}))).await.unwrap();
+        assert!(read.is_error, "read {path}: {}", read.text);
+        assert!(read.text.contains("outside"), "read {path}: {}", read.text);
+        let uri = file_uri(&work.path().join(path));
+        let read = hub.call_tool("read_file", args(json!({"path": uri}))).await.unwrap();
+        assert!(
+            read.is_error && read.text.contains("outside"),
+            "read {uri}: {}",
+            read.text
+        );
+        let write = hub
+            .call_tool("write_file", args(json!({"path": path, "content": "planted"})))
+            .await
+            .unwrap();
+        assert!(write.is_error, "write {path}: {}", write.text);
+        assert!(write.text.contains("outside"), "write {path}: {}", write.text);
+    }
+    assert_eq!(std::fs::read_to_string(&secret).unwrap(), "outside");
+    assert_eq!(
+        std::fs::read_dir(outside.path()).unwrap().count(),
+        1,
+        "nothing created outside"
+    );
+    let listed = hub.call_tool("list_files", args(json!({"path": "out"}))).await.unwrap();
+    assert!(listed.is_error && listed.text.contains("outside"), "{}", listed.text);
+    let listed = hub.call_tool("list_files", Map::new()).await.unwrap();
+    assert!(!listed.text.contains("secret"), "{}", listed.text);
+
+    for tool in ["read_file", "write_file"] {
+        let started = std::time::Instant::now();
+        let out = tokio::time::timeout(
+            Duration::from_secs(10),
+            hub.call_tool(tool, args(json!({"path": "fifo", "content": "x"}))),
+        )
+        .await
+        .expect("a fifo is never waited on")
+        .unwrap();
+        assert!(out.is_error, "{tool} fifo: {}", out.text);
+        assert!(out.text.contains("refused"), "{tool} fifo: {}", out.text);
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "{tool}: never waits on a fifo"
+        );
+    }
+    hub.shutdown().await;
+}
+
 #[tokio::test]
 async fn streamable_http_server_tools_and_updates_work() {
     let server = start_http_everything().await;

@@ -6,7 +6,6 @@
 //! Needs bubblewrap installed and a kernel with Landlock ABI >= 4; without
 //! them these tests fail (loudly), they never skip.
 
-use std::io::Read;
 use std::net::{TcpListener, UdpSocket};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
@@ -623,92 +622,6 @@ fn cli_takes_profiles_from_the_sandbox_dir_next_to_the_config() {
         124,
         "timed out like timeout(1)"
     );
-}
-
-#[test]
-fn workspace_restore_puts_the_workdir_back_exactly() {
-    let wd = test_dir("ws-");
-    let d = wd.path();
-    std::fs::create_dir_all(d.join("src/deep")).unwrap();
-    std::fs::write(d.join("src/main.rs"), "fn main() {}\n").unwrap();
-    std::fs::write(d.join("src/deep/data.bin"), [0u8, 159, 146, 150, 255]).unwrap();
-    std::fs::write(d.join("run.sh"), "#!/bin/sh\necho hi\n").unwrap();
-    std::fs::set_permissions(d.join("run.sh"), std::fs::Permissions::from_mode(0o755)).unwrap();
-    std::fs::create_dir(d.join("ro")).unwrap();
-    std::fs::write(d.join("ro/frozen"), "x").unwrap();
-    std::fs::set_permissions(d.join("ro"), std::fs::Permissions::from_mode(0o555)).unwrap();
-    std::os::unix::fs::symlink("src/main.rs", d.join("link")).unwrap();
-    std::os::unix::fs::symlink("/etc/hostname", d.join("abs-link")).unwrap();
-    std::fs::create_dir(d.join("empty")).unwrap();
-    let before = tree(d);
-
-    let archive = sandbox::workspace::archive(d).unwrap();
-
-    std::fs::write(d.join("src/main.rs"), "changed").unwrap();
-    std::fs::remove_file(d.join("link")).unwrap();
-    std::fs::write(d.join("link"), "now a file").unwrap();
-    std::fs::write(d.join("added.txt"), "new").unwrap();
-    std::fs::create_dir_all(d.join("added-dir/sub")).unwrap();
-    std::fs::remove_dir_all(d.join("src/deep")).unwrap();
-    std::fs::set_permissions(d.join("run.sh"), std::fs::Permissions::from_mode(0o600)).unwrap();
-    std::fs::remove_dir(d.join("empty")).unwrap();
-    assert_ne!(tree(d), before);
-
-    sandbox::workspace::restore(d, &archive).unwrap();
-    assert_eq!(tree(d), before);
-    // Restoring twice is the same.
-    sandbox::workspace::restore(d, &archive).unwrap();
-    assert_eq!(tree(d), before);
-    std::fs::set_permissions(d.join("ro"), std::fs::Permissions::from_mode(0o755)).unwrap();
-}
-
-#[test]
-fn workspace_restore_of_a_corrupt_archive_leaves_the_workdir_alone() {
-    let wd = test_dir("ws-");
-    std::fs::write(wd.path().join("keep"), "me").unwrap();
-    let mut archive = sandbox::workspace::archive(wd.path()).unwrap();
-    archive.truncate(700);
-    archive[600] ^= 0xff;
-    archive[100] ^= 0xff;
-    assert!(sandbox::workspace::restore(wd.path(), &archive).is_err());
-    assert_eq!(std::fs::read_to_string(wd.path().join("keep")).unwrap(), "me");
-}
-
-/// Every entry under `root`: relative path, kind, mode, content or link target.
-fn tree(root: &Path) -> Vec<(PathBuf, String, u32, Vec<u8>)> {
-    let mut out = Vec::new();
-    let mut stack = vec![root.to_path_buf()];
-    while let Some(dir) = stack.pop() {
-        for e in std::fs::read_dir(&dir).unwrap() {
-            let p = e.unwrap().path();
-            let m = std::fs::symlink_metadata(&p).unwrap();
-            let rel = p.strip_prefix(root).unwrap().to_path_buf();
-            let mode = m.permissions().mode() & 0o7777;
-            if m.file_type().is_symlink() {
-                out.push((
-                    rel,
-                    "link".into(),
-                    0,
-                    std::fs::read_link(&p).unwrap().into_os_string().into_encoded_bytes(),
-                ));
-            } else if m.is_dir() {
-                out.push((rel, "dir".into(), mode, Vec::new()));
-                stack.push(p);
-            } else {
-                let mut content = Vec::new();
-                std::fs::File::open(&p).unwrap().read_to_end(&mut content).unwrap();
-                out.push((rel, "file".into(), mode, content));
-            }
-        }
-    }
-    out.push((
-        PathBuf::from("."),
-        "dir".into(),
-        std::fs::metadata(root).unwrap().permissions().mode() & 0o7777,
-        vec![],
-    ));
-    out.sort();
-    out
 }
 
 #[tokio::test(flavor = "current_thread")]

@@ -1,4 +1,6 @@
-//! Workspace snapshots: an agent's workdir as one tar archive, and back.
+//! The workdir archive format: an agent's workdir as one tar archive, and
+//! back. The only module that reads or writes these archives ([`list`] is
+//! what `agentd snapshot show` prints).
 //!
 //! [`archive`] captures contents, modes, mtimes and symlinks (as symlinks);
 //! [`restore`] makes the directory exactly that again: entries added since
@@ -19,17 +21,19 @@
 //!
 //! Hard links are stored as separate files.
 
-use std::ffi::{CStr, CString, OsStr};
+use std::ffi::{CString, OsStr};
 use std::io::{self, Read, Write};
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::OwnedFd;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
 use nix::fcntl::{AtFlags, OFlag, openat};
 use nix::sys::stat::{FileStat, Mode, fstat, fstatat};
 
+use crate::beneath::{MAX_DEPTH, names, open_dir_at};
+
 #[derive(Debug, thiserror::Error)]
-pub enum WorkspaceError {
+pub enum ArchiveError {
     #[error("archiving {path}: {source}")]
     Archive { path: PathBuf, source: io::Error },
     #[error("restoring {path}: {source}")]
@@ -38,9 +42,6 @@ pub enum WorkspaceError {
 
 /// The archive entry that carries the workdir's own mode.
 const ROOT_ENTRY: &str = ".";
-
-/// Deeper than any real tree; a bound keeps a hostile one finite.
-const MAX_DEPTH: usize = 256;
 
 const DIR_FLAGS: OFlag = OFlag::O_RDONLY
     .union(OFlag::O_DIRECTORY)
@@ -51,18 +52,14 @@ fn io_err(e: nix::Error) -> io::Error {
     e.into()
 }
 
-fn open_dir_at(parent: &impl AsFd, name: &CStr) -> io::Result<OwnedFd> {
-    openat(parent, name, DIR_FLAGS, Mode::empty()).map_err(io_err)
-}
-
 fn kind(st: &FileStat) -> u32 {
     st.st_mode & libc::S_IFMT
 }
 
 /// Archives everything under `dir`, never following a link; special files
 /// are left out (logged).
-pub fn archive(dir: &Path) -> Result<Vec<u8>, WorkspaceError> {
-    let err = |source| WorkspaceError::Archive {
+pub fn archive(dir: &Path) -> Result<Vec<u8>, ArchiveError> {
+    let err = |source| ArchiveError::Archive {
         path: dir.to_path_buf(),
         source,
     };
@@ -102,16 +99,8 @@ fn archive_dir(
     if depth > MAX_DEPTH {
         return Err(io::Error::other("directory tree too deep"));
     }
-    let parent = fd.try_clone()?;
-    let mut names: Vec<CString> = Vec::new();
-    for entry in nix::dir::Dir::from_fd(fd).map_err(io_err)?.iter() {
-        let name = entry.map_err(io_err)?.file_name().to_owned();
-        if name.to_bytes() != b"." && name.to_bytes() != b".." {
-            names.push(name);
-        }
-    }
-    names.sort();
-    for name in names {
+    let parent = fd;
+    for name in names(&parent)? {
         let path = rel.join(OsStr::from_bytes(name.to_bytes()));
         let st = match fstatat(&parent, name.as_c_str(), AtFlags::AT_SYMLINK_NOFOLLOW) {
             Ok(st) => st,
@@ -187,9 +176,19 @@ fn append_header(
     b.append_data(&mut h, path, data)
 }
 
+/// The entries of an archive: path and size, in archive order.
+pub fn list(bytes: &[u8]) -> io::Result<Vec<(String, u64)>> {
+    let mut files = Vec::new();
+    for entry in tar::Archive::new(bytes).entries()? {
+        let entry = entry?;
+        files.push((entry.path()?.display().to_string(), entry.header().size().unwrap_or(0)));
+    }
+    Ok(files)
+}
+
 /// Puts `dir` back exactly as it was when `bytes` was archived.
-pub fn restore(dir: &Path, bytes: &[u8]) -> Result<(), WorkspaceError> {
-    let err = |source| WorkspaceError::Restore {
+pub fn restore(dir: &Path, bytes: &[u8]) -> Result<(), ArchiveError> {
+    let err = |source| ArchiveError::Restore {
         path: dir.to_path_buf(),
         source,
     };
@@ -311,15 +310,7 @@ fn clear(fd: &OwnedFd, depth: usize) -> io::Result<()> {
     }
     // Emptying needs write and search permission on the directory itself.
     nix::sys::stat::fchmod(fd, Mode::from_bits_truncate(0o700)).map_err(io_err)?;
-    let mut names = Vec::new();
-    for entry in nix::dir::Dir::from_fd(fd.try_clone()?).map_err(io_err)?.iter() {
-        let entry = entry.map_err(io_err)?;
-        let name = entry.file_name().to_owned();
-        if name.to_bytes() != b"." && name.to_bytes() != b".." {
-            names.push(name);
-        }
-    }
-    for name in names {
+    for name in names(fd)? {
         let st = fstatat(fd, name.as_c_str(), AtFlags::AT_SYMLINK_NOFOLLOW).map_err(io_err)?;
         if kind(&st) == libc::S_IFDIR {
             let sub = open_dir_at(fd, &name)?;

@@ -1,22 +1,32 @@
-//! Labelled snapshots of an agent: its workdir archived into the ledger, and
-//! restoring either kind (a conversation becomes the agent's newest one; a
-//! workspace archive is put back into the workdir exactly).
+//! Labelled snapshots of an agent, one owner in three parts:
+//!
+//! - storage is the ledger's ([`crate::ledger`]'s `snapshots` table:
+//!   [`SnapshotMeta`], put, list, find by id or label);
+//! - the workdir archive format is [`archive`] (archive, restore, list),
+//!   the only code that reads or writes those bytes;
+//! - this module is what a snapshot *does*: [`create`] archives a workdir
+//!   into the ledger, [`restore`] puts either kind back (a conversation
+//!   becomes the agent's newest one; a workspace archive is put back into
+//!   the workdir exactly);
+//! - `agentd snapshot …` is [`crate::cli::snapshot`], which calls these
+//!   through the running agentd or, with none, itself.
 //!
 //! Callers hold the right to write: the supervisor on its ledger thread, or
 //! the CLI when no agentd runs (it holds the state dir's lock). The agent
 //! must not be running while its workspace is restored.
 
+pub mod archive;
+
 use std::path::Path;
 
 use crate::ledger::{Ledger, SnapshotKind, SnapshotMeta};
-use crate::sandbox::workspace;
 
 #[derive(Debug, thiserror::Error)]
 pub enum SnapshotError {
     #[error(transparent)]
     Ledger(#[from] crate::ledger::LedgerError),
     #[error(transparent)]
-    Workspace(#[from] workspace::WorkspaceError),
+    Archive(#[from] archive::ArchiveError),
 }
 
 /// Archives `workdir` as a workspace snapshot of `agent`.
@@ -26,17 +36,13 @@ pub fn create(
     workdir: &Path,
     label: Option<&str>,
 ) -> Result<SnapshotMeta, SnapshotError> {
-    std::fs::create_dir_all(workdir).map_err(|source| workspace::WorkspaceError::Archive {
+    std::fs::create_dir_all(workdir).map_err(|source| archive::ArchiveError::Archive {
         path: workdir.to_owned(),
         source,
     })?;
-    let data = workspace::archive(workdir)?;
+    let data = archive::archive(workdir)?;
     let id = ledger.put_snapshot(agent, SnapshotKind::Workspace, label, None, &data)?;
-    let meta = ledger
-        .list_snapshots(agent, Some(SnapshotKind::Workspace))?
-        .into_iter()
-        .find(|m| m.id == id);
-    meta.ok_or_else(|| crate::ledger::LedgerError::NoSuchSnapshot(id.to_string()).into())
+    Ok(ledger.snapshot_meta(id)?)
 }
 
 /// Restores snapshot `which` (id or label) of `agent`; returns what it was.
@@ -47,13 +53,8 @@ pub fn restore(ledger: &mut Ledger, agent: &str, workdir: &Path, which: &str) ->
             let label = format!("restored from snapshot {}", snap.meta.id);
             ledger.put_snapshot(agent, SnapshotKind::Conversation, Some(&label), None, &snap.data)?;
         }
-        SnapshotKind::Workspace => {
-            std::fs::create_dir_all(workdir).map_err(|source| workspace::WorkspaceError::Restore {
-                path: workdir.to_owned(),
-                source,
-            })?;
-            workspace::restore(workdir, &snap.data)?;
-        }
+        // `archive::restore` makes the workdir when it is missing.
+        SnapshotKind::Workspace => archive::restore(workdir, &snap.data)?,
     }
     Ok(snap.meta)
 }
