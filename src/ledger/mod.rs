@@ -58,6 +58,10 @@ pub enum LedgerError {
     Damaged { path: PathBuf, problems: String },
     #[error("task {0} does not exist")]
     NoSuchTask(i64),
+    /// The ledger's thread is gone (agentd is stopping): nothing more is read
+    /// or written.
+    #[error("the ledger is closed")]
+    Closed,
     #[error("task {task}: lease {lease:?} is not the current holder; the write was rejected")]
     StaleLease { task: i64, lease: String },
     #[error("snapshot {0} does not exist")]

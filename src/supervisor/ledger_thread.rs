@@ -4,7 +4,7 @@
 
 use tokio::sync::oneshot;
 
-use crate::ledger::Ledger;
+use crate::ledger::{Ledger, LedgerError};
 
 type Job = Box<dyn FnOnce(&mut Ledger) + Send>;
 
@@ -28,13 +28,26 @@ impl LedgerThread {
         Ok(LedgerThread { tx })
     }
 
-    /// Runs `f` on the ledger thread and waits for its result.
-    pub async fn call<T: Send + 'static>(&self, f: impl FnOnce(&mut Ledger) -> T + Send + 'static) -> Option<T> {
+    /// Runs `f` on the ledger thread and waits for what it returns;
+    /// [`LedgerError::Closed`] when the thread is gone.
+    pub async fn run<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&mut Ledger) -> T + Send + 'static,
+    ) -> Result<T, LedgerError> {
         let (reply, rx) = oneshot::channel();
         let job: Job = Box::new(move |l| {
             let _ = reply.send(f(l));
         });
-        self.tx.send(job).ok()?;
-        rx.await.ok()
+        self.tx.send(job).map_err(|_| LedgerError::Closed)?;
+        rx.await.map_err(|_| LedgerError::Closed)
+    }
+
+    /// Runs a fallible ledger operation on the ledger thread: one `Result`,
+    /// whose error is the operation's or [`LedgerError::Closed`].
+    pub async fn call<T: Send + 'static, E: From<LedgerError> + Send + 'static>(
+        &self,
+        f: impl FnOnce(&mut Ledger) -> Result<T, E> + Send + 'static,
+    ) -> Result<T, E> {
+        self.run(f).await.map_err(E::from)?
     }
 }

@@ -17,16 +17,17 @@ impl Supervisor {
             self.degraded.keep(d);
             return;
         }
-        let (back, r) = match self
+        // `run`, not `call`: the write comes back with its outcome, so a
+        // refused one can be kept.
+        let Ok((back, r)) = self
             .ledger
-            .call(move |l| {
+            .run(move |l| {
                 let r = d.apply(l);
                 (d, r)
             })
             .await
-        {
-            Some(x) => x,
-            None => return,
+        else {
+            return;
         };
         match r {
             Ok(()) => {
@@ -60,7 +61,7 @@ impl Supervisor {
         let kept = std::mem::take(&mut self.degraded.kept);
         let r = self
             .ledger
-            .call(move |l| {
+            .run(move |l| {
                 let mut kept = kept;
                 let mut dropped = Vec::new();
                 while let Some(d) = kept.front() {
@@ -79,7 +80,7 @@ impl Supervisor {
                 (kept, dropped, probe)
             })
             .await;
-        let Some((kept, dropped, outcome)) = r else { return };
+        let Ok((kept, dropped, outcome)) = r else { return };
         self.degraded.kept = kept;
         for e in dropped {
             tracing::warn!("a kept ledger write was rejected on replay: {e}");

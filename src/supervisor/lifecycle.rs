@@ -23,7 +23,7 @@ impl Supervisor {
             .ledger
             .call(move |l| l.latest_snapshot(&owned, SnapshotKind::Conversation))
             .await
-            .and_then(Result::ok)
+            .ok()
             .flatten()
             .and_then(|s| serde_json::from_slice(&s.data).ok());
         self.generation += 1;
@@ -215,19 +215,24 @@ impl Supervisor {
 
         if let Some(Claim { task, .. }) = running {
             let c2 = cause.clone();
+            // Behind writes already kept, the release waits its turn too.
             let r = if self.degraded.kept.is_empty() {
-                self.ledger.call(move |l| l.release(task, &c2, max_attempts)).await
+                Some(self.ledger.call(move |l| l.release(task, &c2, max_attempts)).await)
             } else {
-                Some(Err(LedgerError::NoSuchTask(task)))
+                None
             };
             match r {
                 Some(Ok(state)) => {
                     tracing::warn!(agent = name, "task {task} interrupted; now {state}");
                     self.on_task_released(name, task, state, &cause);
                 }
-                Some(Err(e)) if !self.degraded.kept.is_empty() || e.is_unwritable() => {
-                    if e.is_unwritable() {
-                        self.enter_degraded(&e);
+                Some(Err(LedgerError::Closed)) => {}
+                Some(Err(e)) if !e.is_unwritable() => {
+                    tracing::error!(agent = name, "cannot release task {task}: {e}")
+                }
+                unwritable_or_behind => {
+                    if let Some(Err(e)) = &unwritable_or_behind {
+                        self.enter_degraded(e);
                     }
                     tracing::warn!(
                         agent = name,
@@ -239,8 +244,6 @@ impl Supervisor {
                         max_attempts,
                     });
                 }
-                Some(Err(e)) => tracing::error!(agent = name, "cannot release task {task}: {e}"),
-                None => {}
             }
         }
 

@@ -133,9 +133,8 @@ impl Supervisor {
             .call(move |l| snapshots::create(l, &agent, &workdir, label.as_deref()))
             .await;
         match r {
-            Some(Ok(meta)) => Response::ok(json!(meta)),
-            Some(Err(e)) => Response::error(e.to_string()),
-            None => Response::error("the ledger is closed"),
+            Ok(meta) => Response::ok(json!(meta)),
+            Err(e) => Response::error(e.to_string()),
         }
     }
 
@@ -146,9 +145,8 @@ impl Supervisor {
             .call(move |l| l.snapshot(&a2, &snapshot).map(|s| s.meta))
             .await
         {
-            Some(Ok(meta)) => meta,
-            Some(Err(e)) => return Response::error(e.to_string()),
-            None => return Response::error("the ledger is closed"),
+            Ok(meta) => meta,
+            Err(e) => return Response::error(e.to_string()),
         };
         // The child must be down while its workdir is rewritten, and must
         // restart to load a restored conversation.
@@ -195,20 +193,14 @@ impl Supervisor {
             .call(move |l| snapshots::restore(l, &name, &workdir, &which))
             .await
         {
-            Some(Ok(meta)) => tracing::info!(agent, "restored {} snapshot {}", meta.kind.as_str(), meta.id),
-            Some(Err(e)) => tracing::error!(agent, "restoring a snapshot failed: {e}"),
-            None => {}
+            Ok(meta) => tracing::info!(agent, "restored {} snapshot {}", meta.kind.as_str(), meta.id),
+            Err(e) => tracing::error!(agent, "restoring a snapshot failed: {e}"),
         }
     }
 
     pub(super) async fn agent_status(&self, name: &str) -> AgentStatus {
         let owned = name.to_owned();
-        let queued = self
-            .ledger
-            .call(move |l| l.queued_count(&owned))
-            .await
-            .and_then(Result::ok)
-            .unwrap_or(0);
+        let queued = self.ledger.call(move |l| l.queued_count(&owned)).await.unwrap_or(0);
         let Some(a) = self.agents.get(name) else {
             return AgentStatus {
                 name: name.to_owned(),

@@ -69,12 +69,12 @@ impl Supervisor {
             .call(move |l| l.last_scheduled_for(&agent, &cron, &prompt))
             .await
         {
-            Some(Ok(last)) => last.as_deref().and_then(schedule::parse_time),
-            Some(Err(e)) => {
+            Ok(last) => last.as_deref().and_then(schedule::parse_time),
+            Err(crate::ledger::LedgerError::Closed) => return,
+            Err(e) => {
                 tracing::error!(agent = name, "cannot read the last run of a schedule; no catch-up: {e}");
                 return;
             }
-            None => return,
         };
         let Some(missed) = schedule.missed(last, now) else {
             return;

@@ -185,8 +185,8 @@ impl Supervisor {
             limit: Some(10),
         };
         match self.ledger.call(move |l| l.list_tasks(&filter)).await {
-            Some(Ok(tasks)) if tasks.is_empty() => self.say(format!("{agent} has no tasks yet")),
-            Some(Ok(tasks)) => {
+            Ok(tasks) if tasks.is_empty() => self.say(format!("{agent} has no tasks yet")),
+            Ok(tasks) => {
                 // Newest first, as `agentd tasks` lists them.
                 for t in &tasks {
                     let what = t.trigger().map(|tr| tr.summary()).unwrap_or_default();
@@ -198,8 +198,7 @@ impl Supervisor {
                     ));
                 }
             }
-            Some(Err(e)) => self.say_error(e),
-            None => {}
+            Err(e) => self.say_error(e),
         }
     }
 

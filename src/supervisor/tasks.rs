@@ -34,14 +34,13 @@ impl Supervisor {
             })
             .await;
         match recovered {
-            Some(Ok(tasks)) => {
+            Ok(tasks) => {
                 for (id, agent, state) in tasks {
                     tracing::warn!(agent, "task {id} was running when agentd last stopped; now {state}");
                 }
             }
             // Starting anyway would run on a ledger that cannot record.
-            Some(Err(e)) => anyhow::bail!("recovering running tasks failed; not starting: {e}"),
-            None => anyhow::bail!("the ledger thread is gone; not starting"),
+            Err(e) => anyhow::bail!("recovering running tasks failed; not starting: {e}"),
         }
         Ok(())
     }
@@ -170,14 +169,13 @@ impl Supervisor {
             .call(move |l| l.enqueue(&agent, &trigger, dedupe_key.as_deref()))
             .await
         {
-            Some(Ok(e)) => Ok(e),
-            Some(Err(e)) => {
+            Ok(e) => Ok(e),
+            Err(e) => {
                 if e.is_unwritable() {
                     self.enter_degraded(&e);
                 }
                 Err(e.to_string())
             }
-            None => Err("the ledger is closed".into()),
         }
     }
 
@@ -206,9 +204,9 @@ impl Supervisor {
         let (agent, l2) = (name.to_owned(), lease.clone());
         let claimed = self.ledger.call(move |l| l.claim_next(&agent, &l2)).await;
         let task = match claimed {
-            Some(Ok(Some(t))) => t,
-            Some(Ok(None)) | None => return,
-            Some(Err(e)) => {
+            Ok(Some(t)) => t,
+            Ok(None) | Err(LedgerError::Closed) => return,
+            Err(e) => {
                 if e.is_unwritable() {
                     self.enter_degraded(&e);
                 } else {
