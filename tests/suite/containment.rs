@@ -7,7 +7,6 @@
 //! Needs root (cgroup v1 and mounting a tmpfs); without it these tests fail
 //! loudly, they never skip.
 
-use std::os::unix::fs::PermissionsExt;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -31,20 +30,6 @@ fn require_root() {
         0,
         "containment tests need root (cgroup v1, tmpfs mounts)"
     );
-}
-
-/// A directory outside /tmp that other users can enter (bwrap mounts a
-/// tmpfs on /tmp; the uid-switch test runs as nobody).
-fn test_dir(prefix: &str) -> tempfile::TempDir {
-    let d = tempfile::Builder::new()
-        .prefix(prefix)
-        .tempdir_in(env!("CARGO_TARGET_TMPDIR"))
-        .expect("tempdir");
-    std::fs::set_permissions(d.path(), std::fs::Permissions::from_mode(0o755)).expect("chmod");
-    // Sandboxed code never runs as root: as agentd does with a workdir,
-    // the tests give theirs to an unprivileged user.
-    crate::support::give_to_sandbox_user(d.path());
-    d
 }
 
 fn policy(backend: Backend) -> SandboxPolicy {
@@ -137,8 +122,8 @@ fn seen_running(m: &str, n: usize) -> std::thread::JoinHandle<bool> {
 
 async fn background_processes_die_with_the_run(backend: Backend) {
     require_root();
-    let wd = test_dir("wd-");
-    let state = test_dir("state-");
+    let wd = crate::support::sandbox_workdir("wd-");
+    let state = crate::support::sandbox_workdir("state-");
     let m = marker();
     let seen = seen_running(&m, 2);
     let out = run(
@@ -171,8 +156,8 @@ async fn background_processes_of_a_run_never_outlive_it_bwrap() {
 #[tokio::test(flavor = "current_thread")]
 async fn a_process_that_left_the_process_group_dies_with_the_run_cgroup() {
     require_root();
-    let wd = test_dir("wd-");
-    let state = test_dir("state-");
+    let wd = crate::support::sandbox_workdir("wd-");
+    let state = crate::support::sandbox_workdir("state-");
     let script = |m: &str| format!("setsid sleep {m} & sleep 0.3; echo started");
 
     // Control: without a cgroup it survives the run.
@@ -211,8 +196,8 @@ async fn on_cgroup_v2_a_run_is_killed_as_a_whole_with_cgroup_kill() {
         matches!(&h, Hierarchy::V2 { controllers, .. } if controllers.is_empty()),
         "{h:?}"
     );
-    let wd = test_dir("wd-");
-    let state = test_dir("state-");
+    let wd = crate::support::sandbox_workdir("wd-");
+    let state = crate::support::sandbox_workdir("state-");
     let tag = contain::state_tag(state.path());
     let c = Containment::with_hierarchy(h.clone(), state.path(), "tester", None);
     let m = marker();
@@ -233,8 +218,8 @@ async fn on_cgroup_v2_a_run_is_killed_as_a_whole_with_cgroup_kill() {
 #[tokio::test(flavor = "current_thread")]
 async fn a_run_leaves_no_cgroup_behind() {
     require_root();
-    let wd = test_dir("wd-");
-    let state = test_dir("state-");
+    let wd = crate::support::sandbox_workdir("wd-");
+    let state = crate::support::sandbox_workdir("state-");
     let c = contained(state.path(), None);
     // Backend none: landlock keeps /proc/self/cgroup from the code; the
     // cgroup does not depend on the backend.
@@ -285,8 +270,8 @@ const FOUR_BIG: &str = "for i in 1 2 3 4; do \
 #[tokio::test(flavor = "current_thread")]
 async fn the_memory_limit_counts_the_whole_run_not_each_process() {
     require_root();
-    let wd = test_dir("wd-");
-    let state = test_dir("state-");
+    let wd = crate::support::sandbox_workdir("wd-");
+    let state = crate::support::sandbox_workdir("state-");
 
     // Control: with 4 GiB for the run, all four hold their memory at once.
     let mut roomy = policy(Backend::Landlock);
@@ -311,12 +296,12 @@ async fn the_memory_limit_counts_the_whole_run_not_each_process() {
 #[tokio::test(flavor = "current_thread")]
 async fn the_process_limit_counts_the_run_not_the_uid() {
     require_root();
-    let base = test_dir("nproc-");
+    let base = crate::support::sandbox_workdir("nproc-");
     let wd = base.path().join("work");
     std::fs::create_dir(&wd).expect("workdir");
     // The workdir's owner is who the code runs as (agentd is root here).
     std::os::unix::fs::chown(&wd, Some(65534), Some(65534)).expect("chown");
-    let state = test_dir("state-");
+    let state = crate::support::sandbox_workdir("state-");
 
     // 40 processes of the same uid elsewhere on the host.
     let m = marker();
@@ -372,7 +357,7 @@ struct SmallFs {
 
 impl SmallFs {
     fn mount(size: &str) -> SmallFs {
-        let dir = test_dir("smallfs-");
+        let dir = crate::support::sandbox_workdir("smallfs-");
         let st = std::process::Command::new("mount")
             .args(["-t", "tmpfs", "-o", &format!("size={size},mode=0755"), "tmpfs"])
             .arg(dir.path())
@@ -417,7 +402,7 @@ async fn fence_in(workdir: &Path, script: &str, quota: Quota, state: &Path) -> (
 async fn a_fence_writing_past_workdir_size_is_stopped_and_told_why() {
     require_root();
     let fs = SmallFs::mount("64m");
-    let state = test_dir("state-");
+    let state = crate::support::sandbox_workdir("state-");
     let script = "for i in $(seq 40); do head -c 1048576 /dev/zero > f$i; sleep 0.05; done; echo wrote-all";
 
     // Control: 40 MiB fit in a 48 MiB quota.
@@ -466,7 +451,7 @@ async fn a_fence_writing_past_workdir_size_is_stopped_and_told_why() {
 async fn a_fence_creating_more_than_workdir_files_is_stopped_and_told_why() {
     require_root();
     let fs = SmallFs::mount("64m");
-    let state = test_dir("state-");
+    let state = crate::support::sandbox_workdir("state-");
     let script = "for i in $(seq 20); do mkdir d$i; (cd d$i && touch $(seq 100)); sleep 0.05; done; echo made-all";
 
     // Control: 2,020 files fit in 5,000.

@@ -262,15 +262,6 @@ proptest! {
     }
 }
 
-fn test_dir(prefix: &str) -> tempfile::TempDir {
-    let d = tempfile::Builder::new()
-        .prefix(prefix)
-        .tempdir_in(env!("CARGO_TARGET_TMPDIR"))
-        .expect("tempdir");
-    crate::support::give_to_sandbox_user(d.path());
-    d
-}
-
 fn policy() -> SandboxPolicy {
     let text = include_str!("../../sandbox/default.yaml");
     let mut p = agentd::config::load_sandbox_profile_str(Path::new("sandbox/default.yaml"), text).unwrap();
@@ -280,7 +271,7 @@ fn policy() -> SandboxPolicy {
 
 #[tokio::test(flavor = "current_thread")]
 async fn execute_runs_blocks_in_order_and_reports_each() {
-    let wd = test_dir("fence-");
+    let wd = crate::support::sandbox_workdir("fence-");
     let reply = "```data/in.txt:create\nhello\n```\n```bash:execute\ntr a-z A-Z < data/in.txt; echo oops >&2; exit 3\n```\n\
                  ```python:execute\nprint(open('data/in.txt').read().strip()[::-1])\n```\n```bash:execute\nnever closed\n";
     let blocks = fence::parse(reply);
@@ -322,7 +313,7 @@ async fn execute_runs_blocks_in_order_and_reports_each() {
 
 #[tokio::test(flavor = "current_thread")]
 async fn render_reports_timeouts_and_cut_output() {
-    let wd = test_dir("fence-");
+    let wd = crate::support::sandbox_workdir("fence-");
     let mut p = policy();
     p.timeout = Duration::from_secs(1);
     p.limits.output_bytes = 1024;
@@ -340,8 +331,8 @@ async fn render_reports_timeouts_and_cut_output() {
 
 #[test]
 fn create_refuses_absolute_paths_dotdot_and_symlinks_out() {
-    let wd = test_dir("fence-");
-    let outside = test_dir("outside-");
+    let wd = crate::support::sandbox_workdir("fence-");
+    let outside = crate::support::sandbox_workdir("outside-");
     std::os::unix::fs::symlink(outside.path(), wd.path().join("out")).unwrap();
     std::os::unix::fs::symlink(outside.path().join("f"), wd.path().join("out-file")).unwrap();
     std::fs::create_dir(wd.path().join("sub")).unwrap();
@@ -375,7 +366,7 @@ fn create_refuses_absolute_paths_dotdot_and_symlinks_out() {
 
 #[tokio::test(flavor = "current_thread")]
 async fn a_sandbox_error_is_reported_to_the_model_not_raised() {
-    let wd = test_dir("fence-");
+    let wd = crate::support::sandbox_workdir("fence-");
     let mut p = policy();
     p.read_only.push("relative/path".into());
     let r = fence::execute(
@@ -408,7 +399,7 @@ proptest! {
 #[test]
 fn created_files_belong_to_the_workdir_owner_so_sandboxed_code_can_edit_them() {
     use std::os::unix::fs::MetadataExt;
-    let wd = test_dir("fence-owner-");
+    let wd = crate::support::sandbox_workdir("fence-owner-");
     assert_eq!(
         unsafe { libc::geteuid() },
         0,

@@ -16,20 +16,6 @@ use tempfile::TempDir;
 
 use crate::support::wait_for;
 
-/// A test directory outside /tmp (bwrap mounts a tmpfs there, which would
-/// make "blocked" trivially true for paths under /tmp).
-/// As root, it belongs to the tests' sandbox user, as agentd gives each
-/// agent's workdir to the agent's own user: sandboxed code never runs as
-/// root.
-fn test_dir(prefix: &str) -> TempDir {
-    let d = tempfile::Builder::new()
-        .prefix(prefix)
-        .tempdir_in(env!("CARGO_TARGET_TMPDIR"))
-        .expect("tempdir");
-    crate::support::give_to_sandbox_user(d.path());
-    d
-}
-
 /// The shipped default profile with the backend under test.
 fn policy(backend: Backend) -> SandboxPolicy {
     let text = include_str!("../../sandbox/default.yaml");
@@ -64,8 +50,8 @@ async fn control_and_sandboxed(backend: Backend, workdir: &Path, argv: &[String]
 }
 
 async fn write_outside_workdir(backend: Backend) {
-    let wd = test_dir("wd-");
-    let outside = test_dir("outside-");
+    let wd = crate::support::sandbox_workdir("wd-");
+    let outside = crate::support::sandbox_workdir("outside-");
     let target = outside.path().join("escaped");
     let argv = sh(&format!("echo pwned > {}", target.display()));
 
@@ -90,8 +76,8 @@ async fn write_outside_workdir(backend: Backend) {
 }
 
 async fn read_secret_outside_allow_list(backend: Backend) {
-    let wd = test_dir("wd-");
-    let outside = test_dir("secret-");
+    let wd = crate::support::sandbox_workdir("wd-");
+    let outside = crate::support::sandbox_workdir("secret-");
     let secret = outside.path().join("api-key");
     std::fs::write(&secret, "sk-TOPSECRET").unwrap();
     let argv = sh(&format!("cat {}", secret.display()));
@@ -111,7 +97,7 @@ fn accepted(listener: &TcpListener) -> bool {
 }
 
 async fn tcp_connect_to_loopback_listener(backend: Backend) {
-    let wd = test_dir("wd-");
+    let wd = crate::support::sandbox_workdir("wd-");
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let port = listener.local_addr().unwrap().port();
     let argv = sh(&format!("exec 3<>/dev/tcp/127.0.0.1/{port} && echo connected"));
@@ -137,7 +123,7 @@ fn received(sock: &UdpSocket) -> Option<Vec<u8>> {
 }
 
 async fn udp_dns_send(backend: Backend) {
-    let wd = test_dir("wd-");
+    let wd = crate::support::sandbox_workdir("wd-");
     let dns = UdpSocket::bind("127.0.0.1:0").unwrap();
     let port = dns.local_addr().unwrap().port();
     let argv = py(&format!(
@@ -158,8 +144,8 @@ async fn udp_dns_send(backend: Backend) {
 }
 
 async fn symlink_out_of_workdir(backend: Backend) {
-    let wd = test_dir("wd-");
-    let outside = test_dir("outside-");
+    let wd = crate::support::sandbox_workdir("wd-");
+    let outside = crate::support::sandbox_workdir("outside-");
     std::fs::write(outside.path().join("secret"), "sk-VIA-LINK").unwrap();
     std::os::unix::fs::symlink(outside.path(), wd.path().join("link")).unwrap();
     let argv = sh("cat link/secret; echo written > link/new");
@@ -204,7 +190,7 @@ const TEST_UID: u32 = 64_999;
 /// code as the workdir's owner when agentd is root: give the workdir to
 /// an unprivileged uid for this test.
 fn workdir_owned_by_test_uid() -> TempDir {
-    let wd = test_dir("wd-uid-");
+    let wd = crate::support::sandbox_workdir("wd-uid-");
     let is_root = unsafe { libc::geteuid() } == 0;
     assert!(
         is_root,
@@ -268,7 +254,7 @@ async fn fork_bomb_bounded_by_process_limit(backend: Backend) {
 }
 
 async fn endless_output_capped(backend: Backend) {
-    let wd = test_dir("wd-");
+    let wd = crate::support::sandbox_workdir("wd-");
     let one_mb = sh("head -c 1000000 /dev/zero | tr '\\0' x; echo; echo THE-END");
     let mut control_policy = policy(Backend::None);
     control_policy.limits.output_bytes = 4 << 20;
@@ -331,7 +317,7 @@ fn unique_sleep() -> String {
 }
 
 async fn sleep_past_timeout_killed_with_children(backend: Backend) {
-    let wd = test_dir("wd-");
+    let wd = crate::support::sandbox_workdir("wd-");
     let marker = unique_sleep();
     let script = format!("sleep {marker} & sleep {marker}; echo never");
 
@@ -366,7 +352,7 @@ async fn sleep_past_timeout_killed_with_children(backend: Backend) {
 }
 
 async fn no_new_privs_and_empty_environment(backend: Backend) {
-    let wd = test_dir("wd-");
+    let wd = crate::support::sandbox_workdir("wd-");
     let probe = "import ctypes, os\nlibc = ctypes.CDLL(None)\n\
                  print(libc.prctl(39, 0, 0, 0, 0))\nprint(sorted(os.environ))";
     // Control: a plain child of this test process inherits its environment
@@ -385,7 +371,7 @@ async fn no_new_privs_and_empty_environment(backend: Backend) {
 }
 
 async fn bash_and_python_run(backend: Backend) {
-    let wd = test_dir("wd-");
+    let wd = crate::support::sandbox_workdir("wd-");
     let o = run(
         &policy(backend),
         wd.path(),
@@ -498,7 +484,7 @@ fn shipped_profiles_decode_with_the_documented_backends() {
 
 #[tokio::test(flavor = "current_thread")]
 async fn landlock_without_network_lets_unix_sockets_and_workdir_io_work() {
-    let wd = test_dir("wd-");
+    let wd = crate::support::sandbox_workdir("wd-");
     let o = run(
         &policy(Backend::Landlock),
         wd.path(),
@@ -510,7 +496,7 @@ async fn landlock_without_network_lets_unix_sockets_and_workdir_io_work() {
 
 #[tokio::test(flavor = "current_thread")]
 async fn networked_profile_allows_tcp_connect() {
-    let wd = test_dir("wd-");
+    let wd = crate::support::sandbox_workdir("wd-");
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let port = listener.local_addr().unwrap().port();
     let (p, _) = agentd::config::resolve_sandbox_profile("networked", None).unwrap();
@@ -526,8 +512,8 @@ async fn networked_profile_allows_tcp_connect() {
 
 #[tokio::test(flavor = "current_thread")]
 async fn extra_read_only_paths_are_readable_but_not_writable() {
-    let wd = test_dir("wd-");
-    let skills = test_dir("skills-");
+    let wd = crate::support::sandbox_workdir("wd-");
+    let skills = crate::support::sandbox_workdir("skills-");
     std::fs::write(skills.path().join("SKILL.md"), "use the force").unwrap();
     for backend in [Backend::Landlock, Backend::Bwrap, Backend::BwrapLandlock] {
         let argv = sh(&format!("cat {0}/SKILL.md; echo x > {0}/new", skills.path().display()));
@@ -549,7 +535,7 @@ async fn extra_read_only_paths_are_readable_but_not_writable() {
 
 #[tokio::test(flavor = "current_thread")]
 async fn a_missing_command_is_a_spawn_error_or_exit_127() {
-    let wd = test_dir("wd-");
+    let wd = crate::support::sandbox_workdir("wd-");
     let argv = vec!["definitely-not-a-command-agentd".to_string()];
     assert!(matches!(
         sandbox::run(&policy(Backend::Landlock), wd.path(), &argv, &Default::default()).await,
@@ -561,7 +547,7 @@ async fn a_missing_command_is_a_spawn_error_or_exit_127() {
 
 #[tokio::test(flavor = "current_thread")]
 async fn relative_policy_paths_are_refused() {
-    let wd = test_dir("wd-");
+    let wd = crate::support::sandbox_workdir("wd-");
     let mut p = policy(Backend::Landlock);
     p.read_only.push(PathBuf::from("usr/lib"));
     let e = sandbox::run(&p, wd.path(), &sh("true"), &Default::default())
@@ -572,7 +558,7 @@ async fn relative_policy_paths_are_refused() {
 
 #[test]
 fn cli_runs_a_command_under_a_builtin_profile_and_returns_its_status() {
-    let wd = test_dir("wd-");
+    let wd = crate::support::sandbox_workdir("wd-");
     sandbox::helper::set_helper_exe(PathBuf::from(env!("CARGO_BIN_EXE_agentd")));
     let args = |profile: &str, cmd: &[&str]| agentd::cli::sandbox::SandboxRunArgs {
         profile: profile.into(),
@@ -585,7 +571,7 @@ fn cli_runs_a_command_under_a_builtin_profile_and_returns_its_status() {
         agentd::cli::sandbox::run(&args("default", &["sh", "-c", "exit 7"])).unwrap(),
         7
     );
-    let outside = test_dir("outside-");
+    let outside = crate::support::sandbox_workdir("outside-");
     let touch = format!("touch {}/x", outside.path().display());
     assert_ne!(
         agentd::cli::sandbox::run(&args("default", &["sh", "-c", &touch])).unwrap(),
@@ -602,8 +588,8 @@ fn cli_runs_a_command_under_a_builtin_profile_and_returns_its_status() {
 
 #[test]
 fn cli_takes_profiles_from_the_sandbox_dir_next_to_the_config() {
-    let wd = test_dir("wd-");
-    let cfg = test_dir("cfg-");
+    let wd = crate::support::sandbox_workdir("wd-");
+    let cfg = crate::support::sandbox_workdir("cfg-");
     std::fs::create_dir(cfg.path().join("sandbox")).unwrap();
     std::fs::write(
         cfg.path().join("sandbox/quick.yaml"),
@@ -628,7 +614,7 @@ fn cli_takes_profiles_from_the_sandbox_dir_next_to_the_config() {
 async fn bwrap_landlock_applies_landlock_inside_the_namespace() {
     // bwrap mounts a /proc of its own; only landlock (not in the allow-list)
     // can make it unreadable.
-    let wd = test_dir("wd-");
+    let wd = crate::support::sandbox_workdir("wd-");
     let argv = sh("grep -c NoNewPrivs /proc/self/status");
     let bwrap_only = run(&policy(Backend::Bwrap), wd.path(), &argv).await;
     assert_eq!(bwrap_only.stdout, "1\n", "{bwrap_only:?}");
@@ -656,7 +642,7 @@ fn cli_args_take_the_command_after_a_double_dash() {
 
 #[tokio::test(flavor = "current_thread")]
 async fn landlock_keeps_every_process_in_the_group_the_timeout_kills() {
-    let wd = test_dir("wd-");
+    let wd = crate::support::sandbox_workdir("wd-");
     let marker = unique_sleep();
     let argv = py(&format!(
         "import subprocess\nsubprocess.Popen(['sleep', '{marker}'], start_new_session=True)\nprint('started')"
@@ -679,8 +665,8 @@ async fn landlock_keeps_every_process_in_the_group_the_timeout_kills() {
 fn the_agentd_binary_is_its_own_landlock_helper() {
     // What bwrap runs inside the namespace for bwrap+landlock; here without
     // bwrap, so the rules apply to host paths directly.
-    let wd = test_dir("wd-");
-    let outside = test_dir("outside-");
+    let wd = crate::support::sandbox_workdir("wd-");
+    let outside = crate::support::sandbox_workdir("outside-");
     std::fs::write(outside.path().join("secret"), "sk-HELPER").unwrap();
     let wd_s = wd.path().to_str().unwrap();
     let helper = |script: &str| {
@@ -701,7 +687,7 @@ fn the_agentd_binary_is_its_own_landlock_helper() {
 
 #[test]
 fn agentd_sandbox_run_passes_output_and_exit_status_through() {
-    let wd = test_dir("wd-");
+    let wd = crate::support::sandbox_workdir("wd-");
     let out = crate::support::agentd(&[
         "sandbox",
         "run",
@@ -725,8 +711,8 @@ fn agentd_sandbox_run_passes_output_and_exit_status_through() {
 #[test]
 fn agentd_sandbox_run_strict_uses_agentd_itself_as_the_landlock_helper() {
     // No set_helper_exe here: the real binary finds itself.
-    let wd = test_dir("wd-");
-    let outside = test_dir("outside-");
+    let wd = crate::support::sandbox_workdir("wd-");
+    let outside = crate::support::sandbox_workdir("outside-");
     let run = |script: &str| {
         crate::support::agentd(&[
             "sandbox",

@@ -58,6 +58,22 @@ pub fn tempdir() -> tempfile::TempDir {
     d
 }
 
+/// A workdir for sandboxed code outside /tmp (bwrap mounts a tmpfs there,
+/// which would make "blocked" trivially true for paths under /tmp), others
+/// may enter it, and as root it belongs to [`SANDBOX_UID`], as agentd gives
+/// an agent's workdir to the agent's own user: sandboxed code never runs as
+/// root.
+pub fn sandbox_workdir(prefix: &str) -> tempfile::TempDir {
+    use std::os::unix::fs::PermissionsExt;
+    let d = tempfile::Builder::new()
+        .prefix(prefix)
+        .tempdir_in(env!("CARGO_TARGET_TMPDIR"))
+        .expect("tempdir");
+    std::fs::set_permissions(d.path(), std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    give_to_sandbox_user(d.path());
+    d
+}
+
 /// The unprivileged user tests run sandboxed code as when they call the
 /// sandbox directly as root (agentd itself assigns agents their own).
 pub const SANDBOX_UID: u32 = 64_998;
