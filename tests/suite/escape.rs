@@ -20,7 +20,7 @@ use tempfile::TempDir;
 
 use crate::support::daemon::Daemon;
 use crate::support::llm_server::{LlmServer, Reply};
-use crate::support::{SANDBOX_UID, agentd, agentd_bin, stderr, stdout, tempdir, wait_for, write};
+use crate::support::{SANDBOX_UID, agentd, agentd_bin, as_user, stderr, stdout, tempdir, wait_for, write};
 
 /// The uid the "unprivileged agentd" runs as.
 const AGENTD_UID: u32 = 64_997;
@@ -102,14 +102,8 @@ impl Bench {
         let mut cmd = match self.mode {
             Agentd::Root => Command::new(&agentd),
             Agentd::Unprivileged => {
-                let mut c = Command::new("setpriv");
-                c.args([
-                    format!("--reuid={AGENTD_UID}"),
-                    format!("--regid={AGENTD_UID}"),
-                    "--clear-groups".into(),
-                    "--".into(),
-                ])
-                .arg(&agentd);
+                let mut c = as_user(AGENTD_UID, &[]);
+                c.arg(&agentd);
                 c
             }
         };
@@ -276,15 +270,7 @@ fn sandboxed_code_cannot_signal_processes_outside_it() {
     let victims = std::sync::Mutex::new(Vec::new());
     attack("signal outside", &|bench: &Bench| {
         let uid = bench.mode.code_uid();
-        let child = Command::new("setpriv")
-            .args([
-                format!("--reuid={uid}"),
-                format!("--regid={uid}"),
-                "--clear-groups".into(),
-            ])
-            .args(["sleep", "300"])
-            .spawn()
-            .expect("victim");
+        let child = as_user(uid, &[]).args(["sleep", "300"]).spawn().expect("victim");
         let pid = child.id();
         victims.lock().expect("victims").push(child);
         format!("kill -9 {pid} && echo ESCAPED")
@@ -434,12 +420,7 @@ fn the_control_socket_answers_only_agentds_uid_and_root_whatever_its_mode() {
     let state = a.state().display().to_string();
     let control = agentd(&["status", "--state-dir", &state]);
     assert!(control.status.success(), "root is answered: {}", stderr(&control));
-    let other = Command::new("setpriv")
-        .args([
-            format!("--reuid={AGENTD_UID}"),
-            format!("--regid={AGENTD_UID}"),
-            "--clear-groups".into(),
-        ])
+    let other = as_user(AGENTD_UID, &[])
         .arg(agentd_bin())
         .args(["pause", "probe", "--state-dir", &state])
         .output()
@@ -767,24 +748,19 @@ fn the_operators_group_may_use_the_control_socket_and_others_may_not() {
     let meta = std::fs::metadata(&socket).expect("socket");
     assert_eq!((meta.gid(), meta.mode() & 0o777), (64996, 0o660));
     let state = a.state().display().to_string();
-    let as_user = |groups: &str| {
-        Command::new("setpriv")
-            .args([
-                format!("--reuid={AGENTD_UID}"),
-                format!("--regid={AGENTD_UID}"),
-                groups.to_string(),
-            ])
+    let status_as = |groups: &[u32]| {
+        as_user(AGENTD_UID, groups)
             .arg(agentd_bin())
             .args(["status", "--state-dir", &state])
             .output()
             .expect("setpriv")
     };
-    let member = as_user("--groups=64996");
+    let member = status_as(&[64996]);
     assert!(member.status.success(), "{}", stderr(&member));
     assert!(stdout(&member).contains("probe"), "{}", stdout(&member));
     // Past a loosened mode, a non-member is still refused by credentials.
     std::fs::set_permissions(&socket, std::fs::Permissions::from_mode(0o666)).expect("chmod");
-    let stranger = as_user("--clear-groups");
+    let stranger = status_as(&[]);
     assert!(!stranger.status.success(), "{}", stdout(&stranger));
     assert!(
         stderr(&stranger).contains("refused: uid 64997"),
@@ -817,12 +793,7 @@ fn under_an_unprivileged_agentd_code_keeps_its_uid_but_not_its_files_sockets_or_
         let agentd_pid = d.pid();
 
         // The control: the same script, as the same user, outside a sandbox.
-        let control = Command::new("setpriv")
-            .args([
-                format!("--reuid={AGENTD_UID}"),
-                format!("--regid={AGENTD_UID}"),
-                "--clear-groups".into(),
-            ])
+        let control = as_user(AGENTD_UID, &[])
             .args(["bash", "-c", &script(agentd_pid)])
             .output()
             .expect("control");

@@ -169,17 +169,12 @@ impl Daemon {
         let mut cmd = match uid {
             None => agentd_cmd(&all),
             Some(uid) => {
-                let mut c = std::process::Command::new("setpriv");
-                c.args([
-                    format!("--reuid={uid}"),
-                    format!("--regid={uid}"),
-                    "--clear-groups".into(),
-                ])
-                .arg(super::agentd_bin())
-                .args(&all)
-                .env_remove("AGENTD_STATE_DIR")
-                .env_remove("AGENTD_HOME")
-                .env_remove("NOTIFY_SOCKET");
+                let mut c = super::as_user(uid, &[]);
+                c.arg(super::agentd_bin())
+                    .args(&all)
+                    .env_remove("AGENTD_STATE_DIR")
+                    .env_remove("AGENTD_HOME")
+                    .env_remove("NOTIFY_SOCKET");
                 c
             }
         };

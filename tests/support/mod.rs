@@ -74,6 +74,21 @@ pub fn sandbox_workdir(prefix: &str) -> tempfile::TempDir {
     d
 }
 
+/// A command that runs what follows as `uid` (gid the same) with only the
+/// supplementary `groups` given (none: cleared), as a service user would.
+pub fn as_user(uid: u32, groups: &[u32]) -> Command {
+    let mut c = Command::new("setpriv");
+    c.arg(format!("--reuid={uid}")).arg(format!("--regid={uid}"));
+    if groups.is_empty() {
+        c.arg("--clear-groups");
+    } else {
+        let list: Vec<String> = groups.iter().map(u32::to_string).collect();
+        c.arg(format!("--groups={}", list.join(",")));
+    }
+    c.arg("--");
+    c
+}
+
 /// The unprivileged user tests run sandboxed code as when they call the
 /// sandbox directly as root (agentd itself assigns agents their own).
 pub const SANDBOX_UID: u32 = 64_998;
