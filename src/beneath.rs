@@ -276,10 +276,21 @@ pub fn create_file(root: &Path, rel: &str, content: &[u8], owner: Option<(u32, u
 /// Deeper than any real tree; a bound keeps a hostile one finite.
 pub const MAX_DEPTH: usize = 256;
 
+/// How a directory is opened when a link in its place must not be followed.
+const DIR_NOFOLLOW: OFlag = OFlag::O_RDONLY
+    .union(OFlag::O_DIRECTORY)
+    .union(OFlag::O_NOFOLLOW)
+    .union(OFlag::O_CLOEXEC);
+
 /// Opens the directory `name` in `parent`, never following a link.
 pub fn open_dir_at(parent: &OwnedFd, name: &std::ffi::CStr) -> io::Result<OwnedFd> {
-    let flags = OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC;
-    Ok(nix::fcntl::openat(parent, name, flags, Mode::empty())?)
+    Ok(nix::fcntl::openat(parent, name, DIR_NOFOLLOW, Mode::empty())?)
+}
+
+/// Opens the directory `dir` itself, refusing it when it is a link (a
+/// workdir swapped for a link to elsewhere is not walked).
+pub fn open_root_nofollow(dir: &Path) -> io::Result<OwnedFd> {
+    Ok(nix::fcntl::open(dir, DIR_NOFOLLOW, Mode::empty())?)
 }
 
 /// The names in the directory `dir` (not `.` nor `..`), sorted.

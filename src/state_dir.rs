@@ -158,58 +158,32 @@ pub fn prepare_agent(state_dir: &Path, agent: &str, user: Option<(u32, u32)>) ->
 }
 
 /// Gives `dir` and everything below it to `uid:gid`, never following a
-/// link: each directory is opened beneath its parent with `O_NOFOLLOW`, and
-/// entries are changed with `AT_SYMLINK_NOFOLLOW`.
+/// link: each directory is opened beneath its parent with `O_NOFOLLOW`
+/// ([`crate::beneath`]), and entries are changed with `AT_SYMLINK_NOFOLLOW`.
 fn chown_tree(dir: &Path, uid: u32, gid: u32) -> std::io::Result<()> {
-    use nix::fcntl::{OFlag, open};
-    use nix::sys::stat::Mode;
-    let fd = open(
-        dir,
-        OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
-        Mode::empty(),
-    )?;
+    let fd = crate::beneath::open_root_nofollow(dir)?;
     nix::unistd::fchown(&fd, Some(uid.into()), Some(gid.into()))?;
-    chown_below(fd, uid, gid, 0)
+    chown_below(&fd, uid, gid, 0)
 }
 
-fn chown_below(fd: std::os::fd::OwnedFd, uid: u32, gid: u32, depth: u32) -> std::io::Result<()> {
-    use nix::fcntl::{AtFlags, OFlag, openat};
-    use nix::sys::stat::Mode;
-    // Deeper than any real tree; a bound keeps a hostile one finite.
-    if depth > 256 {
+fn chown_below(dir: &std::os::fd::OwnedFd, uid: u32, gid: u32, depth: usize) -> std::io::Result<()> {
+    use nix::fcntl::AtFlags;
+    if depth > crate::beneath::MAX_DEPTH {
         return Err(std::io::Error::other("directory tree too deep"));
     }
-    let mut d = nix::dir::Dir::from_fd(fd)?;
-    let parent = std::os::fd::AsFd::as_fd(&d).try_clone_to_owned()?;
-    let mut subdirs = Vec::new();
-    for entry in d.iter() {
-        let entry = entry?;
-        let name = entry.file_name().to_owned();
-        if name.to_bytes() == b"." || name.to_bytes() == b".." {
-            continue;
-        }
+    for name in crate::beneath::names(dir)? {
         nix::unistd::fchownat(
-            &parent,
+            dir,
             name.as_c_str(),
             Some(uid.into()),
             Some(gid.into()),
             AtFlags::AT_SYMLINK_NOFOLLOW,
         )?;
-        if entry.file_type() == Some(nix::dir::Type::Directory) {
-            subdirs.push(name);
-        }
-    }
-    for name in subdirs {
-        match openat(
-            &parent,
-            name.as_c_str(),
-            OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
-            Mode::empty(),
-        ) {
-            Ok(sub) => chown_below(sub, uid, gid, depth + 1)?,
-            // Swapped for a link meanwhile: not followed.
-            Err(nix::errno::Errno::ELOOP | nix::errno::Errno::ENOTDIR) => {}
-            Err(e) => return Err(e.into()),
+        match crate::beneath::open_dir_at(dir, &name) {
+            Ok(sub) => chown_below(&sub, uid, gid, depth + 1)?,
+            // Not a directory, or swapped for a link meanwhile: not followed.
+            Err(e) if matches!(e.raw_os_error(), Some(libc::ELOOP | libc::ENOTDIR)) => {}
+            Err(e) => return Err(e),
         }
     }
     Ok(())

@@ -30,7 +30,7 @@ use std::path::{Path, PathBuf};
 use nix::fcntl::{AtFlags, OFlag, openat};
 use nix::sys::stat::{FileStat, Mode, fstat, fstatat};
 
-use crate::beneath::{MAX_DEPTH, names, open_dir_at};
+use crate::beneath::{MAX_DEPTH, names, open_dir_at, open_root_nofollow};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ArchiveError {
@@ -42,11 +42,6 @@ pub enum ArchiveError {
 
 /// The archive entry that carries the workdir's own mode.
 const ROOT_ENTRY: &str = ".";
-
-const DIR_FLAGS: OFlag = OFlag::O_RDONLY
-    .union(OFlag::O_DIRECTORY)
-    .union(OFlag::O_NOFOLLOW)
-    .union(OFlag::O_CLOEXEC);
 
 fn io_err(e: nix::Error) -> io::Error {
     e.into()
@@ -63,9 +58,7 @@ pub fn archive(dir: &Path) -> Result<Vec<u8>, ArchiveError> {
         path: dir.to_path_buf(),
         source,
     };
-    let root = nix::fcntl::open(dir, DIR_FLAGS, Mode::empty())
-        .map_err(io_err)
-        .map_err(err)?;
+    let root = open_root_nofollow(dir).map_err(err)?;
     let mut builder = tar::Builder::new(Vec::new());
     let st = fstat(&root).map_err(io_err).map_err(err)?;
     append_header(
@@ -205,9 +198,7 @@ pub fn restore(dir: &Path, bytes: &[u8]) -> Result<(), ArchiveError> {
         entries.push((path, header, link, data));
     }
     std::fs::create_dir_all(dir).map_err(err)?;
-    let root = nix::fcntl::open(dir, DIR_FLAGS, Mode::empty())
-        .map_err(io_err)
-        .map_err(err)?;
+    let root = open_root_nofollow(dir).map_err(err)?;
     let owner = fstat(&root).map_err(io_err).map_err(err)?;
     clear(&root, 0).map_err(err)?;
     let mut dirs = Vec::new();
