@@ -119,6 +119,8 @@ pub enum StepKind {
     Fence,
     /// A tool call from sandboxed code through the tool bridge.
     Bridge,
+    /// The task was cancelled: by whom and why.
+    Cancel,
     Other(String),
 }
 
@@ -131,6 +133,7 @@ impl StepKind {
             StepKind::ToolCallsCapped => "tool_calls_capped",
             StepKind::Fence => "fence",
             StepKind::Bridge => "bridge",
+            StepKind::Cancel => "cancel",
             StepKind::Other(s) => s,
         }
     }
@@ -143,6 +146,7 @@ impl StepKind {
             "tool_calls_capped" => StepKind::ToolCallsCapped,
             "fence" => StepKind::Fence,
             "bridge" => StepKind::Bridge,
+            "cancel" => StepKind::Cancel,
             other => StepKind::Other(other.to_owned()),
         }
     }
@@ -169,6 +173,42 @@ impl Serialize for StepKind {
 impl<'de> Deserialize<'de> for StepKind {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<StepKind, D::Error> {
         Ok(StepKind::parse(&String::deserialize(d)?))
+    }
+}
+
+/// Why an agent is paused. Kept in the ledger with the pause, so an agent
+/// paused before a restart of agentd starts paused, and status says why.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PauseReason {
+    /// Someone paused it (`agentd pause`, `/pause`, the control socket).
+    Operator,
+    /// Its spending budget is used up for the window; it resumes by itself
+    /// when the window frees room.
+    Budget,
+}
+
+impl PauseReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PauseReason::Operator => "operator",
+            PauseReason::Budget => "budget",
+        }
+    }
+
+    /// A reason this build does not know (a newer agentd wrote it) reads as
+    /// `Operator`: the agent stays paused until someone resumes it.
+    pub fn parse(s: &str) -> PauseReason {
+        match s {
+            "budget" => PauseReason::Budget,
+            _ => PauseReason::Operator,
+        }
+    }
+}
+
+impl std::fmt::Display for PauseReason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
     }
 }
 
@@ -202,6 +242,7 @@ mod tests {
             StepKind::ToolCallsCapped,
             StepKind::Fence,
             StepKind::Bridge,
+            StepKind::Cancel,
         ] {
             let json = serde_json::to_string(&kind).expect("serialise");
             assert_eq!(json, format!("\"{}\"", kind.as_str()));

@@ -5,6 +5,7 @@
 
 pub mod agent;
 pub mod beneath;
+pub mod budget;
 pub mod cli;
 pub mod config;
 pub mod control;

@@ -15,7 +15,7 @@ use serde::{Deserialize, Serialize};
 use crate::config::AgentSpec;
 use crate::domain::{NewStep, TaskState, Trigger};
 
-pub const PROTOCOL_VERSION: u32 = 2;
+pub const PROTOCOL_VERSION: u32 = 3;
 
 /// Supervisor → child.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -43,6 +43,11 @@ pub enum ToChild {
         attempt: i64,
         trigger: Trigger,
     },
+    /// Drop the task now: its model request, tool calls and sandbox runs
+    /// are abandoned (a run's whole process tree is killed) and nothing
+    /// more is sent about it. The supervisor has already recorded it
+    /// cancelled; the child goes on with its next task.
+    Cancel { task: i64, lease: String },
     /// Finish the current task (up to `grace_ms`), release resources, exit 0.
     Shutdown { grace_ms: u64 },
     /// Heartbeat: answer with [`FromChild::Pong`] carrying the same `seq`,

@@ -209,8 +209,9 @@ async fn run(name: &str) -> anyhow::Result<ExitCode> {
                     );
                     continue;
                 };
-                // Keep reading: a shutdown may arrive while the task runs.
+                // Keep reading: a shutdown or a cancel may arrive while the task runs.
                 let mut stop: Option<Duration> = None;
+                let mut cancelled = false;
                 let outcome = {
                     let fut = rt.run_task(id, &lease, &trigger);
                     tokio::pin!(fut);
@@ -223,6 +224,13 @@ async fn run(name: &str) -> anyhow::Result<ExitCode> {
                             line = lines.next_line() => match line.ok().flatten().map(|l| serde_json::from_str::<ToChild>(&l)) {
                                 Some(Ok(ToChild::Shutdown { grace_ms })) => stop = Some(Duration::from_millis(grace_ms)),
                                 Some(Ok(ToChild::Ping { seq })) => outbox.send(FromChild::Pong { seq }),
+                                // Dropping the task's future drops its model
+                                // request and MCP calls, and kills its sandbox
+                                // run's process group and cgroup.
+                                Some(Ok(ToChild::Cancel { task, lease: l })) if task == id && l == lease => {
+                                    cancelled = true;
+                                    break None;
+                                }
                                 Some(Ok(other)) => tracing::warn!(agent = name, "ignoring {other:?} while a task runs"),
                                 Some(Err(e)) => tracing::warn!(agent = name, "unreadable message from supervisor: {e}"),
                                 None => stop = Some(Duration::ZERO),
@@ -235,6 +243,13 @@ async fn run(name: &str) -> anyhow::Result<ExitCode> {
                         let conversation = runtime.as_ref().and_then(|r| serde_json::to_value(&r.history).ok());
                         finished(&outbox, id, &lease, o, conversation);
                     }
+                    None if cancelled => {
+                        // What ran is abandoned; the bridge's token for it dies too.
+                        if let Some(rt) = runtime.as_mut() {
+                            rt.skills.end();
+                        }
+                        tracing::info!(agent = name, "task {id} cancelled");
+                    }
                     // The grace period ran out: leave the task to the
                     // supervisor, which re-queues it.
                     None => tracing::warn!(agent = name, "stopping with task {id} unfinished"),
@@ -245,6 +260,8 @@ async fn run(name: &str) -> anyhow::Result<ExitCode> {
             }
             Ok(ToChild::Shutdown { .. }) => break,
             Ok(ToChild::Ping { seq }) => outbox.send(FromChild::Pong { seq }),
+            // A cancel that crossed the task's end: nothing left to stop.
+            Ok(ToChild::Cancel { task, .. }) => tracing::debug!(agent = name, "task {task} already over"),
             Ok(ToChild::Start { .. }) => tracing::warn!(agent = name, "ignoring a second start message"),
             Err(e) => tracing::warn!(agent = name, "unreadable message from supervisor: {e}"),
         }

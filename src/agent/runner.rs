@@ -197,6 +197,9 @@ impl Runtime {
                     },
                     "retries": reply.retries,
                     "usage_estimated": reply.usage.estimated,
+                    // What budgets price this call by (see supervisor::budget).
+                    "model": self.spec.model,
+                    "cached_tokens": reply.usage.cached_tokens(),
                 }),
                 (reply.usage.prompt_tokens, reply.usage.completion_tokens),
                 Some(started),

@@ -47,6 +47,17 @@ pub struct SendArgs {
 }
 
 #[derive(Debug, Args)]
+pub struct CancelArgs {
+    #[command(flatten)]
+    pub ledger: LedgerArgs,
+    /// The task's id (`agentd tasks` lists them).
+    pub task: i64,
+    /// Why: kept in the task's journal with who cancelled it.
+    #[arg(long)]
+    pub reason: Option<String>,
+}
+
+#[derive(Debug, Args)]
 pub struct ReloadArgs {
     #[command(flatten)]
     pub ledger: LedgerArgs,
@@ -172,6 +183,22 @@ pub fn send(global: &Global, args: &SendArgs) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::FAILURE)
         }
     }
+}
+
+pub fn cancel(global: &Global, args: &CancelArgs) -> anyhow::Result<ExitCode> {
+    let req = Request::Cancel {
+        task: args.task,
+        reason: args.reason.clone(),
+        caller: None,
+    };
+    let v = call(global, &args.ledger, &req, Duration::from_secs(30))?;
+    outln!(
+        "task {} of {} cancelled (it was {})",
+        args.task,
+        v["agent"].as_str().unwrap_or("?"),
+        v["was"].as_str().unwrap_or("?")
+    );
+    Ok(ExitCode::SUCCESS)
 }
 
 pub fn reload(global: &Global, args: &ReloadArgs) -> anyhow::Result<ExitCode> {

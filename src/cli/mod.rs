@@ -7,6 +7,7 @@ mod check;
 mod control;
 pub mod sandbox;
 mod snapshot;
+mod spend;
 mod tasks;
 mod tool;
 
@@ -115,6 +116,11 @@ pub enum Command {
     Pause(control::AgentArgs),
     /// Resume a paused agent: what is queued runs.
     Resume(control::AgentArgs),
+    /// Cancel a queued or running task: it ends `cancelled`, a running one
+    /// at once (its model request, tool calls and code are dropped).
+    Cancel(control::CancelArgs),
+    /// Model spend per agent and model, from the ledger.
+    Spend(spend::SpendArgs),
     /// Conversation and workspace snapshots of an agent.
     #[command(subcommand)]
     Snapshot(snapshot::SnapshotCommand),
@@ -188,6 +194,8 @@ pub fn main() -> ExitCode {
         Some(Command::Send(args)) => control::send(&cli.global, &args),
         Some(Command::Pause(args)) => control::agent_request(&cli.global, &args, control::Verb::Pause),
         Some(Command::Resume(args)) => control::agent_request(&cli.global, &args, control::Verb::Resume),
+        Some(Command::Cancel(args)) => control::cancel(&cli.global, &args),
+        Some(Command::Spend(args)) => spend::run(&cli.global, &args),
         Some(Command::Agent { name }) => crate::agent::main(&name),
         Some(Command::Snapshot(cmd)) => snapshot::run(&cli.global, &cmd),
         Some(Command::Sandbox(SandboxCommand::Run(args))) => {

@@ -39,6 +39,7 @@ const AGENT_KEYS: &[&str] = &[
     "restart",
     "heartbeat",
     "limits",
+    "budget",
 ];
 
 impl Loader<'_> {
@@ -154,6 +155,13 @@ impl Loader<'_> {
             None => d.limits.clone(),
         };
 
+        // An agent's own budget replaces the default one whole: limits
+        // mixed from two places would be hard to read off either.
+        let budget = match map.get("budget") {
+            Some(n) => super::budget::decode_budget(cx, n, &f("budget")),
+            None => d.budget.clone(),
+        };
+
         if cx.errors.len() != before {
             return None;
         }
@@ -174,6 +182,7 @@ impl Loader<'_> {
             restart,
             heartbeat,
             limits,
+            budget,
         })
     }
 

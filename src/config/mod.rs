@@ -16,6 +16,7 @@
 //! is [`crate::yaml`].
 
 mod agent;
+mod budget;
 mod defaults;
 mod error;
 mod limits;

@@ -27,6 +27,7 @@ const TOP_KEYS: &[&str] = &[
     "shutdown_grace",
     "agent_uids",
     "control_group",
+    "prices",
 ];
 
 /// The agents read so far, and where each name was first defined (file,
@@ -95,6 +96,10 @@ impl Loader<'_> {
             }
             gid
         });
+        let prices = match map.get("prices") {
+            Some(n) => super::budget::decode_prices(&mut cx, n, "prices"),
+            None => crate::budget::Prices::default(),
+        };
         let defaults = match map.get("defaults") {
             Some(n) => self.decode_defaults(&mut cx, n, &dir),
             None => Defaults::default(),
@@ -119,6 +124,7 @@ impl Loader<'_> {
             shutdown_grace,
             agent_uids: agent_uids?,
             control_group,
+            prices,
             agents: roster.agents,
         })
     }

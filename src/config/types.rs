@@ -29,6 +29,8 @@ pub struct Config {
     /// Members of this group (a gid) may use the control socket too
     /// (`control_group: NAME|GID`).
     pub control_group: Option<u32>,
+    /// USD per million tokens by model (`prices:` over the built-in table).
+    pub prices: crate::budget::Prices,
     pub agents: Vec<AgentSpec>,
 }
 
@@ -100,6 +102,8 @@ pub struct AgentSpec {
     /// How the supervisor tells a hung child from a busy one.
     pub heartbeat: HeartbeatSpec,
     pub limits: Limits,
+    /// Spending limits over a rolling window (`budget:`).
+    pub budget: Option<crate::budget::BudgetSpec>,
 }
 
 /// How to reach the model provider. The API key is referenced by the name of

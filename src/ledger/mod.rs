@@ -11,6 +11,7 @@
 //! from any other instance are rejected, so a stale child (one the
 //! supervisor already gave up on) cannot corrupt a re-queued task.
 
+mod governance;
 mod integrity;
 mod schema;
 mod snapshots;
@@ -20,7 +21,8 @@ use std::path::{Path, PathBuf};
 
 use rusqlite::{Connection, OpenFlags};
 
-pub use crate::domain::{NewStep, StepKind, TaskState, Trigger};
+pub use crate::domain::{NewStep, PauseReason, StepKind, TaskState, Trigger};
+pub use governance::{Cancelled, LlmUsage, Pause};
 pub use integrity::{Integrity, RECOVERY};
 pub use schema::{APPLICATION_ID, SCHEMA_VERSION, create_at_version};
 pub use snapshots::{Snapshot, SnapshotKind, SnapshotMeta};
@@ -66,6 +68,8 @@ pub enum LedgerError {
     StaleLease { task: i64, lease: String },
     #[error("snapshot {0} does not exist")]
     NoSuchSnapshot(String),
+    #[error("task {task} already {state}; only a queued or running task can be cancelled")]
+    AlreadyEnded { task: i64, state: TaskState },
 }
 
 impl LedgerError {

@@ -59,6 +59,16 @@ const MIGRATIONS: &[&str] = &[
         created_at INTEGER NOT NULL
     );
     CREATE INDEX snapshots_by_agent ON snapshots (agent, kind, id);",
+    // 3: governance. An agent's pause outlives agentd; budgets sum model
+    // calls' tokens over a time window.
+    "CREATE TABLE pauses (
+        agent  TEXT PRIMARY KEY,
+        reason TEXT NOT NULL,
+        by     TEXT NOT NULL,
+        note   TEXT,
+        since  INTEGER NOT NULL
+    );
+    CREATE INDEX steps_by_kind_time ON steps (kind, created_at);",
 ];
 
 pub const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;

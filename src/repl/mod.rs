@@ -65,6 +65,11 @@ pub enum Command {
     Tasks,
     Pause(Option<String>),
     Resume(Option<String>),
+    /// Cancel a task (the current agent's running one when `None`).
+    Cancel {
+        task: Option<i64>,
+        reason: Option<String>,
+    },
     Help,
     Quit,
     /// A blank line: nothing to do.
@@ -80,6 +85,7 @@ pub const HELP: &[&str] = &[
     "/tasks           the current agent's recent tasks",
     "/pause [AGENT]   stop running AGENT's tasks (they keep queueing)",
     "/resume [AGENT]  run what is queued again",
+    "/cancel [TASK] [REASON]  cancel a task (default: the current agent's running one)",
     "/help            this help",
     "/quit            stop agentd (end of input, e.g. Ctrl-D, closes only the REPL)",
 ];
@@ -112,6 +118,9 @@ pub fn parse(line: &str) -> Result<Command, String> {
     };
     let mut words = rest.split_whitespace();
     let cmd = words.next().unwrap_or("");
+    if cmd == "cancel" {
+        return parse_cancel(words.collect());
+    }
     let arg = words.next().map(str::to_owned);
     if words.next().is_some() {
         return Err(format!("/{cmd} takes at most one argument; /help lists the commands"));
@@ -131,6 +140,16 @@ pub fn parse(line: &str) -> Result<Command, String> {
         "quit" | "exit" => no_arg(Command::Quit),
         other => Err(format!("unknown command /{other}; /help lists the commands")),
     }
+}
+
+/// `/cancel [TASK] [REASON…]`: a first word that is a number is the task.
+fn parse_cancel(words: Vec<&str>) -> Result<Command, String> {
+    let (task, rest) = match words.first().map(|w| w.trim_start_matches('#').parse::<i64>()) {
+        Some(Ok(id)) => (Some(id), &words[1..]),
+        _ => (None, &words[..]),
+    };
+    let reason = (!rest.is_empty()).then(|| rest.join(" "));
+    Ok(Command::Cancel { task, reason })
 }
 
 /// Cuts streamed text into whole lines, so output from agents answering at
@@ -295,6 +314,18 @@ fn send_line(inputs: &mpsc::UnboundedSender<Input>, text: String) -> Option<Answ
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn cancel_takes_an_optional_task_and_a_reason_of_many_words() {
+        let c = |task, reason: Option<&str>| Command::Cancel {
+            task,
+            reason: reason.map(str::to_owned),
+        };
+        assert_eq!(parse("/cancel"), Ok(c(None, None)));
+        assert_eq!(parse("/cancel 12"), Ok(c(Some(12), None)));
+        assert_eq!(parse("/cancel #12 wrong file"), Ok(c(Some(12), Some("wrong file"))));
+        assert_eq!(parse("/cancel too slow"), Ok(c(None, Some("too slow"))));
+    }
 
     fn say(agent: Option<&str>, text: &str) -> Command {
         Command::Say {

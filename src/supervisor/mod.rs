@@ -19,6 +19,8 @@
 //! [`reload`] with its pure [`diff`]; writes that a full disk refuses
 //! [`ledger_writes`] and [`degraded`]; agents' users [`users`].
 
+mod budget;
+mod cancel;
 mod child;
 mod degraded;
 mod diff;
@@ -26,6 +28,7 @@ mod heartbeat;
 mod ledger_thread;
 mod ledger_writes;
 mod lifecycle;
+mod pause;
 mod reload;
 mod requests;
 pub mod restart;
@@ -100,6 +103,12 @@ pub enum Event {
         generation: u64,
     },
     ConfigChanged,
+    /// Time to look at a budget-paused agent's window again; `seq` names
+    /// the timer (a newer one replaces it).
+    BudgetRecheck {
+        agent: String,
+        seq: u64,
+    },
     /// A reload's parse is done (see [`Supervisor::begin_reload`]).
     ConfigParsed {
         seq: u64,
@@ -141,6 +150,8 @@ pub struct Supervisor {
     degraded: Degraded,
     /// Agents' own users, when agentd runs as root.
     users: Option<users::AgentUsers>,
+    /// Models without a price already named in the log (said once).
+    unpriced_warned: std::collections::BTreeSet<String>,
 }
 
 /// Runs the supervisor until it is stopped; the process's exit code.
@@ -223,14 +234,26 @@ async fn run_async(
         reload_seq: 0,
         degraded: Degraded::default(),
         users,
+        unpriced_warned: Default::default(),
         cfg,
     };
     sup.recover_orphaned_tasks().await?;
     sup.watch_config();
+    // Pauses outlive agentd: an agent paused before starts paused.
+    let pauses = sup
+        .ledger
+        .call(|l| l.pauses())
+        .await
+        .context("reading the agents' recorded pauses")?;
     let names: Vec<AgentSpec> = sup.cfg.agents.clone();
     for spec in names {
         let name = spec.name.to_string();
-        sup.agents.insert(name.clone(), Agent::new(spec));
+        let mut slot = Agent::new(spec);
+        slot.pause = pauses.iter().find(|p| p.agent == name).cloned();
+        if let Some(p) = &slot.pause {
+            tracing::info!(agent = name, "starts paused ({}, by {})", p.reason, p.by);
+        }
+        sup.agents.insert(name.clone(), slot);
         // Catch-up tasks are queued before the child is up, so it takes
         // them first.
         sup.arm_schedules(&name).await;
@@ -363,6 +386,7 @@ impl Supervisor {
                 }
             }
             Event::Heartbeat { agent, generation } => self.on_heartbeat(&agent, generation),
+            Event::BudgetRecheck { agent, seq } => self.on_budget_recheck(&agent, seq).await,
             Event::ConfigParsed { seq, result, by } => self.finish_reload(seq, result, by).await,
             Event::ConfigChanged => {
                 if self.stop_deadline.is_none() {

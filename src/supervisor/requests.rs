@@ -13,7 +13,7 @@ use super::slot::{AfterExit, Lifecycle};
 use super::talk::send_result;
 use super::{ReloadBy, Supervisor};
 use crate::control::{AgentStatus, Request, Response, SendResult};
-use crate::ledger::TaskState;
+use crate::ledger::{PauseReason, TaskState};
 use crate::snapshots;
 
 type Reply = oneshot::Sender<Response>;
@@ -35,16 +35,20 @@ impl Supervisor {
             | Request::SnapshotCreate { agent, .. }
             | Request::SnapshotRestore { agent, .. } => Some(agent.as_str()),
             // `send_message` says so itself for an unknown agent.
-            Request::Send { .. } | Request::DescribeInterface | Request::Health | Request::Status | Request::Reload => {
-                None
-            }
+            Request::Send { .. }
+            | Request::DescribeInterface
+            | Request::Health
+            | Request::Status
+            | Request::Reload
+            | Request::Cancel { .. }
+            | Request::Spend { .. } => None,
         };
         if let Some(agent) = agent.filter(|a| !self.agents.contains_key(*a)) {
             return answer(reply, Response::error(format!("no agent named {agent:?}")));
         }
         let changes_state = !matches!(
             req,
-            Request::DescribeInterface | Request::Health | Request::Status | Request::Send { .. }
+            Request::DescribeInterface | Request::Health | Request::Status | Request::Send { .. } | Request::Spend { .. }
         );
         if changes_state && self.stop_deadline.is_some() {
             return answer(reply, Response::error("agentd is shutting down"));
@@ -57,14 +61,14 @@ impl Supervisor {
             Request::Stop { agent } => answer(reply, self.stop_by_hand(&agent).await),
             Request::Restart { agent } => answer(reply, self.restart_by_hand(&agent).await),
             Request::Pause { agent } => {
-                let r = match self.pause(&agent) {
+                let r = match self.pause(&agent, PauseReason::Operator, "control", None).await {
                     Ok(()) => Response::ok(json!(self.agent_status(&agent).await)),
                     Err(e) => Response::error(e),
                 };
                 answer(reply, r)
             }
             Request::Resume { agent } => {
-                let r = match self.resume(&agent).await {
+                let r = match self.resume(&agent, "control").await {
                     Ok(()) => Response::ok(json!(self.agent_status(&agent).await)),
                     Err(e) => Response::error(e),
                 };
@@ -74,7 +78,52 @@ impl Supervisor {
             Request::SnapshotRestore { agent, snapshot } => answer(reply, self.snapshot_restore(agent, snapshot).await),
             Request::Send { agent, text, wait } => self.send_by_request(agent, text, wait, reply).await,
             Request::Reload => self.begin_reload(ReloadBy::Control(reply)),
+            Request::Cancel { task, reason, caller } => {
+                let by = caller.unwrap_or_else(|| "control".into());
+                let r = match self.cancel_task(task, &by, reason).await {
+                    Ok((agent, was)) => Response::ok(json!({
+                        "task": task, "agent": agent, "was": was.as_str(), "state": TaskState::Cancelled.as_str(),
+                    })),
+                    Err(e) => Response::error(e),
+                };
+                answer(reply, r)
+            }
+            Request::Spend { agent, per } => answer(reply, self.spend(agent, per).await),
         }
+    }
+
+    /// Spend per agent and model over each agent's budget window, or `per`.
+    async fn spend(&self, agent: Option<String>, per: Option<String>) -> Response {
+        let per = match per.as_deref().map(crate::yaml::parse_duration).transpose() {
+            Ok(p) => p,
+            Err(e) => return Response::error(format!("per: {e}")),
+        };
+        if let Some(a) = &agent
+            && !self.agents.contains_key(a)
+        {
+            return Response::error(format!("no agent named {a:?}"));
+        }
+        let mut out = Vec::new();
+        for (name, a) in self.agents.iter().filter(|(n, _)| agent.as_ref().is_none_or(|a| a == *n)) {
+            let window = per
+                .or(a.spec.budget.as_ref().map(|b| b.per))
+                .unwrap_or(crate::budget::DEFAULT_WINDOW);
+            let since = crate::ledger::now_ms() - window.as_millis() as i64;
+            let n = name.clone();
+            let usage = match self.ledger.call(move |l| l.llm_usage(Some(&n), since)).await {
+                Ok(u) => u,
+                Err(e) => return Response::error(e.to_string()),
+            };
+            out.push(crate::budget::report(
+                name,
+                window,
+                since,
+                &usage,
+                &self.cfg.prices,
+                a.spec.budget.as_ref(),
+            ));
+        }
+        Response::ok(json!({ "agents": out }))
     }
 
     fn health(&self) -> Response {
@@ -165,7 +214,7 @@ impl Supervisor {
     /// A message from the control socket: answered with the task at once,
     /// or with its result when it ends (`wait`).
     async fn send_by_request(&mut self, agent: String, text: String, wait: bool, reply: Reply) {
-        let paused = self.agents.get(&agent).is_some_and(|a| a.paused);
+        let paused = self.agents.get(&agent).is_some_and(|a| a.is_paused());
         match self.send_message(&agent, &text, "control").await {
             // A paused agent runs nothing until someone resumes it: waiting
             // would only end in the caller's timeout. Say so at once.
@@ -213,6 +262,8 @@ impl Supervisor {
                 queued,
                 running_task: None,
                 paused: false,
+                pause: None,
+                spend: None,
                 schedules: Vec::new(),
             };
         };
@@ -229,7 +280,9 @@ impl Supervisor {
             last_error: degraded.or(a.last_error.as_ref()).cloned(),
             queued,
             running_task: a.life.claim().map(|c| c.task),
-            paused: a.paused,
+            paused: a.is_paused(),
+            pause: a.pause.clone(),
+            spend: self.spend_status(name).await,
             schedules: self.schedule_status(name),
         }
     }

@@ -13,7 +13,7 @@ use tokio::sync::oneshot;
 
 use super::Supervisor;
 use crate::control::{self, Response, SendResult};
-use crate::ledger::{TaskFilter, TaskState, Trigger};
+use crate::ledger::{PauseReason, TaskFilter, TaskState, Trigger};
 use crate::repl::{self, Answer, Command, Input, LineBuffer, Repl, labelled};
 
 /// The REPL as the supervisor sees it.
@@ -58,13 +58,13 @@ impl Supervisor {
         prompt_for(self.console.as_ref().and_then(|c| c.current.as_deref()))
     }
 
-    fn say(&self, line: String) {
+    pub(super) fn say(&self, line: String) {
         if let Some(c) = &self.console {
             c.repl.print(line);
         }
     }
 
-    fn say_error(&self, e: impl std::fmt::Display) {
+    pub(super) fn say_error(&self, e: impl std::fmt::Display) {
         self.say(format!("error: {e}"));
     }
 
@@ -123,7 +123,11 @@ impl Supervisor {
                         } else {
                             ' '
                         };
-                        let paused = if a.paused { ", paused" } else { "" };
+                        let paused = a
+                            .pause
+                            .as_ref()
+                            .map(|p| format!(", paused: {}", p.reason))
+                            .unwrap_or_default();
                         format!("{mark} {name} ({}{paused})", a.life.name())
                     })
                     .collect();
@@ -143,7 +147,10 @@ impl Supervisor {
             }
             Command::Tasks => self.show_tasks().await,
             Command::Pause(name) => {
-                let r = self.current_or(name).and_then(|n| self.pause(&n).map(|()| n));
+                let r = match self.current_or(name) {
+                    Ok(n) => self.pause(&n, PauseReason::Operator, "repl", None).await.map(|()| n),
+                    Err(e) => Err(e),
+                };
                 match r {
                     Ok(name) => self.say(format!(
                         "{name} paused: its triggers queue up; /resume {name} runs them"
@@ -153,11 +160,28 @@ impl Supervisor {
             }
             Command::Resume(name) => {
                 let r = match self.current_or(name) {
-                    Ok(n) => self.resume(&n).await.map(|()| n),
+                    Ok(n) => self.resume(&n, "repl").await.map(|()| n),
                     Err(e) => Err(e),
                 };
                 match r {
                     Ok(name) => self.say(format!("{name} resumed")),
+                    Err(e) => self.say_error(e),
+                }
+            }
+            Command::Cancel { task, reason } => {
+                let task = match task {
+                    Some(t) => Ok(t),
+                    None => self.current_or(None).and_then(|a| {
+                        self.running_task(&a)
+                            .ok_or_else(|| format!("{a} runs no task now; /cancel TASK names one"))
+                    }),
+                };
+                let r = match task {
+                    Ok(t) => self.cancel_task(t, "repl", reason).await.map(|(a, was)| (t, a, was)),
+                    Err(e) => Err(e),
+                };
+                match r {
+                    Ok((t, agent, was)) => self.say(format!("task {t} of {agent} cancelled (it was {was})")),
                     Err(e) => self.say_error(e),
                 }
             }
@@ -203,12 +227,12 @@ impl Supervisor {
     }
 
     /// `name`, or the current agent when none is given.
-    fn current_or(&self, name: Option<String>) -> Result<String, String> {
+    pub(super) fn current_or(&self, name: Option<String>) -> Result<String, String> {
         name.or_else(|| self.console.as_ref().and_then(|c| c.current.clone()))
             .ok_or_else(|| "no current agent; name one, or /use AGENT".to_owned())
     }
 
-    fn known(&self, name: &str) -> Result<(), String> {
+    pub(super) fn known(&self, name: &str) -> Result<(), String> {
         if self.agents.contains_key(name) {
             Ok(())
         } else {
@@ -220,8 +244,8 @@ impl Supervisor {
     /// Why a message to `name` will not run right away, if it will not.
     fn why_waiting(&self, name: &str) -> Option<String> {
         let a = self.agents.get(name)?;
-        if a.paused {
-            Some(format!("{name} is paused; /resume {name} runs it"))
+        if let Some(p) = &a.pause {
+            Some(format!("{name} is paused ({}); /resume {name} runs it", p.reason))
         } else if a.life.child().is_none() {
             Some(format!("{name} is {}", a.life.name()))
         } else {
@@ -247,30 +271,6 @@ impl Supervisor {
         tracing::debug!(agent, "message from {from} queued as task {id}");
         self.dispatch(agent).await;
         Ok(id)
-    }
-
-    pub(super) fn pause(&mut self, name: &str) -> Result<(), String> {
-        self.known(name)?;
-        if let Some(a) = self.agents.get_mut(name)
-            && !a.paused
-        {
-            a.paused = true;
-            let running = a.life.claim().map(|c| format!("; task {} finishes first", c.task));
-            tracing::info!(agent = name, "paused{}", running.unwrap_or_default());
-        }
-        Ok(())
-    }
-
-    pub(super) async fn resume(&mut self, name: &str) -> Result<(), String> {
-        self.known(name)?;
-        if let Some(a) = self.agents.get_mut(name)
-            && a.paused
-        {
-            a.paused = false;
-            tracing::info!(agent = name, "resumed");
-        }
-        self.dispatch(name).await;
-        Ok(())
     }
 
     /// Streamed model text: shown line by line if the REPL asked for it.

@@ -64,6 +64,11 @@ impl Supervisor {
                 }
                 self.maybe_ready();
                 self.update_status();
+                // Before it takes a task: a window used up while it was
+                // down pauses it; one that has room again resumes it.
+                if self.has_budget_or_budget_pause(name) {
+                    self.check_budget(name).await;
+                }
                 self.dispatch(name).await;
             }
             FromChild::Trigger { trigger, dedupe_key } => {
@@ -79,7 +84,11 @@ impl Supervisor {
                 if self.watched.contains_key(&task) {
                     self.on_step(task, &step.kind, step.payload["name"].as_str());
                 }
+                let model_call = step.kind == crate::domain::StepKind::Llm;
                 self.write_or_keep(name, Deferred::Step { task, lease, step }).await;
+                if model_call && self.has_budget_or_budget_pause(name) {
+                    self.check_budget(name).await;
+                }
             }
             FromChild::Pong { seq } => {
                 if let Some(a) = self.agents.get_mut(name)
@@ -156,6 +165,12 @@ impl Supervisor {
         }
     }
 
+    fn has_budget_or_budget_pause(&self, name: &str) -> bool {
+        self.agents.get(name).is_some_and(|a| {
+            a.spec.budget.is_some() || a.pause.as_ref().is_some_and(|p| p.reason == crate::ledger::PauseReason::Budget)
+        })
+    }
+
     /// Records a trigger as a task (coalescing by `dedupe_key` while queued).
     pub(super) async fn record_trigger(
         &mut self,
@@ -192,7 +207,7 @@ impl Supervisor {
         else {
             return;
         };
-        if a.paused {
+        if a.is_paused() {
             return;
         }
         let lease = crate::domain::Lease {
