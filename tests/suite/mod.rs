@@ -4,6 +4,7 @@ mod config;
 mod containment;
 mod escape;
 mod fence;
+mod governance;
 mod ledger;
 mod llm;
 mod mcp;
