@@ -11,15 +11,19 @@ use serde::{Deserialize, Serialize};
 pub enum TaskState {
     Queued,
     Running,
+    /// Running, but stopped at a tool call or code block until an operator
+    /// approves or denies it (or its timeout answers).
+    Waiting,
     Succeeded,
     Failed,
     Cancelled,
 }
 
 impl TaskState {
-    pub const ALL: [TaskState; 5] = [
+    pub const ALL: [TaskState; 6] = [
         TaskState::Queued,
         TaskState::Running,
+        TaskState::Waiting,
         TaskState::Succeeded,
         TaskState::Failed,
         TaskState::Cancelled,
@@ -29,6 +33,7 @@ impl TaskState {
         match self {
             TaskState::Queued => "queued",
             TaskState::Running => "running",
+            TaskState::Waiting => "waiting",
             TaskState::Succeeded => "succeeded",
             TaskState::Failed => "failed",
             TaskState::Cancelled => "cancelled",
@@ -121,6 +126,10 @@ pub enum StepKind {
     Bridge,
     /// The task was cancelled: by whom and why.
     Cancel,
+    /// The task asked for an operator's approval (what would run, when).
+    Approval,
+    /// The approval's answer: approved or denied, by whom, with what note.
+    ApprovalAnswer,
     Other(String),
 }
 
@@ -134,6 +143,8 @@ impl StepKind {
             StepKind::Fence => "fence",
             StepKind::Bridge => "bridge",
             StepKind::Cancel => "cancel",
+            StepKind::Approval => "approval",
+            StepKind::ApprovalAnswer => "approval_answer",
             StepKind::Other(s) => s,
         }
     }
@@ -147,6 +158,8 @@ impl StepKind {
             "fence" => StepKind::Fence,
             "bridge" => StepKind::Bridge,
             "cancel" => StepKind::Cancel,
+            "approval" => StepKind::Approval,
+            "approval_answer" => StepKind::ApprovalAnswer,
             other => StepKind::Other(other.to_owned()),
         }
     }
@@ -173,6 +186,50 @@ impl Serialize for StepKind {
 impl<'de> Deserialize<'de> for StepKind {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<StepKind, D::Error> {
         Ok(StepKind::parse(&String::deserialize(d)?))
+    }
+}
+
+/// What a task asks an operator to approve before it runs.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum ApprovalSubject {
+    /// An MCP tool call, with its arguments.
+    Tool { name: String, arguments: serde_json::Value },
+    /// A code block (`bash:execute`, `notes.md:create`, …) and its code.
+    Code { block: String, code: String },
+}
+
+impl ApprovalSubject {
+    /// One line for listings.
+    pub fn summary(&self) -> String {
+        let one_line = |s: &str| {
+            let line: String = s.lines().next().unwrap_or("").chars().take(120).collect();
+            if s.len() > line.len() { format!("{line}…") } else { line }
+        };
+        match self {
+            ApprovalSubject::Tool { name, arguments } => format!("tool {name} {}", one_line(&arguments.to_string())),
+            ApprovalSubject::Code { block, code } => format!("{block}: {}", one_line(code)),
+        }
+    }
+}
+
+/// An operator's (or the timeout's) answer to an approval request.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ApprovalAnswer {
+    pub approved: bool,
+    /// `uid 1000`, `repl`, `timeout`.
+    pub by: String,
+    /// The note of an approval, the reason of a denial.
+    pub note: Option<String>,
+}
+
+impl ApprovalAnswer {
+    /// What the model reads for a denied call.
+    pub fn denial(&self) -> String {
+        match &self.note {
+            Some(r) => format!("denied by {}: {r}", self.by),
+            None => format!("denied by {}", self.by),
+        }
     }
 }
 
@@ -243,14 +300,16 @@ mod tests {
             StepKind::Fence,
             StepKind::Bridge,
             StepKind::Cancel,
+            StepKind::Approval,
+            StepKind::ApprovalAnswer,
         ] {
             let json = serde_json::to_string(&kind).expect("serialise");
             assert_eq!(json, format!("\"{}\"", kind.as_str()));
             assert_eq!(serde_json::from_str::<StepKind>(&json).expect("parse"), kind);
         }
-        let future: StepKind = serde_json::from_str("\"approval\"").expect("parse");
-        assert_eq!(future, StepKind::Other("approval".into()));
-        assert_eq!(future, "approval");
+        let future: StepKind = serde_json::from_str("\"escalation\"").expect("parse");
+        assert_eq!(future, StepKind::Other("escalation".into()));
+        assert_eq!(future, "escalation");
     }
 
     #[test]

@@ -13,7 +13,7 @@ use std::path::PathBuf;
 use serde::{Deserialize, Serialize};
 
 use crate::config::AgentSpec;
-use crate::domain::{NewStep, TaskState, Trigger};
+use crate::domain::{ApprovalAnswer, ApprovalSubject, NewStep, TaskState, Trigger};
 
 pub const PROTOCOL_VERSION: u32 = 3;
 
@@ -48,6 +48,12 @@ pub enum ToChild {
     /// more is sent about it. The supervisor has already recorded it
     /// cancelled; the child goes on with its next task.
     Cancel { task: i64, lease: String },
+    /// The answer to the running task's [`FromChild::ApprovalRequest`].
+    ApprovalAnswer {
+        task: i64,
+        lease: String,
+        answer: ApprovalAnswer,
+    },
     /// Finish the current task (up to `grace_ms`), release resources, exit 0.
     Shutdown { grace_ms: u64 },
     /// Heartbeat: answer with [`FromChild::Pong`] carrying the same `seq`,
@@ -69,6 +75,14 @@ pub enum FromChild {
     },
     /// Append to the running task's journal.
     Step { task: i64, lease: String, step: NewStep },
+    /// The running task wants to run `subject` (its `approve:` policy says
+    /// so) and waits for [`ToChild::ApprovalAnswer`]. The child can only
+    /// ask: no message from it answers anything.
+    ApprovalRequest {
+        task: i64,
+        lease: String,
+        subject: ApprovalSubject,
+    },
     /// The answer to [`ToChild::Ping`].
     Pong { seq: u64 },
     /// An MCP server of the agent cannot be reached (`degraded`: which and

@@ -8,6 +8,7 @@
 //! than its share of the executable's pages. It never writes the ledger;
 //! every record goes to the supervisor, which checks the lease.
 
+mod approval;
 pub mod bridge;
 mod prompt;
 mod runner;
@@ -181,6 +182,7 @@ async fn run(name: &str) -> anyhow::Result<ExitCode> {
                 history,
                 outbox: outbox.clone(),
                 containment,
+                approvals: approval::Approvals::default(),
             }),
             None,
         ),
@@ -212,6 +214,7 @@ async fn run(name: &str) -> anyhow::Result<ExitCode> {
                 // Keep reading: a shutdown or a cancel may arrive while the task runs.
                 let mut stop: Option<Duration> = None;
                 let mut cancelled = false;
+                let approvals = rt.approvals.clone();
                 let outcome = {
                     let fut = rt.run_task(id, &lease, &trigger);
                     tokio::pin!(fut);
@@ -230,6 +233,11 @@ async fn run(name: &str) -> anyhow::Result<ExitCode> {
                                 Some(Ok(ToChild::Cancel { task, lease: l })) if task == id && l == lease => {
                                     cancelled = true;
                                     break None;
+                                }
+                                Some(Ok(ToChild::ApprovalAnswer { task, lease: l, answer })) if task == id && l == lease => {
+                                    if !approvals.deliver(answer) {
+                                        tracing::warn!(agent = name, "an approval answer for task {id}, which asked nothing");
+                                    }
                                 }
                                 Some(Ok(other)) => tracing::warn!(agent = name, "ignoring {other:?} while a task runs"),
                                 Some(Err(e)) => tracing::warn!(agent = name, "unreadable message from supervisor: {e}"),
@@ -262,6 +270,7 @@ async fn run(name: &str) -> anyhow::Result<ExitCode> {
             Ok(ToChild::Ping { seq }) => outbox.send(FromChild::Pong { seq }),
             // A cancel that crossed the task's end: nothing left to stop.
             Ok(ToChild::Cancel { task, .. }) => tracing::debug!(agent = name, "task {task} already over"),
+            Ok(ToChild::ApprovalAnswer { task, .. }) => tracing::debug!(agent = name, "task {task} asks nothing now"),
             Ok(ToChild::Start { .. }) => tracing::warn!(agent = name, "ignoring a second start message"),
             Err(e) => tracing::warn!(agent = name, "unreadable message from supervisor: {e}"),
         }

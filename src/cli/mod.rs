@@ -119,6 +119,12 @@ pub enum Command {
     /// Cancel a queued or running task: it ends `cancelled`, a running one
     /// at once (its model request, tool calls and code are dropped).
     Cancel(control::CancelArgs),
+    /// Pending approval requests (tool calls and code waiting for an answer).
+    Approvals(control::StatusArgs),
+    /// Approve a waiting tool call or code block: it runs.
+    Approve(control::ApproveArgs),
+    /// Deny it: the model gets the reason as the tool's error.
+    Deny(control::DenyArgs),
     /// Model spend per agent and model, from the ledger.
     Spend(spend::SpendArgs),
     /// Conversation and workspace snapshots of an agent.
@@ -196,6 +202,9 @@ pub fn main() -> ExitCode {
         Some(Command::Resume(args)) => control::agent_request(&cli.global, &args, control::Verb::Resume),
         Some(Command::Cancel(args)) => control::cancel(&cli.global, &args),
         Some(Command::Spend(args)) => spend::run(&cli.global, &args),
+        Some(Command::Approvals(args)) => control::approvals(&cli.global, &args),
+        Some(Command::Approve(args)) => control::answer(&cli.global, &args.ledger, args.id, true, args.note.clone()),
+        Some(Command::Deny(args)) => control::answer(&cli.global, &args.ledger, args.id, false, args.reason.clone()),
         Some(Command::Agent { name }) => crate::agent::main(&name),
         Some(Command::Snapshot(cmd)) => snapshot::run(&cli.global, &cmd),
         Some(Command::Sandbox(SandboxCommand::Run(args))) => {

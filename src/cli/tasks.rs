@@ -116,9 +116,7 @@ fn indent(s: &str) -> String {
 }
 
 pub(super) fn time(ms: i64) -> String {
-    chrono::DateTime::from_timestamp_millis(ms)
-        .map(|t| t.format("%Y-%m-%d %H:%M:%S%.3fZ").to_string())
-        .unwrap_or_else(|| ms.to_string())
+    crate::ledger::format_ms(ms)
 }
 
 /// A fixed-width table of tasks.

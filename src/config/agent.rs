@@ -40,6 +40,7 @@ const AGENT_KEYS: &[&str] = &[
     "heartbeat",
     "limits",
     "budget",
+    "approve",
 ];
 
 impl Loader<'_> {
@@ -162,6 +163,10 @@ impl Loader<'_> {
             None => d.budget.clone(),
         };
 
+        let approve = map
+            .get("approve")
+            .and_then(|n| super::approve::decode_approve(cx, n, &f("approve")));
+
         if cx.errors.len() != before {
             return None;
         }
@@ -183,6 +188,7 @@ impl Loader<'_> {
             heartbeat,
             limits,
             budget,
+            approve,
         })
     }
 

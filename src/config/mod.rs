@@ -16,6 +16,7 @@
 //! is [`crate::yaml`].
 
 mod agent;
+mod approve;
 mod budget;
 mod defaults;
 mod error;

@@ -104,6 +104,8 @@ pub struct AgentSpec {
     pub limits: Limits,
     /// Spending limits over a rolling window (`budget:`).
     pub budget: Option<crate::budget::BudgetSpec>,
+    /// Tool calls and code blocks that wait for an operator (`approve:`).
+    pub approve: Option<ApprovalPolicy>,
 }
 
 /// How to reach the model provider. The API key is referenced by the name of
@@ -333,5 +335,39 @@ impl Default for BridgeSpec {
             max_reply: 4 << 20,
             call_timeout: Duration::from_secs(60),
         }
+    }
+}
+
+/// `approve:`: which tool calls and code blocks wait for an operator's
+/// answer before they run.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ApprovalPolicy {
+    /// Tool names (globs: `delete_*`) whose calls need approval.
+    pub tools: Vec<String>,
+    /// Code block kinds that need approval: `bash`, `sh`, `python`, `create`.
+    pub fences: Vec<String>,
+    /// How long a request waits for an answer.
+    pub timeout: Duration,
+    /// What the timeout answers.
+    pub on_timeout_approve: bool,
+}
+
+/// The code block kinds `approve.fences` names.
+pub const FENCE_KINDS: &[&str] = &["bash", "sh", "python", "create"];
+
+impl ApprovalPolicy {
+    pub fn tool(&self, name: &str) -> bool {
+        self.tools
+            .iter()
+            .any(|p| glob::Pattern::new(p).is_ok_and(|g| g.matches(name)))
+    }
+
+    /// `kind`: one of [`FENCE_KINDS`].
+    pub fn fence(&self, kind: &str) -> bool {
+        self.fences.iter().any(|f| f == kind)
+    }
+
+    pub fn on_timeout(&self) -> &'static str {
+        if self.on_timeout_approve { "approve" } else { "deny" }
     }
 }

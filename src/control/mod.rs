@@ -70,6 +70,25 @@ pub enum Request {
         #[serde(skip)]
         caller: Option<String>,
     },
+    /// Pending approval requests, oldest first.
+    Approvals,
+    /// Let a waiting tool call or code block run.
+    Approve {
+        id: i64,
+        #[serde(default)]
+        note: Option<String>,
+        /// Filled in by the transport, like `Cancel`'s.
+        #[serde(skip)]
+        caller: Option<String>,
+    },
+    /// Refuse it: the model reads the reason as the tool's error.
+    Deny {
+        id: i64,
+        #[serde(default)]
+        reason: Option<String>,
+        #[serde(skip)]
+        caller: Option<String>,
+    },
     /// Model spend of each agent over its budget window (or `per`).
     Spend {
         #[serde(default)]
@@ -85,7 +104,7 @@ impl Request {
     /// The request with its caller recorded, for requests that journal who
     /// asked.
     pub fn with_caller(mut self, who: String) -> Request {
-        if let Request::Cancel { caller, .. } = &mut self {
+        if let Request::Cancel { caller, .. } | Request::Approve { caller, .. } | Request::Deny { caller, .. } = &mut self {
             *caller = Some(who);
         }
         self
@@ -116,6 +135,9 @@ impl Request {
                 "SnapshotCreate": {"params": {"agent": "name", "label": "optional"}, "result": "the snapshot's id, kind, label, size"},
                 "SnapshotRestore": {"params": {"agent": "name", "snapshot": "id or label"}, "result": "the restored snapshot; the agent restarts"},
                 "Cancel": {"params": {"task": "id", "reason": "optional text"}, "result": {"task": "id", "agent": "name", "was": "queued | running", "state": "cancelled"}},
+                "Approvals": {"params": {}, "result": {"approvals": "[{id, task, agent, subject: {kind: tool, name, arguments} | {kind: code, block, code}, state, asked_at, timeout_at, on_timeout}]"}},
+                "Approve": {"params": {"id": "approval id", "note": "optional text"}, "result": "the answered approval"},
+                "Deny": {"params": {"id": "approval id", "reason": "optional text, given to the model"}, "result": "the answered approval"},
                 "Spend": {"params": {"agent": "optional name", "per": "optional window, e.g. 1d"}, "result": {"agents": "[{agent, per, since, tokens, cost_usd, models: [{model, calls, input_tokens, output_tokens, cached_tokens, cost_usd}], budget: {tokens, cost_usd, on_exceed}, left: {tokens, cost_usd}}]"}},
             }
         })
@@ -266,4 +288,23 @@ pub fn spend_line(s: &SpendStatus) -> String {
         format!("; left: {}", left.join(", "))
     };
     format!("{} tokens, ${:.4} in the last {}{left}", s.tokens, s.cost_usd, s.per)
+}
+
+/// One line per pending approval, for `agentd approvals` and `/approvals`.
+pub fn approval_lines(pending: &[crate::ledger::Approval]) -> Vec<String> {
+    if pending.is_empty() {
+        return vec!["no approvals pending".into()];
+    }
+    let mut out = vec![format!("{:>5}  {:<16} {:>6}  {:<24}  WHAT", "ID", "AGENT", "TASK", "ASKED")];
+    for a in pending {
+        out.push(format!(
+            "{:>5}  {:<16} {:>6}  {:<24}  {}",
+            a.id,
+            a.agent,
+            a.task,
+            crate::ledger::format_ms(a.asked_at),
+            a.subject.summary()
+        ));
+    }
+    out
 }

@@ -119,6 +119,13 @@ impl Ledger {
             params![task, error, now],
         )
         .map_err(|e| super::sqlite(&path, e))?;
+        // Its open questions are closed with it.
+        tx.execute(
+            "UPDATE approvals SET state = 'denied', answered_at = ?2, answered_by = ?3, note = 'the task was cancelled'
+             WHERE task_id = ?1 AND state = 'pending'",
+            params![task, now, by],
+        )
+        .map_err(|e| super::sqlite(&path, e))?;
         let seq: i64 = tx
             .query_row(
                 "SELECT coalesce(max(seq), 0) + 1 FROM steps WHERE task_id = ?1",

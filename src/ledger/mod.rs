@@ -11,6 +11,7 @@
 //! from any other instance are rejected, so a stale child (one the
 //! supervisor already gave up on) cannot corrupt a re-queued task.
 
+mod approvals;
 mod governance;
 mod integrity;
 mod schema;
@@ -22,6 +23,7 @@ use std::path::{Path, PathBuf};
 use rusqlite::{Connection, OpenFlags};
 
 pub use crate::domain::{NewStep, PauseReason, StepKind, TaskState, Trigger};
+pub use approvals::{Approval, Asked};
 pub use governance::{Cancelled, LlmUsage, Pause};
 pub use integrity::{Integrity, RECOVERY};
 pub use schema::{APPLICATION_ID, SCHEMA_VERSION, create_at_version};
@@ -70,6 +72,10 @@ pub enum LedgerError {
     NoSuchSnapshot(String),
     #[error("task {task} already {state}; only a queued or running task can be cancelled")]
     AlreadyEnded { task: i64, state: TaskState },
+    #[error("approval {0} does not exist")]
+    NoSuchApproval(i64),
+    #[error("approval {id} was already answered ({state})")]
+    ApprovalAnswered { id: i64, state: String },
 }
 
 impl LedgerError {
@@ -184,6 +190,13 @@ fn sqlite(path: &Path, source: rusqlite::Error) -> LedgerError {
         path: path.to_owned(),
         source,
     }
+}
+
+/// A ledger time for people: `2026-11-21 00:20:07.443Z`.
+pub fn format_ms(ms: i64) -> String {
+    chrono::DateTime::from_timestamp_millis(ms)
+        .map(|t| t.format("%Y-%m-%d %H:%M:%S%.3fZ").to_string())
+        .unwrap_or_else(|| ms.to_string())
 }
 
 /// Milliseconds since the Unix epoch: the ledger's time unit.

@@ -137,7 +137,8 @@ impl Ledger {
     }
 
     /// Hands the agent's oldest queued task to `lease`, unless the agent
-    /// already has one running: an agent runs one task at a time.
+    /// already has one running or waiting for an approval: an agent runs
+    /// one task at a time, and a waiting one starts no other.
     /// Claiming clears the dedupe key, so an update that arrives while the
     /// task runs queues a fresh task instead of vanishing into this one.
     pub fn claim_next(&mut self, agent: &str, lease: &str) -> Result<Option<Task>> {
@@ -145,7 +146,7 @@ impl Ledger {
             "UPDATE tasks SET state = 'running', lease = ?2, attempts = attempts + 1, started_at = ?3,
                               dedupe_key = NULL
              WHERE id = (SELECT id FROM tasks WHERE agent = ?1 AND state = 'queued' ORDER BY id LIMIT 1)
-               AND NOT EXISTS (SELECT 1 FROM tasks WHERE agent = ?1 AND state = 'running')
+               AND NOT EXISTS (SELECT 1 FROM tasks WHERE agent = ?1 AND state IN ('running', 'waiting'))
              RETURNING {TASK_COLUMNS}"
         );
         self.conn
@@ -239,6 +240,18 @@ impl Ledger {
     /// put the task back in the queue, or fail it once `max_attempts` are
     /// spent. Returns the task's new state.
     pub fn release(&mut self, task: i64, cause: &str, max_attempts: u32) -> Result<TaskState> {
+        // A task waiting for an approval keeps waiting, with no runner: the
+        // answer puts it back in the queue.
+        let waiting = self
+            .conn
+            .execute(
+                "UPDATE tasks SET lease = NULL WHERE id = ?1 AND state = 'waiting'",
+                [task],
+            )
+            .map_err(|e| self.err(e))?;
+        if waiting > 0 {
+            return Ok(TaskState::Waiting);
+        }
         let attempts: i64 = self
             .conn
             .query_row(

@@ -65,6 +65,14 @@ pub enum Command {
     Tasks,
     Pause(Option<String>),
     Resume(Option<String>),
+    /// Pending approvals.
+    Approvals,
+    /// Answer approval `id`: approve (with a note) or deny (with a reason).
+    Answer {
+        id: i64,
+        approve: bool,
+        note: Option<String>,
+    },
     /// Cancel a task (the current agent's running one when `None`).
     Cancel {
         task: Option<i64>,
@@ -86,6 +94,9 @@ pub const HELP: &[&str] = &[
     "/pause [AGENT]   stop running AGENT's tasks (they keep queueing)",
     "/resume [AGENT]  run what is queued again",
     "/cancel [TASK] [REASON]  cancel a task (default: the current agent's running one)",
+    "/approvals       tool calls and code waiting for an answer",
+    "/approve ID [NOTE]   let it run",
+    "/deny ID [REASON]    refuse it (the model reads the reason)",
     "/help            this help",
     "/quit            stop agentd (end of input, e.g. Ctrl-D, closes only the REPL)",
 ];
@@ -121,6 +132,19 @@ pub fn parse(line: &str) -> Result<Command, String> {
     if cmd == "cancel" {
         return parse_cancel(words.collect());
     }
+    if cmd == "approve" || cmd == "deny" {
+        let rest: Vec<&str> = words.collect();
+        let id = rest
+            .first()
+            .and_then(|w| w.trim_start_matches('#').parse::<i64>().ok())
+            .ok_or_else(|| format!("write /{cmd} ID [text]; /approvals lists the ids"))?;
+        let note = (rest.len() > 1).then(|| rest[1..].join(" "));
+        return Ok(Command::Answer {
+            id,
+            approve: cmd == "approve",
+            note,
+        });
+    }
     let arg = words.next().map(str::to_owned);
     if words.next().is_some() {
         return Err(format!("/{cmd} takes at most one argument; /help lists the commands"));
@@ -134,6 +158,7 @@ pub fn parse(line: &str) -> Result<Command, String> {
         "agents" => no_arg(Command::Agents),
         "status" => no_arg(Command::Status),
         "tasks" => no_arg(Command::Tasks),
+        "approvals" => no_arg(Command::Approvals),
         "pause" => Ok(Command::Pause(arg)),
         "resume" => Ok(Command::Resume(arg)),
         "help" | "?" => no_arg(Command::Help),
@@ -325,6 +350,15 @@ mod tests {
         assert_eq!(parse("/cancel 12"), Ok(c(Some(12), None)));
         assert_eq!(parse("/cancel #12 wrong file"), Ok(c(Some(12), Some("wrong file"))));
         assert_eq!(parse("/cancel too slow"), Ok(c(None, Some("too slow"))));
+        assert_eq!(
+            parse("/deny 3 use the archive instead"),
+            Ok(Command::Answer {
+                id: 3,
+                approve: false,
+                note: Some("use the archive instead".into())
+            })
+        );
+        assert!(parse("/approve soon").is_err());
     }
 
     fn say(agent: Option<&str>, text: &str) -> Command {

@@ -19,6 +19,7 @@
 //! [`reload`] with its pure [`diff`]; writes that a full disk refuses
 //! [`ledger_writes`] and [`degraded`]; agents' users [`users`].
 
+mod approvals;
 mod budget;
 mod cancel;
 mod child;
@@ -108,6 +109,10 @@ pub enum Event {
     BudgetRecheck {
         agent: String,
         seq: u64,
+    },
+    /// An approval's timeout is due (it may have been answered since).
+    ApprovalTimeout {
+        id: i64,
     },
     /// A reload's parse is done (see [`Supervisor::begin_reload`]).
     ConfigParsed {
@@ -238,6 +243,7 @@ async fn run_async(
         cfg,
     };
     sup.recover_orphaned_tasks().await?;
+    sup.arm_pending_approvals().await;
     sup.watch_config();
     // Pauses outlive agentd: an agent paused before starts paused.
     let pauses = sup
@@ -387,6 +393,7 @@ impl Supervisor {
             }
             Event::Heartbeat { agent, generation } => self.on_heartbeat(&agent, generation),
             Event::BudgetRecheck { agent, seq } => self.on_budget_recheck(&agent, seq).await,
+            Event::ApprovalTimeout { id } => self.on_approval_timeout(id).await,
             Event::ConfigParsed { seq, result, by } => self.finish_reload(seq, result, by).await,
             Event::ConfigChanged => {
                 if self.stop_deadline.is_none() {

@@ -13,6 +13,7 @@ use super::slot::{AfterExit, Lifecycle};
 use super::talk::send_result;
 use super::{ReloadBy, Supervisor};
 use crate::control::{AgentStatus, Request, Response, SendResult};
+use crate::domain::ApprovalAnswer;
 use crate::ledger::{PauseReason, TaskState};
 use crate::snapshots;
 
@@ -41,6 +42,9 @@ impl Supervisor {
             | Request::Status
             | Request::Reload
             | Request::Cancel { .. }
+            | Request::Approvals
+            | Request::Approve { .. }
+            | Request::Deny { .. }
             | Request::Spend { .. } => None,
         };
         if let Some(agent) = agent.filter(|a| !self.agents.contains_key(*a)) {
@@ -48,7 +52,12 @@ impl Supervisor {
         }
         let changes_state = !matches!(
             req,
-            Request::DescribeInterface | Request::Health | Request::Status | Request::Send { .. } | Request::Spend { .. }
+            Request::DescribeInterface
+                | Request::Health
+                | Request::Status
+                | Request::Send { .. }
+                | Request::Spend { .. }
+                | Request::Approvals
         );
         if changes_state && self.stop_deadline.is_some() {
             return answer(reply, Response::error("agentd is shutting down"));
@@ -89,6 +98,34 @@ impl Supervisor {
                 answer(reply, r)
             }
             Request::Spend { agent, per } => answer(reply, self.spend(agent, per).await),
+            Request::Approvals => {
+                let r = match self.approvals_list().await {
+                    Ok(list) => Response::ok(json!({ "approvals": list })),
+                    Err(e) => Response::error(e),
+                };
+                answer(reply, r)
+            }
+            Request::Approve { id, note, caller } => {
+                let by = caller.unwrap_or_else(|| "control".into());
+                let a = ApprovalAnswer { approved: true, by, note };
+                answer(reply, self.answer_by_request(id, a).await)
+            }
+            Request::Deny { id, reason, caller } => {
+                let by = caller.unwrap_or_else(|| "control".into());
+                let a = ApprovalAnswer {
+                    approved: false,
+                    by,
+                    note: reason,
+                };
+                answer(reply, self.answer_by_request(id, a).await)
+            }
+        }
+    }
+
+    async fn answer_by_request(&mut self, id: i64, a: ApprovalAnswer) -> Response {
+        match self.answer_approval(id, a).await {
+            Ok(done) => Response::ok(json!(done)),
+            Err(e) => Response::error(e),
         }
     }
 

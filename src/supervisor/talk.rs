@@ -185,6 +185,25 @@ impl Supervisor {
                     Err(e) => self.say_error(e),
                 }
             }
+            Command::Approvals => match self.approvals_list().await {
+                Ok(list) => {
+                    for l in control::approval_lines(&list) {
+                        self.say(l);
+                    }
+                }
+                Err(e) => self.say_error(e),
+            },
+            Command::Answer { id, approve, note } => {
+                let answer = crate::domain::ApprovalAnswer {
+                    approved: approve,
+                    by: "repl".into(),
+                    note,
+                };
+                match self.answer_approval(id, answer).await {
+                    Ok(a) => self.say(format!("approval {id} {} (task {} of {})", a.state, a.task, a.agent)),
+                    Err(e) => self.say_error(e),
+                }
+            }
             Command::Help => {
                 for l in repl::HELP {
                     self.say((*l).to_owned());
@@ -341,6 +360,11 @@ impl Supervisor {
     pub(super) fn on_task_released(&mut self, agent: &str, task: i64, state: TaskState, cause: &str) {
         if state.is_final() {
             self.on_task_end(agent, task, state, None, Some(cause));
+        } else if state == TaskState::Waiting {
+            self.say(labelled(
+                agent,
+                &format!("(interrupted: {cause}; task {task} still waits for its approval)"),
+            ));
         } else if let Some(w) = self.watched.get_mut(&task) {
             w.buf = LineBuffer::default();
             self.say(labelled(

@@ -90,6 +90,9 @@ impl Supervisor {
                     self.check_budget(name).await;
                 }
             }
+            FromChild::ApprovalRequest { task, lease, subject } => {
+                self.on_approval_request(name, task, lease, subject).await;
+            }
             FromChild::Pong { seq } => {
                 if let Some(a) = self.agents.get_mut(name)
                     && seq == a.heartbeat_seq
