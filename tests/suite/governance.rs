@@ -298,3 +298,230 @@ fn a_budget_with_on_exceed_stop_cancels_the_running_task() {
     let a = d.agent("worker").expect("worker");
     assert_eq!(a.pause.expect("paused").reason, agentd::ledger::PauseReason::Budget);
 }
+
+// ---- approvals ----
+
+/// One agent, `worker`, with agentd's own MCP server on `files/` (its
+/// `write_file` tool) and `approve` as its policy; more agents in `more`.
+fn approval_config(dir: &Path, base_url: &str, approve: &str, more: &str) -> PathBuf {
+    let files = dir.join("files");
+    std::fs::create_dir_all(&files).expect("files dir");
+    write(
+        dir,
+        "agentd.yaml",
+        &format!(
+            r#"shutdown_grace: 2s
+agents:
+  - name: worker
+    model: test-model
+    system_prompt: You work.
+    llm: {{base_url: "{base_url}", api_key_env: TEST_LLM_KEY, request_timeout: 60s, max_retries: 0}}
+    restart: {{backoff_min: 20ms, backoff_max: 100ms}}
+    sandbox: {{profile: default, timeout: 1m}}
+    mcp_servers:
+      - name: files
+        command: {bin}
+        args: [mcp-watch, "{files}"]
+    approve: {approve}
+{more}"#,
+            bin = crate::support::agentd_bin().display(),
+            files = files.display(),
+        ),
+    )
+}
+
+fn pending(d: &Daemon) -> Vec<agentd::ledger::Approval> {
+    let r = d.request(&Request::Approvals);
+    serde_json::from_value(r.result.expect("result")["approvals"].clone()).expect("approvals")
+}
+
+fn wait_pending(d: &Daemon) -> agentd::ledger::Approval {
+    wait_for(Duration::from_secs(30), || pending(d).into_iter().next())
+        .unwrap_or_else(|| panic!("no approval was asked; log:\n{}", d.log_text()))
+}
+
+const WRITE: &str = r#"{"path": "out.md", "content": "approved write"}"#;
+
+#[test]
+fn an_approval_survives_kill_9_of_agentd_and_then_runs_the_call() {
+    // The run after the restart asks the model again; it asks the same.
+    let llm = LlmServer::start(vec![
+        Reply::stream_tool_calls(&[("c1", "write_file", WRITE)]),
+        Reply::stream_tool_calls(&[("c1", "write_file", WRITE)]),
+        Reply::stream_text(&["written"]),
+    ]);
+    let dir = tempdir();
+    let state = dir.path().join("state");
+    let cfg = approval_config(dir.path(), &llm.base_url(), "{tools: [\"write_*\"]}", "");
+    let mut d = start(&cfg, &state);
+    let child = d.running_pid("worker");
+    let t = send(&d, "write it");
+    let a = wait_pending(&d);
+    assert_eq!((a.task, a.agent.as_str()), (t, "worker"));
+    assert_eq!(
+        a.subject,
+        agentd::domain::ApprovalSubject::Tool {
+            name: "write_file".into(),
+            arguments: serde_json::from_str(WRITE).expect("json"),
+        }
+    );
+    assert_eq!(task(&d, t).state, TaskState::Waiting);
+    assert!(!dir.path().join("files/out.md").exists(), "nothing runs before the answer");
+
+    d.signal(Signal::SIGKILL);
+    d.wait_exit(Duration::from_secs(20));
+    let orphan = wait_for(Duration::from_secs(20), || (!crate::support::alive(child)).then_some(()));
+    assert!(orphan.is_some(), "the agent died with agentd");
+    drop(d);
+
+    let d = start(&cfg, &state);
+    assert_eq!(task(&d, t).state, TaskState::Waiting, "still waiting after the restart");
+    assert_eq!(pending(&d).iter().map(|p| p.id).collect::<Vec<_>>(), [a.id]);
+    let out = agentd(&[
+        "--state-dir",
+        state.to_str().expect("utf-8"),
+        "approve",
+        &a.id.to_string(),
+        "--note",
+        "looks right",
+    ]);
+    assert!(out.status.success(), "{}", crate::support::stderr(&out));
+    let done = wait_state(&d, t, TaskState::Succeeded);
+    assert_eq!(done.result.as_deref(), Some("written"));
+    assert_eq!(
+        std::fs::read_to_string(dir.path().join("files/out.md")).expect("written"),
+        "approved write"
+    );
+    let journal = steps(&state, t);
+    let answer = journal
+        .iter()
+        .find(|s| s.kind == "approval_answer")
+        .expect("the answer is journaled");
+    assert_eq!(answer.payload["by"], "uid 0");
+    assert_eq!(answer.payload["note"], "looks right");
+    assert!(journal.iter().any(|s| s.kind == "approval" && s.payload["reused"] == true));
+    assert!(pending(&d).is_empty());
+}
+
+#[test]
+fn a_denial_reaches_the_model_as_the_tools_error() {
+    let llm = LlmServer::start(vec![
+        Reply::stream_tool_calls(&[("c1", "write_file", WRITE)]),
+        Reply::stream_text(&["I will not write then."]),
+    ]);
+    let dir = tempdir();
+    let cfg = approval_config(dir.path(), &llm.base_url(), "{tools: [write_file]}", "");
+    let d = start(&cfg, &dir.path().join("state"));
+    let t = send(&d, "write it");
+    let a = wait_pending(&d);
+    let r = d.request(&Request::Deny {
+        id: a.id,
+        reason: Some("no writes today".into()),
+        caller: None,
+    });
+    assert!(r.ok, "{r:?}");
+    wait_state(&d, t, TaskState::Succeeded);
+    assert!(!dir.path().join("files/out.md").exists(), "the denied call did not run");
+    let second = &llm.requests()[1].json();
+    let told = second["messages"]
+        .as_array()
+        .expect("messages")
+        .iter()
+        .find(|m| m["role"] == "tool")
+        .expect("the tool's answer")["content"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    assert!(
+        told.contains("denied by uid 0: no writes today"),
+        "the model was told: {told}"
+    );
+    // Answered once: a second answer is refused.
+    let again = d.request(&Request::Approve {
+        id: a.id,
+        note: None,
+        caller: None,
+    });
+    assert!(!again.ok && again.error.unwrap_or_default().contains("already answered"));
+}
+
+#[test]
+fn an_unanswered_approval_times_out_as_the_policy_says() {
+    let llm = LlmServer::start(vec![
+        Reply::stream_text(&["Writing.\n```bash:execute\necho by-timeout > timed.txt\n```\n"]),
+        Reply::stream_text(&["done"]),
+    ]);
+    let dir = tempdir();
+    let state = dir.path().join("state");
+    let cfg = approval_config(
+        dir.path(),
+        &llm.base_url(),
+        "{fences: [bash], timeout: 1s, on_timeout: approve}",
+        "",
+    );
+    let d = start(&cfg, &state);
+    let t = send(&d, "go");
+    wait_state(&d, t, TaskState::Succeeded);
+    let answer = steps(&state, t)
+        .into_iter()
+        .find(|s| s.kind == "approval_answer")
+        .expect("answered");
+    assert_eq!((answer.payload["by"].as_str(), answer.payload["approved"].as_bool()), (Some("timeout"), Some(true)));
+    let workdir = agentd::state_dir::workdir(&state, "worker");
+    assert_eq!(
+        std::fs::read_to_string(workdir.join("timed.txt")).expect("the block ran").trim(),
+        "by-timeout"
+    );
+}
+
+#[test]
+fn sandboxed_code_cannot_answer_an_approval_but_an_operator_can() {
+    // `worker` waits for approval; `helper` (another agent, still running
+    // tasks meanwhile) writes code that tries to approve it.
+    let llm = LlmServer::start(vec![Reply::stream_tool_calls(&[("c1", "write_file", WRITE)])]);
+    let dir = tempdir();
+    let state = dir.path().join("state");
+    let helper_llm = LlmServer::start(vec![]);
+    let cfg = approval_config(
+        dir.path(),
+        &llm.base_url(),
+        "{tools: [write_file]}",
+        &format!(
+            r#"  - name: helper
+    model: test-model
+    llm: {{base_url: "{}", api_key_env: TEST_LLM_KEY, max_retries: 0}}
+    sandbox: {{profile: default, timeout: 1m}}
+"#,
+            helper_llm.base_url()
+        ),
+    );
+    let d = start(&cfg, &state);
+    d.running_pid("helper");
+    let t = send(&d, "write it");
+    let a = wait_pending(&d);
+    let approve = format!("agentd --state-dir {} approve {}; echo exit=$?", state.display(), a.id);
+    helper_llm.push(Reply::stream_text(&[&format!("```bash:execute\n{approve}\n```\n")]));
+    helper_llm.push(Reply::stream_text(&["tried"]));
+    let h = d.request(&Request::Send {
+        agent: "helper".into(),
+        text: "approve it".into(),
+        wait: true,
+    });
+    assert!(h.ok, "the other agent ran while worker waited: {h:?}");
+    let fence = steps(&state, h.result.expect("result")["task"].as_i64().expect("id"))
+        .into_iter()
+        .find(|s| s.kind == "fence")
+        .expect("the code ran");
+    let said = fence.payload["result"].as_str().unwrap_or_default().to_owned();
+    assert!(
+        said.contains("exit=1") && said.contains("cannot reach agentd"),
+        "the sandbox reached the control socket: {said}"
+    );
+    assert_eq!(pending(&d).len(), 1, "still pending after the attempt");
+    assert_eq!(task(&d, t).state, TaskState::Waiting);
+    // Control: the same command from the operator's side answers it.
+    llm.push(Reply::stream_text(&["written"]));
+    let out = agentd(&["--state-dir", state.to_str().expect("utf-8"), "approve", &a.id.to_string()]);
+    assert!(out.status.success(), "{}", crate::support::stderr(&out));
+    wait_state(&d, t, TaskState::Succeeded);
+}
