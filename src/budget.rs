@@ -142,7 +142,8 @@ impl Spent {
         match prices.cost(u) {
             Some(c) => self.cost_usd += c,
             None => {
-                self.unpriced.insert(u.model.clone().unwrap_or_else(|| "(unrecorded)".into()));
+                self.unpriced
+                    .insert(u.model.clone().unwrap_or_else(|| "(unrecorded)".into()));
             }
         }
     }
@@ -333,7 +334,11 @@ mod tests {
             on_exceed: OnExceed::Finish,
         };
         let p = Prices::default();
-        let usage = [call("m", 40, 0, 1_000), call("m", 40, 0, 2_000), call("m", 30, 0, 3_000)];
+        let usage = [
+            call("m", 40, 0, 1_000),
+            call("m", 40, 0, 2_000),
+            call("m", 30, 0, 3_000),
+        ];
         assert!(b.exceeded(&spent(&usage, &p)));
         // 110 tokens: dropping the first call (40) leaves 70, under 100.
         assert_eq!(b.room_at(&usage, &p), Some(11_000));

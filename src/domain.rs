@@ -204,7 +204,11 @@ impl ApprovalSubject {
     pub fn summary(&self) -> String {
         let one_line = |s: &str| {
             let line: String = s.lines().next().unwrap_or("").chars().take(120).collect();
-            if s.len() > line.len() { format!("{line}…") } else { line }
+            if s.len() > line.len() {
+                format!("{line}…")
+            } else {
+                line
+            }
         };
         match self {
             ApprovalSubject::Tool { name, arguments } => format!("tool {name} {}", one_line(&arguments.to_string())),

@@ -236,7 +236,13 @@ pub fn approvals(global: &Global, args: &StatusArgs) -> anyhow::Result<ExitCode>
     Ok(ExitCode::SUCCESS)
 }
 
-pub fn answer(global: &Global, ledger: &LedgerArgs, id: i64, approve: bool, note: Option<String>) -> anyhow::Result<ExitCode> {
+pub fn answer(
+    global: &Global,
+    ledger: &LedgerArgs,
+    id: i64,
+    approve: bool,
+    note: Option<String>,
+) -> anyhow::Result<ExitCode> {
     let req = if approve {
         Request::Approve { id, note, caller: None }
     } else {

@@ -52,10 +52,7 @@ pub fn run(global: &Global, args: &SpendArgs) -> anyhow::Result<ExitCode> {
     let mut out = Vec::new();
     for name in names.into_iter().filter(|n| args.agent.as_ref().is_none_or(|a| a == n)) {
         let b = cfg.as_ref().and_then(|c| c.agent(&name)).and_then(|a| a.budget.clone());
-        let per = args
-            .per
-            .or(b.as_ref().map(|b| b.per))
-            .unwrap_or(budget::DEFAULT_WINDOW);
+        let per = args.per.or(b.as_ref().map(|b| b.per)).unwrap_or(budget::DEFAULT_WINDOW);
         let since = now - per.as_millis() as i64;
         let usage = ledger.llm_usage(Some(&name), since)?;
         out.push(budget::report(&name, per, since, &usage, &prices, b.as_ref()));
@@ -81,7 +78,10 @@ fn print_table(agents: &[AgentSpend]) -> anyhow::Result<()> {
     );
     for a in agents {
         for m in &a.models {
-            let cost = m.cost_usd.map(|c| format!("{c:.4}")).unwrap_or_else(|| "no price".into());
+            let cost = m
+                .cost_usd
+                .map(|c| format!("{c:.4}"))
+                .unwrap_or_else(|| "no price".into());
             outln!(
                 "{:<16} {:<24} {:>6} {:>10} {:>10} {:>10} {:>10}",
                 a.agent,

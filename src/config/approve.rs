@@ -35,7 +35,10 @@ pub(super) fn decode_approve(cx: &mut Cx, node: &Node, path: &str) -> Option<App
                 cx.error_at_node(
                     n,
                     &map.field("fences"),
-                    format!("unknown value {other:?}; expected all, none or a list of {}", FENCE_KINDS.join(", ")),
+                    format!(
+                        "unknown value {other:?}; expected all, none or a list of {}",
+                        FENCE_KINDS.join(", ")
+                    ),
                 );
                 Vec::new()
             }

@@ -97,7 +97,11 @@ pub(super) fn decode_prices(cx: &mut Cx, node: &Node, path: &str) -> Prices {
                     },
                 );
             }
-            _ => cx.error_at(&map.start(), &field, "a price needs input and output (USD per million tokens)"),
+            _ => cx.error_at(
+                &map.start(),
+                &field,
+                "a price needs input and output (USD per million tokens)",
+            ),
         }
     }
     prices

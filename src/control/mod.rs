@@ -104,7 +104,9 @@ impl Request {
     /// The request with its caller recorded, for requests that journal who
     /// asked.
     pub fn with_caller(mut self, who: String) -> Request {
-        if let Request::Cancel { caller, .. } | Request::Approve { caller, .. } | Request::Deny { caller, .. } = &mut self {
+        if let Request::Cancel { caller, .. } | Request::Approve { caller, .. } | Request::Deny { caller, .. } =
+            &mut self
+        {
             *caller = Some(who);
         }
         self
@@ -295,7 +297,10 @@ pub fn approval_lines(pending: &[crate::ledger::Approval]) -> Vec<String> {
     if pending.is_empty() {
         return vec!["no approvals pending".into()];
     }
-    let mut out = vec![format!("{:>5}  {:<16} {:>6}  {:<24}  WHAT", "ID", "AGENT", "TASK", "ASKED")];
+    let mut out = vec![format!(
+        "{:>5}  {:<16} {:>6}  {:<24}  WHAT",
+        "ID", "AGENT", "TASK", "ASKED"
+    )];
     for a in pending {
         out.push(format!(
             "{:>5}  {:<16} {:>6}  {:<24}  {}",

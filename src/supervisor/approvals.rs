@@ -30,7 +30,10 @@ impl Supervisor {
                 lease: lease.clone(),
             })
         {
-            tracing::warn!(agent = name, "ignoring an approval request for task {task} from a stale lease");
+            tracing::warn!(
+                agent = name,
+                "ignoring an approval request for task {task} from a stale lease"
+            );
             return;
         }
         let Some(policy) = self.agents.get(name).and_then(|a| a.spec.approve.clone()) else {
@@ -217,4 +220,3 @@ impl Supervisor {
             .map_err(|e| e.to_string())
     }
 }
-

@@ -79,7 +79,10 @@ impl Supervisor {
         let paused = self.agents.get(name).is_some_and(|a| a.is_paused());
         let note = over_note(&b, &s);
         if !paused {
-            if let Err(e) = self.pause(name, PauseReason::Budget, "budget", Some(note.clone())).await {
+            if let Err(e) = self
+                .pause(name, PauseReason::Budget, "budget", Some(note.clone()))
+                .await
+            {
                 tracing::error!(agent = name, "budget reached but the pause could not be recorded: {e}");
                 return;
             }

@@ -33,7 +33,11 @@ impl Supervisor {
         if let Some(a) = self.agents.get_mut(name) {
             let running = a.life.claim().map(|c| format!("; task {} finishes first", c.task));
             let note = pause.note.as_deref().map(|n| format!(": {n}")).unwrap_or_default();
-            tracing::info!(agent = name, "paused ({reason}) by {by}{note}{}", running.unwrap_or_default());
+            tracing::info!(
+                agent = name,
+                "paused ({reason}) by {by}{note}{}",
+                running.unwrap_or_default()
+            );
             a.pause = Some(pause);
         }
         Ok(())

@@ -107,7 +107,11 @@ impl Supervisor {
             }
             Request::Approve { id, note, caller } => {
                 let by = caller.unwrap_or_else(|| "control".into());
-                let a = ApprovalAnswer { approved: true, by, note };
+                let a = ApprovalAnswer {
+                    approved: true,
+                    by,
+                    note,
+                };
                 answer(reply, self.answer_by_request(id, a).await)
             }
             Request::Deny { id, reason, caller } => {
@@ -141,7 +145,11 @@ impl Supervisor {
             return Response::error(format!("no agent named {a:?}"));
         }
         let mut out = Vec::new();
-        for (name, a) in self.agents.iter().filter(|(n, _)| agent.as_ref().is_none_or(|a| a == *n)) {
+        for (name, a) in self
+            .agents
+            .iter()
+            .filter(|(n, _)| agent.as_ref().is_none_or(|a| a == *n))
+        {
             let window = per
                 .or(a.spec.budget.as_ref().map(|b| b.per))
                 .unwrap_or(crate::budget::DEFAULT_WINDOW);

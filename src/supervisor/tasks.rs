@@ -170,7 +170,10 @@ impl Supervisor {
 
     fn has_budget_or_budget_pause(&self, name: &str) -> bool {
         self.agents.get(name).is_some_and(|a| {
-            a.spec.budget.is_some() || a.pause.as_ref().is_some_and(|p| p.reason == crate::ledger::PauseReason::Budget)
+            a.spec.budget.is_some()
+                || a.pause
+                    .as_ref()
+                    .is_some_and(|p| p.reason == crate::ledger::PauseReason::Budget)
         })
     }
 

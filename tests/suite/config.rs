@@ -503,3 +503,50 @@ fn workdir_quota_has_defaults_and_is_set_under_limits() {
         "{errs:#?}"
     );
 }
+
+#[test]
+fn governance_keys_decode_with_defaults_prices_and_positioned_errors() {
+    let dir = tempdir();
+    let path = write(
+        dir.path(),
+        "agentd.yaml",
+        "prices:\n  local-llm: {input: 0.5, output: 1.5}\ndefaults:\n  model: m\n  budget: {tokens: 2M, cost_usd: 5, per: 1d}\n\
+         agents:\n  - name: a\n  - name: b\n    budget: {cost_usd: 0.5, per: 2h, on_exceed: stop}\n    \
+         approve: {tools: [\"delete_*\", write_file], fences: all, timeout: 5m, on_timeout: approve}\n",
+    );
+    let cfg = load(&path).expect("valid");
+    let a = cfg.agent("a").expect("a");
+    let b = cfg.agent("b").expect("b");
+    let ab = a.budget.as_ref().expect("a inherits the default budget");
+    assert_eq!(
+        (ab.tokens, ab.cost_usd, ab.per),
+        (Some(2_000_000), Some(5.0), Duration::from_secs(86_400))
+    );
+    assert_eq!(ab.on_exceed, agentd::budget::OnExceed::Finish);
+    let bb = b.budget.as_ref().expect("b's own");
+    assert_eq!(
+        (bb.tokens, bb.cost_usd, bb.on_exceed),
+        (None, Some(0.5), agentd::budget::OnExceed::Stop)
+    );
+    let p = b.approve.as_ref().expect("approve");
+    assert!(p.tool("delete_file") && p.tool("write_file") && !p.tool("read_file"));
+    assert!(p.fence("python") && p.fence("create"));
+    assert_eq!((p.timeout, p.on_timeout()), (Duration::from_secs(300), "approve"));
+    assert!(a.approve.is_none());
+    assert_eq!(cfg.prices.get("local-llm").map(|p| p.cached_input), Some(0.5));
+    assert!(cfg.prices.get("gpt-4o").is_some(), "the built-in table stays");
+
+    let errs = errors_of(
+        "agents:\n  - name: a\n    model: m\n    budget: {tokens: lots, per: 1d}\n    \
+         approve: {fences: [bash, perl], on_timeout: maybe}\n  - name: b\n    model: m\n    budget: {per: 1d}\n",
+    );
+    assert_eq!(
+        errs,
+        [
+            "4:22: agents[0].budget.tokens: \"lots\" is not a token count: write e.g. 2M, 500k or 1500",
+            "5:23: agents[0].approve.fences: unknown block kind \"perl\"; expected bash, sh, python, create",
+            "5:49: agents[0].approve.on_timeout: unknown value \"maybe\"; expected deny or approve",
+            "8:14: agents[1].budget: a budget needs tokens, cost_usd or both (e.g. {tokens: 2M, cost_usd: 5, per: 1d})",
+        ]
+    );
+}

@@ -60,7 +60,10 @@ fn task(d: &Daemon, id: i64) -> Task {
 }
 
 fn wait_state(d: &Daemon, id: i64, state: TaskState) -> Task {
-    wait_for(Duration::from_secs(30), || Some(task(d, id)).filter(|t| t.state == state)).unwrap_or_else(|| {
+    wait_for(Duration::from_secs(30), || {
+        Some(task(d, id)).filter(|t| t.state == state)
+    })
+    .unwrap_or_else(|| {
         panic!(
             "task {id} never became {state}: {:?}; log:\n{}",
             task(d, id),
@@ -126,8 +129,7 @@ fn a_running_model_call_is_dropped_and_the_agent_goes_on() {
     let pid = d.running_pid("worker");
     let a = send(&d, "a");
     wait_state(&d, a, TaskState::Running);
-    wait_for(Duration::from_secs(20), || (llm.request_count() == 1).then_some(()))
-        .expect("the model request was made");
+    wait_for(Duration::from_secs(20), || (llm.request_count() == 1).then_some(())).expect("the model request was made");
     assert_eq!(cancel(&d, a, "taking too long")["was"], "running");
     assert_eq!(task(&d, a).state, TaskState::Cancelled);
     assert!(task(&d, a).error.unwrap_or_default().contains("taking too long"));
@@ -144,7 +146,11 @@ fn a_running_model_call_is_dropped_and_the_agent_goes_on() {
     d.signal(Signal::SIGTERM);
     d.wait_exit(Duration::from_secs(20));
     drop(d);
-    let d = Daemon::start(&config(dir.path(), &llm.base_url(), ""), &state, &[("TEST_LLM_KEY", KEY)]);
+    let d = Daemon::start(
+        &config(dir.path(), &llm.base_url(), ""),
+        &state,
+        &[("TEST_LLM_KEY", KEY)],
+    );
     d.running_pid("worker");
     assert_eq!(task(&d, a).state, TaskState::Cancelled);
 }
@@ -171,7 +177,11 @@ fn cancelling_a_running_fence_leaves_none_of_its_processes() {
         let p = with_marker(&m);
         (p.len() >= 3).then_some(p)
     });
-    assert!(before.is_some(), "the fence's processes never ran; log:\n{}", d.log_text());
+    assert!(
+        before.is_some(),
+        "the fence's processes never ran; log:\n{}",
+        d.log_text()
+    );
     cancel(&d, a, "wrong script");
     let gone = wait_for(Duration::from_secs(20), || with_marker(&m).is_empty().then_some(()));
     let left = with_marker(&m);
@@ -202,7 +212,11 @@ fn a_pause_survives_a_restart_of_agentd_with_its_reason() {
     assert_eq!(p.reason, agentd::ledger::PauseReason::Operator);
     assert_eq!(p.by, "control");
     let out = agentd(&["--state-dir", state.to_str().expect("utf-8"), "status"]);
-    assert!(stdout(&out).contains("paused (operator) by control"), "{}", stdout(&out));
+    assert!(
+        stdout(&out).contains("paused (operator) by control"),
+        "{}",
+        stdout(&out)
+    );
     let t = send(&d, "hello");
     assert_eq!(task(&d, t).state, TaskState::Queued);
     assert!(d.request(&Request::Resume { agent: "worker".into() }).ok);
@@ -366,11 +380,16 @@ fn an_approval_survives_kill_9_of_agentd_and_then_runs_the_call() {
         }
     );
     assert_eq!(task(&d, t).state, TaskState::Waiting);
-    assert!(!dir.path().join("files/out.md").exists(), "nothing runs before the answer");
+    assert!(
+        !dir.path().join("files/out.md").exists(),
+        "nothing runs before the answer"
+    );
 
     d.signal(Signal::SIGKILL);
     d.wait_exit(Duration::from_secs(20));
-    let orphan = wait_for(Duration::from_secs(20), || (!crate::support::alive(child)).then_some(()));
+    let orphan = wait_for(Duration::from_secs(20), || {
+        (!crate::support::alive(child)).then_some(())
+    });
     assert!(orphan.is_some(), "the agent died with agentd");
     drop(d);
 
@@ -399,7 +418,11 @@ fn an_approval_survives_kill_9_of_agentd_and_then_runs_the_call() {
         .expect("the answer is journaled");
     assert_eq!(answer.payload["by"], "uid 0");
     assert_eq!(answer.payload["note"], "looks right");
-    assert!(journal.iter().any(|s| s.kind == "approval" && s.payload["reused"] == true));
+    assert!(
+        journal
+            .iter()
+            .any(|s| s.kind == "approval" && s.payload["reused"] == true)
+    );
     assert!(pending(&d).is_empty());
 }
 
@@ -466,10 +489,15 @@ fn an_unanswered_approval_times_out_as_the_policy_says() {
         .into_iter()
         .find(|s| s.kind == "approval_answer")
         .expect("answered");
-    assert_eq!((answer.payload["by"].as_str(), answer.payload["approved"].as_bool()), (Some("timeout"), Some(true)));
+    assert_eq!(
+        (answer.payload["by"].as_str(), answer.payload["approved"].as_bool()),
+        (Some("timeout"), Some(true))
+    );
     let workdir = agentd::state_dir::workdir(&state, "worker");
     assert_eq!(
-        std::fs::read_to_string(workdir.join("timed.txt")).expect("the block ran").trim(),
+        std::fs::read_to_string(workdir.join("timed.txt"))
+            .expect("the block ran")
+            .trim(),
         "by-timeout"
     );
 }
@@ -521,7 +549,12 @@ fn sandboxed_code_cannot_answer_an_approval_but_an_operator_can() {
     assert_eq!(task(&d, t).state, TaskState::Waiting);
     // Control: the same command from the operator's side answers it.
     llm.push(Reply::stream_text(&["written"]));
-    let out = agentd(&["--state-dir", state.to_str().expect("utf-8"), "approve", &a.id.to_string()]);
+    let out = agentd(&[
+        "--state-dir",
+        state.to_str().expect("utf-8"),
+        "approve",
+        &a.id.to_string(),
+    ]);
     assert!(out.status.success(), "{}", crate::support::stderr(&out));
     wait_state(&d, t, TaskState::Succeeded);
 }

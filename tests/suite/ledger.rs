@@ -63,6 +63,61 @@ fn older_ledger_is_migrated_keeping_its_rows() {
 }
 
 #[test]
+fn a_v2_ledger_gains_waiting_tasks_approvals_and_pauses_keeping_every_row() {
+    let dir = tempdir();
+    let path = dir.path().join("ledger.sqlite");
+    ledger::create_at_version(&path, 2).expect("v2");
+    {
+        let c = Connection::open(&path).expect("sqlite");
+        c.execute_batch(
+            "PRAGMA foreign_keys = ON;
+             INSERT INTO tasks (agent, trigger_kind, trigger_payload, state, created_at, dedupe_key)
+                 VALUES ('a', 'message', '{}', 'queued', 1, 'k');
+             INSERT INTO steps (task_id, seq, attempt, kind, payload, created_at) VALUES (1, 1, 1, 'llm', '{}', 2);
+             INSERT INTO snapshots (agent, kind, task_id, data, created_at) VALUES ('a', 'conversation', 1, x'5b5d', 3);",
+        )
+        .expect("v2 rows");
+        // Control: v2 refuses the state a waiting task needs.
+        let refused = c.execute("UPDATE tasks SET state = 'waiting' WHERE id = 1", []);
+        assert!(refused.is_err(), "v2's CHECK allows waiting?");
+    }
+    let mut l = Ledger::open(&path).expect("migrates");
+    let t = l.task(1).expect("task kept");
+    assert_eq!((t.state, t.dedupe_key.as_deref()), (TaskState::Queued, Some("k")));
+    assert_eq!(l.steps(1).expect("steps").len(), 1);
+    assert!(
+        l.latest_snapshot("a", ledger::SnapshotKind::Conversation)
+            .expect("read")
+            .is_some()
+    );
+    l.set_pause(&ledger::Pause {
+        agent: "a".into(),
+        reason: ledger::PauseReason::Budget,
+        by: "budget".into(),
+        note: None,
+        since: 5,
+    })
+    .expect("pauses table");
+    assert_eq!(l.pauses().expect("pauses")[0].reason, ledger::PauseReason::Budget);
+    drop(l);
+    let c = Connection::open(&path).expect("sqlite");
+    c.execute("UPDATE tasks SET state = 'waiting' WHERE id = 1", [])
+        .expect("v3 allows waiting");
+    let fk: i64 = c
+        .query_row("SELECT count(*) FROM pragma_foreign_key_check", [], |r| r.get(0))
+        .expect("fk check");
+    assert_eq!(fk, 0, "steps and snapshots still refer to their task");
+    let indexes: i64 = c
+        .query_row(
+            "SELECT count(*) FROM sqlite_master WHERE type = 'index' AND name IN ('tasks_by_agent_state', 'tasks_queued_dedupe')",
+            [],
+            |r| r.get(0),
+        )
+        .expect("indexes");
+    assert_eq!(indexes, 2, "the rebuilt table has its indexes back");
+}
+
+#[test]
 fn foreign_sqlite_file_is_refused_untouched() {
     let dir = tempdir();
     let path = dir.path().join("other.sqlite");
