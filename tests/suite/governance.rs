@@ -558,3 +558,44 @@ fn sandboxed_code_cannot_answer_an_approval_but_an_operator_can() {
     assert!(out.status.success(), "{}", crate::support::stderr(&out));
     wait_state(&d, t, TaskState::Succeeded);
 }
+
+#[test]
+fn the_repl_cancels_lists_and_answers_approvals_and_shows_spend() {
+    let llm = LlmServer::start(vec![
+        Reply::Stall,
+        Reply::stream_tool_calls(&[("c1", "write_file", WRITE)]),
+        Reply::stream_text(&["Written."]),
+    ]);
+    let dir = tempdir();
+    let state = dir.path().join("state");
+    let cfg = approval_config(
+        dir.path(),
+        &llm.base_url(),
+        "{tools: [write_file]}\n    budget: {tokens: 1M, per: 1d}",
+        "",
+    );
+    let mut r = crate::support::repl::PipedRepl::start(&cfg, &state, &[("TEST_LLM_KEY", KEY)]);
+    r.daemon.running_pid("worker");
+    r.line("summarise the inbox");
+    wait_for(Duration::from_secs(20), || (llm.request_count() == 1).then_some(()))
+        .expect("the model was asked");
+    r.line("/cancel changed my mind");
+    r.wait_line("task 1 of worker cancelled (it was running)");
+    r.line("write the note");
+    r.wait_until("an approval asked", |l| {
+        l.iter().any(|l| l.starts_with("approval 1 asked by worker (task 2): tool write_file"))
+    });
+    r.line("/approvals");
+    r.wait_until("the approvals list", |l| l.iter().any(|l| l.contains("worker") && l.contains("tool write_file")));
+    r.line("/approve 1 fine");
+    r.wait_line("approval 1 approved (task 2 of worker)");
+    r.wait_line("worker: Written.");
+    r.line("/status");
+    let lines = r.wait_until("spend in status", |l| l.iter().any(|l| l.contains("  spend ")));
+    let spend = lines.iter().find(|l| l.contains("  spend ")).expect("spend line");
+    // Task 2's two model calls: 52 and 13 tokens (the cancelled call spent nothing).
+    assert!(spend.contains("65 tokens") && spend.contains("left: 999935 tokens"), "{spend}");
+    assert_eq!(task(&r.daemon, 1).state, TaskState::Cancelled);
+    assert_eq!(cancel_step(&r.daemon, 1)["by"], "repl");
+    assert_eq!(cancel_step(&r.daemon, 1)["reason"], "changed my mind");
+}
