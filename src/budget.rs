@@ -135,7 +135,7 @@ impl Spent {
     }
 
     fn add(&mut self, u: &LlmUsage, prices: &Prices) {
-        self.calls += 1;
+        self.calls += u.calls.max(0) as u64;
         self.input_tokens += u.input_tokens;
         self.output_tokens += u.output_tokens;
         self.cached_tokens += u.cached_tokens;
@@ -304,6 +304,7 @@ mod tests {
     fn call(model: &str, input: i64, output: i64, at: i64) -> LlmUsage {
         LlmUsage {
             agent: "a".into(),
+            calls: 1,
             model: Some(model.into()),
             input_tokens: input,
             output_tokens: output,

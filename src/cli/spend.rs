@@ -45,7 +45,7 @@ pub fn run(global: &Global, args: &SpendArgs) -> anyhow::Result<ExitCode> {
     let widest = args.per.unwrap_or(budget::DEFAULT_WINDOW);
     names.extend(
         ledger
-            .llm_usage(None, now - widest.as_millis() as i64)?
+            .llm_usage_by_model(None, now - widest.as_millis() as i64)?
             .into_iter()
             .map(|u| u.agent),
     );
@@ -54,7 +54,7 @@ pub fn run(global: &Global, args: &SpendArgs) -> anyhow::Result<ExitCode> {
         let b = cfg.as_ref().and_then(|c| c.agent(&name)).and_then(|a| a.budget.clone());
         let per = args.per.or(b.as_ref().map(|b| b.per)).unwrap_or(budget::DEFAULT_WINDOW);
         let since = now - per.as_millis() as i64;
-        let usage = ledger.llm_usage(Some(&name), since)?;
+        let usage = ledger.llm_usage_by_model(Some(&name), since)?;
         out.push(budget::report(&name, per, since, &usage, &prices, b.as_ref()));
     }
     if args.json {

@@ -34,10 +34,13 @@ pub struct Cancelled {
     pub was: TaskState,
 }
 
-/// One model call's tokens, read from its `llm` journal step.
+/// Model calls' tokens, read from their `llm` journal steps: one call, or
+/// (from [`Ledger::llm_usage_by_model`]) all calls of one model summed.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct LlmUsage {
     pub agent: String,
+    /// How many calls this counts.
+    pub calls: i64,
     /// The model the step names; steps written before agentd recorded it
     /// have none.
     pub model: Option<String>,
@@ -45,7 +48,7 @@ pub struct LlmUsage {
     pub output_tokens: i64,
     /// Part of `input_tokens` the provider served from its cache.
     pub cached_tokens: i64,
-    /// Milliseconds since the epoch.
+    /// Milliseconds since the epoch (of the latest call, when summed).
     pub at: i64,
 }
 
@@ -143,6 +146,37 @@ impl Ledger {
         Ok(Cancelled { task, agent, was })
     }
 
+    /// Model calls since `since` (ms) summed per agent and model: what a
+    /// budget check needs unless the budget is used up (then
+    /// [`Ledger::llm_usage`] tells when the window has room again).
+    pub fn llm_usage_by_model(&self, agent: Option<&str>, since: i64) -> Result<Vec<LlmUsage>> {
+        let mut stmt = self
+            .conn
+            .prepare(
+                "SELECT t.agent, json_extract(s.payload, '$.model') AS model, count(*), sum(s.input_tokens),
+                        sum(s.output_tokens), sum(coalesce(json_extract(s.payload, '$.cached_tokens'), 0)),
+                        max(s.created_at)
+                 FROM steps s JOIN tasks t ON t.id = s.task_id
+                 WHERE s.kind = 'llm' AND s.created_at >= ?1 AND (?2 IS NULL OR t.agent = ?2)
+                 GROUP BY t.agent, model ORDER BY t.agent, model",
+            )
+            .map_err(|e| self.err(e))?;
+        let rows = stmt
+            .query_map(params![since, agent], |r| {
+                Ok(LlmUsage {
+                    agent: r.get(0)?,
+                    model: r.get(1)?,
+                    calls: r.get(2)?,
+                    input_tokens: r.get(3)?,
+                    output_tokens: r.get(4)?,
+                    cached_tokens: r.get(5)?,
+                    at: r.get(6)?,
+                })
+            })
+            .map_err(|e| self.err(e))?;
+        rows.collect::<rusqlite::Result<Vec<_>>>().map_err(|e| self.err(e))
+    }
+
     /// Model calls since `since` (ms), of one agent or all, oldest first.
     pub fn llm_usage(&self, agent: Option<&str>, since: i64) -> Result<Vec<LlmUsage>> {
         let mut stmt = self
@@ -159,6 +193,7 @@ impl Ledger {
             .query_map(params![since, agent], |r| {
                 Ok(LlmUsage {
                     agent: r.get(0)?,
+                    calls: 1,
                     model: r.get(1)?,
                     input_tokens: r.get(2)?,
                     output_tokens: r.get(3)?,

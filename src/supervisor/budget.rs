@@ -19,11 +19,17 @@ use crate::control::SpendStatus;
 use crate::ledger::{LlmUsage, PauseReason, now_ms};
 
 impl Supervisor {
-    /// The agent's budget and its calls in the current window.
-    async fn window(&self, name: &str) -> Option<(BudgetSpec, Vec<LlmUsage>)> {
+    /// The agent's budget and its calls in the current window: summed per
+    /// model, or one by one (`each`, to tell when the window has room).
+    async fn window(&self, name: &str, each: bool) -> Option<(BudgetSpec, Vec<LlmUsage>)> {
         let b = self.agents.get(name)?.spec.budget.clone()?;
         let (n, since) = (name.to_owned(), b.since(now_ms()));
-        match self.ledger.call(move |l| l.llm_usage(Some(&n), since)).await {
+        let r = if each {
+            self.ledger.call(move |l| l.llm_usage(Some(&n), since)).await
+        } else {
+            self.ledger.call(move |l| l.llm_usage_by_model(Some(&n), since)).await
+        };
+        match r {
             Ok(usage) => Some((b, usage)),
             Err(e) => {
                 tracing::warn!(agent = name, "cannot read its spend from the ledger: {e}");
@@ -34,7 +40,7 @@ impl Supervisor {
 
     /// Spend and what is left, for status.
     pub(super) async fn spend_status(&self, name: &str) -> Option<SpendStatus> {
-        let (b, usage) = self.window(name).await?;
+        let (b, usage) = self.window(name, false).await?;
         let s = budget::spent(&usage, &self.cfg.prices);
         let (left_tokens, left_cost_usd) = b.left(&s);
         Some(SpendStatus {
@@ -54,7 +60,7 @@ impl Supervisor {
             .get(name)
             .and_then(|a| a.pause.as_ref())
             .is_some_and(|p| p.reason == PauseReason::Budget);
-        let Some((b, usage)) = self.window(name).await else {
+        let Some((b, usage)) = self.window(name, false).await else {
             // No budget (any more): a budget pause has nothing to wait for.
             if by_budget && self.agents.get(name).is_some_and(|a| a.spec.budget.is_none()) {
                 let _ = self.resume(name, "budget (the agent has no budget any more)").await;
@@ -98,7 +104,10 @@ impl Supervisor {
             .get(name)
             .and_then(|a| a.pause.as_ref())
             .is_some_and(|p| p.reason == PauseReason::Budget);
-        if budget_paused && let Some(at) = b.room_at(&usage, &self.cfg.prices) {
+        if budget_paused
+            && let Some((b, each)) = self.window(name, true).await
+            && let Some(at) = b.room_at(&each, &self.cfg.prices)
+        {
             self.recheck_budget_at(name, at);
         }
     }

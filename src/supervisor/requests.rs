@@ -155,7 +155,7 @@ impl Supervisor {
                 .unwrap_or(crate::budget::DEFAULT_WINDOW);
             let since = crate::ledger::now_ms() - window.as_millis() as i64;
             let n = name.clone();
-            let usage = match self.ledger.call(move |l| l.llm_usage(Some(&n), since)).await {
+            let usage = match self.ledger.call(move |l| l.llm_usage_by_model(Some(&n), since)).await {
                 Ok(u) => u,
                 Err(e) => return Response::error(e.to_string()),
             };

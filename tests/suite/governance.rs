@@ -577,16 +577,18 @@ fn the_repl_cancels_lists_and_answers_approvals_and_shows_spend() {
     let mut r = crate::support::repl::PipedRepl::start(&cfg, &state, &[("TEST_LLM_KEY", KEY)]);
     r.daemon.running_pid("worker");
     r.line("summarise the inbox");
-    wait_for(Duration::from_secs(20), || (llm.request_count() == 1).then_some(()))
-        .expect("the model was asked");
+    wait_for(Duration::from_secs(20), || (llm.request_count() == 1).then_some(())).expect("the model was asked");
     r.line("/cancel changed my mind");
     r.wait_line("task 1 of worker cancelled (it was running)");
     r.line("write the note");
     r.wait_until("an approval asked", |l| {
-        l.iter().any(|l| l.starts_with("approval 1 asked by worker (task 2): tool write_file"))
+        l.iter()
+            .any(|l| l.starts_with("approval 1 asked by worker (task 2): tool write_file"))
     });
     r.line("/approvals");
-    r.wait_until("the approvals list", |l| l.iter().any(|l| l.contains("worker") && l.contains("tool write_file")));
+    r.wait_until("the approvals list", |l| {
+        l.iter().any(|l| l.contains("worker") && l.contains("tool write_file"))
+    });
     r.line("/approve 1 fine");
     r.wait_line("approval 1 approved (task 2 of worker)");
     r.wait_line("worker: Written.");
@@ -594,8 +596,59 @@ fn the_repl_cancels_lists_and_answers_approvals_and_shows_spend() {
     let lines = r.wait_until("spend in status", |l| l.iter().any(|l| l.contains("  spend ")));
     let spend = lines.iter().find(|l| l.contains("  spend ")).expect("spend line");
     // Task 2's two model calls: 52 and 13 tokens (the cancelled call spent nothing).
-    assert!(spend.contains("65 tokens") && spend.contains("left: 999935 tokens"), "{spend}");
+    assert!(
+        spend.contains("65 tokens") && spend.contains("left: 999935 tokens"),
+        "{spend}"
+    );
     assert_eq!(task(&r.daemon, 1).state, TaskState::Cancelled);
     assert_eq!(cancel_step(&r.daemon, 1)["by"], "repl");
     assert_eq!(cancel_step(&r.daemon, 1)["reason"], "changed my mind");
+}
+
+#[test]
+fn an_approval_survives_kill_9_of_the_agent_and_its_denial_reaches_the_rerun() {
+    // The agent dies while its task waits; the new process starts no
+    // other task; the denial then reaches the task's next run.
+    let llm = LlmServer::start(vec![
+        Reply::stream_tool_calls(&[("c1", "write_file", WRITE)]),
+        Reply::stream_tool_calls(&[("c1", "write_file", WRITE)]),
+        Reply::stream_text(&["Understood, not writing."]),
+        Reply::stream_text(&["the other message"]),
+    ]);
+    let dir = tempdir();
+    let state = dir.path().join("state");
+    let cfg = approval_config(dir.path(), &llm.base_url(), "{tools: [write_file]}", "");
+    let d = start(&cfg, &state);
+    let pid = d.running_pid("worker");
+    let t = send(&d, "write it");
+    let a = wait_pending(&d);
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), Signal::SIGKILL).expect("kill the agent");
+    let new_pid = wait_for(Duration::from_secs(20), || {
+        d.agent("worker")
+            .filter(|s| s.state == "running")
+            .and_then(|s| s.pid)
+            .filter(|p| *p != pid)
+    })
+    .expect("the agent restarted");
+    assert_ne!(new_pid, pid);
+    let other = send(&d, "something else");
+    assert_eq!(task(&d, t).state, TaskState::Waiting);
+    assert_eq!(pending(&d).len(), 1);
+    assert_eq!(
+        task(&d, other).state,
+        TaskState::Queued,
+        "a waiting agent starts no other task"
+    );
+    let r = d.request(&Request::Deny {
+        id: a.id,
+        reason: Some("not now".into()),
+        caller: None,
+    });
+    assert!(r.ok, "{r:?}");
+    wait_state(&d, t, TaskState::Succeeded);
+    wait_state(&d, other, TaskState::Succeeded);
+    assert!(!dir.path().join("files/out.md").exists());
+    let third = &llm.requests()[2].json();
+    let told = third["messages"].to_string();
+    assert!(told.contains("denied by uid 0: not now"), "{told}");
 }
