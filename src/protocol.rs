@@ -13,9 +13,9 @@ use std::path::PathBuf;
 use serde::{Deserialize, Serialize};
 
 use crate::config::AgentSpec;
-use crate::domain::{ApprovalAnswer, ApprovalSubject, NewStep, TaskState, Trigger};
+use crate::domain::{ApprovalAnswer, ApprovalSubject, Conversation, Lease, NewStep, TaskId, TaskState, Trigger};
 
-pub const PROTOCOL_VERSION: u32 = 3;
+pub const PROTOCOL_VERSION: u32 = 4;
 
 /// Supervisor → child.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -32,14 +32,14 @@ pub enum ToChild {
         /// unprivileged (code keeps agentd's uid).
         sandbox_user: Option<(u32, u32)>,
         /// The conversation saved after the agent's last task, if any.
-        conversation: Option<serde_json::Value>,
+        conversation: Option<Conversation>,
         /// `agentd CONFIG --record DIR`: record model replies into cassettes here.
         record_dir: Option<PathBuf>,
     },
     /// Run this task; every write about it must carry `lease`.
     Task {
-        id: i64,
-        lease: String,
+        id: TaskId,
+        lease: Lease,
         attempt: i64,
         trigger: Trigger,
     },
@@ -47,11 +47,11 @@ pub enum ToChild {
     /// are abandoned (a run's whole process tree is killed) and nothing
     /// more is sent about it. The supervisor has already recorded it
     /// cancelled; the child goes on with its next task.
-    Cancel { task: i64, lease: String },
+    Cancel { task: TaskId, lease: Lease },
     /// The answer to the running task's [`FromChild::ApprovalRequest`].
     ApprovalAnswer {
-        task: i64,
-        lease: String,
+        task: TaskId,
+        lease: Lease,
         answer: ApprovalAnswer,
     },
     /// Finish the current task (up to `grace_ms`), release resources, exit 0.
@@ -74,13 +74,13 @@ pub enum FromChild {
         dedupe_key: Option<String>,
     },
     /// Append to the running task's journal.
-    Step { task: i64, lease: String, step: NewStep },
+    Step { task: TaskId, lease: Lease, step: NewStep },
     /// The running task wants to run `subject` (its `approve:` policy says
     /// so) and waits for [`ToChild::ApprovalAnswer`]. The child can only
     /// ask: no message from it answers anything.
     ApprovalRequest {
-        task: i64,
-        lease: String,
+        task: TaskId,
+        lease: Lease,
         subject: ApprovalSubject,
     },
     /// The answer to [`ToChild::Ping`].
@@ -89,16 +89,16 @@ pub enum FromChild {
     /// why), or all are fine again (`None`). Sent on change only.
     Health { degraded: Option<String> },
     /// Text the model produced for a person (streamed REPL replies).
-    Output { task: i64, lease: String, text: String },
+    Output { task: TaskId, lease: Lease, text: String },
     /// The task ended; the child is free for the next one.
     Finished {
-        task: i64,
-        lease: String,
+        task: TaskId,
+        lease: Lease,
         state: TaskState,
         result: Option<String>,
         error: Option<String>,
         /// The conversation after this task, to snapshot.
-        conversation: Option<serde_json::Value>,
+        conversation: Option<Conversation>,
     },
 }
 

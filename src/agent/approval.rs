@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::oneshot;
 
 use super::Outbox;
-use crate::domain::{ApprovalAnswer, ApprovalSubject};
+use crate::domain::{ApprovalAnswer, ApprovalSubject, Lease, TaskId};
 use crate::protocol::FromChild;
 
 #[derive(Clone, Default)]
@@ -36,7 +36,7 @@ impl Approvals {
     }
 
     /// Asks for `subject` and waits for the answer.
-    pub async fn ask(&self, outbox: &Outbox, task: i64, lease: &str, subject: ApprovalSubject) -> ApprovalAnswer {
+    pub async fn ask(&self, outbox: &Outbox, task: TaskId, lease: &Lease, subject: ApprovalSubject) -> ApprovalAnswer {
         let (tx, rx) = oneshot::channel();
         {
             let mut i = self.lock();
@@ -45,7 +45,7 @@ impl Approvals {
         }
         outbox.send(FromChild::ApprovalRequest {
             task,
-            lease: lease.to_owned(),
+            lease: lease.clone(),
             subject,
         });
         let answer = rx.await.unwrap_or(ApprovalAnswer {

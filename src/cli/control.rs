@@ -51,7 +51,7 @@ pub struct CancelArgs {
     #[command(flatten)]
     pub ledger: LedgerArgs,
     /// The task's id (`agentd tasks` lists them).
-    pub task: i64,
+    pub task: crate::domain::TaskId,
     /// Why: kept in the task's journal with who cancelled it.
     #[arg(long)]
     pub reason: Option<String>,

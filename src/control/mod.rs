@@ -12,6 +12,8 @@ mod server;
 
 use serde::{Deserialize, Serialize};
 
+use crate::domain::TaskId;
+
 pub use server::{Operators, serve};
 
 /// Bumped when a request or response changes shape.
@@ -61,7 +63,7 @@ pub enum Request {
     },
     /// Cancel a queued or running task.
     Cancel {
-        task: i64,
+        task: crate::domain::TaskId,
         #[serde(default)]
         reason: Option<String>,
         /// Who asks: filled in by the transport from the caller's
@@ -185,7 +187,7 @@ pub struct AgentStatus {
     pub last_exit: Option<String>,
     pub last_error: Option<String>,
     pub queued: i64,
-    pub running_task: Option<i64>,
+    pub running_task: Option<TaskId>,
     /// Paused: triggers queue up but are not run until resumed.
     #[serde(default)]
     pub paused: bool,
@@ -224,7 +226,7 @@ pub struct ScheduleStatus {
 /// What `Send` answers: the task, and once it has ended, how.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct SendResult {
-    pub task: i64,
+    pub task: TaskId,
     pub agent: String,
     /// queued | succeeded | failed | cancelled
     pub state: String,

@@ -9,13 +9,13 @@ use rusqlite::{OptionalExtension, Row, params};
 use serde::{Deserialize, Serialize};
 
 use super::{Ledger, LedgerError, Result, now_ms};
-use crate::domain::{ApprovalAnswer, ApprovalSubject};
+use crate::domain::{ApprovalAnswer, ApprovalSubject, Lease, TaskId};
 
 /// One approval request as recorded.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Approval {
     pub id: i64,
-    pub task: i64,
+    pub task: TaskId,
     pub agent: String,
     pub subject: ApprovalSubject,
     /// pending | approved | denied
@@ -82,8 +82,8 @@ impl Ledger {
     /// Records that the running task held by `lease` asks to run `subject`.
     pub fn ask_approval(
         &mut self,
-        task: i64,
-        lease: &str,
+        task: TaskId,
+        lease: &Lease,
         subject: &ApprovalSubject,
         timeout_ms: i64,
         on_timeout: &str,
@@ -102,7 +102,7 @@ impl Ledger {
         let Some((agent, attempts)) = found else {
             return Err(LedgerError::StaleLease {
                 task,
-                lease: lease.to_owned(),
+                lease: lease.to_string(),
             });
         };
         let reusable: Option<Approval> = tx
@@ -174,7 +174,12 @@ impl Ledger {
     /// to `running` under `live_lease` when its runner still waits for the
     /// answer (the answer is then used), else back to `queued` to run again
     /// (the answer kept for that run).
-    pub fn answer_approval(&mut self, id: i64, answer: &ApprovalAnswer, live_lease: Option<&str>) -> Result<Approval> {
+    pub fn answer_approval(
+        &mut self,
+        id: i64,
+        answer: &ApprovalAnswer,
+        live_lease: Option<&Lease>,
+    ) -> Result<Approval> {
         let path = self.path.clone();
         let tx = self.conn.transaction().map_err(|e| super::sqlite(&path, e))?;
         let a: Approval = tx
@@ -262,7 +267,7 @@ impl Ledger {
 
 fn journal(
     tx: &rusqlite::Transaction,
-    task: i64,
+    task: TaskId,
     attempt: i64,
     kind: &str,
     payload: serde_json::Value,

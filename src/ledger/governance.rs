@@ -11,7 +11,7 @@ use rusqlite::{OptionalExtension, params};
 use serde::{Deserialize, Serialize};
 
 use super::{Ledger, LedgerError, Result, now_ms};
-use crate::domain::{PauseReason, TaskState};
+use crate::domain::{PauseReason, TaskId, TaskState};
 
 /// A paused agent, as recorded.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -28,7 +28,7 @@ pub struct Pause {
 /// What a cancellation found and did.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Cancelled {
-    pub task: i64,
+    pub task: TaskId,
     pub agent: String,
     /// The task's state before: queued or running.
     pub was: TaskState,
@@ -97,7 +97,7 @@ impl Ledger {
     /// `cancelled` (its lease cleared, so whatever its runner still sends
     /// about it is refused as stale) and its journal gets a `cancel` step
     /// with who and why. A task that already ended is left alone.
-    pub fn cancel(&mut self, task: i64, by: &str, reason: Option<&str>) -> Result<Cancelled> {
+    pub fn cancel(&mut self, task: TaskId, by: &str, reason: Option<&str>) -> Result<Cancelled> {
         let path = self.path.clone();
         let tx = self.conn.transaction().map_err(|e| super::sqlite(&path, e))?;
         let found: Option<(String, i64, String)> = tx

@@ -20,9 +20,10 @@ mod tasks;
 
 use std::path::{Path, PathBuf};
 
+use crate::domain::TaskId;
 use rusqlite::{Connection, OpenFlags};
 
-pub use crate::domain::{NewStep, PauseReason, StepKind, TaskState, Trigger};
+pub use crate::domain::PauseReason;
 pub use approvals::{Approval, Asked};
 pub use governance::{Cancelled, LlmUsage, Pause};
 pub use integrity::{Integrity, RECOVERY};
@@ -61,17 +62,20 @@ pub enum LedgerError {
     )]
     Damaged { path: PathBuf, problems: String },
     #[error("task {0} does not exist")]
-    NoSuchTask(i64),
+    NoSuchTask(TaskId),
     /// The ledger's thread is gone (agentd is stopping): nothing more is read
     /// or written.
     #[error("the ledger is closed")]
     Closed,
     #[error("task {task}: lease {lease:?} is not the current holder; the write was rejected")]
-    StaleLease { task: i64, lease: String },
+    StaleLease { task: TaskId, lease: String },
     #[error("snapshot {0} does not exist")]
     NoSuchSnapshot(String),
     #[error("task {task} already {state}; only a queued or running task can be cancelled")]
-    AlreadyEnded { task: i64, state: TaskState },
+    AlreadyEnded {
+        task: TaskId,
+        state: crate::domain::TaskState,
+    },
     #[error("approval {0} does not exist")]
     NoSuchApproval(i64),
     #[error("approval {id} was already answered ({state})")]

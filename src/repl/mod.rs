@@ -75,7 +75,7 @@ pub enum Command {
     },
     /// Cancel a task (the current agent's running one when `None`).
     Cancel {
-        task: Option<i64>,
+        task: Option<crate::domain::TaskId>,
         reason: Option<String>,
     },
     Help,
@@ -169,7 +169,10 @@ pub fn parse(line: &str) -> Result<Command, String> {
 
 /// `/cancel [TASK] [REASON…]`: a first word that is a number is the task.
 fn parse_cancel(words: Vec<&str>) -> Result<Command, String> {
-    let (task, rest) = match words.first().map(|w| w.trim_start_matches('#').parse::<i64>()) {
+    let (task, rest) = match words
+        .first()
+        .map(|w| w.trim_start_matches('#').parse::<crate::domain::TaskId>())
+    {
         Some(Ok(id)) => (Some(id), &words[1..]),
         _ => (None, &words[..]),
     };
@@ -347,8 +350,9 @@ mod tests {
             reason: reason.map(str::to_owned),
         };
         assert_eq!(parse("/cancel"), Ok(c(None, None)));
-        assert_eq!(parse("/cancel 12"), Ok(c(Some(12), None)));
-        assert_eq!(parse("/cancel #12 wrong file"), Ok(c(Some(12), Some("wrong file"))));
+        let t12 = Some(crate::domain::TaskId(12));
+        assert_eq!(parse("/cancel 12"), Ok(c(t12, None)));
+        assert_eq!(parse("/cancel #12 wrong file"), Ok(c(t12, Some("wrong file"))));
         assert_eq!(parse("/cancel too slow"), Ok(c(None, Some("too slow"))));
         assert_eq!(
             parse("/deny 3 use the archive instead"),

@@ -17,12 +17,18 @@ use std::time::Duration;
 
 use super::slot::Claim;
 use super::{Event, Supervisor};
-use crate::domain::{ApprovalAnswer, ApprovalSubject};
+use crate::domain::{ApprovalAnswer, ApprovalSubject, Lease, TaskId};
 use crate::ledger::{Approval, Asked, LedgerError, now_ms};
 use crate::protocol::ToChild;
 
 impl Supervisor {
-    pub(super) async fn on_approval_request(&mut self, name: &str, task: i64, lease: String, subject: ApprovalSubject) {
+    pub(super) async fn on_approval_request(
+        &mut self,
+        name: &str,
+        task: TaskId,
+        lease: Lease,
+        subject: ApprovalSubject,
+    ) {
         let claim = self.agents.get(name).and_then(|a| a.life.claim().cloned());
         if claim
             != Some(Claim {
@@ -109,11 +115,11 @@ impl Supervisor {
         }
     }
 
-    fn send_answer(&self, name: &str, task: i64, lease: &str, answer: ApprovalAnswer) {
+    fn send_answer(&self, name: &str, task: TaskId, lease: &Lease, answer: ApprovalAnswer) {
         if let Some(c) = self.agents.get(name).and_then(|a| a.life.child()) {
             c.send(&ToChild::ApprovalAnswer {
                 task,
-                lease: lease.to_owned(),
+                lease: lease.clone(),
                 answer,
             });
         }
@@ -179,11 +185,7 @@ impl Supervisor {
             .filter(|c| c.task == pending.task)
             .map(|c| c.lease.clone());
         let (a2, l2) = (answer.clone(), live.clone());
-        let done = match self
-            .ledger
-            .call(move |l| l.answer_approval(id, &a2, l2.as_deref()))
-            .await
-        {
+        let done = match self.ledger.call(move |l| l.answer_approval(id, &a2, l2.as_ref())).await {
             Ok(d) => d,
             Err(e @ (LedgerError::NoSuchApproval(_) | LedgerError::ApprovalAnswered { .. })) => {
                 return Err(e.to_string());

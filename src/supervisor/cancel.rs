@@ -11,14 +11,15 @@
 
 use super::Supervisor;
 use super::slot::{Claim, Lifecycle};
-use crate::ledger::{LedgerError, TaskState};
+use crate::domain::{TaskId, TaskState};
+use crate::ledger::LedgerError;
 use crate::protocol::ToChild;
 
 impl Supervisor {
     /// Cancels `task`; returns the agent and the state it was in.
     pub(super) async fn cancel_task(
         &mut self,
-        task: i64,
+        task: TaskId,
         by: &str,
         reason: Option<String>,
     ) -> Result<(String, TaskState), String> {
@@ -52,7 +53,7 @@ impl Supervisor {
     }
 
     /// The task `agent` is running now, if any (for `/cancel` without an id).
-    pub(super) fn running_task(&self, agent: &str) -> Option<i64> {
+    pub(super) fn running_task(&self, agent: &str) -> Option<TaskId> {
         self.agents.get(agent).and_then(|a| a.life.claim()).map(|c| c.task)
     }
 }

@@ -79,9 +79,10 @@ pub enum Event {
         generation: u64,
         msg: FromChild,
     },
+    /// A line from a child (of any generation: it is only logged) that
+    /// is not a protocol message.
     BadLine {
         agent: String,
-        generation: u64,
         error: String,
     },
     Exited {
@@ -145,7 +146,7 @@ pub struct Supervisor {
     record: Option<PathBuf>,
     console: Option<Console>,
     /// REPL tasks whose replies stream to the REPL.
-    watched: HashMap<i64, Watched>,
+    watched: HashMap<crate::domain::TaskId, Watched>,
     waiters: Waiters,
     /// `--state-dir` was given: the config's `state_dir` does not apply.
     state_dir_overridden: bool,
@@ -290,6 +291,7 @@ async fn run_async(
     let mut watchdog_tick = tokio::time::interval(watchdog.unwrap_or(Duration::from_secs(3600)));
     let mut interrupts = 0;
 
+    let parked = sup.degraded.parked.clone();
     let code = loop {
         if sup.stop_deadline.is_some() && sup.agents.values().all(|a| a.life.child().is_none()) {
             break ExitCode::SUCCESS;
@@ -304,6 +306,7 @@ async fn run_async(
             Some(input) = repl_rx.recv() => sup.on_repl(input).await,
             _ = sleep_until_opt(schedule_at), if schedule_at.is_some() => sup.fire_schedules().await,
             _ = tokio::time::sleep(degraded::RETRY), if degraded => sup.retry_kept().await,
+            _ = parked.refused.notified() => sup.take_back(),
             _ = sigterm.recv() => sup.begin_stop("SIGTERM"),
             _ = sigint.recv() => {
                 interrupts += 1;
@@ -332,7 +335,19 @@ async fn run_async(
     if let Some(c) = &mut sup.console {
         c.repl.finish();
     }
+    // One last replay: the checkpoint below then also waits for the
+    // journal steps still on their way to the ledger thread.
+    if sup.degraded.behind() {
+        sup.retry_kept().await;
+    }
     let _ = sup.ledger.call(|l| l.checkpoint()).await;
+    sup.take_back();
+    if !sup.degraded.kept.is_empty() {
+        tracing::error!(
+            "stopping with {} ledger writes unmade (the ledger still refuses writes); running tasks among them are re-queued at the next start",
+            sup.degraded.kept.len()
+        );
+    }
     crate::sandbox::contain::at_supervisor_stop(&sup.cfg.state_dir);
     tracing::info!("agentd stopped");
     Ok(code)
@@ -361,7 +376,7 @@ impl Supervisor {
                     self.on_child_message(&agent, msg).await;
                 }
             }
-            Event::BadLine { agent, error, .. } => {
+            Event::BadLine { agent, error } => {
                 tracing::warn!(agent, "unreadable line from agent process: {error}");
             }
             Event::Exited {

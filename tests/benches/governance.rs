@@ -11,8 +11,16 @@
 use std::time::{Duration, Instant};
 
 use agentd::budget::{self, BudgetSpec, OnExceed, Prices};
-use agentd::domain::{ApprovalAnswer, ApprovalSubject, NewStep, StepKind, Trigger};
+use agentd::domain::{ApprovalAnswer, ApprovalSubject, Lease, NewStep, StepKind, TaskId, Trigger};
 use agentd::ledger::{self, Ledger};
+
+fn lease() -> Lease {
+    Lease {
+        agent: "a".into(),
+        pid: 1,
+        generation: 1,
+    }
+}
 
 fn p50(mut v: Vec<Duration>) -> Duration {
     v.sort();
@@ -29,7 +37,7 @@ fn ledger_with(dir: &std::path::Path, calls: usize, old: usize) -> Ledger {
         from: "bench".into(),
     };
     l.enqueue("a", &trigger, None).expect("enqueue");
-    let task = l.claim_next("a", "a:1:1").expect("claim").expect("task");
+    let task = l.claim_next("a", &lease()).expect("claim").expect("task");
     let step = NewStep {
         kind: StepKind::Llm,
         payload: serde_json::json!({"model": "gpt-4o-mini", "cached_tokens": 100}),
@@ -38,7 +46,7 @@ fn ledger_with(dir: &std::path::Path, calls: usize, old: usize) -> Ledger {
         latency_ms: Some(900),
     };
     for _ in 0..calls {
-        l.append_step(task.id, "a:1:1", &step).expect("step");
+        l.append_step(task.id, &lease(), &step).expect("step");
     }
     drop(l);
     let c = rusqlite::Connection::open(&path).expect("sqlite");
@@ -99,7 +107,9 @@ fn approval_round_trip(dir: &std::path::Path) {
     let mut times = Vec::new();
     for i in 0..200 {
         let t = Instant::now();
-        let asked = l.ask_approval(1, "a:1:1", &subject, 60_000, "deny").expect("ask");
+        let asked = l
+            .ask_approval(TaskId(1), &lease(), &subject, 60_000, "deny")
+            .expect("ask");
         let ledger::Asked::Pending(a) = asked else {
             panic!("pending")
         };
@@ -108,7 +118,7 @@ fn approval_round_trip(dir: &std::path::Path) {
             by: "bench".into(),
             note: None,
         };
-        l.answer_approval(a.id, &answer, Some("a:1:1")).expect("answer");
+        l.answer_approval(a.id, &answer, Some(&lease())).expect("answer");
         times.push(t.elapsed());
     }
     println!(

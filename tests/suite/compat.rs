@@ -8,7 +8,9 @@
 use std::path::Path;
 use std::time::Duration;
 
-use agentd::ledger::{self, Ledger, Task, TaskFilter, TaskState};
+use agentd::ledger::{self, Ledger, Task, TaskFilter};
+
+use agentd::domain::TaskState;
 use agentd::mcp::McpHub;
 use serde_json::Value;
 
@@ -324,7 +326,15 @@ fn default_log_is_quiet_with_python_sdk_servers() {
     // The default filter: RUST_LOG unset.
     let d = Daemon::start(&config, &state, &[("RUST_LOG", ""), ("LLM_KEY", "sk-unused-0123")]);
     d.running_pid("quiet");
-    std::thread::sleep(Duration::from_secs(3));
+    // The page changes only once the proxy holds the subscription (its
+    // first fetch is the baseline it compares against); changing it
+    // earlier would leave nothing to notice.
+    let subscribed = wait_for(LONG, || d.log_text().contains("subscribed, not polled").then_some(()));
+    assert!(
+        subscribed.is_some(),
+        "the proxy never took the subscription:\n{}",
+        d.log_text()
+    );
     page.set("second");
     let done = wait_for(LONG, || {
         tasks(&state)
@@ -333,12 +343,34 @@ fn default_log_is_quiet_with_python_sdk_servers() {
     });
     assert!(done.is_some(), "no task from the proxy's update:\n{}", d.log_text());
     let log = d.log_text();
-    assert!(!log.contains("Traceback"), "{log}");
-    assert!(!log.contains("validation error"), "{log}");
+    // What agentd controls: the discover probe's 31-error validation
+    // traceback (it names the method) and per-request chatter stay at
+    // DEBUG, and agentd itself reports no error. A peer's own failure
+    // printed later on its stderr is relayed on purpose (once, in CI,
+    // mcp-subscribe printed a json_invalid traceback of its own), so the
+    // checks name the probe's traceback rather than any traceback.
+    assert!(
+        !log.contains("server/discover") && !log.contains("validation errors for ClientRequest"),
+        "{log}"
+    );
     assert!(!log.contains("Processing request") && !log.contains("DEBUG"), "{log}");
-    assert!(!log.contains("ERROR"), "{log}");
-    let lines = log.lines().count();
-    assert!(lines <= 14, "{lines} lines for one task:\n{log}");
+    let agentd_errors = log
+        .lines()
+        .filter(|l| l.split_whitespace().nth(1) == Some("ERROR"))
+        .count();
+    assert_eq!(agentd_errors, 0, "{log}");
+    let own = log.lines().filter(|l| !relayed_stderr(l)).count();
+    assert!(own <= 14, "{own} lines of agentd's own for one task:\n{log}");
+}
+
+/// Whether a log line is a server's stderr relayed by agentd (an INFO line
+/// whose message is not one of agentd's own about that server).
+fn relayed_stderr(line: &str) -> bool {
+    let server = line.ends_with("server=proxy") || line.ends_with("server=fetch");
+    let own = ["MCP server", "is served by the server"]
+        .iter()
+        .any(|m| line.contains(m));
+    server && !own
 }
 
 /// Item 9: an HTTP server restart is reported by agentd itself (WARN, then

@@ -7,7 +7,8 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use agentd::control::Request;
-use agentd::ledger::{Task, TaskState};
+use agentd::domain::{TaskId, TaskState};
+use agentd::ledger::Task;
 use nix::sys::signal::Signal;
 
 use super::containment::{kill_all, marker, require_root, with_marker};
@@ -42,24 +43,24 @@ fn start(cfg: &Path, state: &Path) -> Daemon {
     d
 }
 
-fn send(d: &Daemon, text: &str) -> i64 {
+fn send(d: &Daemon, text: &str) -> TaskId {
     let r = d.request(&Request::Send {
         agent: "worker".into(),
         text: text.into(),
         wait: false,
     });
     assert!(r.ok, "send failed: {r:?}");
-    r.result.expect("result")["task"].as_i64().expect("task id")
+    TaskId(r.result.expect("result")["task"].as_i64().expect("task id"))
 }
 
-fn task(d: &Daemon, id: i64) -> Task {
+fn task(d: &Daemon, id: TaskId) -> Task {
     tasks(&d.state_dir)
         .into_iter()
         .find(|t| t.id == id)
         .unwrap_or_else(|| panic!("no task {id}"))
 }
 
-fn wait_state(d: &Daemon, id: i64, state: TaskState) -> Task {
+fn wait_state(d: &Daemon, id: TaskId, state: TaskState) -> Task {
     wait_for(Duration::from_secs(30), || {
         Some(task(d, id)).filter(|t| t.state == state)
     })
@@ -72,7 +73,7 @@ fn wait_state(d: &Daemon, id: i64, state: TaskState) -> Task {
     })
 }
 
-fn cancel(d: &Daemon, id: i64, reason: &str) -> serde_json::Value {
+fn cancel(d: &Daemon, id: TaskId, reason: &str) -> serde_json::Value {
     let r = d.request(&Request::Cancel {
         task: id,
         reason: Some(reason.into()),
@@ -83,7 +84,7 @@ fn cancel(d: &Daemon, id: i64, reason: &str) -> serde_json::Value {
 }
 
 /// The task's `cancel` journal step: who and why.
-fn cancel_step(d: &Daemon, id: i64) -> serde_json::Value {
+fn cancel_step(d: &Daemon, id: TaskId) -> serde_json::Value {
     steps(&d.state_dir, id)
         .into_iter()
         .find(|s| s.kind == "cancel")
@@ -209,7 +210,7 @@ fn a_pause_survives_a_restart_of_agentd_with_its_reason() {
     let a = d.agent("worker").expect("worker");
     assert!(a.paused, "a restarted agentd starts the agent paused: {a:?}");
     let p = a.pause.expect("why it is paused");
-    assert_eq!(p.reason, agentd::ledger::PauseReason::Operator);
+    assert_eq!(p.reason, agentd::domain::PauseReason::Operator);
     assert_eq!(p.by, "control");
     let out = agentd(&["--state-dir", state.to_str().expect("utf-8"), "status"]);
     assert!(
@@ -225,7 +226,7 @@ fn a_pause_survives_a_restart_of_agentd_with_its_reason() {
 }
 
 /// The first `llm` step's time of a task.
-fn model_call_at(state: &Path, id: i64) -> i64 {
+fn model_call_at(state: &Path, id: TaskId) -> i64 {
     steps(state, id)
         .into_iter()
         .find(|s| s.kind == "llm")
@@ -254,7 +255,7 @@ fn a_budget_crossed_by_a_task_pauses_the_agent_until_the_window_frees() {
     let paused = d.wait_status("a budget pause", |s| {
         s[0].pause
             .as_ref()
-            .is_some_and(|p| p.reason == agentd::ledger::PauseReason::Budget)
+            .is_some_and(|p| p.reason == agentd::domain::PauseReason::Budget)
     });
     let spend = paused[0].spend.clone().expect("spend in status");
     assert_eq!((spend.tokens, spend.left_tokens), (26, Some(0)));
@@ -310,7 +311,7 @@ fn a_budget_with_on_exceed_stop_cancels_the_running_task() {
     assert!(done.error.unwrap_or_default().contains("cancelled by budget"));
     assert_eq!(cancel_step(&d, t)["by"], "budget");
     let a = d.agent("worker").expect("worker");
-    assert_eq!(a.pause.expect("paused").reason, agentd::ledger::PauseReason::Budget);
+    assert_eq!(a.pause.expect("paused").reason, agentd::domain::PauseReason::Budget);
 }
 
 // ---- approvals ----
@@ -493,7 +494,7 @@ fn an_unanswered_approval_times_out_as_the_policy_says() {
         (answer.payload["by"].as_str(), answer.payload["approved"].as_bool()),
         (Some("timeout"), Some(true))
     );
-    let workdir = agentd::state_dir::workdir(&state, "worker");
+    let workdir = state.join("agents/worker/work");
     assert_eq!(
         std::fs::read_to_string(workdir.join("timed.txt"))
             .expect("the block ran")
@@ -536,7 +537,7 @@ fn sandboxed_code_cannot_answer_an_approval_but_an_operator_can() {
         wait: true,
     });
     assert!(h.ok, "the other agent ran while worker waited: {h:?}");
-    let fence = steps(&state, h.result.expect("result")["task"].as_i64().expect("id"))
+    let fence = steps(&state, TaskId(h.result.expect("result")["task"].as_i64().expect("id")))
         .into_iter()
         .find(|s| s.kind == "fence")
         .expect("the code ran");
@@ -600,9 +601,9 @@ fn the_repl_cancels_lists_and_answers_approvals_and_shows_spend() {
         spend.contains("65 tokens") && spend.contains("left: 999935 tokens"),
         "{spend}"
     );
-    assert_eq!(task(&r.daemon, 1).state, TaskState::Cancelled);
-    assert_eq!(cancel_step(&r.daemon, 1)["by"], "repl");
-    assert_eq!(cancel_step(&r.daemon, 1)["reason"], "changed my mind");
+    assert_eq!(task(&r.daemon, TaskId(1)).state, TaskState::Cancelled);
+    assert_eq!(cancel_step(&r.daemon, TaskId(1))["by"], "repl");
+    assert_eq!(cancel_step(&r.daemon, TaskId(1))["reason"], "changed my mind");
 }
 
 #[test]
