@@ -5,7 +5,9 @@
 //!
 //! Spend is never stored apart from the journal: it is read back from the
 //! `llm` steps (tokens, model, time), so it survives restarts and cannot
-//! drift from what was recorded.
+//! drift from what was recorded. The step's model and cached tokens are
+//! also columns, with a partial index over model calls by time, so a
+//! budget check sums an index instead of parsing every payload.
 
 use rusqlite::{OptionalExtension, params};
 use serde::{Deserialize, Serialize};
@@ -153,12 +155,11 @@ impl Ledger {
         let mut stmt = self
             .conn
             .prepare(
-                "SELECT t.agent, json_extract(s.payload, '$.model') AS model, count(*), sum(s.input_tokens),
-                        sum(s.output_tokens), sum(coalesce(json_extract(s.payload, '$.cached_tokens'), 0)),
+                "SELECT t.agent, s.model, count(*), sum(s.input_tokens), sum(s.output_tokens), sum(s.cached_tokens),
                         max(s.created_at)
                  FROM steps s JOIN tasks t ON t.id = s.task_id
                  WHERE s.kind = 'llm' AND s.created_at >= ?1 AND (?2 IS NULL OR t.agent = ?2)
-                 GROUP BY t.agent, model ORDER BY t.agent, model",
+                 GROUP BY t.agent, s.model ORDER BY t.agent, s.model",
             )
             .map_err(|e| self.err(e))?;
         let rows = stmt
@@ -182,8 +183,7 @@ impl Ledger {
         let mut stmt = self
             .conn
             .prepare(
-                "SELECT t.agent, json_extract(s.payload, '$.model'), s.input_tokens, s.output_tokens,
-                        coalesce(json_extract(s.payload, '$.cached_tokens'), 0), s.created_at
+                "SELECT t.agent, s.model, s.input_tokens, s.output_tokens, s.cached_tokens, s.created_at
                  FROM steps s JOIN tasks t ON t.id = s.task_id
                  WHERE s.kind = 'llm' AND s.created_at >= ?1 AND (?2 IS NULL OR t.agent = ?2)
                  ORDER BY s.created_at, s.id",

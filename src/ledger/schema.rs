@@ -113,7 +113,13 @@ const MIGRATIONS: &[&str] = &[
         note   TEXT,
         since  INTEGER NOT NULL
     );
-    CREATE INDEX steps_by_kind_time ON steps (kind, created_at);",
+    ALTER TABLE steps ADD COLUMN model TEXT;
+    ALTER TABLE steps ADD COLUMN cached_tokens INTEGER NOT NULL DEFAULT 0;
+    UPDATE steps SET model = json_extract(payload, '$.model'),
+                     cached_tokens = coalesce(json_extract(payload, '$.cached_tokens'), 0)
+        WHERE kind = 'llm';
+    CREATE INDEX steps_llm_by_time ON steps (created_at, task_id, model, input_tokens, output_tokens, cached_tokens)
+        WHERE kind = 'llm';",
 ];
 
 pub const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;

@@ -183,8 +183,9 @@ impl Ledger {
             )
             .map_err(|e| super::sqlite(&path, e))?;
         tx.execute(
-            "INSERT INTO steps (task_id, seq, attempt, kind, payload, input_tokens, output_tokens, latency_ms, created_at)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+            "INSERT INTO steps (task_id, seq, attempt, kind, payload, input_tokens, output_tokens, latency_ms, created_at,
+                                model, cached_tokens)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
             params![
                 task,
                 seq,
@@ -194,7 +195,11 @@ impl Ledger {
                 step.input_tokens,
                 step.output_tokens,
                 step.latency_ms,
-                now_ms()
+                now_ms(),
+                // Model calls' price keys, in columns budgets sum without
+                // parsing payloads (see governance.rs).
+                step.payload.get("model").and_then(|m| m.as_str()),
+                step.payload.get("cached_tokens").and_then(|c| c.as_i64()).unwrap_or(0),
             ],
         )
         .map_err(|e| super::sqlite(&path, e))?;

@@ -40,7 +40,8 @@ fn ledger_with(dir: &std::path::Path, calls: usize, old: usize) -> Ledger {
     let task = l.claim_next("a", &lease()).expect("claim").expect("task");
     let step = NewStep {
         kind: StepKind::Llm,
-        payload: serde_json::json!({"model": "gpt-4o-mini", "cached_tokens": 100}),
+        // A reply of 4 KiB, as journaled (up to 16 KiB are kept).
+        payload: serde_json::json!({"model": "gpt-4o-mini", "cached_tokens": 100, "reply": {"content": "x".repeat(4096)}}),
         input_tokens: 1200,
         output_tokens: 300,
         latency_ms: Some(900),

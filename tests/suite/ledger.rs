@@ -84,7 +84,8 @@ fn a_v2_ledger_gains_waiting_tasks_approvals_and_pauses_keeping_every_row() {
             "PRAGMA foreign_keys = ON;
              INSERT INTO tasks (agent, trigger_kind, trigger_payload, state, created_at, dedupe_key)
                  VALUES ('a', 'message', '{}', 'queued', 1, 'k');
-             INSERT INTO steps (task_id, seq, attempt, kind, payload, created_at) VALUES (1, 1, 1, 'llm', '{}', 2);
+             INSERT INTO steps (task_id, seq, attempt, kind, payload, input_tokens, output_tokens, created_at)
+                 VALUES (1, 1, 1, 'llm', '{\"model\": \"gpt-4o\", \"cached_tokens\": 5}', 10, 2, 2);
              INSERT INTO snapshots (agent, kind, task_id, data, created_at) VALUES ('a', 'conversation', 1, x'5b5d', 3);",
         )
         .expect("v2 rows");
@@ -96,6 +97,14 @@ fn a_v2_ledger_gains_waiting_tasks_approvals_and_pauses_keeping_every_row() {
     let t = l.task(agentd::domain::TaskId(1)).expect("task kept");
     assert_eq!((t.state, t.dedupe_key.as_deref()), (TaskState::Queued, Some("k")));
     assert_eq!(l.steps(agentd::domain::TaskId(1)).expect("steps").len(), 1);
+    // The old model call counts for budgets: its model and cached tokens
+    // were copied out of its payload.
+    let spent = l.llm_usage(Some("a"), 0).expect("usage");
+    assert_eq!(spent.len(), 1);
+    assert_eq!(
+        (spent[0].model.as_deref(), spent[0].cached_tokens, spent[0].input_tokens),
+        (Some("gpt-4o"), 5, 10)
+    );
     assert!(
         l.latest_snapshot("a", ledger::SnapshotKind::Conversation)
             .expect("read")
