@@ -118,7 +118,7 @@ const MIGRATIONS: &[&str] = &[
     UPDATE steps SET model = json_extract(payload, '$.model'),
                      cached_tokens = coalesce(json_extract(payload, '$.cached_tokens'), 0)
         WHERE kind = 'llm';
-    CREATE INDEX steps_llm_by_time ON steps (created_at, task_id, model, input_tokens, output_tokens, cached_tokens)
+    CREATE INDEX steps_llm_by_time ON steps (created_at, task_id, model, input_tokens, output_tokens, cached_tokens, kind)
         WHERE kind = 'llm';",
 ];
 
