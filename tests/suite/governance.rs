@@ -653,3 +653,46 @@ fn an_approval_survives_kill_9_of_the_agent_and_its_denial_reaches_the_rerun() {
     let told = third["messages"].to_string();
     assert!(told.contains("denied by uid 0: not now"), "{told}");
 }
+
+#[test]
+fn a_budget_pause_outlives_a_restart_and_still_lifts_when_the_window_frees() {
+    let llm = LlmServer::start(vec![
+        Reply::stream_text(&["one"]),
+        Reply::stream_text(&["two"]),
+        Reply::stream_text(&["three"]),
+    ]);
+    let dir = tempdir();
+    let state = dir.path().join("state");
+    let cfg = config(dir.path(), &llm.base_url(), "    budget: {tokens: 20, per: 4s}\n");
+    let mut d = start(&cfg, &state);
+    let one = send(&d, "one");
+    wait_state(&d, one, TaskState::Succeeded);
+    let two = send(&d, "two");
+    wait_state(&d, two, TaskState::Succeeded);
+    d.wait_status("a budget pause", |s| {
+        s[0].pause
+            .as_ref()
+            .is_some_and(|p| p.reason == agentd::domain::PauseReason::Budget)
+    });
+    d.signal(Signal::SIGTERM);
+    d.wait_exit(Duration::from_secs(20));
+    drop(d);
+
+    let d = Daemon::start(&cfg, &state, &[("TEST_LLM_KEY", KEY)]);
+    // Whether or not the window freed while agentd was down, the restarted
+    // agentd read the budget pause back before anything ran.
+    assert!(
+        d.log_text().contains("starts paused (budget, by budget)"),
+        "{}",
+        d.log_text()
+    );
+    let three = send(&d, "three");
+    let done = wait_state(&d, three, TaskState::Succeeded);
+    let room_at = model_call_at(&state, one) + 4_000;
+    assert!(
+        done.started_at.expect("started") >= room_at,
+        "task three started at {:?}, before the window had room at {room_at}",
+        done.started_at
+    );
+    assert!(!d.agent("worker").expect("worker").paused);
+}
