@@ -52,9 +52,6 @@ const STABLE: Duration = Duration::from_secs(10);
 /// exit closes the pipe.
 const PROBE_EVERY: Duration = Duration::from_secs(5);
 const PROBE_TIMEOUT: Duration = Duration::from_secs(5);
-/// How long after the handshake a server's stderr stays at DEBUG: the
-/// traceback of a refused `server/discover` may still be in the pipe.
-const PROBE_NOISE_GRACE: Duration = Duration::from_millis(1000);
 
 /// What the hub can see of a server, updated by its task.
 pub(crate) struct Shared {
@@ -389,19 +386,17 @@ async fn connect_with(
             let mut child = spawned.child;
             task.shared.live().pid = Some(spawned.pid);
             // The discover probe makes Python-SDK servers print a 31-line
-            // validation traceback on stderr: relay what they print while
-            // it is answered, and a moment after, at DEBUG.
+            // validation traceback on stderr (before they answer it): what
+            // they print until the handshake is over is relayed at DEBUG.
             let probing = matches!(lifecycle, ClientLifecycleMode::Auto { .. });
-            spawned.quiet.store(probing, std::sync::atomic::Ordering::Relaxed);
+            if probing {
+                spawned.quiet.begin();
+            }
             let served = client
                 .serve_with_lifecycle((spawned.stdout, spawned.stdin), lifecycle)
                 .await;
             if probing {
-                let quiet = spawned.quiet;
-                tokio::spawn(async move {
-                    tokio::time::sleep(PROBE_NOISE_GRACE).await;
-                    quiet.store(false, std::sync::atomic::Ordering::Relaxed);
-                });
+                spawned.quiet.end();
             }
             match served {
                 Ok(service) => (service, Some(child)),
@@ -601,7 +596,7 @@ async fn refresh_tools(shared: &Shared, peer: &Peer<RoleClient>) {
 /// How long asking a server whether it serves a `tool://` URI may take
 /// (mcp-subscribe calls the tool once before it answers). Kept well under
 /// CONNECT_TIMEOUT, which bounds the whole session setup.
-const SERVED_PROBE_TIMEOUT: Duration = Duration::from_secs(10);
+const SERVED_PROBE_TIMEOUT: Duration = Duration::from_secs(20);
 
 /// Sets up each `tool://` subscription whose tool this server has (or that
 /// names this server), unless already done on this connection: subscribed
@@ -621,10 +616,22 @@ async fn start_pollers(task: &Task, subs: &mut Subs, peer: &Peer<RoleClient>, mo
         if !has_tool && subs.specs[i].server.as_deref() != Some(name.as_str()) {
             continue;
         }
-        if !modern && serves_tool_uri(peer, &poll.subscription).await {
-            tracing::info!(server = %name, "{} is served by the server: subscribed, not polled", poll.subscription);
-            subs.served.insert(i);
-            continue;
+        if !modern {
+            match serves_tool_uri(peer, &poll.subscription).await {
+                Served::Yes => {
+                    tracing::info!(server = %name, "{} is served by the server: subscribed, not polled", poll.subscription);
+                    subs.served.insert(i);
+                    continue;
+                }
+                Served::No => {}
+                // Said, because the choice is then made by a clock.
+                Served::NoAnswer => tracing::warn!(
+                    server = %name,
+                    "{} is polled: the server did not say within {}s whether it serves it",
+                    poll.subscription,
+                    SERVED_PROBE_TIMEOUT.as_secs()
+                ),
+            }
         }
         let poller = spawn_poller(poll, peer.clone(), subs.last_results.clone(), task.events.clone());
         subs.pollers.insert(i, poller);
@@ -649,7 +656,13 @@ fn poll_for(spec: &SubscriptionSpec, server: &str) -> Option<Poll> {
 /// (server-everything does), so for it only a listed URI counts; a server
 /// that does not advertise them but accepts `resources/subscribe` for the
 /// URI anyway is a proxy like mcp-subscribe, which polls for us.
-async fn serves_tool_uri(peer: &Peer<RoleClient>, uri: &str) -> bool {
+enum Served {
+    Yes,
+    No,
+    NoAnswer,
+}
+
+async fn serves_tool_uri(peer: &Peer<RoleClient>, uri: &str) -> Served {
     let advertised = peer
         .peer_info()
         .and_then(|i| i.capabilities.resources.as_ref().and_then(|r| r.subscribe))
@@ -668,7 +681,11 @@ async fn serves_tool_uri(peer: &Peer<RoleClient>, uri: &str) -> bool {
             .await
             .is_ok()
     };
-    tokio::time::timeout(SERVED_PROBE_TIMEOUT, probe).await.unwrap_or(false)
+    match tokio::time::timeout(SERVED_PROBE_TIMEOUT, probe).await {
+        Ok(true) => Served::Yes,
+        Ok(false) => Served::No,
+        Err(_) => Served::NoAnswer,
+    }
 }
 
 /// A `resources/updated` for a `tool://` URI the server serves: the update

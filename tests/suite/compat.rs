@@ -314,7 +314,7 @@ fn default_log_is_quiet_with_python_sdk_servers() {
       - {{name: fetch, command: "{fetch}"}}
       - {{name: proxy, command: "{subscribe}", args: [--poll-interval, "1", --, "{fetch}"], tool_filter: [fetch]}}
     subscriptions:
-      - {{uri: "tool://fetch/?url={url}", server: proxy}}
+      - {{uri: "tool://fetch/?url={url}", server: proxy, interval: 2s}}
 "#,
             base = llm.base_url(),
             fetch = fetch.display(),
@@ -328,8 +328,13 @@ fn default_log_is_quiet_with_python_sdk_servers() {
     d.running_pid("quiet");
     // The page changes only once the proxy holds the subscription (its
     // first fetch is the baseline it compares against); changing it
-    // earlier would leave nothing to notice.
-    let subscribed = wait_for(LONG, || d.log_text().contains("subscribed, not polled").then_some(()));
+    // earlier would leave nothing to notice. On a machine so loaded that
+    // the proxy does not answer in time, agentd polls instead (and says so
+    // as a WARN); the task must come either way.
+    let subscribed = wait_for(LONG, || {
+        let log = d.log_text();
+        (log.contains("subscribed, not polled") || log.contains("is polled: the server did not say")).then_some(())
+    });
     assert!(
         subscribed.is_some(),
         "the proxy never took the subscription:\n{}",
@@ -444,4 +449,67 @@ fn estimated_usage_trips_max_tokens() {
         reply["error"].as_str().unwrap_or("").contains("token budget exceeded"),
         "{reply}"
     );
+}
+
+/// A stdio MCP server in plain Python that, like the Python SDK, prints a
+/// long complaint on stderr *before* it answers the `server/discover`
+/// probe, and one line when asked for its tools (after the handshake).
+const NOISY_PROBE_SERVER: &str = r#"
+import json, sys
+def reply(id, **kw):
+    sys.stdout.write(json.dumps(dict(jsonrpc="2.0", id=id, **kw)) + "\n")
+    sys.stdout.flush()
+for line in sys.stdin:
+    msg = json.loads(line)
+    method, id = msg.get("method"), msg.get("id")
+    if method == "server/discover":
+        for i in range(40):
+            sys.stderr.write(f"probe-noise {i}\n")
+        sys.stderr.flush()
+        reply(id, error=dict(code=-32601, message="unknown method"))
+    elif method == "initialize":
+        reply(id, result=dict(protocolVersion="2025-11-25", capabilities=dict(tools={}),
+                              serverInfo=dict(name="noisy", version="1")))
+    elif method == "tools/list":
+        sys.stderr.write("after-handshake\n")
+        sys.stderr.flush()
+        reply(id, result=dict(tools=[]))
+    elif id is not None:
+        reply(id, result={})
+"#;
+
+/// Item 9: what a server prints while it answers the discover probe is
+/// relayed at DEBUG, however late the relay reads it, and what it prints
+/// after the handshake at INFO. Not a timer: the pipe's contents at the
+/// end of the handshake are what stays quiet.
+#[test]
+fn the_probes_noise_is_quiet_and_what_follows_is_not() {
+    let dir = tempdir();
+    let script = write(dir.path(), "noisy.py", NOISY_PROBE_SERVER);
+    let llm = LlmServer::start(Vec::new());
+    let config = write(
+        dir.path(),
+        "agentd.yaml",
+        &format!(
+            "agents:\n  - name: noisy\n    model: m\n    llm: {{base_url: \"{}\"}}\n    mcp_servers:\n      - {{name: noisy, command: python3, args: [\"{}\"]}}\n",
+            llm.base_url(),
+            script.display()
+        ),
+    );
+    for (filter, noise_shown) in [("info,agentd::mcp::stderr=debug", true), ("", false)] {
+        let state = dir.path().join(format!("state-{noise_shown}"));
+        let d = Daemon::start(&config, &state, &[("RUST_LOG", filter)]);
+        d.running_pid("noisy");
+        let after = wait_for(LONG, || d.log_text().contains("after-handshake").then_some(()));
+        let log = d.log_text();
+        assert!(after.is_some(), "{log}");
+        // The control: the server did print its noise (shown at DEBUG).
+        assert_eq!(
+            log.matches("probe-noise").count(),
+            if noise_shown { 40 } else { 0 },
+            "{log}"
+        );
+        let after_line = log.lines().find(|l| l.contains("after-handshake")).unwrap_or_default();
+        assert!(after_line.contains(" INFO "), "{log}");
+    }
 }
