@@ -287,6 +287,19 @@ fn a_budget_crossed_by_a_task_pauses_the_agent_until_the_window_frees() {
     assert_eq!(v[0]["models"][0]["model"], "test-model");
     assert_eq!(v[0]["models"][0]["calls"], 3);
     assert!(v[0]["models"][0]["cost_usd"].is_null(), "test-model has no price");
+    let table = stdout(&agentd(&[
+        "spend",
+        "--config",
+        cfg.to_str().expect("utf-8"),
+        "--state-dir",
+        state.to_str().expect("utf-8"),
+        "--per",
+        "1h",
+    ]));
+    assert!(
+        table.contains("worker           total: 39 tokens, $0.0000 in the last 1h"),
+        "{table}"
+    );
     assert!(d.log_text().contains("\"test-model\" has no price"));
 }
 
