@@ -125,7 +125,7 @@ impl Request {
             "methods": {
                 "DescribeInterface": {"params": {}, "result": "this description"},
                 "Health": {"params": {}, "result": {"ok": "bool", "pid": "int", "uptime_s": "float", "agents": "int", "failed": "int"}},
-                "Status": {"params": {}, "result": {"agents": "[{name, state, paused, pause: {reason, by, note, since}, spend: {per, tokens, cost_usd, left_tokens, left_cost_usd}, pid, restarts, uptime_s, last_exit, last_error, queued, running_task, schedules: [{cron, timezone, prompt, next_run}]}]"}},
+                "Status": {"params": {}, "result": {"agents": "[{name, state, paused, pause: {reason, by, note, since}, spend: {per, tokens, cost_usd, left_tokens, left_cost_usd}, waiting: [pending approvals], pid, restarts, uptime_s, last_exit, last_error, queued, running_task, schedules: [{cron, timezone, prompt, next_run}]}]"}},
                 "Start": {"params": {"agent": "name"}, "result": "the agent's status; also clears a failed state"},
                 "Stop": {"params": {"agent": "name"}, "result": "the agent's status; it stays down until started"},
                 "Restart": {"params": {"agent": "name"}, "result": "the agent's status"},
@@ -197,6 +197,9 @@ pub struct AgentStatus {
     /// Model spend in the agent's budget window, when it has a budget.
     #[serde(default)]
     pub spend: Option<SpendStatus>,
+    /// The approvals its waiting task asks for (at most one at a time).
+    #[serde(default)]
+    pub waiting: Vec<crate::ledger::Approval>,
     #[serde(default)]
     pub schedules: Vec<ScheduleStatus>,
 }
@@ -268,6 +271,14 @@ pub fn status_lines(agents: &[AgentStatus]) -> Vec<String> {
         }
         if let Some(s) = &a.spend {
             out.push(format!("  spend {}", spend_line(s)));
+        }
+        for w in &a.waiting {
+            out.push(format!(
+                "  task {} waits for approval {}: {}",
+                w.task,
+                w.id,
+                w.subject.summary()
+            ));
         }
         for s in &a.schedules {
             let next = s.next_run.as_deref().unwrap_or("never");

@@ -215,6 +215,18 @@ impl Supervisor {
         Ok(done)
     }
 
+    /// The agent's pending approvals, for status (none without a policy).
+    pub(super) async fn waiting_for(&self, name: &str) -> Vec<Approval> {
+        if self.agents.get(name).is_none_or(|a| a.spec.approve.is_none()) {
+            return Vec::new();
+        }
+        let n = name.to_owned();
+        self.ledger
+            .call(move |l| l.pending_approvals(Some(&n)))
+            .await
+            .unwrap_or_default()
+    }
+
     pub(super) async fn approvals_list(&self) -> Result<Vec<Approval>, String> {
         self.ledger
             .call(|l| l.pending_approvals(None))

@@ -339,6 +339,7 @@ impl Supervisor {
                 paused: false,
                 pause: None,
                 spend: None,
+                waiting: Vec::new(),
                 schedules: Vec::new(),
             };
         };
@@ -358,6 +359,7 @@ impl Supervisor {
             paused: a.is_paused(),
             pause: a.pause.clone(),
             spend: self.spend_status(name).await,
+            waiting: self.waiting_for(name).await,
             schedules: self.schedule_status(name),
         }
     }

@@ -398,6 +398,17 @@ fn an_approval_survives_kill_9_of_agentd_and_then_runs_the_call() {
         !dir.path().join("files/out.md").exists(),
         "nothing runs before the answer"
     );
+    let waiting = d.agent("worker").expect("worker").waiting;
+    assert_eq!(
+        waiting.iter().map(|w| w.id).collect::<Vec<_>>(),
+        [a.id],
+        "status says what it waits for"
+    );
+    let shown = stdout(&agentd(&["--state-dir", state.to_str().expect("utf-8"), "status"]));
+    assert!(
+        shown.contains(&format!("task {t} waits for approval {}: tool write_file", a.id)),
+        "{shown}"
+    );
 
     d.signal(Signal::SIGKILL);
     d.wait_exit(Duration::from_secs(20));
