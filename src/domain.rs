@@ -70,6 +70,14 @@ pub enum Trigger {
     },
     /// A person wrote to the agent (REPL or `agentd send`).
     Message { text: String, from: String },
+    /// A signed HTTP delivery (`POST /api/v1/agents/NAME/webhook`): the
+    /// headers the agent's `webhook.headers` selects, and the body (as
+    /// text; invalid UTF-8 is replaced, as the model reads text).
+    Webhook {
+        delivery: Option<String>,
+        headers: std::collections::BTreeMap<String, String>,
+        body: String,
+    },
 }
 
 impl Trigger {
@@ -78,6 +86,7 @@ impl Trigger {
             Trigger::Resource { .. } => "resource",
             Trigger::Schedule { .. } => "schedule",
             Trigger::Message { .. } => "message",
+            Trigger::Webhook { .. } => "webhook",
         }
     }
 
@@ -87,6 +96,10 @@ impl Trigger {
             Trigger::Resource { uri, .. } => uri.clone(),
             Trigger::Schedule { cron, .. } => format!("cron {cron}"),
             Trigger::Message { text, .. } => text.lines().next().unwrap_or("").to_owned(),
+            Trigger::Webhook { delivery, .. } => match delivery {
+                Some(d) => format!("webhook delivery {d}"),
+                None => "webhook delivery".to_owned(),
+            },
         }
     }
 }
@@ -119,6 +132,9 @@ pub enum StepKind {
     Fence,
     /// A tool call from sandboxed code through the tool bridge.
     Bridge,
+    /// A notification about the task sent to a `notify:` receiver (or an
+    /// attempt that failed), written after the task ended.
+    Notify,
     Other(String),
 }
 
@@ -131,6 +147,7 @@ impl StepKind {
             StepKind::ToolCallsCapped => "tool_calls_capped",
             StepKind::Fence => "fence",
             StepKind::Bridge => "bridge",
+            StepKind::Notify => "notify",
             StepKind::Other(s) => s,
         }
     }
@@ -143,6 +160,7 @@ impl StepKind {
             "tool_calls_capped" => StepKind::ToolCallsCapped,
             "fence" => StepKind::Fence,
             "bridge" => StepKind::Bridge,
+            "notify" => StepKind::Notify,
             other => StepKind::Other(other.to_owned()),
         }
     }
@@ -202,6 +220,7 @@ mod tests {
             StepKind::ToolCallsCapped,
             StepKind::Fence,
             StepKind::Bridge,
+            StepKind::Notify,
         ] {
             let json = serde_json::to_string(&kind).expect("serialise");
             assert_eq!(json, format!("\"{}\"", kind.as_str()));

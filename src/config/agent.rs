@@ -4,7 +4,7 @@
 //!
 //! Each nested section is decoded by the module that owns it (servers,
 //! subscriptions, schedules, sandbox, llm, restart, heartbeat, limits,
-//! bridge). An agent with any error is not returned, but every error in it
+//! bridge, webhook). An agent with any error is not returned, but every error in it
 //! is recorded. It must never look at other agents (the top level checks
 //! names across files).
 
@@ -39,6 +39,7 @@ const AGENT_KEYS: &[&str] = &[
     "restart",
     "heartbeat",
     "limits",
+    "webhook",
 ];
 
 impl Loader<'_> {
@@ -154,6 +155,10 @@ impl Loader<'_> {
             None => d.limits.clone(),
         };
 
+        let webhook = map
+            .get("webhook")
+            .and_then(|n| super::operator::decode_webhook(cx, n, &f("webhook")));
+
         if cx.errors.len() != before {
             return None;
         }
@@ -174,6 +179,7 @@ impl Loader<'_> {
             restart,
             heartbeat,
             limits,
+            webhook,
         })
     }
 

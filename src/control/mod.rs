@@ -12,7 +12,7 @@ mod server;
 
 use serde::{Deserialize, Serialize};
 
-pub use server::{Operators, serve};
+pub use server::{Envelope, Operators, serve};
 
 /// Bumped when a request or response changes shape.
 pub const INTERFACE_VERSION: u32 = 2;

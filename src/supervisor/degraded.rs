@@ -54,15 +54,17 @@ pub enum Deferred {
 }
 
 impl Deferred {
-    /// Writes it. Takes `&self` so a failed write stays queued.
-    pub fn apply(&self, l: &mut Ledger) -> Result<(), LedgerError> {
+    /// Writes it. Takes `&self` so a failed write stays queued. Returns
+    /// the number of what it made: a trigger's task id, a step's sequence
+    /// number (for the event feed).
+    pub fn apply(&self, l: &mut Ledger) -> Result<Option<i64>, LedgerError> {
         match self {
             Deferred::Trigger {
                 agent,
                 trigger,
                 dedupe_key,
-            } => l.enqueue(agent, trigger, dedupe_key.as_deref()).map(drop),
-            Deferred::Step { task, lease, step } => l.append_step(*task, lease, step).map(drop),
+            } => l.enqueue(agent, trigger, dedupe_key.as_deref()).map(|e| Some(e.id())),
+            Deferred::Step { task, lease, step } => l.append_step(*task, lease, step).map(Some),
             Deferred::Finish {
                 agent,
                 task,
@@ -76,13 +78,13 @@ impl Deferred {
                 if let Some(data) = conversation {
                     l.put_snapshot(agent, SnapshotKind::Conversation, None, Some(*task), data)?;
                 }
-                Ok(())
+                Ok(None)
             }
             Deferred::Release {
                 task,
                 cause,
                 max_attempts,
-            } => l.release(*task, cause, *max_attempts).map(drop),
+            } => l.release(*task, cause, *max_attempts).map(|_| None),
         }
     }
 }

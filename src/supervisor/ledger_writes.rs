@@ -1,6 +1,10 @@
 //! Writing to the ledger when it may refuse (a full disk): what cannot be
 //! written is kept in order and retried, and agentd says it is degraded
-//! (see [`super::degraded`] for the bookkeeping).
+//! (see [`super::degraded`] for the bookkeeping). What is written is
+//! announced on the event feed ([`super::announce`]) once the ledger has
+//! it, so a watcher never hears of a step that a reader cannot find.
+//! Writes kept while degraded are written later without being announced:
+//! a watcher sees them by re-reading the task.
 
 use std::time::Duration;
 
@@ -30,11 +34,7 @@ impl Supervisor {
             return;
         };
         match r {
-            Ok(()) => {
-                if let Deferred::Trigger { .. } = back {
-                    tracing::debug!(agent, "trigger recorded");
-                }
-            }
+            Ok(made) => self.announce_written(agent, &back, made),
             Err(e) if e.is_unwritable() => {
                 self.enter_degraded(&e);
                 self.degraded.keep(back);
@@ -66,7 +66,7 @@ impl Supervisor {
                 let mut dropped = Vec::new();
                 while let Some(d) = kept.front() {
                     match d.apply(l) {
-                        Ok(()) => {
+                        Ok(_) => {
                             kept.pop_front();
                         }
                         Err(e) if e.is_unwritable() => return (kept, dropped, Err(e)),

@@ -183,6 +183,7 @@ impl Supervisor {
             agent: Some(agent.clone()),
             state: None,
             limit: Some(10),
+            before: None,
         };
         match self.ledger.call(move |l| l.list_tasks(&filter)).await {
             Ok(tasks) if tasks.is_empty() => self.say(format!("{agent} has no tasks yet")),
@@ -208,7 +209,7 @@ impl Supervisor {
             .ok_or_else(|| "no current agent; name one, or /use AGENT".to_owned())
     }
 
-    fn known(&self, name: &str) -> Result<(), String> {
+    pub(super) fn known(&self, name: &str) -> Result<(), String> {
         if self.agents.contains_key(name) {
             Ok(())
         } else {
@@ -240,10 +241,11 @@ impl Supervisor {
             from: from.to_owned(),
         };
         let id = self
-            .record_trigger(agent, trigger, None)
+            .record_trigger(agent, trigger.clone(), None)
             .await
             .map_err(|e| format!("cannot record the message: {e}"))?
             .id();
+        self.announce_queued(agent, id, &trigger);
         tracing::debug!(agent, "message from {from} queued as task {id}");
         self.dispatch(agent).await;
         Ok(id)
@@ -273,8 +275,10 @@ impl Supervisor {
         Ok(())
     }
 
-    /// Streamed model text: shown line by line if the REPL asked for it.
-    pub(super) fn on_output(&mut self, task: i64, text: &str) {
+    /// Streamed model text: on the feed, and shown line by line if the
+    /// REPL asked for it.
+    pub(super) fn on_output(&mut self, agent: &str, task: i64, text: &str) {
+        self.announce_output(agent, task, text);
         let Some(w) = self.watched.get_mut(&task) else { return };
         let lines = w.buf.push(text);
         w.shown |= !lines.is_empty();
@@ -308,6 +312,7 @@ impl Supervisor {
         result: Option<&str>,
         error: Option<&str>,
     ) {
+        self.announce_end(agent, task, state, result, error);
         if let Some(mut w) = self.watched.remove(&task) {
             let mut lines: Vec<String> = w.buf.flush().into_iter().collect();
             // A reply that did not stream (a replayed cassette) is shown whole.
@@ -341,7 +346,10 @@ impl Supervisor {
     pub(super) fn on_task_released(&mut self, agent: &str, task: i64, state: TaskState, cause: &str) {
         if state.is_final() {
             self.on_task_end(agent, task, state, None, Some(cause));
-        } else if let Some(w) = self.watched.get_mut(&task) {
+            return;
+        }
+        self.announce_end(agent, task, state, None, Some(cause));
+        if let Some(w) = self.watched.get_mut(&task) {
             w.buf = LineBuffer::default();
             self.say(labelled(
                 agent,

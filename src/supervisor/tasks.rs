@@ -100,7 +100,7 @@ impl Supervisor {
             }
             FromChild::Output { task, text, .. } => {
                 tracing::debug!(agent = name, "model: {text}");
-                self.on_output(task, &text);
+                self.on_output(name, task, &text);
             }
             FromChild::Finished {
                 task,
@@ -247,5 +247,6 @@ impl Supervisor {
             attempt: task.attempts,
             trigger,
         });
+        self.announce_running(name, task.id, task.attempts);
     }
 }
