@@ -5,6 +5,7 @@
 mod out;
 mod check;
 mod control;
+mod dashboard;
 pub mod sandbox;
 mod snapshot;
 mod tasks;
@@ -115,6 +116,8 @@ pub enum Command {
     Pause(control::AgentArgs),
     /// Resume a paused agent: what is queued runs.
     Resume(control::AgentArgs),
+    /// Print a link that logs a browser into the dashboard (valid for minutes).
+    Dashboard(dashboard::DashboardArgs),
     /// Conversation and workspace snapshots of an agent.
     #[command(subcommand)]
     Snapshot(snapshot::SnapshotCommand),
@@ -190,6 +193,7 @@ pub fn main() -> ExitCode {
         Some(Command::Resume(args)) => control::agent_request(&cli.global, &args, control::Verb::Resume),
         Some(Command::Agent { name }) => crate::agent::main(&name),
         Some(Command::Snapshot(cmd)) => snapshot::run(&cli.global, &cmd),
+        Some(Command::Dashboard(args)) => dashboard::run(&cli.global, &args),
         Some(Command::Sandbox(SandboxCommand::Run(args))) => {
             crate::cli::sandbox::run(&args).map(|code| ExitCode::from(code.clamp(0, 255) as u8))
         }

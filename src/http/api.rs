@@ -125,7 +125,14 @@ pub const ROUTES: &[(&str, &str, Access, &str)] = &[
         Access::LoginCode,
         "?code=: sets the session cookie (agentd dashboard prints the link) and opens the dashboard",
     ),
-    ("GET", "/", Access::Token, "the dashboard"),
+    (
+        "GET",
+        "/",
+        Access::Token,
+        "the dashboard (without a session: how to log in)",
+    ),
+    ("GET", "/app.js", Access::Token, "the dashboard's script"),
+    ("GET", "/style.css", Access::Token, "the dashboard's style sheet"),
 ];
 
 fn describe() -> Value {

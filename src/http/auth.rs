@@ -40,6 +40,23 @@ impl Token {
     /// runs with umask 077). A file that is not the owner's alone is
     /// refused: anyone who can read it controls agentd.
     pub fn load_or_create(path: &Path) -> std::io::Result<Token> {
+        match Token::load(path) {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                let token = random_hex(32)?;
+                let mut f = std::fs::OpenOptions::new()
+                    .write(true)
+                    .create_new(true)
+                    .mode(0o600)
+                    .open(path)?;
+                std::io::Write::write_all(&mut f, format!("{token}\n").as_bytes())?;
+                Ok(Token(token))
+            }
+            other => other,
+        }
+    }
+
+    /// Reads an existing token file (for `agentd dashboard`).
+    pub fn load(path: &Path) -> std::io::Result<Token> {
         use std::os::unix::fs::MetadataExt;
         match std::fs::symlink_metadata(path) {
             Ok(m) => {
@@ -58,16 +75,6 @@ impl Token {
                     )));
                 }
                 Ok(Token(t.to_owned()))
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                let token = random_hex(32)?;
-                let mut f = std::fs::OpenOptions::new()
-                    .write(true)
-                    .create_new(true)
-                    .mode(0o600)
-                    .open(path)?;
-                std::io::Write::write_all(&mut f, format!("{token}\n").as_bytes())?;
-                Ok(Token(token))
             }
             Err(e) => Err(e),
         }

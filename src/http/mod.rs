@@ -144,7 +144,8 @@ pub fn login_url(state_dir: &Path, valid_s: i64) -> anyhow::Result<String> {
             "the HTTP API listens on {base}, which a browser cannot open; listen on HOST:PORT for the dashboard"
         );
     }
-    let token = auth::Token::load_or_create(&crate::state_dir::http_token(state_dir))?;
+    let token_path = crate::state_dir::http_token(state_dir);
+    let token = auth::Token::load(&token_path).map_err(|e| anyhow::anyhow!("{}: {e}", token_path.display()))?;
     let expiry = chrono::Utc::now().timestamp() + valid_s.min(auth::LOGIN_MAX_AGE_S);
     Ok(format!("{base}/login?code={}", token.login_code(expiry)))
 }

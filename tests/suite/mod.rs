@@ -4,6 +4,7 @@ mod config;
 mod containment;
 mod escape;
 mod fence;
+mod http;
 mod ledger;
 mod llm;
 mod mcp;
