@@ -2,6 +2,7 @@ mod abuse;
 mod compat;
 mod config;
 mod containment;
+mod dashboard;
 mod escape;
 mod fence;
 mod http;

@@ -131,6 +131,7 @@ pub mod llm_server;
 pub mod mcp;
 pub mod peers;
 pub mod repl;
+pub mod webdriver;
 
 /// Logs to the test's captured output; `RUST_LOG` picks the level.
 pub fn init_tracing() {
