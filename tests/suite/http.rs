@@ -421,9 +421,12 @@ fn a_signed_webhook_becomes_one_task_and_a_redelivery_coalesces_a_bad_one_record
 /// A receiver on 127.0.0.1 that answers each POST with the next status
 /// (the last one repeated) and keeps what it received; a status of 0
 /// never answers.
+/// One received POST: its headers (lower-case names) and body.
+type Received = (Vec<(String, String)>, String);
+
 struct Receiver {
     url: String,
-    got: Arc<Mutex<Vec<(Vec<(String, String)>, String)>>>,
+    got: Arc<Mutex<Vec<Received>>>,
 }
 
 impl Receiver {
