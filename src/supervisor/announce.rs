@@ -51,6 +51,8 @@ impl Supervisor {
                 "agent": agent, "task": task, "seq": seq, "kind": step.kind,
                 "payload": step.payload, "input_tokens": step.input_tokens,
                 "output_tokens": step.output_tokens, "latency_ms": step.latency_ms,
+                // When the ledger had it: how late a watcher hears of it.
+                "written_at_us": chrono::Utc::now().timestamp_micros(),
             }),
         );
     }
