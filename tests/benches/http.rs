@@ -71,7 +71,8 @@ fn fill(state: &std::path::Path) {
             let agent = format!("a{:02}", i % AGENTS as i64);
             let payload = format!(r#"{{"kind":"message","text":"message {i}","from":"bench"}}"#);
             let state = if i % 10 == 0 { "failed" } else { "succeeded" };
-            ins.execute(rusqlite::params![agent, payload, state, 1_700_000_000_000 + i]).unwrap();
+            ins.execute(rusqlite::params![agent, payload, state, 1_700_000_000_000 + i])
+                .unwrap();
         }
     }
     tx.commit().unwrap();
@@ -110,13 +111,21 @@ fn main() {
         .spawn()
         .unwrap();
     let base = wait_for(Duration::from_secs(60), || {
-        std::fs::read_to_string(state.join("http.url")).ok().filter(|s| s.ends_with('\n'))
+        std::fs::read_to_string(state.join("http.url"))
+            .ok()
+            .filter(|s| s.ends_with('\n'))
     })
     .expect("agentd's API")
     .trim()
     .to_owned();
-    let token = std::fs::read_to_string(state.join("http.token")).unwrap().trim().to_owned();
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let token = std::fs::read_to_string(state.join("http.token"))
+        .unwrap()
+        .trim()
+        .to_owned();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
     let client = reqwest::Client::new();
     let get = |path: &str| {
         let req = client.get(format!("{base}{path}")).bearer_auth(&token);
@@ -136,9 +145,18 @@ fn main() {
     for (what, path) in [
         ("GET /api/v1/tasks (newest 50)", "/api/v1/tasks".to_owned()),
         ("GET /api/v1/tasks?agent=a42", "/api/v1/tasks?agent=a42".to_owned()),
-        ("GET /api/v1/tasks?state=failed", "/api/v1/tasks?state=failed".to_owned()),
-        ("GET /api/v1/tasks?agent=a42&state=failed", "/api/v1/tasks?agent=a42&state=failed".to_owned()),
-        ("GET /api/v1/tasks?before=50000 (deep page)", "/api/v1/tasks?before=50000".to_owned()),
+        (
+            "GET /api/v1/tasks?state=failed",
+            "/api/v1/tasks?state=failed".to_owned(),
+        ),
+        (
+            "GET /api/v1/tasks?agent=a42&state=failed",
+            "/api/v1/tasks?agent=a42&state=failed".to_owned(),
+        ),
+        (
+            "GET /api/v1/tasks?before=50000 (deep page)",
+            "/api/v1/tasks?before=50000".to_owned(),
+        ),
         ("GET /api/v1/agents (100 agents)", "/api/v1/agents".to_owned()),
     ] {
         get(&path);
@@ -163,7 +181,9 @@ fn main() {
     };
     let mut delays = Vec::new();
     {
-        let req = client.get(format!("{base}/api/v1/events?agent=a00")).bearer_auth(&token);
+        let req = client
+            .get(format!("{base}/api/v1/events?agent=a00"))
+            .bearer_auth(&token);
         let mut resp = rt.block_on(async move { req.send().await.unwrap() });
         let mut buf = String::new();
         for i in 0..MESSAGES {
