@@ -11,7 +11,9 @@
 //!
 //! [`Feed`]: crate::feed::Feed
 
-use serde_json::{Value, json};
+use std::collections::HashMap;
+
+use serde_json::json;
 
 use super::degraded::Deferred;
 use super::{Event, Supervisor};
@@ -115,24 +117,27 @@ impl Supervisor {
     /// Announces every agent whose state, pid, restarts, pause or error
     /// changed since it was last announced, and every agent that is gone.
     pub(super) fn announce_agents(&mut self) {
-        let mut now: std::collections::HashMap<String, Value> = std::collections::HashMap::new();
+        let mut now = HashMap::with_capacity(self.agents.len());
         for (name, a) in &self.agents {
             let degraded = a.degraded.as_ref().filter(|_| a.life.is_running());
-            let view = json!({
-                "agent": name,
-                "state": if degraded.is_some() { "degraded" } else { a.life.name() },
-                "pid": a.life.child().map(|c| c.pid),
-                "restarts": a.restart_count,
-                "paused": a.paused,
-                "last_error": degraded.or(a.last_error.as_ref()),
-                "running_task": a.life.claim().map(|c| c.task),
-            });
-            now.insert(name.clone(), view);
-        }
-        for (name, view) in &now {
-            if self.announced_agents.get(name) != Some(view) {
-                self.feed.publish("agent", view.clone());
+            let view = AgentView {
+                state: if degraded.is_some() { "degraded" } else { a.life.name() },
+                pid: a.life.child().map(|c| c.pid),
+                restarts: a.restart_count,
+                paused: a.paused,
+                last_error: degraded.or(a.last_error.as_ref()).cloned(),
+                running_task: a.life.claim().map(|c| c.task),
+            };
+            if self.announced_agents.get(name) != Some(&view) {
+                self.feed.publish(
+                    "agent",
+                    json!({
+                        "agent": name, "state": view.state, "pid": view.pid, "restarts": view.restarts,
+                        "paused": view.paused, "last_error": view.last_error, "running_task": view.running_task,
+                    }),
+                );
             }
+            now.insert(name.clone(), view);
         }
         for name in self.announced_agents.keys() {
             if !now.contains_key(name) {
@@ -141,6 +146,17 @@ impl Supervisor {
         }
         self.announced_agents = now;
     }
+}
+
+/// What the feed last said about an agent.
+#[derive(Debug, PartialEq)]
+pub(super) struct AgentView {
+    state: &'static str,
+    pid: Option<u32>,
+    restarts: u32,
+    paused: bool,
+    last_error: Option<String>,
+    running_task: Option<i64>,
 }
 
 fn clip(s: &str, max: usize) -> String {

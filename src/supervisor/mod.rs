@@ -157,7 +157,7 @@ pub struct Supervisor {
     /// What happens, for the HTTP API's event stream ([`announce`]).
     feed: Arc<Feed>,
     /// Each agent as last announced on the feed.
-    announced_agents: HashMap<String, serde_json::Value>,
+    announced_agents: HashMap<String, announce::AgentView>,
     /// The agents that take webhooks, for the HTTP server; replaced on reload.
     webhooks: tokio::sync::watch::Sender<http::Webhooks>,
 }

@@ -544,3 +544,56 @@ fn a_notification_is_signed_retried_until_it_lands_and_journaled_and_a_dead_rece
     assert!(!journal.iter().any(|s| s.to_string().contains("in-the-query")));
     assert_eq!(json!(dead.count() >= 1), json!(true));
 }
+
+#[test]
+fn a_port_in_use_is_a_warning_and_agentd_runs_on_without_its_api() {
+    let taken = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = taken.local_addr().unwrap().port();
+    let llm = LlmServer::start(vec![]);
+    let dir = tempdir();
+    let cfg = config(dir.path(), &llm.base_url(), "");
+    let text = std::fs::read_to_string(&cfg)
+        .unwrap()
+        .replace("127.0.0.1:0", &format!("127.0.0.1:{port}"));
+    std::fs::write(&cfg, text).unwrap();
+    let d = Daemon::start(&cfg, &dir.path().join("state"), &[("TEST_LLM_KEY", KEY)]);
+    d.running_pid("news");
+    let log = d.log_text();
+    assert!(
+        log.contains("WARN") && log.contains(&format!("cannot listen on 127.0.0.1:{port}")),
+        "{log}"
+    );
+    assert!(!d.state_dir.join("http.url").exists());
+    // `agentd dashboard` says why there is no link.
+    let out = agentd(&["dashboard", "--state-dir", d.state_dir.to_str().unwrap()]);
+    assert!(!out.status.success());
+    assert!(crate::support::stderr(&out).contains("http.url"), "{out:?}");
+}
+
+#[test]
+fn a_token_file_others_can_read_is_refused() {
+    let llm = LlmServer::start(vec![]);
+    let dir = tempdir();
+    let cfg = config(dir.path(), &llm.base_url(), "");
+    let state = dir.path().join("state");
+    // Control: agentd makes its own token 0600 and serves with it.
+    let d = Daemon::start(&cfg, &state, &[("TEST_LLM_KEY", KEY)]);
+    let api = Api::of(&state);
+    assert_eq!(api.get("/api/v1").status, 200);
+    drop(d);
+    // The attack's precondition: the file became readable by others.
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(state.join("http.token"), std::fs::Permissions::from_mode(0o644)).unwrap();
+    let out = crate::support::agentd_cmd(&[
+        "--state-dir",
+        state.to_str().unwrap(),
+        "--no-repl",
+        cfg.to_str().unwrap(),
+    ])
+    .env("TEST_LLM_KEY", KEY)
+    .output()
+    .unwrap();
+    assert!(!out.status.success());
+    let err = crate::support::stderr(&out);
+    assert!(err.contains("http.token") && err.contains("chmod 600"), "{err}");
+}
