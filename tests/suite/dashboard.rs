@@ -98,8 +98,11 @@ fn a_browser_logs_in_sees_the_agents_talks_with_a_streamed_reply_and_pauses_an_a
     b.set_window(390, 844);
     let wide = b.script("return document.documentElement.scrollWidth <= window.innerWidth + 1;");
     assert_eq!(wide, true, "the page is wider than a phone screen");
-    if let Some(out) = std::env::var_os("AGENTD_SCREENSHOT") {
+    // For the README: AGENTD_SCREENSHOTS=docs writes both sizes there.
+    if let Some(out) = std::env::var_os("AGENTD_SCREENSHOTS") {
+        let out = std::path::PathBuf::from(out);
+        std::fs::write(out.join("dashboard-phone.png"), b.screenshot_png()).unwrap();
         b.set_window(1100, 900);
-        std::fs::write(out, b.screenshot_png()).unwrap();
+        std::fs::write(out.join("dashboard.png"), b.screenshot_png()).unwrap();
     }
 }
