@@ -13,10 +13,12 @@
 //!
 //! Where things live: [`auth`] (token, login, cookie, CSRF), [`api`] (the
 //! route table and handlers), [`events`] (SSE), [`webhook`] (deliveries
-//! in), [`dashboard`] (the embedded page), [`signature`] (HMAC-SHA256).
+//! in), [`dashboard`] (the embedded page), [`signature`] (HMAC-SHA256),
+//! [`cap`] (the connection cap), [`reader`] (read-only ledger connections).
 
 mod api;
 pub mod auth;
+mod cap;
 mod dashboard;
 mod events;
 mod reader;
@@ -98,6 +100,7 @@ pub async fn start(listen: &Listen, links: Links) -> anyhow::Result<Option<Strin
                 }
             };
             let bound = listener.local_addr()?;
+            let listener = cap::Capped::new(listener, cap::MAX_CONNECTIONS);
             tokio::spawn(async move {
                 if let Err(e) = axum::serve(listener, router).await {
                     tracing::error!("HTTP API stopped: {e}");
@@ -116,6 +119,7 @@ pub async fn start(listen: &Listen, links: Links) -> anyhow::Result<Option<Strin
             };
             use std::os::unix::fs::PermissionsExt;
             std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
+            let listener = cap::Capped::new(listener, cap::MAX_CONNECTIONS);
             tokio::spawn(async move {
                 if let Err(e) = axum::serve(listener, router).await {
                     tracing::error!("HTTP API stopped: {e}");

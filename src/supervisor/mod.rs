@@ -346,8 +346,10 @@ async fn run_async(
         }
         sup.announce_agents();
     };
-    // Release the socket first, so clients see "not running", not a hang.
+    // Release the socket first, so clients see "not running", not a hang;
+    // `agentd dashboard` then says the API is not there.
     let _ = std::fs::remove_file(&socket);
+    let _ = std::fs::remove_file(crate::state_dir::http_url(&sup.cfg.state_dir));
     if let Some(c) = &mut sup.console {
         c.repl.finish();
     }

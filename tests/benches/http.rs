@@ -100,7 +100,7 @@ fn main() {
     }
     let cfg_path = dir.path().join("agentd.yaml");
     std::fs::write(&cfg_path, cfg).unwrap();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_agentd"))
+    let child = Command::new(env!("CARGO_BIN_EXE_agentd"))
         .arg("--state-dir")
         .arg(&state)
         .arg("--no-repl")
@@ -110,6 +110,8 @@ fn main() {
         .stdout(Stdio::null())
         .spawn()
         .unwrap();
+    // Stopped however this ends, a panic included.
+    let _agentd = Stop(child);
     let base = wait_for(Duration::from_secs(60), || {
         std::fs::read_to_string(state.join("http.url"))
             .ok()
@@ -150,8 +152,8 @@ fn main() {
             "/api/v1/tasks?state=failed".to_owned(),
         ),
         (
-            "GET /api/v1/tasks?agent=a42&state=failed",
-            "/api/v1/tasks?agent=a42&state=failed".to_owned(),
+            "GET /api/v1/tasks?agent=a40&state=failed",
+            "/api/v1/tasks?agent=a40&state=failed".to_owned(),
         ),
         (
             "GET /api/v1/tasks?before=50000 (deep page)",
@@ -260,6 +262,16 @@ fn main() {
     } else {
         println!("journal write → SSE event (Chromium): skipped, chromium/chromedriver not installed");
     }
-    let _ = child.kill();
-    let _ = child.wait();
+}
+
+struct Stop(std::process::Child);
+
+impl Drop for Stop {
+    fn drop(&mut self) {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(self.0.id() as i32),
+            nix::sys::signal::Signal::SIGTERM,
+        );
+        let _ = self.0.wait();
+    }
 }

@@ -597,3 +597,50 @@ fn a_token_file_others_can_read_is_refused() {
     let err = crate::support::stderr(&out);
     assert!(err.contains("http.token") && err.contains("chmod 600"), "{err}");
 }
+
+#[test]
+fn connections_held_open_without_the_token_cannot_use_up_agentds_descriptors() {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    let (_, hard) = getrlimit(Resource::RLIMIT_NOFILE).unwrap();
+    setrlimit(Resource::RLIMIT_NOFILE, hard, hard).unwrap();
+    let llm = LlmServer::start(vec![]);
+    let dir = tempdir();
+    let (d, api) = start(dir.path(), &config(dir.path(), &llm.base_url(), ""));
+    let fds = || std::fs::read_dir(format!("/proc/{}/fd", d.pid())).unwrap().count();
+    let before = fds();
+    let addr = api.base.strip_prefix("http://").unwrap().to_owned();
+    // More connections than the cap, each sending nothing: as code in a
+    // sandbox with network could.
+    // Past the cap and the listen backlog a connect hangs: a few misses
+    // in a row end it.
+    let sock: std::net::SocketAddr = addr.parse().unwrap();
+    let mut held = Vec::new();
+    let mut misses = 0;
+    while held.len() < 900 && misses < 5 {
+        match std::net::TcpStream::connect_timeout(&sock, Duration::from_millis(500)) {
+            Ok(c) => {
+                held.push(c);
+                misses = 0;
+            }
+            Err(_) => {
+                misses += 1;
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        }
+    }
+    assert!(held.len() > 560, "only {} connections", held.len());
+    wait_for(Duration::from_secs(20), || (fds() >= before + 500).then_some(()))
+        .unwrap_or_else(|| panic!("agentd accepted fewer than 500 connections: {} fds", fds()));
+    // It stops at the cap (bounded polling for a breach that never comes).
+    let breach = wait_for(Duration::from_secs(2), || (fds() > before + 512 + 16).then_some(fds()));
+    assert!(breach.is_none(), "agentd holds {breach:?} descriptors");
+    // The control socket still answers.
+    assert_eq!(d.agent("news").unwrap().state, "running");
+    drop(held);
+    // And the API serves again once they are gone.
+    let back = wait_for(Duration::from_secs(20), || {
+        let r = api.get("/api/v1/agents");
+        (r.status == 200).then_some(r)
+    });
+    assert!(back.is_some());
+}
