@@ -6,6 +6,37 @@
 
 use serde::{Deserialize, Serialize};
 
+/// A task's number in the ledger (its row id). A newtype so a task id is
+/// never passed where a step sequence, a snapshot id or a count is meant.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct TaskId(pub i64);
+
+impl std::fmt::Display for TaskId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+impl std::str::FromStr for TaskId {
+    type Err = std::num::ParseIntError;
+    fn from_str(s: &str) -> Result<TaskId, Self::Err> {
+        s.parse().map(TaskId)
+    }
+}
+
+impl rusqlite::ToSql for TaskId {
+    fn to_sql(&self) -> rusqlite::Result<rusqlite::types::ToSqlOutput<'_>> {
+        self.0.to_sql()
+    }
+}
+
+impl rusqlite::types::FromSql for TaskId {
+    fn column_result(v: rusqlite::types::ValueRef<'_>) -> rusqlite::types::FromSqlResult<TaskId> {
+        i64::column_result(v).map(TaskId)
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum TaskState {
@@ -190,10 +221,19 @@ impl<'de> Deserialize<'de> for StepKind {
     }
 }
 
+/// What an agent remembers between tasks: the messages of its past
+/// conversation (without the system prompt). It crosses from the child to
+/// the supervisor after each task and back at start as this type, so a
+/// conversation that does not decode is an error someone sees, never a
+/// silently empty memory.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct Conversation(pub Vec<crate::llm::ChatMessage>);
+
 /// Who may write about a running task: one agent process of one
 /// generation. Every write the child sends carries it, and the ledger
 /// refuses one whose lease is not the task's (a stale child's).
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Lease {
     pub agent: String,
     pub pid: u32,
@@ -204,6 +244,12 @@ impl std::fmt::Display for Lease {
     /// `agent:pid:generation`, as stored in the ledger's `lease` column.
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "{}:{}:{}", self.agent, self.pid, self.generation)
+    }
+}
+
+impl rusqlite::ToSql for Lease {
+    fn to_sql(&self) -> rusqlite::Result<rusqlite::types::ToSqlOutput<'_>> {
+        Ok(rusqlite::types::ToSqlOutput::from(self.to_string()))
     }
 }
 

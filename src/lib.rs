@@ -2,9 +2,16 @@
 //!
 //! See README.md for the user's view and the ARCHITECTURE section there for
 //! the map of modules and their invariants.
+//!
+//! `pub` marks what is used from outside the crate: the binary's entry
+//! (`cli`, `sandbox::helper`), and the parts the integration tests and
+//! benches drive directly (the ledger, the domain types, config loading,
+//! the sandbox, the fence parser, MCP, the LLM client, the control
+//! protocol). The supervisor, the REPL, schedules and the state dir's
+//! layout are reached only through the `agentd` command.
 
 pub mod agent;
-pub mod beneath;
+mod beneath;
 pub mod cli;
 pub mod config;
 pub mod control;
@@ -14,16 +21,16 @@ pub mod fence;
 pub mod http;
 pub mod ledger;
 pub mod llm;
-pub mod log_limit;
-pub mod logging;
+mod log_limit;
+mod logging;
 pub mod mcp;
 pub mod notify;
 pub mod protocol;
-pub mod repl;
+mod repl;
 pub mod sandbox;
-pub mod schedule;
+mod schedule;
 pub mod skills;
 pub mod snapshots;
-pub mod state_dir;
-pub mod supervisor;
-pub mod yaml;
+mod state_dir;
+mod supervisor;
+mod yaml;

@@ -13,9 +13,9 @@ use std::path::PathBuf;
 use serde::{Deserialize, Serialize};
 
 use crate::config::AgentSpec;
-use crate::domain::{NewStep, TaskState, Trigger};
+use crate::domain::{Conversation, Lease, NewStep, TaskId, TaskState, Trigger};
 
-pub const PROTOCOL_VERSION: u32 = 2;
+pub const PROTOCOL_VERSION: u32 = 3;
 
 /// Supervisor → child.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -32,14 +32,14 @@ pub enum ToChild {
         /// unprivileged (code keeps agentd's uid).
         sandbox_user: Option<(u32, u32)>,
         /// The conversation saved after the agent's last task, if any.
-        conversation: Option<serde_json::Value>,
+        conversation: Option<Conversation>,
         /// `agentd CONFIG --record DIR`: record model replies into cassettes here.
         record_dir: Option<PathBuf>,
     },
     /// Run this task; every write about it must carry `lease`.
     Task {
-        id: i64,
-        lease: String,
+        id: TaskId,
+        lease: Lease,
         attempt: i64,
         trigger: Trigger,
     },
@@ -63,23 +63,23 @@ pub enum FromChild {
         dedupe_key: Option<String>,
     },
     /// Append to the running task's journal.
-    Step { task: i64, lease: String, step: NewStep },
+    Step { task: TaskId, lease: Lease, step: NewStep },
     /// The answer to [`ToChild::Ping`].
     Pong { seq: u64 },
     /// An MCP server of the agent cannot be reached (`degraded`: which and
     /// why), or all are fine again (`None`). Sent on change only.
     Health { degraded: Option<String> },
     /// Text the model produced for a person (streamed REPL replies).
-    Output { task: i64, lease: String, text: String },
+    Output { task: TaskId, lease: Lease, text: String },
     /// The task ended; the child is free for the next one.
     Finished {
-        task: i64,
-        lease: String,
+        task: TaskId,
+        lease: Lease,
         state: TaskState,
         result: Option<String>,
         error: Option<String>,
         /// The conversation after this task, to snapshot.
-        conversation: Option<serde_json::Value>,
+        conversation: Option<Conversation>,
     },
 }
 

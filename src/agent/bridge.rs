@@ -42,7 +42,7 @@ use tokio::net::UnixStream;
 use super::Outbox;
 use super::runner::clip;
 use crate::config::BridgeSpec;
-use crate::domain::{NewStep, StepKind};
+use crate::domain::{Lease, NewStep, StepKind, TaskId};
 use crate::mcp::McpHub;
 use crate::protocol::FromChild;
 
@@ -93,8 +93,8 @@ impl Reply {
 /// The running task the bridge is working for.
 #[derive(Debug, Clone)]
 struct Current {
-    task: i64,
-    lease: String,
+    task: TaskId,
+    lease: Lease,
     token: String,
 }
 
@@ -116,12 +116,12 @@ impl Bridge {
     }
 
     /// Opens the bridge for a task; returns the token its sandbox gets.
-    pub fn begin(&self, task: i64, lease: &str) -> std::io::Result<String> {
+    pub fn begin(&self, task: TaskId, lease: &Lease) -> std::io::Result<String> {
         let token = random_token()?;
         if let Ok(mut c) = self.shared.current.lock() {
             *c = Some(Current {
                 task,
-                lease: lease.to_owned(),
+                lease: lease.clone(),
                 token: token.clone(),
             });
         }

@@ -23,7 +23,7 @@ use anyhow::Context;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::sync::mpsc;
 
-use crate::domain::Trigger;
+use crate::domain::{Conversation, Lease, TaskId, Trigger};
 use crate::llm::{ChatMessage, LlmClient};
 use crate::mcp::{McpHub, ResourceEvent};
 use crate::protocol::{self, FromChild, PROTOCOL_VERSION, ToChild};
@@ -162,9 +162,7 @@ async fn run(name: &str) -> anyhow::Result<ExitCode> {
     let agent_dir = workdir.parent().map(Path::to_owned).unwrap_or_else(|| workdir.clone());
     let skills = SkillsRuntime::new(&agent_dir, hub.clone(), &spec, outbox.clone(), user);
 
-    let history: Vec<ChatMessage> = conversation
-        .and_then(|c| serde_json::from_value(c).ok())
-        .unwrap_or_default();
+    let history: Vec<ChatMessage> = conversation.map(|c| c.0).unwrap_or_default();
     outbox.send(FromChild::Ready {
         version: PROTOCOL_VERSION,
         pid: std::process::id(),
@@ -232,7 +230,7 @@ async fn run(name: &str) -> anyhow::Result<ExitCode> {
                 };
                 match outcome {
                     Some(o) => {
-                        let conversation = runtime.as_ref().and_then(|r| serde_json::to_value(&r.history).ok());
+                        let conversation = runtime.as_ref().map(|r| Conversation(r.history.clone()));
                         finished(&outbox, id, &lease, o, conversation);
                     }
                     // The grace period ran out: leave the task to the
@@ -335,10 +333,10 @@ fn agentd_bin_dir(agent_dir: &Path) -> Option<(PathBuf, PathBuf)> {
     }
 }
 
-fn finished(outbox: &Outbox, task: i64, lease: &str, o: Outcome, conversation: Option<serde_json::Value>) {
+fn finished(outbox: &Outbox, task: TaskId, lease: &Lease, o: Outcome, conversation: Option<Conversation>) {
     outbox.send(FromChild::Finished {
         task,
-        lease: lease.to_owned(),
+        lease: lease.clone(),
         state: o.state,
         result: o.result,
         error: o.error,

@@ -2,7 +2,7 @@
 //! remembered conversation (bounded), and the trigger as a user message.
 
 use crate::config::{AgentSpec, Limits};
-use crate::ledger::Trigger;
+use crate::domain::Trigger;
 use crate::llm::ChatMessage;
 
 /// Appended to every agent's system prompt: the fence grammar the runtime

@@ -13,7 +13,7 @@ use super::Outbox;
 use super::prompt;
 use super::skills::SkillsRuntime;
 use crate::config::AgentSpec;
-use crate::domain::{NewStep, StepKind, TaskState, Trigger};
+use crate::domain::{Lease, NewStep, StepKind, TaskId, TaskState, Trigger};
 use crate::fence;
 use crate::llm::{ChatMessage, ChatRequest, LlmClient, ToolCall, ToolDef};
 use crate::mcp::McpHub;
@@ -70,8 +70,8 @@ impl Outcome {
 
 /// A task in progress: its id and lease go on every message about it.
 struct Job<'a> {
-    id: i64,
-    lease: &'a str,
+    id: TaskId,
+    lease: &'a Lease,
     outbox: &'a Outbox,
     /// The tool bridge's token for this task, when the bridge is up.
     token: Option<String>,
@@ -81,7 +81,7 @@ impl Job<'_> {
     fn step(&self, kind: StepKind, payload: Value, tokens: (u64, u64), started: Option<Instant>) {
         self.outbox.send(FromChild::Step {
             task: self.id,
-            lease: self.lease.to_owned(),
+            lease: self.lease.clone(),
             step: NewStep {
                 kind,
                 payload,
@@ -94,7 +94,7 @@ impl Job<'_> {
 }
 
 impl Runtime {
-    pub async fn run_task(&mut self, id: i64, lease: &str, trigger: &Trigger) -> Outcome {
+    pub async fn run_task(&mut self, id: TaskId, lease: &Lease, trigger: &Trigger) -> Outcome {
         let outbox = self.outbox.clone();
         let job = Job {
             id,

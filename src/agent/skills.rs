@@ -13,6 +13,7 @@ use std::sync::Arc;
 use super::Outbox;
 use super::bridge::{self, Bridge};
 use crate::config::{AgentSpec, SkillSpec};
+use crate::domain::{Lease, TaskId};
 use crate::mcp::{McpHub, ToolInfo};
 use crate::sandbox::{self, Exposed};
 use crate::skills::generate::Generated;
@@ -65,7 +66,7 @@ impl SkillsRuntime {
     }
 
     /// Opens the bridge for a task; its token goes into the sandbox.
-    pub fn begin(&self, task: i64, lease: &str) -> Option<String> {
+    pub fn begin(&self, task: TaskId, lease: &Lease) -> Option<String> {
         match self.bridge.begin(task, lease) {
             Ok(token) => Some(token),
             Err(e) => {

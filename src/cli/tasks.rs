@@ -5,7 +5,8 @@ use std::process::ExitCode;
 use clap::Args;
 
 use super::{Global, LedgerArgs, state_dir};
-use crate::ledger::{Ledger, Task, TaskFilter, TaskState};
+use crate::domain::{TaskId, TaskState};
+use crate::ledger::{Ledger, Task, TaskFilter};
 
 #[derive(Debug, Args)]
 pub struct TasksArgs {
@@ -30,7 +31,7 @@ pub struct ShowArgs {
     #[command(flatten)]
     pub ledger: LedgerArgs,
     /// The task id (from `agentd tasks`).
-    pub task: i64,
+    pub task: TaskId,
     /// Print JSON ({"task": …, "steps": […]}).
     #[arg(long)]
     pub json: bool,

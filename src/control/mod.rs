@@ -12,6 +12,8 @@ mod server;
 
 use serde::{Deserialize, Serialize};
 
+use crate::domain::TaskId;
+
 pub use server::{Envelope, Operators, serve};
 
 /// Bumped when a request or response changes shape.
@@ -128,7 +130,7 @@ pub struct AgentStatus {
     pub last_exit: Option<String>,
     pub last_error: Option<String>,
     pub queued: i64,
-    pub running_task: Option<i64>,
+    pub running_task: Option<TaskId>,
     /// Paused: triggers queue up but are not run until resumed.
     #[serde(default)]
     pub paused: bool,
@@ -149,7 +151,7 @@ pub struct ScheduleStatus {
 /// What `Send` answers: the task, and once it has ended, how.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct SendResult {
-    pub task: i64,
+    pub task: TaskId,
     pub agent: String,
     /// queued | succeeded | failed | cancelled
     pub state: String,

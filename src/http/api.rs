@@ -27,7 +27,7 @@ use serde_json::{Value, json};
 use super::auth::{self, Refusal};
 use super::{App, dashboard, events, webhook};
 use crate::control::{self, Request as Control};
-use crate::domain::TaskState;
+use crate::domain::{TaskId, TaskState};
 use crate::ledger::{LedgerError, TaskFilter};
 
 /// Who may call a route.
@@ -396,7 +396,11 @@ async fn task(State(app): State<Arc<App>>, Path(id): Path<String>) -> Response {
     let Ok(id) = id.parse::<i64>() else {
         return error(StatusCode::BAD_REQUEST, format!("{id:?} is not a task id"));
     };
-    match app.reader.read(move |l| Ok((l.task(id)?, l.steps(id)?))).await {
+    match app
+        .reader
+        .read(move |l| Ok((l.task(TaskId(id))?, l.steps(TaskId(id))?)))
+        .await
+    {
         Ok((task, steps)) => Json(json!({ "task": task, "steps": steps })).into_response(),
         Err(e) => ledger_error(e),
     }

@@ -44,7 +44,7 @@ pub struct Delivery {
     pub key: Option<String>,
     pub trigger: Trigger,
     /// The task, and whether it was recorded before (a redelivery).
-    pub reply: oneshot::Sender<Result<(i64, bool), String>>,
+    pub reply: oneshot::Sender<Result<(crate::domain::TaskId, bool), String>>,
 }
 
 /// The agents that take webhooks and how; replaced on reload.

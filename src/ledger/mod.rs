@@ -18,9 +18,9 @@ mod tasks;
 
 use std::path::{Path, PathBuf};
 
+use crate::domain::TaskId;
 use rusqlite::{Connection, OpenFlags};
 
-pub use crate::domain::{NewStep, StepKind, TaskState, Trigger};
 pub use integrity::{Integrity, RECOVERY};
 pub use schema::{APPLICATION_ID, SCHEMA_VERSION, create_at_version};
 pub use snapshots::{Snapshot, SnapshotKind, SnapshotMeta};
@@ -57,13 +57,13 @@ pub enum LedgerError {
     )]
     Damaged { path: PathBuf, problems: String },
     #[error("task {0} does not exist")]
-    NoSuchTask(i64),
+    NoSuchTask(TaskId),
     /// The ledger's thread is gone (agentd is stopping): nothing more is read
     /// or written.
     #[error("the ledger is closed")]
     Closed,
     #[error("task {task}: lease {lease:?} is not the current holder; the write was rejected")]
-    StaleLease { task: i64, lease: String },
+    StaleLease { task: TaskId, lease: String },
     #[error("snapshot {0} does not exist")]
     NoSuchSnapshot(String),
 }

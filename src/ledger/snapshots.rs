@@ -7,6 +7,7 @@ use rusqlite::{OptionalExtension, params};
 use serde::{Deserialize, Serialize};
 
 use super::{Ledger, LedgerError, Result, now_ms};
+use crate::domain::TaskId;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -38,7 +39,7 @@ pub struct SnapshotMeta {
     pub agent: String,
     pub kind: SnapshotKind,
     pub label: Option<String>,
-    pub task_id: Option<i64>,
+    pub task_id: Option<TaskId>,
     pub size: i64,
     pub created_at: i64,
 }
@@ -70,7 +71,7 @@ impl Ledger {
         agent: &str,
         kind: SnapshotKind,
         label: Option<&str>,
-        task_id: Option<i64>,
+        task_id: Option<TaskId>,
         data: &[u8],
     ) -> Result<i64> {
         self.conn

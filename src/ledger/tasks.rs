@@ -4,11 +4,11 @@ use rusqlite::{OptionalExtension, Row, params};
 use serde::{Deserialize, Serialize};
 
 use super::{Ledger, LedgerError, Result, now_ms};
-use crate::domain::{NewStep, StepKind, TaskState, Trigger};
+use crate::domain::{Lease, NewStep, StepKind, TaskId, TaskState, Trigger};
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Task {
-    pub id: i64,
+    pub id: TaskId,
     pub agent: String,
     pub trigger_kind: String,
     /// The trigger as stored; `Trigger` when written by this version.
@@ -58,7 +58,7 @@ impl Task {
 /// One journal entry: an LLM request/reply, a tool call/result, a fence run…
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Step {
-    pub task_id: i64,
+    pub task_id: TaskId,
     pub seq: i64,
     pub attempt: i64,
     pub kind: StepKind,
@@ -71,13 +71,13 @@ pub struct Step {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Enqueued {
-    New(i64),
+    New(TaskId),
     /// An equal trigger was already queued; it now carries the new payload.
-    Coalesced(i64),
+    Coalesced(TaskId),
 }
 
 impl Enqueued {
-    pub fn id(self) -> i64 {
+    pub fn id(self) -> TaskId {
         match self {
             Enqueued::New(id) | Enqueued::Coalesced(id) => id,
         }
@@ -104,7 +104,7 @@ impl Ledger {
         let payload = serde_json::to_string(trigger).unwrap_or_default();
         let path = self.path.clone();
         let tx = self.conn.transaction().map_err(|e| super::sqlite(&path, e))?;
-        let existing: Option<i64> = match dedupe_key {
+        let existing: Option<TaskId> = match dedupe_key {
             Some(key) => tx
                 .query_row(
                     "SELECT id FROM tasks WHERE agent = ?1 AND dedupe_key = ?2 AND state = 'queued'",
@@ -131,7 +131,7 @@ impl Ledger {
                     params![agent, trigger.kind(), payload, dedupe_key, now_ms()],
                 )
                 .map_err(|e| super::sqlite(&path, e))?;
-                Enqueued::New(tx.last_insert_rowid())
+                Enqueued::New(TaskId(tx.last_insert_rowid()))
             }
         };
         tx.commit().map_err(|e| super::sqlite(&path, e))?;
@@ -142,7 +142,7 @@ impl Ledger {
     /// already has one running: an agent runs one task at a time.
     /// Claiming clears the dedupe key, so an update that arrives while the
     /// task runs queues a fresh task instead of vanishing into this one.
-    pub fn claim_next(&mut self, agent: &str, lease: &str) -> Result<Option<Task>> {
+    pub fn claim_next(&mut self, agent: &str, lease: &Lease) -> Result<Option<Task>> {
         let sql = format!(
             "UPDATE tasks SET state = 'running', lease = ?2, attempts = attempts + 1, started_at = ?3,
                               dedupe_key = NULL
@@ -156,7 +156,7 @@ impl Ledger {
             .map_err(|e| self.err(e))
     }
 
-    fn check_lease(&self, task: i64, lease: &str) -> Result<i64> {
+    fn check_lease(&self, task: TaskId, lease: &Lease) -> Result<i64> {
         self.conn
             .query_row(
                 "SELECT attempts FROM tasks WHERE id = ?1 AND state = 'running' AND lease = ?2",
@@ -167,12 +167,12 @@ impl Ledger {
             .map_err(|e| self.err(e))?
             .ok_or_else(|| LedgerError::StaleLease {
                 task,
-                lease: lease.to_owned(),
+                lease: lease.to_string(),
             })
     }
 
     /// Appends a step to a running task's journal; returns its sequence number.
-    pub fn append_step(&mut self, task: i64, lease: &str, step: &NewStep) -> Result<i64> {
+    pub fn append_step(&mut self, task: TaskId, lease: &Lease, step: &NewStep) -> Result<i64> {
         let attempt = self.check_lease(task, lease)?;
         let path = self.path.clone();
         let tx = self.conn.transaction().map_err(|e| super::sqlite(&path, e))?;
@@ -213,8 +213,8 @@ impl Ledger {
     /// Ends a running task held by `lease`. `state` must be final.
     pub fn finish(
         &mut self,
-        task: i64,
-        lease: &str,
+        task: TaskId,
+        lease: &Lease,
         state: TaskState,
         result: Option<&str>,
         error: Option<&str>,
@@ -231,7 +231,7 @@ impl Ledger {
         if n == 0 {
             return Err(LedgerError::StaleLease {
                 task,
-                lease: lease.to_owned(),
+                lease: lease.to_string(),
             });
         }
         Ok(())
@@ -240,7 +240,7 @@ impl Ledger {
     /// The runner of a task is gone (its child died, or agentd restarted):
     /// put the task back in the queue, or fail it once `max_attempts` are
     /// spent. Returns the task's new state.
-    pub fn release(&mut self, task: i64, cause: &str, max_attempts: u32) -> Result<TaskState> {
+    pub fn release(&mut self, task: TaskId, cause: &str, max_attempts: u32) -> Result<TaskState> {
         let attempts: i64 = self
             .conn
             .query_row(
@@ -360,7 +360,7 @@ impl Ledger {
             .optional()
             .map_err(|e| self.err(e))?;
         if let Some(id) = seen {
-            return Ok(Enqueued::Coalesced(id));
+            return Ok(Enqueued::Coalesced(TaskId(id)));
         }
         let payload = serde_json::to_string(trigger).unwrap_or_default();
         let path = self.path.clone();
@@ -379,13 +379,13 @@ impl Ledger {
         )
         .map_err(|e| super::sqlite(&path, e))?;
         tx.commit().map_err(|e| super::sqlite(&path, e))?;
-        Ok(Enqueued::New(id))
+        Ok(Enqueued::New(TaskId(id)))
     }
 
     /// Appends a step about a task that has ended (a notification sent
     /// about it): no lease, as no agent holds the task any more. Returns
     /// its sequence number.
-    pub fn append_note(&mut self, task: i64, step: &NewStep) -> Result<i64> {
+    pub fn append_note(&mut self, task: TaskId, step: &NewStep) -> Result<i64> {
         let path = self.path.clone();
         let tx = self.conn.transaction().map_err(|e| super::sqlite(&path, e))?;
         let attempt: i64 = tx
@@ -418,7 +418,7 @@ impl Ledger {
         Ok(seq)
     }
 
-    pub fn task(&self, id: i64) -> Result<Task> {
+    pub fn task(&self, id: TaskId) -> Result<Task> {
         let sql = format!("SELECT {TASK_COLUMNS} FROM tasks WHERE id = ?1");
         self.conn
             .query_row(&sql, [id], Task::from_row)
@@ -427,7 +427,7 @@ impl Ledger {
             .ok_or(LedgerError::NoSuchTask(id))
     }
 
-    pub fn steps(&self, task: i64) -> Result<Vec<Step>> {
+    pub fn steps(&self, task: TaskId) -> Result<Vec<Step>> {
         let mut stmt = self
             .conn
             .prepare(

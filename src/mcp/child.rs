@@ -22,7 +22,7 @@ use std::io;
 use std::path::Path;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -30,6 +30,7 @@ use nix::sys::signal::{Signal, killpg};
 use nix::unistd::Pid;
 use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, BufReader, ReadBuf};
 use tokio::process::{Child, ChildStdin, ChildStdout, Command};
+use tokio::sync::mpsc;
 
 use super::McpError;
 
@@ -80,10 +81,9 @@ pub(crate) struct Spawned {
     pub pid: u32,
     pub stdin: ChildStdin,
     pub stdout: JsonLines<ChildStdout>,
-    /// While set, stderr lines are logged at DEBUG instead of INFO: the
-    /// connection sets it around the `server/discover` probe, which makes
-    /// every Python-SDK server print a long validation traceback.
-    pub quiet: Arc<AtomicBool>,
+    /// Quiets stderr around the `server/discover` probe, which makes every
+    /// Python-SDK server print a long validation traceback.
+    pub quiet: Quiet,
 }
 
 /// Spawns `command args…` with a cleared environment (see [`ENV_PASSTHROUGH`])
@@ -152,8 +152,8 @@ pub(crate) fn spawn(
             source: io::Error::other("child pipes missing"),
         });
     };
-    let quiet = Arc::new(AtomicBool::new(false));
-    tokio::spawn(log_stderr(server.to_owned(), stderr, quiet.clone()));
+    let (quiet, commands) = Quiet::new();
+    tokio::spawn(log_stderr(server.to_owned(), stderr, commands));
     Ok(Spawned {
         child,
         pid,
@@ -163,29 +163,125 @@ pub(crate) fn spawn(
     })
 }
 
+/// Tells a server's stderr logger to log at DEBUG what the server prints
+/// while it answers the discover probe. Not a timer: a Python-SDK server
+/// prints its traceback *before* it answers, so once the handshake is
+/// over, what the pipe holds at that moment is exactly what is left of it.
+pub(crate) struct Quiet(mpsc::UnboundedSender<QuietCommand>);
+
+enum QuietCommand {
+    /// From now on, lines are logged at DEBUG.
+    Begin,
+    /// The handshake is over: the bytes already printed stay at DEBUG,
+    /// later ones are logged as usual.
+    End,
+}
+
+impl Quiet {
+    fn new() -> (Quiet, mpsc::UnboundedReceiver<QuietCommand>) {
+        let (tx, rx) = mpsc::unbounded_channel();
+        (Quiet(tx), rx)
+    }
+
+    pub fn begin(&self) {
+        let _ = self.0.send(QuietCommand::Begin);
+    }
+
+    pub fn end(&self) {
+        let _ = self.0.send(QuietCommand::End);
+    }
+}
+
+/// Bytes waiting in a pipe (`FIONREAD`); 0 when it cannot be asked.
+fn pipe_pending(fd: std::os::fd::RawFd) -> usize {
+    let mut n: libc::c_int = 0;
+    // SAFETY: FIONREAD writes one int through the valid pointer; `fd` is
+    // the pipe the caller still owns (it reads from it).
+    let r = unsafe { libc::ioctl(fd, libc::FIONREAD, &mut n) };
+    if r == 0 { usize::try_from(n).unwrap_or(0) } else { 0 }
+}
+
 /// Logs a server's stderr line by line at INFO under its name, at DEBUG
-/// while `quiet` and for the server's own debug and info chatter (see
-/// [`is_chatter`]). Lines are capped so a server that never prints a
-/// newline cannot grow our memory.
-async fn log_stderr(server: String, stderr: tokio::process::ChildStderr, quiet: Arc<AtomicBool>) {
-    const MAX_LINE: u64 = 16 * 1024;
-    let mut reader = BufReader::new(stderr);
-    let mut line = Vec::new();
+/// while quieted (see [`Quiet`]) and for the server's own debug and info
+/// chatter (see [`is_chatter`]).
+async fn log_stderr(
+    server: String,
+    stderr: tokio::process::ChildStderr,
+    commands: mpsc::UnboundedReceiver<QuietCommand>,
+) {
+    use std::os::fd::AsRawFd;
+    let fd = stderr.as_raw_fd();
     let mut limit = crate::log_limit::LogLimit::new("stderr lines", &server);
+    relay_lines(stderr, fd, commands, |quiet, text| {
+        if quiet || is_chatter(text) {
+            tracing::debug!(target: "agentd::mcp::stderr", server = %server, "{text}");
+        } else if let Some(suppressed) = limit.allow(std::time::Instant::now()) {
+            let note = limit.note(suppressed);
+            tracing::info!(target: "agentd::mcp::stderr", server = %server, "{text}{note}");
+        }
+    })
+    .await;
+}
+
+/// Reads `pipe` (whose descriptor is `fd`) line by line and hands each
+/// non-empty line to `emit` with whether it is quiet, following the
+/// [`QuietCommand`]s. Lines are capped so a server that never prints a
+/// newline cannot grow our memory.
+async fn relay_lines<R: AsyncRead + Unpin>(
+    pipe: R,
+    fd: std::os::fd::RawFd,
+    mut commands: mpsc::UnboundedReceiver<QuietCommand>,
+    mut emit: impl FnMut(bool, &str),
+) {
+    const MAX_LINE: usize = 16 * 1024;
+    let mut reader = BufReader::new(pipe);
+    let mut line = Vec::new();
+    let mut quiet = false;
+    // After `End`: how many more bytes stay quiet.
+    let mut quiet_left: Option<usize> = None;
+    let mut listening = true;
     loop {
-        line.clear();
-        match (&mut reader).take(MAX_LINE).read_until(b'\n', &mut line).await {
-            Ok(0) | Err(_) => return,
-            Ok(_) => {
+        let room = MAX_LINE.saturating_sub(line.len()) as u64;
+        tokio::select! {
+            // Commands first: a line read after `Begin` arrived is quiet.
+            biased;
+            command = commands.recv(), if listening => match command {
+                Some(QuietCommand::Begin) => {
+                    quiet = true;
+                    quiet_left = None;
+                }
+                Some(QuietCommand::End) if quiet => {
+                    let pending = line.len() + reader.buffer().len() + pipe_pending(fd);
+                    if pending == 0 {
+                        quiet = false;
+                    } else {
+                        quiet_left = Some(pending);
+                    }
+                }
+                Some(QuietCommand::End) => {}
+                None => listening = false,
+            },
+            read = async { (&mut reader).take(room).read_until(b'\n', &mut line).await } => {
+                match read {
+                    Ok(0) | Err(_) if line.is_empty() => return,
+                    Ok(0) | Err(_) => {}
+                    Ok(_) if !line.ends_with(b"\n") && line.len() < MAX_LINE => continue,
+                    Ok(_) => {}
+                }
+                let this_quiet = quiet;
+                if let Some(left) = quiet_left.as_mut() {
+                    *left = left.saturating_sub(line.len());
+                    if *left == 0 {
+                        quiet = false;
+                        quiet_left = None;
+                    }
+                }
                 let text = String::from_utf8_lossy(&line);
                 let text = text.trim_end();
-                if text.is_empty() {
-                } else if quiet.load(Ordering::Relaxed) || is_chatter(text) {
-                    tracing::debug!(target: "agentd::mcp::stderr", server = %server, "{text}");
-                } else if let Some(suppressed) = limit.allow(std::time::Instant::now()) {
-                    let note = limit.note(suppressed);
-                    tracing::info!(target: "agentd::mcp::stderr", server = %server, "{text}{note}");
+                if !text.is_empty() {
+                    emit(this_quiet, text);
                 }
+                line.clear();
             }
         }
     }
@@ -379,6 +475,41 @@ mod tests {
         let mut out = String::new();
         reader.read_to_string(&mut out).await.unwrap();
         (out, noise.load(Ordering::Relaxed))
+    }
+
+    /// What was in the pipe when the handshake ended stays quiet, however
+    /// late the relay reads it; what comes after does not.
+    #[tokio::test(flavor = "current_thread")]
+    async fn the_pipes_contents_at_the_end_of_the_probe_stay_quiet_and_no_more() {
+        use std::io::Write;
+        use std::os::fd::AsRawFd;
+        let (r, w) = nix::unistd::pipe().expect("pipe");
+        let fd = r.as_raw_fd();
+        let pipe = tokio::net::unix::pipe::Receiver::from_owned_fd(r).expect("receiver");
+        let mut w = std::fs::File::from(w);
+        let (quiet, commands) = Quiet::new();
+        let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let seen2 = seen.clone();
+        quiet.begin();
+        // The relay has not run yet: all of this is still in the pipe when
+        // the end of the handshake is announced.
+        for i in 0..10 {
+            writeln!(w, "probe noise {i}").expect("write");
+        }
+        quiet.end();
+        let relay = tokio::spawn(relay_lines(pipe, fd, commands, move |q, text| {
+            seen2.lock().expect("lock").push((q, text.to_owned()))
+        }));
+        while seen.lock().expect("lock").len() < 10 {
+            tokio::task::yield_now().await;
+        }
+        writeln!(w, "after").expect("write");
+        drop(w);
+        relay.await.expect("relay");
+        let seen = seen.lock().expect("lock").clone();
+        assert_eq!(seen.len(), 11, "{seen:?}");
+        assert!(seen[..10].iter().all(|(q, _)| *q), "{seen:?}");
+        assert_eq!(seen[10], (false, "after".to_owned()));
     }
 
     #[test]

@@ -52,9 +52,6 @@ const STABLE: Duration = Duration::from_secs(10);
 /// exit closes the pipe.
 const PROBE_EVERY: Duration = Duration::from_secs(5);
 const PROBE_TIMEOUT: Duration = Duration::from_secs(5);
-/// How long after the handshake a server's stderr stays at DEBUG: the
-/// traceback of a refused `server/discover` may still be in the pipe.
-const PROBE_NOISE_GRACE: Duration = Duration::from_millis(1000);
 
 /// What the hub can see of a server, updated by its task.
 pub(crate) struct Shared {
@@ -389,19 +386,17 @@ async fn connect_with(
             let mut child = spawned.child;
             task.shared.live().pid = Some(spawned.pid);
             // The discover probe makes Python-SDK servers print a 31-line
-            // validation traceback on stderr: relay what they print while
-            // it is answered, and a moment after, at DEBUG.
+            // validation traceback on stderr (before they answer it): what
+            // they print until the handshake is over is relayed at DEBUG.
             let probing = matches!(lifecycle, ClientLifecycleMode::Auto { .. });
-            spawned.quiet.store(probing, std::sync::atomic::Ordering::Relaxed);
+            if probing {
+                spawned.quiet.begin();
+            }
             let served = client
                 .serve_with_lifecycle((spawned.stdout, spawned.stdin), lifecycle)
                 .await;
             if probing {
-                let quiet = spawned.quiet;
-                tokio::spawn(async move {
-                    tokio::time::sleep(PROBE_NOISE_GRACE).await;
-                    quiet.store(false, std::sync::atomic::Ordering::Relaxed);
-                });
+                spawned.quiet.end();
             }
             match served {
                 Ok(service) => (service, Some(child)),

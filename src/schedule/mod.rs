@@ -23,7 +23,7 @@ use chrono::{DateTime, TimeDelta, Utc};
 use chrono_tz::Tz;
 
 use crate::config::ScheduleSpec;
-use crate::ledger::Trigger;
+use crate::domain::Trigger;
 
 /// At most this many missed occurrences are counted for the log line; an
 /// every-second schedule down for a week would otherwise count for a while.

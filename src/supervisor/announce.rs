@@ -15,21 +15,11 @@ use std::collections::HashMap;
 
 use serde_json::json;
 
-use super::degraded::Deferred;
 use super::{Event, Supervisor};
-use crate::domain::{NewStep, TaskState, Trigger};
+use crate::domain::{NewStep, TaskId, TaskState, Trigger};
 
 impl Supervisor {
-    /// A write the ledger took, as the event watchers see it.
-    pub(super) fn announce_written(&mut self, agent: &str, d: &Deferred, made: Option<i64>) {
-        match (d, made) {
-            (Deferred::Trigger { trigger, .. }, Some(task)) => self.announce_queued(agent, task, trigger),
-            (Deferred::Step { task, step, .. }, Some(seq)) => self.announce_step(agent, *task, seq, step),
-            _ => {}
-        }
-    }
-
-    pub(super) fn announce_queued(&self, agent: &str, task: i64, trigger: &Trigger) {
+    pub(super) fn announce_queued(&self, agent: &str, task: TaskId, trigger: &Trigger) {
         self.feed.publish(
             "task",
             json!({
@@ -39,29 +29,20 @@ impl Supervisor {
         );
     }
 
-    pub(super) fn announce_running(&self, agent: &str, task: i64, attempt: i64) {
+    pub(super) fn announce_running(&self, agent: &str, task: TaskId, attempt: i64) {
         self.feed.publish(
             "task",
             json!({"agent": agent, "task": task, "state": TaskState::Running, "attempt": attempt}),
         );
     }
 
-    pub(super) fn announce_step(&self, agent: &str, task: i64, seq: i64, step: &NewStep) {
-        self.feed.publish(
-            "step",
-            json!({
-                "agent": agent, "task": task, "seq": seq, "kind": step.kind,
-                "payload": step.payload, "input_tokens": step.input_tokens,
-                "output_tokens": step.output_tokens, "latency_ms": step.latency_ms,
-                // When the ledger had it: how late a watcher hears of it.
-                "written_at_us": chrono::Utc::now().timestamp_micros(),
-            }),
-        );
+    pub(super) fn announce_step(&self, agent: &str, task: TaskId, seq: i64, step: &NewStep) {
+        self.feed.publish("step", step_event(agent, task, seq, step));
     }
 
     /// Streamed model text, as it comes (not in the ledger: the step that
     /// ends the turn has it all).
-    pub(super) fn announce_output(&self, agent: &str, task: i64, text: &str) {
+    pub(super) fn announce_output(&self, agent: &str, task: TaskId, text: &str) {
         self.feed
             .publish("output", json!({"agent": agent, "task": task, "text": text}));
     }
@@ -71,7 +52,7 @@ impl Supervisor {
     pub(super) fn announce_end(
         &self,
         agent: &str,
-        task: i64,
+        task: TaskId,
         state: TaskState,
         result: Option<&str>,
         error: Option<&str>,
@@ -106,7 +87,7 @@ impl Supervisor {
     }
 
     /// A notification attempt, journaled on its (ended) task.
-    pub(super) async fn on_noted(&mut self, agent: String, task: i64, step: NewStep) {
+    pub(super) async fn on_noted(&mut self, agent: String, task: TaskId, step: NewStep) {
         let s2 = step.clone();
         match self.ledger.call(move |l| l.append_note(task, &s2)).await {
             Ok(seq) => self.announce_step(&agent, task, seq, &step),
@@ -156,7 +137,19 @@ pub(super) struct AgentView {
     restarts: u32,
     paused: bool,
     last_error: Option<String>,
-    running_task: Option<i64>,
+    running_task: Option<TaskId>,
+}
+
+/// A journal step as the feed says it; published right after the write
+/// (by the ledger thread for steps sent without waiting).
+pub(super) fn step_event(agent: &str, task: TaskId, seq: i64, step: &NewStep) -> serde_json::Value {
+    json!({
+        "agent": agent, "task": task, "seq": seq, "kind": step.kind,
+        "payload": step.payload, "input_tokens": step.input_tokens,
+        "output_tokens": step.output_tokens, "latency_ms": step.latency_ms,
+        // When the ledger had it: how late a watcher hears of it.
+        "written_at_us": chrono::Utc::now().timestamp_micros(),
+    })
 }
 
 fn clip(s: &str, max: usize) -> String {

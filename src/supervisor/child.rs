@@ -123,7 +123,6 @@ pub fn spawn(
                             },
                             Err(e) => Event::BadLine {
                                 agent: name.clone(),
-                                generation,
                                 error: format!("{e}: {line}"),
                             },
                         };

@@ -1,6 +1,7 @@
 //! The ledger on its own thread, so SQLite's blocking I/O never stalls the
-//! supervisor's event loop. Calls are closures run in order; each returns
-//! its result through a oneshot channel.
+//! supervisor's event loop. Jobs are closures run in the order they were
+//! sent; [`LedgerThread::run`] and [`LedgerThread::call`] return a job's
+//! result through a oneshot channel, [`LedgerThread::submit`] does not wait.
 
 use tokio::sync::oneshot;
 
@@ -26,6 +27,12 @@ impl LedgerThread {
             }
         })?;
         Ok(LedgerThread { tx })
+    }
+
+    /// Runs `f` on the ledger thread without waiting for it (after every
+    /// job sent before it); false when the thread is gone.
+    pub fn submit(&self, f: impl FnOnce(&mut Ledger) + Send + 'static) -> bool {
+        self.tx.send(Box::new(f)).is_ok()
     }
 
     /// Runs `f` on the ledger thread and waits for what it returns;

@@ -8,38 +8,74 @@
 
 use std::time::Duration;
 
-use super::degraded::Deferred;
+use super::degraded::{Deferred, Wrote};
 use super::{Supervisor, degraded};
+use crate::domain::TaskId;
 use crate::ledger::LedgerError;
 
 impl Supervisor {
-    /// Writes what must not be lost, or keeps it in memory while the ledger
-    /// cannot take writes (and behind writes already kept, so their order
-    /// holds). See [`degraded`].
-    pub(super) async fn write_or_keep(&mut self, agent: &str, d: Deferred) {
-        if !self.degraded.kept.is_empty() {
-            self.degraded.keep(d);
+    /// Keeps write number `seq` (behind what the ledger thread handed back).
+    pub(super) fn keep(&mut self, seq: u64, d: Deferred) {
+        self.take_back();
+        self.degraded.keep(seq, d);
+    }
+
+    /// The ledger thread handed writes back: keep them in their places and
+    /// say agentd is degraded.
+    pub(super) fn take_back(&mut self) {
+        if let Some(e) = self.degraded.take_back() {
+            self.enter_degraded(&e);
+        }
+    }
+
+    /// Sends a journal step to the ledger without waiting: nothing the
+    /// supervisor does next depends on it, and the ledger thread keeps the
+    /// order (a refused step comes back through [`degraded::Parked`]). The
+    /// ledger thread announces it on the feed once written, so the event
+    /// follows the write and precedes the task's end.
+    pub(super) fn journal(&mut self, agent: &str, d: Deferred) {
+        let seq = self.degraded.number();
+        if self.degraded.behind() {
+            self.keep(seq, d);
             return;
         }
-        // `run`, not `call`: the write comes back with its outcome, so a
-        // refused one can be kept.
-        let Ok((back, r)) = self
-            .ledger
-            .run(move |l| {
-                let r = d.apply(l);
-                (d, r)
-            })
-            .await
-        else {
+        let parked = self.degraded.parked.clone();
+        let announce = match &d {
+            Deferred::Step { task, step, .. } => Some((self.feed.clone(), agent.to_owned(), *task, step.clone())),
+            _ => None,
+        };
+        self.ledger.submit(move |l| {
+            if let (Wrote::Done(Some(n)), Some((feed, agent, task, step))) = (parked.write(l, seq, d), announce) {
+                feed.publish("step", super::announce::step_event(&agent, task, n, &step));
+            }
+        });
+    }
+
+    /// Writes what must not be lost and waits for it, or keeps it in memory
+    /// while the ledger cannot take writes (and behind writes already kept,
+    /// so their order holds). See [`degraded`].
+    pub(super) async fn write_or_keep(&mut self, agent: &str, d: Deferred) {
+        let seq = self.degraded.number();
+        if self.degraded.behind() {
+            self.keep(seq, d);
+            return;
+        }
+        // Kept for the feed, which hears of a trigger once it is a task.
+        let trigger = match &d {
+            Deferred::Trigger { trigger, .. } => Some(trigger.clone()),
+            _ => None,
+        };
+        let parked = self.degraded.parked.clone();
+        let Ok(wrote) = self.ledger.run(move |l| parked.write(l, seq, d)).await else {
             return;
         };
-        match r {
-            Ok(made) => self.announce_written(agent, &back, made),
-            Err(e) if e.is_unwritable() => {
-                self.enter_degraded(&e);
-                self.degraded.keep(back);
+        match (wrote, trigger) {
+            (Wrote::HandedBack, _) => self.take_back(),
+            (Wrote::Done(Some(task)), Some(trigger)) => {
+                tracing::debug!(agent, "trigger recorded");
+                self.announce_queued(agent, TaskId(task), &trigger);
             }
-            Err(e) => tracing::warn!(agent, "ledger write rejected: {e}"),
+            _ => {}
         }
     }
 
@@ -55,25 +91,35 @@ impl Supervisor {
         }
     }
 
-    /// While degraded: replays the kept writes in order, then proves the
-    /// ledger takes writes; on success agentd is whole again.
+    /// While degraded: replays the kept writes in order (with any the
+    /// ledger thread handed back meanwhile), then proves the ledger takes
+    /// writes; on success agentd is whole again.
     pub(super) async fn retry_kept(&mut self) {
+        self.take_back();
         let kept = std::mem::take(&mut self.degraded.kept);
+        let parked = self.degraded.parked.clone();
         let r = self
             .ledger
             .run(move |l| {
                 let mut kept = kept;
                 let mut dropped = Vec::new();
-                while let Some(d) = kept.front() {
-                    match d.apply(l) {
-                        Ok(_) => {
-                            kept.pop_front();
+                loop {
+                    while let Some((_, d)) = kept.front() {
+                        match d.apply(l) {
+                            Ok(_) => {
+                                kept.pop_front();
+                            }
+                            Err(e) if e.is_unwritable() => return (kept, dropped, Err(e)),
+                            Err(e) => {
+                                dropped.push(e.to_string());
+                                kept.pop_front();
+                            }
                         }
-                        Err(e) if e.is_unwritable() => return (kept, dropped, Err(e)),
-                        Err(e) => {
-                            dropped.push(e.to_string());
-                            kept.pop_front();
-                        }
+                    }
+                    // Nothing else runs on this thread: once nothing more
+                    // was handed back, writes may go straight through.
+                    if !parked.merge_or_reopen(&mut kept) {
+                        break;
                     }
                 }
                 let probe = l.probe_write();

@@ -12,6 +12,7 @@ use super::degraded::Deferred;
 use super::restart::{Decision, Exit};
 use super::slot::{AfterExit, Claim, Lifecycle, Live};
 use super::{Event, KILL_AFTER_TERM, Supervisor, TERM_AFTER_GRACE, child, heartbeat, systemd, trim};
+use crate::domain::Conversation;
 use crate::ledger::{LedgerError, SnapshotKind};
 use crate::protocol::{PROTOCOL_VERSION, ToChild};
 
@@ -19,13 +20,33 @@ impl Supervisor {
     pub(super) async fn start_agent(&mut self, name: &str) {
         let workdir = self.workdir(name);
         let owned = name.to_owned();
-        let conversation = self
+        let conversation = match self
             .ledger
             .call(move |l| l.latest_snapshot(&owned, SnapshotKind::Conversation))
             .await
-            .ok()
-            .flatten()
-            .and_then(|s| serde_json::from_slice(&s.data).ok());
+        {
+            Ok(Some(s)) => match serde_json::from_slice::<Conversation>(&s.data) {
+                Ok(c) => Some(c),
+                // Said, not hidden: the agent starts without its memory,
+                // and the snapshot stays in the ledger to be looked at.
+                Err(e) => {
+                    tracing::warn!(
+                        agent = name,
+                        "snapshot {} (its conversation) does not decode ({e}); starting with an empty memory",
+                        s.meta.id
+                    );
+                    None
+                }
+            },
+            Ok(None) => None,
+            Err(e) => {
+                tracing::warn!(
+                    agent = name,
+                    "cannot read the saved conversation ({e}); starting with an empty memory"
+                );
+                None
+            }
+        };
         self.generation += 1;
         let generation = self.generation;
         let events = self.events.clone();
@@ -215,11 +236,20 @@ impl Supervisor {
 
         if let Some(Claim { task, .. }) = running {
             let c2 = cause.clone();
-            // Behind writes already kept, the release waits its turn too.
-            let r = if self.degraded.kept.is_empty() {
-                Some(self.ledger.call(move |l| l.release(task, &c2, max_attempts)).await)
-            } else {
+            // Behind writes already kept (or being handed back by the
+            // ledger thread), the release waits its turn too.
+            let seq = self.degraded.number();
+            let parked = self.degraded.parked.clone();
+            let r = if self.degraded.behind() {
                 None
+            } else {
+                self.ledger
+                    .call(move |l| match parked.refusing() {
+                        true => Ok(None),
+                        false => l.release(task, &c2, max_attempts).map(Some),
+                    })
+                    .await
+                    .transpose()
             };
             match r {
                 Some(Ok(state)) => {
@@ -238,11 +268,14 @@ impl Supervisor {
                         agent = name,
                         "task {task} interrupted; its release is kept until the ledger takes writes"
                     );
-                    self.degraded.keep(Deferred::Release {
-                        task,
-                        cause: cause.clone(),
-                        max_attempts,
-                    });
+                    self.keep(
+                        seq,
+                        Deferred::Release {
+                            task,
+                            cause: cause.clone(),
+                            max_attempts,
+                        },
+                    );
                 }
             }
         }

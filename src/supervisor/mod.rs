@@ -82,9 +82,10 @@ pub enum Event {
         generation: u64,
         msg: FromChild,
     },
+    /// A line from a child (of any generation: it is only logged) that
+    /// is not a protocol message.
     BadLine {
         agent: String,
-        generation: u64,
         error: String,
     },
     Exited {
@@ -110,7 +111,7 @@ pub enum Event {
     /// A notification about a task was attempted: journal it.
     Noted {
         agent: String,
-        task: i64,
+        task: crate::domain::TaskId,
         step: crate::domain::NewStep,
     },
     /// A reload's parse is done (see [`Supervisor::begin_reload`]).
@@ -144,7 +145,7 @@ pub struct Supervisor {
     record: Option<PathBuf>,
     console: Option<Console>,
     /// REPL tasks whose replies stream to the REPL.
-    watched: HashMap<i64, Watched>,
+    watched: HashMap<crate::domain::TaskId, Watched>,
     waiters: Waiters,
     /// `--state-dir` was given: the config's `state_dir` does not apply.
     state_dir_overridden: bool,
@@ -307,6 +308,7 @@ async fn run_async(
     let mut watchdog_tick = tokio::time::interval(watchdog.unwrap_or(Duration::from_secs(3600)));
     let mut interrupts = 0;
 
+    let parked = sup.degraded.parked.clone();
     let code = loop {
         if sup.stop_deadline.is_some() && sup.agents.values().all(|a| a.life.child().is_none()) {
             break ExitCode::SUCCESS;
@@ -322,6 +324,7 @@ async fn run_async(
             Some(input) = repl_rx.recv() => sup.on_repl(input).await,
             _ = sleep_until_opt(schedule_at), if schedule_at.is_some() => sup.fire_schedules().await,
             _ = tokio::time::sleep(degraded::RETRY), if degraded => sup.retry_kept().await,
+            _ = parked.refused.notified() => sup.take_back(),
             _ = sigterm.recv() => sup.begin_stop("SIGTERM"),
             _ = sigint.recv() => {
                 interrupts += 1;
@@ -353,7 +356,19 @@ async fn run_async(
     if let Some(c) = &mut sup.console {
         c.repl.finish();
     }
+    // One last replay: the checkpoint below then also waits for the
+    // journal steps still on their way to the ledger thread.
+    if sup.degraded.behind() {
+        sup.retry_kept().await;
+    }
     let _ = sup.ledger.call(|l| l.checkpoint()).await;
+    sup.take_back();
+    if !sup.degraded.kept.is_empty() {
+        tracing::error!(
+            "stopping with {} ledger writes unmade (the ledger still refuses writes); running tasks among them are re-queued at the next start",
+            sup.degraded.kept.len()
+        );
+    }
     crate::sandbox::contain::at_supervisor_stop(&sup.cfg.state_dir);
     tracing::info!("agentd stopped");
     Ok(code)
@@ -392,7 +407,7 @@ impl Supervisor {
                     self.on_child_message(&agent, msg).await;
                 }
             }
-            Event::BadLine { agent, error, .. } => {
+            Event::BadLine { agent, error } => {
                 tracing::warn!(agent, "unreadable line from agent process: {error}");
             }
             Event::Exited {

@@ -13,7 +13,8 @@ use super::slot::{AfterExit, Lifecycle};
 use super::talk::send_result;
 use super::{ReloadBy, Supervisor};
 use crate::control::{AgentStatus, Request, Response, SendResult};
-use crate::ledger::TaskState;
+use crate::domain::TaskState;
+use crate::ledger::SnapshotKind;
 use crate::snapshots;
 
 type Reply = oneshot::Sender<Response>;
@@ -70,7 +71,7 @@ impl Supervisor {
                 };
                 answer(reply, r)
             }
-            Request::SnapshotCreate { agent, label } => answer(reply, self.snapshot_create(agent, label).await),
+            Request::SnapshotCreate { agent, label } => self.snapshot_create(agent, label, reply),
             Request::SnapshotRestore { agent, snapshot } => answer(reply, self.snapshot_restore(agent, snapshot).await),
             Request::Send { agent, text, wait } => self.send_by_request(agent, text, wait, reply).await,
             Request::Reload => self.begin_reload(ReloadBy::Control(reply)),
@@ -174,16 +175,32 @@ impl Supervisor {
         Response::ok(json!(self.agent_status(agent).await))
     }
 
-    async fn snapshot_create(&mut self, agent: String, label: Option<String>) -> Response {
+    /// Archives the workdir in a task of its own (reading a large tree
+    /// takes a while) and stores it through the ledger thread; the answer
+    /// goes straight to the caller. The event loop and other agents'
+    /// journals never wait for it.
+    fn snapshot_create(&mut self, agent: String, label: Option<String>, reply: Reply) {
         let workdir = self.workdir(&agent);
-        let r = self
-            .ledger
-            .call(move |l| snapshots::create(l, &agent, &workdir, label.as_deref()))
-            .await;
-        match r {
-            Ok(meta) => Response::ok(json!(meta)),
-            Err(e) => Response::error(e.to_string()),
-        }
+        let ledger = self.ledger.clone();
+        tokio::spawn(async move {
+            let archived = tokio::task::spawn_blocking(move || snapshots::archive_workdir(&workdir)).await;
+            let r = match archived {
+                Ok(Ok(data)) => {
+                    ledger
+                        .call(move |l| snapshots::store_workspace(l, &agent, label.as_deref(), &data))
+                        .await
+                }
+                Ok(Err(e)) => Err(e),
+                Err(e) => Err(snapshots::SnapshotError::Worker(e.to_string())),
+            };
+            answer(
+                reply,
+                match r {
+                    Ok(meta) => Response::ok(json!(meta)),
+                    Err(e) => Response::error(e.to_string()),
+                },
+            );
+        });
     }
 
     async fn snapshot_restore(&mut self, agent: String, snapshot: String) -> Response {
@@ -233,14 +250,28 @@ impl Supervisor {
         }
     }
 
+    /// Puts a snapshot back while the agent is down: the snapshot is read
+    /// through the ledger thread, a workspace archive is unpacked off it.
     pub(super) async fn restore_snapshot(&mut self, agent: &str, which: String) {
         let workdir = self.workdir(agent);
         let name = agent.to_owned();
-        match self
-            .ledger
-            .call(move |l| snapshots::restore(l, &name, &workdir, &which))
+        let r = match self.ledger.call(move |l| l.snapshot(&name, &which)).await {
+            Err(e) => Err(snapshots::SnapshotError::from(e)),
+            Ok(snap) if snap.meta.kind == SnapshotKind::Conversation => {
+                let name = agent.to_owned();
+                self.ledger
+                    .call(move |l| snapshots::restore_conversation(l, &name, &snap).map(|()| snap.meta))
+                    .await
+            }
+            Ok(snap) => tokio::task::spawn_blocking(move || {
+                snapshots::archive::restore(&workdir, &snap.data)
+                    .map(|()| snap.meta)
+                    .map_err(snapshots::SnapshotError::from)
+            })
             .await
-        {
+            .unwrap_or_else(|e| Err(snapshots::SnapshotError::Worker(e.to_string()))),
+        };
+        match r {
             Ok(meta) => tracing::info!(agent, "restored {} snapshot {}", meta.kind.as_str(), meta.id),
             Err(e) => tracing::error!(agent, "restoring a snapshot failed: {e}"),
         }

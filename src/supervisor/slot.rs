@@ -14,6 +14,7 @@ use super::child::ChildHandle;
 use super::restart::{Exit, Restarts};
 use super::schedules::Armed;
 use crate::config::AgentSpec;
+use crate::domain::{Lease, TaskId};
 
 /// What to do when a stopping child exits.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -37,8 +38,8 @@ pub(super) struct Live {
 /// The task a running child holds, with its lease.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(super) struct Claim {
-    pub task: i64,
-    pub lease: String,
+    pub task: TaskId,
+    pub lease: Lease,
 }
 
 pub(super) enum Lifecycle {

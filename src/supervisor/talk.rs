@@ -13,7 +13,8 @@ use tokio::sync::oneshot;
 
 use super::Supervisor;
 use crate::control::{self, Response, SendResult};
-use crate::ledger::{TaskFilter, TaskState, Trigger};
+use crate::domain::{TaskId, TaskState, Trigger};
+use crate::ledger::TaskFilter;
 use crate::repl::{self, Answer, Command, Input, LineBuffer, Repl, labelled};
 
 /// The REPL as the supervisor sees it.
@@ -32,7 +33,7 @@ pub(super) struct Watched {
 }
 
 /// `send --wait` clients, by task.
-pub(super) type Waiters = HashMap<i64, Vec<oneshot::Sender<Response>>>;
+pub(super) type Waiters = HashMap<TaskId, Vec<oneshot::Sender<Response>>>;
 
 impl Supervisor {
     pub(super) async fn on_repl(&mut self, input: Input) {
@@ -231,7 +232,7 @@ impl Supervisor {
     }
 
     /// Queues a message for `agent` and hands it over if the agent is free.
-    pub(super) async fn send_message(&mut self, agent: &str, text: &str, from: &str) -> Result<i64, String> {
+    pub(super) async fn send_message(&mut self, agent: &str, text: &str, from: &str) -> Result<TaskId, String> {
         self.known(agent)?;
         if self.stop_deadline.is_some() {
             return Err("agentd is shutting down".into());
@@ -277,7 +278,7 @@ impl Supervisor {
 
     /// Streamed model text: on the feed, and shown line by line if the
     /// REPL asked for it.
-    pub(super) fn on_output(&mut self, agent: &str, task: i64, text: &str) {
+    pub(super) fn on_output(&mut self, agent: &str, task: TaskId, text: &str) {
         self.announce_output(agent, task, text);
         let Some(w) = self.watched.get_mut(&task) else { return };
         let lines = w.buf.push(text);
@@ -290,7 +291,7 @@ impl Supervisor {
 
     /// A journal step of a watched task ends the model's turn (so its last
     /// line is complete) or names a tool it called.
-    pub(super) fn on_step(&mut self, task: i64, kind: &crate::domain::StepKind, tool: Option<&str>) {
+    pub(super) fn on_step(&mut self, task: TaskId, kind: &crate::domain::StepKind, tool: Option<&str>) {
         let Some(w) = self.watched.get_mut(&task) else { return };
         let mut lines: Vec<String> = w.buf.flush().into_iter().collect();
         if *kind == crate::domain::StepKind::Tool {
@@ -307,7 +308,7 @@ impl Supervisor {
     pub(super) fn on_task_end(
         &mut self,
         agent: &str,
-        task: i64,
+        task: TaskId,
         state: TaskState,
         result: Option<&str>,
         error: Option<&str>,
@@ -343,7 +344,7 @@ impl Supervisor {
 
     /// The agent process died under a task: the ledger re-queued it or,
     /// with its attempts spent, failed it.
-    pub(super) fn on_task_released(&mut self, agent: &str, task: i64, state: TaskState, cause: &str) {
+    pub(super) fn on_task_released(&mut self, agent: &str, task: TaskId, state: TaskState, cause: &str) {
         if state.is_final() {
             self.on_task_end(agent, task, state, None, Some(cause));
             return;

@@ -8,7 +8,8 @@ use std::time::Instant;
 use super::Supervisor;
 use super::degraded::Deferred;
 use super::slot::{Claim, Lifecycle, Live};
-use crate::ledger::{self, LedgerError, TaskState, Trigger};
+use crate::domain::{TaskId, TaskState, Trigger};
+use crate::ledger::{self, LedgerError};
 use crate::protocol::{FromChild, PROTOCOL_VERSION, ToChild};
 
 impl Supervisor {
@@ -23,7 +24,7 @@ impl Supervisor {
             .collect();
         let recovered = self
             .ledger
-            .call(move |l| -> Result<Vec<(i64, String, TaskState)>, LedgerError> {
+            .call(move |l| -> Result<Vec<(TaskId, String, TaskState)>, LedgerError> {
                 let mut out = Vec::new();
                 for t in l.running_tasks()? {
                     let attempts = max.get(&t.agent).copied().unwrap_or(1);
@@ -79,7 +80,7 @@ impl Supervisor {
                 if self.watched.contains_key(&task) {
                     self.on_step(task, &step.kind, step.payload["name"].as_str());
                 }
-                self.write_or_keep(name, Deferred::Step { task, lease, step }).await;
+                self.journal(name, Deferred::Step { task, lease, step });
             }
             FromChild::Pong { seq } => {
                 if let Some(a) = self.agents.get_mut(name)
@@ -140,7 +141,7 @@ impl Supervisor {
                     state,
                     result,
                     error,
-                    conversation: conversation.map(|c| serde_json::to_vec(&c).unwrap_or_default()),
+                    conversation: conversation.and_then(|c| serde_json::to_vec(&c).ok()),
                 };
                 self.write_or_keep(name, end).await;
                 let said = summary.map(|s| format!(": {s}")).unwrap_or_default();
@@ -199,8 +200,7 @@ impl Supervisor {
             agent: name.to_owned(),
             pid: child.pid,
             generation: child.generation,
-        }
-        .to_string();
+        };
         let (agent, l2) = (name.to_owned(), lease.clone());
         let claimed = self.ledger.call(move |l| l.claim_next(&agent, &l2)).await;
         let task = match claimed {

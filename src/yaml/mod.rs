@@ -24,4 +24,4 @@ mod units;
 
 pub(crate) use decode::{Cx, Map, is_null, join, kind, parse, suggest};
 pub use error::Error;
-pub use units::{parse_duration, parse_size};
+pub use units::parse_duration;

@@ -76,7 +76,12 @@ fn main() -> anyhow::Result<()> {
         let dialer = bridge.dialer(nix::unistd::geteuid().as_raw())?;
         (bridge, dialer)
     };
-    let token = bridge.begin(1, "bench-lease")?;
+    let lease = agentd::domain::Lease {
+        agent: "bench".into(),
+        pid: std::process::id(),
+        generation: 1,
+    };
+    let token = bridge.begin(agentd::domain::TaskId(1), &lease)?;
     let args: Map<String, Value> = json!({"a": 2, "b": 3}).as_object().cloned().unwrap_or_default();
 
     let mut direct = Vec::with_capacity(CALLS);

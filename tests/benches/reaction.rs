@@ -70,7 +70,7 @@ fn main() {
     let note = inbox.join("note.md");
     let (mut to_task, mut to_llm) = (Vec::new(), Vec::new());
     let deadline = Instant::now() + Duration::from_secs(600);
-    let mut seen = 0i64;
+    let mut seen = agentd::domain::TaskId(0);
     for i in 0..EVENTS {
         let written_ms = SystemTime::now()
             .duration_since(UNIX_EPOCH)

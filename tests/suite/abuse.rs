@@ -7,10 +7,11 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use agentd::control::Request;
-use agentd::ledger::{Ledger, Trigger};
+use agentd::domain::Trigger;
+use agentd::ledger::Ledger;
 
 use crate::support::daemon::Daemon;
-use crate::support::{agentd, agentd_cmd, stderr, tempdir, write};
+use crate::support::{agentd, agentd_cmd, stderr, tempdir, wait_for, write};
 
 /// One agent with an unusable model (it runs, and fails any task it takes).
 fn one_agent(dir: &Path, extra: &str) -> PathBuf {
@@ -104,7 +105,7 @@ fn silent_model() -> (std::net::TcpListener, String) {
     (l, url)
 }
 
-fn ledger_task(state: &Path, id: i64) -> agentd::ledger::Task {
+fn ledger_task(state: &Path, id: agentd::domain::TaskId) -> agentd::ledger::Task {
     Ledger::open_read_only(&state.join(agentd::ledger::FILE_NAME))
         .and_then(|l| l.task(id))
         .expect("read the task")
@@ -132,7 +133,10 @@ fn a_stopped_child_is_killed_restarted_and_its_task_requeued_with_the_cause() {
         text: "think hard".into(),
         wait: false,
     });
-    let task = r.result.unwrap_or_default()["task"].as_i64().expect("task id");
+    let task = r.result.unwrap_or_default()["task"]
+        .as_i64()
+        .map(agentd::domain::TaskId)
+        .expect("task id");
     d.wait_status("the task to run", |s| s[0].running_task == Some(task));
 
     // Control: a child busy for longer than the timeout (its model call
@@ -272,9 +276,15 @@ fn twelve_hundred_idle_connections_do_not_lock_operators_out() {
     let flood = connect_many(&d.socket(), 1200);
     // Control: the flood is more than agentd could hold open (1,024 files).
     assert_eq!(flood.len(), 1200);
-    std::thread::sleep(Duration::from_millis(300));
-    let held = open_sockets(d.pid()) - before;
-    assert!(held <= 256, "agentd holds {held} control connections (cap 256)");
+    // Evicted connections are closed by their own tasks, which a loaded
+    // machine may run a little later: wait (bounded) for them to settle.
+    let held = || open_sockets(d.pid()).saturating_sub(before);
+    let settled = wait_for(Duration::from_secs(20), || (held() <= 256).then_some(()));
+    assert!(
+        settled.is_some(),
+        "agentd holds {} control connections (cap 256)",
+        held()
+    );
     let cpu0 = cpu_time(d.pid());
     let t = Instant::now();
     let out = agentd(&["status", "--state-dir", state.to_str().unwrap_or_default()]);
@@ -289,7 +299,10 @@ fn twelve_hundred_idle_connections_do_not_lock_operators_out() {
     d.request(&Request::Restart { agent: "alpha".into() });
     std::thread::sleep(Duration::from_secs(1));
     let cpu = cpu_time(d.pid()) - cpu0;
-    eprintln!("status under 1,200 idle connections: {took:?}; agentd CPU over the next ~1 s: {cpu:?}; held {held}");
+    eprintln!(
+        "status under 1,200 idle connections: {took:?}; agentd CPU over the next ~1 s: {cpu:?}; held {}",
+        held()
+    );
     assert!(
         cpu < Duration::from_millis(500),
         "agentd used {cpu:?} of CPU while flooded"
@@ -467,7 +480,10 @@ fn a_full_disk_degrades_agentd_without_lying_and_it_recovers_by_itself() {
         text: "first".into(),
         wait: false,
     });
-    let task = r.result.unwrap_or_default()["task"].as_i64().expect("task id");
+    let task = r.result.unwrap_or_default()["task"]
+        .as_i64()
+        .map(agentd::domain::TaskId)
+        .expect("task id");
     d.wait_status("the task to run", |s| s[0].running_task == Some(task));
     assert_eq!(d.request(&Request::Health).result.unwrap_or_default()["ok"], true);
 
@@ -675,7 +691,10 @@ fn run_message(d: &Daemon, state: &Path) -> agentd::ledger::Task {
         text: "go".into(),
         wait: false,
     });
-    let id = r.result.unwrap_or_default()["task"].as_i64().expect("task id");
+    let id = r.result.unwrap_or_default()["task"]
+        .as_i64()
+        .map(agentd::domain::TaskId)
+        .expect("task id");
     crate::support::wait_for(Duration::from_secs(60), || {
         let t = ledger_task(state, id);
         t.state.is_final().then_some(t)
@@ -683,7 +702,7 @@ fn run_message(d: &Daemon, state: &Path) -> agentd::ledger::Task {
     .unwrap_or_else(|| panic!("task {id} did not end; log:\n{}", d.log_text()))
 }
 
-fn tool_steps(state: &Path, task: i64) -> (usize, Vec<serde_json::Value>) {
+fn tool_steps(state: &Path, task: agentd::domain::TaskId) -> (usize, Vec<serde_json::Value>) {
     let steps = Ledger::open_read_only(&state.join(agentd::ledger::FILE_NAME))
         .and_then(|l| l.steps(task))
         .expect("steps");

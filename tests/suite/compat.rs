@@ -8,7 +8,9 @@
 use std::path::Path;
 use std::time::Duration;
 
-use agentd::ledger::{self, Ledger, Task, TaskFilter, TaskState};
+use agentd::ledger::{self, Ledger, Task, TaskFilter};
+
+use agentd::domain::TaskState;
 use agentd::mcp::McpHub;
 use serde_json::Value;
 
@@ -324,7 +326,15 @@ fn default_log_is_quiet_with_python_sdk_servers() {
     // The default filter: RUST_LOG unset.
     let d = Daemon::start(&config, &state, &[("RUST_LOG", ""), ("LLM_KEY", "sk-unused-0123")]);
     d.running_pid("quiet");
-    std::thread::sleep(Duration::from_secs(3));
+    // The page changes only once the proxy holds the subscription (its
+    // first fetch is the baseline it compares against); changing it
+    // earlier would leave nothing to notice.
+    let subscribed = wait_for(LONG, || d.log_text().contains("subscribed, not polled").then_some(()));
+    assert!(
+        subscribed.is_some(),
+        "the proxy never took the subscription:\n{}",
+        d.log_text()
+    );
     page.set("second");
     let done = wait_for(LONG, || {
         tasks(&state)
@@ -333,12 +343,34 @@ fn default_log_is_quiet_with_python_sdk_servers() {
     });
     assert!(done.is_some(), "no task from the proxy's update:\n{}", d.log_text());
     let log = d.log_text();
-    assert!(!log.contains("Traceback"), "{log}");
-    assert!(!log.contains("validation error"), "{log}");
+    // What agentd controls: the discover probe's 31-error validation
+    // traceback (it names the method) and per-request chatter stay at
+    // DEBUG, and agentd itself reports no error. A peer's own failure
+    // printed later on its stderr is relayed on purpose (once, in CI,
+    // mcp-subscribe printed a json_invalid traceback of its own), so the
+    // checks name the probe's traceback rather than any traceback.
+    assert!(
+        !log.contains("server/discover") && !log.contains("validation errors for ClientRequest"),
+        "{log}"
+    );
     assert!(!log.contains("Processing request") && !log.contains("DEBUG"), "{log}");
-    assert!(!log.contains("ERROR"), "{log}");
-    let lines = log.lines().count();
-    assert!(lines <= 14, "{lines} lines for one task:\n{log}");
+    let agentd_errors = log
+        .lines()
+        .filter(|l| l.split_whitespace().nth(1) == Some("ERROR"))
+        .count();
+    assert_eq!(agentd_errors, 0, "{log}");
+    let own = log.lines().filter(|l| !relayed_stderr(l)).count();
+    assert!(own <= 14, "{own} lines of agentd's own for one task:\n{log}");
+}
+
+/// Whether a log line is a server's stderr relayed by agentd (an INFO line
+/// whose message is not one of agentd's own about that server).
+fn relayed_stderr(line: &str) -> bool {
+    let server = line.ends_with("server=proxy") || line.ends_with("server=fetch");
+    let own = ["MCP server", "is served by the server"]
+        .iter()
+        .any(|m| line.contains(m));
+    server && !own
 }
 
 /// Item 9: an HTTP server restart is reported by agentd itself (WARN, then
@@ -412,4 +444,67 @@ fn estimated_usage_trips_max_tokens() {
         reply["error"].as_str().unwrap_or("").contains("token budget exceeded"),
         "{reply}"
     );
+}
+
+/// A stdio MCP server in plain Python that, like the Python SDK, prints a
+/// long complaint on stderr *before* it answers the `server/discover`
+/// probe, and one line when asked for its tools (after the handshake).
+const NOISY_PROBE_SERVER: &str = r#"
+import json, sys
+def reply(id, **kw):
+    sys.stdout.write(json.dumps(dict(jsonrpc="2.0", id=id, **kw)) + "\n")
+    sys.stdout.flush()
+for line in sys.stdin:
+    msg = json.loads(line)
+    method, id = msg.get("method"), msg.get("id")
+    if method == "server/discover":
+        for i in range(40):
+            sys.stderr.write(f"probe-noise {i}\n")
+        sys.stderr.flush()
+        reply(id, error=dict(code=-32601, message="unknown method"))
+    elif method == "initialize":
+        reply(id, result=dict(protocolVersion="2025-11-25", capabilities=dict(tools={}),
+                              serverInfo=dict(name="noisy", version="1")))
+    elif method == "tools/list":
+        sys.stderr.write("after-handshake\n")
+        sys.stderr.flush()
+        reply(id, result=dict(tools=[]))
+    elif id is not None:
+        reply(id, result={})
+"#;
+
+/// Item 9: what a server prints while it answers the discover probe is
+/// relayed at DEBUG, however late the relay reads it, and what it prints
+/// after the handshake at INFO. Not a timer: the pipe's contents at the
+/// end of the handshake are what stays quiet.
+#[test]
+fn the_probes_noise_is_quiet_and_what_follows_is_not() {
+    let dir = tempdir();
+    let script = write(dir.path(), "noisy.py", NOISY_PROBE_SERVER);
+    let llm = LlmServer::start(Vec::new());
+    let config = write(
+        dir.path(),
+        "agentd.yaml",
+        &format!(
+            "agents:\n  - name: noisy\n    model: m\n    llm: {{base_url: \"{}\"}}\n    mcp_servers:\n      - {{name: noisy, command: python3, args: [\"{}\"]}}\n",
+            llm.base_url(),
+            script.display()
+        ),
+    );
+    for (filter, noise_shown) in [("info,agentd::mcp::stderr=debug", true), ("", false)] {
+        let state = dir.path().join(format!("state-{noise_shown}"));
+        let d = Daemon::start(&config, &state, &[("RUST_LOG", filter)]);
+        d.running_pid("noisy");
+        let after = wait_for(LONG, || d.log_text().contains("after-handshake").then_some(()));
+        let log = d.log_text();
+        assert!(after.is_some(), "{log}");
+        // The control: the server did print its noise (shown at DEBUG).
+        assert_eq!(
+            log.matches("probe-noise").count(),
+            if noise_shown { 40 } else { 0 },
+            "{log}"
+        );
+        let after_line = log.lines().find(|l| l.contains("after-handshake")).unwrap_or_default();
+        assert!(after_line.contains(" INFO "), "{log}");
+    }
 }

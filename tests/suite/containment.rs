@@ -11,8 +11,9 @@ use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use agentd::domain::TaskState;
 use agentd::fence::{self, FenceOutcome};
-use agentd::ledger::{Ledger, TaskFilter, TaskState};
+use agentd::ledger::{Ledger, TaskFilter};
 use agentd::sandbox::cgroup::Hierarchy;
 use agentd::sandbox::contain::{self, Containment};
 use agentd::sandbox::quota::Quota;

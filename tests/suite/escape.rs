@@ -19,6 +19,7 @@ use std::time::Duration;
 use tempfile::TempDir;
 
 use crate::support::daemon::Daemon;
+use crate::support::inbox::{Extra, InboxAgent};
 use crate::support::llm_server::{LlmServer, Reply};
 use crate::support::{SANDBOX_UID, agentd, agentd_bin, as_user, stderr, stdout, tempdir, wait_for, write};
 
@@ -317,55 +318,18 @@ fn sandboxed_code_never_runs_as_root_nor_as_a_root_agentd() {
 
 /// One agent whose model writes `code` once, then says "Done."; the agent
 /// reacts to a file written in `inbox/`.
-struct Agent {
-    dir: TempDir,
-    config: PathBuf,
-    inbox: PathBuf,
-}
-
-impl Agent {
-    fn new(base_url: &str, extra_agent: &str, extra_server: &str) -> Agent {
-        let dir = tempdir();
-        let inbox = dir.path().join("inbox");
-        std::fs::create_dir_all(&inbox).expect("inbox");
-        let config = write(
-            dir.path(),
-            "agentd.yaml",
-            &format!(
-                r#"shutdown_grace: 2s
-state_dir: "{state}"
-agents:
-  - name: probe
-    model: test-model
-    llm: {{base_url: "{base_url}", api_key_env: TEST_LLM_KEY, request_timeout: 20s, max_retries: 1}}
-    restart: {{backoff_min: 20ms, backoff_max: 100ms}}
-    mcp_servers:
-      - name: inbox
-        command: {bin}
-        args: [mcp-watch, "{inbox}", --debounce-ms, "20"]
-{extra_server}
-    subscriptions:
-      - {{uri: "file://{inbox}/*.md", debounce: 50ms}}
-{extra_agent}"#,
-                bin = agentd_bin().display(),
-                inbox = inbox.display(),
-                state = dir.path().join("state").display(),
-            ),
-        );
-        Agent { dir, config, inbox }
-    }
-
-    fn state(&self) -> PathBuf {
-        self.dir.path().join("state")
-    }
-
-    fn start(&self) -> Daemon {
-        Daemon::start(&self.config, &self.state(), &[("TEST_LLM_KEY", "k")])
-    }
-
-    fn workdir(&self) -> PathBuf {
-        self.state().join("agents/probe/work")
-    }
+fn probe(base_url: &str, extra_agent: &str, extra_server: &str) -> InboxAgent {
+    InboxAgent::new(
+        "probe",
+        base_url,
+        "k",
+        Extra {
+            agent: extra_agent,
+            server: extra_server,
+            max_retries: 1,
+            ..Extra::default()
+        },
+    )
 }
 
 fn mode_of(p: &Path) -> u32 {
@@ -377,7 +341,7 @@ fn mode_of(p: &Path) -> u32 {
 #[test]
 fn state_dir_files_are_agentds_alone_and_each_workdir_is_its_agents_user() {
     let llm = LlmServer::start(vec![]);
-    let a = Agent::new(&llm.base_url(), "", "");
+    let a = probe(&llm.base_url(), "", "");
     let d = a.start();
     d.running_pid("probe");
     let state = a.state();
@@ -411,7 +375,7 @@ fn state_dir_files_are_agentds_alone_and_each_workdir_is_its_agents_user() {
 #[test]
 fn the_control_socket_answers_only_agentds_uid_and_root_whatever_its_mode() {
     let llm = LlmServer::start(vec![]);
-    let a = Agent::new(&llm.base_url(), "", "");
+    let a = probe(&llm.base_url(), "", "");
     let d = a.start();
     d.running_pid("probe");
     let socket = a.state().join("agentd.sock");
@@ -441,7 +405,7 @@ fn mcp_servers_start_outside_the_workdir_so_planted_modules_are_never_imported()
     for explicit_cwd in [true, false] {
         let llm = LlmServer::start(vec![]);
         let cwd_line = if explicit_cwd { "        cwd: WORKDIR\n" } else { "" };
-        let a = Agent::new(
+        let a = probe(
             &llm.base_url(),
             "",
             &format!("      - name: planted\n        command: python3\n        args: [-m, planted]\n{cwd_line}"),
@@ -483,7 +447,7 @@ fn the_bridge_token_is_on_no_command_line() {
         ]),
         Reply::stream_text(&["Done."]),
     ]);
-    let a = Agent::new(&llm.base_url(), "    sandbox: {profile: strict}\n", "");
+    let a = probe(&llm.base_url(), "    sandbox: {profile: strict}\n", "");
     let d = a.start();
     d.running_pid("probe");
     std::fs::write(a.inbox.join("go.md"), "go").expect("trigger");
@@ -623,7 +587,7 @@ fn workspace_snapshots_store_links_as_links_skip_special_files_and_restore_never
 #[test]
 fn giving_a_workdir_to_its_agents_user_never_follows_planted_links() {
     let llm = LlmServer::start(vec![]);
-    let a = Agent::new(&llm.base_url(), "", "");
+    let a = probe(&llm.base_url(), "", "");
     let outside = tempdir();
     let victim = outside.path().join("victim.txt");
     std::fs::write(&victim, "root's").expect("victim");
@@ -737,7 +701,7 @@ fn one_agents_code_can_neither_read_nor_write_another_agents_workdir() {
 #[test]
 fn the_operators_group_may_use_the_control_socket_and_others_may_not() {
     let llm = LlmServer::start(vec![]);
-    let a = Agent::new(&llm.base_url(), "", "");
+    let a = probe(&llm.base_url(), "", "");
     let text = std::fs::read_to_string(&a.config)
         .expect("config")
         .replace("shutdown_grace: 2s\n", "shutdown_grace: 2s\ncontrol_group: \"64996\"\n");
@@ -775,7 +739,7 @@ fn under_an_unprivileged_agentd_code_keeps_its_uid_but_not_its_files_sockets_or_
     // ledger, steer agentd through its socket, signal it.
     for profile in ["default", "strict"] {
         let llm = LlmServer::start(vec![]);
-        let a = Agent::new(&llm.base_url(), &format!("    sandbox: {{profile: {profile}}}\n"), "");
+        let a = probe(&llm.base_url(), &format!("    sandbox: {{profile: {profile}}}\n"), "");
         let state = a.state();
         let script = |agentd_pid: u32| {
             format!(

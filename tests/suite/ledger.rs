@@ -1,10 +1,21 @@
 //! The ledger: migrations, refusal of foreign files, task lifecycle, and
 //! the `tasks`/`show` readers.
 
-use agentd::ledger::{self, Enqueued, Ledger, LedgerError, NewStep, TaskFilter, TaskState, Trigger};
+use agentd::ledger::{self, Enqueued, Ledger, LedgerError, TaskFilter};
+
+use agentd::domain::{Lease, NewStep, TaskState, Trigger};
 use rusqlite::Connection;
 
 use crate::support::{agentd, stderr, stdout, tempdir};
+
+/// A lease of agent `a`; different generations are different holders.
+fn lease(generation: u64) -> Lease {
+    Lease {
+        agent: "a".into(),
+        pid: 1,
+        generation,
+    }
+}
 
 fn msg(text: &str) -> Trigger {
     Trigger::Message {
@@ -131,7 +142,7 @@ fn queued_updates_for_one_uri_coalesce_until_claimed() {
         Enqueued::New(_)
     ));
 
-    let t = l.claim_next("a", "lease-1").expect("claim").expect("a task");
+    let t = l.claim_next("a", &lease(1)).expect("claim").expect("a task");
     assert_eq!(t.id, first.id());
     assert_eq!(
         t.trigger(),
@@ -151,11 +162,11 @@ fn an_agent_runs_one_task_at_a_time() {
     let mut l = Ledger::open(&dir.path().join("l.sqlite")).expect("open");
     l.enqueue("a", &msg("one"), None).expect("e");
     l.enqueue("a", &msg("two"), None).expect("e");
-    let t1 = l.claim_next("a", "L1").expect("claim").expect("task");
-    assert!(l.claim_next("a", "L2").expect("claim").is_none());
-    l.finish(t1.id, "L1", TaskState::Succeeded, Some("done"), None)
+    let t1 = l.claim_next("a", &lease(1)).expect("claim").expect("task");
+    assert!(l.claim_next("a", &lease(2)).expect("claim").is_none());
+    l.finish(t1.id, &lease(1), TaskState::Succeeded, Some("done"), None)
         .expect("finish");
-    let t2 = l.claim_next("a", "L2").expect("claim").expect("task");
+    let t2 = l.claim_next("a", &lease(2)).expect("claim").expect("task");
     assert_eq!(t2.trigger(), Some(msg("two")));
 }
 
@@ -164,12 +175,12 @@ fn a_stale_lease_cannot_write() {
     let dir = tempdir();
     let mut l = Ledger::open(&dir.path().join("l.sqlite")).expect("open");
     l.enqueue("a", &msg("hi"), None).expect("e");
-    let t = l.claim_next("a", "old").expect("claim").expect("task");
+    let t = l.claim_next("a", &lease(1)).expect("claim").expect("task");
     assert_eq!(
         l.release(t.id, "agent process killed by signal 9", 3).expect("release"),
         TaskState::Queued
     );
-    let again = l.claim_next("a", "new").expect("claim").expect("task");
+    let again = l.claim_next("a", &lease(2)).expect("claim").expect("task");
     assert_eq!(again.attempts, 2);
     let step = NewStep {
         kind: agentd::domain::StepKind::parse("note"),
@@ -179,14 +190,14 @@ fn a_stale_lease_cannot_write() {
         latency_ms: None,
     };
     assert!(matches!(
-        l.append_step(t.id, "old", &step),
+        l.append_step(t.id, &lease(1), &step),
         Err(LedgerError::StaleLease { .. })
     ));
     assert!(matches!(
-        l.finish(t.id, "old", TaskState::Succeeded, None, None),
+        l.finish(t.id, &lease(1), TaskState::Succeeded, None, None),
         Err(LedgerError::StaleLease { .. })
     ));
-    assert_eq!(l.append_step(t.id, "new", &step).expect("current lease writes"), 1);
+    assert_eq!(l.append_step(t.id, &lease(2), &step).expect("current lease writes"), 1);
 }
 
 #[test]
@@ -195,7 +206,7 @@ fn release_fails_the_task_after_max_attempts() {
     let mut l = Ledger::open(&dir.path().join("l.sqlite")).expect("open");
     l.enqueue("a", &msg("hi"), None).expect("e");
     for attempt in 1..=2 {
-        let t = l.claim_next("a", &format!("L{attempt}")).expect("claim").expect("task");
+        let t = l.claim_next("a", &lease(attempt)).expect("claim").expect("task");
         let state = l.release(t.id, "agent process killed by signal 9", 2).expect("release");
         let expected = if attempt < 2 {
             TaskState::Queued
@@ -228,7 +239,7 @@ fn tasks_and_show_print_the_ledger() {
             .expect("e")
             .id();
         l.enqueue("other", &msg("queued one"), None).expect("e");
-        l.claim_next("news", "L").expect("claim");
+        l.claim_next("news", &lease(1)).expect("claim");
         let step = NewStep {
             kind: agentd::domain::StepKind::Llm,
             payload: serde_json::json!({"reply": "I will read it"}),
@@ -236,8 +247,8 @@ fn tasks_and_show_print_the_ledger() {
             output_tokens: 30,
             latency_ms: Some(42),
         };
-        l.append_step(id, "L", &step).expect("step");
-        l.finish(id, "L", TaskState::Succeeded, Some("Summarized a.md"), None)
+        l.append_step(id, &lease(1), &step).expect("step");
+        l.finish(id, &lease(1), TaskState::Succeeded, Some("Summarized a.md"), None)
             .expect("finish");
     }
     let sd = state.to_str().unwrap_or_default();

@@ -3,7 +3,9 @@
 use std::path::Path;
 use std::time::Duration;
 
-use agentd::ledger::{self, Ledger, TaskFilter, TaskState};
+use agentd::ledger::{self, Ledger, TaskFilter};
+
+use agentd::domain::TaskState;
 
 use crate::support::daemon::Daemon;
 use crate::support::{agentd, stdout, tempdir, wait_for};

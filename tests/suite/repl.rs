@@ -6,7 +6,8 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use agentd::control::Request;
-use agentd::ledger::{self, Ledger, Task, TaskFilter, TaskState};
+use agentd::domain::TaskState;
+use agentd::ledger::{self, Ledger, Task, TaskFilter};
 
 use crate::support::daemon::Daemon;
 use crate::support::llm_server::{LlmServer, Reply};
@@ -268,7 +269,7 @@ fn send_wait_prints_the_reply_and_send_alone_prints_the_task() {
     assert_eq!(v["state"], "succeeded");
     assert_eq!(v["result"], "second");
     assert_eq!(v["agent"], "news");
-    let task = v["task"].as_i64().expect("task id");
+    let task = v["task"].as_i64().map(agentd::domain::TaskId).expect("task id");
     let t = tasks(&state).into_iter().find(|t| t.id == task).expect("the task");
     assert_eq!(t.trigger["from"], "control");
     assert_eq!(t.trigger["text"], "again");

@@ -2,67 +2,37 @@
 //! (mcp-watch), a scripted OpenAI-compatible server on 127.0.0.1, real
 //! sandboxes and real kills. The ledger is read back as a user would.
 
-use std::path::PathBuf;
 use std::time::Duration;
 
-use agentd::ledger::{Step, Task, TaskState};
+use agentd::ledger::{Step, Task};
+
+use agentd::domain::TaskState;
 use nix::sys::signal::Signal;
 use serde_json::Value;
 
 use crate::support::daemon::Daemon;
+use crate::support::inbox::{Extra, InboxAgent};
 use crate::support::llm_server::{LlmServer, Reply};
-use crate::support::{agentd, agentd_bin, alive, stdout, tempdir, wait_for, write};
+use crate::support::{agentd, alive, stdout, wait_for};
 
 const KEY: &str = "sk-test-do-not-log-0123456789";
 
-struct Setup {
-    dir: tempfile::TempDir,
-    inbox: PathBuf,
-    config: PathBuf,
-}
-
-impl Setup {
-    /// One agent watching `inbox/` through mcp-watch, talking to `base_url`.
-    fn new(base_url: &str, extra: &str) -> Setup {
-        let dir = tempdir();
-        let inbox = dir.path().join("inbox");
-        std::fs::create_dir_all(&inbox).expect("inbox");
-        let config = write(
-            dir.path(),
-            "agentd.yaml",
-            &format!(
-                r#"shutdown_grace: 2s
-agents:
-  - name: reader
-    model: test-model
-    system_prompt: You read notes.
-    llm: {{base_url: "{base_url}", api_key_env: TEST_LLM_KEY, request_timeout: 20s, max_retries: 3}}
-    restart: {{backoff_min: 20ms, backoff_max: 100ms}}
-    mcp_servers:
-      - name: inbox
-        command: {bin}
-        args: [mcp-watch, "{inbox}", --debounce-ms, "20"]
-    subscriptions:
-      # min_interval below the 1 s of quiet the burst test waits for: the
-      # update held back after the first fires before it looks.
-      - {{uri: "file://{inbox}/*.md", debounce: 50ms, min_interval: 300ms}}
-{extra}"#,
-                bin = agentd_bin().display(),
-                inbox = inbox.display(),
-            ),
-        );
-        Setup { dir, inbox, config }
-    }
-
-    fn state(&self) -> PathBuf {
-        self.dir.path().join("state")
-    }
-
-    fn start(&self) -> Daemon {
-        let d = Daemon::start(&self.config, &self.state(), &[("TEST_LLM_KEY", KEY)]);
-        d.running_pid("reader");
-        d
-    }
+/// One agent watching `inbox/` through mcp-watch, talking to `base_url`.
+fn setup(base_url: &str, extra: &str) -> InboxAgent {
+    InboxAgent::new(
+        "reader",
+        base_url,
+        KEY,
+        Extra {
+            agent: extra,
+            // min_interval below the 1 s of quiet the burst test waits for:
+            // the update held back after the first fires before it looks.
+            subscription: ", min_interval: 300ms",
+            system_prompt: Some("You read notes."),
+            max_retries: 3,
+            ..Extra::default()
+        },
+    )
 }
 
 use crate::support::daemon::tasks;
@@ -118,8 +88,8 @@ fn resource_change_drives_a_task_through_a_tool_call_to_success() {
         Reply::stream_tool_calls(&[("call_1", "read_file", r#"{"path": "note.md"}"#)]),
         Reply::stream_text(&["The note says ", "hello."]),
     ]);
-    let s = Setup::new(&llm.base_url(), "");
-    let d = s.start();
+    let s = setup(&llm.base_url(), "");
+    let d = s.start_running();
     std::fs::write(s.inbox.join("note.md"), "hello from the inbox\n").expect("write note");
 
     let t = wait_task(&d, |t| t.state.is_final(), "finished");
@@ -197,8 +167,8 @@ fn malformed_tool_arguments_go_back_to_the_model_and_fences_run_in_the_sandbox()
         ]),
         Reply::stream_text(&["Done."]),
     ]);
-    let s = Setup::new(&llm.base_url(), "");
-    let d = s.start();
+    let s = setup(&llm.base_url(), "");
+    let d = s.start_running();
     std::fs::write(s.inbox.join("x.md"), "one two three").expect("write");
     let t = wait_task(&d, |t| t.state.is_final(), "finished");
     assert_eq!(t.state, TaskState::Succeeded, "{t:#?}\n{}", d.log_text());
@@ -243,8 +213,8 @@ fn max_turns_fails_the_task_with_a_clear_reason() {
         Reply::stream_tool_calls(&[("c1", "list_files", "{}")]),
         Reply::stream_tool_calls(&[("c2", "list_files", "{}")]),
     ]);
-    let s = Setup::new(&llm.base_url(), "    limits: {max_turns: 2}\n");
-    let d = s.start();
+    let s = setup(&llm.base_url(), "    limits: {max_turns: 2}\n");
+    let d = s.start_running();
     std::fs::write(s.inbox.join("a.md"), "a").expect("write");
     let t = wait_task(&d, |t| t.state.is_final(), "finished");
     assert_eq!(t.state, TaskState::Failed);
@@ -260,8 +230,8 @@ fn max_turns_fails_the_task_with_a_clear_reason() {
 #[test]
 fn kill_9_of_the_child_mid_task_requeues_and_the_next_attempt_succeeds() {
     let llm = LlmServer::start(vec![Reply::Stall, Reply::stream_text(&["second attempt done"])]);
-    let s = Setup::new(&llm.base_url(), "");
-    let d = s.start();
+    let s = setup(&llm.base_url(), "");
+    let d = s.start_running();
     std::fs::write(s.inbox.join("n.md"), "x").expect("write");
     let running = wait_task(&d, |t| t.state == TaskState::Running, "running");
     wait_for(Duration::from_secs(20), || (llm.request_count() >= 1).then_some(())).expect("model asked");
@@ -283,8 +253,8 @@ fn kill_9_of_the_child_mid_task_requeues_and_the_next_attempt_succeeds() {
 #[test]
 fn kill_9_of_agentd_then_restart_recovers_the_running_task() {
     let llm = LlmServer::start(vec![Reply::Stall, Reply::stream_text(&["recovered"])]);
-    let s = Setup::new(&llm.base_url(), "");
-    let mut d = s.start();
+    let s = setup(&llm.base_url(), "");
+    let mut d = s.start_running();
     let child = d.running_pid("reader");
     std::fs::write(s.inbox.join("n.md"), "x").expect("write");
     let running = wait_task(&d, |t| t.state == TaskState::Running, "running");
@@ -302,7 +272,7 @@ fn kill_9_of_agentd_then_restart_recovers_the_running_task() {
     );
     drop(d);
 
-    let d = s.start();
+    let d = s.start_running();
     let t = wait_task(
         &d,
         |t| t.id == running.id && t.state.is_final(),
@@ -322,8 +292,8 @@ fn the_conversation_survives_a_child_restart() {
         Reply::stream_text(&["I saw the first note."]),
         Reply::stream_text(&["Second one too."]),
     ]);
-    let s = Setup::new(&llm.base_url(), "");
-    let d = s.start();
+    let s = setup(&llm.base_url(), "");
+    let d = s.start_running();
     std::fs::write(s.inbox.join("first.md"), "first").expect("write");
     wait_task(&d, |t| t.state == TaskState::Succeeded, "first done");
     let pid = d.running_pid("reader");
@@ -353,7 +323,7 @@ fn a_recorded_run_replays_to_the_same_journal_without_a_server() {
         Reply::stream_tool_calls(&[("call_1", "read_file", r#"{"path": "r.md"}"#)]),
         Reply::stream_text(&["Recorded answer."]),
     ]);
-    let s = Setup::new(&llm.base_url(), "");
+    let s = setup(&llm.base_url(), "");
     let cassettes = s.dir.path().join("cassettes");
     let journal = |d: &Daemon| {
         let t = wait_task(d, |t| t.state.is_final(), "finished");
@@ -394,7 +364,7 @@ fn a_recorded_run_replays_to_the_same_journal_without_a_server() {
     std::fs::write(&s.config, text).expect("config");
     std::fs::remove_dir_all(s.state()).expect("fresh state");
     std::fs::remove_file(s.inbox.join("r.md")).expect("rm");
-    let d = s.start();
+    let d = s.start_running();
     std::fs::write(s.inbox.join("r.md"), "replay me").expect("write");
     assert_eq!(journal(&d), recorded);
 }
@@ -421,8 +391,8 @@ fn children_of(parent: u32) -> Vec<u32> {
 #[test]
 fn a_burst_of_50_writes_yields_a_few_tasks_and_the_last_has_the_fresh_contents() {
     let llm = LlmServer::start((0..20).map(|i| Reply::stream_text(&[&format!("seen {i}")])).collect());
-    let s = Setup::new(&llm.base_url(), "");
-    let d = s.start();
+    let s = setup(&llm.base_url(), "");
+    let d = s.start_running();
     let note = s.inbox.join("burst.md");
     for i in 0..50 {
         std::fs::write(&note, format!("version {i}\n")).expect("write");
@@ -457,8 +427,8 @@ fn a_burst_of_50_writes_yields_a_few_tasks_and_the_last_has_the_fresh_contents()
 #[test]
 fn sigterm_stops_agents_and_their_mcp_servers() {
     let llm = LlmServer::start(vec![]);
-    let s = Setup::new(&llm.base_url(), "");
-    let mut d = s.start();
+    let s = setup(&llm.base_url(), "");
+    let mut d = s.start_running();
     let child = d.running_pid("reader");
     let servers = wait_for(Duration::from_secs(10), || {
         Some(children_of(child)).filter(|v| !v.is_empty())
@@ -481,8 +451,8 @@ fn restoring_a_conversation_snapshot_gives_the_agent_that_memory_back() {
         Reply::stream_text(&["Noted the pears."]),
         Reply::stream_text(&["I remember apples only."]),
     ]);
-    let s = Setup::new(&llm.base_url(), "");
-    let d = s.start();
+    let s = setup(&llm.base_url(), "");
+    let d = s.start_running();
     std::fs::write(s.inbox.join("apples.md"), "apples").expect("write");
     wait_task(&d, |t| t.state == TaskState::Succeeded, "first");
     std::fs::write(s.inbox.join("pears.md"), "pears").expect("write");
@@ -521,7 +491,7 @@ fn restoring_a_conversation_snapshot_gives_the_agent_that_memory_back() {
 #[test]
 fn sandboxed_code_cannot_steer_agentd_through_the_control_socket() {
     let llm = LlmServer::start(vec![]);
-    let s = Setup::new(&llm.base_url(), "");
+    let s = setup(&llm.base_url(), "");
     let socket = s.state().join("agentd.sock");
     // Directly, and from a double-forked orphan (its parent is pid 1, so an
     // ancestry check would have let it through).
@@ -536,7 +506,7 @@ fn sandboxed_code_cannot_steer_agentd_through_the_control_socket() {
     );
     llm.push(Reply::stream_text(&[&code]));
     llm.push(Reply::stream_text(&["Tried."]));
-    let d = s.start();
+    let d = s.start_running();
     let pid = d.running_pid("reader");
     std::fs::write(s.inbox.join("x.md"), "x").expect("write");
     let t = wait_task(&d, |t| t.state.is_final(), "finished");

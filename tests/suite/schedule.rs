@@ -6,7 +6,8 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use agentd::control::{AgentStatus, Request};
-use agentd::ledger::{self, Ledger, Task, TaskFilter, TaskState, Trigger};
+use agentd::domain::{TaskId, TaskState, Trigger};
+use agentd::ledger::{self, Ledger, Task, TaskFilter};
 use chrono::{DateTime, Utc};
 
 use crate::support::daemon::Daemon;
@@ -137,22 +138,42 @@ fn missed_runs_during_downtime_become_exactly_one_catch_up_task() {
             scheduled_for: format!("{}-01-01T00:00:00+00:00", year - 3),
         };
         let id = l.enqueue("clock", &trigger, None).expect("enqueue").id();
-        let t = l.claim_next("clock", "old:1").expect("claim").expect("a task");
+        let t = l
+            .claim_next(
+                "clock",
+                &agentd::domain::Lease {
+                    agent: "clock".into(),
+                    pid: 1,
+                    generation: 1,
+                },
+            )
+            .expect("claim")
+            .expect("a task");
         assert_eq!(t.id, id);
-        l.finish(id, "old:1", TaskState::Succeeded, Some("done"), None)
-            .expect("finish");
+        l.finish(
+            id,
+            &agentd::domain::Lease {
+                agent: "clock".into(),
+                pid: 1,
+                generation: 1,
+            },
+            TaskState::Succeeded,
+            Some("done"),
+            None,
+        )
+        .expect("finish");
     }
 
     let d = Daemon::start(&cfg, &state, &[("TEST_LLM_KEY", KEY)]);
     d.running_pid("clock");
     let catch_up = wait_for(Duration::from_secs(20), || {
-        let ts: Vec<Task> = tasks(&state).into_iter().filter(|t| t.id != 1).collect();
+        let ts: Vec<Task> = tasks(&state).into_iter().filter(|t| t.id != TaskId(1)).collect();
         ts.iter().any(|t| t.state.is_final()).then_some(ts)
     })
     .unwrap_or_else(|| panic!("no catch-up task; tasks: {:#?}\nlog:\n{}", tasks(&state), d.log_text()));
     // Give a flood the chance to show itself before counting.
     std::thread::sleep(Duration::from_millis(500));
-    let later: Vec<Task> = tasks(&state).into_iter().filter(|t| t.id != 1).collect();
+    let later: Vec<Task> = tasks(&state).into_iter().filter(|t| t.id != TaskId(1)).collect();
     assert_eq!(later.len(), 1, "one catch-up task, not one per missed run: {later:#?}");
     let t = &catch_up[0];
     assert_eq!(t.trigger_kind, "schedule");
@@ -202,7 +223,12 @@ fn paused_agent_queues_coalesced_triggers_and_resume_drains_them() {
         wait: false,
     });
     assert!(r.ok, "{r:?}");
-    let message = r.result.as_ref().and_then(|v| v["task"].as_i64()).expect("task id");
+    let message = r
+        .result
+        .as_ref()
+        .and_then(|v| v["task"].as_i64())
+        .map(TaskId)
+        .expect("task id");
     std::thread::sleep(Duration::from_millis(3500));
 
     let s = clock(&d);

@@ -7,7 +7,8 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use agentd::agent::bridge::client;
-use agentd::ledger::{Step, Task, TaskState};
+use agentd::domain::{Lease, TaskId, TaskState};
+use agentd::ledger::{Step, Task};
 use agentd::mcp::ToolInfo;
 use agentd::skills::{self, generate};
 use serde_json::{Value, json};
@@ -94,6 +95,14 @@ agents:
 }
 
 use crate::support::daemon::{ledger, tasks};
+
+fn test_lease(generation: u64) -> Lease {
+    Lease {
+        agent: "a".into(),
+        pid: 1,
+        generation,
+    }
+}
 
 fn fence_results(steps: &[Step]) -> Vec<String> {
     steps
@@ -593,7 +602,7 @@ fn the_bridge_takes_only_the_running_tasks_token_and_journals_with_its_lease() {
     let mut h = BridgeHarness::start(&[], Default::default());
     assert!(error_of(&h.call("guess", "get-sum", json!({}))).contains("no task is running"));
 
-    let token = h.bridge().begin(7, "lease-7").expect("token");
+    let token = h.bridge().begin(TaskId(7), &test_lease(7)).expect("token");
     assert!(error_of(&h.call("guess", "get-sum", json!({}))).contains("wrong or expired token"));
     assert!(h.journal.try_recv().is_err(), "unauthenticated calls are not journaled");
 
@@ -601,7 +610,10 @@ fn the_bridge_takes_only_the_running_tasks_token_and_journals_with_its_lease() {
     assert!(error_of(&h.call(&token, "get-sum", json!({}))).contains("unknown tool \"get-sum\""));
     match h.journal.try_recv() {
         Ok(agentd::protocol::FromChild::Step { task, lease, step }) => {
-            assert_eq!((task, lease.as_str(), step.kind.as_str()), (7, "lease-7", "bridge"));
+            assert_eq!(
+                (task.0, lease.to_string(), step.kind.as_str()),
+                (7, "a:1:7".to_owned(), "bridge")
+            );
             assert_eq!(step.payload["name"], "get-sum");
         }
         other => panic!("expected a bridge step, got {other:?}"),
@@ -619,7 +631,7 @@ fn the_bridge_replaces_an_oversize_reply_with_an_error_and_times_out_slow_calls(
         ..Default::default()
     };
     let h = BridgeHarness::start(&[crate::support::mcp::server_everything("everything")], limits);
-    let token = h.bridge().begin(1, "lease").expect("token");
+    let token = h.bridge().begin(TaskId(1), &test_lease(1)).expect("token");
     let big = h.call(&token, "echo", json!({"message": "x".repeat(200)}));
     assert!(error_of(&big).contains("bridge.max_reply"), "{big:?}");
     let slow = h.call(

@@ -214,6 +214,6 @@ pub fn tasks(state: &Path) -> Vec<agentd::ledger::Task> {
 }
 
 /// A task's journal.
-pub fn steps(state: &Path, task: i64) -> Vec<agentd::ledger::Step> {
+pub fn steps(state: &Path, task: agentd::domain::TaskId) -> Vec<agentd::ledger::Step> {
     ledger(state).steps(task).unwrap_or_default()
 }

@@ -126,6 +126,7 @@ pub fn alive(pid: u32) -> bool {
 
 pub mod daemon;
 pub mod http;
+pub mod inbox;
 pub mod llm_server;
 
 pub mod mcp;
