@@ -18,8 +18,11 @@ use std::sync::{Arc, Mutex};
 
 use tokio::sync::broadcast;
 
-/// How many recent events are kept for watchers that reconnect.
+/// How many recent events are kept for watchers that reconnect, and how
+/// many bytes of them at most (a journal step may carry 16 KiB of text per
+/// field: the count alone would not bound the memory).
 pub const RING: usize = 16_384;
+pub const RING_BYTES: usize = 32 * 1024 * 1024;
 
 /// One published event.
 #[derive(Debug)]
@@ -46,6 +49,8 @@ pub enum Resume {
 struct Inner {
     next: u64,
     ring: VecDeque<Arc<Item>>,
+    /// The size of the events in the ring.
+    bytes: usize,
 }
 
 /// The event hub, shared by the supervisor (publisher) and watchers.
@@ -63,6 +68,7 @@ impl Feed {
             inner: Mutex::new(Inner {
                 next: 1,
                 ring: VecDeque::with_capacity(RING),
+                bytes: 0,
             }),
             tx,
         })
@@ -86,10 +92,13 @@ impl Feed {
             data: data.to_string(),
         });
         inner.next += 1;
-        if inner.ring.len() == RING {
-            inner.ring.pop_front();
-        }
+        inner.bytes += item.data.len();
         inner.ring.push_back(item.clone());
+        while inner.ring.len() > RING || (inner.bytes > RING_BYTES && inner.ring.len() > 1) {
+            if let Some(old) = inner.ring.pop_front() {
+                inner.bytes -= old.data.len();
+            }
+        }
         // No receivers is fine: nobody is watching.
         let _ = self.tx.send(item);
     }
@@ -180,5 +189,21 @@ mod tests {
         assert!(seqs(f.subscribe(Some(&format!("{}-1", f.boot))).0).is_none());
         let last = (RING + 11) as u64;
         assert_eq!(seqs(f.since(last - 2).0), Some(vec![last - 1, last]));
+    }
+
+    #[test]
+    fn the_ring_is_bounded_by_bytes_too() {
+        let f = Feed::new();
+        let big = "x".repeat(1024 * 1024);
+        for _ in 0..40 {
+            f.publish("step", serde_json::json!({ "payload": big }));
+        }
+        let inner = f.lock();
+        assert!(
+            inner.bytes <= RING_BYTES && inner.ring.len() < 40,
+            "{} events",
+            inner.ring.len()
+        );
+        assert_eq!(inner.bytes, inner.ring.iter().map(|i| i.data.len()).sum::<usize>());
     }
 }
