@@ -644,3 +644,50 @@ fn connections_held_open_without_the_token_cannot_use_up_agentds_descriptors() {
     });
     assert!(back.is_some());
 }
+
+#[test]
+fn the_api_can_listen_on_a_unix_socket_only_its_owner_may_open() {
+    use std::os::unix::fs::PermissionsExt;
+    let llm = LlmServer::start(vec![]);
+    let dir = tempdir();
+    let cfg = config(dir.path(), &llm.base_url(), "");
+    let text = std::fs::read_to_string(&cfg)
+        .unwrap()
+        .replace("\"127.0.0.1:0\"", "\"unix:api.sock\"");
+    std::fs::write(&cfg, text).unwrap();
+    let d = Daemon::start(&cfg, &dir.path().join("state"), &[("TEST_LLM_KEY", KEY)]);
+    let sock = dir.path().join("api.sock");
+    let url = wait_for(Duration::from_secs(20), || {
+        std::fs::read_to_string(d.state_dir.join("http.url")).ok()
+    })
+    .expect("http.url");
+    assert_eq!(url.trim(), format!("unix:{}", sock.display()));
+    assert_eq!(std::fs::metadata(&sock).unwrap().permissions().mode() & 0o777, 0o600);
+    let token = std::fs::read_to_string(d.state_dir.join("http.token")).unwrap();
+    let ask = |auth: bool| {
+        let mut s = std::os::unix::net::UnixStream::connect(&sock).unwrap();
+        let bearer = if auth {
+            format!("Authorization: Bearer {}\r\n", token.trim())
+        } else {
+            String::new()
+        };
+        write!(
+            s,
+            "GET /api/v1/agents HTTP/1.1\r\nHost: agentd\r\n{bearer}Connection: close\r\n\r\n"
+        )
+        .unwrap();
+        let mut out = String::new();
+        s.read_to_string(&mut out).unwrap();
+        out
+    };
+    assert!(ask(false).starts_with("HTTP/1.1 401"), "{}", ask(false));
+    let with = ask(true);
+    assert!(with.starts_with("HTTP/1.1 200") && with.contains("\"news\""), "{with}");
+    // A browser cannot open a socket: `agentd dashboard` says so.
+    let out = agentd(&["dashboard", "--state-dir", d.state_dir.to_str().unwrap()]);
+    assert!(!out.status.success());
+    assert!(
+        crate::support::stderr(&out).contains("a browser cannot open"),
+        "{out:?}"
+    );
+}
