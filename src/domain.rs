@@ -106,6 +106,14 @@ pub enum Trigger {
     },
     /// A person wrote to the agent (REPL or `agentd send`).
     Message { text: String, from: String },
+    /// A signed HTTP delivery (`POST /api/v1/agents/NAME/webhook`): the
+    /// headers the agent's `webhook.headers` selects, and the body (as
+    /// text; invalid UTF-8 is replaced, as the model reads text).
+    Webhook {
+        delivery: Option<String>,
+        headers: std::collections::BTreeMap<String, String>,
+        body: String,
+    },
 }
 
 impl Trigger {
@@ -114,6 +122,7 @@ impl Trigger {
             Trigger::Resource { .. } => "resource",
             Trigger::Schedule { .. } => "schedule",
             Trigger::Message { .. } => "message",
+            Trigger::Webhook { .. } => "webhook",
         }
     }
 
@@ -123,6 +132,10 @@ impl Trigger {
             Trigger::Resource { uri, .. } => uri.clone(),
             Trigger::Schedule { cron, .. } => format!("cron {cron}"),
             Trigger::Message { text, .. } => text.lines().next().unwrap_or("").to_owned(),
+            Trigger::Webhook { delivery, .. } => match delivery {
+                Some(d) => format!("webhook delivery {d}"),
+                None => "webhook delivery".to_owned(),
+            },
         }
     }
 }
@@ -161,6 +174,9 @@ pub enum StepKind {
     Approval,
     /// The approval's answer: approved or denied, by whom, with what note.
     ApprovalAnswer,
+    /// A notification about the task sent to a `notify:` receiver (or an
+    /// attempt that failed), written after the task ended.
+    Notify,
     Other(String),
 }
 
@@ -176,6 +192,7 @@ impl StepKind {
             StepKind::Cancel => "cancel",
             StepKind::Approval => "approval",
             StepKind::ApprovalAnswer => "approval_answer",
+            StepKind::Notify => "notify",
             StepKind::Other(s) => s,
         }
     }
@@ -191,6 +208,7 @@ impl StepKind {
             "cancel" => StepKind::Cancel,
             "approval" => StepKind::Approval,
             "approval_answer" => StepKind::ApprovalAnswer,
+            "notify" => StepKind::Notify,
             other => StepKind::Other(other.to_owned()),
         }
     }
@@ -351,6 +369,7 @@ mod tests {
             StepKind::Cancel,
             StepKind::Approval,
             StepKind::ApprovalAnswer,
+            StepKind::Notify,
         ] {
             let json = serde_json::to_string(&kind).expect("serialise");
             assert_eq!(json, format!("\"{}\"", kind.as_str()));

@@ -5,6 +5,7 @@
 mod out;
 mod check;
 mod control;
+mod dashboard;
 pub mod sandbox;
 mod snapshot;
 mod spend;
@@ -127,6 +128,8 @@ pub enum Command {
     Deny(control::DenyArgs),
     /// Model spend per agent and model, from the ledger.
     Spend(spend::SpendArgs),
+    /// Print a link that logs a browser into the dashboard (valid for minutes).
+    Dashboard(dashboard::DashboardArgs),
     /// Conversation and workspace snapshots of an agent.
     #[command(subcommand)]
     Snapshot(snapshot::SnapshotCommand),
@@ -207,6 +210,7 @@ pub fn main() -> ExitCode {
         Some(Command::Deny(args)) => control::answer(&cli.global, &args.ledger, args.id, false, args.reason.clone()),
         Some(Command::Agent { name }) => crate::agent::main(&name),
         Some(Command::Snapshot(cmd)) => snapshot::run(&cli.global, &cmd),
+        Some(Command::Dashboard(args)) => dashboard::run(&cli.global, &args),
         Some(Command::Sandbox(SandboxCommand::Run(args))) => {
             crate::cli::sandbox::run(&args).map(|code| ExitCode::from(code.clamp(0, 255) as u8))
         }

@@ -55,6 +55,7 @@ pub fn list(global: &Global, args: &TasksArgs) -> anyhow::Result<ExitCode> {
         agent: args.agent.clone(),
         state: args.state,
         limit: Some(args.limit),
+        before: None,
     };
     let tasks = ledger.list_tasks(&filter)?;
     if args.json {

@@ -4,7 +4,7 @@
 //!
 //! Each nested section is decoded by the module that owns it (servers,
 //! subscriptions, schedules, sandbox, llm, restart, heartbeat, limits,
-//! bridge). An agent with any error is not returned, but every error in it
+//! bridge, webhook). An agent with any error is not returned, but every error in it
 //! is recorded. It must never look at other agents (the top level checks
 //! names across files).
 
@@ -41,6 +41,7 @@ const AGENT_KEYS: &[&str] = &[
     "limits",
     "budget",
     "approve",
+    "webhook",
 ];
 
 impl Loader<'_> {
@@ -166,6 +167,9 @@ impl Loader<'_> {
         let approve = map
             .get("approve")
             .and_then(|n| super::approve::decode_approve(cx, n, &f("approve")));
+        let webhook = map
+            .get("webhook")
+            .and_then(|n| super::operator::decode_webhook(cx, n, &f("webhook")));
 
         if cx.errors.len() != before {
             return None;
@@ -189,6 +193,7 @@ impl Loader<'_> {
             limits,
             budget,
             approve,
+            webhook,
         })
     }
 

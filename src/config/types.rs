@@ -31,7 +31,57 @@ pub struct Config {
     pub control_group: Option<u32>,
     /// USD per million tokens by model (`prices:` over the built-in table).
     pub prices: crate::budget::Prices,
+    /// Where the HTTP API listens (`http:`); `None` when `http: false`.
+    pub http: Option<Listen>,
+    /// Signed notifications of tasks' ends (`notify:`).
+    pub notify: Vec<NotifySpec>,
     pub agents: Vec<AgentSpec>,
+}
+
+/// An address the HTTP API listens on.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum Listen {
+    Tcp(std::net::SocketAddr),
+    Unix(PathBuf),
+}
+
+impl fmt::Display for Listen {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Listen::Tcp(a) => write!(f, "{a}"),
+            Listen::Unix(p) => write!(f, "unix:{}", p.display()),
+        }
+    }
+}
+
+/// One `notify:` receiver: a signed JSON POST when a task ends in one of
+/// the `on` states.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct NotifySpec {
+    pub url: String,
+    pub on: Vec<crate::domain::TaskState>,
+    /// The variable holding the HMAC-SHA256 key; unsigned without one.
+    pub secret_env: Option<String>,
+    /// Attempts after the first.
+    pub retries: u32,
+    /// Delay before the first retry; doubled each time.
+    pub backoff: Duration,
+    /// How long one attempt may take.
+    pub timeout: Duration,
+}
+
+/// An agent's `webhook:`: deliveries to `POST /api/v1/agents/NAME/webhook`
+/// signed with the key in `secret_env` become tasks.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct WebhookSpec {
+    pub secret_env: String,
+    /// The header whose value names a delivery (e.g. `x-github-delivery`):
+    /// a redelivery with the same value is the same task. Lower case.
+    pub dedupe_header: Option<String>,
+    /// Headers copied into the task's trigger. Lower case.
+    pub headers: Vec<String>,
+    /// The largest body accepted, in bytes.
+    pub max_body: u64,
 }
 
 impl Config {
@@ -106,6 +156,9 @@ pub struct AgentSpec {
     pub budget: Option<crate::budget::BudgetSpec>,
     /// Tool calls and code blocks that wait for an operator (`approve:`).
     pub approve: Option<ApprovalPolicy>,
+    /// Signed deliveries in over HTTP (`webhook:`); none when absent.
+    #[serde(default)]
+    pub webhook: Option<WebhookSpec>,
 }
 
 /// How to reach the model provider. The API key is referenced by the name of

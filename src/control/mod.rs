@@ -14,7 +14,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::domain::TaskId;
 
-pub use server::{Operators, serve};
+pub use server::{Envelope, Operators, serve};
 
 /// Bumped when a request or response changes shape.
 pub const INTERFACE_VERSION: u32 = 3;

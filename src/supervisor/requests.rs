@@ -179,7 +179,55 @@ impl Supervisor {
             "uptime_s": self.started.elapsed().as_secs_f64(),
             "agents": self.agents.len(),
             "failed": self.agents.values().filter(|a| a.life.is_failed()).count(),
+            // Every agent has started (or failed trying): READY=1 was sent.
+            "ready": self.ready_sent,
         }))
+    }
+
+    /// A webhook delivery whose signature the HTTP server checked: recorded
+    /// as a task once per delivery key (a redelivery answers with the task
+    /// the first became), then handed to the agent if it is free.
+    pub(super) async fn on_delivery(&mut self, d: crate::http::Delivery) {
+        let crate::http::Delivery {
+            agent,
+            key,
+            trigger,
+            reply,
+        } = d;
+        if let Err(e) = self.known(&agent) {
+            let _ = reply.send(Err(e));
+            return;
+        }
+        if self.stop_deadline.is_some() {
+            let _ = reply.send(Err("agentd is shutting down".into()));
+            return;
+        }
+        let (name, t2) = (agent.clone(), trigger.clone());
+        let r = self
+            .ledger
+            .call(move |l| match &key {
+                Some(k) => l.enqueue_delivery(&name, k, &t2),
+                None => l.enqueue(&name, &t2, None),
+            })
+            .await;
+        match r {
+            Ok(crate::ledger::Enqueued::New(task)) => {
+                tracing::info!(agent, "webhook delivery queued as task {task}");
+                self.announce_queued(&agent, task, &trigger);
+                let _ = reply.send(Ok((task, false)));
+                self.dispatch(&agent).await;
+            }
+            Ok(crate::ledger::Enqueued::Coalesced(task)) => {
+                tracing::info!(agent, "webhook redelivery of task {task}: nothing new recorded");
+                let _ = reply.send(Ok((task, true)));
+            }
+            Err(e) => {
+                if e.is_unwritable() {
+                    self.enter_degraded(&e);
+                }
+                let _ = reply.send(Err(format!("cannot record the delivery: {e}")));
+            }
+        }
     }
 
     async fn status(&self) -> Response {

@@ -227,6 +227,7 @@ impl Supervisor {
             agent: Some(agent.clone()),
             state: None,
             limit: Some(10),
+            before: None,
         };
         match self.ledger.call(move |l| l.list_tasks(&filter)).await {
             Ok(tasks) if tasks.is_empty() => self.say(format!("{agent} has no tasks yet")),
@@ -284,17 +285,20 @@ impl Supervisor {
             from: from.to_owned(),
         };
         let id = self
-            .record_trigger(agent, trigger, None)
+            .record_trigger(agent, trigger.clone(), None)
             .await
             .map_err(|e| format!("cannot record the message: {e}"))?
             .id();
+        self.announce_queued(agent, id, &trigger);
         tracing::debug!(agent, "message from {from} queued as task {id}");
         self.dispatch(agent).await;
         Ok(id)
     }
 
-    /// Streamed model text: shown line by line if the REPL asked for it.
-    pub(super) fn on_output(&mut self, task: TaskId, text: &str) {
+    /// Streamed model text: on the feed, and shown line by line if the
+    /// REPL asked for it.
+    pub(super) fn on_output(&mut self, agent: &str, task: TaskId, text: &str) {
+        self.announce_output(agent, task, text);
         let Some(w) = self.watched.get_mut(&task) else { return };
         let lines = w.buf.push(text);
         w.shown |= !lines.is_empty();
@@ -328,6 +332,7 @@ impl Supervisor {
         result: Option<&str>,
         error: Option<&str>,
     ) {
+        self.announce_end(agent, task, state, result, error);
         if let Some(mut w) = self.watched.remove(&task) {
             let mut lines: Vec<String> = w.buf.flush().into_iter().collect();
             // A reply that did not stream (a replayed cassette) is shown whole.
@@ -361,7 +366,10 @@ impl Supervisor {
     pub(super) fn on_task_released(&mut self, agent: &str, task: TaskId, state: TaskState, cause: &str) {
         if state.is_final() {
             self.on_task_end(agent, task, state, None, Some(cause));
-        } else if state == TaskState::Waiting {
+            return;
+        }
+        self.announce_end(agent, task, state, None, Some(cause));
+        if state == TaskState::Waiting {
             self.say(labelled(
                 agent,
                 &format!("(interrupted: {cause}; task {task} still waits for its approval)"),

@@ -86,7 +86,7 @@ impl Supervisor {
                     self.on_step(task, &step.kind, step.payload["name"].as_str());
                 }
                 let model_call = step.kind == crate::domain::StepKind::Llm;
-                self.journal(Deferred::Step { task, lease, step });
+                self.journal(name, Deferred::Step { task, lease, step });
                 // The ledger thread runs its jobs in order: the check reads
                 // the window with this step in it.
                 if model_call && self.has_budget_or_budget_pause(name) {
@@ -115,7 +115,7 @@ impl Supervisor {
             }
             FromChild::Output { task, text, .. } => {
                 tracing::debug!(agent = name, "model: {text}");
-                self.on_output(task, &text);
+                self.on_output(name, task, &text);
             }
             FromChild::Finished {
                 task,
@@ -270,5 +270,6 @@ impl Supervisor {
             attempt: task.attempts,
             trigger,
         });
+        self.announce_running(name, task.id, task.attempts);
     }
 }

@@ -550,3 +550,57 @@ fn governance_keys_decode_with_defaults_prices_and_positioned_errors() {
         ]
     );
 }
+
+#[test]
+fn http_notify_and_webhook_errors_name_their_field_and_position() {
+    let errs = errors_of(
+        "http: {listen: \"nonsense\"}\n\
+         notify:\n  - {url: \"ftp://x\", on: [waiting, done], timeout: 0s}\n\
+         agents:\n  - name: a\n    model: m\n    webhook: {dedupe_header: \"bad header\", max_body: 0}\n",
+    );
+    let want = [
+        "1:16: http.listen: \"nonsense\" is not an address to listen on",
+        "3:11: notify[0].url: \"ftp://x\" is not an http(s) URL",
+        "3:27: notify[0].on[0]: notifying on \"waiting\" (a task stopped for an approval) is not built yet",
+        "3:36: notify[0].on[1]: unknown event \"done\"",
+        "notify[0].timeout: timeout must be more than 0",
+        "agents[0].webhook.secret_env: missing required field",
+        "agents[0].webhook.dedupe_header: \"bad header\" is not an HTTP header name",
+        "agents[0].webhook.max_body: max_body must be more than 0",
+    ];
+    for w in want {
+        assert!(errs.iter().any(|e| e.contains(w)), "no error like {w:?} in {errs:#?}");
+    }
+    assert_eq!(errs.len(), want.len(), "{errs:#?}");
+}
+
+#[test]
+fn http_is_on_at_loopback_by_default_and_off_with_false() {
+    let dir = tempdir();
+    let on = load(&write(dir.path(), "on.yaml", "agents: []\n")).unwrap();
+    assert_eq!(on.http.unwrap().to_string(), config::DEFAULT_LISTEN);
+    let off = load(&write(dir.path(), "off.yaml", "http: false\nagents: []\n")).unwrap();
+    assert!(off.http.is_none());
+    let unix = load(&write(
+        dir.path(),
+        "unix.yaml",
+        "http: {listen: \"unix:api.sock\"}\nagents: []\n",
+    ))
+    .unwrap();
+    assert_eq!(
+        unix.http.unwrap().to_string(),
+        format!("unix:{}", dir.path().join("api.sock").display())
+    );
+    let hooks = load(&write(
+        dir.path(),
+        "hooks.yaml",
+        "notify: [{url: \"http://127.0.0.1:9/x\", secret_env: S}]\nagents:\n  - {name: a, model: m, webhook: {secret_env: H, headers: [X-GitHub-Event]}}\n",
+    ))
+    .unwrap();
+    assert_eq!(hooks.notify[0].on.len(), 3);
+    let w = hooks.agents[0].webhook.as_ref().unwrap();
+    assert_eq!(
+        (w.secret_env.as_str(), w.headers[0].as_str(), w.max_body),
+        ("H", "x-github-event", 1024 * 1024)
+    );
+}

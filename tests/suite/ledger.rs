@@ -369,3 +369,37 @@ fn readers_say_when_there_is_no_ledger_yet() {
     assert_eq!(out.status.code(), Some(1));
     assert!(stderr(&out).contains("no ledger here"), "{}", stderr(&out));
 }
+
+#[test]
+fn every_task_listing_walks_an_index_newest_first_without_sorting() {
+    let dir = tempdir();
+    let path = dir.path().join(ledger::FILE_NAME);
+    let l = Ledger::open(&path).expect("open");
+    let agent = Some("news".to_string());
+    let state = Some(TaskState::Failed);
+    for (agent, state, before, index) in [
+        (None, None, None, None),
+        (None, None, Some(500), None),
+        (agent.clone(), None, None, Some("tasks_by_agent ")),
+        (agent.clone(), None, Some(500), Some("tasks_by_agent ")),
+        (None, state, None, Some("tasks_by_state")),
+        (agent.clone(), state, Some(500), Some("tasks_by_agent_state")),
+    ] {
+        let filter = TaskFilter {
+            agent,
+            state,
+            limit: Some(50),
+            before,
+        };
+        let plan = l.list_tasks_plan(&filter).expect("plan").join("\n");
+        // A sort would mean reading every matching row before the first page.
+        assert!(!plan.contains("TEMP B-TREE"), "{filter:?}: {plan}");
+        match index {
+            Some(i) => assert!(plan.contains(&format!("USING INDEX {i}")), "{filter:?}: {plan}"),
+            None => assert!(
+                plan.contains("SCAN tasks") || plan.contains("SEARCH tasks USING INTEGER PRIMARY KEY"),
+                "{filter:?}: {plan}"
+            ),
+        }
+    }
+}
