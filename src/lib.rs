@@ -22,6 +22,7 @@ pub mod llm;
 mod log_limit;
 mod logging;
 pub mod mcp;
+pub mod metrics;
 pub mod protocol;
 mod repl;
 pub mod sandbox;

@@ -2,8 +2,9 @@
 # Installs what the test suite needs on a Debian machine that has the Rust toolchain:
 # bubblewrap, python3 (with venv), systemd-analyze and Node.js from Debian; the MCP
 # peer servers pinned in tests/peers from the npm registry; the Python peers
-# (mcp-subscribe, mcp-server-fetch) and LiteLLM's proxy from PyPI into virtualenvs
-# under tests/peers. Safe to run again: each part is skipped when it is in place
+# (mcp-subscribe, mcp-server-fetch), LiteLLM's proxy and the observability
+# peers (Prometheus' parser, the OTLP protobuf definitions) from PyPI into
+# virtualenvs under tests/peers. Safe to run again: each part is skipped when it is in place
 # and its pins have not changed.
 set -eu
 cd "$(dirname "$0")/.."
@@ -45,3 +46,4 @@ venv() {
 }
 venv tests/peers/venv tests/peers/requirements-mcp.txt
 venv tests/peers/litellm-venv tests/peers/requirements-litellm.txt
+venv tests/peers/obs-venv tests/peers/requirements-obs.txt

@@ -242,12 +242,9 @@ impl Runtime {
                 let mut feedback = String::from("Results of your code blocks:\n");
                 for r in &results {
                     let rendered = r.render_for_model();
-                    job.step(
-                        StepKind::Fence,
-                        json!({"block": r.tag, "line": r.span.line, "result": clip(&rendered)}),
-                        (0, 0),
-                        None,
-                    );
+                    let mut payload = json!({"block": r.tag, "line": r.span.line, "result": clip(&rendered)});
+                    fence_facts(&mut payload, &r.outcome, self.spec.sandbox.backend.name());
+                    job.step(StepKind::Fence, payload, (0, 0), None);
                     feedback.push_str(&rendered);
                 }
                 messages.push(ChatMessage::user(feedback));
@@ -291,6 +288,23 @@ impl Runtime {
             Some(started),
         );
         if is_error { format!("error: {text}") } else { text }
+    }
+}
+
+/// What metrics and traces count of a block's run, beside its rendered
+/// result: the backend, whether it ran, its exit, timeout and duration.
+fn fence_facts(payload: &mut Value, outcome: &fence::FenceOutcome, backend: &str) {
+    payload["backend"] = json!(backend);
+    match outcome {
+        fence::FenceOutcome::Ran(o) => {
+            payload["outcome"] = json!("ran");
+            payload["exit_code"] = json!(o.exit_code);
+            payload["signal"] = json!(o.signal);
+            payload["timed_out"] = json!(o.timed_out);
+            payload["duration_ms"] = json!(o.duration.as_millis() as u64);
+        }
+        fence::FenceOutcome::Created { .. } => payload["outcome"] = json!("created"),
+        fence::FenceOutcome::NotRun { .. } => payload["outcome"] = json!("not_run"),
     }
 }
 

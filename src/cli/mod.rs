@@ -101,6 +101,8 @@ pub enum Command {
     Show(tasks::ShowArgs),
     /// Show each agent's state, pid, restarts, uptime and last error.
     Status(control::StatusArgs),
+    /// Print the running agentd's Prometheus metrics (OpenMetrics text) to stdout.
+    Metrics(control::MetricsArgs),
     /// Start a stopped or failed agent (clears its start limit).
     Start(control::AgentArgs),
     /// Stop an agent; it stays down until started again.
@@ -181,6 +183,7 @@ pub fn main() -> ExitCode {
         Some(Command::Tasks(args)) => tasks::list(&cli.global, &args),
         Some(Command::Show(args)) => tasks::show(&cli.global, &args),
         Some(Command::Status(args)) => control::status(&cli.global, &args),
+        Some(Command::Metrics(args)) => control::metrics(&cli.global, &args),
         Some(Command::Start(args)) => control::agent_request(&cli.global, &args, control::Verb::Start),
         Some(Command::Stop(args)) => control::agent_request(&cli.global, &args, control::Verb::Stop),
         Some(Command::Restart(args)) => control::agent_request(&cli.global, &args, control::Verb::Restart),

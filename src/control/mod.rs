@@ -17,7 +17,7 @@ use crate::domain::TaskId;
 pub use server::{Operators, serve};
 
 /// Bumped when a request or response changes shape.
-pub const INTERFACE_VERSION: u32 = 2;
+pub const INTERFACE_VERSION: u32 = 3;
 
 pub const SOCKET_NAME: &str = "agentd.sock";
 
@@ -27,6 +27,8 @@ pub enum Request {
     DescribeInterface,
     Health,
     Status,
+    /// The Prometheus metrics, in the OpenMetrics text format.
+    Metrics,
     Start {
         agent: String,
     },
@@ -73,6 +75,7 @@ impl Request {
             "methods": {
                 "DescribeInterface": {"params": {}, "result": "this description"},
                 "Health": {"params": {}, "result": {"ok": "bool", "pid": "int", "uptime_s": "float", "agents": "int", "failed": "int"}},
+                "Metrics": {"params": {}, "result": {"content_type": "string", "text": "the metrics in the OpenMetrics text format (what GET /metrics serves)"}},
                 "Status": {"params": {}, "result": {"agents": "[{name, state, paused, pid, restarts, uptime_s, last_exit, last_error, queued, running_task, schedules: [{cron, timezone, prompt, next_run}]}]"}},
                 "Start": {"params": {"agent": "name"}, "result": "the agent's status; also clears a failed state"},
                 "Stop": {"params": {"agent": "name"}, "result": "the agent's status; it stays down until started"},

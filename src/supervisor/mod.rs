@@ -40,6 +40,7 @@ mod watch;
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
@@ -50,6 +51,7 @@ use tokio::sync::mpsc;
 use crate::config::{AgentSpec, Config};
 use crate::control::{self, Response};
 use crate::ledger::{self, Ledger};
+use crate::metrics::Metrics;
 use crate::protocol::FromChild;
 use crate::repl::{self, Repl};
 use degraded::{Deferred, Degraded};
@@ -142,6 +144,8 @@ pub struct Supervisor {
     degraded: Degraded,
     /// Agents' own users, when agentd runs as root.
     users: Option<users::AgentUsers>,
+    /// Counted here, rendered for `agentd metrics` and `GET /metrics`.
+    metrics: Arc<Metrics>,
 }
 
 /// Runs the supervisor until it is stopped; the process's exit code.
@@ -191,7 +195,8 @@ async fn run_async(
             humantime::format_duration(budget)
         ),
     }
-    let ledger = LedgerThread::start(ledger).context("starting the ledger thread")?;
+    let metrics = Arc::new(Metrics::new());
+    let ledger = LedgerThread::start(ledger, metrics.ledger_duration.clone()).context("starting the ledger thread")?;
 
     let socket = crate::state_dir::socket(&cfg.state_dir);
     // The lock proves no other agentd owns this state dir: a socket left
@@ -224,6 +229,7 @@ async fn run_async(
         reload_seq: 0,
         degraded: Degraded::default(),
         users,
+        metrics,
         cfg,
     };
     sup.recover_orphaned_tasks().await?;

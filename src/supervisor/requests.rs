@@ -36,16 +36,19 @@ impl Supervisor {
             | Request::SnapshotCreate { agent, .. }
             | Request::SnapshotRestore { agent, .. } => Some(agent.as_str()),
             // `send_message` says so itself for an unknown agent.
-            Request::Send { .. } | Request::DescribeInterface | Request::Health | Request::Status | Request::Reload => {
-                None
-            }
+            Request::Send { .. }
+            | Request::DescribeInterface
+            | Request::Health
+            | Request::Status
+            | Request::Metrics
+            | Request::Reload => None,
         };
         if let Some(agent) = agent.filter(|a| !self.agents.contains_key(*a)) {
             return answer(reply, Response::error(format!("no agent named {agent:?}")));
         }
         let changes_state = !matches!(
             req,
-            Request::DescribeInterface | Request::Health | Request::Status | Request::Send { .. }
+            Request::DescribeInterface | Request::Health | Request::Status | Request::Metrics | Request::Send { .. }
         );
         if changes_state && self.stop_deadline.is_some() {
             return answer(reply, Response::error("agentd is shutting down"));
@@ -54,6 +57,7 @@ impl Supervisor {
             Request::DescribeInterface => answer(reply, Response::ok(Request::describe())),
             Request::Health => answer(reply, self.health()),
             Request::Status => answer(reply, self.status().await),
+            Request::Metrics => answer(reply, self.metrics_text().await),
             Request::Start { agent } => answer(reply, self.start_by_hand(&agent).await),
             Request::Stop { agent } => answer(reply, self.stop_by_hand(&agent).await),
             Request::Restart { agent } => answer(reply, self.restart_by_hand(&agent).await),
@@ -95,6 +99,22 @@ impl Supervisor {
             out.push(self.agent_status(name).await);
         }
         Response::ok(json!({ "agents": out, "degraded": self.degraded.cause() }))
+    }
+
+    /// The metrics, with the gauges of what the supervisor holds (agent
+    /// states, queue depths) brought up to date first.
+    pub(super) async fn metrics_text(&self) -> Response {
+        let mut agents = Vec::new();
+        for (name, a) in &self.agents {
+            let owned = name.clone();
+            let queued = self.ledger.call(move |l| l.queued_count(&owned)).await.unwrap_or(0);
+            agents.push((name.as_str(), a.life.name(), queued));
+        }
+        self.metrics.refresh(&Lifecycle::NAMES, &agents);
+        Response::ok(json!({
+            "content_type": crate::metrics::CONTENT_TYPE,
+            "text": self.metrics.render(),
+        }))
     }
 
     async fn start_by_hand(&mut self, agent: &str) -> Response {

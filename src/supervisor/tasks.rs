@@ -10,6 +10,7 @@ use super::degraded::Deferred;
 use super::slot::{Claim, Lifecycle, Live};
 use crate::domain::{TaskId, TaskState, Trigger};
 use crate::ledger::{self, LedgerError};
+use crate::metrics::StepFacts;
 use crate::protocol::{FromChild, PROTOCOL_VERSION, ToChild};
 
 impl Supervisor {
@@ -68,6 +69,9 @@ impl Supervisor {
                 self.dispatch(name).await;
             }
             FromChild::Trigger { trigger, dedupe_key } => {
+                if let Trigger::Resource { server, .. } = &trigger {
+                    self.metrics.subscription_fired(name, server);
+                }
                 let kept = Deferred::Trigger {
                     agent: name.to_owned(),
                     trigger,
@@ -77,6 +81,9 @@ impl Supervisor {
                 self.dispatch(name).await;
             }
             FromChild::Step { task, lease, step } => {
+                if let Some(a) = self.agents.get(name) {
+                    self.metrics.step(name, &a.spec.model, &StepFacts::of(&step));
+                }
                 if self.watched.contains_key(&task) {
                     self.on_step(task, &step.kind, step.payload["name"].as_str());
                 }
@@ -112,15 +119,10 @@ impl Supervisor {
                 conversation,
             } => {
                 let current = self.agents.get(name).and_then(|a| a.life.claim().cloned());
-                if current
-                    != Some(Claim {
-                        task,
-                        lease: lease.clone(),
-                    })
-                {
+                let Some(claim) = current.filter(|c| c.is(task, &lease)) else {
                     tracing::warn!(agent = name, "ignoring a result for task {task} from a stale lease");
                     return;
-                }
+                };
                 let agent = name.to_owned();
                 let state = if state.is_final() { state } else { TaskState::Failed };
                 // One line of what the model said (or what went wrong) for the log.
@@ -146,6 +148,8 @@ impl Supervisor {
                 self.write_or_keep(name, end).await;
                 let said = summary.map(|s| format!(": {s}")).unwrap_or_default();
                 tracing::info!(agent = name, "task {task} {state}{said}");
+                self.metrics
+                    .task_ended(name, claim.trigger, state.as_str(), claim.since.elapsed());
                 self.on_task_end(name, task, state, shown_result.as_deref(), shown_error.as_deref());
                 if let Some(a) = self.agents.get_mut(name)
                     && let Lifecycle::Running { claim, .. } | Lifecycle::Stopping { claim, .. } = &mut a.life
@@ -240,7 +244,10 @@ impl Supervisor {
         *claim = Some(Claim {
             task: task.id,
             lease: lease.clone(),
+            trigger: trigger.kind(),
+            since: Instant::now(),
         });
+        self.metrics.task_started(name, trigger.kind());
         child.handle.send(&ToChild::Task {
             id: task.id,
             lease,

@@ -7,6 +7,7 @@ mod fence;
 mod ledger;
 mod llm;
 mod mcp;
+mod observability;
 mod quickstart;
 mod repl;
 mod runtime;

@@ -1,0 +1,243 @@
+//! Metrics and traces against the real binary: tasks run through a real
+//! agentd (mcp-watch, the scripted model server, the sandbox), then
+//! `agentd metrics` is scraped and parsed by Prometheus' own Python parser;
+//! the counters are checked against what the ledger's journal says happened.
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use agentd::control::Request;
+use agentd::domain::TaskState;
+use agentd::ledger::Step;
+use serde_json::Value;
+
+use crate::support::daemon::{Daemon, steps, tasks};
+use crate::support::inbox::{Extra, InboxAgent};
+use crate::support::llm_server::{LlmServer, Reply};
+use crate::support::peers::peers_dir;
+use crate::support::{agentd, stderr, stdout, tempdir, wait_for};
+
+/// One parsed sample.
+#[derive(Debug, Clone)]
+struct Sample {
+    name: String,
+    labels: BTreeMap<String, String>,
+    value: f64,
+}
+
+/// Parses OpenMetrics text with `prometheus_client`'s parser (in the
+/// observability virtualenv tests/setup.sh installs).
+fn parse(text: &str) -> Vec<Sample> {
+    let python = peers_dir().join("obs-venv/bin/python");
+    assert!(python.is_file(), "{} is missing: run tests/setup.sh", python.display());
+    let mut child = Command::new(python)
+        .arg(peers_dir().join("parse_metrics.py"))
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run the parser");
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(text.as_bytes())
+        .expect("write metrics");
+    let out = child.wait_with_output().expect("parser output");
+    assert!(out.status.success(), "the parser refused:\n{}\n{text}", stderr(&out));
+    let v: Vec<Value> = serde_json::from_slice(&out.stdout).expect("parser JSON");
+    v.into_iter()
+        .map(|s| Sample {
+            name: s["name"].as_str().unwrap_or_default().to_owned(),
+            labels: serde_json::from_value(s["labels"].clone()).unwrap_or_default(),
+            value: s["value"].as_f64().unwrap_or(f64::NAN),
+        })
+        .collect()
+}
+
+fn scrape(d: &Daemon) -> (String, Vec<Sample>) {
+    let sd = d.state_dir.to_str().unwrap_or_default().to_owned();
+    let out = agentd(&["metrics", "--state-dir", &sd]);
+    assert!(out.status.success(), "agentd metrics failed: {}", stderr(&out));
+    let text = stdout(&out);
+    let samples = parse(&text);
+    (text, samples)
+}
+
+/// The value of `name` with these labels (others ignored); 0 when absent,
+/// as Prometheus reads a series that was never incremented.
+fn value(samples: &[Sample], name: &str, labels: &[(&str, &str)]) -> f64 {
+    samples
+        .iter()
+        .filter(|s| {
+            s.name == name
+                && labels
+                    .iter()
+                    .all(|(k, v)| s.labels.get(*k).map(String::as_str) == Some(*v))
+        })
+        .map(|s| s.value)
+        .sum()
+}
+
+fn all_steps(d: &Daemon) -> Vec<Step> {
+    tasks(&d.state_dir)
+        .iter()
+        .flat_map(|t| steps(&d.state_dir, t.id))
+        .collect()
+}
+
+#[test]
+fn metrics_scraped_after_real_tasks_count_what_the_journal_shows() {
+    let llm = LlmServer::start(vec![
+        // Task 1 (a resource change): a retried request, a tool call, a
+        // sandbox run, a final answer.
+        Reply::rate_limited("0"),
+        Reply::stream_tool_calls(&[("c1", "read_file", r#"{"path": "note.md"}"#)]),
+        Reply::stream_text(&["Counting.\n```bash:execute\necho ran-in-sandbox\n```\n"]),
+        Reply::stream_text(&["Done."]),
+        // Task 2 (a message): a failing tool call, then an answer.
+        Reply::stream_tool_calls(&[("c2", "read_file", r#"{"path": "missing.md"}"#)]),
+        Reply::stream_text(&["No such note."]),
+    ]);
+    let s = InboxAgent::new(
+        "watcher",
+        &llm.base_url(),
+        "sk-test",
+        Extra {
+            max_retries: 3,
+            ..Extra::default()
+        },
+    );
+    let d = s.start_running();
+
+    // Before any task: the agent runs, nothing has been counted.
+    let (_, before) = scrape(&d);
+    assert_eq!(value(&before, "agentd_agents", &[("state", "running")]), 1.0);
+    assert_eq!(value(&before, "agentd_agents", &[("state", "failed")]), 0.0);
+    assert_eq!(value(&before, "agentd_tasks_started_total", &[]), 0.0);
+    assert_eq!(value(&before, "agentd_model_requests_total", &[]), 0.0);
+    assert_eq!(
+        value(&before, "agentd_build_info", &[("version", env!("CARGO_PKG_VERSION"))]),
+        1.0
+    );
+
+    std::fs::write(s.inbox.join("note.md"), "hello\n").expect("write note");
+    wait_for(Duration::from_secs(30), || {
+        tasks(&d.state_dir).iter().any(|t| t.state.is_final()).then_some(())
+    })
+    .unwrap_or_else(|| panic!("the resource task did not end; log:\n{}", d.log_text()));
+    let r = d.request(&Request::Send {
+        agent: "watcher".into(),
+        text: "read missing.md".into(),
+        wait: true,
+    });
+    assert!(r.ok, "{r:?}");
+
+    let done = tasks(&d.state_dir);
+    assert_eq!(done.len(), 2, "{done:#?}");
+    assert!(done.iter().all(|t| t.state == TaskState::Succeeded), "{done:#?}");
+    let (text, after) = scrape(&d);
+    let journal = all_steps(&d);
+    let of = |kind: &str| journal.iter().filter(|s| s.kind == kind).collect::<Vec<_>>();
+
+    // Tasks, by trigger kind and end state.
+    for trigger in ["resource", "message"] {
+        let l = [("agent", "watcher"), ("trigger", trigger)];
+        assert_eq!(value(&after, "agentd_tasks_started_total", &l), 1.0, "{text}");
+        let ended = [("agent", "watcher"), ("trigger", trigger), ("state", "succeeded")];
+        assert_eq!(value(&after, "agentd_tasks_ended_total", &ended), 1.0, "{text}");
+        assert_eq!(value(&after, "agentd_task_duration_seconds_count", &l), 1.0, "{text}");
+        assert!(value(&after, "agentd_task_duration_seconds_sum", &l) > 0.0, "{text}");
+    }
+    assert_eq!(value(&after, "agentd_queue_depth", &[("agent", "watcher")]), 0.0);
+    assert_eq!(
+        value(
+            &after,
+            "agentd_subscription_fires_total",
+            &[("agent", "watcher"), ("server", "inbox")]
+        ),
+        1.0,
+        "{text}"
+    );
+
+    // Model calls: as many as the journal's llm steps, with their retries
+    // and tokens, labelled by the configured model.
+    let model = [("agent", "watcher"), ("model", "test-model")];
+    let llm_steps = of("llm");
+    assert_eq!(llm_steps.len(), 5, "{journal:#?}");
+    assert_eq!(
+        value(&after, "agentd_model_requests_total", &model),
+        llm_steps.len() as f64
+    );
+    assert_eq!(value(&after, "agentd_model_errors_total", &model), 0.0);
+    let retries: usize = llm_steps
+        .iter()
+        .map(|s| s.payload["retries"].as_array().map_or(0, Vec::len))
+        .sum();
+    assert_eq!(retries, 1, "the 429 was retried");
+    assert_eq!(value(&after, "agentd_model_retries_total", &model), retries as f64);
+    let input: i64 = llm_steps.iter().map(|s| s.input_tokens).sum();
+    let output: i64 = llm_steps.iter().map(|s| s.output_tokens).sum();
+    assert!(input > 0 && output > 0, "{llm_steps:#?}");
+    assert_eq!(value(&after, "agentd_model_input_tokens_total", &model), input as f64);
+    assert_eq!(value(&after, "agentd_model_output_tokens_total", &model), output as f64);
+    assert_eq!(
+        value(&after, "agentd_model_request_duration_seconds_count", &model),
+        llm_steps.len() as f64
+    );
+
+    // Tool calls: two of read_file, one of them an error.
+    let tool = [("agent", "watcher"), ("tool", "read_file")];
+    let tool_steps = of("tool");
+    assert_eq!(tool_steps.len(), 2, "{journal:#?}");
+    let errors = tool_steps.iter().filter(|s| s.payload["is_error"] == true).count();
+    assert_eq!(errors, 1, "{tool_steps:#?}");
+    assert_eq!(value(&after, "agentd_tool_calls_total", &tool), 2.0, "{text}");
+    assert_eq!(
+        value(&after, "agentd_tool_errors_total", &tool),
+        errors as f64,
+        "{text}"
+    );
+
+    // The sandbox run, under the backend the journal names.
+    let fences = of("fence");
+    assert_eq!(fences.len(), 1, "{journal:#?}");
+    let backend = fences[0].payload["backend"].as_str().unwrap_or_default().to_owned();
+    assert!(!backend.is_empty(), "{:#?}", fences[0]);
+    let b = [("backend", backend.as_str())];
+    assert_eq!(value(&after, "agentd_sandbox_runs_total", &b), 1.0, "{text}");
+    assert_eq!(value(&after, "agentd_sandbox_timeouts_total", &b), 0.0);
+    assert_eq!(value(&after, "agentd_sandbox_run_duration_seconds_count", &b), 1.0);
+
+    // Every ledger operation was timed (claims, steps, finishes at least).
+    assert!(value(&after, "agentd_ledger_operation_duration_seconds_count", &[]) >= journal.len() as f64);
+
+    // No label carries a task id or a URI.
+    for s in &after {
+        for (k, v) in &s.labels {
+            assert!(!v.contains("://"), "a URI in label {k} of {}: {v}", s.name);
+            assert!(k != "task" && k != "uri", "label {k} on {}", s.name);
+        }
+    }
+}
+
+#[test]
+fn metrics_without_a_running_agentd_says_so() {
+    let dir = tempdir();
+    let sd = dir.path().join("state");
+    std::fs::create_dir_all(&sd).expect("state dir");
+    let out = agentd(&["metrics", "--state-dir", sd.to_str().unwrap_or_default()]);
+    assert!(!out.status.success());
+    assert!(
+        stdout(&out).is_empty(),
+        "nothing on stdout for a scraper to mistake: {}",
+        stdout(&out)
+    );
+    let err = stderr(&out);
+    assert!(
+        err.contains("cannot reach agentd") && err.contains("is agentd running"),
+        "{err}"
+    );
+}
