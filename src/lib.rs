@@ -31,4 +31,5 @@ pub mod skills;
 pub mod snapshots;
 mod state_dir;
 mod supervisor;
+pub mod telemetry;
 mod yaml;

@@ -15,7 +15,7 @@ use serde::{Deserialize, Serialize};
 use crate::config::AgentSpec;
 use crate::domain::{Conversation, Lease, NewStep, TaskId, TaskState, Trigger};
 
-pub const PROTOCOL_VERSION: u32 = 3;
+pub const PROTOCOL_VERSION: u32 = 4;
 
 /// Supervisor → child.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -42,6 +42,10 @@ pub enum ToChild {
         lease: Lease,
         attempt: i64,
         trigger: Trigger,
+        /// The W3C trace context of the supervisor's span for this task,
+        /// when traces are exported: the child's spans join its trace.
+        #[serde(default)]
+        traceparent: Option<String>,
     },
     /// Finish the current task (up to `grace_ms`), release resources, exit 0.
     Shutdown { grace_ms: u64 },
@@ -80,6 +84,10 @@ pub enum FromChild {
         error: Option<String>,
         /// The conversation after this task, to snapshot.
         conversation: Option<Conversation>,
+        /// Trace spans the child dropped (its export queue was full) since
+        /// its last `Finished`, for `agentd_trace_spans_dropped_total`.
+        #[serde(default)]
+        spans_dropped: u64,
     },
 }
 

@@ -195,7 +195,13 @@ async fn run(name: &str) -> anyhow::Result<ExitCode> {
             Ok(None) | Err(_) => break,
         };
         match serde_json::from_str::<ToChild>(&line) {
-            Ok(ToChild::Task { id, lease, trigger, .. }) => {
+            Ok(ToChild::Task {
+                id,
+                lease,
+                trigger,
+                attempt,
+                traceparent,
+            }) => {
                 let Some(rt) = runtime.as_mut() else {
                     let error = llm_error.as_ref().map(|(e, _)| e.clone()).unwrap_or_default();
                     finished(
@@ -210,7 +216,19 @@ async fn run(name: &str) -> anyhow::Result<ExitCode> {
                 // Keep reading: a shutdown may arrive while the task runs.
                 let mut stop: Option<Duration> = None;
                 let outcome = {
-                    let fut = rt.run_task(id, &lease, &trigger);
+                    let span = tracing::info_span!(
+                        target: crate::telemetry::TARGET,
+                        "invoke_agent",
+                        otel.name = %format!("invoke_agent {}", lease.agent),
+                        gen_ai.operation.name = "invoke_agent",
+                        gen_ai.agent.name = %lease.agent,
+                        agentd.task.id = id.0,
+                        agentd.task.attempt = attempt,
+                        agentd.task.trigger = trigger.kind(),
+                        process.pid = i64::from(std::process::id()),
+                    );
+                    crate::telemetry::join(&span, traceparent.as_deref());
+                    let fut = tracing::Instrument::instrument(rt.run_task(id, &lease, &trigger), span);
                     tokio::pin!(fut);
                     loop {
                         if let Some(grace) = stop {
@@ -341,5 +359,6 @@ fn finished(outbox: &Outbox, task: TaskId, lease: &Lease, o: Outcome, conversati
         result: o.result,
         error: o.error,
         conversation,
+        spans_dropped: crate::telemetry::take_dropped(),
     });
 }

@@ -18,6 +18,9 @@ use crate::fence;
 use crate::llm::{ChatMessage, ChatRequest, LlmClient, ToolCall, ToolDef};
 use crate::mcp::McpHub;
 use crate::protocol::FromChild;
+use crate::telemetry;
+use tracing::Instrument;
+use tracing_opentelemetry::OpenTelemetrySpanExt;
 
 /// Longest text kept in a journal step field; the model still sees it all.
 const JOURNAL_TEXT: usize = 16 * 1024;
@@ -168,7 +171,40 @@ impl Runtime {
                     text,
                 });
             };
-            let reply = match self.llm.complete(&request, &mut on_text).await {
+            // GenAI semantic conventions; no prompt or completion text.
+            let span = tracing::info_span!(
+                target: telemetry::TARGET,
+                "chat",
+                otel.name = %format!("chat {}", self.spec.model),
+                otel.status_code = tracing::field::Empty,
+                gen_ai.operation.name = "chat",
+                gen_ai.provider.name = "openai",
+                gen_ai.request.model = %self.spec.model,
+                gen_ai.usage.input_tokens = tracing::field::Empty,
+                gen_ai.usage.output_tokens = tracing::field::Empty,
+                server.address = %self.spec.llm.base_url,
+                error.type = tracing::field::Empty,
+                agentd.turn = turn,
+            );
+            let result = self.llm.complete(&request, &mut on_text).instrument(span.clone()).await;
+            match &result {
+                Ok(reply) => {
+                    span.record("gen_ai.usage.input_tokens", reply.usage.prompt_tokens as i64);
+                    span.record("gen_ai.usage.output_tokens", reply.usage.completion_tokens as i64);
+                    if let Some(reason) = &reply.finish_reason {
+                        span.set_attribute(
+                            "gen_ai.response.finish_reasons",
+                            opentelemetry::Value::Array(vec![opentelemetry::StringValue::from(reason.clone())].into()),
+                        );
+                    }
+                }
+                Err(e) => {
+                    span.record("otel.status_code", "ERROR");
+                    span.record("error.type", e.to_string().as_str());
+                }
+            }
+            drop(span);
+            let reply = match result {
                 Ok(r) => r,
                 Err(e) => {
                     job.step(
@@ -277,10 +313,30 @@ impl Runtime {
                 return msg;
             }
         };
-        let (text, is_error) = match self.hub.call_tool(&call.name, args.clone()).await {
+        let span = tracing::info_span!(
+            target: telemetry::TARGET,
+            "execute_tool",
+            otel.name = %format!("execute_tool {}", call.name),
+            otel.status_code = tracing::field::Empty,
+            gen_ai.operation.name = "execute_tool",
+            gen_ai.tool.name = %call.name,
+            gen_ai.tool.call.id = %call.id,
+            error.type = tracing::field::Empty,
+        );
+        let called = self
+            .hub
+            .call_tool(&call.name, args.clone())
+            .instrument(span.clone())
+            .await;
+        let (text, is_error) = match called {
             Ok(out) => (out.text, out.is_error),
             Err(e) => (e.to_string(), true),
         };
+        if is_error {
+            span.record("otel.status_code", "ERROR");
+            span.record("error.type", "tool_error");
+        }
+        drop(span);
         job.step(
             StepKind::Tool,
             json!({"name": call.name, "arguments": Value::Object(args), "result": clip(&text), "is_error": is_error}),

@@ -169,7 +169,20 @@ pub fn main() -> ExitCode {
     // rmcp narrates every message at info and logs transport hiccups (each
     // HTTP reconnect) as ERROR; agentd reports connection loss, retries and
     // recovery itself, so rmcp is off unless RUST_LOG asks for it.
-    logging::init(cli.global.log_format, "info,rmcp=off");
+    // Traces are exported by the supervisor and the agent processes only.
+    let traced = matches!(cli.command, None | Some(Command::Agent { .. }));
+    let (traces, trace_error) = match traced.then(crate::telemetry::from_env).transpose() {
+        Ok(t) => (t.flatten(), None),
+        Err(e) => (None, Some(e)),
+    };
+    let (_traces, layer) = match traces {
+        Some((t, l)) => (Some(t), Some(l)),
+        None => (None, None),
+    };
+    logging::init(cli.global.log_format, "info,rmcp=off", layer);
+    if let Some(e) = trace_error {
+        tracing::warn!("traces are not exported: {e}");
+    }
     // A terminal REPL shares the screen with the logs. agentd's own go
     // through the REPL's printer; the agent processes write to the terminal
     // directly, so they keep to warnings unless RUST_LOG asks for more.

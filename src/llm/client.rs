@@ -509,6 +509,13 @@ impl tower_service::Service<HttpRequestFactory> for Transport {
             if let Some(v) = this.auth {
                 headers.insert(AUTHORIZATION, v);
             }
+            // The model call's span (when traces are exported) continues
+            // at the provider, if it traces.
+            if let Some(tp) = crate::telemetry::traceparent(&tracing::Span::current())
+                && let Ok(v) = HeaderValue::from_str(&tp)
+            {
+                headers.insert("traceparent", v);
+            }
             let response = this.http.execute(request).await?;
             let mut seen = lock(&this.seen);
             seen.status = Some(response.status().as_u16());

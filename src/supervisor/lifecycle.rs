@@ -258,6 +258,7 @@ impl Supervisor {
                 Some(Ok(state)) => {
                     tracing::warn!(agent = name, "task {task} interrupted; now {state}");
                     self.metrics.task_ended(name, trigger, state.as_str(), since.elapsed());
+                    self.end_task_span(task, state);
                     self.on_task_released(name, task, state, &cause);
                 }
                 Some(Err(LedgerError::Closed)) => {}

@@ -146,6 +146,8 @@ pub struct Supervisor {
     users: Option<users::AgentUsers>,
     /// Counted here, rendered for `agentd metrics` and `GET /metrics`.
     metrics: Arc<Metrics>,
+    /// The trace span of each running task (disabled unless traces are exported).
+    task_spans: HashMap<crate::domain::TaskId, tracing::Span>,
 }
 
 /// Runs the supervisor until it is stopped; the process's exit code.
@@ -230,6 +232,7 @@ async fn run_async(
         degraded: Degraded::default(),
         users,
         metrics,
+        task_spans: HashMap::new(),
         cfg,
     };
     sup.recover_orphaned_tasks().await?;

@@ -111,6 +111,9 @@ impl Supervisor {
             agents.push((name.as_str(), a.life.name(), queued));
         }
         self.metrics.refresh(&Lifecycle::NAMES, &agents);
+        self.metrics
+            .trace_spans_dropped
+            .inc_by(crate::telemetry::take_dropped());
         Response::ok(json!({
             "content_type": crate::metrics::CONTENT_TYPE,
             "text": self.metrics.render(),

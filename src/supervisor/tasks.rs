@@ -117,7 +117,9 @@ impl Supervisor {
                 result,
                 error,
                 conversation,
+                spans_dropped,
             } => {
+                self.metrics.trace_spans_dropped.inc_by(spans_dropped);
                 let current = self.agents.get(name).and_then(|a| a.life.claim().cloned());
                 let Some(claim) = current.filter(|c| c.is(task, &lease)) else {
                     tracing::warn!(agent = name, "ignoring a result for task {task} from a stale lease");
@@ -150,6 +152,7 @@ impl Supervisor {
                 tracing::info!(agent = name, "task {task} {state}{said}");
                 self.metrics
                     .task_ended(name, claim.trigger, state.as_str(), claim.since.elapsed());
+                self.end_task_span(task, state);
                 self.on_task_end(name, task, state, shown_result.as_deref(), shown_error.as_deref());
                 if let Some(a) = self.agents.get_mut(name)
                     && let Lifecycle::Running { claim, .. } | Lifecycle::Stopping { claim, .. } = &mut a.life
@@ -157,6 +160,16 @@ impl Supervisor {
                     *claim = None;
                 }
                 self.dispatch(name).await;
+            }
+        }
+    }
+
+    /// Ends the task's trace span (exported then, when traces are on).
+    pub(super) fn end_task_span(&mut self, task: TaskId, state: TaskState) {
+        if let Some(span) = self.task_spans.remove(&task) {
+            span.record("agentd.task.state", state.as_str());
+            if state != TaskState::Succeeded {
+                span.record("otel.status_code", "ERROR");
             }
         }
     }
@@ -248,11 +261,28 @@ impl Supervisor {
             since: Instant::now(),
         });
         self.metrics.task_started(name, trigger.kind());
+        // One trace per task attempt: this span ends when the task does.
+        let span = tracing::info_span!(
+            target: crate::telemetry::TARGET,
+            parent: None,
+            "task",
+            otel.name = %format!("task {name}"),
+            otel.status_code = tracing::field::Empty,
+            agentd.agent = name,
+            agentd.task.id = task.id.0,
+            agentd.task.attempt = task.attempts,
+            agentd.task.trigger = trigger.kind(),
+            agentd.task.state = tracing::field::Empty,
+            process.pid = i64::from(std::process::id()),
+        );
+        let traceparent = crate::telemetry::traceparent(&span);
+        self.task_spans.insert(task.id, span);
         child.handle.send(&ToChild::Task {
             id: task.id,
             lease,
             attempt: task.attempts,
             trigger,
+            traceparent,
         });
     }
 }

@@ -241,3 +241,247 @@ fn metrics_without_a_running_agentd_says_so() {
         "{err}"
     );
 }
+
+/// The Python OTLP/HTTP receiver (tests/peers/otlp_receiver.py); spans
+/// land in `spans.jsonl` in its directory.
+struct Receiver {
+    child: std::process::Child,
+    port: u16,
+    file: std::path::PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl Receiver {
+    fn start(mode: &str) -> Receiver {
+        let dir = tempdir();
+        let file = dir.path().join("spans.jsonl");
+        let python = peers_dir().join("obs-venv/bin/python");
+        assert!(python.is_file(), "{} is missing: run tests/setup.sh", python.display());
+        let mut child = Command::new(python)
+            .arg(peers_dir().join("otlp_receiver.py"))
+            .arg(&file)
+            .arg(mode)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("start the receiver");
+        let mut line = String::new();
+        std::io::BufRead::read_line(
+            &mut std::io::BufReader::new(child.stdout.take().expect("stdout")),
+            &mut line,
+        )
+        .expect("receiver port");
+        let port = line.trim().parse().expect("a port");
+        Receiver {
+            child,
+            port,
+            file,
+            _dir: dir,
+        }
+    }
+
+    fn endpoint(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    fn spans(&self) -> Vec<Value> {
+        std::fs::read_to_string(&self.file)
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .collect()
+    }
+}
+
+impl Drop for Receiver {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Spans whose name is `op` or `op …` (GenAI names are "operation target").
+fn named<'a>(spans: &'a [Value], op: &str) -> Vec<&'a Value> {
+    spans
+        .iter()
+        .filter(|s| {
+            let n = s["name"].as_str().unwrap_or_default();
+            n == op || n.strip_prefix(op).is_some_and(|rest| rest.starts_with(' '))
+        })
+        .collect()
+}
+
+#[test]
+fn a_task_is_one_trace_across_supervisor_and_agent_with_genai_attributes() {
+    let receiver = Receiver::start("answer");
+    let llm = LlmServer::start(vec![
+        Reply::stream_tool_calls(&[("c1", "read_file", r#"{"path": "note.md"}"#)]),
+        Reply::stream_text(&["Counting.\n```bash:execute\necho traced-secret-output\n```\n"]),
+        Reply::stream_text(&["Done with the secret note."]),
+    ]);
+    let s = InboxAgent::new("tracer", &llm.base_url(), "sk-test", Extra::default());
+    std::fs::write(s.inbox.join("note.md"), "a private note\n").expect("write note");
+    let endpoint = receiver.endpoint();
+    let d = Daemon::start(
+        &s.config,
+        &s.state(),
+        &[
+            ("TEST_LLM_KEY", "sk-test"),
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", &endpoint),
+            ("OTEL_BSP_SCHEDULE_DELAY", "100"),
+            ("OTEL_RESOURCE_ATTRIBUTES", "deployment.environment=test"),
+        ],
+    );
+    let child_pid = d.running_pid("tracer");
+    let r = d.request(&Request::Send {
+        agent: "tracer".into(),
+        text: "what does the private note say?".into(),
+        wait: true,
+    });
+    assert!(
+        r.ok && r.result.as_ref().is_some_and(|v| v["state"] == "succeeded"),
+        "{r:?}\n{}",
+        d.log_text()
+    );
+    let t = tasks(&d.state_dir).into_iter().next().expect("the task");
+
+    let want = ["task", "invoke_agent", "chat", "execute_tool", "sandbox.run"];
+    let spans = wait_for(Duration::from_secs(30), || {
+        let spans = receiver.spans();
+        let task_ended = named(&spans, "task").len() == 1;
+        (task_ended && named(&spans, "chat").len() == 3 && want.iter().all(|n| !named(&spans, n).is_empty()))
+            .then_some(spans)
+    })
+    .unwrap_or_else(|| {
+        panic!(
+            "spans did not all arrive: {:#?}\nlog:\n{}",
+            receiver.spans(),
+            d.log_text()
+        )
+    });
+
+    // One trace; the task span is its root, in the supervisor's process.
+    let task = named(&spans, "task tracer")[0];
+    let trace = task["trace_id"].as_str().unwrap_or_default();
+    assert_eq!(trace.len(), 32);
+    assert!(spans.iter().all(|s| s["trace_id"] == trace), "{spans:#?}");
+    assert_eq!(task["parent_span_id"], "", "the task span is the root");
+    assert_eq!(task["attributes"]["process.pid"], d.pid() as i64);
+    assert_eq!(task["attributes"]["agentd.task.id"], t.id.0);
+    assert_eq!(task["attributes"]["agentd.task.trigger"], "message");
+    assert_eq!(task["attributes"]["agentd.task.state"], "succeeded");
+    assert_eq!(task["resource"]["service.name"], "agentd");
+    assert_eq!(task["resource"]["deployment.environment"], "test");
+
+    // The agent child's span joins it across the process boundary.
+    let invoke = named(&spans, "invoke_agent tracer");
+    assert_eq!(invoke.len(), 1, "{spans:#?}");
+    let invoke = invoke[0];
+    assert_eq!(invoke["parent_span_id"], task["span_id"], "{spans:#?}");
+    assert_eq!(invoke["attributes"]["process.pid"], child_pid as i64);
+    assert_ne!(child_pid, d.pid());
+    let inside = |s: &&Value| s["parent_span_id"] == invoke["span_id"];
+
+    // Model calls: GenAI conventions, tokens as the journal has them.
+    let chats = named(&spans, "chat test-model");
+    assert_eq!(chats.len(), 3, "{spans:#?}");
+    assert!(chats.iter().all(inside), "{chats:#?}");
+    let llm_steps: Vec<Step> = steps(&d.state_dir, t.id)
+        .into_iter()
+        .filter(|s| s.kind == "llm")
+        .collect();
+    assert_eq!(llm_steps.len(), 3);
+    let mut chats = chats;
+    chats.sort_by_key(|s| s["start"].as_u64());
+    for (span, step) in chats.iter().zip(&llm_steps) {
+        let a = &span["attributes"];
+        assert_eq!(a["gen_ai.operation.name"], "chat");
+        assert_eq!(a["gen_ai.provider.name"], "openai");
+        assert_eq!(a["gen_ai.request.model"], "test-model");
+        assert_eq!(a["gen_ai.usage.input_tokens"], step.input_tokens, "{span:#?}");
+        assert_eq!(a["gen_ai.usage.output_tokens"], step.output_tokens, "{span:#?}");
+        let reason = step.payload["reply"]["finish_reason"].clone();
+        assert_eq!(
+            a["gen_ai.response.finish_reasons"],
+            serde_json::json!([reason]),
+            "{span:#?}"
+        );
+    }
+    // The provider got each call's context as a `traceparent` header.
+    let headers: Vec<String> = llm
+        .requests()
+        .iter()
+        .filter_map(|r| r.header("traceparent").map(str::to_owned))
+        .collect();
+    assert_eq!(headers.len(), 3, "{headers:?}");
+    for (h, span) in headers.iter().zip(&chats) {
+        assert_eq!(
+            h,
+            &format!("00-{trace}-{}-01", span["span_id"].as_str().unwrap_or_default())
+        );
+    }
+
+    // The tool call and the sandbox run.
+    let tool = named(&spans, "execute_tool read_file");
+    assert_eq!(tool.len(), 1, "{spans:#?}");
+    assert!(inside(&tool[0]));
+    assert_eq!(tool[0]["attributes"]["gen_ai.tool.name"], "read_file");
+    assert_eq!(tool[0]["attributes"]["gen_ai.tool.call.id"], "c1");
+    let run = named(&spans, "sandbox.run");
+    assert_eq!(run.len(), 1);
+    assert!(inside(&run[0]));
+    assert_eq!(run[0]["attributes"]["process.exit.code"], 0);
+    assert!(run[0]["attributes"]["agentd.sandbox.backend"].is_string());
+
+    // No prompt, completion, tool result or program output is exported.
+    let all = serde_json::to_string(&spans).unwrap_or_default();
+    for secret in ["private note", "secret", "traced-secret-output"] {
+        assert!(!all.contains(secret), "{secret:?} was exported: {all}");
+    }
+}
+
+#[test]
+fn a_hung_collector_blocks_no_task_and_its_drops_are_counted() {
+    let receiver = Receiver::start("stall");
+    let llm = LlmServer::start(vec![
+        Reply::stream_tool_calls(&[("c1", "read_file", r#"{"path": "note.md"}"#)]),
+        Reply::stream_text(&["Done."]),
+    ]);
+    let s = InboxAgent::new("stuck", &llm.base_url(), "sk-test", Extra::default());
+    std::fs::write(s.inbox.join("note.md"), "note\n").expect("write note");
+    let endpoint = receiver.endpoint();
+    let d = Daemon::start(
+        &s.config,
+        &s.state(),
+        &[
+            ("TEST_LLM_KEY", "sk-test"),
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", &endpoint),
+            ("OTEL_BSP_SCHEDULE_DELAY", "10"),
+            // One span in flight at most: the first export hangs, the rest drop.
+            ("OTEL_BSP_MAX_QUEUE_SIZE", "1"),
+            ("OTEL_EXPORTER_OTLP_TIMEOUT", "60000"),
+        ],
+    );
+    d.running_pid("stuck");
+    // The task ends although every export hangs (for a minute, longer than
+    // the wait below allows); without the bounded queue's own count the
+    // drops would be invisible (the SDK only logs them).
+    let r = d.request(&Request::Send {
+        agent: "stuck".into(),
+        text: "read note.md".into(),
+        wait: true,
+    });
+    assert!(
+        r.ok && r.result.as_ref().is_some_and(|v| v["state"] == "succeeded"),
+        "{r:?}\n{}",
+        d.log_text()
+    );
+    let (text, samples) = scrape(&d);
+    // The child ended chat, execute_tool, chat and invoke_agent spans with
+    // one slot: at least three were dropped there.
+    assert!(
+        value(&samples, "agentd_trace_spans_dropped_total", &[]) >= 3.0,
+        "{text}"
+    );
+    assert!(receiver.spans().is_empty(), "the stalled receiver never answered");
+}
