@@ -16,7 +16,7 @@ use serde_json::Value;
 use crate::support::daemon::{Daemon, steps, tasks};
 use crate::support::inbox::{Extra, InboxAgent};
 use crate::support::llm_server::{LlmServer, Reply};
-use crate::support::peers::peers_dir;
+use crate::support::peers::{peers_dir, python_peer};
 use crate::support::{agentd, stderr, stdout, tempdir, wait_for};
 
 /// One parsed sample.
@@ -315,11 +315,28 @@ fn named<'a>(spans: &'a [Value], op: &str) -> Vec<&'a Value> {
 fn a_task_is_one_trace_across_supervisor_and_agent_with_genai_attributes() {
     let receiver = Receiver::start("answer");
     let llm = LlmServer::start(vec![
-        Reply::stream_tool_calls(&[("c1", "read_file", r#"{"path": "note.md"}"#)]),
+        Reply::stream_tool_calls(&[
+            ("c1", "read_file", r#"{"path": "note.md"}"#),
+            ("c2", "trace_context", "{}"),
+        ]),
         Reply::stream_text(&["Counting.\n```bash:execute\necho traced-secret-output\n```\n"]),
         Reply::stream_text(&["Done with the secret note."]),
     ]);
-    let s = InboxAgent::new("tracer", &llm.base_url(), "sk-test", Extra::default());
+    // A Python SDK server that answers the `_meta.traceparent` it was sent.
+    let echo = format!(
+        "      - {{name: echo, command: \"{}\", args: [\"{}\"]}}",
+        python_peer("python").display(),
+        peers_dir().join("meta_echo.py").display()
+    );
+    let s = InboxAgent::new(
+        "tracer",
+        &llm.base_url(),
+        "sk-test",
+        Extra {
+            server: &echo,
+            ..Extra::default()
+        },
+    );
     std::fs::write(s.inbox.join("note.md"), "a private note\n").expect("write note");
     let endpoint = receiver.endpoint();
     let d = Daemon::start(
@@ -427,6 +444,20 @@ fn a_task_is_one_trace_across_supervisor_and_agent_with_genai_attributes() {
     assert!(inside(&tool[0]));
     assert_eq!(tool[0]["attributes"]["gen_ai.tool.name"], "read_file");
     assert_eq!(tool[0]["attributes"]["gen_ai.tool.call.id"], "c1");
+    // The MCP server got the tool call's context in `_meta.traceparent`.
+    let echo = named(&spans, "execute_tool trace_context");
+    assert_eq!(echo.len(), 1, "{spans:#?}");
+    assert!(inside(&echo[0]));
+    let journal = steps(&d.state_dir, t.id);
+    let answered = journal
+        .iter()
+        .find(|s| s.kind == "tool" && s.payload["name"] == "trace_context")
+        .map(|s| s.payload["result"].as_str().unwrap_or_default().to_owned())
+        .unwrap_or_else(|| panic!("no trace_context call: {journal:#?}"));
+    assert_eq!(
+        answered,
+        format!("00-{trace}-{}-01", echo[0]["span_id"].as_str().unwrap_or_default())
+    );
     let run = named(&spans, "sandbox.run");
     assert_eq!(run.len(), 1);
     assert!(inside(&run[0]));
