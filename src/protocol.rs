@@ -73,6 +73,9 @@ pub enum FromChild {
     /// An MCP server of the agent cannot be reached (`degraded`: which and
     /// why), or all are fine again (`None`). Sent on change only.
     Health { degraded: Option<String> },
+    /// An MCP server of the agent connected again after losing its
+    /// connection, `count` times since the last report (for the metrics).
+    McpReconnected { server: String, count: u64 },
     /// Text the model produced for a person (streamed REPL replies).
     Output { task: TaskId, lease: Lease, text: String },
     /// The task ended; the child is free for the next one.

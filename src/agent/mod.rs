@@ -293,19 +293,32 @@ const HEALTH_EVERY: Duration = Duration::from_secs(1);
 
 /// Reports to the supervisor when an MCP server becomes unreachable (it
 /// failed to spawn or connect, or lost its connection) and when all are
-/// fine again. Holds the hub weakly so shutdown can take it back.
+/// fine again, and how often each reconnected. Holds the hub weakly so
+/// shutdown can take it back.
 fn spawn_health(hub: std::sync::Weak<McpHub>, outbox: Outbox) {
     tokio::spawn(async move {
         let mut reported: Option<String> = None;
+        // Reconnects reported per server: every connection after the first.
+        let mut reconnects: std::collections::HashMap<String, u64> = std::collections::HashMap::new();
         loop {
             tokio::time::sleep(HEALTH_EVERY).await;
             let Some(hub) = hub.upgrade() else { return };
-            let degraded = hub
-                .servers()
+            let servers = hub.servers();
+            drop(hub);
+            for s in &servers {
+                let now = s.connects.saturating_sub(1);
+                let before = reconnects.insert(s.name.clone(), now).unwrap_or(0);
+                if now > before {
+                    outbox.send(FromChild::McpReconnected {
+                        server: s.name.clone(),
+                        count: now - before,
+                    });
+                }
+            }
+            let degraded = servers
                 .into_iter()
                 .find(|s| !s.connected && s.last_error.is_some())
                 .map(|s| format!("MCP server {}: {}", s.name, s.last_error.unwrap_or_default()));
-            drop(hub);
             if degraded != reported {
                 reported = degraded.clone();
                 outbox.send(FromChild::Health { degraded });

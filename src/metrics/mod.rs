@@ -79,7 +79,7 @@ pub struct BackendLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct SubscriptionLabels {
+pub struct ServerLabels {
     pub agent: String,
     /// The MCP server (a subscription's pattern is a URI: not a label).
     pub server: String,
@@ -120,7 +120,8 @@ pub struct Metrics {
     pub sandbox_timeouts: Family<BackendLabels, Counter>,
     pub sandbox_denials: Family<BackendLabels, Counter>,
     pub sandbox_duration: Histograms<BackendLabels>,
-    pub subscriptions_fired: Family<SubscriptionLabels, Counter>,
+    pub subscriptions_fired: Family<ServerLabels, Counter>,
+    pub mcp_reconnects: Family<ServerLabels, Counter>,
     pub ledger_duration: Histogram,
     pub trace_spans_dropped: Counter,
     // Governance (issue 15) adds its metrics here when it lands:
@@ -160,6 +161,7 @@ impl Metrics {
             sandbox_denials: Family::default(),
             sandbox_duration: Family::new_with_constructor(slow_buckets),
             subscriptions_fired: Family::default(),
+            mcp_reconnects: Family::default(),
             ledger_duration: fast_buckets(),
             trace_spans_dropped: Counter::default(),
             tools_seen: Mutex::new(BTreeMap::new()),
@@ -265,6 +267,11 @@ impl Metrics {
             "subscription_fires",
             "Resource updates (or polled tool changes) that became a trigger",
             m.subscriptions_fired.clone(),
+        );
+        r.register(
+            "mcp_reconnects",
+            "Connections to an MCP server made again after it was lost",
+            m.mcp_reconnects.clone(),
         );
         r.register_with_unit(
             "ledger_operation_duration",

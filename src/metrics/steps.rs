@@ -6,7 +6,7 @@
 
 use serde_json::Value;
 
-use super::{AgentLabels, BackendLabels, Metrics, ModelLabels, SubscriptionLabels, ToolLabels};
+use super::{AgentLabels, BackendLabels, Metrics, ModelLabels, ServerLabels, ToolLabels};
 use crate::domain::{NewStep, StepKind};
 
 /// The countable facts of one step.
@@ -147,9 +147,18 @@ impl Metrics {
             .inc();
     }
 
+    pub fn mcp_reconnected(&self, agent: &str, server: &str, count: u64) {
+        self.mcp_reconnects
+            .get_or_create(&ServerLabels {
+                agent: agent.to_owned(),
+                server: server.to_owned(),
+            })
+            .inc_by(count);
+    }
+
     pub fn subscription_fired(&self, agent: &str, server: &str) {
         self.subscriptions_fired
-            .get_or_create(&SubscriptionLabels {
+            .get_or_create(&ServerLabels {
                 agent: agent.to_owned(),
                 server: server.to_owned(),
             })

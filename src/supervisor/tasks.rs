@@ -106,6 +106,7 @@ impl Supervisor {
                     a.degraded = degraded;
                 }
             }
+            FromChild::McpReconnected { server, count } => self.metrics.mcp_reconnected(name, &server, count),
             FromChild::Output { task, text, .. } => {
                 tracing::debug!(agent = name, "model: {text}");
                 self.on_output(task, &text);
