@@ -283,6 +283,10 @@ impl Supervisor {
                     );
                 }
             }
+            // A release kept for later (or refused) still ends the task's span.
+            if let Some(span) = self.task_spans.remove(&task) {
+                span.record("otel.status_code", "ERROR");
+            }
         }
 
         let stopping = self.stop_deadline.is_some();
