@@ -596,7 +596,7 @@ async fn refresh_tools(shared: &Shared, peer: &Peer<RoleClient>) {
 /// How long asking a server whether it serves a `tool://` URI may take
 /// (mcp-subscribe calls the tool once before it answers). Kept well under
 /// CONNECT_TIMEOUT, which bounds the whole session setup.
-const SERVED_PROBE_TIMEOUT: Duration = Duration::from_secs(10);
+const SERVED_PROBE_TIMEOUT: Duration = Duration::from_secs(20);
 
 /// Sets up each `tool://` subscription whose tool this server has (or that
 /// names this server), unless already done on this connection: subscribed
@@ -616,10 +616,22 @@ async fn start_pollers(task: &Task, subs: &mut Subs, peer: &Peer<RoleClient>, mo
         if !has_tool && subs.specs[i].server.as_deref() != Some(name.as_str()) {
             continue;
         }
-        if !modern && serves_tool_uri(peer, &poll.subscription).await {
-            tracing::info!(server = %name, "{} is served by the server: subscribed, not polled", poll.subscription);
-            subs.served.insert(i);
-            continue;
+        if !modern {
+            match serves_tool_uri(peer, &poll.subscription).await {
+                Served::Yes => {
+                    tracing::info!(server = %name, "{} is served by the server: subscribed, not polled", poll.subscription);
+                    subs.served.insert(i);
+                    continue;
+                }
+                Served::No => {}
+                // Said, because the choice is then made by a clock.
+                Served::NoAnswer => tracing::warn!(
+                    server = %name,
+                    "{} is polled: the server did not say within {}s whether it serves it",
+                    poll.subscription,
+                    SERVED_PROBE_TIMEOUT.as_secs()
+                ),
+            }
         }
         let poller = spawn_poller(poll, peer.clone(), subs.last_results.clone(), task.events.clone());
         subs.pollers.insert(i, poller);
@@ -644,7 +656,13 @@ fn poll_for(spec: &SubscriptionSpec, server: &str) -> Option<Poll> {
 /// (server-everything does), so for it only a listed URI counts; a server
 /// that does not advertise them but accepts `resources/subscribe` for the
 /// URI anyway is a proxy like mcp-subscribe, which polls for us.
-async fn serves_tool_uri(peer: &Peer<RoleClient>, uri: &str) -> bool {
+enum Served {
+    Yes,
+    No,
+    NoAnswer,
+}
+
+async fn serves_tool_uri(peer: &Peer<RoleClient>, uri: &str) -> Served {
     let advertised = peer
         .peer_info()
         .and_then(|i| i.capabilities.resources.as_ref().and_then(|r| r.subscribe))
@@ -663,7 +681,11 @@ async fn serves_tool_uri(peer: &Peer<RoleClient>, uri: &str) -> bool {
             .await
             .is_ok()
     };
-    tokio::time::timeout(SERVED_PROBE_TIMEOUT, probe).await.unwrap_or(false)
+    match tokio::time::timeout(SERVED_PROBE_TIMEOUT, probe).await {
+        Ok(true) => Served::Yes,
+        Ok(false) => Served::No,
+        Err(_) => Served::NoAnswer,
+    }
 }
 
 /// A `resources/updated` for a `tool://` URI the server serves: the update

@@ -314,7 +314,7 @@ fn default_log_is_quiet_with_python_sdk_servers() {
       - {{name: fetch, command: "{fetch}"}}
       - {{name: proxy, command: "{subscribe}", args: [--poll-interval, "1", --, "{fetch}"], tool_filter: [fetch]}}
     subscriptions:
-      - {{uri: "tool://fetch/?url={url}", server: proxy}}
+      - {{uri: "tool://fetch/?url={url}", server: proxy, interval: 2s}}
 "#,
             base = llm.base_url(),
             fetch = fetch.display(),
@@ -328,8 +328,13 @@ fn default_log_is_quiet_with_python_sdk_servers() {
     d.running_pid("quiet");
     // The page changes only once the proxy holds the subscription (its
     // first fetch is the baseline it compares against); changing it
-    // earlier would leave nothing to notice.
-    let subscribed = wait_for(LONG, || d.log_text().contains("subscribed, not polled").then_some(()));
+    // earlier would leave nothing to notice. On a machine so loaded that
+    // the proxy does not answer in time, agentd polls instead (and says so
+    // as a WARN); the task must come either way.
+    let subscribed = wait_for(LONG, || {
+        let log = d.log_text();
+        (log.contains("subscribed, not polled") || log.contains("is polled: the server did not say")).then_some(())
+    });
     assert!(
         subscribed.is_some(),
         "the proxy never took the subscription:\n{}",
