@@ -17,7 +17,7 @@ use crate::domain::TaskId;
 pub use server::{Operators, serve};
 
 /// Bumped when a request or response changes shape.
-pub const INTERFACE_VERSION: u32 = 3;
+pub const INTERFACE_VERSION: u32 = 2;
 
 pub const SOCKET_NAME: &str = "agentd.sock";
 

@@ -18,6 +18,11 @@
 //! [`tasks`]; one handler per control request [`requests`]; reload
 //! [`reload`] with its pure [`diff`]; writes that a full disk refuses
 //! [`ledger_writes`] and [`degraded`]; agents' users [`users`].
+//!
+//! Observability: the supervisor owns the [`Metrics`] registry and counts
+//! what it already sees here (lifecycle changes, claims and task ends, the
+//! children's journal steps and reconnect reports); it opens each task's
+//! trace span at dispatch and ends it with the task (`task_spans`).
 
 mod child;
 mod degraded;
