@@ -187,8 +187,17 @@ impl Runtime {
                 agentd.turn = turn,
             );
             let result = self.llm.complete(&request, &mut on_text).instrument(span.clone()).await;
+            let capture = !span.is_disabled() && telemetry::capture_content();
+            if capture {
+                let input = serde_json::to_string(&request.messages).unwrap_or_default();
+                span.set_attribute("gen_ai.input.messages", input);
+            }
             match &result {
                 Ok(reply) => {
+                    if capture {
+                        let output = serde_json::to_string(&[reply.message()]).unwrap_or_default();
+                        span.set_attribute("gen_ai.output.messages", output);
+                    }
                     span.record("gen_ai.usage.input_tokens", reply.usage.prompt_tokens as i64);
                     span.record("gen_ai.usage.output_tokens", reply.usage.completion_tokens as i64);
                     if let Some(reason) = &reply.finish_reason {
@@ -335,6 +344,10 @@ impl Runtime {
         if is_error {
             span.record("otel.status_code", "ERROR");
             span.record("error.type", "tool_error");
+        }
+        if !span.is_disabled() && telemetry::capture_content() {
+            span.set_attribute("gen_ai.tool.call.arguments", Value::Object(args.clone()).to_string());
+            span.set_attribute("gen_ai.tool.call.result", text.clone());
         }
         drop(span);
         job.step(

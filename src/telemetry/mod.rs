@@ -21,7 +21,8 @@
 //! a span is dropped and counted in [`take_dropped`]
 //! (`agentd_trace_spans_dropped_total`).
 //!
-//! Prompt and completion text are never exported.
+//! Prompt and completion text are not exported unless [`CAPTURE_CONTENT`]
+//! is `true`.
 
 mod bounded;
 
@@ -110,6 +111,16 @@ pub fn from_env() -> Result<Option<(Traces, OtelLayer)>, TracesError> {
 
 /// The layer `logging::init` adds beside the log output.
 pub type OtelLayer = Box<dyn tracing_subscriber::Layer<tracing_subscriber::Registry> + Send + Sync>;
+
+/// The opt-in to export prompt and completion text (and tool arguments and
+/// results) on model and tool spans, named as OpenTelemetry's GenAI
+/// instrumentations name it. Off unless set to `true`.
+pub const CAPTURE_CONTENT: &str = "OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CONTENT";
+
+/// Whether [`CAPTURE_CONTENT`] says to export message text.
+pub fn capture_content() -> bool {
+    std::env::var(CAPTURE_CONTENT).is_ok_and(|v| v.trim().eq_ignore_ascii_case("true"))
+}
 
 /// The W3C `traceparent` of `span`, when it is exported (None otherwise).
 pub fn traceparent(span: &tracing::Span) -> Option<String> {

@@ -565,3 +565,56 @@ fn a_killed_mcp_server_counts_one_reconnect() {
     .unwrap_or_else(|| panic!("no reconnect counted; log:\n{}", d.log_text()));
     assert_eq!(value(&after, "agentd_mcp_reconnects_total", &labels), 1.0);
 }
+
+#[test]
+fn message_text_is_exported_only_when_the_opt_in_says_so() {
+    // Without the variable: the other trace test proves nothing leaks.
+    let receiver = Receiver::start("answer");
+    let llm = LlmServer::start(vec![
+        Reply::stream_tool_calls(&[("c1", "read_file", r#"{"path": "note.md"}"#)]),
+        Reply::stream_text(&["The note is about otters."]),
+    ]);
+    let s = InboxAgent::new("talker", &llm.base_url(), "sk-test", Extra::default());
+    std::fs::write(s.inbox.join("note.md"), "otters hold hands\n").expect("write note");
+    let endpoint = receiver.endpoint();
+    let d = Daemon::start(
+        &s.config,
+        &s.state(),
+        &[
+            ("TEST_LLM_KEY", "sk-test"),
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", &endpoint),
+            ("OTEL_BSP_SCHEDULE_DELAY", "100"),
+            ("OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CONTENT", "true"),
+        ],
+    );
+    let r = d.request(&Request::Send {
+        agent: "talker".into(),
+        text: "what is the note about?".into(),
+        wait: true,
+    });
+    assert!(r.ok, "{r:?}");
+    let spans = wait_for(Duration::from_secs(30), || {
+        let spans = receiver.spans();
+        (named(&spans, "chat test-model").len() == 2 && named(&spans, "execute_tool read_file").len() == 1)
+            .then_some(spans)
+    })
+    .unwrap_or_else(|| panic!("spans did not arrive: {:#?}", receiver.spans()));
+    let mut chats = named(&spans, "chat test-model");
+    chats.sort_by_key(|s| s["start"].as_u64());
+    let input = chats[0]["attributes"]["gen_ai.input.messages"]
+        .as_str()
+        .unwrap_or_default();
+    assert!(input.contains("what is the note about?"), "{input}");
+    let output = chats[1]["attributes"]["gen_ai.output.messages"]
+        .as_str()
+        .unwrap_or_default();
+    assert!(output.contains("The note is about otters."), "{output}");
+    let tool = &named(&spans, "execute_tool read_file")[0]["attributes"];
+    assert!(
+        tool["gen_ai.tool.call.result"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("otters hold hands")
+    );
+    assert_eq!(tool["gen_ai.tool.call.arguments"], r#"{"path":"note.md"}"#);
+}
