@@ -180,6 +180,7 @@ impl Runtime {
                 gen_ai.operation.name = "chat",
                 gen_ai.provider.name = "openai",
                 gen_ai.request.model = %self.spec.model,
+                gen_ai.response.model = tracing::field::Empty,
                 gen_ai.usage.input_tokens = tracing::field::Empty,
                 gen_ai.usage.output_tokens = tracing::field::Empty,
                 server.address = %self.spec.llm.base_url,
@@ -197,6 +198,9 @@ impl Runtime {
                     if capture {
                         let output = serde_json::to_string(&[reply.message()]).unwrap_or_default();
                         span.set_attribute("gen_ai.output.messages", output);
+                    }
+                    if let Some(m) = &reply.model {
+                        span.record("gen_ai.response.model", m.as_str());
                     }
                     span.record("gen_ai.usage.input_tokens", reply.usage.prompt_tokens as i64);
                     span.record("gen_ai.usage.output_tokens", reply.usage.completion_tokens as i64);

@@ -15,7 +15,7 @@ use serde_json::Value;
 
 use crate::support::daemon::{Daemon, steps, tasks};
 use crate::support::inbox::{Extra, InboxAgent};
-use crate::support::llm_server::{LlmServer, Reply};
+use crate::support::llm_server::{LlmServer, Reply, chunk, usage_chunk};
 use crate::support::peers::{peers_dir, python_peer};
 use crate::support::{agentd, stderr, stdout, tempdir, wait_for};
 
@@ -572,7 +572,18 @@ fn message_text_is_exported_only_when_the_opt_in_says_so() {
     let receiver = Receiver::start("answer");
     let llm = LlmServer::start(vec![
         Reply::stream_tool_calls(&[("c1", "read_file", r#"{"path": "note.md"}"#)]),
-        Reply::stream_text(&["The note is about otters."]),
+        // Answered by a dated version of the model, as providers do.
+        Reply::sse(vec![
+            {
+                let mut c = chunk(
+                    serde_json::json!({"role": "assistant", "content": "The note is about otters."}),
+                    serde_json::json!("stop"),
+                );
+                c["model"] = serde_json::json!("test-model-2026-11-01");
+                c
+            },
+            usage_chunk(30, 6),
+        ]),
     ]);
     let s = InboxAgent::new("talker", &llm.base_url(), "sk-test", Extra::default());
     std::fs::write(s.inbox.join("note.md"), "otters hold hands\n").expect("write note");
@@ -605,6 +616,9 @@ fn message_text_is_exported_only_when_the_opt_in_says_so() {
         .as_str()
         .unwrap_or_default();
     assert!(input.contains("what is the note about?"), "{input}");
+    assert_eq!(chats[0]["attributes"]["gen_ai.response.model"], "test-model");
+    assert_eq!(chats[1]["attributes"]["gen_ai.response.model"], "test-model-2026-11-01");
+    assert_eq!(chats[1]["attributes"]["gen_ai.request.model"], "test-model");
     let output = chats[1]["attributes"]["gen_ai.output.messages"]
         .as_str()
         .unwrap_or_default();
