@@ -74,7 +74,12 @@ impl StepFacts {
                 };
                 StepFacts::Sandbox { backend, run }
             }
-            StepKind::ToolCallsCapped | StepKind::Other(_) => StepFacts::None,
+            StepKind::ToolCallsCapped
+            | StepKind::Cancel
+            | StepKind::Approval
+            | StepKind::ApprovalAnswer
+            | StepKind::Notify
+            | StepKind::Other(_) => StepFacts::None,
         }
     }
 }

@@ -21,7 +21,7 @@ use crate::support::{agentd, stderr, stdout, tempdir, wait_for};
 
 /// One parsed sample.
 #[derive(Debug, Clone)]
-struct Sample {
+pub(super) struct Sample {
     name: String,
     labels: BTreeMap<String, String>,
     value: f64,
@@ -29,7 +29,7 @@ struct Sample {
 
 /// Parses OpenMetrics text with `prometheus_client`'s parser (in the
 /// observability virtualenv tests/setup.sh installs).
-fn parse(text: &str) -> Vec<Sample> {
+pub(super) fn parse(text: &str) -> Vec<Sample> {
     let python = peers_dir().join("obs-venv/bin/python");
     assert!(python.is_file(), "{} is missing: run tests/setup.sh", python.display());
     let mut child = Command::new(python)
@@ -68,7 +68,7 @@ fn scrape(d: &Daemon) -> (String, Vec<Sample>) {
 
 /// The value of `name` with these labels (others ignored); 0 when absent,
 /// as Prometheus reads a series that was never incremented.
-fn value(samples: &[Sample], name: &str, labels: &[(&str, &str)]) -> f64 {
+pub(super) fn value(samples: &[Sample], name: &str, labels: &[(&str, &str)]) -> f64 {
     samples
         .iter()
         .filter(|s| {
