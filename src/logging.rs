@@ -29,19 +29,34 @@ pub fn route_to_console(console: Option<Sender<String>>) {
 }
 
 /// Installs the global subscriber. `default` is the filter used when
-/// `RUST_LOG` is unset (e.g. `info`).
-pub fn init(format: LogFormat, default: &str) {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
+/// `RUST_LOG` is unset (e.g. `info`). `traces`: the OpenTelemetry layer,
+/// which sees only the spans meant for export ([`crate::telemetry::TARGET`],
+/// whatever `RUST_LOG` says); the log output never sees those.
+pub fn init(format: LogFormat, default: &str, traces: Option<crate::telemetry::OtelLayer>) {
     use std::io::IsTerminal;
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
+    use tracing_subscriber::Layer;
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
+    let filter = match format!("{}=off", crate::telemetry::TARGET).parse() {
+        Ok(directive) => filter.add_directive(directive),
+        Err(_) => filter,
+    };
+    let fmt = tracing_subscriber::fmt::layer()
         .with_writer(Logs)
         .with_ansi(std::io::stderr().is_terminal());
-    // A second init (tests calling into the CLI twice) is harmless: ignore it.
-    let _ = match format {
-        LogFormat::Text => builder.with_target(false).try_init(),
-        LogFormat::Json => builder.json().with_current_span(false).try_init(),
+    let logs = match format {
+        LogFormat::Text => fmt.with_target(false).with_filter(filter).boxed(),
+        LogFormat::Json => fmt.json().with_current_span(false).with_filter(filter).boxed(),
     };
+    let mut layers = vec![logs];
+    if let Some(t) = traces {
+        let only_ours = tracing_subscriber::filter::filter_fn(|m| m.target() == crate::telemetry::TARGET);
+        layers.push(t.with_filter(only_ours).boxed());
+    }
+    // A second init (tests calling into the CLI twice) is harmless: ignore it.
+    let _ = tracing_subscriber::registry().with(layers).try_init();
 }
 
 /// Hands out one [`LogLine`] per event.

@@ -42,6 +42,10 @@ pub enum ToChild {
         lease: Lease,
         attempt: i64,
         trigger: Trigger,
+        /// The W3C trace context of the supervisor's span for this task,
+        /// when traces are exported: the child's spans join its trace.
+        #[serde(default)]
+        traceparent: Option<String>,
     },
     /// Drop the task now: its model request, tool calls and sandbox runs
     /// are abandoned (a run's whole process tree is killed) and nothing
@@ -88,6 +92,9 @@ pub enum FromChild {
     /// An MCP server of the agent cannot be reached (`degraded`: which and
     /// why), or all are fine again (`None`). Sent on change only.
     Health { degraded: Option<String> },
+    /// An MCP server of the agent connected again after losing its
+    /// connection, `count` times since the last report (for the metrics).
+    McpReconnected { server: String, count: u64 },
     /// Text the model produced for a person (streamed REPL replies).
     Output { task: TaskId, lease: Lease, text: String },
     /// The task ended; the child is free for the next one.
@@ -99,6 +106,10 @@ pub enum FromChild {
         error: Option<String>,
         /// The conversation after this task, to snapshot.
         conversation: Option<Conversation>,
+        /// Trace spans the child dropped (its export queue was full) since
+        /// its last `Finished`, for `agentd_trace_spans_dropped_total`.
+        #[serde(default)]
+        spans_dropped: u64,
     },
 }
 

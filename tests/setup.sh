@@ -3,8 +3,9 @@
 # bubblewrap, python3 (with venv), systemd-analyze, Node.js and Chromium with its
 # WebDriver (chromium, chromium-driver) from Debian; the MCP
 # peer servers pinned in tests/peers from the npm registry; the Python peers
-# (mcp-subscribe, mcp-server-fetch) and LiteLLM's proxy from PyPI into virtualenvs
-# under tests/peers. Safe to run again: each part is skipped when it is in place
+# (mcp-subscribe, mcp-server-fetch), LiteLLM's proxy and the observability
+# peers (Prometheus' parser, the OTLP protobuf definitions) from PyPI into
+# virtualenvs under tests/peers. Safe to run again: each part is skipped when it is in place
 # and its pins have not changed.
 set -eu
 cd "$(dirname "$0")/.."
@@ -49,3 +50,4 @@ venv() {
 }
 venv tests/peers/venv tests/peers/requirements-mcp.txt
 venv tests/peers/litellm-venv tests/peers/requirements-litellm.txt
+venv tests/peers/obs-venv tests/peers/requirements-obs.txt

@@ -197,7 +197,13 @@ async fn run(name: &str) -> anyhow::Result<ExitCode> {
             Ok(None) | Err(_) => break,
         };
         match serde_json::from_str::<ToChild>(&line) {
-            Ok(ToChild::Task { id, lease, trigger, .. }) => {
+            Ok(ToChild::Task {
+                id,
+                lease,
+                trigger,
+                attempt,
+                traceparent,
+            }) => {
                 let Some(rt) = runtime.as_mut() else {
                     let error = llm_error.as_ref().map(|(e, _)| e.clone()).unwrap_or_default();
                     finished(
@@ -214,7 +220,19 @@ async fn run(name: &str) -> anyhow::Result<ExitCode> {
                 let mut cancelled = false;
                 let approvals = rt.approvals.clone();
                 let outcome = {
-                    let fut = rt.run_task(id, &lease, &trigger);
+                    let span = tracing::info_span!(
+                        target: crate::telemetry::TARGET,
+                        "invoke_agent",
+                        otel.name = %format!("invoke_agent {}", lease.agent),
+                        gen_ai.operation.name = "invoke_agent",
+                        gen_ai.agent.name = %lease.agent,
+                        agentd.task.id = id.0,
+                        agentd.task.attempt = attempt,
+                        agentd.task.trigger = trigger.kind(),
+                        process.pid = i64::from(std::process::id()),
+                    );
+                    crate::telemetry::join(&span, traceparent.as_deref());
+                    let fut = tracing::Instrument::instrument(rt.run_task(id, &lease, &trigger), span);
                     tokio::pin!(fut);
                     loop {
                         if let Some(grace) = stop {
@@ -301,19 +319,32 @@ const HEALTH_EVERY: Duration = Duration::from_secs(1);
 
 /// Reports to the supervisor when an MCP server becomes unreachable (it
 /// failed to spawn or connect, or lost its connection) and when all are
-/// fine again. Holds the hub weakly so shutdown can take it back.
+/// fine again, and how often each reconnected. Holds the hub weakly so
+/// shutdown can take it back.
 fn spawn_health(hub: std::sync::Weak<McpHub>, outbox: Outbox) {
     tokio::spawn(async move {
         let mut reported: Option<String> = None;
+        // Reconnects reported per server: every connection after the first.
+        let mut reconnects: std::collections::HashMap<String, u64> = std::collections::HashMap::new();
         loop {
             tokio::time::sleep(HEALTH_EVERY).await;
             let Some(hub) = hub.upgrade() else { return };
-            let degraded = hub
-                .servers()
+            let servers = hub.servers();
+            drop(hub);
+            for s in &servers {
+                let now = s.connects.saturating_sub(1);
+                let before = reconnects.insert(s.name.clone(), now).unwrap_or(0);
+                if now > before {
+                    outbox.send(FromChild::McpReconnected {
+                        server: s.name.clone(),
+                        count: now - before,
+                    });
+                }
+            }
+            let degraded = servers
                 .into_iter()
                 .find(|s| !s.connected && s.last_error.is_some())
                 .map(|s| format!("MCP server {}: {}", s.name, s.last_error.unwrap_or_default()));
-            drop(hub);
             if degraded != reported {
                 reported = degraded.clone();
                 outbox.send(FromChild::Health { degraded });
@@ -367,5 +398,6 @@ fn finished(outbox: &Outbox, task: TaskId, lease: &Lease, o: Outcome, conversati
         result: o.result,
         error: o.error,
         conversation,
+        spans_dropped: crate::telemetry::take_dropped(),
     });
 }

@@ -19,6 +19,9 @@ use crate::fence;
 use crate::llm::{ChatMessage, ChatRequest, LlmClient, ToolCall, ToolDef};
 use crate::mcp::McpHub;
 use crate::protocol::FromChild;
+use crate::telemetry;
+use tracing::Instrument;
+use tracing_opentelemetry::OpenTelemetrySpanExt;
 
 /// Longest text kept in a journal step field; the model still sees it all.
 const JOURNAL_TEXT: usize = 16 * 1024;
@@ -190,7 +193,53 @@ impl Runtime {
                     text,
                 });
             };
-            let reply = match self.llm.complete(&request, &mut on_text).await {
+            // GenAI semantic conventions; no prompt or completion text.
+            let span = tracing::info_span!(
+                target: telemetry::TARGET,
+                "chat",
+                otel.name = %format!("chat {}", self.spec.model),
+                otel.status_code = tracing::field::Empty,
+                gen_ai.operation.name = "chat",
+                gen_ai.provider.name = "openai",
+                gen_ai.request.model = %self.spec.model,
+                gen_ai.response.model = tracing::field::Empty,
+                gen_ai.usage.input_tokens = tracing::field::Empty,
+                gen_ai.usage.output_tokens = tracing::field::Empty,
+                server.address = %self.spec.llm.base_url,
+                error.type = tracing::field::Empty,
+                agentd.turn = turn,
+            );
+            let result = self.llm.complete(&request, &mut on_text).instrument(span.clone()).await;
+            let capture = !span.is_disabled() && telemetry::capture_content();
+            if capture {
+                let input = serde_json::to_string(&request.messages).unwrap_or_default();
+                span.set_attribute("gen_ai.input.messages", input);
+            }
+            match &result {
+                Ok(reply) => {
+                    if capture {
+                        let output = serde_json::to_string(&[reply.message()]).unwrap_or_default();
+                        span.set_attribute("gen_ai.output.messages", output);
+                    }
+                    if let Some(m) = &reply.model {
+                        span.record("gen_ai.response.model", m.as_str());
+                    }
+                    span.record("gen_ai.usage.input_tokens", reply.usage.prompt_tokens as i64);
+                    span.record("gen_ai.usage.output_tokens", reply.usage.completion_tokens as i64);
+                    if let Some(reason) = &reply.finish_reason {
+                        span.set_attribute(
+                            "gen_ai.response.finish_reasons",
+                            opentelemetry::Value::Array(vec![opentelemetry::StringValue::from(reason.clone())].into()),
+                        );
+                    }
+                }
+                Err(e) => {
+                    span.record("otel.status_code", "ERROR");
+                    span.record("error.type", e.to_string().as_str());
+                }
+            }
+            drop(span);
+            let reply = match result {
                 Ok(r) => r,
                 Err(e) => {
                     job.step(
@@ -268,12 +317,9 @@ impl Runtime {
                 let mut feedback = String::from("Results of your code blocks:\n");
                 for r in &results {
                     let rendered = r.render_for_model();
-                    job.step(
-                        StepKind::Fence,
-                        json!({"block": r.tag, "line": r.span.line, "result": clip(&rendered)}),
-                        (0, 0),
-                        None,
-                    );
+                    let mut payload = json!({"block": r.tag, "line": r.span.line, "result": clip(&rendered)});
+                    fence_facts(&mut payload, &r.outcome, self.spec.sandbox.backend.name());
+                    job.step(StepKind::Fence, payload, (0, 0), None);
                     feedback.push_str(&rendered);
                 }
                 messages.push(ChatMessage::user(feedback));
@@ -360,10 +406,34 @@ impl Runtime {
                 return msg;
             }
         }
-        let (text, is_error) = match self.hub.call_tool(&call.name, args.clone()).await {
+        let span = tracing::info_span!(
+            target: telemetry::TARGET,
+            "execute_tool",
+            otel.name = %format!("execute_tool {}", call.name),
+            otel.status_code = tracing::field::Empty,
+            gen_ai.operation.name = "execute_tool",
+            gen_ai.tool.name = %call.name,
+            gen_ai.tool.call.id = %call.id,
+            error.type = tracing::field::Empty,
+        );
+        let called = self
+            .hub
+            .call_tool(&call.name, args.clone())
+            .instrument(span.clone())
+            .await;
+        let (text, is_error) = match called {
             Ok(out) => (out.text, out.is_error),
             Err(e) => (e.to_string(), true),
         };
+        if is_error {
+            span.record("otel.status_code", "ERROR");
+            span.record("error.type", "tool_error");
+        }
+        if !span.is_disabled() && telemetry::capture_content() {
+            span.set_attribute("gen_ai.tool.call.arguments", Value::Object(args.clone()).to_string());
+            span.set_attribute("gen_ai.tool.call.result", text.clone());
+        }
+        drop(span);
         job.step(
             StepKind::Tool,
             json!({"name": call.name, "arguments": Value::Object(args), "result": clip(&text), "is_error": is_error}),
@@ -371,6 +441,23 @@ impl Runtime {
             Some(started),
         );
         if is_error { format!("error: {text}") } else { text }
+    }
+}
+
+/// What metrics and traces count of a block's run, beside its rendered
+/// result: the backend, whether it ran, its exit, timeout and duration.
+fn fence_facts(payload: &mut Value, outcome: &fence::FenceOutcome, backend: &str) {
+    payload["backend"] = json!(backend);
+    match outcome {
+        fence::FenceOutcome::Ran(o) => {
+            payload["outcome"] = json!("ran");
+            payload["exit_code"] = json!(o.exit_code);
+            payload["signal"] = json!(o.signal);
+            payload["timed_out"] = json!(o.timed_out);
+            payload["duration_ms"] = json!(o.duration.as_millis() as u64);
+        }
+        fence::FenceOutcome::Created { .. } => payload["outcome"] = json!("created"),
+        fence::FenceOutcome::NotRun { .. } => payload["outcome"] = json!("not_run"),
     }
 }
 

@@ -85,6 +85,12 @@ pub struct ReloadArgs {
     pub ledger: LedgerArgs,
 }
 
+#[derive(Debug, Args)]
+pub struct MetricsArgs {
+    #[command(flatten)]
+    pub ledger: LedgerArgs,
+}
+
 #[derive(Debug, Clone, Copy)]
 pub enum Verb {
     Start,
@@ -105,6 +111,18 @@ fn call(global: &Global, args: &LedgerArgs, req: &Request, timeout: Duration) ->
     } else {
         anyhow::bail!("{}", resp.error.unwrap_or_else(|| "request failed".into()))
     }
+}
+
+/// `agentd metrics`: the running agentd's metrics on stdout, as `GET
+/// /metrics` serves them (for hosts without the HTTP listener).
+pub fn metrics(global: &Global, args: &MetricsArgs) -> anyhow::Result<ExitCode> {
+    let v = call(global, &args.ledger, &Request::Metrics, Duration::from_secs(10))?;
+    let Some(text) = v["text"].as_str() else {
+        anyhow::bail!("agentd answered Metrics without a text: {v}");
+    };
+    use std::io::Write;
+    std::io::stdout().write_all(text.as_bytes())?;
+    Ok(ExitCode::SUCCESS)
 }
 
 pub fn status(global: &Global, args: &StatusArgs) -> anyhow::Result<ExitCode> {

@@ -103,6 +103,8 @@ pub enum Command {
     Show(tasks::ShowArgs),
     /// Show each agent's state, pid, restarts, uptime and last error.
     Status(control::StatusArgs),
+    /// Print the running agentd's Prometheus metrics (OpenMetrics text) to stdout.
+    Metrics(control::MetricsArgs),
     /// Start a stopped or failed agent (clears its start limit).
     Start(control::AgentArgs),
     /// Stop an agent; it stays down until started again.
@@ -182,7 +184,20 @@ pub fn main() -> ExitCode {
     // rmcp narrates every message at info and logs transport hiccups (each
     // HTTP reconnect) as ERROR; agentd reports connection loss, retries and
     // recovery itself, so rmcp is off unless RUST_LOG asks for it.
-    logging::init(cli.global.log_format, "info,rmcp=off");
+    // Traces are exported by the supervisor and the agent processes only.
+    let traced = matches!(cli.command, None | Some(Command::Agent { .. }));
+    let (traces, trace_error) = match traced.then(crate::telemetry::from_env).transpose() {
+        Ok(t) => (t.flatten(), None),
+        Err(e) => (None, Some(e)),
+    };
+    let (_traces, layer) = match traces {
+        Some((t, l)) => (Some(t), Some(l)),
+        None => (None, None),
+    };
+    logging::init(cli.global.log_format, "info,rmcp=off", layer);
+    if let Some(e) = trace_error {
+        tracing::warn!("traces are not exported: {e}");
+    }
     // A terminal REPL shares the screen with the logs. agentd's own go
     // through the REPL's printer; the agent processes write to the terminal
     // directly, so they keep to warnings unless RUST_LOG asks for more.
@@ -196,6 +211,7 @@ pub fn main() -> ExitCode {
         Some(Command::Tasks(args)) => tasks::list(&cli.global, &args),
         Some(Command::Show(args)) => tasks::show(&cli.global, &args),
         Some(Command::Status(args)) => control::status(&cli.global, &args),
+        Some(Command::Metrics(args)) => control::metrics(&cli.global, &args),
         Some(Command::Start(args)) => control::agent_request(&cli.global, &args, control::Verb::Start),
         Some(Command::Stop(args)) => control::agent_request(&cli.global, &args, control::Verb::Stop),
         Some(Command::Restart(args)) => control::agent_request(&cli.global, &args, control::Verb::Restart),

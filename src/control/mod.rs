@@ -27,6 +27,8 @@ pub enum Request {
     DescribeInterface,
     Health,
     Status,
+    /// The Prometheus metrics, in the OpenMetrics text format.
+    Metrics,
     Start {
         agent: String,
     },
@@ -125,6 +127,7 @@ impl Request {
             "methods": {
                 "DescribeInterface": {"params": {}, "result": "this description"},
                 "Health": {"params": {}, "result": {"ok": "bool", "pid": "int", "uptime_s": "float", "agents": "int", "failed": "int"}},
+                "Metrics": {"params": {}, "result": {"content_type": "string", "text": "the metrics in the OpenMetrics text format (what GET /metrics serves)"}},
                 "Status": {"params": {}, "result": {"agents": "[{name, state, paused, pause: {reason, by, note, since}, spend: {per, tokens, cost_usd, left_tokens, left_cost_usd}, waiting: [pending approvals], pid, restarts, uptime_s, last_exit, last_error, queued, running_task, schedules: [{cron, timezone, prompt, next_run}]}]"}},
                 "Start": {"params": {"agent": "name"}, "result": "the agent's status; also clears a failed state"},
                 "Stop": {"params": {"agent": "name"}, "result": "the agent's status; it stays down until started"},

@@ -11,6 +11,8 @@ use std::os::unix::fs::MetadataExt;
 use std::path::{Component, Path, PathBuf};
 use std::time::Duration;
 
+use tracing::Instrument;
+
 use crate::sandbox::{self, RunOutcome, SandboxPolicy};
 
 use super::parse::{Block, Span};
@@ -97,12 +99,42 @@ pub async fn execute(
     let mut results = Vec::with_capacity(blocks.len());
     for (i, block) in blocks.iter().enumerate() {
         let outcome = match block {
-            Block::Execute { lang, code, .. } => match sandbox::run(policy, workdir, &lang.argv(code), extra).await {
-                Ok(o) => FenceOutcome::Ran(o),
-                Err(e) => FenceOutcome::NotRun {
-                    reason: format!("sandbox: {e}"),
-                },
-            },
+            Block::Execute { lang, code, .. } => {
+                let span = tracing::info_span!(
+                    target: crate::telemetry::TARGET,
+                    "sandbox.run",
+                    otel.status_code = tracing::field::Empty,
+                    agentd.sandbox.backend = policy.backend.name(),
+                    agentd.sandbox.block = (i + 1) as i64,
+                    process.exit.code = tracing::field::Empty,
+                    agentd.sandbox.timed_out = tracing::field::Empty,
+                    agentd.sandbox.duration_ms = tracing::field::Empty,
+                    error.type = tracing::field::Empty,
+                );
+                let ran = sandbox::run(policy, workdir, &lang.argv(code), extra)
+                    .instrument(span.clone())
+                    .await;
+                match ran {
+                    Ok(o) => {
+                        if let Some(c) = o.exit_code {
+                            span.record("process.exit.code", c);
+                        }
+                        span.record("agentd.sandbox.timed_out", o.timed_out);
+                        span.record("agentd.sandbox.duration_ms", o.duration.as_millis() as i64);
+                        if !o.success() {
+                            span.record("otel.status_code", "ERROR");
+                        }
+                        FenceOutcome::Ran(o)
+                    }
+                    Err(e) => {
+                        span.record("otel.status_code", "ERROR");
+                        span.record("error.type", "sandbox_error");
+                        FenceOutcome::NotRun {
+                            reason: format!("sandbox: {e}"),
+                        }
+                    }
+                }
+            }
             Block::Create { path, content, .. } => match create(workdir, path, content) {
                 Ok(p) => FenceOutcome::Created {
                     path: p,

@@ -143,6 +143,12 @@ pub const ROUTES: &[(&str, &str, Access, &str)] = &[
     ),
     (
         "GET",
+        "/metrics",
+        Access::Token,
+        "Prometheus metrics in the OpenMetrics text format (what `agentd metrics` prints)",
+    ),
+    (
+        "GET",
         "/api/v1/events",
         Access::Token,
         "Server-Sent Events: task, step, output, agent (and reset when events were missed); ?agent=&task= filter; Last-Event-ID resumes",
@@ -206,6 +212,7 @@ pub(super) fn router(app: Arc<App>) -> Router {
         .route("/api/v1/tasks", get(tasks))
         .route("/api/v1/tasks/{id}", get(task))
         .route("/api/v1/events", get(events::stream))
+        .route("/metrics", get(metrics))
         .route("/", get(dashboard::page))
         .route("/app.js", get(dashboard::script))
         .route("/style.css", get(dashboard::style))
@@ -251,6 +258,16 @@ pub(super) fn error(status: StatusCode, msg: impl Into<String>) -> Response {
 /// A control response as HTTP: the result, or the error with a status.
 /// Handlers word their refusals one way (requests.rs and talk.rs): "no
 /// agent named …" is a 404, "agentd is shutting down" a 503.
+/// The metrics as the supervisor renders them (its gauges refreshed first),
+/// in the text format Prometheus scrapes.
+async fn metrics(State(app): State<Arc<App>>) -> Response {
+    let r = app.control(Control::Metrics).await;
+    match r.result.as_ref().and_then(|v| v["text"].as_str()).filter(|_| r.ok) {
+        Some(text) => ([(header::CONTENT_TYPE, crate::metrics::CONTENT_TYPE)], text.to_owned()).into_response(),
+        None => answer(r),
+    }
+}
+
 fn answer(r: control::Response) -> Response {
     match (r.ok, r.error) {
         (true, _) => Json(r.result.unwrap_or(Value::Null)).into_response(),

@@ -375,6 +375,7 @@ impl HttpBackend {
             .map_err(|_| LlmError::Timeout { after: self.timeout })?
             .map_err(|e| map_error(e, &lock(seen)))?;
         let usage = response.usage;
+        let model = response.model.filter(|m| !m.is_empty());
         let mut choices = response.choices;
         let pos = choices.iter().position(|c| c.index == 0).unwrap_or(0);
         if choices.is_empty() {
@@ -397,6 +398,7 @@ impl HttpBackend {
             finish_reason: choice.finish_reason,
             usage,
             retries: Vec::new(),
+            model,
         }))
     }
 
@@ -508,6 +510,13 @@ impl tower_service::Service<HttpRequestFactory> for Transport {
             headers.remove(AUTHORIZATION);
             if let Some(v) = this.auth {
                 headers.insert(AUTHORIZATION, v);
+            }
+            // The model call's span (when traces are exported) continues
+            // at the provider, if it traces.
+            if let Some(tp) = crate::telemetry::traceparent(&tracing::Span::current())
+                && let Ok(v) = HeaderValue::from_str(&tp)
+            {
+                headers.insert("traceparent", v);
             }
             let response = this.http.execute(request).await?;
             let mut seen = lock(&this.seen);
@@ -623,6 +632,7 @@ struct Accumulator {
     calls: Vec<PartialCall>,
     finish_reason: Option<String>,
     usage: Usage,
+    model: Option<String>,
     /// Whether `on_text` has been called.
     delivered: bool,
 }
@@ -636,6 +646,9 @@ impl Accumulator {
     fn push(&mut self, chunk: WireChunk, on_text: &mut (dyn FnMut(&str) + Send)) {
         if let Some(usage) = chunk.usage {
             self.usage = usage;
+        }
+        if let Some(m) = chunk.model.filter(|m| !m.is_empty()) {
+            self.model = Some(m);
         }
         // Only the first choice: agentd never asks for more than one.
         for ChunkChoice {
@@ -705,6 +718,7 @@ impl Accumulator {
             finish_reason: self.finish_reason,
             usage: self.usage,
             retries: Vec::new(),
+            model: self.model,
         }
     }
 }

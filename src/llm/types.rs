@@ -316,6 +316,10 @@ pub struct ChatResponse {
     /// The failed attempts before this reply, for the task journal.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub retries: Vec<RetryNote>,
+    /// The model that answered, as the provider names it (for traces'
+    /// `gen_ai.response.model`); `None` when it did not say.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub model: Option<String>,
 }
 
 impl ChatResponse {
@@ -377,6 +381,8 @@ pub(crate) struct StreamOptions {
 pub(crate) struct WireResponse {
     #[serde(default, deserialize_with = "null_as_default")]
     pub choices: Vec<WireChoice>,
+    #[serde(default)]
+    pub model: Option<String>,
     #[serde(default, deserialize_with = "null_as_default")]
     pub usage: Usage,
     /// Some gateways report upstream failures in a 200 body.
@@ -411,6 +417,8 @@ pub(crate) struct WireAssistant {
 pub(crate) struct WireChunk {
     #[serde(default, deserialize_with = "null_as_default")]
     pub choices: Vec<ChunkChoice>,
+    #[serde(default)]
+    pub model: Option<String>,
     #[serde(default)]
     pub usage: Option<Usage>,
     /// Some providers (vLLM, LiteLLM, OpenAI) report failures mid-stream

@@ -221,6 +221,11 @@ impl McpHub {
         let peer = server.peer().ok_or_else(unavailable)?;
         let mut params = CallToolRequestParams::new(info.tool.clone());
         params.arguments = Some(arguments);
+        // The tool call's span (when traces are exported) continues at the
+        // server: MCP's `_meta.traceparent` (SEP-414, the 2026-07-28 spec).
+        if let Some(tp) = crate::telemetry::traceparent(&tracing::Span::current()) {
+            rmcp::model::RequestParamsMeta::set_traceparent(&mut params, &tp);
+        }
         let result = peer.call_tool(params).await.map_err(|source| match source {
             rmcp::service::ServiceError::TransportClosed | rmcp::service::ServiceError::TransportSend(_) => {
                 McpError::Lost {

@@ -15,7 +15,6 @@
 
 use std::time::Duration;
 
-use super::slot::Claim;
 use super::{Event, Supervisor};
 use crate::domain::{ApprovalAnswer, ApprovalSubject, Lease, TaskId};
 use crate::ledger::{Approval, Asked, LedgerError, now_ms};
@@ -30,12 +29,7 @@ impl Supervisor {
         subject: ApprovalSubject,
     ) {
         let claim = self.agents.get(name).and_then(|a| a.life.claim().cloned());
-        if claim
-            != Some(Claim {
-                task,
-                lease: lease.clone(),
-            })
-        {
+        if !claim.is_some_and(|c| c.is(task, &lease)) {
             tracing::warn!(
                 agent = name,
                 "ignoring an approval request for task {task} from a stale lease"

@@ -38,14 +38,26 @@ impl Supervisor {
         let why = reason.as_deref().map(|r| format!(": {r}")).unwrap_or_default();
         tracing::info!(agent, "task {task} cancelled by {by}{why} (it was {})", done.was);
         // The child holding it drops it; the slot is free for the next task.
+        let mut ended = None;
         if let Some(a) = self.agents.get_mut(&agent)
             && let Lifecycle::Running { child, claim } | Lifecycle::Stopping { child, claim, .. } = &mut a.life
-            && let Some(Claim { task: t, lease }) = claim.clone()
+            && let Some(Claim {
+                task: t,
+                lease,
+                trigger,
+                since,
+            }) = claim.clone()
             && t == task
         {
             child.handle.send(&ToChild::Cancel { task, lease });
             *claim = None;
+            ended = Some((trigger, since));
         }
+        if let Some((trigger, since)) = ended {
+            self.metrics
+                .task_ended(&agent, trigger, TaskState::Cancelled.as_str(), since.elapsed());
+        }
+        self.end_task_span(task, TaskState::Cancelled);
         let error = format!("cancelled by {by}{why}");
         self.on_task_end(&agent, task, TaskState::Cancelled, None, Some(&error));
         self.dispatch(&agent).await;

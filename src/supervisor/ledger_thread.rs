@@ -3,6 +3,7 @@
 //! sent; [`LedgerThread::run`] and [`LedgerThread::call`] return a job's
 //! result through a oneshot channel, [`LedgerThread::submit`] does not wait.
 
+use prometheus_client::metrics::histogram::Histogram;
 use tokio::sync::oneshot;
 
 use crate::ledger::{Ledger, LedgerError};
@@ -15,11 +16,14 @@ pub struct LedgerThread {
 }
 
 impl LedgerThread {
-    pub fn start(mut ledger: Ledger) -> std::io::Result<LedgerThread> {
+    /// `took`: observes how long each job held the ledger.
+    pub fn start(mut ledger: Ledger, took: Histogram) -> std::io::Result<LedgerThread> {
         let (tx, rx) = std::sync::mpsc::channel::<Job>();
         std::thread::Builder::new().name("ledger".into()).spawn(move || {
             while let Ok(job) = rx.recv() {
+                let started = std::time::Instant::now();
                 job(&mut ledger);
+                took.observe(started.elapsed().as_secs_f64());
             }
             // Every handle is gone: fold the WAL back before closing.
             if let Err(e) = ledger.checkpoint() {

@@ -234,7 +234,10 @@ impl Supervisor {
             tracing::info!(agent = name, "{log_exit}");
         }
 
-        if let Some(Claim { task, .. }) = running {
+        if let Some(Claim {
+            task, trigger, since, ..
+        }) = running
+        {
             let c2 = cause.clone();
             // Behind writes already kept (or being handed back by the
             // ledger thread), the release waits its turn too.
@@ -254,6 +257,8 @@ impl Supervisor {
             match r {
                 Some(Ok(state)) => {
                     tracing::warn!(agent = name, "task {task} interrupted; now {state}");
+                    self.metrics.task_ended(name, trigger, state.as_str(), since.elapsed());
+                    self.end_task_span(task, state);
                     self.on_task_released(name, task, state, &cause);
                 }
                 Some(Err(LedgerError::Closed)) => {}
@@ -278,6 +283,10 @@ impl Supervisor {
                     );
                 }
             }
+            // A release kept for later (or refused) still ends the task's span.
+            if let Some(span) = self.task_spans.remove(&task) {
+                span.record("otel.status_code", "ERROR");
+            }
         }
 
         let stopping = self.stop_deadline.is_some();
@@ -301,6 +310,7 @@ impl Supervisor {
                 match a.restarts.decide(exit, Instant::now()) {
                     Decision::Restart(delay) => {
                         a.restart_count += 1;
+                        self.metrics.restarted(name);
                         self.generation += 1;
                         a.life = Lifecycle::Backoff {
                             generation: self.generation,

@@ -21,6 +21,12 @@
 //! watchers and notifications out [`announce`]. The HTTP API
 //! ([`crate::http`]) sends its requests down the control socket's channel
 //! and its webhook deliveries down one of their own.
+//!
+//!
+//! Observability: the supervisor owns the [`Metrics`] registry and counts
+//! what it already sees here (lifecycle changes, claims and task ends, the
+//! children's journal steps and reconnect reports); it opens each task's
+//! trace span at dispatch and ends it with the task (`task_spans`).
 
 mod announce;
 mod approvals;
@@ -61,6 +67,7 @@ use crate::control::{self, Response};
 use crate::feed::Feed;
 use crate::http;
 use crate::ledger::{self, Ledger};
+use crate::metrics::Metrics;
 use crate::protocol::FromChild;
 use crate::repl::{self, Repl};
 use degraded::{Deferred, Degraded};
@@ -169,6 +176,10 @@ pub struct Supervisor {
     degraded: Degraded,
     /// Agents' own users, when agentd runs as root.
     users: Option<users::AgentUsers>,
+    /// Counted here, rendered for `agentd metrics` and `GET /metrics`.
+    metrics: Arc<Metrics>,
+    /// The trace span of each running task (disabled unless traces are exported).
+    task_spans: HashMap<crate::domain::TaskId, tracing::Span>,
     /// Models without a price already named in the log (said once).
     unpriced_warned: std::collections::BTreeSet<String>,
     /// What happens, for the HTTP API's event stream ([`announce`]).
@@ -226,7 +237,8 @@ async fn run_async(
             humantime::format_duration(budget)
         ),
     }
-    let ledger = LedgerThread::start(ledger).context("starting the ledger thread")?;
+    let metrics = Arc::new(Metrics::new());
+    let ledger = LedgerThread::start(ledger, metrics.ledger_duration.clone()).context("starting the ledger thread")?;
 
     let socket = crate::state_dir::socket(&cfg.state_dir);
     // The lock proves no other agentd owns this state dir: a socket left
@@ -282,6 +294,8 @@ async fn run_async(
         reload_seq: 0,
         degraded: Degraded::default(),
         users,
+        metrics,
+        task_spans: HashMap::new(),
         unpriced_warned: Default::default(),
         feed,
         announced_agents: HashMap::new(),

@@ -41,6 +41,7 @@ impl Supervisor {
             | Request::Health
             | Request::Status
             | Request::Reload
+            | Request::Metrics
             | Request::Cancel { .. }
             | Request::Approvals
             | Request::Approve { .. }
@@ -55,6 +56,7 @@ impl Supervisor {
             Request::DescribeInterface
                 | Request::Health
                 | Request::Status
+                | Request::Metrics
                 | Request::Send { .. }
                 | Request::Spend { .. }
                 | Request::Approvals
@@ -66,6 +68,7 @@ impl Supervisor {
             Request::DescribeInterface => answer(reply, Response::ok(Request::describe())),
             Request::Health => answer(reply, self.health()),
             Request::Status => answer(reply, self.status().await),
+            Request::Metrics => answer(reply, self.metrics_text().await),
             Request::Start { agent } => answer(reply, self.start_by_hand(&agent).await),
             Request::Stop { agent } => answer(reply, self.stop_by_hand(&agent).await),
             Request::Restart { agent } => answer(reply, self.restart_by_hand(&agent).await),
@@ -236,6 +239,25 @@ impl Supervisor {
             out.push(self.agent_status(name).await);
         }
         Response::ok(json!({ "agents": out, "degraded": self.degraded.cause() }))
+    }
+
+    /// The metrics, with the gauges of what the supervisor holds (agent
+    /// states, queue depths) brought up to date first.
+    pub(super) async fn metrics_text(&self) -> Response {
+        let mut agents = Vec::new();
+        for (name, a) in &self.agents {
+            let owned = name.clone();
+            let queued = self.ledger.call(move |l| l.queued_count(&owned)).await.unwrap_or(0);
+            agents.push((name.as_str(), a.life.name(), queued));
+        }
+        self.metrics.refresh(&Lifecycle::NAMES, &agents);
+        self.metrics
+            .trace_spans_dropped
+            .inc_by(crate::telemetry::take_dropped());
+        Response::ok(json!({
+            "content_type": crate::metrics::CONTENT_TYPE,
+            "text": self.metrics.render(),
+        }))
     }
 
     async fn start_by_hand(&mut self, agent: &str) -> Response {

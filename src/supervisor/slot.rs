@@ -40,6 +40,16 @@ pub(super) struct Live {
 pub(super) struct Claim {
     pub task: TaskId,
     pub lease: Lease,
+    /// What the task's metrics are labelled and timed by.
+    pub trigger: &'static str,
+    pub since: Instant,
+}
+
+impl Claim {
+    /// Whether a child's message about `task` under `lease` is about this claim.
+    pub fn is(&self, task: TaskId, lease: &Lease) -> bool {
+        self.task == task && &self.lease == lease
+    }
 }
 
 pub(super) enum Lifecycle {
@@ -64,6 +74,9 @@ pub(super) enum Lifecycle {
 }
 
 impl Lifecycle {
+    /// Every state's name, for the metrics (which show the empty ones as 0).
+    pub const NAMES: [&'static str; 6] = ["stopped", "failed", "backoff", "starting", "running", "stopping"];
+
     /// The state's name in status replies.
     pub fn name(&self) -> &'static str {
         match self {

@@ -10,6 +10,7 @@ use super::degraded::Deferred;
 use super::slot::{Claim, Lifecycle, Live};
 use crate::domain::{TaskId, TaskState, Trigger};
 use crate::ledger::{self, LedgerError};
+use crate::metrics::StepFacts;
 use crate::protocol::{FromChild, PROTOCOL_VERSION, ToChild};
 
 impl Supervisor {
@@ -73,6 +74,9 @@ impl Supervisor {
                 self.dispatch(name).await;
             }
             FromChild::Trigger { trigger, dedupe_key } => {
+                if let Trigger::Resource { server, .. } = &trigger {
+                    self.metrics.subscription_fired(name, server);
+                }
                 let kept = Deferred::Trigger {
                     agent: name.to_owned(),
                     trigger,
@@ -82,6 +86,9 @@ impl Supervisor {
                 self.dispatch(name).await;
             }
             FromChild::Step { task, lease, step } => {
+                if let Some(a) = self.agents.get(name) {
+                    self.metrics.step(name, &a.spec.model, &StepFacts::of(&step));
+                }
                 if self.watched.contains_key(&task) {
                     self.on_step(task, &step.kind, step.payload["name"].as_str());
                 }
@@ -113,6 +120,7 @@ impl Supervisor {
                     a.degraded = degraded;
                 }
             }
+            FromChild::McpReconnected { server, count } => self.metrics.mcp_reconnected(name, &server, count),
             FromChild::Output { task, text, .. } => {
                 tracing::debug!(agent = name, "model: {text}");
                 self.on_output(name, task, &text);
@@ -124,17 +132,14 @@ impl Supervisor {
                 result,
                 error,
                 conversation,
+                spans_dropped,
             } => {
+                self.metrics.trace_spans_dropped.inc_by(spans_dropped);
                 let current = self.agents.get(name).and_then(|a| a.life.claim().cloned());
-                if current
-                    != Some(Claim {
-                        task,
-                        lease: lease.clone(),
-                    })
-                {
+                let Some(claim) = current.filter(|c| c.is(task, &lease)) else {
                     tracing::warn!(agent = name, "ignoring a result for task {task} from a stale lease");
                     return;
-                }
+                };
                 let agent = name.to_owned();
                 let state = if state.is_final() { state } else { TaskState::Failed };
                 // One line of what the model said (or what went wrong) for the log.
@@ -160,6 +165,9 @@ impl Supervisor {
                 self.write_or_keep(name, end).await;
                 let said = summary.map(|s| format!(": {s}")).unwrap_or_default();
                 tracing::info!(agent = name, "task {task} {state}{said}");
+                self.metrics
+                    .task_ended(name, claim.trigger, state.as_str(), claim.since.elapsed());
+                self.end_task_span(task, state);
                 self.on_task_end(name, task, state, shown_result.as_deref(), shown_error.as_deref());
                 if let Some(a) = self.agents.get_mut(name)
                     && let Lifecycle::Running { claim, .. } | Lifecycle::Stopping { claim, .. } = &mut a.life
@@ -167,6 +175,16 @@ impl Supervisor {
                     *claim = None;
                 }
                 self.dispatch(name).await;
+            }
+        }
+    }
+
+    /// Ends the task's trace span (exported then, when traces are on).
+    pub(super) fn end_task_span(&mut self, task: TaskId, state: TaskState) {
+        if let Some(span) = self.task_spans.remove(&task) {
+            span.record("agentd.task.state", state.as_str());
+            if state != TaskState::Succeeded {
+                span.record("otel.status_code", "ERROR");
             }
         }
     }
@@ -263,12 +281,32 @@ impl Supervisor {
         *claim = Some(Claim {
             task: task.id,
             lease: lease.clone(),
+            trigger: trigger.kind(),
+            since: Instant::now(),
         });
+        self.metrics.task_started(name, trigger.kind());
+        // One trace per task attempt: this span ends when the task does.
+        let span = tracing::info_span!(
+            target: crate::telemetry::TARGET,
+            parent: None,
+            "task",
+            otel.name = %format!("task {name}"),
+            otel.status_code = tracing::field::Empty,
+            agentd.agent = name,
+            agentd.task.id = task.id.0,
+            agentd.task.attempt = task.attempts,
+            agentd.task.trigger = trigger.kind(),
+            agentd.task.state = tracing::field::Empty,
+            process.pid = i64::from(std::process::id()),
+        );
+        let traceparent = crate::telemetry::traceparent(&span);
+        self.task_spans.insert(task.id, span);
         child.handle.send(&ToChild::Task {
             id: task.id,
             lease,
             attempt: task.attempts,
             trigger,
+            traceparent,
         });
         self.announce_running(name, task.id, task.attempts);
     }

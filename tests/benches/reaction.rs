@@ -3,7 +3,12 @@
 //! at an OpenAI-compatible server on 127.0.0.1. Real agentd, real mcp-watch
 //! (debounce 0), real ledger; the scripted server answers at once.
 //!
-//! Run: `cargo bench --bench reaction` (prints p50/p99 over 1,000 events).
+//! Then a message's round trip, as the REPL and `agentd send --wait` make
+//! it: the control request → task → model reply → the answer back.
+//!
+//! Run: `cargo bench --bench reaction` (prints p50/p99 over 1,000 events
+//! and 200 round trips). With `OTEL_EXPORTER_OTLP_ENDPOINT` set, agentd
+//! and its agent export traces there: the instrumentation's cost.
 #![allow(clippy::unwrap_used, clippy::expect_used)] // tests and benchmarks may panic
 
 #[allow(dead_code)]
@@ -17,6 +22,7 @@ use agentd::ledger::{self, Ledger, TaskFilter};
 use llm_server::{LlmServer, Reply};
 
 const EVENTS: usize = 1000;
+const ROUND_TRIPS: usize = 200;
 
 fn pct(sorted: &[f64], p: f64) -> f64 {
     sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
@@ -99,6 +105,20 @@ fn main() {
         };
         to_task.push(created as f64 - written_ms);
     }
+    let socket = state.join(agentd::control::SOCKET_NAME);
+    let mut round_trips = Vec::new();
+    for i in 0..ROUND_TRIPS {
+        let req = agentd::control::Request::Send {
+            agent: "r".into(),
+            text: format!("hello {i}"),
+            wait: true,
+        };
+        let t = Instant::now();
+        let r = agentd::control::client::request(&socket, &req, Duration::from_secs(30)).expect("send --wait");
+        assert!(r.ok, "{r:?}");
+        round_trips.push(t.elapsed().as_secs_f64() * 1e3);
+    }
+    round_trips.sort_by(f64::total_cmp);
     let _ = nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(child.id() as i32),
         nix::sys::signal::Signal::SIGTERM,
@@ -112,5 +132,10 @@ fn main() {
         pct(&to_task, 0.99),
         pct(&to_llm, 0.5),
         pct(&to_llm, 0.99)
+    );
+    println!(
+        "{ROUND_TRIPS} message round trips (send --wait: request → task → model → answer): p50 {:.2} ms p99 {:.2} ms",
+        pct(&round_trips, 0.5),
+        pct(&round_trips, 0.99)
     );
 }

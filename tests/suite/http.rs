@@ -738,3 +738,25 @@ fn a_queued_task_is_cancelled_over_http_and_the_journal_says_by_whom() {
     let spend = api.get("/api/v1/spend?per=1d");
     assert_eq!(spend.status, 200, "{}", spend.body);
 }
+
+#[test]
+fn get_metrics_serves_what_agentd_metrics_prints_after_a_task() {
+    let llm = LlmServer::start(vec![Reply::stream_text(&["Noted."])]);
+    let dir = tempdir();
+    let (_d, api) = start(dir.path(), &config(dir.path(), &llm.base_url(), ""));
+    let sent = api.post("/api/v1/agents/news/messages", r#"{"text": "hello", "wait": true}"#);
+    assert_eq!(sent.status, 200, "{}", sent.body);
+    let m = api.get("/metrics");
+    assert_eq!(m.status, 200, "{}", m.body);
+    assert_eq!(m.header("content-type").as_deref(), Some(agentd::metrics::CONTENT_TYPE));
+    let samples = super::observability::parse(&m.body);
+    let ended = [("agent", "news"), ("trigger", "message"), ("state", "succeeded")];
+    assert_eq!(
+        super::observability::value(&samples, "agentd_tasks_ended_total", &ended),
+        1.0
+    );
+    assert_eq!(
+        super::observability::value(&samples, "agentd_agents", &[("state", "running")]),
+        2.0
+    );
+}

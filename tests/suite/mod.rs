@@ -10,6 +10,7 @@ mod http;
 mod ledger;
 mod llm;
 mod mcp;
+mod observability;
 mod quickstart;
 mod repl;
 mod runtime;

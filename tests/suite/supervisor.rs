@@ -222,6 +222,7 @@ fn control_socket_answers_and_survives_bad_requests() {
         "Approve",
         "Deny",
         "Spend",
+        "Metrics",
     ] {
         assert!(v["result"]["methods"][m].is_object(), "{m} is described");
     }
