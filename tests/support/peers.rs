@@ -129,7 +129,7 @@ impl LiteLlm {
     pub fn start(reply: &str) -> LiteLlm {
         let bin = peers_dir().join("litellm-venv/bin/litellm");
         assert!(bin.is_file(), "{} is missing: run tests/setup.sh", bin.display());
-        let dir = tempfile::tempdir().expect("tempdir");
+        let mut dir = tempfile::tempdir().expect("tempdir");
         let config = dir.path().join("litellm.yaml");
         std::fs::write(
             &config,
@@ -139,39 +139,70 @@ impl LiteLlm {
             ),
         )
         .expect("litellm config");
-        let port = TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .map(|a| a.port())
-            .expect("free port");
-        let log = std::fs::File::create(dir.path().join("litellm.log")).expect("log");
-        let child = Command::new(bin)
-            .args(["--config", &config.display().to_string(), "--host", "127.0.0.1"])
-            .args(["--port", &port.to_string()])
-            .env("LITELLM_MASTER_KEY", LITELLM_KEY)
-            // Offline: no fetch of the model price list, no telemetry.
-            .env("LITELLM_LOCAL_MODEL_COST_MAP", "True")
-            .env("LITELLM_TELEMETRY", "False")
-            .env("NO_PROXY", "127.0.0.1,localhost")
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().expect("log"))
-            .stderr(log)
-            .spawn()
-            .expect("start litellm");
-        let mut proxy = LiteLlm { child, port, _dir: dir };
-        let deadline = Instant::now() + Duration::from_secs(90);
-        while TcpStream::connect(("127.0.0.1", port)).is_err() {
-            if Instant::now() > deadline || proxy.child.try_wait().ok().flatten().is_some() {
+        // The port is free when chosen but released before LiteLLM binds
+        // it (it takes seconds to start), so another test's server may take
+        // it meanwhile: wait for LiteLLM's own liveliness answer, not just
+        // for something on the port, and try another port if it lost.
+        for _ in 0..3 {
+            let port = TcpListener::bind("127.0.0.1:0")
+                .and_then(|l| l.local_addr())
+                .map(|a| a.port())
+                .expect("free port");
+            let log = std::fs::File::create(dir.path().join("litellm.log")).expect("log");
+            let child = Command::new(&bin)
+                .args(["--config", &config.display().to_string(), "--host", "127.0.0.1"])
+                .args(["--port", &port.to_string()])
+                .env("LITELLM_MASTER_KEY", LITELLM_KEY)
+                // Offline: no fetch of the model price list, no telemetry.
+                .env("LITELLM_LOCAL_MODEL_COST_MAP", "True")
+                .env("LITELLM_TELEMETRY", "False")
+                .env("NO_PROXY", "127.0.0.1,localhost")
+                .stdin(Stdio::null())
+                .stdout(log.try_clone().expect("log"))
+                .stderr(log)
+                .spawn()
+                .expect("start litellm");
+            let mut proxy = LiteLlm { child, port, _dir: dir };
+            let deadline = Instant::now() + Duration::from_secs(90);
+            loop {
+                if litellm_alive(port) {
+                    return proxy;
+                }
+                let exited = proxy.child.try_wait().ok().flatten().is_some();
                 let log = std::fs::read_to_string(proxy._dir.path().join("litellm.log")).unwrap_or_default();
-                panic!("LiteLLM's proxy did not come up:\n{log}");
+                if exited && log.contains("address already in use") {
+                    break;
+                }
+                if exited || Instant::now() > deadline {
+                    panic!("LiteLLM's proxy did not come up:\n{log}");
+                }
+                std::thread::sleep(Duration::from_millis(200));
             }
-            std::thread::sleep(Duration::from_millis(200));
+            dir = std::mem::replace(&mut proxy._dir, tempfile::tempdir().expect("tempdir"));
         }
-        proxy
+        panic!("LiteLLM's proxy lost its port to another server three times");
     }
 
     pub fn base_url(&self) -> String {
         format!("http://127.0.0.1:{}/v1", self.port)
     }
+}
+
+/// Whether LiteLLM's proxy (and not some other server) answers on `port`.
+fn litellm_alive(port: u16) -> bool {
+    use std::io::{Read, Write};
+    let Ok(mut s) = TcpStream::connect(("127.0.0.1", port)) else {
+        return false;
+    };
+    let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
+    if s.write_all(b"GET /health/liveliness HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n")
+        .is_err()
+    {
+        return false;
+    }
+    let mut answer = String::new();
+    let _ = s.read_to_string(&mut answer);
+    answer.contains("I'm alive!")
 }
 
 impl Drop for LiteLlm {
