@@ -150,6 +150,8 @@ pub enum StepKind {
     Fence,
     /// A tool call from sandboxed code through the tool bridge.
     Bridge,
+    /// A connection attempt from sandboxed code through the egress proxy.
+    Egress,
     Other(String),
 }
 
@@ -162,6 +164,7 @@ impl StepKind {
             StepKind::ToolCallsCapped => "tool_calls_capped",
             StepKind::Fence => "fence",
             StepKind::Bridge => "bridge",
+            StepKind::Egress => "egress",
             StepKind::Other(s) => s,
         }
     }
@@ -174,6 +177,7 @@ impl StepKind {
             "tool_calls_capped" => StepKind::ToolCallsCapped,
             "fence" => StepKind::Fence,
             "bridge" => StepKind::Bridge,
+            "egress" => StepKind::Egress,
             other => StepKind::Other(other.to_owned()),
         }
     }
@@ -248,6 +252,7 @@ mod tests {
             StepKind::ToolCallsCapped,
             StepKind::Fence,
             StepKind::Bridge,
+            StepKind::Egress,
         ] {
             let json = serde_json::to_string(&kind).expect("serialise");
             assert_eq!(json, format!("\"{}\"", kind.as_str()));

@@ -2,6 +2,7 @@ mod abuse;
 mod compat;
 mod config;
 mod containment;
+mod egress;
 mod escape;
 mod fence;
 mod ledger;
