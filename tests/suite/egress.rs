@@ -22,6 +22,11 @@ struct HttpServer {
 
 impl HttpServer {
     fn start(name: &'static str) -> HttpServer {
+        HttpServer::with_body(name, 0)
+    }
+
+    /// Answers `hello from NAME` followed by `pad` bytes of `x`.
+    fn with_body(name: &'static str, pad: usize) -> HttpServer {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let port = listener.local_addr().unwrap().port();
         let hosts = Arc::new(Mutex::new(Vec::new()));
@@ -46,7 +51,7 @@ impl HttpServer {
                         }
                     }
                     seen.lock().unwrap().push(host);
-                    let body = format!("hello from {name}\n");
+                    let body = format!("hello from {name}\n{}", "x".repeat(pad));
                     let _ = write!(
                         conn,
                         "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
@@ -107,8 +112,8 @@ fn py(code: &str) -> Vec<String> {
 fn denied_record<'a>(o: &'a RunOutcome, host: &str) -> &'a str {
     o.egress
         .iter()
-        .find(|c| c.host == host)
-        .and_then(|c| c.denied())
+        .filter(|c| c.host == host)
+        .find_map(|c| c.denied())
         .unwrap_or_else(|| panic!("no denial of {host} recorded: {:?}", o.egress))
 }
 
@@ -400,4 +405,69 @@ async fn landlock_only_runs_refuse_domain_rules() {
     assert!(err.to_string().contains("need a network namespace"), "{err}");
     p.backend = Backend::Bwrap;
     assert!(run(&p, wd.path(), &sh("true")).await.success(), "control");
+}
+
+fn with_limits(max_bytes: Option<u64>, max_connections: usize) -> SandboxPolicy {
+    let mut p = web_policy();
+    if let Network::Domains(r) = &mut p.network {
+        r.max_bytes = max_bytes;
+        r.max_connections = max_connections;
+    }
+    p
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn the_byte_limit_cuts_a_run_and_refuses_its_next_connections() {
+    let server = HttpServer::with_body("big", 1 << 20);
+    let wd = crate::support::sandbox_workdir("egress-");
+    let url = format!("http://allowed.test:{}/", server.port);
+    let argv = sh(&format!(
+        "curl -sS --max-time 20 -o first {url}; wc -c < first; curl -sS --max-time 20 {url} | head -c 200"
+    ));
+
+    let control = run(&with_limits(None, 32), wd.path(), &argv).await;
+    let size: u64 = control.stdout.lines().next().unwrap_or("").trim().parse().unwrap_or(0);
+    assert!(size > 1 << 20, "control: the whole body arrives: {control:?}");
+
+    let limited = run(&with_limits(Some(64 << 10), 32), wd.path(), &argv).await;
+    let size: u64 = limited.stdout.lines().next().unwrap_or("").trim().parse().unwrap_or(u64::MAX);
+    assert!(size < 1 << 20, "the body was cut: {limited:?}");
+    let first = &limited.egress[0];
+    assert!(first.error.as_deref().is_some_and(|e| e.contains("max_bytes")), "{first:?}");
+    assert!(
+        denied_record(&limited, "allowed.test").contains("byte limit is used up"),
+        "{:?}",
+        limited.egress
+    );
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn connections_beyond_the_limit_are_refused() {
+    let server = HttpServer::start("slots");
+    let wd = crate::support::sandbox_workdir("egress-");
+    // Holds one tunnel open (the server waits for a request that never
+    // comes) while a second request is made.
+    let script = format!(
+        r#"
+import socket, urllib.request, urllib.error
+s = socket.create_connection(('127.0.0.1', 3128), timeout=20)
+s.sendall(b'CONNECT allowed.test:{p} HTTP/1.1\r\n\r\n')
+print(s.recv(100).split(b'\r\n')[0].decode())
+try:
+    print(urllib.request.urlopen('http://allowed.test:{p}/', timeout=20).read().decode(), end='')
+except urllib.error.HTTPError as e:
+    print(e.code)
+"#,
+        p = server.port
+    );
+    let control = run(&with_limits(None, 2), wd.path(), &py(&script)).await;
+    assert_eq!(control.stdout, "HTTP/1.1 200 Connection established\nhello from slots\n", "control: {control:?}");
+
+    let limited = run(&with_limits(None, 1), wd.path(), &py(&script)).await;
+    assert_eq!(limited.stdout, "HTTP/1.1 200 Connection established\n503\n", "{limited:?}");
+    assert!(
+        denied_record(&limited, "allowed.test").contains("max_connections: 1"),
+        "{:?}",
+        limited.egress
+    );
 }
