@@ -275,7 +275,14 @@ fn decode_policy(cx: &mut Cx, node: &Node, path: &str, mut p: SandboxPolicy, inl
         && matches!(p.backend, Backend::Landlock | Backend::None)
     {
         let (span, field) = match (map.get("network"), map.get("backend")) {
-            (Some(n), _) | (None, Some(n)) => (*n.span(), map.field(if map.get("network").is_some() { "network" } else { "backend" })),
+            (Some(n), _) | (None, Some(n)) => (
+                *n.span(),
+                map.field(if map.get("network").is_some() {
+                    "network"
+                } else {
+                    "backend"
+                }),
+            ),
             (None, None) => (map.start(), map.field("network")),
         };
         cx.error_at(
@@ -326,7 +333,9 @@ fn decode_network(cx: &mut Cx, node: &Node, path: &str) -> Option<Network> {
             let parsed = ip
                 .parse::<std::net::IpAddr>()
                 .map_err(|_| format!("{ip:?} is not an IP address (network.resolve pins a name to an address)"));
-            let valid_name = Pattern::parse(&host).ok().filter(|p| p.port.is_none() && !p.host.contains('*'));
+            let valid_name = Pattern::parse(&host)
+                .ok()
+                .filter(|p| p.port.is_none() && !p.host.contains('*'));
             if valid_name.is_none() {
                 cx.error_at_node(n, &f, format!("{name:?} is not a host name"));
             } else if let Some(ip) = cx.check(n, &f, parsed) {

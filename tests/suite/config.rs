@@ -311,7 +311,11 @@ fn inline_sandbox_policy_overrides_its_base_profile() {
     let a = &cfg.agents[0];
     assert_eq!(a.sandbox_profile, "inline");
     assert_eq!(a.sandbox.backend, Backend::Bwrap);
-    assert_eq!(a.sandbox.network, agentd::sandbox::Network::On, "inherited from networked");
+    assert_eq!(
+        a.sandbox.network,
+        agentd::sandbox::Network::On,
+        "inherited from networked"
+    );
     assert_eq!(a.sandbox.timeout, Duration::from_secs(5));
     assert_eq!(a.sandbox.limits.memory_bytes, Some(256 << 20));
     assert_eq!(a.sandbox.writable, vec![std::path::PathBuf::from("/srv/out")]);

@@ -79,8 +79,9 @@ fn web_policy() -> SandboxPolicy {
     helper();
     let (mut p, _) = agentd::config::resolve_sandbox_profile("web", None).expect("web profile");
     let text = "network:\n  allow: [allowed.test, \"*.test\"]\n  deny: [denied.test]\n  resolve: {allowed.test: 127.0.0.1, denied.test: 127.0.0.1, liar.test: 127.0.0.1}\n";
-    let extra = agentd::config::load_sandbox_profile_str(Path::new("egress-test.yaml"), &format!("backend: bwrap\n{text}"))
-        .expect("test rules decode");
+    let extra =
+        agentd::config::load_sandbox_profile_str(Path::new("egress-test.yaml"), &format!("backend: bwrap\n{text}"))
+            .expect("test rules decode");
     p.network = extra.network;
     p.timeout = Duration::from_secs(30);
     p
@@ -128,15 +129,25 @@ async fn allowed_plain_http_is_reached_with_curl_and_python() {
     let urllib = run(
         &web_policy(),
         wd.path(),
-        &py(&format!("import urllib.request; print(urllib.request.urlopen('{url}', timeout=20).read().decode(), end='')")),
+        &py(&format!(
+            "import urllib.request; print(urllib.request.urlopen('{url}', timeout=20).read().decode(), end='')"
+        )),
     )
     .await;
     assert_eq!(urllib.stdout, "hello from allowed\n", "{urllib:?}");
     assert_eq!(server.requests(), vec![format!("allowed.test:{}", server.port); 2]);
 
     let c = &curl.egress[0];
-    assert_eq!((c.host.as_str(), c.port, c.method.as_str()), ("allowed.test", server.port, "GET"));
-    assert_eq!(c.decision, Decision::Allowed { rule: "allow allowed.test".into() });
+    assert_eq!(
+        (c.host.as_str(), c.port, c.method.as_str()),
+        ("allowed.test", server.port, "GET")
+    );
+    assert_eq!(
+        c.decision,
+        Decision::Allowed {
+            rule: "allow allowed.test".into()
+        }
+    );
     assert!(c.sent > 0 && c.received > "hello from allowed\n".len() as u64, "{c:?}");
 }
 
@@ -145,7 +156,9 @@ async fn a_denied_name_is_refused_even_when_an_allow_glob_matches() {
     let server = HttpServer::start("denied");
     let wd = crate::support::sandbox_workdir("egress-");
     let p = server.port;
-    let argv = sh(&format!("curl -sS --max-time 20 --resolve denied.test:{p}:127.0.0.1 http://denied.test:{p}/"));
+    let argv = sh(&format!(
+        "curl -sS --max-time 20 --resolve denied.test:{p}:127.0.0.1 http://denied.test:{p}/"
+    ));
 
     let control = run(&control_policy(), wd.path(), &argv).await;
     assert_eq!(control.stdout, "hello from denied\n", "control: {control:?}");
@@ -153,9 +166,15 @@ async fn a_denied_name_is_refused_even_when_an_allow_glob_matches() {
 
     let sandboxed = run(&web_policy(), wd.path(), &argv).await;
     assert!(!sandboxed.stdout.contains("hello"), "{sandboxed:?}");
-    assert!(sandboxed.stdout.contains("refused"), "the 403 body says why: {sandboxed:?}");
+    assert!(
+        sandboxed.stdout.contains("refused"),
+        "the 403 body says why: {sandboxed:?}"
+    );
     assert_eq!(server.requests().len(), 1, "the denied request reached the server");
-    assert_eq!(denied_record(&sandboxed, "denied.test"), "denied by rule deny denied.test");
+    assert_eq!(
+        denied_record(&sandboxed, "denied.test"),
+        "denied by rule deny denied.test"
+    );
 }
 
 #[tokio::test(flavor = "current_thread")]
@@ -170,12 +189,16 @@ async fn an_ip_literal_is_refused_unless_a_rule_names_it() {
     let sandboxed = run(&web_policy(), wd.path(), &argv).await;
     assert!(!sandboxed.stdout.contains("hello"), "{sandboxed:?}");
     assert_eq!(server.requests().len(), 1, "the IP literal reached the server");
-    assert!(denied_record(&sandboxed, "127.0.0.1").contains("IP address"), "{sandboxed:?}");
+    assert!(
+        denied_record(&sandboxed, "127.0.0.1").contains("IP address"),
+        "{sandboxed:?}"
+    );
 
     // A rule naming the address lets it through.
     let mut named = web_policy();
     if let Network::Domains(r) = &mut named.network {
-        r.allow.push(agentd::sandbox::egress::Pattern::parse("127.0.0.1").unwrap());
+        r.allow
+            .push(agentd::sandbox::egress::Pattern::parse("127.0.0.1").unwrap());
     }
     let ok = run(&named, wd.path(), &argv).await;
     assert_eq!(ok.stdout, "hello from ip\n", "{ok:?}");
@@ -197,7 +220,11 @@ async fn a_direct_tcp_connect_that_ignores_the_proxy_goes_nowhere() {
     assert!(!sandboxed.success(), "{sandboxed:?}");
     assert!(!sandboxed.stdout.contains("hello"), "{sandboxed:?}");
     assert_eq!(server.requests().len(), 1, "a direct connection reached the host");
-    assert!(sandboxed.egress.is_empty(), "nothing went through the proxy: {:?}", sandboxed.egress);
+    assert!(
+        sandboxed.egress.is_empty(),
+        "nothing went through the proxy: {:?}",
+        sandboxed.egress
+    );
 }
 
 #[tokio::test(flavor = "current_thread")]
@@ -205,7 +232,8 @@ async fn a_dns_query_goes_nowhere() {
     let resolver = UdpSocket::bind("127.0.0.1:0").unwrap();
     let port = resolver.local_addr().unwrap().port();
     let wd = crate::support::sandbox_workdir("egress-");
-    let query = "b'\\x12\\x34\\x01\\x00\\x00\\x01\\x00\\x00\\x00\\x00\\x00\\x00\\x07example\\x03com\\x00\\x00\\x01\\x00\\x01'";
+    let query =
+        "b'\\x12\\x34\\x01\\x00\\x00\\x01\\x00\\x00\\x00\\x00\\x00\\x00\\x07example\\x03com\\x00\\x00\\x01\\x00\\x01'";
     let argv = py(&format!(
         "import socket; s=socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.sendto({query}, ('127.0.0.1', {port})); print('sent')"
     ));
@@ -217,7 +245,10 @@ async fn a_dns_query_goes_nowhere() {
 
     let control = run(&control_policy(), wd.path(), &argv).await;
     assert!(control.success(), "control: {control:?}");
-    assert!(received().is_some_and(|q| q.windows(7).any(|w| w == b"example")), "control query arrives");
+    assert!(
+        received().is_some_and(|q| q.windows(7).any(|w| w == b"example")),
+        "control query arrives"
+    );
 
     let sandboxed = run(&web_policy(), wd.path(), &argv).await;
     assert!(received().is_none(), "a DNS query left the sandbox: {sandboxed:?}");
@@ -252,7 +283,17 @@ impl TlsServer {
         let dir = tempfile::tempdir().unwrap();
         let (cert, key) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
         let st = std::process::Command::new("openssl")
-            .args(["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=allowed.test"])
+            .args([
+                "req",
+                "-x509",
+                "-newkey",
+                "rsa:2048",
+                "-nodes",
+                "-days",
+                "1",
+                "-subj",
+                "/CN=allowed.test",
+            ])
             .args(["-addext", "subjectAltName=DNS:allowed.test,DNS:liar.test"])
             .arg("-keyout")
             .arg(&key)
@@ -291,7 +332,9 @@ while True:
             .spawn()
             .unwrap();
         let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
+        BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
         let port = line.trim().parse().unwrap();
         TlsServer {
             port,
@@ -313,7 +356,9 @@ async fn allowed_https_is_reached_and_a_lying_sni_is_refused() {
     let curl = run(
         &web_policy(),
         wd.path(),
-        &sh(&format!("curl -sS --max-time 20 --cacert cert.pem https://allowed.test:{p}/")),
+        &sh(&format!(
+            "curl -sS --max-time 20 --cacert cert.pem https://allowed.test:{p}/"
+        )),
     )
     .await;
     assert_eq!(curl.stdout, "hello over tls\n", "{curl:?}");
@@ -355,7 +400,10 @@ except (ssl.SSLError, OSError) as e:
         )
     };
     let control = run(&control_policy(), wd.path(), &py(&lie(false))).await;
-    assert_eq!(control.stdout, "hello over tls\n", "control: the server accepts the lying name: {control:?}");
+    assert_eq!(
+        control.stdout, "hello over tls\n",
+        "control: the server accepts the lying name: {control:?}"
+    );
     let sandboxed = run(&web_policy(), wd.path(), &py(&lie(true))).await;
     assert_eq!(sandboxed.stdout, "handshake failed\n", "{sandboxed:?}");
     assert!(
@@ -383,16 +431,27 @@ fn domain_rules_are_checked_with_positions() {
     let err = agentd::config::load_sandbox_profile_str(Path::new("p.yaml"), bad)
         .unwrap_err()
         .to_string();
-    for want in ["p.yaml:3:", "network.allow[1]", "cannot be part of a host name", "network.allow[2]", "65535", "network.resolve.a.test"] {
+    for want in [
+        "p.yaml:3:",
+        "network.allow[1]",
+        "cannot be part of a host name",
+        "network.allow[2]",
+        "65535",
+        "network.resolve.a.test",
+    ] {
         assert!(err.contains(want), "{want:?} missing from:\n{err}");
     }
     let landlock = "backend: landlock\nnetwork: {allow: [pypi.org]}\n";
     let err = agentd::config::load_sandbox_profile_str(Path::new("p.yaml"), landlock)
         .unwrap_err()
         .to_string();
-    assert!(err.contains("p.yaml:2:") && err.contains("need a network namespace"), "{err}");
+    assert!(
+        err.contains("p.yaml:2:") && err.contains("need a network namespace"),
+        "{err}"
+    );
     // Control: the same rules under bwrap decode.
-    let ok = agentd::config::load_sandbox_profile_str(Path::new("p.yaml"), "backend: bwrap\nnetwork: {allow: [pypi.org]}\n");
+    let ok =
+        agentd::config::load_sandbox_profile_str(Path::new("p.yaml"), "backend: bwrap\nnetwork: {allow: [pypi.org]}\n");
     assert!(matches!(ok.unwrap().network, Network::Domains(_)));
 }
 
@@ -401,7 +460,9 @@ async fn landlock_only_runs_refuse_domain_rules() {
     let wd = crate::support::sandbox_workdir("egress-");
     let mut p = web_policy();
     p.backend = Backend::Landlock;
-    let err = sandbox::run(&p, wd.path(), &sh("true"), &Default::default()).await.unwrap_err();
+    let err = sandbox::run(&p, wd.path(), &sh("true"), &Default::default())
+        .await
+        .unwrap_err();
     assert!(err.to_string().contains("need a network namespace"), "{err}");
     p.backend = Backend::Bwrap;
     assert!(run(&p, wd.path(), &sh("true")).await.success(), "control");
@@ -430,10 +491,20 @@ async fn the_byte_limit_cuts_a_run_and_refuses_its_next_connections() {
     assert!(size > 1 << 20, "control: the whole body arrives: {control:?}");
 
     let limited = run(&with_limits(Some(64 << 10), 32), wd.path(), &argv).await;
-    let size: u64 = limited.stdout.lines().next().unwrap_or("").trim().parse().unwrap_or(u64::MAX);
+    let size: u64 = limited
+        .stdout
+        .lines()
+        .next()
+        .unwrap_or("")
+        .trim()
+        .parse()
+        .unwrap_or(u64::MAX);
     assert!(size < 1 << 20, "the body was cut: {limited:?}");
     let first = &limited.egress[0];
-    assert!(first.error.as_deref().is_some_and(|e| e.contains("max_bytes")), "{first:?}");
+    assert!(
+        first.error.as_deref().is_some_and(|e| e.contains("max_bytes")),
+        "{first:?}"
+    );
     assert!(
         denied_record(&limited, "allowed.test").contains("byte limit is used up"),
         "{:?}",
@@ -461,10 +532,16 @@ except urllib.error.HTTPError as e:
         p = server.port
     );
     let control = run(&with_limits(None, 2), wd.path(), &py(&script)).await;
-    assert_eq!(control.stdout, "HTTP/1.1 200 Connection established\nhello from slots\n", "control: {control:?}");
+    assert_eq!(
+        control.stdout, "HTTP/1.1 200 Connection established\nhello from slots\n",
+        "control: {control:?}"
+    );
 
     let limited = run(&with_limits(None, 1), wd.path(), &py(&script)).await;
-    assert_eq!(limited.stdout, "HTTP/1.1 200 Connection established\n503\n", "{limited:?}");
+    assert_eq!(
+        limited.stdout, "HTTP/1.1 200 Connection established\n503\n",
+        "{limited:?}"
+    );
     assert!(
         denied_record(&limited, "allowed.test").contains("max_connections: 1"),
         "{:?}",

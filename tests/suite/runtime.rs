@@ -556,15 +556,27 @@ fn egress_attempts_are_journaled_and_denials_reach_the_model() {
     assert_eq!(kinds(&st), ["llm", "egress", "egress", "fence", "llm"], "{st:#?}");
     let (allowed, denied) = (&st[1].payload, &st[2].payload);
     assert_eq!(
-        (allowed["host"].as_str(), allowed["port"].as_u64(), allowed["decision"].as_str()),
+        (
+            allowed["host"].as_str(),
+            allowed["port"].as_u64(),
+            allowed["decision"].as_str()
+        ),
         (Some("allowed.test"), Some(port as u64), Some("allowed"))
     );
     assert_eq!(allowed["rule"], "allow allowed.test");
     assert!(allowed["received"].as_u64().unwrap_or(0) > 9, "{allowed}");
     assert!(allowed["duration_ms"].is_u64(), "{allowed}");
     assert_eq!(
-        (denied["host"].as_str(), denied["decision"].as_str(), denied["rule"].as_str()),
-        (Some("denied.test"), Some("denied"), Some("denied by rule deny denied.test"))
+        (
+            denied["host"].as_str(),
+            denied["decision"].as_str(),
+            denied["rule"].as_str()
+        ),
+        (
+            Some("denied.test"),
+            Some("denied"),
+            Some("denied by rule deny denied.test")
+        )
     );
     let feedback = llm.requests()[1].json()["messages"].to_string();
     assert!(feedback.contains("fetched!"), "{feedback}");

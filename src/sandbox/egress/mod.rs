@@ -22,8 +22,15 @@ pub use rules::{Decision, Pattern, Rules};
 /// The proxy variables set for the code.
 pub fn proxy_env() -> Vec<(String, String)> {
     let url = format!("http://127.0.0.1:{}", relay::PORT);
-    ["HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "http_proxy", "https_proxy", "all_proxy"]
-        .iter()
-        .map(|k| ((*k).to_string(), url.clone()))
-        .collect()
+    [
+        "HTTP_PROXY",
+        "HTTPS_PROXY",
+        "ALL_PROXY",
+        "http_proxy",
+        "https_proxy",
+        "all_proxy",
+    ]
+    .iter()
+    .map(|k| ((*k).to_string(), url.clone()))
+    .collect()
 }

@@ -110,7 +110,10 @@ impl Proxy {
         if tokio::time::timeout(FINISH_GRACE, &mut task).await.is_err() {
             task.abort();
         }
-        self.records.lock().map(|mut r| std::mem::take(&mut *r)).unwrap_or_default()
+        self.records
+            .lock()
+            .map(|mut r| std::mem::take(&mut *r))
+            .unwrap_or_default()
     }
 }
 
@@ -516,7 +519,10 @@ fn parse_head(head: &[u8], rest: Vec<u8>) -> Result<Request, String> {
         format!("{target:?} is not an absolute http:// URL (is the client using the proxy? use CONNECT for https)")
     })?;
     if url.scheme() != "http" {
-        return Err(format!("scheme {:?}: plain requests through the proxy are http://; use CONNECT for others", url.scheme()));
+        return Err(format!(
+            "scheme {:?}: plain requests through the proxy are http://; use CONNECT for others",
+            url.scheme()
+        ));
     }
     // Matched on Host: the header the upstream server will act on.
     let host_header = headers
@@ -527,7 +533,9 @@ fn parse_head(head: &[u8], rest: Vec<u8>) -> Result<Request, String> {
         Some(h) => authority(h, Some(80))?,
         None => authority(url.authority(), Some(80))?,
     };
-    let url_host = url.host_str().map(|h| h.trim_start_matches('[').trim_end_matches(']').to_ascii_lowercase());
+    let url_host = url
+        .host_str()
+        .map(|h| h.trim_start_matches('[').trim_end_matches(']').to_ascii_lowercase());
     if url_host.as_deref().map(|h| h.trim_end_matches('.')) != Some(host.as_str())
         || url.port_or_known_default() != Some(port)
     {
@@ -593,7 +601,8 @@ mod tests {
 
     #[test]
     fn plain_http_is_matched_on_host_and_rewritten() {
-        let head = b"GET http://Example.org/a?b=1 HTTP/1.1\r\nHost: example.org\r\nProxy-Connection: keep-alive\r\n\r\n";
+        let head =
+            b"GET http://Example.org/a?b=1 HTTP/1.1\r\nHost: example.org\r\nProxy-Connection: keep-alive\r\n\r\n";
         let r = parse_head(head, vec![]).unwrap();
         assert_eq!((r.host.as_str(), r.port), ("example.org", 80));
         let up = String::from_utf8(r.upstream_head.unwrap()).unwrap();

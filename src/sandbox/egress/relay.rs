@@ -70,7 +70,8 @@ fn listen_fork_exec(args: impl IntoIterator<Item = OsString>) -> Result<Never, S
     // SAFETY: the parent passed this descriptor for the relay; nothing
     // else in this process owns it.
     let dialer = unsafe { OwnedFd::from_raw_fd(fd) };
-    let listener = std::net::TcpListener::bind(("127.0.0.1", port)).map_err(|e| format!("listen on 127.0.0.1:{port}: {e}"))?;
+    let listener =
+        std::net::TcpListener::bind(("127.0.0.1", port)).map_err(|e| format!("listen on 127.0.0.1:{port}: {e}"))?;
     // SAFETY: this process is single-threaded here (nothing but argument
     // parsing ran), so the child may do anything.
     match unsafe { nix::unistd::fork() }.map_err(|e| format!("fork: {e}"))? {
@@ -101,7 +102,13 @@ fn serve(listener: &std::net::TcpListener, dialer: &OwnedFd) {
         let Ok(conn) = conn else { continue };
         let fds = [conn.as_raw_fd()];
         let iov = [std::io::IoSlice::new(&[0u8])];
-        let sent = sendmsg::<()>(dialer.as_raw_fd(), &iov, &[ControlMessage::ScmRights(&fds)], MsgFlags::empty(), None);
+        let sent = sendmsg::<()>(
+            dialer.as_raw_fd(),
+            &iov,
+            &[ControlMessage::ScmRights(&fds)],
+            MsgFlags::empty(),
+            None,
+        );
         if sent.is_err() {
             return;
         }

@@ -138,7 +138,9 @@ impl Rules {
             };
         }
         match self.allow.iter().find(|p| p.matches(host, port)) {
-            Some(a) => Decision::Allowed { rule: format!("allow {a}") },
+            Some(a) => Decision::Allowed {
+                rule: format!("allow {a}"),
+            },
             None if host.parse::<IpAddr>().is_ok() => Decision::Denied {
                 reason: "an IP address; only a rule naming the address allows one".into(),
             },
@@ -226,13 +228,27 @@ mod tests {
         for bad in ["", "a b.org", "x.org:0", "x.org:http", ":80", "a..b", "http://x.org"] {
             assert!(Pattern::parse(bad).is_err(), "{bad:?}");
         }
-        assert_eq!(Pattern::parse("API.github.com:443").unwrap().to_string(), "api.github.com:443");
+        assert_eq!(
+            Pattern::parse("API.github.com:443").unwrap().to_string(),
+            "api.github.com:443"
+        );
         assert_eq!(Pattern::parse("::1").unwrap().host, "::1");
     }
 
     #[test]
     fn private_ranges_are_not_public() {
-        for ip in ["127.0.0.1", "10.1.2.3", "192.168.1.1", "172.16.0.1", "169.254.169.254", "::1", "fe80::1", "fd00::1", "0.0.0.0", "::ffff:127.0.0.1"] {
+        for ip in [
+            "127.0.0.1",
+            "10.1.2.3",
+            "192.168.1.1",
+            "172.16.0.1",
+            "169.254.169.254",
+            "::1",
+            "fe80::1",
+            "fd00::1",
+            "0.0.0.0",
+            "::ffff:127.0.0.1",
+        ] {
             assert!(!Rules::public(ip.parse().unwrap()), "{ip}");
         }
         assert!(Rules::public("151.101.0.223".parse().unwrap()));
