@@ -548,3 +548,37 @@ except urllib.error.HTTPError as e:
         limited.egress
     );
 }
+
+#[tokio::test(flavor = "current_thread")]
+async fn a_name_dns_points_at_loopback_is_refused_unless_pinned() {
+    let server = HttpServer::start("local");
+    let wd = crate::support::sandbox_workdir("egress-");
+    let argv = sh(&format!("curl -sS --max-time 20 http://localhost:{}/", server.port));
+    let mut pinned = web_policy();
+    let mut by_dns = web_policy();
+    for (p, pin) in [(&mut pinned, true), (&mut by_dns, false)] {
+        if let Network::Domains(r) = &mut p.network {
+            r.allow
+                .push(agentd::sandbox::egress::Pattern::parse("localhost").unwrap());
+            if pin {
+                r.resolve.insert("localhost".into(), "127.0.0.1".parse().unwrap());
+            }
+        }
+    }
+    // Control: the same rules with the name pinned reach the server.
+    let control = run(&pinned, wd.path(), &argv).await;
+    assert_eq!(control.stdout, "hello from local\n", "control: {control:?}");
+
+    let refused = run(&by_dns, wd.path(), &argv).await;
+    assert!(!refused.stdout.contains("hello"), "{refused:?}");
+    assert_eq!(
+        server.requests().len(),
+        1,
+        "a DNS answer pointing at loopback was followed"
+    );
+    assert!(
+        denied_record(&refused, "localhost").contains("resolves only to loopback"),
+        "{:?}",
+        refused.egress
+    );
+}

@@ -183,6 +183,14 @@ async fn receive(dialer: &AsyncFd<OwnedFd>) -> std::io::Result<Option<Vec<OwnedF
     }
 }
 
+/// Why an allowed name has no address to connect to.
+enum Unreachable {
+    /// DNS answered only with addresses the policy keeps out (a denial).
+    Private(String),
+    /// Resolution failed.
+    Failed(String),
+}
+
 /// A parsed proxy request.
 struct Request {
     method: String,
@@ -261,7 +269,12 @@ impl Shared {
         }
         let addr = match self.address(&req.host, req.port).await {
             Ok(a) => a,
-            Err(why) => {
+            Err(Unreachable::Private(reason)) => {
+                record.decision = Decision::Denied { reason };
+                respond(conn, 403, "Forbidden", &refusal(record)).await;
+                return;
+            }
+            Err(Unreachable::Failed(why)) => {
                 record.error = Some(why.clone());
                 respond(conn, 502, "Bad Gateway", &format!("agentd egress proxy: {why}")).await;
                 return;
@@ -321,7 +334,7 @@ impl Shared {
 
     /// Where an allowed name goes: the IP literal a rule named, a pin, or
     /// a public DNS answer.
-    async fn address(&self, host: &str, port: u16) -> Result<SocketAddr, String> {
+    async fn address(&self, host: &str, port: u16) -> Result<SocketAddr, Unreachable> {
         if let Ok(ip) = host.parse::<IpAddr>() {
             return Ok(SocketAddr::new(ip, port));
         }
@@ -330,17 +343,17 @@ impl Shared {
         }
         let answers: Vec<SocketAddr> = tokio::net::lookup_host((host, port))
             .await
-            .map_err(|e| format!("resolving {host}: {e}"))?
+            .map_err(|e| Unreachable::Failed(format!("resolving {host}: {e}")))?
             .collect();
         answers
             .iter()
             .find(|a| Rules::public(a.ip()))
             .copied()
             .ok_or_else(|| {
-                format!(
+                Unreachable::Private(format!(
                     "{host} resolves only to loopback, link-local or private addresses ({}); pin it with network.resolve to allow that",
                     answers.iter().map(|a| a.ip().to_string()).collect::<Vec<_>>().join(", ")
-                )
+                ))
             })
     }
 
