@@ -507,3 +507,26 @@ fn workdir_quota_has_defaults_and_is_set_under_limits() {
         "{errs:#?}"
     );
 }
+
+#[test]
+fn check_reports_bad_egress_rules_with_positions() {
+    let dir = tempdir();
+    let good = write(
+        dir.path(),
+        "good.yaml",
+        "agents:\n  - name: a\n    model: m\n    sandbox: {profile: web, network: {allow: [pypi.org, \"*.pythonhosted.org:443\"]}}\n",
+    );
+    let out = agentd(&["check", good.to_str().unwrap_or_default()]);
+    assert_eq!(out.status.code(), Some(0), "control: {}", stderr(&out));
+
+    let bad = write(
+        dir.path(),
+        "bad.yaml",
+        "agents:\n  - name: a\n    model: m\n    sandbox:\n      profile: web\n      network:\n        allow: [pypi.org, \"py pi.org\"]\n  - name: b\n    model: m\n    sandbox: {profile: default, network: {allow: [pypi.org]}}\n",
+    );
+    let out = agentd(&["check", bad.to_str().unwrap_or_default()]);
+    assert_eq!(out.status.code(), Some(1));
+    let e = stderr(&out);
+    assert!(e.contains("bad.yaml:7:") && e.contains("agents[0].sandbox.network.allow[1]"), "{e}");
+    assert!(e.contains("bad.yaml:10:") && e.contains("need a network namespace"), "{e}");
+}
