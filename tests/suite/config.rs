@@ -527,6 +527,12 @@ fn check_reports_bad_egress_rules_with_positions() {
     let out = agentd(&["check", bad.to_str().unwrap_or_default()]);
     assert_eq!(out.status.code(), Some(1));
     let e = stderr(&out);
-    assert!(e.contains("bad.yaml:7:") && e.contains("agents[0].sandbox.network.allow[1]"), "{e}");
-    assert!(e.contains("bad.yaml:10:") && e.contains("need a network namespace"), "{e}");
+    assert!(
+        e.contains("bad.yaml:7:") && e.contains("agents[0].sandbox.network.allow[1]"),
+        "{e}"
+    );
+    assert!(
+        e.contains("bad.yaml:10:") && e.contains("need a network namespace"),
+        "{e}"
+    );
 }
