@@ -42,15 +42,19 @@ impl rusqlite::types::FromSql for TaskId {
 pub enum TaskState {
     Queued,
     Running,
+    /// Running, but stopped at a tool call or code block until an operator
+    /// approves or denies it (or its timeout answers).
+    Waiting,
     Succeeded,
     Failed,
     Cancelled,
 }
 
 impl TaskState {
-    pub const ALL: [TaskState; 5] = [
+    pub const ALL: [TaskState; 6] = [
         TaskState::Queued,
         TaskState::Running,
+        TaskState::Waiting,
         TaskState::Succeeded,
         TaskState::Failed,
         TaskState::Cancelled,
@@ -60,6 +64,7 @@ impl TaskState {
         match self {
             TaskState::Queued => "queued",
             TaskState::Running => "running",
+            TaskState::Waiting => "waiting",
             TaskState::Succeeded => "succeeded",
             TaskState::Failed => "failed",
             TaskState::Cancelled => "cancelled",
@@ -101,6 +106,14 @@ pub enum Trigger {
     },
     /// A person wrote to the agent (REPL or `agentd send`).
     Message { text: String, from: String },
+    /// A signed HTTP delivery (`POST /api/v1/agents/NAME/webhook`): the
+    /// headers the agent's `webhook.headers` selects, and the body (as
+    /// text; invalid UTF-8 is replaced, as the model reads text).
+    Webhook {
+        delivery: Option<String>,
+        headers: std::collections::BTreeMap<String, String>,
+        body: String,
+    },
 }
 
 impl Trigger {
@@ -109,6 +122,7 @@ impl Trigger {
             Trigger::Resource { .. } => "resource",
             Trigger::Schedule { .. } => "schedule",
             Trigger::Message { .. } => "message",
+            Trigger::Webhook { .. } => "webhook",
         }
     }
 
@@ -118,6 +132,10 @@ impl Trigger {
             Trigger::Resource { uri, .. } => uri.clone(),
             Trigger::Schedule { cron, .. } => format!("cron {cron}"),
             Trigger::Message { text, .. } => text.lines().next().unwrap_or("").to_owned(),
+            Trigger::Webhook { delivery, .. } => match delivery {
+                Some(d) => format!("webhook delivery {d}"),
+                None => "webhook delivery".to_owned(),
+            },
         }
     }
 }
@@ -152,6 +170,15 @@ pub enum StepKind {
     Bridge,
     /// A connection attempt from sandboxed code through the egress proxy.
     Egress,
+    /// The task was cancelled: by whom and why.
+    Cancel,
+    /// The task asked for an operator's approval (what would run, when).
+    Approval,
+    /// The approval's answer: approved or denied, by whom, with what note.
+    ApprovalAnswer,
+    /// A notification about the task sent to a `notify:` receiver (or an
+    /// attempt that failed), written after the task ended.
+    Notify,
     Other(String),
 }
 
@@ -165,6 +192,10 @@ impl StepKind {
             StepKind::Fence => "fence",
             StepKind::Bridge => "bridge",
             StepKind::Egress => "egress",
+            StepKind::Cancel => "cancel",
+            StepKind::Approval => "approval",
+            StepKind::ApprovalAnswer => "approval_answer",
+            StepKind::Notify => "notify",
             StepKind::Other(s) => s,
         }
     }
@@ -178,6 +209,10 @@ impl StepKind {
             "fence" => StepKind::Fence,
             "bridge" => StepKind::Bridge,
             "egress" => StepKind::Egress,
+            "cancel" => StepKind::Cancel,
+            "approval" => StepKind::Approval,
+            "approval_answer" => StepKind::ApprovalAnswer,
+            "notify" => StepKind::Notify,
             other => StepKind::Other(other.to_owned()),
         }
     }
@@ -207,6 +242,89 @@ impl<'de> Deserialize<'de> for StepKind {
     }
 }
 
+/// What a task asks an operator to approve before it runs.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum ApprovalSubject {
+    /// An MCP tool call, with its arguments.
+    Tool { name: String, arguments: serde_json::Value },
+    /// A code block (`bash:execute`, `notes.md:create`, …) and its code.
+    Code { block: String, code: String },
+}
+
+impl ApprovalSubject {
+    /// One line for listings.
+    pub fn summary(&self) -> String {
+        let one_line = |s: &str| {
+            let line: String = s.lines().next().unwrap_or("").chars().take(120).collect();
+            if s.len() > line.len() {
+                format!("{line}…")
+            } else {
+                line
+            }
+        };
+        match self {
+            ApprovalSubject::Tool { name, arguments } => format!("tool {name} {}", one_line(&arguments.to_string())),
+            ApprovalSubject::Code { block, code } => format!("{block}: {}", one_line(code)),
+        }
+    }
+}
+
+/// An operator's (or the timeout's) answer to an approval request.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ApprovalAnswer {
+    pub approved: bool,
+    /// `uid 1000`, `repl`, `timeout`.
+    pub by: String,
+    /// The note of an approval, the reason of a denial.
+    pub note: Option<String>,
+}
+
+impl ApprovalAnswer {
+    /// What the model reads for a denied call.
+    pub fn denial(&self) -> String {
+        match &self.note {
+            Some(r) => format!("denied by {}: {r}", self.by),
+            None => format!("denied by {}", self.by),
+        }
+    }
+}
+
+/// Why an agent is paused. Kept in the ledger with the pause, so an agent
+/// paused before a restart of agentd starts paused, and status says why.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PauseReason {
+    /// Someone paused it (`agentd pause`, `/pause`, the control socket).
+    Operator,
+    /// Its spending budget is used up for the window; it resumes by itself
+    /// when the window frees room.
+    Budget,
+}
+
+impl PauseReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PauseReason::Operator => "operator",
+            PauseReason::Budget => "budget",
+        }
+    }
+
+    /// A reason this build does not know (a newer agentd wrote it) reads as
+    /// `Operator`: the agent stays paused until someone resumes it.
+    pub fn parse(s: &str) -> PauseReason {
+        match s {
+            "budget" => PauseReason::Budget,
+            _ => PauseReason::Operator,
+        }
+    }
+}
+
+impl std::fmt::Display for PauseReason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
 /// What an agent remembers between tasks: the messages of its past
 /// conversation (without the system prompt). It crosses from the child to
 /// the supervisor after each task and back at start as this type, so a
@@ -253,14 +371,18 @@ mod tests {
             StepKind::Fence,
             StepKind::Bridge,
             StepKind::Egress,
+            StepKind::Cancel,
+            StepKind::Approval,
+            StepKind::ApprovalAnswer,
+            StepKind::Notify,
         ] {
             let json = serde_json::to_string(&kind).expect("serialise");
             assert_eq!(json, format!("\"{}\"", kind.as_str()));
             assert_eq!(serde_json::from_str::<StepKind>(&json).expect("parse"), kind);
         }
-        let future: StepKind = serde_json::from_str("\"approval\"").expect("parse");
-        assert_eq!(future, StepKind::Other("approval".into()));
-        assert_eq!(future, "approval");
+        let future: StepKind = serde_json::from_str("\"escalation\"").expect("parse");
+        assert_eq!(future, StepKind::Other("escalation".into()));
+        assert_eq!(future, "escalation");
     }
 
     #[test]

@@ -12,16 +12,20 @@
 
 pub mod agent;
 mod beneath;
+pub mod budget;
 pub mod cli;
 pub mod config;
 pub mod control;
 pub mod domain;
+pub mod feed;
 pub mod fence;
+pub mod http;
 pub mod ledger;
 pub mod llm;
 mod log_limit;
 mod logging;
 pub mod mcp;
+pub mod notify;
 pub mod protocol;
 mod repl;
 pub mod sandbox;

@@ -13,9 +13,9 @@ use std::path::PathBuf;
 use serde::{Deserialize, Serialize};
 
 use crate::config::AgentSpec;
-use crate::domain::{Conversation, Lease, NewStep, TaskId, TaskState, Trigger};
+use crate::domain::{ApprovalAnswer, ApprovalSubject, Conversation, Lease, NewStep, TaskId, TaskState, Trigger};
 
-pub const PROTOCOL_VERSION: u32 = 3;
+pub const PROTOCOL_VERSION: u32 = 4;
 
 /// Supervisor → child.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -43,6 +43,17 @@ pub enum ToChild {
         attempt: i64,
         trigger: Trigger,
     },
+    /// Drop the task now: its model request, tool calls and sandbox runs
+    /// are abandoned (a run's whole process tree is killed) and nothing
+    /// more is sent about it. The supervisor has already recorded it
+    /// cancelled; the child goes on with its next task.
+    Cancel { task: TaskId, lease: Lease },
+    /// The answer to the running task's [`FromChild::ApprovalRequest`].
+    ApprovalAnswer {
+        task: TaskId,
+        lease: Lease,
+        answer: ApprovalAnswer,
+    },
     /// Finish the current task (up to `grace_ms`), release resources, exit 0.
     Shutdown { grace_ms: u64 },
     /// Heartbeat: answer with [`FromChild::Pong`] carrying the same `seq`,
@@ -64,6 +75,14 @@ pub enum FromChild {
     },
     /// Append to the running task's journal.
     Step { task: TaskId, lease: Lease, step: NewStep },
+    /// The running task wants to run `subject` (its `approve:` policy says
+    /// so) and waits for [`ToChild::ApprovalAnswer`]. The child can only
+    /// ask: no message from it answers anything.
+    ApprovalRequest {
+        task: TaskId,
+        lease: Lease,
+        subject: ApprovalSubject,
+    },
     /// The answer to [`ToChild::Ping`].
     Pong { seq: u64 },
     /// An MCP server of the agent cannot be reached (`degraded`: which and

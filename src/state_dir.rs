@@ -4,6 +4,8 @@
 //! STATE_DIR/ledger.sqlite        tasks, steps, snapshots (ledger/)
 //! STATE_DIR/agentd.sock          control socket, mode 0600 (control/)
 //! STATE_DIR/agentd.lock          held by the running supervisor
+//! STATE_DIR/http.token           the HTTP API's token, 0600 (http/)
+//! STATE_DIR/http.url             where the HTTP API listens, for `agentd dashboard`
 //! STATE_DIR/agents/NAME/          root:GID 0710 when agentd is root
 //! STATE_DIR/agents/NAME/work/     the agent's workdir, its own user's, 0700
 //! STATE_DIR/agents/NAME/mcp/      where its stdio MCP servers start, 0700
@@ -22,6 +24,17 @@ pub fn ledger(state_dir: &Path) -> PathBuf {
 
 pub fn socket(state_dir: &Path) -> PathBuf {
     state_dir.join(crate::control::SOCKET_NAME)
+}
+
+/// The HTTP API's bearer token (0600: whoever reads it controls agentd).
+pub fn http_token(state_dir: &Path) -> PathBuf {
+    state_dir.join("http.token")
+}
+
+/// The URL the HTTP API was bound to (a port of 0 in the config becomes a
+/// real one), written when it starts.
+pub fn http_url(state_dir: &Path) -> PathBuf {
+    state_dir.join("http.url")
 }
 
 /// Where agents' directories live.

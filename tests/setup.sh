@@ -1,6 +1,7 @@
 #!/bin/sh
 # Installs what the test suite needs on a Debian machine that has the Rust toolchain:
-# bubblewrap, python3 (with venv), systemd-analyze and Node.js from Debian; the MCP
+# bubblewrap, python3 (with venv), systemd-analyze, Node.js and Chromium with its
+# WebDriver (chromium, chromium-driver) from Debian; the MCP
 # peer servers pinned in tests/peers from the npm registry; the Python peers
 # (mcp-subscribe, mcp-server-fetch) and LiteLLM's proxy from PyPI into virtualenvs
 # under tests/peers. Safe to run again: each part is skipped when it is in place
@@ -17,6 +18,9 @@ command -v python3 >/dev/null 2>&1 || need="$need python3"
 command -v systemd-analyze >/dev/null 2>&1 || need="$need systemd"
 command -v node >/dev/null 2>&1 || need="$need nodejs"
 command -v npm >/dev/null 2>&1 || need="$need npm"
+# The dashboard's browser test: headless Chromium driven over WebDriver.
+command -v chromium >/dev/null 2>&1 || need="$need chromium"
+command -v chromedriver >/dev/null 2>&1 || need="$need chromium-driver"
 # Debian splits venv's pip bootstrap out of python3.
 python3 -c 'import ensurepip' >/dev/null 2>&1 || need="$need python3-venv"
 if [ -n "$need" ]; then

@@ -8,6 +8,7 @@
 //! than its share of the executable's pages. It never writes the ledger;
 //! every record goes to the supervisor, which checks the lease.
 
+mod approval;
 pub mod bridge;
 mod prompt;
 mod runner;
@@ -179,6 +180,7 @@ async fn run(name: &str) -> anyhow::Result<ExitCode> {
                 history,
                 outbox: outbox.clone(),
                 containment,
+                approvals: approval::Approvals::default(),
             }),
             None,
         ),
@@ -207,8 +209,10 @@ async fn run(name: &str) -> anyhow::Result<ExitCode> {
                     );
                     continue;
                 };
-                // Keep reading: a shutdown may arrive while the task runs.
+                // Keep reading: a shutdown or a cancel may arrive while the task runs.
                 let mut stop: Option<Duration> = None;
+                let mut cancelled = false;
+                let approvals = rt.approvals.clone();
                 let outcome = {
                     let fut = rt.run_task(id, &lease, &trigger);
                     tokio::pin!(fut);
@@ -221,6 +225,18 @@ async fn run(name: &str) -> anyhow::Result<ExitCode> {
                             line = lines.next_line() => match line.ok().flatten().map(|l| serde_json::from_str::<ToChild>(&l)) {
                                 Some(Ok(ToChild::Shutdown { grace_ms })) => stop = Some(Duration::from_millis(grace_ms)),
                                 Some(Ok(ToChild::Ping { seq })) => outbox.send(FromChild::Pong { seq }),
+                                // Dropping the task's future drops its model
+                                // request and MCP calls, and kills its sandbox
+                                // run's process group and cgroup.
+                                Some(Ok(ToChild::Cancel { task, lease: l })) if task == id && l == lease => {
+                                    cancelled = true;
+                                    break None;
+                                }
+                                Some(Ok(ToChild::ApprovalAnswer { task, lease: l, answer })) if task == id && l == lease => {
+                                    if !approvals.deliver(answer) {
+                                        tracing::warn!(agent = name, "an approval answer for task {id}, which asked nothing");
+                                    }
+                                }
                                 Some(Ok(other)) => tracing::warn!(agent = name, "ignoring {other:?} while a task runs"),
                                 Some(Err(e)) => tracing::warn!(agent = name, "unreadable message from supervisor: {e}"),
                                 None => stop = Some(Duration::ZERO),
@@ -233,6 +249,13 @@ async fn run(name: &str) -> anyhow::Result<ExitCode> {
                         let conversation = runtime.as_ref().map(|r| Conversation(r.history.clone()));
                         finished(&outbox, id, &lease, o, conversation);
                     }
+                    None if cancelled => {
+                        // What ran is abandoned; the bridge's token for it dies too.
+                        if let Some(rt) = runtime.as_mut() {
+                            rt.skills.end();
+                        }
+                        tracing::info!(agent = name, "task {id} cancelled");
+                    }
                     // The grace period ran out: leave the task to the
                     // supervisor, which re-queues it.
                     None => tracing::warn!(agent = name, "stopping with task {id} unfinished"),
@@ -243,6 +266,9 @@ async fn run(name: &str) -> anyhow::Result<ExitCode> {
             }
             Ok(ToChild::Shutdown { .. }) => break,
             Ok(ToChild::Ping { seq }) => outbox.send(FromChild::Pong { seq }),
+            // A cancel that crossed the task's end: nothing left to stop.
+            Ok(ToChild::Cancel { task, .. }) => tracing::debug!(agent = name, "task {task} already over"),
+            Ok(ToChild::ApprovalAnswer { task, .. }) => tracing::debug!(agent = name, "task {task} asks nothing now"),
             Ok(ToChild::Start { .. }) => tracing::warn!(agent = name, "ignoring a second start message"),
             Err(e) => tracing::warn!(agent = name, "unreadable message from supervisor: {e}"),
         }

@@ -47,6 +47,22 @@ pub fn trigger_message(trigger: &Trigger) -> String {
             format!("Scheduled task (cron `{cron}`, due {scheduled_for}):\n\n{prompt}")
         }
         Trigger::Message { text, .. } => text.clone(),
+        Trigger::Webhook {
+            delivery,
+            headers,
+            body,
+        } => {
+            let mut s = match delivery {
+                Some(d) => format!("A webhook delivery ({d}) arrived."),
+                None => "A webhook delivery arrived.".to_owned(),
+            };
+            for (k, v) in headers {
+                s.push_str(&format!("\n{k}: {v}"));
+            }
+            s.push_str("\n\n");
+            s.push_str(body);
+            s
+        }
     }
 }
 

@@ -10,10 +10,11 @@ use std::time::Instant;
 use serde_json::{Value, json};
 
 use super::Outbox;
+use super::approval::Approvals;
 use super::prompt;
 use super::skills::SkillsRuntime;
 use crate::config::AgentSpec;
-use crate::domain::{Lease, NewStep, StepKind, TaskId, TaskState, Trigger};
+use crate::domain::{ApprovalSubject, Lease, NewStep, StepKind, TaskId, TaskState, Trigger};
 use crate::fence;
 use crate::llm::{ChatMessage, ChatRequest, LlmClient, ToolCall, ToolDef};
 use crate::mcp::McpHub;
@@ -41,6 +42,8 @@ pub struct Runtime {
     pub outbox: Outbox,
     /// The cgroup scope, tmp naming and workdir quota of this agent's runs.
     pub containment: crate::sandbox::Containment,
+    /// The running task's approval request, if it waits for one.
+    pub approvals: Approvals,
 }
 
 /// How a task ended.
@@ -105,7 +108,26 @@ impl Runtime {
         let mut messages = prompt::window(&self.history, &self.spec.limits);
         messages.push(ChatMessage::user(prompt::trigger_message(trigger)));
         let timeout = self.spec.limits.task_timeout;
-        let result = tokio::time::timeout(timeout, self.turns(&job, &mut messages)).await;
+        let approvals = self.approvals.clone();
+        approvals.reset();
+        let started = Instant::now();
+        let result = {
+            let fut = self.turns(&job, &mut messages);
+            tokio::pin!(fut);
+            // The deadline moves by the time spent waiting for approvals:
+            // an operator's answer is not the task's time.
+            loop {
+                let deadline = started + timeout + approvals.waited();
+                tokio::select! {
+                    o = &mut fut => break Ok(o),
+                    _ = tokio::time::sleep_until(deadline.into()) => {
+                        if !approvals.is_waiting() && Instant::now() >= started + timeout + approvals.waited() {
+                            break Err(());
+                        }
+                    }
+                }
+            }
+        };
         self.skills.end();
         let outcome = match result {
             Ok(o) => o,
@@ -197,6 +219,9 @@ impl Runtime {
                     },
                     "retries": reply.retries,
                     "usage_estimated": reply.usage.estimated,
+                    // What budgets price this call by (see supervisor::budget).
+                    "model": self.spec.model,
+                    "cached_tokens": reply.usage.cached_tokens(),
                 }),
                 (reply.usage.prompt_tokens, reply.usage.completion_tokens),
                 Some(started),
@@ -236,9 +261,10 @@ impl Runtime {
             let text = reply.content.as_deref().unwrap_or("");
             let blocks = fence::parse(text);
             if !blocks.is_empty() {
+                let gated = self.approve_blocks(job, blocks.clone()).await;
                 let mut exposed = self.skills.exposed(job.token.as_deref());
                 exposed.containment = self.containment.clone();
-                let results = fence::execute(&blocks, &self.spec.sandbox, &self.workdir, &exposed).await;
+                let results = fence::execute(&gated, &self.spec.sandbox, &self.workdir, &exposed).await;
                 let mut feedback = String::from("Results of your code blocks:\n");
                 for r in &results {
                     if let fence::FenceOutcome::Ran(o) = &r.outcome {
@@ -268,6 +294,41 @@ impl Runtime {
         ))
     }
 
+    /// Asks for each block the `approve:` policy names, in order; a denied
+    /// block is not run, and the model reads why in its place.
+    async fn approve_blocks(&self, job: &Job<'_>, blocks: Vec<fence::Block>) -> Vec<fence::Block> {
+        let Some(policy) = self.spec.approve.clone() else {
+            return blocks;
+        };
+        let mut out = Vec::with_capacity(blocks.len());
+        for b in blocks {
+            let (kind, code) = match &b {
+                fence::Block::Execute { lang, code, .. } => (lang.name(), code.clone()),
+                fence::Block::Create { content, .. } => ("create", content.clone()),
+                _ => {
+                    out.push(b);
+                    continue;
+                }
+            };
+            if !policy.fence(kind) {
+                out.push(b);
+                continue;
+            }
+            let subject = ApprovalSubject::Code { block: b.tag(), code };
+            let answer = self.approvals.ask(job.outbox, job.id, job.lease, subject).await;
+            if answer.approved {
+                out.push(b);
+            } else {
+                out.push(fence::Block::Invalid {
+                    tag: b.tag(),
+                    reason: answer.denial(),
+                    span: b.span(),
+                });
+            }
+        }
+        out
+    }
+
     /// Runs one tool call; the returned text goes back to the model, errors included.
     async fn call_tool(&self, job: &Job<'_>, call: &ToolCall) -> String {
         let started = Instant::now();
@@ -285,6 +346,25 @@ impl Runtime {
                 return msg;
             }
         };
+        if self.spec.approve.as_ref().is_some_and(|p| p.tool(&call.name)) {
+            let subject = ApprovalSubject::Tool {
+                name: call.name.clone(),
+                arguments: Value::Object(args.clone()),
+            };
+            let answer = self.approvals.ask(job.outbox, job.id, job.lease, subject).await;
+            if !answer.approved {
+                // The model reads the denial as the tool's error, and can
+                // change course.
+                let msg = format!("error: not run: {}", answer.denial());
+                job.step(
+                    StepKind::Tool,
+                    json!({"name": call.name, "arguments": Value::Object(args), "result": msg, "is_error": true, "denied": true}),
+                    (0, 0),
+                    Some(started),
+                );
+                return msg;
+            }
+        }
         let (text, is_error) = match self.hub.call_tool(&call.name, args.clone()).await {
             Ok(out) => (out.text, out.is_error),
             Err(e) => (e.to_string(), true),

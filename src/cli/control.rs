@@ -47,6 +47,39 @@ pub struct SendArgs {
 }
 
 #[derive(Debug, Args)]
+pub struct CancelArgs {
+    #[command(flatten)]
+    pub ledger: LedgerArgs,
+    /// The task's id (`agentd tasks` lists them).
+    pub task: crate::domain::TaskId,
+    /// Why: kept in the task's journal with who cancelled it.
+    #[arg(long)]
+    pub reason: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct ApproveArgs {
+    #[command(flatten)]
+    pub ledger: LedgerArgs,
+    /// The approval's id (`agentd approvals` lists them).
+    pub id: i64,
+    /// A note, kept in the task's journal.
+    #[arg(long)]
+    pub note: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct DenyArgs {
+    #[command(flatten)]
+    pub ledger: LedgerArgs,
+    /// The approval's id (`agentd approvals` lists them).
+    pub id: i64,
+    /// Why: the model reads it as the tool's error; kept in the journal.
+    #[arg(long)]
+    pub reason: Option<String>,
+}
+
+#[derive(Debug, Args)]
 pub struct ReloadArgs {
     #[command(flatten)]
     pub ledger: LedgerArgs,
@@ -172,6 +205,61 @@ pub fn send(global: &Global, args: &SendArgs) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::FAILURE)
         }
     }
+}
+
+pub fn cancel(global: &Global, args: &CancelArgs) -> anyhow::Result<ExitCode> {
+    let req = Request::Cancel {
+        task: args.task,
+        reason: args.reason.clone(),
+        caller: None,
+    };
+    let v = call(global, &args.ledger, &req, Duration::from_secs(30))?;
+    outln!(
+        "task {} of {} cancelled (it was {})",
+        args.task,
+        v["agent"].as_str().unwrap_or("?"),
+        v["was"].as_str().unwrap_or("?")
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+pub fn approvals(global: &Global, args: &StatusArgs) -> anyhow::Result<ExitCode> {
+    let v = call(global, &args.ledger, &Request::Approvals, Duration::from_secs(10))?;
+    if args.json {
+        outln!("{}", serde_json::to_string_pretty(&v["approvals"])?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    let list: Vec<crate::ledger::Approval> = serde_json::from_value(v["approvals"].clone())?;
+    for line in control::approval_lines(&list) {
+        outln!("{line}");
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+pub fn answer(
+    global: &Global,
+    ledger: &LedgerArgs,
+    id: i64,
+    approve: bool,
+    note: Option<String>,
+) -> anyhow::Result<ExitCode> {
+    let req = if approve {
+        Request::Approve { id, note, caller: None }
+    } else {
+        Request::Deny {
+            id,
+            reason: note,
+            caller: None,
+        }
+    };
+    let v = call(global, ledger, &req, Duration::from_secs(30))?;
+    outln!(
+        "approval {id} {} (task {} of {})",
+        v["state"].as_str().unwrap_or("?"),
+        v["task"],
+        v["agent"].as_str().unwrap_or("?")
+    );
+    Ok(ExitCode::SUCCESS)
 }
 
 pub fn reload(global: &Global, args: &ReloadArgs) -> anyhow::Result<ExitCode> {

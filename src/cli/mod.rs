@@ -5,8 +5,10 @@
 mod out;
 mod check;
 mod control;
+mod dashboard;
 pub mod sandbox;
 mod snapshot;
+mod spend;
 mod tasks;
 mod tool;
 
@@ -115,6 +117,19 @@ pub enum Command {
     Pause(control::AgentArgs),
     /// Resume a paused agent: what is queued runs.
     Resume(control::AgentArgs),
+    /// Cancel a queued or running task: it ends `cancelled`, a running one
+    /// at once (its model request, tool calls and code are dropped).
+    Cancel(control::CancelArgs),
+    /// Pending approval requests (tool calls and code waiting for an answer).
+    Approvals(control::StatusArgs),
+    /// Approve a waiting tool call or code block: it runs.
+    Approve(control::ApproveArgs),
+    /// Deny it: the model gets the reason as the tool's error.
+    Deny(control::DenyArgs),
+    /// Model spend per agent and model, from the ledger.
+    Spend(spend::SpendArgs),
+    /// Print a link that logs a browser into the dashboard (valid for minutes).
+    Dashboard(dashboard::DashboardArgs),
     /// Conversation and workspace snapshots of an agent.
     #[command(subcommand)]
     Snapshot(snapshot::SnapshotCommand),
@@ -188,8 +203,14 @@ pub fn main() -> ExitCode {
         Some(Command::Send(args)) => control::send(&cli.global, &args),
         Some(Command::Pause(args)) => control::agent_request(&cli.global, &args, control::Verb::Pause),
         Some(Command::Resume(args)) => control::agent_request(&cli.global, &args, control::Verb::Resume),
+        Some(Command::Cancel(args)) => control::cancel(&cli.global, &args),
+        Some(Command::Spend(args)) => spend::run(&cli.global, &args),
+        Some(Command::Approvals(args)) => control::approvals(&cli.global, &args),
+        Some(Command::Approve(args)) => control::answer(&cli.global, &args.ledger, args.id, true, args.note.clone()),
+        Some(Command::Deny(args)) => control::answer(&cli.global, &args.ledger, args.id, false, args.reason.clone()),
         Some(Command::Agent { name }) => crate::agent::main(&name),
         Some(Command::Snapshot(cmd)) => snapshot::run(&cli.global, &cmd),
+        Some(Command::Dashboard(args)) => dashboard::run(&cli.global, &args),
         Some(Command::Sandbox(SandboxCommand::Run(args))) => {
             crate::cli::sandbox::run(&args).map(|code| ExitCode::from(code.clamp(0, 255) as u8))
         }

@@ -55,6 +55,7 @@ pub fn list(global: &Global, args: &TasksArgs) -> anyhow::Result<ExitCode> {
         agent: args.agent.clone(),
         state: args.state,
         limit: Some(args.limit),
+        before: None,
     };
     let tasks = ledger.list_tasks(&filter)?;
     if args.json {
@@ -117,9 +118,7 @@ fn indent(s: &str) -> String {
 }
 
 pub(super) fn time(ms: i64) -> String {
-    chrono::DateTime::from_timestamp_millis(ms)
-        .map(|t| t.format("%Y-%m-%d %H:%M:%S%.3fZ").to_string())
-        .unwrap_or_else(|| ms.to_string())
+    crate::ledger::format_ms(ms)
 }
 
 /// A fixed-width table of tasks.

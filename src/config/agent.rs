@@ -4,7 +4,7 @@
 //!
 //! Each nested section is decoded by the module that owns it (servers,
 //! subscriptions, schedules, sandbox, llm, restart, heartbeat, limits,
-//! bridge). An agent with any error is not returned, but every error in it
+//! bridge, webhook). An agent with any error is not returned, but every error in it
 //! is recorded. It must never look at other agents (the top level checks
 //! names across files).
 
@@ -39,6 +39,9 @@ const AGENT_KEYS: &[&str] = &[
     "restart",
     "heartbeat",
     "limits",
+    "budget",
+    "approve",
+    "webhook",
 ];
 
 impl Loader<'_> {
@@ -154,6 +157,20 @@ impl Loader<'_> {
             None => d.limits.clone(),
         };
 
+        // An agent's own budget replaces the default one whole: limits
+        // mixed from two places would be hard to read off either.
+        let budget = match map.get("budget") {
+            Some(n) => super::budget::decode_budget(cx, n, &f("budget")),
+            None => d.budget.clone(),
+        };
+
+        let approve = map
+            .get("approve")
+            .and_then(|n| super::approve::decode_approve(cx, n, &f("approve")));
+        let webhook = map
+            .get("webhook")
+            .and_then(|n| super::operator::decode_webhook(cx, n, &f("webhook")));
+
         if cx.errors.len() != before {
             return None;
         }
@@ -174,6 +191,9 @@ impl Loader<'_> {
             restart,
             heartbeat,
             limits,
+            budget,
+            approve,
+            webhook,
         })
     }
 

@@ -1,5 +1,5 @@
 //! `defaults`: what every agent inherits unless it sets the field itself
-//! (`model`, `llm`, `sandbox`, `restart`, `heartbeat`, `limits`).
+//! (`model`, `llm`, `sandbox`, `restart`, `heartbeat`, `limits`, `budget`).
 //!
 //! Each field is decoded by the module that owns it, so a default is
 //! checked exactly like the agent field it stands for. This module must
@@ -18,7 +18,7 @@ use super::types::{HeartbeatSpec, Limits, LlmSpec, RestartSpec};
 use crate::sandbox::SandboxPolicy;
 use crate::yaml::{Cx, Map};
 
-const DEFAULT_KEYS: &[&str] = &["model", "llm", "sandbox", "restart", "heartbeat", "limits"];
+const DEFAULT_KEYS: &[&str] = &["model", "llm", "sandbox", "restart", "heartbeat", "limits", "budget"];
 
 /// What agents inherit from `defaults`.
 #[derive(Default)]
@@ -31,6 +31,7 @@ pub(super) struct Defaults {
     pub(super) restart: RestartSpec,
     pub(super) heartbeat: HeartbeatSpec,
     pub(super) limits: Limits,
+    pub(super) budget: Option<crate::budget::BudgetSpec>,
 }
 
 impl Loader<'_> {
@@ -54,6 +55,9 @@ impl Loader<'_> {
         }
         if let Some(n) = map.get("limits") {
             d.limits = decode_limits(cx, n, "defaults.limits", d.limits.clone());
+        }
+        if let Some(n) = map.get("budget") {
+            d.budget = super::budget::decode_budget(cx, n, "defaults.budget");
         }
         d
     }

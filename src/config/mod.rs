@@ -12,15 +12,19 @@
 //! `top` (top level, includes, agent names across files), `defaults`,
 //! `agent`, `llm`, `server` (`mcp_servers`), `subscription`, `schedule`,
 //! `sandbox` (inline policies and profiles), `supervision` (`restart`,
-//! `heartbeat`) and `limits` (`limits`, `bridge`). The decoder they share
+//! `heartbeat`) `limits` (`limits`, `bridge`) and `operator` (`http`, `notify`, an
+//! agent's `webhook`). The decoder they share
 //! is [`crate::yaml`].
 
 mod agent;
+mod approve;
+mod budget;
 mod defaults;
 mod error;
 mod limits;
 mod llm;
 mod load;
+mod operator;
 mod sandbox;
 mod schedule;
 mod server;
@@ -31,6 +35,7 @@ mod types;
 
 pub use error::ConfigErrors;
 pub use load::{load, load_with_env};
+pub use operator::DEFAULT_LISTEN;
 pub use sandbox::{load_sandbox_profile_str, resolve_sandbox_profile};
 pub use subscription::parse_subscription_uri;
 pub use types::*;

@@ -1,5 +1,6 @@
 //! The top level of the main file and its includes: `state_dir`,
-//! `shutdown_grace`, `agent_uids`, `control_group`, `include`, and the
+//! `shutdown_grace`, `agent_uids`, `control_group`, `include`, `http` and
+//! `notify` (decoded by [`operator`](super::operator)), and the
 //! `agents` lists wherever they are written (one name per agent across all
 //! files).
 //!
@@ -27,6 +28,9 @@ const TOP_KEYS: &[&str] = &[
     "shutdown_grace",
     "agent_uids",
     "control_group",
+    "prices",
+    "http",
+    "notify",
 ];
 
 /// The agents read so far, and where each name was first defined (file,
@@ -95,6 +99,15 @@ impl Loader<'_> {
             }
             gid
         });
+        let prices = match map.get("prices") {
+            Some(n) => super::budget::decode_prices(&mut cx, n, "prices"),
+            None => crate::budget::Prices::default(),
+        };
+        let http = super::operator::decode_http(&mut cx, map.node.get_node("http"), &dir);
+        let notify = match map.get("notify") {
+            Some(n) => super::operator::decode_notify(&mut cx, n),
+            None => Vec::new(),
+        };
         let defaults = match map.get("defaults") {
             Some(n) => self.decode_defaults(&mut cx, n, &dir),
             None => Defaults::default(),
@@ -119,6 +132,9 @@ impl Loader<'_> {
             shutdown_grace,
             agent_uids: agent_uids?,
             control_group,
+            prices,
+            http: http?,
+            notify,
             agents: roster.agents,
         })
     }

@@ -29,7 +29,59 @@ pub struct Config {
     /// Members of this group (a gid) may use the control socket too
     /// (`control_group: NAME|GID`).
     pub control_group: Option<u32>,
+    /// USD per million tokens by model (`prices:` over the built-in table).
+    pub prices: crate::budget::Prices,
+    /// Where the HTTP API listens (`http:`); `None` when `http: false`.
+    pub http: Option<Listen>,
+    /// Signed notifications of tasks' ends (`notify:`).
+    pub notify: Vec<NotifySpec>,
     pub agents: Vec<AgentSpec>,
+}
+
+/// An address the HTTP API listens on.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum Listen {
+    Tcp(std::net::SocketAddr),
+    Unix(PathBuf),
+}
+
+impl fmt::Display for Listen {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Listen::Tcp(a) => write!(f, "{a}"),
+            Listen::Unix(p) => write!(f, "unix:{}", p.display()),
+        }
+    }
+}
+
+/// One `notify:` receiver: a signed JSON POST when a task ends in one of
+/// the `on` states.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct NotifySpec {
+    pub url: String,
+    pub on: Vec<crate::domain::TaskState>,
+    /// The variable holding the HMAC-SHA256 key; unsigned without one.
+    pub secret_env: Option<String>,
+    /// Attempts after the first.
+    pub retries: u32,
+    /// Delay before the first retry; doubled each time.
+    pub backoff: Duration,
+    /// How long one attempt may take.
+    pub timeout: Duration,
+}
+
+/// An agent's `webhook:`: deliveries to `POST /api/v1/agents/NAME/webhook`
+/// signed with the key in `secret_env` become tasks.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct WebhookSpec {
+    pub secret_env: String,
+    /// The header whose value names a delivery (e.g. `x-github-delivery`):
+    /// a redelivery with the same value is the same task. Lower case.
+    pub dedupe_header: Option<String>,
+    /// Headers copied into the task's trigger. Lower case.
+    pub headers: Vec<String>,
+    /// The largest body accepted, in bytes.
+    pub max_body: u64,
 }
 
 impl Config {
@@ -100,6 +152,13 @@ pub struct AgentSpec {
     /// How the supervisor tells a hung child from a busy one.
     pub heartbeat: HeartbeatSpec,
     pub limits: Limits,
+    /// Spending limits over a rolling window (`budget:`).
+    pub budget: Option<crate::budget::BudgetSpec>,
+    /// Tool calls and code blocks that wait for an operator (`approve:`).
+    pub approve: Option<ApprovalPolicy>,
+    /// Signed deliveries in over HTTP (`webhook:`); none when absent.
+    #[serde(default)]
+    pub webhook: Option<WebhookSpec>,
 }
 
 /// How to reach the model provider. The API key is referenced by the name of
@@ -329,5 +388,39 @@ impl Default for BridgeSpec {
             max_reply: 4 << 20,
             call_timeout: Duration::from_secs(60),
         }
+    }
+}
+
+/// `approve:`: which tool calls and code blocks wait for an operator's
+/// answer before they run.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ApprovalPolicy {
+    /// Tool names (globs: `delete_*`) whose calls need approval.
+    pub tools: Vec<String>,
+    /// Code block kinds that need approval: `bash`, `sh`, `python`, `create`.
+    pub fences: Vec<String>,
+    /// How long a request waits for an answer.
+    pub timeout: Duration,
+    /// What the timeout answers.
+    pub on_timeout_approve: bool,
+}
+
+/// The code block kinds `approve.fences` names.
+pub const FENCE_KINDS: &[&str] = &["bash", "sh", "python", "create"];
+
+impl ApprovalPolicy {
+    pub fn tool(&self, name: &str) -> bool {
+        self.tools
+            .iter()
+            .any(|p| glob::Pattern::new(p).is_ok_and(|g| g.matches(name)))
+    }
+
+    /// `kind`: one of [`FENCE_KINDS`].
+    pub fn fence(&self, kind: &str) -> bool {
+        self.fences.iter().any(|f| f == kind)
+    }
+
+    pub fn on_timeout(&self) -> &'static str {
+        if self.on_timeout_approve { "approve" } else { "deny" }
     }
 }

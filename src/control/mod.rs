@@ -14,10 +14,10 @@ use serde::{Deserialize, Serialize};
 
 use crate::domain::TaskId;
 
-pub use server::{Operators, serve};
+pub use server::{Envelope, Operators, serve};
 
 /// Bumped when a request or response changes shape.
-pub const INTERFACE_VERSION: u32 = 2;
+pub const INTERFACE_VERSION: u32 = 3;
 
 pub const SOCKET_NAME: &str = "agentd.sock";
 
@@ -61,6 +61,58 @@ pub enum Request {
         agent: String,
         snapshot: String,
     },
+    /// Cancel a queued or running task.
+    Cancel {
+        task: crate::domain::TaskId,
+        #[serde(default)]
+        reason: Option<String>,
+        /// Who asks: filled in by the transport from the caller's
+        /// credentials (`uid 1000`), never by the caller, so the journal's
+        /// "cancelled by" cannot be forged.
+        #[serde(skip)]
+        caller: Option<String>,
+    },
+    /// Pending approval requests, oldest first.
+    Approvals,
+    /// Let a waiting tool call or code block run.
+    Approve {
+        id: i64,
+        #[serde(default)]
+        note: Option<String>,
+        /// Filled in by the transport, like `Cancel`'s.
+        #[serde(skip)]
+        caller: Option<String>,
+    },
+    /// Refuse it: the model reads the reason as the tool's error.
+    Deny {
+        id: i64,
+        #[serde(default)]
+        reason: Option<String>,
+        #[serde(skip)]
+        caller: Option<String>,
+    },
+    /// Model spend of each agent over its budget window (or `per`).
+    Spend {
+        #[serde(default)]
+        agent: Option<String>,
+        /// A window such as `1d` or `90m`; default: each agent's budget
+        /// window, or one day.
+        #[serde(default)]
+        per: Option<String>,
+    },
+}
+
+impl Request {
+    /// The request with its caller recorded, for requests that journal who
+    /// asked.
+    pub fn with_caller(mut self, who: String) -> Request {
+        if let Request::Cancel { caller, .. } | Request::Approve { caller, .. } | Request::Deny { caller, .. } =
+            &mut self
+        {
+            *caller = Some(who);
+        }
+        self
+    }
 }
 
 impl Request {
@@ -73,7 +125,7 @@ impl Request {
             "methods": {
                 "DescribeInterface": {"params": {}, "result": "this description"},
                 "Health": {"params": {}, "result": {"ok": "bool", "pid": "int", "uptime_s": "float", "agents": "int", "failed": "int"}},
-                "Status": {"params": {}, "result": {"agents": "[{name, state, paused, pid, restarts, uptime_s, last_exit, last_error, queued, running_task, schedules: [{cron, timezone, prompt, next_run}]}]"}},
+                "Status": {"params": {}, "result": {"agents": "[{name, state, paused, pause: {reason, by, note, since}, spend: {per, tokens, cost_usd, left_tokens, left_cost_usd}, waiting: [pending approvals], pid, restarts, uptime_s, last_exit, last_error, queued, running_task, schedules: [{cron, timezone, prompt, next_run}]}]"}},
                 "Start": {"params": {"agent": "name"}, "result": "the agent's status; also clears a failed state"},
                 "Stop": {"params": {"agent": "name"}, "result": "the agent's status; it stays down until started"},
                 "Restart": {"params": {"agent": "name"}, "result": "the agent's status"},
@@ -86,6 +138,11 @@ impl Request {
                 "Resume": {"params": {"agent": "name"}, "result": "the agent's status; what is queued runs"},
                 "SnapshotCreate": {"params": {"agent": "name", "label": "optional"}, "result": "the snapshot's id, kind, label, size"},
                 "SnapshotRestore": {"params": {"agent": "name", "snapshot": "id or label"}, "result": "the restored snapshot; the agent restarts"},
+                "Cancel": {"params": {"task": "id", "reason": "optional text"}, "result": {"task": "id", "agent": "name", "was": "queued | running", "state": "cancelled"}},
+                "Approvals": {"params": {}, "result": {"approvals": "[{id, task, agent, subject: {kind: tool, name, arguments} | {kind: code, block, code}, state, asked_at, timeout_at, on_timeout}]"}},
+                "Approve": {"params": {"id": "approval id", "note": "optional text"}, "result": "the answered approval"},
+                "Deny": {"params": {"id": "approval id", "reason": "optional text, given to the model"}, "result": "the answered approval"},
+                "Spend": {"params": {"agent": "optional name", "per": "optional window, e.g. 1d"}, "result": {"agents": "[{agent, per, since, tokens, cost_usd, models: [{model, calls, input_tokens, output_tokens, cached_tokens, cost_usd}], budget: {tokens, cost_usd, on_exceed}, left: {tokens, cost_usd}}]"}},
             }
         })
     }
@@ -134,8 +191,29 @@ pub struct AgentStatus {
     /// Paused: triggers queue up but are not run until resumed.
     #[serde(default)]
     pub paused: bool,
+    /// Why it is paused, by whom and since when.
+    #[serde(default)]
+    pub pause: Option<crate::ledger::Pause>,
+    /// Model spend in the agent's budget window, when it has a budget.
+    #[serde(default)]
+    pub spend: Option<SpendStatus>,
+    /// The approvals its waiting task asks for (at most one at a time).
+    #[serde(default)]
+    pub waiting: Vec<crate::ledger::Approval>,
     #[serde(default)]
     pub schedules: Vec<ScheduleStatus>,
+}
+
+/// An agent's spend in its budget window and what is left, in `Status`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SpendStatus {
+    /// The window, e.g. `1d`.
+    pub per: String,
+    pub tokens: i64,
+    pub cost_usd: f64,
+    /// `None` when the budget sets no such limit.
+    pub left_tokens: Option<i64>,
+    pub left_cost_usd: Option<f64>,
 }
 
 /// One cron schedule in an agent's `Status`.
@@ -187,10 +265,64 @@ pub fn status_lines(agents: &[AgentStatus]) -> Vec<String> {
             "{:<16} {:<9} {:>8} {:>8} {:>10} {:>6}  {last}",
             a.name, state, pid, a.restarts, up, a.queued
         ));
+        if let Some(p) = &a.pause {
+            let note = p.note.as_deref().map(|n| format!(": {n}")).unwrap_or_default();
+            out.push(format!("  paused ({}) by {}{note}", p.reason, p.by));
+        }
+        if let Some(s) = &a.spend {
+            out.push(format!("  spend {}", spend_line(s)));
+        }
+        for w in &a.waiting {
+            out.push(format!(
+                "  task {} waits for approval {}: {}",
+                w.task,
+                w.id,
+                w.subject.summary()
+            ));
+        }
         for s in &a.schedules {
             let next = s.next_run.as_deref().unwrap_or("never");
             out.push(format!("  schedule {:?} ({}): next run {next}", s.cron, s.timezone));
         }
+    }
+    out
+}
+
+/// `12,345 tokens, $0.0123 in the last 1d; left: 7,655 tokens, $4.9877`.
+pub fn spend_line(s: &SpendStatus) -> String {
+    let mut left = Vec::new();
+    if let Some(t) = s.left_tokens {
+        left.push(format!("{t} tokens"));
+    }
+    if let Some(c) = s.left_cost_usd {
+        left.push(format!("${c:.4}"));
+    }
+    let left = if left.is_empty() {
+        String::new()
+    } else {
+        format!("; left: {}", left.join(", "))
+    };
+    format!("{} tokens, ${:.4} in the last {}{left}", s.tokens, s.cost_usd, s.per)
+}
+
+/// One line per pending approval, for `agentd approvals` and `/approvals`.
+pub fn approval_lines(pending: &[crate::ledger::Approval]) -> Vec<String> {
+    if pending.is_empty() {
+        return vec!["no approvals pending".into()];
+    }
+    let mut out = vec![format!(
+        "{:>5}  {:<16} {:>6}  {:<24}  WHAT",
+        "ID", "AGENT", "TASK", "ASKED"
+    )];
+    for a in pending {
+        out.push(format!(
+            "{:>5}  {:<16} {:>6}  {:<24}  {}",
+            a.id,
+            a.agent,
+            a.task,
+            crate::ledger::format_ms(a.asked_at),
+            a.subject.summary()
+        ));
     }
     out
 }

@@ -163,6 +163,9 @@ pub fn serve(path: &Path, operators: Operators, requests: mpsc::UnboundedSender<
                     }
                     let response = match serde_json::from_str::<Request>(&line) {
                         Ok(req) => {
+                            // Admitted above, so the credentials are known.
+                            let who = cred.map(|c| format!("uid {}", c.uid())).unwrap_or_default();
+                            let req = req.with_caller(who);
                             let (tx, rx) = oneshot::channel();
                             if requests.send((req, tx)).is_err() {
                                 Response::error("agentd is shutting down")

@@ -11,6 +11,8 @@
 //! from any other instance are rejected, so a stale child (one the
 //! supervisor already gave up on) cannot corrupt a re-queued task.
 
+mod approvals;
+mod governance;
 mod integrity;
 mod schema;
 mod snapshots;
@@ -21,6 +23,9 @@ use std::path::{Path, PathBuf};
 use crate::domain::TaskId;
 use rusqlite::{Connection, OpenFlags};
 
+pub use crate::domain::PauseReason;
+pub use approvals::{Approval, Asked};
+pub use governance::{Cancelled, LlmUsage, Pause};
 pub use integrity::{Integrity, RECOVERY};
 pub use schema::{APPLICATION_ID, SCHEMA_VERSION, create_at_version};
 pub use snapshots::{Snapshot, SnapshotKind, SnapshotMeta};
@@ -66,6 +71,15 @@ pub enum LedgerError {
     StaleLease { task: TaskId, lease: String },
     #[error("snapshot {0} does not exist")]
     NoSuchSnapshot(String),
+    #[error("task {task} already {state}; only a queued or running task can be cancelled")]
+    AlreadyEnded {
+        task: TaskId,
+        state: crate::domain::TaskState,
+    },
+    #[error("approval {0} does not exist")]
+    NoSuchApproval(i64),
+    #[error("approval {id} was already answered ({state})")]
+    ApprovalAnswered { id: i64, state: String },
 }
 
 impl LedgerError {
@@ -180,6 +194,13 @@ fn sqlite(path: &Path, source: rusqlite::Error) -> LedgerError {
         path: path.to_owned(),
         source,
     }
+}
+
+/// A ledger time for people: `2026-11-21 00:20:07.443Z`.
+pub fn format_ms(ms: i64) -> String {
+    chrono::DateTime::from_timestamp_millis(ms)
+        .map(|t| t.format("%Y-%m-%d %H:%M:%S%.3fZ").to_string())
+        .unwrap_or_else(|| ms.to_string())
 }
 
 /// Milliseconds since the Unix epoch: the ledger's time unit.

@@ -89,6 +89,38 @@ pub struct TaskFilter {
     pub agent: Option<String>,
     pub state: Option<TaskState>,
     pub limit: Option<u32>,
+    /// Only tasks with a smaller id (the next page of a newest-first list).
+    pub before: Option<i64>,
+}
+
+/// The listing's query: only the conditions given, so SQLite picks the
+/// index that fits them.
+fn list_query(filter: &TaskFilter) -> (String, Vec<rusqlite::types::Value>) {
+    let mut conds = Vec::new();
+    let mut args: Vec<rusqlite::types::Value> = Vec::new();
+    if let Some(a) = &filter.agent {
+        args.push(a.clone().into());
+        conds.push(format!("agent = ?{}", args.len()));
+    }
+    if let Some(st) = filter.state {
+        args.push(st.as_str().to_owned().into());
+        conds.push(format!("state = ?{}", args.len()));
+    }
+    if let Some(b) = filter.before {
+        args.push(b.into());
+        conds.push(format!("id < ?{}", args.len()));
+    }
+    let where_ = if conds.is_empty() {
+        String::new()
+    } else {
+        format!("WHERE {}", conds.join(" AND "))
+    };
+    args.push(filter.limit.map(i64::from).unwrap_or(-1).into());
+    let sql = format!(
+        "SELECT {TASK_COLUMNS} FROM tasks {where_} ORDER BY id DESC LIMIT ?{}",
+        args.len()
+    );
+    (sql, args)
 }
 
 const TASK_COLUMNS: &str = "id, agent, trigger_kind, trigger_payload, dedupe_key, state, attempts, lease, \
@@ -137,7 +169,8 @@ impl Ledger {
     }
 
     /// Hands the agent's oldest queued task to `lease`, unless the agent
-    /// already has one running: an agent runs one task at a time.
+    /// already has one running or waiting for an approval: an agent runs
+    /// one task at a time, and a waiting one starts no other.
     /// Claiming clears the dedupe key, so an update that arrives while the
     /// task runs queues a fresh task instead of vanishing into this one.
     pub fn claim_next(&mut self, agent: &str, lease: &Lease) -> Result<Option<Task>> {
@@ -145,7 +178,7 @@ impl Ledger {
             "UPDATE tasks SET state = 'running', lease = ?2, attempts = attempts + 1, started_at = ?3,
                               dedupe_key = NULL
              WHERE id = (SELECT id FROM tasks WHERE agent = ?1 AND state = 'queued' ORDER BY id LIMIT 1)
-               AND NOT EXISTS (SELECT 1 FROM tasks WHERE agent = ?1 AND state = 'running')
+               AND NOT EXISTS (SELECT 1 FROM tasks WHERE agent = ?1 AND state IN ('running', 'waiting'))
              RETURNING {TASK_COLUMNS}"
         );
         self.conn
@@ -182,8 +215,9 @@ impl Ledger {
             )
             .map_err(|e| super::sqlite(&path, e))?;
         tx.execute(
-            "INSERT INTO steps (task_id, seq, attempt, kind, payload, input_tokens, output_tokens, latency_ms, created_at)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+            "INSERT INTO steps (task_id, seq, attempt, kind, payload, input_tokens, output_tokens, latency_ms, created_at,
+                                model, cached_tokens)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
             params![
                 task,
                 seq,
@@ -193,7 +227,11 @@ impl Ledger {
                 step.input_tokens,
                 step.output_tokens,
                 step.latency_ms,
-                now_ms()
+                now_ms(),
+                // Model calls' price keys, in columns budgets sum without
+                // parsing payloads (see governance.rs).
+                step.payload.get("model").and_then(|m| m.as_str()),
+                step.payload.get("cached_tokens").and_then(|c| c.as_i64()).unwrap_or(0),
             ],
         )
         .map_err(|e| super::sqlite(&path, e))?;
@@ -239,6 +277,18 @@ impl Ledger {
     /// put the task back in the queue, or fail it once `max_attempts` are
     /// spent. Returns the task's new state.
     pub fn release(&mut self, task: TaskId, cause: &str, max_attempts: u32) -> Result<TaskState> {
+        // A task waiting for an approval keeps waiting, with no runner: the
+        // answer puts it back in the queue.
+        let waiting = self
+            .conn
+            .execute(
+                "UPDATE tasks SET lease = NULL WHERE id = ?1 AND state = 'waiting'",
+                [task],
+            )
+            .map_err(|e| self.err(e))?;
+        if waiting > 0 {
+            return Ok(TaskState::Waiting);
+        }
         let attempts: i64 = self
             .conn
             .query_row(
@@ -308,22 +358,104 @@ impl Ledger {
             .map_err(|e| self.err(e))
     }
 
-    /// Newest first.
+    /// Newest first. The query names only the conditions given, so SQLite
+    /// walks the index that fits (`tasks_by_agent_state`, `tasks_by_agent`,
+    /// `tasks_by_state`, or the table itself newest first) and stops after
+    /// `limit` rows: a page costs the same at 100 tasks as at 100,000.
     pub fn list_tasks(&self, filter: &TaskFilter) -> Result<Vec<Task>> {
-        let sql = format!(
-            "SELECT {TASK_COLUMNS} FROM tasks
-             WHERE (?1 IS NULL OR agent = ?1) AND (?2 IS NULL OR state = ?2)
-             ORDER BY id DESC LIMIT ?3"
-        );
-        let limit = filter.limit.map(i64::from).unwrap_or(-1);
-        let mut stmt = self.conn.prepare(&sql).map_err(|e| self.err(e))?;
+        let (sql, args) = list_query(filter);
+        let mut stmt = self.conn.prepare_cached(&sql).map_err(|e| self.err(e))?;
         let rows = stmt
-            .query_map(
-                params![filter.agent, filter.state.map(TaskState::as_str), limit],
-                Task::from_row,
-            )
+            .query_map(rusqlite::params_from_iter(args), Task::from_row)
             .map_err(|e| self.err(e))?;
         rows.collect::<rusqlite::Result<Vec<_>>>().map_err(|e| self.err(e))
+    }
+
+    /// SQLite's plan for [`Ledger::list_tasks`] with `filter`, one line a
+    /// step: tests prove each listing walks an index.
+    #[doc(hidden)]
+    pub fn list_tasks_plan(&self, filter: &TaskFilter) -> Result<Vec<String>> {
+        let (sql, args) = list_query(filter);
+        let mut stmt = self
+            .conn
+            .prepare(&format!("EXPLAIN QUERY PLAN {sql}"))
+            .map_err(|e| self.err(e))?;
+        let rows = stmt
+            .query_map(rusqlite::params_from_iter(args), |r| r.get::<_, String>(3))
+            .map_err(|e| self.err(e))?;
+        rows.collect::<rusqlite::Result<Vec<_>>>().map_err(|e| self.err(e))
+    }
+
+    /// Records a webhook delivery as a task, once: a delivery whose `key`
+    /// this agent has seen before is the task it became (in any state),
+    /// and nothing new is written.
+    pub fn enqueue_delivery(&mut self, agent: &str, key: &str, trigger: &Trigger) -> Result<Enqueued> {
+        let seen: Option<i64> = self
+            .conn
+            .query_row(
+                "SELECT task_id FROM deliveries WHERE agent = ?1 AND key = ?2",
+                params![agent, key],
+                |r| r.get(0),
+            )
+            .optional()
+            .map_err(|e| self.err(e))?;
+        if let Some(id) = seen {
+            return Ok(Enqueued::Coalesced(TaskId(id)));
+        }
+        let payload = serde_json::to_string(trigger).unwrap_or_default();
+        let path = self.path.clone();
+        let tx = self.conn.transaction().map_err(|e| super::sqlite(&path, e))?;
+        let now = now_ms();
+        tx.execute(
+            "INSERT INTO tasks (agent, trigger_kind, trigger_payload, state, created_at)
+             VALUES (?1, ?2, ?3, 'queued', ?4)",
+            params![agent, trigger.kind(), payload, now],
+        )
+        .map_err(|e| super::sqlite(&path, e))?;
+        let id = tx.last_insert_rowid();
+        tx.execute(
+            "INSERT INTO deliveries (agent, key, task_id, created_at) VALUES (?1, ?2, ?3, ?4)",
+            params![agent, key, id, now],
+        )
+        .map_err(|e| super::sqlite(&path, e))?;
+        tx.commit().map_err(|e| super::sqlite(&path, e))?;
+        Ok(Enqueued::New(TaskId(id)))
+    }
+
+    /// Appends a step about a task that has ended (a notification sent
+    /// about it): no lease, as no agent holds the task any more. Returns
+    /// its sequence number.
+    pub fn append_note(&mut self, task: TaskId, step: &NewStep) -> Result<i64> {
+        let path = self.path.clone();
+        let tx = self.conn.transaction().map_err(|e| super::sqlite(&path, e))?;
+        let attempt: i64 = tx
+            .query_row("SELECT attempts FROM tasks WHERE id = ?1", [task], |r| r.get(0))
+            .optional()
+            .map_err(|e| super::sqlite(&path, e))?
+            .ok_or(LedgerError::NoSuchTask(task))?;
+        let seq: i64 = tx
+            .query_row(
+                "SELECT coalesce(max(seq), 0) + 1 FROM steps WHERE task_id = ?1",
+                [task],
+                |r| r.get(0),
+            )
+            .map_err(|e| super::sqlite(&path, e))?;
+        tx.execute(
+            "INSERT INTO steps (task_id, seq, attempt, kind, payload, latency_ms, created_at)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+            params![
+                task,
+                seq,
+                attempt,
+                step.kind.as_str(),
+                step.payload.to_string(),
+                step.latency_ms,
+                now_ms()
+            ],
+        )
+        .map_err(|e| super::sqlite(&path, e))?;
+        tx.commit().map_err(|e| super::sqlite(&path, e))?;
+        Ok(seq)
     }
 
     pub fn task(&self, id: TaskId) -> Result<Task> {

@@ -251,6 +251,16 @@ pub struct Usage {
     /// The provider sent no usage; these are the client's estimate.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub estimated: bool,
+    /// OpenAI's breakdown of the prompt: how much of it was served from the
+    /// provider's cache (billed at the cached-input price).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prompt_tokens_details: Option<PromptTokensDetails>,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PromptTokensDetails {
+    #[serde(default, deserialize_with = "null_as_default")]
+    pub cached_tokens: u64,
 }
 
 /// Characters per token in the estimate: the usual figure for English
@@ -260,6 +270,11 @@ const CHARS_PER_TOKEN: usize = 4;
 impl Usage {
     pub fn total(&self) -> u64 {
         self.prompt_tokens.saturating_add(self.completion_tokens)
+    }
+
+    /// Prompt tokens the provider served from its cache (part of `prompt_tokens`).
+    pub fn cached_tokens(&self) -> u64 {
+        self.prompt_tokens_details.map_or(0, |d| d.cached_tokens)
     }
 
     /// An estimate from the size of what was sent and received, for
@@ -279,6 +294,7 @@ impl Usage {
             prompt_tokens: tokens(sent),
             completion_tokens: tokens(received).max(1),
             estimated: true,
+            prompt_tokens_details: None,
         }
     }
 }

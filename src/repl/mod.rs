@@ -65,6 +65,19 @@ pub enum Command {
     Tasks,
     Pause(Option<String>),
     Resume(Option<String>),
+    /// Pending approvals.
+    Approvals,
+    /// Answer approval `id`: approve (with a note) or deny (with a reason).
+    Answer {
+        id: i64,
+        approve: bool,
+        note: Option<String>,
+    },
+    /// Cancel a task (the current agent's running one when `None`).
+    Cancel {
+        task: Option<crate::domain::TaskId>,
+        reason: Option<String>,
+    },
     Help,
     Quit,
     /// A blank line: nothing to do.
@@ -80,6 +93,10 @@ pub const HELP: &[&str] = &[
     "/tasks           the current agent's recent tasks",
     "/pause [AGENT]   stop running AGENT's tasks (they keep queueing)",
     "/resume [AGENT]  run what is queued again",
+    "/cancel [TASK] [REASON]  cancel a task (default: the current agent's running one)",
+    "/approvals       tool calls and code waiting for an answer",
+    "/approve ID [NOTE]   let it run",
+    "/deny ID [REASON]    refuse it (the model reads the reason)",
     "/help            this help",
     "/quit            stop agentd (end of input, e.g. Ctrl-D, closes only the REPL)",
 ];
@@ -112,6 +129,22 @@ pub fn parse(line: &str) -> Result<Command, String> {
     };
     let mut words = rest.split_whitespace();
     let cmd = words.next().unwrap_or("");
+    if cmd == "cancel" {
+        return parse_cancel(words.collect());
+    }
+    if cmd == "approve" || cmd == "deny" {
+        let rest: Vec<&str> = words.collect();
+        let id = rest
+            .first()
+            .and_then(|w| w.trim_start_matches('#').parse::<i64>().ok())
+            .ok_or_else(|| format!("write /{cmd} ID [text]; /approvals lists the ids"))?;
+        let note = (rest.len() > 1).then(|| rest[1..].join(" "));
+        return Ok(Command::Answer {
+            id,
+            approve: cmd == "approve",
+            note,
+        });
+    }
     let arg = words.next().map(str::to_owned);
     if words.next().is_some() {
         return Err(format!("/{cmd} takes at most one argument; /help lists the commands"));
@@ -125,12 +158,26 @@ pub fn parse(line: &str) -> Result<Command, String> {
         "agents" => no_arg(Command::Agents),
         "status" => no_arg(Command::Status),
         "tasks" => no_arg(Command::Tasks),
+        "approvals" => no_arg(Command::Approvals),
         "pause" => Ok(Command::Pause(arg)),
         "resume" => Ok(Command::Resume(arg)),
         "help" | "?" => no_arg(Command::Help),
         "quit" | "exit" => no_arg(Command::Quit),
         other => Err(format!("unknown command /{other}; /help lists the commands")),
     }
+}
+
+/// `/cancel [TASK] [REASON…]`: a first word that is a number is the task.
+fn parse_cancel(words: Vec<&str>) -> Result<Command, String> {
+    let (task, rest) = match words
+        .first()
+        .map(|w| w.trim_start_matches('#').parse::<crate::domain::TaskId>())
+    {
+        Some(Ok(id)) => (Some(id), &words[1..]),
+        _ => (None, &words[..]),
+    };
+    let reason = (!rest.is_empty()).then(|| rest.join(" "));
+    Ok(Command::Cancel { task, reason })
 }
 
 /// Cuts streamed text into whole lines, so output from agents answering at
@@ -295,6 +342,28 @@ fn send_line(inputs: &mpsc::UnboundedSender<Input>, text: String) -> Option<Answ
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn cancel_takes_an_optional_task_and_a_reason_of_many_words() {
+        let c = |task, reason: Option<&str>| Command::Cancel {
+            task,
+            reason: reason.map(str::to_owned),
+        };
+        assert_eq!(parse("/cancel"), Ok(c(None, None)));
+        let t12 = Some(crate::domain::TaskId(12));
+        assert_eq!(parse("/cancel 12"), Ok(c(t12, None)));
+        assert_eq!(parse("/cancel #12 wrong file"), Ok(c(t12, Some("wrong file"))));
+        assert_eq!(parse("/cancel too slow"), Ok(c(None, Some("too slow"))));
+        assert_eq!(
+            parse("/deny 3 use the archive instead"),
+            Ok(Command::Answer {
+                id: 3,
+                approve: false,
+                note: Some("use the archive instead".into())
+            })
+        );
+        assert!(parse("/approve soon").is_err());
+    }
 
     fn say(agent: Option<&str>, text: &str) -> Command {
         Command::Say {

@@ -66,15 +66,17 @@ pub enum Deferred {
 }
 
 impl Deferred {
-    /// Writes it. Takes `&self` so a failed write stays queued.
-    pub fn apply(&self, l: &mut Ledger) -> Result<(), LedgerError> {
+    /// Writes it. Takes `&self` so a failed write stays queued. Returns
+    /// the number of what it made: a trigger's task id, a step's sequence
+    /// number (for the event feed).
+    pub fn apply(&self, l: &mut Ledger) -> Result<Option<i64>, LedgerError> {
         match self {
             Deferred::Trigger {
                 agent,
                 trigger,
                 dedupe_key,
-            } => l.enqueue(agent, trigger, dedupe_key.as_deref()).map(drop),
-            Deferred::Step { task, lease, step } => l.append_step(*task, lease, step).map(drop),
+            } => l.enqueue(agent, trigger, dedupe_key.as_deref()).map(|e| Some(e.id().0)),
+            Deferred::Step { task, lease, step } => l.append_step(*task, lease, step).map(Some),
             Deferred::Finish {
                 agent,
                 task,
@@ -88,15 +90,25 @@ impl Deferred {
                 if let Some(data) = conversation {
                     l.put_snapshot(agent, SnapshotKind::Conversation, None, Some(*task), data)?;
                 }
-                Ok(())
+                Ok(None)
             }
             Deferred::Release {
                 task,
                 cause,
                 max_attempts,
-            } => l.release(*task, cause, *max_attempts).map(drop),
+            } => l.release(*task, cause, *max_attempts).map(|_| None),
         }
     }
+}
+
+/// What became of a write sent to the ledger thread.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Wrote {
+    /// Written (with the number of what it made: a trigger's task id, a
+    /// step's sequence number), or rejected and dropped (`None`).
+    Done(Option<i64>),
+    /// The ledger refused it; it is parked for the supervisor to keep.
+    HandedBack,
 }
 
 /// A write and its place in the order the supervisor sent writes in.
@@ -124,15 +136,15 @@ impl Parked {
 
     /// Runs on the ledger thread: writes `d` unless writes are being
     /// refused, in which case (or when this write is refused) it is handed
-    /// back. True when it was handed back; a write the ledger rejects for
-    /// another reason (a stale lease) is logged and dropped.
-    pub fn write(&self, l: &mut Ledger, seq: u64, d: Deferred) -> bool {
+    /// back. A write the ledger rejects for another reason (a stale lease)
+    /// is logged and dropped.
+    pub fn write(&self, l: &mut Ledger, seq: u64, d: Deferred) -> Wrote {
         if self.refusing.load(Ordering::Acquire) {
             self.back().0.push((seq, d));
-            return true;
+            return Wrote::HandedBack;
         }
         match d.apply(l) {
-            Ok(()) => false,
+            Ok(made) => Wrote::Done(made),
             Err(e) if e.is_unwritable() => {
                 self.refusing.store(true, Ordering::Release);
                 let mut back = self.back();
@@ -140,11 +152,11 @@ impl Parked {
                 back.1.get_or_insert(e);
                 drop(back);
                 self.refused.notify_one();
-                true
+                Wrote::HandedBack
             }
             Err(e) => {
                 tracing::warn!("ledger write rejected: {e}");
-                false
+                Wrote::Done(None)
             }
         }
     }

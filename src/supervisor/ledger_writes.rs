@@ -1,11 +1,16 @@
 //! Writing to the ledger when it may refuse (a full disk): what cannot be
 //! written is kept in order and retried, and agentd says it is degraded
-//! (see [`super::degraded`] for the bookkeeping).
+//! (see [`super::degraded`] for the bookkeeping). What is written is
+//! announced on the event feed ([`super::announce`]) once the ledger has
+//! it, so a watcher never hears of a step that a reader cannot find.
+//! Writes kept while degraded are written later without being announced:
+//! a watcher sees them by re-reading the task.
 
 use std::time::Duration;
 
-use super::degraded::Deferred;
+use super::degraded::{Deferred, Wrote};
 use super::{Supervisor, degraded};
+use crate::domain::TaskId;
 use crate::ledger::LedgerError;
 
 impl Supervisor {
@@ -25,16 +30,24 @@ impl Supervisor {
 
     /// Sends a journal step to the ledger without waiting: nothing the
     /// supervisor does next depends on it, and the ledger thread keeps the
-    /// order (a refused step comes back through [`degraded::Parked`]).
-    pub(super) fn journal(&mut self, d: Deferred) {
+    /// order (a refused step comes back through [`degraded::Parked`]). The
+    /// ledger thread announces it on the feed once written, so the event
+    /// follows the write and precedes the task's end.
+    pub(super) fn journal(&mut self, agent: &str, d: Deferred) {
         let seq = self.degraded.number();
         if self.degraded.behind() {
             self.keep(seq, d);
             return;
         }
         let parked = self.degraded.parked.clone();
+        let announce = match &d {
+            Deferred::Step { task, step, .. } => Some((self.feed.clone(), agent.to_owned(), *task, step.clone())),
+            _ => None,
+        };
         self.ledger.submit(move |l| {
-            parked.write(l, seq, d);
+            if let (Wrote::Done(Some(n)), Some((feed, agent, task, step))) = (parked.write(l, seq, d), announce) {
+                feed.publish("step", super::announce::step_event(&agent, task, n, &step));
+            }
         });
     }
 
@@ -47,15 +60,22 @@ impl Supervisor {
             self.keep(seq, d);
             return;
         }
-        let trigger = matches!(d, Deferred::Trigger { .. });
+        // Kept for the feed, which hears of a trigger once it is a task.
+        let trigger = match &d {
+            Deferred::Trigger { trigger, .. } => Some(trigger.clone()),
+            _ => None,
+        };
         let parked = self.degraded.parked.clone();
-        let Ok(handed_back) = self.ledger.run(move |l| parked.write(l, seq, d)).await else {
+        let Ok(wrote) = self.ledger.run(move |l| parked.write(l, seq, d)).await else {
             return;
         };
-        if handed_back {
-            self.take_back();
-        } else if trigger {
-            tracing::debug!(agent, "trigger recorded");
+        match (wrote, trigger) {
+            (Wrote::HandedBack, _) => self.take_back(),
+            (Wrote::Done(Some(task)), Some(trigger)) => {
+                tracing::debug!(agent, "trigger recorded");
+                self.announce_queued(agent, TaskId(task), &trigger);
+            }
+            _ => {}
         }
     }
 
@@ -86,7 +106,7 @@ impl Supervisor {
                 loop {
                     while let Some((_, d)) = kept.front() {
                         match d.apply(l) {
-                            Ok(()) => {
+                            Ok(_) => {
                                 kept.pop_front();
                             }
                             Err(e) if e.is_unwritable() => return (kept, dropped, Err(e)),

@@ -17,8 +17,15 @@
 //! heartbeats and exits [`lifecycle`]; tasks between ledger and children
 //! [`tasks`]; one handler per control request [`requests`]; reload
 //! [`reload`] with its pure [`diff`]; writes that a full disk refuses
-//! [`ledger_writes`] and [`degraded`]; agents' users [`users`].
+//! [`ledger_writes`] and [`degraded`]; agents' users [`users`]; events for
+//! watchers and notifications out [`announce`]. The HTTP API
+//! ([`crate::http`]) sends its requests down the control socket's channel
+//! and its webhook deliveries down one of their own.
 
+mod announce;
+mod approvals;
+mod budget;
+mod cancel;
 mod child;
 mod degraded;
 mod diff;
@@ -26,6 +33,7 @@ mod heartbeat;
 mod ledger_thread;
 mod ledger_writes;
 mod lifecycle;
+mod pause;
 mod reload;
 mod requests;
 pub mod restart;
@@ -40,6 +48,7 @@ mod watch;
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
@@ -49,6 +58,8 @@ use tokio::sync::mpsc;
 
 use crate::config::{AgentSpec, Config};
 use crate::control::{self, Response};
+use crate::feed::Feed;
+use crate::http;
 use crate::ledger::{self, Ledger};
 use crate::protocol::FromChild;
 use crate::repl::{self, Repl};
@@ -101,6 +112,22 @@ pub enum Event {
         generation: u64,
     },
     ConfigChanged,
+    /// Time to look at a budget-paused agent's window again; `seq` names
+    /// the timer (a newer one replaces it).
+    BudgetRecheck {
+        agent: String,
+        seq: u64,
+    },
+    /// An approval's timeout is due (it may have been answered since).
+    ApprovalTimeout {
+        id: i64,
+    },
+    /// A notification about a task was attempted: journal it.
+    Noted {
+        agent: String,
+        task: crate::domain::TaskId,
+        step: crate::domain::NewStep,
+    },
     /// A reload's parse is done (see [`Supervisor::begin_reload`]).
     ConfigParsed {
         seq: u64,
@@ -142,6 +169,14 @@ pub struct Supervisor {
     degraded: Degraded,
     /// Agents' own users, when agentd runs as root.
     users: Option<users::AgentUsers>,
+    /// Models without a price already named in the log (said once).
+    unpriced_warned: std::collections::BTreeSet<String>,
+    /// What happens, for the HTTP API's event stream ([`announce`]).
+    feed: Arc<Feed>,
+    /// Each agent as last announced on the feed.
+    announced_agents: HashMap<String, announce::AgentView>,
+    /// The agents that take webhooks, for the HTTP server; replaced on reload.
+    webhooks: tokio::sync::watch::Sender<http::Webhooks>,
 }
 
 /// Runs the supervisor until it is stopped; the process's exit code.
@@ -203,7 +238,30 @@ async fn run_async(
         own_uid: unsafe { libc::geteuid() },
         group: cfg.control_group,
     };
-    control::serve(&socket, operators, control_tx).with_context(|| format!("cannot listen on {}", socket.display()))?;
+    control::serve(&socket, operators, control_tx.clone())
+        .with_context(|| format!("cannot listen on {}", socket.display()))?;
+
+    // The HTTP API sends control requests down the socket's own channel;
+    // webhook deliveries come on their own.
+    let feed = Feed::new();
+    let (webhooks, webhooks_rx) = tokio::sync::watch::channel(webhook_specs(&cfg));
+    let (deliveries_tx, mut deliveries_rx) = mpsc::unbounded_channel();
+    let http_url = match &cfg.http {
+        Some(listen) => {
+            let links = http::Links {
+                control: control_tx,
+                deliveries: deliveries_tx,
+                feed: feed.clone(),
+                webhooks: webhooks_rx,
+                state_dir: cfg.state_dir.clone(),
+            };
+            http::start(listen, links).await?
+        }
+        None => {
+            drop((control_tx, deliveries_tx));
+            None
+        }
+    };
 
     let (events, mut events_rx) = mpsc::unbounded_channel();
     let mut sup = Supervisor {
@@ -224,14 +282,30 @@ async fn run_async(
         reload_seq: 0,
         degraded: Degraded::default(),
         users,
+        unpriced_warned: Default::default(),
+        feed,
+        announced_agents: HashMap::new(),
+        webhooks,
         cfg,
     };
     sup.recover_orphaned_tasks().await?;
+    sup.arm_pending_approvals().await;
     sup.watch_config();
+    // Pauses outlive agentd: an agent paused before starts paused.
+    let pauses = sup
+        .ledger
+        .call(|l| l.pauses())
+        .await
+        .context("reading the agents' recorded pauses")?;
     let names: Vec<AgentSpec> = sup.cfg.agents.clone();
     for spec in names {
         let name = spec.name.to_string();
-        sup.agents.insert(name.clone(), Agent::new(spec));
+        let mut slot = Agent::new(spec);
+        slot.pause = pauses.iter().find(|p| p.agent == name).cloned();
+        if let Some(p) = &slot.pause {
+            tracing::info!(agent = name, "starts paused ({}, by {})", p.reason, p.by);
+        }
+        sup.agents.insert(name.clone(), slot);
         // Catch-up tasks are queued before the child is up, so it takes
         // them first.
         sup.arm_schedules(&name).await;
@@ -247,8 +321,9 @@ async fn run_async(
         sup.console = Some(Console { repl, current });
     }
     drop(repl_tx);
+    let http_note = http_url.map(|u| format!(", HTTP API {u}")).unwrap_or_default();
     tracing::info!(
-        "agentd {} supervising {} agents (state dir {}, control socket {})",
+        "agentd {} supervising {} agents (state dir {}, control socket {}{http_note})",
         env!("CARGO_PKG_VERSION"),
         sup.agents.len(),
         sup.cfg.state_dir.display(),
@@ -274,6 +349,7 @@ async fn run_async(
         tokio::select! {
             Some(ev) = events_rx.recv() => sup.handle(ev).await,
             Some((req, reply)) = control_rx.recv() => sup.on_control(req, reply).await,
+            Some(d) = deliveries_rx.recv() => sup.on_delivery(d).await,
             Some(input) = repl_rx.recv() => sup.on_repl(input).await,
             _ = sleep_until_opt(schedule_at), if schedule_at.is_some() => sup.fire_schedules().await,
             _ = tokio::time::sleep(degraded::RETRY), if degraded => sup.retry_kept().await,
@@ -300,9 +376,12 @@ async fn run_async(
             }
             _ = watchdog_tick.tick(), if watchdog.is_some() => systemd::watchdog(),
         }
+        sup.announce_agents();
     };
-    // Release the socket first, so clients see "not running", not a hang.
+    // Release the socket first, so clients see "not running", not a hang;
+    // `agentd dashboard` then says the API is not there.
     let _ = std::fs::remove_file(&socket);
+    let _ = std::fs::remove_file(crate::state_dir::http_url(&sup.cfg.state_dir));
     if let Some(c) = &mut sup.console {
         c.repl.finish();
     }
@@ -322,6 +401,16 @@ async fn run_async(
     crate::sandbox::contain::at_supervisor_stop(&sup.cfg.state_dir);
     tracing::info!("agentd stopped");
     Ok(code)
+}
+
+/// The agents that take webhooks, as the HTTP server looks them up.
+fn webhook_specs(cfg: &Config) -> http::Webhooks {
+    Arc::new(
+        cfg.agents
+            .iter()
+            .filter_map(|a| a.webhook.clone().map(|w| (a.name.to_string(), w)))
+            .collect(),
+    )
 }
 
 async fn sleep_until_opt(t: Option<tokio::time::Instant>) {
@@ -378,7 +467,10 @@ impl Supervisor {
                 }
             }
             Event::Heartbeat { agent, generation } => self.on_heartbeat(&agent, generation),
+            Event::BudgetRecheck { agent, seq } => self.on_budget_recheck(&agent, seq).await,
+            Event::ApprovalTimeout { id } => self.on_approval_timeout(id).await,
             Event::ConfigParsed { seq, result, by } => self.finish_reload(seq, result, by).await,
+            Event::Noted { agent, task, step } => self.on_noted(agent, task, step).await,
             Event::ConfigChanged => {
                 if self.stop_deadline.is_none() {
                     self.reload_at = Some(tokio::time::Instant::now() + RELOAD_DEBOUNCE);

@@ -83,7 +83,12 @@ impl Supervisor {
         }
         for spec in &diff.add {
             let name = spec.name.to_string();
-            self.agents.insert(name.clone(), Agent::new(spec.clone()));
+            let mut slot = Agent::new(spec.clone());
+            slot.pause = self.recorded_pause(&name).await.unwrap_or_else(|e| {
+                tracing::warn!(agent = name, "cannot read its recorded pause: {e}");
+                None
+            });
+            self.agents.insert(name.clone(), slot);
             self.arm_schedules(&name).await;
             self.start_agent(&name).await;
         }
@@ -98,7 +103,11 @@ impl Supervisor {
                 self.start_agent(&name).await;
             }
         }
+        if new.http != self.cfg.http {
+            tracing::warn!("http changed; that takes a restart of agentd (the API keeps its address)");
+        }
         self.cfg = new;
+        self.webhooks.send_replace(super::webhook_specs(&self.cfg));
         self.watch_config();
         let summary = diff.summary();
         tracing::info!(

@@ -13,7 +13,7 @@ use super::slot::{AfterExit, Lifecycle};
 use super::talk::send_result;
 use super::{ReloadBy, Supervisor};
 use crate::control::{AgentStatus, Request, Response, SendResult};
-use crate::domain::TaskState;
+use crate::domain::{ApprovalAnswer, PauseReason, TaskState};
 use crate::ledger::SnapshotKind;
 use crate::snapshots;
 
@@ -36,16 +36,28 @@ impl Supervisor {
             | Request::SnapshotCreate { agent, .. }
             | Request::SnapshotRestore { agent, .. } => Some(agent.as_str()),
             // `send_message` says so itself for an unknown agent.
-            Request::Send { .. } | Request::DescribeInterface | Request::Health | Request::Status | Request::Reload => {
-                None
-            }
+            Request::Send { .. }
+            | Request::DescribeInterface
+            | Request::Health
+            | Request::Status
+            | Request::Reload
+            | Request::Cancel { .. }
+            | Request::Approvals
+            | Request::Approve { .. }
+            | Request::Deny { .. }
+            | Request::Spend { .. } => None,
         };
         if let Some(agent) = agent.filter(|a| !self.agents.contains_key(*a)) {
             return answer(reply, Response::error(format!("no agent named {agent:?}")));
         }
         let changes_state = !matches!(
             req,
-            Request::DescribeInterface | Request::Health | Request::Status | Request::Send { .. }
+            Request::DescribeInterface
+                | Request::Health
+                | Request::Status
+                | Request::Send { .. }
+                | Request::Spend { .. }
+                | Request::Approvals
         );
         if changes_state && self.stop_deadline.is_some() {
             return answer(reply, Response::error("agentd is shutting down"));
@@ -58,14 +70,14 @@ impl Supervisor {
             Request::Stop { agent } => answer(reply, self.stop_by_hand(&agent).await),
             Request::Restart { agent } => answer(reply, self.restart_by_hand(&agent).await),
             Request::Pause { agent } => {
-                let r = match self.pause(&agent) {
+                let r = match self.pause(&agent, PauseReason::Operator, "control", None).await {
                     Ok(()) => Response::ok(json!(self.agent_status(&agent).await)),
                     Err(e) => Response::error(e),
                 };
                 answer(reply, r)
             }
             Request::Resume { agent } => {
-                let r = match self.resume(&agent).await {
+                let r = match self.resume(&agent, "control").await {
                     Ok(()) => Response::ok(json!(self.agent_status(&agent).await)),
                     Err(e) => Response::error(e),
                 };
@@ -75,7 +87,88 @@ impl Supervisor {
             Request::SnapshotRestore { agent, snapshot } => answer(reply, self.snapshot_restore(agent, snapshot).await),
             Request::Send { agent, text, wait } => self.send_by_request(agent, text, wait, reply).await,
             Request::Reload => self.begin_reload(ReloadBy::Control(reply)),
+            Request::Cancel { task, reason, caller } => {
+                let by = caller.unwrap_or_else(|| "control".into());
+                let r = match self.cancel_task(task, &by, reason).await {
+                    Ok((agent, was)) => Response::ok(json!({
+                        "task": task, "agent": agent, "was": was.as_str(), "state": TaskState::Cancelled.as_str(),
+                    })),
+                    Err(e) => Response::error(e),
+                };
+                answer(reply, r)
+            }
+            Request::Spend { agent, per } => answer(reply, self.spend(agent, per).await),
+            Request::Approvals => {
+                let r = match self.approvals_list().await {
+                    Ok(list) => Response::ok(json!({ "approvals": list })),
+                    Err(e) => Response::error(e),
+                };
+                answer(reply, r)
+            }
+            Request::Approve { id, note, caller } => {
+                let by = caller.unwrap_or_else(|| "control".into());
+                let a = ApprovalAnswer {
+                    approved: true,
+                    by,
+                    note,
+                };
+                answer(reply, self.answer_by_request(id, a).await)
+            }
+            Request::Deny { id, reason, caller } => {
+                let by = caller.unwrap_or_else(|| "control".into());
+                let a = ApprovalAnswer {
+                    approved: false,
+                    by,
+                    note: reason,
+                };
+                answer(reply, self.answer_by_request(id, a).await)
+            }
         }
+    }
+
+    async fn answer_by_request(&mut self, id: i64, a: ApprovalAnswer) -> Response {
+        match self.answer_approval(id, a).await {
+            Ok(done) => Response::ok(json!(done)),
+            Err(e) => Response::error(e),
+        }
+    }
+
+    /// Spend per agent and model over each agent's budget window, or `per`.
+    async fn spend(&self, agent: Option<String>, per: Option<String>) -> Response {
+        let per = match per.as_deref().map(crate::yaml::parse_duration).transpose() {
+            Ok(p) => p,
+            Err(e) => return Response::error(format!("per: {e}")),
+        };
+        if let Some(a) = &agent
+            && !self.agents.contains_key(a)
+        {
+            return Response::error(format!("no agent named {a:?}"));
+        }
+        let mut out = Vec::new();
+        for (name, a) in self
+            .agents
+            .iter()
+            .filter(|(n, _)| agent.as_ref().is_none_or(|a| a == *n))
+        {
+            let window = per
+                .or(a.spec.budget.as_ref().map(|b| b.per))
+                .unwrap_or(crate::budget::DEFAULT_WINDOW);
+            let since = crate::ledger::now_ms() - window.as_millis() as i64;
+            let n = name.clone();
+            let usage = match self.ledger.call(move |l| l.llm_usage_by_model(Some(&n), since)).await {
+                Ok(u) => u,
+                Err(e) => return Response::error(e.to_string()),
+            };
+            out.push(crate::budget::report(
+                name,
+                window,
+                since,
+                &usage,
+                &self.cfg.prices,
+                a.spec.budget.as_ref(),
+            ));
+        }
+        Response::ok(json!({ "agents": out }))
     }
 
     fn health(&self) -> Response {
@@ -86,7 +179,55 @@ impl Supervisor {
             "uptime_s": self.started.elapsed().as_secs_f64(),
             "agents": self.agents.len(),
             "failed": self.agents.values().filter(|a| a.life.is_failed()).count(),
+            // Every agent has started (or failed trying): READY=1 was sent.
+            "ready": self.ready_sent,
         }))
+    }
+
+    /// A webhook delivery whose signature the HTTP server checked: recorded
+    /// as a task once per delivery key (a redelivery answers with the task
+    /// the first became), then handed to the agent if it is free.
+    pub(super) async fn on_delivery(&mut self, d: crate::http::Delivery) {
+        let crate::http::Delivery {
+            agent,
+            key,
+            trigger,
+            reply,
+        } = d;
+        if let Err(e) = self.known(&agent) {
+            let _ = reply.send(Err(e));
+            return;
+        }
+        if self.stop_deadline.is_some() {
+            let _ = reply.send(Err("agentd is shutting down".into()));
+            return;
+        }
+        let (name, t2) = (agent.clone(), trigger.clone());
+        let r = self
+            .ledger
+            .call(move |l| match &key {
+                Some(k) => l.enqueue_delivery(&name, k, &t2),
+                None => l.enqueue(&name, &t2, None),
+            })
+            .await;
+        match r {
+            Ok(crate::ledger::Enqueued::New(task)) => {
+                tracing::info!(agent, "webhook delivery queued as task {task}");
+                self.announce_queued(&agent, task, &trigger);
+                let _ = reply.send(Ok((task, false)));
+                self.dispatch(&agent).await;
+            }
+            Ok(crate::ledger::Enqueued::Coalesced(task)) => {
+                tracing::info!(agent, "webhook redelivery of task {task}: nothing new recorded");
+                let _ = reply.send(Ok((task, true)));
+            }
+            Err(e) => {
+                if e.is_unwritable() {
+                    self.enter_degraded(&e);
+                }
+                let _ = reply.send(Err(format!("cannot record the delivery: {e}")));
+            }
+        }
     }
 
     async fn status(&self) -> Response {
@@ -182,7 +323,7 @@ impl Supervisor {
     /// A message from the control socket: answered with the task at once,
     /// or with its result when it ends (`wait`).
     async fn send_by_request(&mut self, agent: String, text: String, wait: bool, reply: Reply) {
-        let paused = self.agents.get(&agent).is_some_and(|a| a.paused);
+        let paused = self.agents.get(&agent).is_some_and(|a| a.is_paused());
         match self.send_message(&agent, &text, "control").await {
             // A paused agent runs nothing until someone resumes it: waiting
             // would only end in the caller's timeout. Say so at once.
@@ -244,6 +385,9 @@ impl Supervisor {
                 queued,
                 running_task: None,
                 paused: false,
+                pause: None,
+                spend: None,
+                waiting: Vec::new(),
                 schedules: Vec::new(),
             };
         };
@@ -260,7 +404,10 @@ impl Supervisor {
             last_error: degraded.or(a.last_error.as_ref()).cloned(),
             queued,
             running_task: a.life.claim().map(|c| c.task),
-            paused: a.paused,
+            paused: a.is_paused(),
+            pause: a.pause.clone(),
+            spend: self.spend_status(name).await,
+            waiting: self.waiting_for(name).await,
             schedules: self.schedule_status(name),
         }
     }

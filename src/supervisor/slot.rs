@@ -123,8 +123,12 @@ pub(super) struct Agent {
     pub restart_count: u32,
     pub last_exit: Option<Exit>,
     pub last_error: Option<String>,
-    /// Paused: triggers queue up, nothing is dispatched.
-    pub paused: bool,
+    /// Paused (and why, as the ledger keeps it): triggers queue up,
+    /// nothing is dispatched.
+    pub pause: Option<crate::ledger::Pause>,
+    /// When a budget pause is due to be looked at again (the window frees
+    /// room then); a later timer replaces an earlier one.
+    pub budget_recheck: u64,
     pub schedules: Vec<Armed>,
     /// A snapshot to restore once the child has stopped, before it restarts.
     pub pending_restore: Option<String>,
@@ -139,6 +143,10 @@ pub(super) struct Agent {
 }
 
 impl Agent {
+    pub fn is_paused(&self) -> bool {
+        self.pause.is_some()
+    }
+
     pub fn new(spec: AgentSpec) -> Agent {
         let restarts = Restarts::new(spec.restart.clone());
         Agent {
@@ -148,7 +156,8 @@ impl Agent {
             restart_count: 0,
             last_exit: None,
             last_error: None,
-            paused: false,
+            pause: None,
+            budget_recheck: 0,
             schedules: Vec::new(),
             pending_restore: None,
             last_pong: Instant::now(),

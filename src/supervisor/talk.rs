@@ -13,7 +13,7 @@ use tokio::sync::oneshot;
 
 use super::Supervisor;
 use crate::control::{self, Response, SendResult};
-use crate::domain::{TaskId, TaskState, Trigger};
+use crate::domain::{PauseReason, TaskId, TaskState, Trigger};
 use crate::ledger::TaskFilter;
 use crate::repl::{self, Answer, Command, Input, LineBuffer, Repl, labelled};
 
@@ -59,13 +59,13 @@ impl Supervisor {
         prompt_for(self.console.as_ref().and_then(|c| c.current.as_deref()))
     }
 
-    fn say(&self, line: String) {
+    pub(super) fn say(&self, line: String) {
         if let Some(c) = &self.console {
             c.repl.print(line);
         }
     }
 
-    fn say_error(&self, e: impl std::fmt::Display) {
+    pub(super) fn say_error(&self, e: impl std::fmt::Display) {
         self.say(format!("error: {e}"));
     }
 
@@ -124,7 +124,11 @@ impl Supervisor {
                         } else {
                             ' '
                         };
-                        let paused = if a.paused { ", paused" } else { "" };
+                        let paused = a
+                            .pause
+                            .as_ref()
+                            .map(|p| format!(", paused: {}", p.reason))
+                            .unwrap_or_default();
                         format!("{mark} {name} ({}{paused})", a.life.name())
                     })
                     .collect();
@@ -144,7 +148,10 @@ impl Supervisor {
             }
             Command::Tasks => self.show_tasks().await,
             Command::Pause(name) => {
-                let r = self.current_or(name).and_then(|n| self.pause(&n).map(|()| n));
+                let r = match self.current_or(name) {
+                    Ok(n) => self.pause(&n, PauseReason::Operator, "repl", None).await.map(|()| n),
+                    Err(e) => Err(e),
+                };
                 match r {
                     Ok(name) => self.say(format!(
                         "{name} paused: its triggers queue up; /resume {name} runs them"
@@ -154,11 +161,47 @@ impl Supervisor {
             }
             Command::Resume(name) => {
                 let r = match self.current_or(name) {
-                    Ok(n) => self.resume(&n).await.map(|()| n),
+                    Ok(n) => self.resume(&n, "repl").await.map(|()| n),
                     Err(e) => Err(e),
                 };
                 match r {
                     Ok(name) => self.say(format!("{name} resumed")),
+                    Err(e) => self.say_error(e),
+                }
+            }
+            Command::Cancel { task, reason } => {
+                let task = match task {
+                    Some(t) => Ok(t),
+                    None => self.current_or(None).and_then(|a| {
+                        self.running_task(&a)
+                            .ok_or_else(|| format!("{a} runs no task now; /cancel TASK names one"))
+                    }),
+                };
+                let r = match task {
+                    Ok(t) => self.cancel_task(t, "repl", reason).await.map(|(a, was)| (t, a, was)),
+                    Err(e) => Err(e),
+                };
+                match r {
+                    Ok((t, agent, was)) => self.say(format!("task {t} of {agent} cancelled (it was {was})")),
+                    Err(e) => self.say_error(e),
+                }
+            }
+            Command::Approvals => match self.approvals_list().await {
+                Ok(list) => {
+                    for l in control::approval_lines(&list) {
+                        self.say(l);
+                    }
+                }
+                Err(e) => self.say_error(e),
+            },
+            Command::Answer { id, approve, note } => {
+                let answer = crate::domain::ApprovalAnswer {
+                    approved: approve,
+                    by: "repl".into(),
+                    note,
+                };
+                match self.answer_approval(id, answer).await {
+                    Ok(a) => self.say(format!("approval {id} {} (task {} of {})", a.state, a.task, a.agent)),
                     Err(e) => self.say_error(e),
                 }
             }
@@ -184,6 +227,7 @@ impl Supervisor {
             agent: Some(agent.clone()),
             state: None,
             limit: Some(10),
+            before: None,
         };
         match self.ledger.call(move |l| l.list_tasks(&filter)).await {
             Ok(tasks) if tasks.is_empty() => self.say(format!("{agent} has no tasks yet")),
@@ -204,12 +248,12 @@ impl Supervisor {
     }
 
     /// `name`, or the current agent when none is given.
-    fn current_or(&self, name: Option<String>) -> Result<String, String> {
+    pub(super) fn current_or(&self, name: Option<String>) -> Result<String, String> {
         name.or_else(|| self.console.as_ref().and_then(|c| c.current.clone()))
             .ok_or_else(|| "no current agent; name one, or /use AGENT".to_owned())
     }
 
-    fn known(&self, name: &str) -> Result<(), String> {
+    pub(super) fn known(&self, name: &str) -> Result<(), String> {
         if self.agents.contains_key(name) {
             Ok(())
         } else {
@@ -221,8 +265,8 @@ impl Supervisor {
     /// Why a message to `name` will not run right away, if it will not.
     fn why_waiting(&self, name: &str) -> Option<String> {
         let a = self.agents.get(name)?;
-        if a.paused {
-            Some(format!("{name} is paused; /resume {name} runs it"))
+        if let Some(p) = &a.pause {
+            Some(format!("{name} is paused ({}); /resume {name} runs it", p.reason))
         } else if a.life.child().is_none() {
             Some(format!("{name} is {}", a.life.name()))
         } else {
@@ -241,41 +285,20 @@ impl Supervisor {
             from: from.to_owned(),
         };
         let id = self
-            .record_trigger(agent, trigger, None)
+            .record_trigger(agent, trigger.clone(), None)
             .await
             .map_err(|e| format!("cannot record the message: {e}"))?
             .id();
+        self.announce_queued(agent, id, &trigger);
         tracing::debug!(agent, "message from {from} queued as task {id}");
         self.dispatch(agent).await;
         Ok(id)
     }
 
-    pub(super) fn pause(&mut self, name: &str) -> Result<(), String> {
-        self.known(name)?;
-        if let Some(a) = self.agents.get_mut(name)
-            && !a.paused
-        {
-            a.paused = true;
-            let running = a.life.claim().map(|c| format!("; task {} finishes first", c.task));
-            tracing::info!(agent = name, "paused{}", running.unwrap_or_default());
-        }
-        Ok(())
-    }
-
-    pub(super) async fn resume(&mut self, name: &str) -> Result<(), String> {
-        self.known(name)?;
-        if let Some(a) = self.agents.get_mut(name)
-            && a.paused
-        {
-            a.paused = false;
-            tracing::info!(agent = name, "resumed");
-        }
-        self.dispatch(name).await;
-        Ok(())
-    }
-
-    /// Streamed model text: shown line by line if the REPL asked for it.
-    pub(super) fn on_output(&mut self, task: TaskId, text: &str) {
+    /// Streamed model text: on the feed, and shown line by line if the
+    /// REPL asked for it.
+    pub(super) fn on_output(&mut self, agent: &str, task: TaskId, text: &str) {
+        self.announce_output(agent, task, text);
         let Some(w) = self.watched.get_mut(&task) else { return };
         let lines = w.buf.push(text);
         w.shown |= !lines.is_empty();
@@ -309,6 +332,7 @@ impl Supervisor {
         result: Option<&str>,
         error: Option<&str>,
     ) {
+        self.announce_end(agent, task, state, result, error);
         if let Some(mut w) = self.watched.remove(&task) {
             let mut lines: Vec<String> = w.buf.flush().into_iter().collect();
             // A reply that did not stream (a replayed cassette) is shown whole.
@@ -342,6 +366,14 @@ impl Supervisor {
     pub(super) fn on_task_released(&mut self, agent: &str, task: TaskId, state: TaskState, cause: &str) {
         if state.is_final() {
             self.on_task_end(agent, task, state, None, Some(cause));
+            return;
+        }
+        self.announce_end(agent, task, state, None, Some(cause));
+        if state == TaskState::Waiting {
+            self.say(labelled(
+                agent,
+                &format!("(interrupted: {cause}; task {task} still waits for its approval)"),
+            ));
         } else if let Some(w) = self.watched.get_mut(&task) {
             w.buf = LineBuffer::default();
             self.say(labelled(

@@ -65,6 +65,11 @@ impl Supervisor {
                 }
                 self.maybe_ready();
                 self.update_status();
+                // Before it takes a task: a window used up while it was
+                // down pauses it; one that has room again resumes it.
+                if self.has_budget_or_budget_pause(name) {
+                    self.check_budget(name).await;
+                }
                 self.dispatch(name).await;
             }
             FromChild::Trigger { trigger, dedupe_key } => {
@@ -80,7 +85,16 @@ impl Supervisor {
                 if self.watched.contains_key(&task) {
                     self.on_step(task, &step.kind, step.payload["name"].as_str());
                 }
-                self.journal(Deferred::Step { task, lease, step });
+                let model_call = step.kind == crate::domain::StepKind::Llm;
+                self.journal(name, Deferred::Step { task, lease, step });
+                // The ledger thread runs its jobs in order: the check reads
+                // the window with this step in it.
+                if model_call && self.has_budget_or_budget_pause(name) {
+                    self.check_budget(name).await;
+                }
+            }
+            FromChild::ApprovalRequest { task, lease, subject } => {
+                self.on_approval_request(name, task, lease, subject).await;
             }
             FromChild::Pong { seq } => {
                 if let Some(a) = self.agents.get_mut(name)
@@ -101,7 +115,7 @@ impl Supervisor {
             }
             FromChild::Output { task, text, .. } => {
                 tracing::debug!(agent = name, "model: {text}");
-                self.on_output(task, &text);
+                self.on_output(name, task, &text);
             }
             FromChild::Finished {
                 task,
@@ -157,6 +171,15 @@ impl Supervisor {
         }
     }
 
+    fn has_budget_or_budget_pause(&self, name: &str) -> bool {
+        self.agents.get(name).is_some_and(|a| {
+            a.spec.budget.is_some()
+                || a.pause
+                    .as_ref()
+                    .is_some_and(|p| p.reason == crate::ledger::PauseReason::Budget)
+        })
+    }
+
     /// Records a trigger as a task (coalescing by `dedupe_key` while queued).
     pub(super) async fn record_trigger(
         &mut self,
@@ -193,7 +216,7 @@ impl Supervisor {
         else {
             return;
         };
-        if a.paused {
+        if a.is_paused() {
             return;
         }
         let lease = crate::domain::Lease {
@@ -247,5 +270,6 @@ impl Supervisor {
             attempt: task.attempts,
             trigger,
         });
+        self.announce_running(name, task.id, task.attempts);
     }
 }

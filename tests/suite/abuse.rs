@@ -611,6 +611,7 @@ fn flood_run(dir: &Path, name: &str, updates: u32, noise: u32, subscription: &st
                 agent: None,
                 state: None,
                 limit: None,
+                before: None,
             })
         })
         .expect("tasks")

@@ -509,6 +509,107 @@ fn workdir_quota_has_defaults_and_is_set_under_limits() {
 }
 
 #[test]
+fn governance_keys_decode_with_defaults_prices_and_positioned_errors() {
+    let dir = tempdir();
+    let path = write(
+        dir.path(),
+        "agentd.yaml",
+        "prices:\n  local-llm: {input: 0.5, output: 1.5}\ndefaults:\n  model: m\n  budget: {tokens: 2M, cost_usd: 5, per: 1d}\n\
+         agents:\n  - name: a\n  - name: b\n    budget: {cost_usd: 0.5, per: 2h, on_exceed: stop}\n    \
+         approve: {tools: [\"delete_*\", write_file], fences: all, timeout: 5m, on_timeout: approve}\n",
+    );
+    let cfg = load(&path).expect("valid");
+    let a = cfg.agent("a").expect("a");
+    let b = cfg.agent("b").expect("b");
+    let ab = a.budget.as_ref().expect("a inherits the default budget");
+    assert_eq!(
+        (ab.tokens, ab.cost_usd, ab.per),
+        (Some(2_000_000), Some(5.0), Duration::from_secs(86_400))
+    );
+    assert_eq!(ab.on_exceed, agentd::budget::OnExceed::Finish);
+    let bb = b.budget.as_ref().expect("b's own");
+    assert_eq!(
+        (bb.tokens, bb.cost_usd, bb.on_exceed),
+        (None, Some(0.5), agentd::budget::OnExceed::Stop)
+    );
+    let p = b.approve.as_ref().expect("approve");
+    assert!(p.tool("delete_file") && p.tool("write_file") && !p.tool("read_file"));
+    assert!(p.fence("python") && p.fence("create"));
+    assert_eq!((p.timeout, p.on_timeout()), (Duration::from_secs(300), "approve"));
+    assert!(a.approve.is_none());
+    assert_eq!(cfg.prices.get("local-llm").map(|p| p.cached_input), Some(0.5));
+    assert!(cfg.prices.get("gpt-4o").is_some(), "the built-in table stays");
+
+    let errs = errors_of(
+        "agents:\n  - name: a\n    model: m\n    budget: {tokens: lots, per: 1d}\n    \
+         approve: {fences: [bash, perl], on_timeout: maybe}\n  - name: b\n    model: m\n    budget: {per: 1d}\n",
+    );
+    assert_eq!(
+        errs,
+        [
+            "4:22: agents[0].budget.tokens: \"lots\" is not a token count: write e.g. 2M, 500k or 1500",
+            "5:23: agents[0].approve.fences: unknown block kind \"perl\"; expected bash, sh, python, create",
+            "5:49: agents[0].approve.on_timeout: unknown value \"maybe\"; expected deny or approve",
+            "8:14: agents[1].budget: a budget needs tokens, cost_usd or both (e.g. {tokens: 2M, cost_usd: 5, per: 1d})",
+        ]
+    );
+}
+
+#[test]
+fn http_notify_and_webhook_errors_name_their_field_and_position() {
+    let errs = errors_of(
+        "http: {listen: \"nonsense\"}\n\
+         notify:\n  - {url: \"ftp://x\", on: [waiting, done], timeout: 0s}\n\
+         agents:\n  - name: a\n    model: m\n    webhook: {dedupe_header: \"bad header\", max_body: 0}\n",
+    );
+    let want = [
+        "1:16: http.listen: \"nonsense\" is not an address to listen on",
+        "3:11: notify[0].url: \"ftp://x\" is not an http(s) URL",
+        "3:27: notify[0].on[0]: notifying on \"waiting\" (a task stopped for an approval) is not built yet",
+        "3:36: notify[0].on[1]: unknown event \"done\"",
+        "notify[0].timeout: timeout must be more than 0",
+        "agents[0].webhook.secret_env: missing required field",
+        "agents[0].webhook.dedupe_header: \"bad header\" is not an HTTP header name",
+        "agents[0].webhook.max_body: max_body must be more than 0",
+    ];
+    for w in want {
+        assert!(errs.iter().any(|e| e.contains(w)), "no error like {w:?} in {errs:#?}");
+    }
+    assert_eq!(errs.len(), want.len(), "{errs:#?}");
+}
+
+#[test]
+fn http_is_on_at_loopback_by_default_and_off_with_false() {
+    let dir = tempdir();
+    let on = load(&write(dir.path(), "on.yaml", "agents: []\n")).unwrap();
+    assert_eq!(on.http.unwrap().to_string(), config::DEFAULT_LISTEN);
+    let off = load(&write(dir.path(), "off.yaml", "http: false\nagents: []\n")).unwrap();
+    assert!(off.http.is_none());
+    let unix = load(&write(
+        dir.path(),
+        "unix.yaml",
+        "http: {listen: \"unix:api.sock\"}\nagents: []\n",
+    ))
+    .unwrap();
+    assert_eq!(
+        unix.http.unwrap().to_string(),
+        format!("unix:{}", dir.path().join("api.sock").display())
+    );
+    let hooks = load(&write(
+        dir.path(),
+        "hooks.yaml",
+        "notify: [{url: \"http://127.0.0.1:9/x\", secret_env: S}]\nagents:\n  - {name: a, model: m, webhook: {secret_env: H, headers: [X-GitHub-Event]}}\n",
+    ))
+    .unwrap();
+    assert_eq!(hooks.notify[0].on.len(), 3);
+    let w = hooks.agents[0].webhook.as_ref().unwrap();
+    assert_eq!(
+        (w.secret_env.as_str(), w.headers[0].as_str(), w.max_body),
+        ("H", "x-github-event", 1024 * 1024)
+    );
+}
+
+#[test]
 fn check_reports_bad_egress_rules_with_positions() {
     let dir = tempdir();
     let good = write(

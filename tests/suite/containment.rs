@@ -24,7 +24,7 @@ use crate::support::daemon::Daemon;
 use crate::support::llm_server::{LlmServer, Reply};
 use crate::support::{wait_for, write};
 
-fn require_root() {
+pub(super) fn require_root() {
     // SAFETY: geteuid cannot fail.
     assert_eq!(
         unsafe { libc::geteuid() },
@@ -70,7 +70,7 @@ async fn run(p: &SandboxPolicy, workdir: &Path, script: &str, extra: &Exposed) -
 }
 
 /// Pids of live processes whose command line contains `marker`.
-fn with_marker(marker: &str) -> Vec<i32> {
+pub(super) fn with_marker(marker: &str) -> Vec<i32> {
     let me = std::process::id() as i32;
     let mut pids = Vec::new();
     for e in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
@@ -88,13 +88,13 @@ fn with_marker(marker: &str) -> Vec<i32> {
     pids
 }
 
-fn kill_all(pids: &[i32]) {
+pub(super) fn kill_all(pids: &[i32]) {
     for p in pids {
         let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(*p), Signal::SIGKILL);
     }
 }
 
-fn marker() -> String {
+pub(super) fn marker() -> String {
     // sleep takes a fractional number of seconds: a unique argument finds
     // exactly this test's processes.
     format!(

@@ -74,6 +74,73 @@ fn older_ledger_is_migrated_keeping_its_rows() {
 }
 
 #[test]
+fn a_v2_ledger_gains_waiting_tasks_approvals_and_pauses_keeping_every_row() {
+    let dir = tempdir();
+    let path = dir.path().join("ledger.sqlite");
+    ledger::create_at_version(&path, 2).expect("v2");
+    {
+        let c = Connection::open(&path).expect("sqlite");
+        c.execute_batch(
+            "PRAGMA foreign_keys = ON;
+             INSERT INTO tasks (agent, trigger_kind, trigger_payload, state, created_at, dedupe_key)
+                 VALUES ('a', 'message', '{}', 'queued', 1, 'k');
+             INSERT INTO steps (task_id, seq, attempt, kind, payload, input_tokens, output_tokens, created_at)
+                 VALUES (1, 1, 1, 'llm', '{\"model\": \"gpt-4o\", \"cached_tokens\": 5}', 10, 2, 2);
+             INSERT INTO snapshots (agent, kind, task_id, data, created_at) VALUES ('a', 'conversation', 1, x'5b5d', 3);",
+        )
+        .expect("v2 rows");
+        // Control: v2 refuses the state a waiting task needs.
+        let refused = c.execute("UPDATE tasks SET state = 'waiting' WHERE id = 1", []);
+        assert!(refused.is_err(), "v2's CHECK allows waiting?");
+    }
+    let mut l = Ledger::open(&path).expect("migrates");
+    let t = l.task(agentd::domain::TaskId(1)).expect("task kept");
+    assert_eq!((t.state, t.dedupe_key.as_deref()), (TaskState::Queued, Some("k")));
+    assert_eq!(l.steps(agentd::domain::TaskId(1)).expect("steps").len(), 1);
+    // The old model call counts for budgets: its model and cached tokens
+    // were copied out of its payload.
+    let spent = l.llm_usage(Some("a"), 0).expect("usage");
+    assert_eq!(spent.len(), 1);
+    assert_eq!(
+        (spent[0].model.as_deref(), spent[0].cached_tokens, spent[0].input_tokens),
+        (Some("gpt-4o"), 5, 10)
+    );
+    assert!(
+        l.latest_snapshot("a", ledger::SnapshotKind::Conversation)
+            .expect("read")
+            .is_some()
+    );
+    l.set_pause(&ledger::Pause {
+        agent: "a".into(),
+        reason: agentd::domain::PauseReason::Budget,
+        by: "budget".into(),
+        note: None,
+        since: 5,
+    })
+    .expect("pauses table");
+    assert_eq!(
+        l.pauses().expect("pauses")[0].reason,
+        agentd::domain::PauseReason::Budget
+    );
+    drop(l);
+    let c = Connection::open(&path).expect("sqlite");
+    c.execute("UPDATE tasks SET state = 'waiting' WHERE id = 1", [])
+        .expect("v3 allows waiting");
+    let fk: i64 = c
+        .query_row("SELECT count(*) FROM pragma_foreign_key_check", [], |r| r.get(0))
+        .expect("fk check");
+    assert_eq!(fk, 0, "steps and snapshots still refer to their task");
+    let indexes: i64 = c
+        .query_row(
+            "SELECT count(*) FROM sqlite_master WHERE type = 'index' AND name IN ('tasks_by_agent_state', 'tasks_queued_dedupe')",
+            [],
+            |r| r.get(0),
+        )
+        .expect("indexes");
+    assert_eq!(indexes, 2, "the rebuilt table has its indexes back");
+}
+
+#[test]
 fn foreign_sqlite_file_is_refused_untouched() {
     let dir = tempdir();
     let path = dir.path().join("other.sqlite");
@@ -301,4 +368,38 @@ fn readers_say_when_there_is_no_ledger_yet() {
     let out = agentd(&["tasks", "--state-dir", dir.path().to_str().unwrap_or_default()]);
     assert_eq!(out.status.code(), Some(1));
     assert!(stderr(&out).contains("no ledger here"), "{}", stderr(&out));
+}
+
+#[test]
+fn every_task_listing_walks_an_index_newest_first_without_sorting() {
+    let dir = tempdir();
+    let path = dir.path().join(ledger::FILE_NAME);
+    let l = Ledger::open(&path).expect("open");
+    let agent = Some("news".to_string());
+    let state = Some(TaskState::Failed);
+    for (agent, state, before, index) in [
+        (None, None, None, None),
+        (None, None, Some(500), None),
+        (agent.clone(), None, None, Some("tasks_by_agent ")),
+        (agent.clone(), None, Some(500), Some("tasks_by_agent ")),
+        (None, state, None, Some("tasks_by_state")),
+        (agent.clone(), state, Some(500), Some("tasks_by_agent_state")),
+    ] {
+        let filter = TaskFilter {
+            agent,
+            state,
+            limit: Some(50),
+            before,
+        };
+        let plan = l.list_tasks_plan(&filter).expect("plan").join("\n");
+        // A sort would mean reading every matching row before the first page.
+        assert!(!plan.contains("TEMP B-TREE"), "{filter:?}: {plan}");
+        match index {
+            Some(i) => assert!(plan.contains(&format!("USING INDEX {i}")), "{filter:?}: {plan}"),
+            None => assert!(
+                plan.contains("SCAN tasks") || plan.contains("SEARCH tasks USING INTEGER PRIMARY KEY"),
+                "{filter:?}: {plan}"
+            ),
+        }
+    }
 }

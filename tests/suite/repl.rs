@@ -311,7 +311,7 @@ fn repl_pause_resume_status_and_tasks_commands() {
     r.line("hello?");
     let lines = r.wait_until("the queued note", |l| l.len() >= 2);
     assert!(
-        lines[1].starts_with("news: (news is paused; /resume news runs it: task "),
+        lines[1].starts_with("news: (news is paused (operator); /resume news runs it: task "),
         "{lines:#?}"
     );
     assert_eq!(llm.request_count(), 0, "a paused agent runs nothing");

@@ -211,8 +211,18 @@ fn control_socket_answers_and_survives_bad_requests() {
     let v = ask(r#"{"method":"Stop","agent":"nobody"}"#);
     assert_eq!(v["error"], "no agent named \"nobody\"");
     let v = ask(r#"{"method":"DescribeInterface"}"#);
-    assert_eq!(v["result"]["version"], 2);
-    for m in ["Status", "Send", "Pause", "Resume"] {
+    assert_eq!(v["result"]["version"], 3);
+    for m in [
+        "Status",
+        "Send",
+        "Pause",
+        "Resume",
+        "Cancel",
+        "Approvals",
+        "Approve",
+        "Deny",
+        "Spend",
+    ] {
         assert!(v["result"]["methods"][m].is_object(), "{m} is described");
     }
     let v = ask(r#"{"method":"Health"}"#);

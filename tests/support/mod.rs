@@ -125,12 +125,14 @@ pub fn alive(pid: u32) -> bool {
 }
 
 pub mod daemon;
+pub mod http;
 pub mod inbox;
 pub mod llm_server;
 
 pub mod mcp;
 pub mod peers;
 pub mod repl;
+pub mod webdriver;
 
 /// Logs to the test's captured output; `RUST_LOG` picks the level.
 pub fn init_tracing() {

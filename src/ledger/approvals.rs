@@ -1,0 +1,286 @@
+//! Approval requests and their answers. A request is written with the task
+//! turned `waiting` in one transaction, so a restart of the child or of
+//! agentd finds the task still waiting with what it asked; an answer is
+//! written with its journal step, and is kept for the task until a run of
+//! it uses it (a task whose runner died while it waited runs again, and
+//! meets the same question answered).
+
+use rusqlite::{OptionalExtension, Row, params};
+use serde::{Deserialize, Serialize};
+
+use super::{Ledger, LedgerError, Result, now_ms};
+use crate::domain::{ApprovalAnswer, ApprovalSubject, Lease, TaskId};
+
+/// One approval request as recorded.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Approval {
+    pub id: i64,
+    pub task: TaskId,
+    pub agent: String,
+    pub subject: ApprovalSubject,
+    /// pending | approved | denied
+    pub state: String,
+    /// Milliseconds since the epoch.
+    pub asked_at: i64,
+    pub timeout_at: i64,
+    /// approve | deny: what the timeout answers.
+    pub on_timeout: String,
+    pub answered_at: Option<i64>,
+    pub answered_by: Option<String>,
+    pub note: Option<String>,
+}
+
+impl Approval {
+    fn from_row(r: &Row) -> rusqlite::Result<Approval> {
+        let subject: String = r.get("subject")?;
+        Ok(Approval {
+            id: r.get("id")?,
+            task: r.get("task_id")?,
+            agent: r.get("agent")?,
+            subject: serde_json::from_str(&subject).unwrap_or(ApprovalSubject::Code {
+                block: "unreadable".into(),
+                code: subject,
+            }),
+            state: r.get("state")?,
+            asked_at: r.get("asked_at")?,
+            timeout_at: r.get("timeout_at")?,
+            on_timeout: r.get("on_timeout")?,
+            answered_at: r.get("answered_at")?,
+            answered_by: r.get("answered_by")?,
+            note: r.get("note")?,
+        })
+    }
+
+    pub fn answer(&self) -> Option<ApprovalAnswer> {
+        let approved = match self.state.as_str() {
+            "approved" => true,
+            "denied" => false,
+            _ => return None,
+        };
+        Some(ApprovalAnswer {
+            approved,
+            by: self.answered_by.clone().unwrap_or_default(),
+            note: self.note.clone(),
+        })
+    }
+}
+
+const COLUMNS: &str =
+    "id, task_id, agent, subject, state, asked_at, timeout_at, on_timeout, answered_at, answered_by, note";
+
+/// What asking found.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Asked {
+    /// A new request; the task now waits.
+    Pending(Approval),
+    /// This task's earlier run asked the same and was answered: the answer
+    /// applies (once) and the task runs on.
+    Answered(Approval, ApprovalAnswer),
+}
+
+impl Ledger {
+    /// Records that the running task held by `lease` asks to run `subject`.
+    pub fn ask_approval(
+        &mut self,
+        task: TaskId,
+        lease: &Lease,
+        subject: &ApprovalSubject,
+        timeout_ms: i64,
+        on_timeout: &str,
+    ) -> Result<Asked> {
+        let path = self.path.clone();
+        let json = serde_json::to_string(subject).unwrap_or_default();
+        let tx = self.conn.transaction().map_err(|e| super::sqlite(&path, e))?;
+        let found: Option<(String, i64)> = tx
+            .query_row(
+                "SELECT agent, attempts FROM tasks WHERE id = ?1 AND state = 'running' AND lease = ?2",
+                params![task, lease],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .optional()
+            .map_err(|e| super::sqlite(&path, e))?;
+        let Some((agent, attempts)) = found else {
+            return Err(LedgerError::StaleLease {
+                task,
+                lease: lease.to_string(),
+            });
+        };
+        let reusable: Option<Approval> = tx
+            .query_row(
+                &format!(
+                    "SELECT {COLUMNS} FROM approvals WHERE task_id = ?1 AND subject = ?2 AND used = 0
+                       AND state IN ('approved','denied') ORDER BY id LIMIT 1"
+                ),
+                params![task, json],
+                Approval::from_row,
+            )
+            .optional()
+            .map_err(|e| super::sqlite(&path, e))?;
+        let now = now_ms();
+        let out = match reusable {
+            Some(a) => {
+                tx.execute("UPDATE approvals SET used = 1 WHERE id = ?1", [a.id])
+                    .map_err(|e| super::sqlite(&path, e))?;
+                let answer = a.answer().unwrap_or(ApprovalAnswer {
+                    approved: false,
+                    by: "agentd".into(),
+                    note: None,
+                });
+                journal(
+                    &tx,
+                    task,
+                    attempts,
+                    "approval",
+                    serde_json::json!({"id": a.id, "subject": subject, "reused": true, "approved": answer.approved}),
+                    now,
+                )
+                .map_err(|e| super::sqlite(&path, e))?;
+                Asked::Answered(a, answer)
+            }
+            None => {
+                tx.execute(
+                    "INSERT INTO approvals (task_id, agent, subject, state, asked_at, timeout_at, on_timeout)
+                     VALUES (?1, ?2, ?3, 'pending', ?4, ?5, ?6)",
+                    params![task, agent, json, now, now + timeout_ms, on_timeout],
+                )
+                .map_err(|e| super::sqlite(&path, e))?;
+                let id = tx.last_insert_rowid();
+                tx.execute("UPDATE tasks SET state = 'waiting' WHERE id = ?1", [task])
+                    .map_err(|e| super::sqlite(&path, e))?;
+                journal(
+                    &tx,
+                    task,
+                    attempts,
+                    "approval",
+                    serde_json::json!({"id": id, "subject": subject, "timeout_at": now + timeout_ms, "on_timeout": on_timeout}),
+                    now,
+                )
+                .map_err(|e| super::sqlite(&path, e))?;
+                let a = tx
+                    .query_row(
+                        &format!("SELECT {COLUMNS} FROM approvals WHERE id = ?1"),
+                        [id],
+                        Approval::from_row,
+                    )
+                    .map_err(|e| super::sqlite(&path, e))?;
+                Asked::Pending(a)
+            }
+        };
+        tx.commit().map_err(|e| super::sqlite(&path, e))?;
+        Ok(out)
+    }
+
+    /// Answers a pending approval and journals it. The task goes on: back
+    /// to `running` under `live_lease` when its runner still waits for the
+    /// answer (the answer is then used), else back to `queued` to run again
+    /// (the answer kept for that run).
+    pub fn answer_approval(
+        &mut self,
+        id: i64,
+        answer: &ApprovalAnswer,
+        live_lease: Option<&Lease>,
+    ) -> Result<Approval> {
+        let path = self.path.clone();
+        let tx = self.conn.transaction().map_err(|e| super::sqlite(&path, e))?;
+        let a: Approval = tx
+            .query_row(
+                &format!("SELECT {COLUMNS} FROM approvals WHERE id = ?1"),
+                [id],
+                Approval::from_row,
+            )
+            .optional()
+            .map_err(|e| super::sqlite(&path, e))?
+            .ok_or(LedgerError::NoSuchApproval(id))?;
+        if a.state != "pending" {
+            return Err(LedgerError::ApprovalAnswered {
+                id,
+                state: a.state.clone(),
+            });
+        }
+        let now = now_ms();
+        let state = if answer.approved { "approved" } else { "denied" };
+        let used = i64::from(live_lease.is_some());
+        tx.execute(
+            "UPDATE approvals SET state = ?2, answered_at = ?3, answered_by = ?4, note = ?5, used = ?6 WHERE id = ?1",
+            params![id, state, now, answer.by, answer.note, used],
+        )
+        .map_err(|e| super::sqlite(&path, e))?;
+        let attempts: i64 = tx
+            .query_row("SELECT attempts FROM tasks WHERE id = ?1", [a.task], |r| r.get(0))
+            .map_err(|e| super::sqlite(&path, e))?;
+        journal(
+            &tx,
+            a.task,
+            attempts,
+            "approval_answer",
+            serde_json::json!({"id": id, "approved": answer.approved, "by": answer.by, "note": answer.note}),
+            now,
+        )
+        .map_err(|e| super::sqlite(&path, e))?;
+        match live_lease {
+            Some(lease) => tx.execute(
+                "UPDATE tasks SET state = 'running' WHERE id = ?1 AND state = 'waiting' AND lease = ?2",
+                params![a.task, lease],
+            ),
+            None => tx.execute(
+                "UPDATE tasks SET state = 'queued', lease = NULL WHERE id = ?1 AND state = 'waiting'",
+                [a.task],
+            ),
+        }
+        .map_err(|e| super::sqlite(&path, e))?;
+        tx.commit().map_err(|e| super::sqlite(&path, e))?;
+        Ok(Approval {
+            state: state.into(),
+            answered_at: Some(now),
+            answered_by: Some(answer.by.clone()),
+            note: answer.note.clone(),
+            ..a
+        })
+    }
+
+    /// Pending approvals, oldest first (of one agent, or all).
+    pub fn pending_approvals(&self, agent: Option<&str>) -> Result<Vec<Approval>> {
+        let mut stmt = self
+            .conn
+            .prepare(&format!(
+                "SELECT {COLUMNS} FROM approvals WHERE state = 'pending' AND (?1 IS NULL OR agent = ?1) ORDER BY id"
+            ))
+            .map_err(|e| self.err(e))?;
+        let rows = stmt
+            .query_map(params![agent], Approval::from_row)
+            .map_err(|e| self.err(e))?;
+        rows.collect::<rusqlite::Result<Vec<_>>>().map_err(|e| self.err(e))
+    }
+
+    pub fn approval(&self, id: i64) -> Result<Approval> {
+        self.conn
+            .query_row(
+                &format!("SELECT {COLUMNS} FROM approvals WHERE id = ?1"),
+                [id],
+                Approval::from_row,
+            )
+            .optional()
+            .map_err(|e| self.err(e))?
+            .ok_or(LedgerError::NoSuchApproval(id))
+    }
+}
+
+fn journal(
+    tx: &rusqlite::Transaction,
+    task: TaskId,
+    attempt: i64,
+    kind: &str,
+    payload: serde_json::Value,
+    now: i64,
+) -> rusqlite::Result<()> {
+    let seq: i64 = tx.query_row(
+        "SELECT coalesce(max(seq), 0) + 1 FROM steps WHERE task_id = ?1",
+        [task],
+        |r| r.get(0),
+    )?;
+    tx.execute(
+        "INSERT INTO steps (task_id, seq, attempt, kind, payload, created_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+        params![task, seq, attempt, kind, payload.to_string(), now],
+    )?;
+    Ok(())
+}
