@@ -3,8 +3,10 @@
 //! next to the config (`sandbox/NAME.yaml`) and then among the built-in
 //! ones, read once per load.
 //!
-//! This module owns the policy keys (`backend`, `best_effort`, `network`,
-//! `read_only`, `writable`, `timeout`, `limits`) and is the one reader of
+//! This module owns the policy keys (`backend`, `best_effort`, `network` —
+//! a bool or domain rules `{allow, deny, resolve, max_bytes,
+//! max_connections}`, refused under landlock and none —, `read_only`,
+//! `writable`, `timeout`, `limits`) and is the one reader of
 //! profile files, for the loader and `agentd sandbox` alike. It must never
 //! apply a policy: [`crate::sandbox`] does, in the forked child only.
 

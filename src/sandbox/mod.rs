@@ -19,7 +19,9 @@
 //! Where things live: [`landlock`] builds rulesets, [`bwrap`] builds
 //! bubblewrap command lines, [`helper`] is bwrap+landlock's inner half,
 //! [`seccomp`] is the system-call policy of every backend, `limits` is
-//! everything between fork and exec, [`output`] caps captured output;
+//! everything between fork and exec, [`output`] caps captured output,
+//! [`egress`] is domain-rule networking (a per-run proxy started in
+//! `prepare`, finished after the run, its records in [`RunOutcome`]);
 //! `agentd sandbox run` is [`crate::cli::sandbox`] and workdir archives are
 //! [`crate::snapshots::archive`]. Containment: [`cgroup`] gives each run a
 //! cgroup, [`contain`] ties runs to their agent and state dir and cleans
