@@ -582,3 +582,44 @@ async fn a_name_dns_points_at_loopback_is_refused_unless_pinned() {
         refused.egress
     );
 }
+
+#[tokio::test(flavor = "current_thread")]
+async fn killing_the_relay_and_taking_its_port_leads_nowhere() {
+    let server = HttpServer::start("relay");
+    let wd = crate::support::sandbox_workdir("egress-");
+    let p = server.port;
+    // The relay runs as the code's user: find it, use it once (control),
+    // kill it, listen on its port, and try every way out again.
+    let script = format!(
+        r#"
+import os, signal, socket, subprocess, time
+def fetch(extra=[]):
+    r = subprocess.run(['curl', '-sS', '--max-time', '5'] + extra + ['http://allowed.test:{p}/'], capture_output=True, text=True)
+    return r.stdout.strip() or 'failed'
+print('before:', fetch())
+for pid in os.listdir('/proc'):
+    if pid.isdigit() and int(pid) != os.getpid():
+        try:
+            cmd = open('/proc/%s/cmdline' % pid, 'rb').read()
+        except OSError:
+            continue
+        if cmd.split(b'\0')[1:2] == [b'__sandbox-relay']:
+            os.kill(int(pid), signal.SIGKILL)
+            print('killed relay')
+time.sleep(0.2)
+ls = socket.socket(); ls.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1); ls.bind(('127.0.0.1', 3128)); ls.listen(1)
+print('took port')
+print('after:', fetch())
+print('direct:', fetch(['--noproxy', '*', '--resolve', 'allowed.test:{p}:127.0.0.1']))
+"#
+    );
+    // bwrap alone: under bwrap+landlock the code cannot even list /proc.
+    let mut p = web_policy();
+    p.backend = Backend::Bwrap;
+    let o = run(&p, wd.path(), &py(&script)).await;
+    assert_eq!(
+        o.stdout, "before: hello from relay\nkilled relay\ntook port\nafter: failed\ndirect: failed\n",
+        "{o:?}"
+    );
+    assert_eq!(server.requests().len(), 1, "only the proxied request arrived");
+}
