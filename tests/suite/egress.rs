@@ -294,7 +294,10 @@ impl TlsServer {
                 "-subj",
                 "/CN=allowed.test",
             ])
-            .args(["-addext", "subjectAltName=DNS:allowed.test,DNS:liar.test"])
+            .args([
+                "-addext",
+                "subjectAltName=DNS:allowed.test,DNS:liar.test,DNS:denied.test",
+            ])
             .arg("-keyout")
             .arg(&key)
             .arg("-out")
@@ -373,6 +376,25 @@ async fn allowed_https_is_reached_and_a_lying_sni_is_refused() {
     )
     .await;
     assert_eq!(urllib.stdout, "hello over tls\n", "{urllib:?}");
+
+    // CONNECT is matched on its authority: a denied name gets no tunnel
+    // (control: the same command without the sandbox reaches the server).
+    let denied = sh(&format!(
+        "curl -sS --max-time 20 --cacert cert.pem --resolve denied.test:{p}:127.0.0.1 https://denied.test:{p}/"
+    ));
+    let control = run(&control_policy(), wd.path(), &denied).await;
+    assert_eq!(control.stdout, "hello over tls\n", "control: {control:?}");
+    let refused = run(&web_policy(), wd.path(), &denied).await;
+    assert!(refused.stderr.contains("403"), "{refused:?}");
+    let c = refused
+        .egress
+        .iter()
+        .find(|c| c.host == "denied.test")
+        .expect("recorded");
+    assert_eq!(
+        (c.method.as_str(), c.denied()),
+        ("CONNECT", Some("denied by rule deny denied.test"))
+    );
 
     // A tunnel opened for allowed.test carrying a handshake for liar.test
     // (which the rules would allow too, but not through this tunnel).
