@@ -16,7 +16,7 @@ use crate::sandbox::{self as sb, Backend};
 #[derive(Debug, Clone, clap::Args)]
 pub struct SandboxRunArgs {
     /// Profile name: `sandbox/NAME.yaml` next to the config, or built in
-    /// (default, strict, networked).
+    /// (default, strict, networked, web).
     #[arg(value_name = "PROFILE")]
     pub profile: String,
     /// Directory the command runs in, writable inside the sandbox
