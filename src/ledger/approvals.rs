@@ -273,14 +273,5 @@ fn journal(
     payload: serde_json::Value,
     now: i64,
 ) -> rusqlite::Result<()> {
-    let seq: i64 = tx.query_row(
-        "SELECT coalesce(max(seq), 0) + 1 FROM steps WHERE task_id = ?1",
-        [task],
-        |r| r.get(0),
-    )?;
-    tx.execute(
-        "INSERT INTO steps (task_id, seq, attempt, kind, payload, created_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-        params![task, seq, attempt, kind, payload.to_string(), now],
-    )?;
-    Ok(())
+    super::tasks::plain_step(tx, task, attempt, kind, &payload, None, now).map(drop)
 }

@@ -131,19 +131,9 @@ impl Ledger {
             params![task, now, by],
         )
         .map_err(|e| super::sqlite(&path, e))?;
-        let seq: i64 = tx
-            .query_row(
-                "SELECT coalesce(max(seq), 0) + 1 FROM steps WHERE task_id = ?1",
-                [task],
-                |r| r.get(0),
-            )
-            .map_err(|e| super::sqlite(&path, e))?;
         let payload = serde_json::json!({"by": by, "reason": reason, "was": was.as_str()});
-        tx.execute(
-            "INSERT INTO steps (task_id, seq, attempt, kind, payload, created_at) VALUES (?1, ?2, ?3, 'cancel', ?4, ?5)",
-            params![task, seq, attempts, payload.to_string(), now],
-        )
-        .map_err(|e| super::sqlite(&path, e))?;
+        super::tasks::plain_step(&tx, task, attempts, "cancel", &payload, None, now)
+            .map_err(|e| super::sqlite(&path, e))?;
         tx.commit().map_err(|e| super::sqlite(&path, e))?;
         Ok(Cancelled { task, agent, was })
     }

@@ -207,13 +207,7 @@ impl Ledger {
         let attempt = self.check_lease(task, lease)?;
         let path = self.path.clone();
         let tx = self.conn.transaction().map_err(|e| super::sqlite(&path, e))?;
-        let seq: i64 = tx
-            .query_row(
-                "SELECT coalesce(max(seq), 0) + 1 FROM steps WHERE task_id = ?1",
-                [task],
-                |r| r.get(0),
-            )
-            .map_err(|e| super::sqlite(&path, e))?;
+        let seq = next_seq(&tx, task).map_err(|e| super::sqlite(&path, e))?;
         tx.execute(
             "INSERT INTO steps (task_id, seq, attempt, kind, payload, input_tokens, output_tokens, latency_ms, created_at,
                                 model, cached_tokens)
@@ -433,25 +427,14 @@ impl Ledger {
             .optional()
             .map_err(|e| super::sqlite(&path, e))?
             .ok_or(LedgerError::NoSuchTask(task))?;
-        let seq: i64 = tx
-            .query_row(
-                "SELECT coalesce(max(seq), 0) + 1 FROM steps WHERE task_id = ?1",
-                [task],
-                |r| r.get(0),
-            )
-            .map_err(|e| super::sqlite(&path, e))?;
-        tx.execute(
-            "INSERT INTO steps (task_id, seq, attempt, kind, payload, latency_ms, created_at)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-            params![
-                task,
-                seq,
-                attempt,
-                step.kind.as_str(),
-                step.payload.to_string(),
-                step.latency_ms,
-                now_ms()
-            ],
+        let seq = plain_step(
+            &tx,
+            task,
+            attempt,
+            step.kind.as_str(),
+            &step.payload,
+            step.latency_ms,
+            now_ms(),
         )
         .map_err(|e| super::sqlite(&path, e))?;
         tx.commit().map_err(|e| super::sqlite(&path, e))?;
@@ -493,4 +476,34 @@ impl Ledger {
             .map_err(|e| self.err(e))?;
         rows.collect::<rusqlite::Result<Vec<_>>>().map_err(|e| self.err(e))
     }
+}
+
+/// The next sequence number of `task`'s journal, inside the transaction
+/// that writes the step.
+fn next_seq(tx: &rusqlite::Transaction, task: TaskId) -> rusqlite::Result<i64> {
+    tx.query_row(
+        "SELECT coalesce(max(seq), 0) + 1 FROM steps WHERE task_id = ?1",
+        [task],
+        |r| r.get(0),
+    )
+}
+
+/// Appends a journal step written by agentd itself (no tokens, no
+/// model: a cancellation, an approval, a notification) inside `tx`;
+/// returns its sequence number.
+pub(super) fn plain_step(
+    tx: &rusqlite::Transaction,
+    task: TaskId,
+    attempt: i64,
+    kind: &str,
+    payload: &serde_json::Value,
+    latency_ms: Option<i64>,
+    now: i64,
+) -> rusqlite::Result<i64> {
+    let seq = next_seq(tx, task)?;
+    tx.execute(
+        "INSERT INTO steps (task_id, seq, attempt, kind, payload, latency_ms, created_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+        params![task, seq, attempt, kind, payload.to_string(), latency_ms, now],
+    )?;
+    Ok(seq)
 }

@@ -44,16 +44,7 @@ impl Supervisor {
         }
         let Some(policy) = self.agents.get(name).and_then(|a| a.spec.approve.clone()) else {
             // The child asks only under a policy; without one, refuse.
-            self.send_answer(
-                name,
-                task,
-                &lease,
-                ApprovalAnswer {
-                    approved: false,
-                    by: "agentd".into(),
-                    note: Some("this agent has no approve: policy".into()),
-                },
-            );
+            self.refuse(name, task, &lease, "this agent has no approve: policy".into());
             return;
         };
         let timeout_ms = policy.timeout.as_millis() as i64;
@@ -101,18 +92,24 @@ impl Supervisor {
                 }
                 // Unrecorded, it cannot be answered: deny it rather than
                 // leave the task waiting forever.
-                self.send_answer(
+                self.refuse(
                     name,
                     task,
                     &lease,
-                    ApprovalAnswer {
-                        approved: false,
-                        by: "agentd".into(),
-                        note: Some(format!("the request could not be recorded: {}", e.short())),
-                    },
+                    format!("the request could not be recorded: {}", e.short()),
                 );
             }
         }
+    }
+
+    /// Denies a request agentd itself cannot put to an operator.
+    fn refuse(&self, name: &str, task: TaskId, lease: &Lease, why: String) {
+        let answer = ApprovalAnswer {
+            approved: false,
+            by: "agentd".into(),
+            note: Some(why),
+        };
+        self.send_answer(name, task, lease, answer);
     }
 
     fn send_answer(&self, name: &str, task: TaskId, lease: &Lease, answer: ApprovalAnswer) {

@@ -334,24 +334,11 @@ fn a_budget_with_on_exceed_stop_cancels_the_running_task() {
 fn approval_config(dir: &Path, base_url: &str, approve: &str, more: &str) -> PathBuf {
     let files = dir.join("files");
     std::fs::create_dir_all(&files).expect("files dir");
-    write(
+    config(
         dir,
-        "agentd.yaml",
+        base_url,
         &format!(
-            r#"shutdown_grace: 2s
-agents:
-  - name: worker
-    model: test-model
-    system_prompt: You work.
-    llm: {{base_url: "{base_url}", api_key_env: TEST_LLM_KEY, request_timeout: 60s, max_retries: 0}}
-    restart: {{backoff_min: 20ms, backoff_max: 100ms}}
-    sandbox: {{profile: default, timeout: 1m}}
-    mcp_servers:
-      - name: files
-        command: {bin}
-        args: [mcp-watch, "{files}"]
-    approve: {approve}
-{more}"#,
+            "    mcp_servers:\n      - name: files\n        command: {bin}\n        args: [mcp-watch, \"{files}\"]\n    approve: {approve}\n{more}",
             bin = crate::support::agentd_bin().display(),
             files = files.display(),
         ),
