@@ -168,6 +168,8 @@ pub enum StepKind {
     Fence,
     /// A tool call from sandboxed code through the tool bridge.
     Bridge,
+    /// A connection attempt from sandboxed code through the egress proxy.
+    Egress,
     /// The task was cancelled: by whom and why.
     Cancel,
     /// The task asked for an operator's approval (what would run, when).
@@ -189,6 +191,7 @@ impl StepKind {
             StepKind::ToolCallsCapped => "tool_calls_capped",
             StepKind::Fence => "fence",
             StepKind::Bridge => "bridge",
+            StepKind::Egress => "egress",
             StepKind::Cancel => "cancel",
             StepKind::Approval => "approval",
             StepKind::ApprovalAnswer => "approval_answer",
@@ -205,6 +208,7 @@ impl StepKind {
             "tool_calls_capped" => StepKind::ToolCallsCapped,
             "fence" => StepKind::Fence,
             "bridge" => StepKind::Bridge,
+            "egress" => StepKind::Egress,
             "cancel" => StepKind::Cancel,
             "approval" => StepKind::Approval,
             "approval_answer" => StepKind::ApprovalAnswer,
@@ -366,6 +370,7 @@ mod tests {
             StepKind::ToolCallsCapped,
             StepKind::Fence,
             StepKind::Bridge,
+            StepKind::Egress,
             StepKind::Cancel,
             StepKind::Approval,
             StepKind::ApprovalAnswer,

@@ -316,6 +316,11 @@ impl Runtime {
                 let results = fence::execute(&gated, &self.spec.sandbox, &self.workdir, &exposed).await;
                 let mut feedback = String::from("Results of your code blocks:\n");
                 for r in &results {
+                    if let fence::FenceOutcome::Ran(o) = &r.outcome {
+                        for c in &o.egress {
+                            job.step(StepKind::Egress, egress_payload(r.index, c), (0, 0), None);
+                        }
+                    }
                     let rendered = r.render_for_model();
                     let mut payload = json!({"block": r.tag, "line": r.span.line, "result": clip(&rendered)});
                     fence_facts(&mut payload, &r.outcome, self.spec.sandbox.backend.name());
@@ -491,4 +496,25 @@ fn clip_message(m: &mut ChatMessage) {
     if text.len() > STORED_TEXT {
         *text = clip_to(text, STORED_TEXT);
     }
+}
+
+/// The journal payload of one egress connection attempt.
+fn egress_payload(block: usize, c: &crate::sandbox::egress::Connection) -> Value {
+    use crate::sandbox::egress::Decision;
+    let (decision, rule) = match &c.decision {
+        Decision::Allowed { rule } => ("allowed", rule.as_str()),
+        Decision::Denied { reason } => ("denied", reason.as_str()),
+    };
+    json!({
+        "block": block,
+        "host": c.host,
+        "port": c.port,
+        "method": c.method,
+        "decision": decision,
+        "rule": rule,
+        "sent": c.sent,
+        "received": c.received,
+        "duration_ms": c.duration.as_millis() as u64,
+        "error": c.error,
+    })
 }

@@ -16,7 +16,7 @@ use crate::sandbox::{self as sb, Backend};
 #[derive(Debug, Clone, clap::Args)]
 pub struct SandboxRunArgs {
     /// Profile name: `sandbox/NAME.yaml` next to the config, or built in
-    /// (default, strict, networked).
+    /// (default, strict, networked, web).
     #[arg(value_name = "PROFILE")]
     pub profile: String,
     /// Directory the command runs in, writable inside the sandbox
@@ -80,6 +80,23 @@ pub fn run(args: &SandboxRunArgs) -> anyhow::Result<i32> {
     std::io::stdout().flush()?;
     let mut err = std::io::stderr();
     err.write_all(outcome.stderr.as_bytes())?;
+    for c in &outcome.egress {
+        let verdict = match &c.decision {
+            sb::egress::Decision::Allowed { rule } => format!("allowed ({rule})"),
+            sb::egress::Decision::Denied { reason } => format!("DENIED: {reason}"),
+        };
+        writeln!(
+            err,
+            "agentd sandbox: egress {} {}:{} {verdict}, {} B sent, {} B received, {:.3}s{}",
+            c.method,
+            c.host,
+            c.port,
+            c.sent,
+            c.received,
+            c.duration.as_secs_f64(),
+            c.error.as_deref().map(|e| format!(", {e}")).unwrap_or_default(),
+        )?;
+    }
     let status = match (outcome.exit_code, outcome.signal) {
         _ if outcome.timed_out => "timed out, killed".to_string(),
         (Some(c), _) => format!("exit {c}"),

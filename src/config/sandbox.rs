@@ -3,8 +3,10 @@
 //! next to the config (`sandbox/NAME.yaml`) and then among the built-in
 //! ones, read once per load.
 //!
-//! This module owns the policy keys (`backend`, `best_effort`, `network`,
-//! `read_only`, `writable`, `timeout`, `limits`) and is the one reader of
+//! This module owns the policy keys (`backend`, `best_effort`, `network` —
+//! a bool or domain rules `{allow, deny, resolve, max_bytes,
+//! max_connections}`, refused under landlock and none —, `read_only`,
+//! `writable`, `timeout`, `limits`) and is the one reader of
 //! profile files, for the loader and `agentd sandbox` alike. It must never
 //! apply a policy: [`crate::sandbox`] does, in the forked child only.
 
@@ -14,7 +16,8 @@ use marked_yaml::Node;
 
 use super::error::ConfigErrors;
 use super::load::{Loader, absolute, plain_error, resolve_path};
-use crate::sandbox::{Backend, SandboxPolicy};
+use crate::sandbox::egress::{Pattern, Rules, rules::DEFAULT_MAX_CONNECTIONS};
+use crate::sandbox::{Backend, Network, SandboxPolicy};
 use crate::yaml::{self, Cx, Map, is_null, parse, suggest};
 
 /// Profiles compiled into the binary, so `sandbox: default` works wherever
@@ -23,6 +26,7 @@ const BUILTIN_PROFILES: &[(&str, &str)] = &[
     ("default", include_str!("../../sandbox/default.yaml")),
     ("strict", include_str!("../../sandbox/strict.yaml")),
     ("networked", include_str!("../../sandbox/networked.yaml")),
+    ("web", include_str!("../../sandbox/web.yaml")),
 ];
 
 const POLICY_KEYS: &[&str] = &[
@@ -35,6 +39,7 @@ const POLICY_KEYS: &[&str] = &[
     "timeout",
     "limits",
 ];
+const NETWORK_KEYS: &[&str] = &["allow", "deny", "resolve", "max_bytes", "max_connections"];
 const POLICY_LIMIT_KEYS: &[&str] = &["cpu", "memory", "processes", "file_size", "open_files", "output"];
 
 /// Resolves a sandbox profile by name: `<config_dir>/sandbox/NAME.yaml`
@@ -217,8 +222,10 @@ fn decode_policy(cx: &mut Cx, node: &Node, path: &str, mut p: SandboxPolicy, inl
     if let Some(b) = map.bool(cx, "best_effort") {
         p.best_effort = b;
     }
-    if let Some(b) = map.bool(cx, "network") {
-        p.network = b;
+    if let Some(n) = map.get("network") {
+        if let Some(net) = decode_network(cx, n, &map.field("network")) {
+            p.network = net;
+        }
     }
     for key in ["read_only", "writable"] {
         let Some(n) = map.get(key) else { continue };
@@ -266,5 +273,93 @@ fn decode_policy(cx: &mut Cx, node: &Node, path: &str, mut p: SandboxPolicy, inl
             l.output_bytes = v;
         }
     }
+    if let Network::Domains(_) = p.network
+        && matches!(p.backend, Backend::Landlock | Backend::None)
+    {
+        let (span, field) = match (map.get("network"), map.get("backend")) {
+            (Some(n), _) | (None, Some(n)) => (
+                *n.span(),
+                map.field(if map.get("network").is_some() {
+                    "network"
+                } else {
+                    "backend"
+                }),
+            ),
+            (None, None) => (map.start(), map.field("network")),
+        };
+        cx.error_at(
+            &span,
+            &field,
+            format!(
+                "domain rules (network: {{allow, deny}}) need a network namespace, which backend {} does not \
+                 give: use backend bwrap or bwrap+landlock (e.g. profile web), or network: true",
+                p.backend.name()
+            ),
+        );
+    }
     (cx.errors.len() == before).then_some(p)
+}
+
+/// `network: true | false | {allow, deny, resolve, max_bytes,
+/// max_connections}`.
+fn decode_network(cx: &mut Cx, node: &Node, path: &str) -> Option<Network> {
+    if node.as_mapping().is_none() {
+        return cx.bool(node, path).map(|b| if b { Network::On } else { Network::Off });
+    }
+    let map = Map::open(cx, node, path, NETWORK_KEYS)?;
+    let before = cx.errors.len();
+    let mut rules = Rules {
+        max_connections: DEFAULT_MAX_CONNECTIONS,
+        ..Rules::default()
+    };
+    for key in ["allow", "deny"] {
+        let Some(n) = map.get(key) else { continue };
+        let mut patterns = Vec::new();
+        for (item, ip) in cx.list(n, &map.field(key), false) {
+            if let Some(s) = cx.non_empty_string(item, &ip)
+                && let Some(pat) = cx.check(item, &ip, Pattern::parse(&s))
+            {
+                patterns.push(pat);
+            }
+        }
+        if key == "allow" {
+            rules.allow = patterns;
+        } else {
+            rules.deny = patterns;
+        }
+    }
+    if let Some(n) = map.get("resolve") {
+        for (name, ip) in cx.string_map(n, &map.field("resolve")).unwrap_or_default() {
+            let f = format!("{}.{name}", map.field("resolve"));
+            let host = name.trim_end_matches('.').to_ascii_lowercase();
+            let parsed = ip
+                .parse::<std::net::IpAddr>()
+                .map_err(|_| format!("{ip:?} is not an IP address (network.resolve pins a name to an address)"));
+            let valid_name = Pattern::parse(&host)
+                .ok()
+                .filter(|p| p.port.is_none() && !p.host.contains('*'));
+            if valid_name.is_none() {
+                cx.error_at_node(n, &f, format!("{name:?} is not a host name"));
+            } else if let Some(ip) = cx.check(n, &f, parsed) {
+                rules.resolve.insert(host, ip);
+            }
+        }
+    }
+    if let Some(v) = map.size(cx, "max_bytes") {
+        rules.max_bytes = Some(v);
+    }
+    if let Some(v) = map.number::<usize>(cx, "max_connections", "a whole number") {
+        if v == 0 {
+            cx.error_at_node(node, &map.field("max_connections"), "must be at least 1");
+        }
+        rules.max_connections = v;
+    }
+    if rules.allow.is_empty() && cx.errors.len() == before {
+        cx.error_at(
+            &map.start(),
+            &map.field("allow"),
+            "domain rules with no allow list reach nothing; write network: false, or list hosts under allow",
+        );
+    }
+    (cx.errors.len() == before).then_some(Network::Domains(rules))
 }

@@ -68,6 +68,15 @@ impl FenceResult {
                     o.timed_out,
                     if o.truncated { ", output cut" } else { "" }
                 );
+                // Refusals teach the model the policy.
+                for c in &o.egress {
+                    if let Some(reason) = c.denied() {
+                        s.push_str(&format!(
+                            "network: {}:{} refused by the sandbox's egress policy: {reason}\n",
+                            c.host, c.port
+                        ));
+                    }
+                }
                 for (name, text) in [("stdout", &o.stdout), ("stderr", &o.stderr)] {
                     if text.is_empty() {
                         s.push_str(&format!("{name}: (empty)\n"));

@@ -19,7 +19,9 @@
 //! Where things live: [`landlock`] builds rulesets, [`bwrap`] builds
 //! bubblewrap command lines, [`helper`] is bwrap+landlock's inner half,
 //! [`seccomp`] is the system-call policy of every backend, `limits` is
-//! everything between fork and exec, [`output`] caps captured output;
+//! everything between fork and exec, [`output`] caps captured output,
+//! [`egress`] is domain-rule networking (a per-run proxy started in
+//! `prepare`, finished after the run, its records in [`RunOutcome`]);
 //! `agentd sandbox run` is [`crate::cli::sandbox`] and workdir archives are
 //! [`crate::snapshots::archive`]. Containment: [`cgroup`] gives each run a
 //! cgroup, [`contain`] ties runs to their agent and state dir and cleans
@@ -28,6 +30,7 @@
 pub mod bwrap;
 pub mod cgroup;
 pub mod contain;
+pub mod egress;
 pub mod helper;
 pub mod landlock;
 mod limits;
@@ -72,6 +75,10 @@ pub struct RunOutcome {
     /// did for a reason other than the timeout: the workdir quota.
     #[serde(default)]
     pub stopped: Option<String>,
+    /// Every connection attempt through the egress proxy (domain rules
+    /// only), in the order they ended.
+    #[serde(default)]
+    pub egress: Vec<egress::Connection>,
 }
 
 impl RunOutcome {
@@ -116,6 +123,13 @@ pub enum SandboxError {
     PrivateTmp(std::io::Error),
     #[error("seccomp program for bwrap: {0}")]
     SeccompFd(std::io::Error),
+    #[error(
+        "network domain rules need a network namespace: use backend bwrap or bwrap+landlock \
+         (backend {0} cannot keep code from the network around the proxy)"
+    )]
+    EgressNeedsNamespace(&'static str),
+    #[error("the egress proxy: {0}")]
+    Egress(std::io::Error),
     #[error("starting {program}: {source}")]
     Spawn { program: String, source: std::io::Error },
     #[error("waiting for {program}: {source}")]
@@ -175,8 +189,10 @@ struct Prepared {
     quota: Option<quota::Quota>,
     workdir: PathBuf,
     /// Descriptors that must stay open until the spawn (bwrap's seccomp
-    /// programs).
+    /// programs, the egress dialer).
     _keep: Vec<OwnedFd>,
+    /// The run's egress proxy (domain rules only).
+    proxy: Option<egress::Proxy>,
 }
 
 /// Decides everything about a run in the parent: who runs it, what it
@@ -206,6 +222,11 @@ fn prepare(policy: &SandboxPolicy, workdir: &Path, argv: &[String], extra: &Expo
         }
     }
 
+    if let Network::Domains(_) = policy.network
+        && matches!(policy.backend, Backend::Landlock | Backend::None)
+    {
+        return Err(SandboxError::EgressNeedsNamespace(policy.backend.name()));
+    }
     // SAFETY: geteuid cannot fail.
     let identity = Identity::for_run(unsafe { libc::geteuid() }, extra.user, (meta.uid(), meta.gid()))?;
     if policy.backend == Backend::None {
@@ -221,6 +242,9 @@ fn prepare(policy: &SandboxPolicy, workdir: &Path, argv: &[String], extra: &Expo
         .map(|t| t.path.clone())
         .unwrap_or_else(|| PathBuf::from("/tmp"));
     let mut env = minimal_env(&workdir, &tmpdir);
+    if let Network::Domains(_) = policy.network {
+        env.extend(egress::proxy_env());
+    }
     for (k, v) in &extra.env {
         env.retain(|(name, _)| name != k);
         env.push((k.clone(), v.clone()));
@@ -245,6 +269,7 @@ fn prepare(policy: &SandboxPolicy, workdir: &Path, argv: &[String], extra: &Expo
         setup.inherit(fd.as_raw_fd());
     }
     let mut keep = Vec::new();
+    let mut proxy = None;
     let mut cmd = match policy.backend {
         Backend::None => command(program, &argv[1..]),
         Backend::Landlock => {
@@ -252,18 +277,34 @@ fn prepare(policy: &SandboxPolicy, workdir: &Path, argv: &[String], extra: &Expo
                 read_only,
                 writable: writable(),
             };
-            let rules = landlock::Requirements::landlock_only(policy.network);
+            let rules = landlock::Requirements::landlock_only(policy.network.sockets());
             setup.with_landlock(
                 landlock::build(&allowed, &rules, policy.best_effort)?,
                 policy.best_effort,
             );
-            setup.with_seccomp(seccomp::policy(policy.network)?);
+            setup.with_seccomp(seccomp::policy(policy.network.sockets())?);
             command(program, &argv[1..])
         }
         Backend::Bwrap | Backend::BwrapLandlock => {
             let bwrap = bwrap::find()?;
             setup.for_bwrap();
             let mut bound = read_only;
+            // Domain rules: the relay goes in front of the command (after
+            // the landlock helper, so it is restricted too).
+            let argv = match &policy.network {
+                Network::Domains(rules) => {
+                    let (p, dialer) = egress::Proxy::start(rules.clone()).map_err(SandboxError::Egress)?;
+                    let helper = helper::helper_exe()?;
+                    bound.push(helper.clone());
+                    setup.inherit(dialer.as_raw_fd());
+                    let a = egress::relay::argv(&helper, dialer.as_raw_fd(), argv);
+                    keep.push(dialer);
+                    proxy = Some(p);
+                    a
+                }
+                Network::Off | Network::On => argv.to_vec(),
+            };
+            let argv = argv.as_slice();
             let inner = if policy.backend == Backend::BwrapLandlock {
                 // Inside bwrap, the helper restricts itself and execs argv.
                 let helper = helper::helper_exe()?;
@@ -272,12 +313,12 @@ fn prepare(policy: &SandboxPolicy, workdir: &Path, argv: &[String], extra: &Expo
                     writable: writable(),
                 };
                 bound.push(helper.clone());
-                helper::argv(&helper, &allowed, policy.network, policy.best_effort, argv)
+                helper::argv(&helper, &allowed, policy.network.sockets(), policy.best_effort, argv)
             } else {
                 argv.to_vec()
             };
             let mut seccomp_fds = Vec::new();
-            for program in seccomp::policy(policy.network)?.programs() {
+            for program in seccomp::policy(policy.network.sockets())?.programs() {
                 let fd = program_fd(program)?;
                 setup.inherit(fd.as_raw_fd());
                 seccomp_fds.push(fd.as_raw_fd());
@@ -287,7 +328,7 @@ fn prepare(policy: &SandboxPolicy, workdir: &Path, argv: &[String], extra: &Expo
                 read_only: &bound,
                 writable: &policy.writable,
                 workdir: &workdir,
-                network: policy.network,
+                network: policy.network.shares_host(),
                 seccomp_fds: &seccomp_fds,
             };
             let mut c = tokio::process::Command::new(bwrap);
@@ -317,6 +358,7 @@ fn prepare(policy: &SandboxPolicy, workdir: &Path, argv: &[String], extra: &Expo
         quota: extra.containment.quota(),
         workdir,
         _keep: keep,
+        proxy,
     })
 }
 
@@ -350,6 +392,7 @@ async fn supervise(prepared: Prepared, policy: &SandboxPolicy) -> Result<RunOutc
         quota,
         workdir,
         _keep,
+        proxy,
     } = prepared;
     let mut quota = match quota {
         Some(q) => {
@@ -438,6 +481,10 @@ async fn supervise(prepared: Prepared, policy: &SandboxPolicy) -> Result<RunOutc
     // never signalled.
     group.0 = None;
     drop(private_tmp);
+    let egress = match proxy {
+        Some(p) => p.finish().await,
+        None => Vec::new(),
+    };
 
     let (stdout, cut_out) = out.into_text();
     let (stderr, cut_err) = err.into_text();
@@ -450,6 +497,7 @@ async fn supervise(prepared: Prepared, policy: &SandboxPolicy) -> Result<RunOutc
         timed_out,
         truncated: cut_out || cut_err,
         stopped,
+        egress,
     })
 }
 

@@ -71,7 +71,7 @@ pub struct SandboxPolicy {
     pub backend: Backend,
     pub read_only: Vec<PathBuf>,
     pub writable: Vec<PathBuf>,
-    pub network: bool,
+    pub network: Network,
     /// Run even when the kernel cannot enforce every landlock rule.
     pub best_effort: bool,
     pub timeout: Duration,
@@ -84,10 +84,37 @@ impl Default for SandboxPolicy {
             backend: Backend::Landlock,
             read_only: Vec::new(),
             writable: Vec::new(),
-            network: false,
+            network: Network::Off,
             best_effort: false,
             timeout: Duration::from_secs(60),
             limits: ResourceLimits::default(),
         }
+    }
+}
+
+/// What network a run gets.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Network {
+    /// None at all (`network: false`).
+    Off,
+    /// Everything the host reaches (`network: true`).
+    On,
+    /// Only the hosts the rules name, through agentd's egress proxy
+    /// (`network: {allow, deny, resolve}`); needs a bwrap backend.
+    Domains(super::egress::Rules),
+}
+
+impl Network {
+    /// Whether the code may make IPv4/IPv6 sockets (seccomp) and TCP
+    /// connections (Landlock). Under `Domains` they reach only `lo` of the
+    /// run's own network namespace.
+    pub fn sockets(&self) -> bool {
+        !matches!(self, Network::Off)
+    }
+
+    /// Whether the run shares the host's network namespace.
+    pub fn shares_host(&self) -> bool {
+        matches!(self, Network::On)
     }
 }

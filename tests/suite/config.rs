@@ -311,7 +311,11 @@ fn inline_sandbox_policy_overrides_its_base_profile() {
     let a = &cfg.agents[0];
     assert_eq!(a.sandbox_profile, "inline");
     assert_eq!(a.sandbox.backend, Backend::Bwrap);
-    assert!(a.sandbox.network, "inherited from networked");
+    assert_eq!(
+        a.sandbox.network,
+        agentd::sandbox::Network::On,
+        "inherited from networked"
+    );
     assert_eq!(a.sandbox.timeout, Duration::from_secs(5));
     assert_eq!(a.sandbox.limits.memory_bytes, Some(256 << 20));
     assert_eq!(a.sandbox.writable, vec![std::path::PathBuf::from("/srv/out")]);
@@ -602,5 +606,34 @@ fn http_is_on_at_loopback_by_default_and_off_with_false() {
     assert_eq!(
         (w.secret_env.as_str(), w.headers[0].as_str(), w.max_body),
         ("H", "x-github-event", 1024 * 1024)
+    );
+}
+
+#[test]
+fn check_reports_bad_egress_rules_with_positions() {
+    let dir = tempdir();
+    let good = write(
+        dir.path(),
+        "good.yaml",
+        "agents:\n  - name: a\n    model: m\n    sandbox: {profile: web, network: {allow: [pypi.org, \"*.pythonhosted.org:443\"]}}\n",
+    );
+    let out = agentd(&["check", good.to_str().unwrap_or_default()]);
+    assert_eq!(out.status.code(), Some(0), "control: {}", stderr(&out));
+
+    let bad = write(
+        dir.path(),
+        "bad.yaml",
+        "agents:\n  - name: a\n    model: m\n    sandbox:\n      profile: web\n      network:\n        allow: [pypi.org, \"py pi.org\"]\n  - name: b\n    model: m\n    sandbox: {profile: default, network: {allow: [pypi.org]}}\n",
+    );
+    let out = agentd(&["check", bad.to_str().unwrap_or_default()]);
+    assert_eq!(out.status.code(), Some(1));
+    let e = stderr(&out);
+    assert!(
+        e.contains("bad.yaml:7:") && e.contains("agents[0].sandbox.network.allow[1]"),
+        "{e}"
+    );
+    assert!(
+        e.contains("bad.yaml:10:") && e.contains("need a network namespace"),
+        "{e}"
     );
 }

@@ -3,6 +3,7 @@ mod compat;
 mod config;
 mod containment;
 mod dashboard;
+mod egress;
 mod escape;
 mod fence;
 mod governance;

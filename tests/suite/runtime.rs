@@ -524,3 +524,64 @@ fn sandboxed_code_cannot_steer_agentd_through_the_control_socket() {
     assert!(!fence.contains("\\\"ok\\\":true"), "{fence}");
     assert_eq!(d.running_pid("reader"), pid, "the agent was not stopped");
 }
+
+#[test]
+fn egress_attempts_are_journaled_and_denials_reach_the_model() {
+    use std::io::{BufRead, BufReader, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = listener.local_addr().expect("addr").port();
+    std::thread::spawn(move || {
+        for mut conn in listener.incoming().flatten() {
+            let mut r = BufReader::new(conn.try_clone().expect("clone"));
+            let mut line = String::new();
+            while r.read_line(&mut line).unwrap_or(0) > 0 && line != "\r\n" {
+                line.clear();
+            }
+            let _ = conn.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 9\r\nConnection: close\r\n\r\nfetched!\n");
+        }
+    });
+    let code = format!(
+        "```bash:execute\ncurl -sS --max-time 20 http://allowed.test:{port}/; curl -sS --max-time 20 http://denied.test:{port}/ >/dev/null\n```"
+    );
+    let llm = LlmServer::start(vec![Reply::stream_text(&[&code]), Reply::stream_text(&["Done."])]);
+    let s = setup(
+        &llm.base_url(),
+        "    sandbox: {profile: web, backend: bwrap, network: {allow: [allowed.test], deny: [denied.test], resolve: {allowed.test: 127.0.0.1, denied.test: 127.0.0.1}}}\n",
+    );
+    let d = s.start_running();
+    std::fs::write(s.inbox.join("x.md"), "x").expect("write");
+    let t = wait_task(&d, |t| t.state.is_final(), "finished");
+    assert_eq!(t.state, TaskState::Succeeded, "{t:#?}\n{}", d.log_text());
+    let st = steps(&d.state_dir, t.id);
+    assert_eq!(kinds(&st), ["llm", "egress", "egress", "fence", "llm"], "{st:#?}");
+    let (allowed, denied) = (&st[1].payload, &st[2].payload);
+    assert_eq!(
+        (
+            allowed["host"].as_str(),
+            allowed["port"].as_u64(),
+            allowed["decision"].as_str()
+        ),
+        (Some("allowed.test"), Some(port as u64), Some("allowed"))
+    );
+    assert_eq!(allowed["rule"], "allow allowed.test");
+    assert!(allowed["received"].as_u64().unwrap_or(0) > 9, "{allowed}");
+    assert!(allowed["duration_ms"].is_u64(), "{allowed}");
+    assert_eq!(
+        (
+            denied["host"].as_str(),
+            denied["decision"].as_str(),
+            denied["rule"].as_str()
+        ),
+        (
+            Some("denied.test"),
+            Some("denied"),
+            Some("denied by rule deny denied.test")
+        )
+    );
+    let feedback = llm.requests()[1].json()["messages"].to_string();
+    assert!(feedback.contains("fetched!"), "{feedback}");
+    assert!(
+        feedback.contains("denied.test:") && feedback.contains("refused by the sandbox's egress policy"),
+        "{feedback}"
+    );
+}

@@ -472,7 +472,7 @@ fn shipped_profiles_decode_with_the_documented_backends() {
         ("networked", Backend::Landlock, true),
     ] {
         let (p, _) = agentd::config::resolve_sandbox_profile(name, None).expect(name);
-        assert_eq!((p.backend, p.network), (backend, network), "{name}");
+        assert_eq!((p.backend, p.network.shares_host()), (backend, network), "{name}");
         assert!(!p.best_effort, "{name}");
         assert!(p.read_only.contains(&PathBuf::from("/usr")), "{name}");
         assert!(
