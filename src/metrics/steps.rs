@@ -79,6 +79,7 @@ impl StepFacts {
             | StepKind::Approval
             | StepKind::ApprovalAnswer
             | StepKind::Notify
+            | StepKind::Egress
             | StepKind::Other(_) => StepFacts::None,
         }
     }
