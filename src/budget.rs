@@ -57,6 +57,17 @@ pub struct Price {
     pub cached_input: f64,
 }
 
+impl Price {
+    /// USD for one call's tokens (`cached` is the part of `input` served
+    /// from the provider's cache).
+    pub fn cost(&self, input: i64, output: i64, cached: i64) -> f64 {
+        let cached = cached.clamp(0, input.max(0));
+        let fresh = input.max(0) - cached;
+        (fresh as f64 * self.input + cached as f64 * self.cached_input + output.max(0) as f64 * self.output)
+            / 1_000_000.0
+    }
+}
+
 /// `prices:`, over the built-in [`DEFAULT_PRICES`].
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Prices(pub BTreeMap<String, Price>);
@@ -108,12 +119,7 @@ impl Prices {
     /// What one call cost, or `None` for a model without a price.
     pub fn cost(&self, u: &LlmUsage) -> Option<f64> {
         let p = self.get(u.model.as_deref()?)?;
-        let cached = u.cached_tokens.clamp(0, u.input_tokens.max(0));
-        let fresh = u.input_tokens.max(0) - cached;
-        Some(
-            (fresh as f64 * p.input + cached as f64 * p.cached_input + u.output_tokens.max(0) as f64 * p.output)
-                / 1_000_000.0,
-        )
+        Some(p.cost(u.input_tokens, u.output_tokens, u.cached_tokens))
     }
 }
 

@@ -124,9 +124,10 @@ pub struct Metrics {
     pub mcp_reconnects: Family<ServerLabels, Counter>,
     pub ledger_duration: Histogram,
     pub trace_spans_dropped: Counter,
-    // Governance (issue 15) adds its metrics here when it lands:
-    // `agentd_model_cost_usd_total{agent,model}` beside the token counters
-    // and `agentd_approvals_pending{agent}` beside `queue_depth`.
+    /// USD spent on model calls, from `prices:` (models without a price
+    /// add nothing).
+    pub model_cost: Family<ModelLabels, Counter<f64, std::sync::atomic::AtomicU64>>,
+    pub approvals_pending: Family<AgentLabels, Gauge>,
     /// Tool names seen per agent, for the cap.
     tools_seen: Mutex<BTreeMap<String, BTreeSet<String>>>,
 }
@@ -164,9 +165,21 @@ impl Metrics {
             mcp_reconnects: Family::default(),
             ledger_duration: fast_buckets(),
             trace_spans_dropped: Counter::default(),
+            model_cost: Family::default(),
+            approvals_pending: Family::default(),
             tools_seen: Mutex::new(BTreeMap::new()),
             registry: Registry::default(),
         };
+        r.register(
+            "model_cost_usd",
+            "USD spent on model calls by model, priced from prices: (unpriced models add nothing)",
+            m.model_cost.clone(),
+        );
+        r.register(
+            "approvals_pending",
+            "Approval requests waiting for an answer, per agent (refreshed at each scrape)",
+            m.approvals_pending.clone(),
+        );
         r.register(
             "build",
             "agentd's version (always 1)",
@@ -357,6 +370,27 @@ impl Metrics {
         }
     }
 
+    /// Sets the pending approvals per agent; agents without any read 0.
+    pub fn refresh_approvals(&self, agents: &[&str], pending: &BTreeMap<String, i64>) {
+        self.approvals_pending.clear();
+        for agent in agents {
+            self.approvals_pending
+                .get_or_create(&AgentLabels {
+                    agent: (*agent).to_owned(),
+                })
+                .set(pending.get(*agent).copied().unwrap_or(0));
+        }
+    }
+
+    /// Adds what one model call cost.
+    pub fn model_cost(&self, agent: &str, model: &str, usd: f64) {
+        let l = ModelLabels {
+            agent: agent.to_owned(),
+            model: model.to_owned(),
+        };
+        self.model_cost.get_or_create(&l).inc_by(usd);
+    }
+
     /// Counts what one journal step says happened.
     pub fn step(&self, agent: &str, model: &str, facts: &StepFacts) {
         steps::count(self, agent, model, facts);
@@ -377,6 +411,22 @@ mod tests {
         // Known names keep their label; another agent has its own room.
         assert_eq!(m.tool_label("a", "t0"), "t0");
         assert_eq!(m.tool_label("b", "one_too_many"), "one_too_many");
+    }
+
+    #[test]
+    fn cost_and_pending_approvals_render_per_agent() {
+        let m = Metrics::new();
+        m.model_cost("a", "gpt-4o", 0.25);
+        m.model_cost("a", "gpt-4o", 0.5);
+        let pending: BTreeMap<String, i64> = [("a".to_owned(), 2)].into();
+        m.refresh_approvals(&["a", "b"], &pending);
+        let text = m.render();
+        assert!(
+            text.contains("agentd_model_cost_usd_total{agent=\"a\",model=\"gpt-4o\"} 0.75"),
+            "{text}"
+        );
+        assert!(text.contains("agentd_approvals_pending{agent=\"a\"} 2"), "{text}");
+        assert!(text.contains("agentd_approvals_pending{agent=\"b\"} 0"), "{text}");
     }
 
     #[test]

@@ -251,6 +251,17 @@ impl Supervisor {
             agents.push((name.as_str(), a.life.name(), queued));
         }
         self.metrics.refresh(&Lifecycle::NAMES, &agents);
+        let mut pending = std::collections::BTreeMap::new();
+        for a in self
+            .ledger
+            .call(|l| l.pending_approvals(None))
+            .await
+            .unwrap_or_default()
+        {
+            *pending.entry(a.agent).or_insert(0) += 1;
+        }
+        let names: Vec<&str> = self.agents.keys().map(String::as_str).collect();
+        self.metrics.refresh_approvals(&names, &pending);
         self.metrics
             .trace_spans_dropped
             .inc_by(crate::telemetry::take_dropped());

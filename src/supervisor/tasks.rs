@@ -88,6 +88,13 @@ impl Supervisor {
             FromChild::Step { task, lease, step } => {
                 if let Some(a) = self.agents.get(name) {
                     self.metrics.step(name, &a.spec.model, &StepFacts::of(&step));
+                    if step.kind == crate::domain::StepKind::Llm
+                        && let Some(price) = self.cfg.prices.get(&a.spec.model)
+                    {
+                        let cached = step.payload["cached_tokens"].as_i64().unwrap_or(0);
+                        let usd = price.cost(step.input_tokens, step.output_tokens, cached);
+                        self.metrics.model_cost(name, &a.spec.model, usd);
+                    }
                 }
                 if self.watched.contains_key(&task) {
                     self.on_step(task, &step.kind, step.payload["name"].as_str());

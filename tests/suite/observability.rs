@@ -107,6 +107,9 @@ fn metrics_scraped_after_real_tasks_count_what_the_journal_shows() {
         "sk-test",
         Extra {
             max_retries: 3,
+            // One USD per million input tokens, two per million output:
+            // the cost counter must equal input + 2 × output millionths.
+            top: "prices:\n  test-model: {input: 1, output: 2}\n",
             ..Extra::default()
         },
     );
@@ -183,6 +186,10 @@ fn metrics_scraped_after_real_tasks_count_what_the_journal_shows() {
     assert!(input > 0 && output > 0, "{llm_steps:#?}");
     assert_eq!(value(&after, "agentd_model_input_tokens_total", &model), input as f64);
     assert_eq!(value(&after, "agentd_model_output_tokens_total", &model), output as f64);
+    let cost = value(&after, "agentd_model_cost_usd_total", &model);
+    let priced = (input + 2 * output) as f64 / 1_000_000.0;
+    assert!((cost - priced).abs() < 1e-9, "cost {cost}, priced {priced}");
+    assert_eq!(value(&after, "agentd_approvals_pending", &[("agent", "watcher")]), 0.0);
     assert_eq!(
         value(&after, "agentd_model_request_duration_seconds_count", &model),
         llm_steps.len() as f64

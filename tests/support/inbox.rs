@@ -23,6 +23,8 @@ pub struct Extra<'a> {
     pub system_prompt: Option<&'a str>,
     /// The model client's `max_retries`.
     pub max_retries: u32,
+    /// Top-level YAML lines (e.g. `prices:`), unindented.
+    pub top: &'a str,
 }
 
 pub struct InboxAgent {
@@ -49,7 +51,7 @@ impl InboxAgent {
             &format!(
                 r#"shutdown_grace: 2s
 state_dir: "{state}"
-agents:
+{top}agents:
   - name: {name}
     model: test-model
 {system_prompt}    llm: {{base_url: "{base_url}", api_key_env: TEST_LLM_KEY, request_timeout: 20s, max_retries: {retries}}}
@@ -69,6 +71,7 @@ agents:
                 server = extra.server,
                 subscription = extra.subscription,
                 agent = extra.agent,
+                top = extra.top,
             ),
         );
         InboxAgent {
