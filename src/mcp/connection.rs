@@ -422,7 +422,11 @@ async fn connect_with(
                 custom.insert(key, value);
             }
             let config = StreamableHttpClientTransportConfig::with_uri(url.as_str()).custom_headers(custom);
-            let transport = StreamableHttpClientTransport::from_config(config);
+            let http = super::traced_http::TracedHttp::new().map_err(|e| McpError::Connect {
+                server: name.clone(),
+                message: format!("cannot build an HTTP client: {e}"),
+            })?;
+            let transport = StreamableHttpClientTransport::with_client(http, config);
             let service = client
                 .serve_with_lifecycle(transport, lifecycle)
                 .await

@@ -54,6 +54,7 @@ mod connection;
 pub mod poll;
 pub mod subscribe;
 pub mod tools;
+mod traced_http;
 pub mod watch_server;
 
 use std::sync::Arc;

@@ -1,9 +1,14 @@
-"""A stdio MCP server (the Python SDK's FastMCP) with one tool,
-`trace_context`, that answers the `_meta.traceparent` its call carried
-(or "none"): what a traced MCP server would continue its trace from."""
+"""An MCP server (the Python SDK's FastMCP) that answers the trace context
+a tool call carried: `trace_context` the `_meta.traceparent` (or "none"),
+`trace_header` the `traceparent` HTTP header (or "none"; over stdio there
+is no header). Over stdio by default; `--http PORT` serves streamable HTTP
+on 127.0.0.1:PORT/mcp."""
+import sys
+
 from mcp.server.fastmcp import Context, FastMCP
 
-server = FastMCP("meta-echo")
+http_port = int(sys.argv[2]) if len(sys.argv) > 2 and sys.argv[1] == "--http" else None
+server = FastMCP("meta-echo", host="127.0.0.1", port=http_port or 8000)
 
 
 @server.tool()
@@ -14,4 +19,12 @@ def trace_context(ctx: Context) -> str:
     return str(extra.get("traceparent", "none"))
 
 
-server.run()
+@server.tool()
+def trace_header(ctx: Context) -> str:
+    """Returns the traceparent HTTP header of this call's request."""
+    request = ctx.request_context.request
+    headers = getattr(request, "headers", None)
+    return str(headers.get("traceparent", "none")) if headers is not None else "none"
+
+
+server.run(transport="streamable-http" if http_port else "stdio")

@@ -639,3 +639,72 @@ fn message_text_is_exported_only_when_the_opt_in_says_so() {
     );
     assert_eq!(tool["gen_ai.tool.call.arguments"], r#"{"path":"note.md"}"#);
 }
+
+/// A streamable-HTTP MCP server gets the tool call's trace context as the
+/// `traceparent` header too, equal to the `_meta.traceparent` in the body.
+#[test]
+fn an_http_mcp_server_gets_the_tool_calls_traceparent_as_a_header() {
+    let receiver = Receiver::start("answer");
+    let llm = LlmServer::start(vec![
+        Reply::stream_tool_calls(&[("c1", "trace_header", "{}"), ("c2", "trace_context", "{}")]),
+        Reply::stream_text(&["Done."]),
+    ]);
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port");
+    let mut server = std::process::Command::new(python_peer("python"))
+        .arg(peers_dir().join("meta_echo.py"))
+        .args(["--http", &port.to_string()])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("start the HTTP MCP server");
+    let up = wait_for(Duration::from_secs(30), || {
+        std::net::TcpStream::connect(("127.0.0.1", port)).ok().map(drop)
+    });
+    assert!(up.is_some(), "the HTTP MCP server did not come up");
+    let echo = format!("      - {{name: echo, type: http, url: \"http://127.0.0.1:{port}/mcp\"}}");
+    let s = InboxAgent::new(
+        "tracer",
+        &llm.base_url(),
+        "sk-test",
+        Extra {
+            server: &echo,
+            ..Extra::default()
+        },
+    );
+    let endpoint = receiver.endpoint();
+    let d = Daemon::start(
+        &s.config,
+        &s.state(),
+        &[("TEST_LLM_KEY", "sk-test"), ("OTEL_EXPORTER_OTLP_ENDPOINT", &endpoint)],
+    );
+    d.running_pid("tracer");
+    let r = d.request(&Request::Send {
+        agent: "tracer".into(),
+        text: "where are you?".into(),
+        wait: true,
+    });
+    let _ = server.kill();
+    let _ = server.wait();
+    assert!(
+        r.ok && r.result.as_ref().is_some_and(|v| v["state"] == "succeeded"),
+        "{r:?}\n{}",
+        d.log_text()
+    );
+    let journal = all_steps(&d);
+    let result_of = |tool: &str| {
+        journal
+            .iter()
+            .find(|s| s.kind == "tool" && s.payload["name"] == tool)
+            .map(|s| s.payload["result"].to_string())
+            .unwrap_or_else(|| panic!("no {tool} call: {journal:#?}"))
+    };
+    let (header, meta) = (result_of("trace_header"), result_of("trace_context"));
+    assert!(header.contains("00-"), "the header: {header}");
+    assert!(meta.contains("00-"), "the _meta: {meta}");
+    // Both calls are in the same task's trace: the same trace id.
+    let trace_id = |s: &str| s.split('-').nth(1).map(str::to_owned);
+    assert_eq!(trace_id(&header), trace_id(&meta), "{header} vs {meta}");
+}
