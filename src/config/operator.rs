@@ -81,18 +81,12 @@ fn decode_one_notify(cx: &mut Cx, node: &Node, path: &str) -> Option<NotifySpec>
             let mut on = Vec::new();
             for (item, p) in cx.list(n, &map.field("on"), true) {
                 let Some(s) = cx.string(item, &p) else { continue };
-                match TaskState::parse(&s).filter(|s| s.is_final()) {
+                match TaskState::parse(&s).filter(|s| s.is_final() || *s == TaskState::Waiting) {
                     Some(state) => on.push(state),
-                    None if s == "waiting" => cx.error_at_node(
-                        item,
-                        &p,
-                        "notifying on \"waiting\" (a task stopped for an approval) is not built yet; \
-                         expected succeeded, failed or cancelled",
-                    ),
                     None => cx.error_at_node(
                         item,
                         &p,
-                        format!("unknown event {s:?}; expected succeeded, failed or cancelled"),
+                        format!("unknown event {s:?}; expected succeeded, failed, cancelled or waiting"),
                     ),
                 }
             }

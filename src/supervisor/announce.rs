@@ -73,10 +73,37 @@ impl Supervisor {
             "error": error.map(|e| clip(e, 4096)),
             "at": chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
         });
+        self.notify(agent, task, state, format!("{task}-{state}"), event);
+    }
+
+    /// A task waits for an operator's approval: `notify:` receivers that
+    /// listen for `waiting` hear what it asks and how to answer.
+    pub(super) fn announce_waiting(&self, agent: &str, approval: &crate::ledger::Approval) {
+        let task = approval.task;
+        let event = json!({
+            "event": "task.waiting",
+            "agent": agent,
+            "task": task,
+            "state": TaskState::Waiting,
+            "approval": {
+                "id": approval.id,
+                "asks": clip(&approval.subject.summary(), 4096),
+                "timeout_at": approval.timeout_at,
+                "on_timeout": approval.on_timeout,
+            },
+            "at": chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+        });
+        let delivery = format!("{task}-waiting-{}", approval.id);
+        self.notify(agent, task, TaskState::Waiting, delivery, event);
+    }
+
+    /// Sends `event` to every receiver listening for `state`, each
+    /// attempt journaled on the task.
+    fn notify(&self, agent: &str, task: TaskId, state: TaskState, delivery: String, event: serde_json::Value) {
         for spec in self.cfg.notify.iter().filter(|n| n.on.contains(&state)) {
             let events = self.events.clone();
             let agent = agent.to_owned();
-            crate::notify::spawn(spec.clone(), format!("{task}-{state}"), event.clone(), move |step| {
+            crate::notify::spawn(spec.clone(), delivery.clone(), event.clone(), move |step| {
                 let _ = events.send(Event::Noted {
                     agent: agent.clone(),
                     task,

@@ -68,6 +68,7 @@ impl Supervisor {
                     a.id
                 ));
                 self.arm_approval_timeout(&a);
+                self.announce_waiting(name, &a);
             }
             Ok(Asked::Answered(a, answer)) => {
                 tracing::info!(

@@ -565,7 +565,6 @@ fn http_notify_and_webhook_errors_name_their_field_and_position() {
     let want = [
         "1:16: http.listen: \"nonsense\" is not an address to listen on",
         "3:11: notify[0].url: \"ftp://x\" is not an http(s) URL",
-        "3:27: notify[0].on[0]: notifying on \"waiting\" (a task stopped for an approval) is not built yet",
         "3:36: notify[0].on[1]: unknown event \"done\"",
         "notify[0].timeout: timeout must be more than 0",
         "agents[0].webhook.secret_env: missing required field",

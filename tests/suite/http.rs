@@ -760,3 +760,67 @@ fn get_metrics_serves_what_agentd_metrics_prints_after_a_task() {
         2.0
     );
 }
+
+/// `notify: on: [waiting]`: a task that stops for an approval is posted,
+/// signed, with what it asks and how to answer; the attempt is journaled.
+#[test]
+fn a_task_waiting_for_an_approval_is_notified() {
+    let hook = Receiver::start(vec![200]);
+    let llm = LlmServer::start(vec![
+        Reply::stream_tool_calls(&[("c1", "write_file", r#"{"path": "out.md", "content": "x"}"#)]),
+        Reply::stream_text(&["Done."]),
+    ]);
+    let dir = tempdir();
+    let files = dir.path().join("files");
+    std::fs::create_dir_all(&files).unwrap();
+    let cfg = write(
+        dir.path(),
+        "agentd.yaml",
+        &format!(
+            r#"shutdown_grace: 2s
+http: {{listen: "127.0.0.1:0"}}
+notify:
+  - {{url: "{hook}", on: [waiting], secret_env: NOTIFY_SECRET}}
+agents:
+  - name: news
+    model: test-model
+    llm: {{base_url: "{base}", api_key_env: TEST_LLM_KEY, max_retries: 0}}
+    mcp_servers:
+      - {{name: files, command: {bin}, args: [mcp-watch, "{files}"]}}
+    approve: {{tools: [write_file], timeout: 10m}}
+  - name: mail
+    model: test-model
+    llm: {{base_url: "{base}", api_key_env: TEST_LLM_KEY, max_retries: 0}}
+"#,
+            hook = hook.url,
+            base = llm.base_url(),
+            bin = crate::support::agentd_bin().display(),
+            files = files.display(),
+        ),
+    );
+    let (d, api) = start(dir.path(), &cfg);
+    let sent = api.post("/api/v1/agents/news/messages", r#"{"text": "write it", "wait": false}"#);
+    let task = sent.json()["task"].as_i64().unwrap();
+    wait_for(Duration::from_secs(30), || (hook.count() >= 1).then_some(()))
+        .unwrap_or_else(|| panic!("no notification; log:\n{}", d.log_text()));
+    let (headers, body) = hook.got.lock().unwrap()[0].clone();
+    let ev: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(ev["event"], "task.waiting", "{ev}");
+    assert_eq!(ev["task"], task);
+    assert_eq!(ev["state"], "waiting");
+    assert!(ev["approval"]["asks"].as_str().unwrap().contains("write_file"), "{ev}");
+    let h = |k: &str| headers.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone()).unwrap();
+    assert_eq!(h("x-agentd-signature-256"), sign(NOTIFY_SECRET, &body));
+    let id = ev["approval"]["id"].as_i64().unwrap();
+    assert_eq!(h("x-agentd-delivery"), format!("{task}-waiting-{id}"));
+    // The receiver's answer path: approve over the API; the call runs.
+    let approved = api.post(&format!("/api/v1/approvals/{id}/approve"), r#"{"note": "ok"}"#);
+    assert_eq!(approved.status, 200, "{}", approved.body);
+    let done = wait_for(Duration::from_secs(30), || {
+        tasks(&d.state_dir)
+            .into_iter()
+            .find(|t| t.id.0 == task && t.state == agentd::domain::TaskState::Succeeded)
+    });
+    assert!(done.is_some(), "{}", d.log_text());
+    assert!(files.join("out.md").exists(), "the approved call ran");
+}
