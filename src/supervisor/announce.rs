@@ -76,10 +76,15 @@ impl Supervisor {
         self.notify(agent, task, state, format!("{task}-{state}"), event);
     }
 
-    /// A task waits for an operator's approval: `notify:` receivers that
-    /// listen for `waiting` hear what it asks and how to answer.
+    /// A task waits for an operator's approval: the feed hears of it, and
+    /// `notify:` receivers that listen for `waiting` hear what it asks and
+    /// how to answer.
     pub(super) fn announce_waiting(&self, agent: &str, approval: &crate::ledger::Approval) {
         let task = approval.task;
+        self.feed.publish(
+            "task",
+            json!({"agent": agent, "task": task, "state": TaskState::Waiting, "approval": approval.id}),
+        );
         let event = json!({
             "event": "task.waiting",
             "agent": agent,

@@ -1,8 +1,9 @@
 //! The dashboard in a real browser: headless Chromium, driven over
 //! WebDriver, against a real agentd and the scripted model server. It logs
 //! in with the link `agentd dashboard` prints, sees the agents, sends a
-//! message and sees the streamed reply appear, and pauses an agent with
-//! its button, all with the keyboard and the mouse as a person would.
+//! message and sees the streamed reply appear, pauses an agent, cancels a
+//! queued task and approves a waiting tool call with their buttons, all
+//! with the keyboard and the mouse as a person would.
 
 use std::path::Path;
 use std::time::Duration;
@@ -16,6 +17,7 @@ use crate::support::{agentd, stdout, tempdir, wait_for, write};
 const KEY: &str = "sk-test-dashboard-0123456789";
 
 fn start(dir: &Path, base_url: &str) -> Daemon {
+    std::fs::create_dir_all(dir.join("files")).expect("files dir");
     let cfg = write(
         dir,
         "agentd.yaml",
@@ -31,18 +33,30 @@ agents:
     schedules: [{{cron: "0 9 * * 1-5", prompt: "Morning digest"}}]
   - name: mail
     system_prompt: You read the mail.
-"#
+  - name: files
+    system_prompt: You write files.
+    mcp_servers:
+      - {{name: files, command: {bin}, args: [mcp-watch, "{files}"]}}
+    approve: {{tools: [write_file], timeout: 10m}}
+"#,
+            bin = crate::support::agentd_bin().display(),
+            files = dir.join("files").display(),
         ),
     );
     let d = Daemon::start(&cfg, &dir.join("state"), &[("TEST_LLM_KEY", KEY)]);
     d.running_pid("news");
     d.running_pid("mail");
+    d.running_pid("files");
     d
 }
 
 #[test]
-fn a_browser_logs_in_sees_the_agents_talks_with_a_streamed_reply_and_pauses_an_agent() {
-    let llm = LlmServer::start(vec![Reply::stream_text(&["Hello ", "from the ", "news desk."])]);
+fn a_browser_logs_in_sees_the_agents_talks_with_a_streamed_reply_pauses_cancels_and_approves() {
+    let llm = LlmServer::start(vec![
+        Reply::stream_text(&["Hello ", "from the ", "news desk."]),
+        Reply::stream_tool_calls(&[("c1", "write_file", r#"{"path": "out.md", "content": "x"}"#)]),
+        Reply::stream_text(&["Written."]),
+    ]);
     let dir = tempdir();
     let d = start(dir.path(), &llm.base_url());
     let api = Api::of(&d.state_dir);
@@ -93,6 +107,41 @@ fn a_browser_logs_in_sees_the_agents_talks_with_a_streamed_reply_and_pauses_an_a
     wait_for(Duration::from_secs(10), || d.agent("mail").filter(|a| a.paused)).expect("mail paused in agentd");
     assert!(!d.agent("news").unwrap().paused);
     assert_eq!(b.text("#agent-mail .pause"), "Resume");
+
+    // Cancel with the button: a message to the paused agent waits in the
+    // queue; its task view offers Cancel, which agentd carries out.
+    let queued = api.post(
+        "/api/v1/agents/mail/messages",
+        r#"{"text": "Later, please", "wait": false}"#,
+    );
+    let task = queued.json()["task"].as_i64().unwrap();
+    b.wait_text("#tasks tbody", |t| t.contains("Later, please"));
+    b.click("#tasks tbody tr:first-child button");
+    b.wait_text("#task-meta", |t| t.contains("queued"));
+    b.click("#task-cancel");
+    b.wait_text("#task-meta", |t| t.contains("cancelled"));
+    let cancelled = wait_for(Duration::from_secs(10), || {
+        crate::support::daemon::tasks(&d.state_dir)
+            .into_iter()
+            .find(|t| t.id.0 == task && t.state == agentd::domain::TaskState::Cancelled)
+    });
+    assert!(cancelled.is_some(), "task {task} cancelled in agentd");
+    b.click("#task-close");
+
+    // Approve with the button: a tool call waiting for an operator shows
+    // under Approvals; Approve lets it run.
+    assert!(b.text("#approvals").is_empty());
+    api.post(
+        "/api/v1/agents/files/messages",
+        r#"{"text": "Write it", "wait": false}"#,
+    );
+    b.wait_text("#approvals", |t| t.contains("write_file"));
+    b.click("#approvals li:first-child .approve");
+    b.wait_text("#approvals", |t| !t.contains("write_file"));
+    let written = wait_for(Duration::from_secs(20), || {
+        dir.path().join("files/out.md").exists().then_some(())
+    });
+    assert!(written.is_some(), "the approved call ran: {}", d.log_text());
 
     // Phone-sized: the agents and the message box still fit the screen.
     b.set_window(390, 844);

@@ -258,7 +258,10 @@ function metaRow(dl, k, v) {
   dl.append(el('dt', { text: k }), el('dd', { text: String(v) }));
 }
 
+const OPEN_STATES = ['queued', 'running', 'waiting'];
+
 function paintTask(t) {
+  $('#task-cancel').hidden = !OPEN_STATES.includes(t.state);
   const dl = $('#task-meta');
   dl.replaceChildren();
   metaRow(dl, 'Agent', t.agent);
@@ -328,6 +331,58 @@ async function sendMessage(ev) {
   }
 }
 
+async function cancelTask() {
+  if (!view.open) return;
+  const id = view.open.id;
+  $('#task-error').hidden = true;
+  try {
+    await api('POST', `/api/v1/tasks/${id}/cancel`, { reason: 'cancelled from the dashboard' });
+  } catch (e) {
+    $('#task-error').textContent = `Cancel #${id}: ${e.message}`;
+    $('#task-error').hidden = false;
+  }
+}
+
+// ---- approvals ----
+
+function asks(subject) {
+  if (!subject) return '';
+  if (subject.kind === 'tool') return `tool ${subject.name} ${JSON.stringify(subject.arguments || {})}`;
+  return `${subject.block || 'code'}: ${subject.code || ''}`;
+}
+
+function approvalItem(a) {
+  const answer = (verb) => async () => {
+    try {
+      await api('POST', `/api/v1/approvals/${a.id}/${verb}`, {});
+      loadApprovals();
+    } catch (e) {
+      $('#appr-error').textContent = `${verb} ${a.id}: ${e.message}`;
+      $('#appr-error').hidden = false;
+    }
+  };
+  return el('li', { id: `approval-${a.id}` },
+    el('span', { class: 'who', text: `#${a.id} ${a.agent} (task #${a.task}): ` }),
+    el('code', { class: 'asks', text: asks(a.subject) }),
+    el('button', { type: 'button', class: 'approve', text: 'Approve', onclick: answer('approve') }),
+    el('button', { type: 'button', class: 'deny', text: 'Deny', onclick: answer('deny') }));
+}
+
+async function loadApprovals() {
+  try {
+    const r = await api('GET', '/api/v1/approvals');
+    const list = r.approvals || [];
+    $('#approvals').replaceChildren(...list.map(approvalItem));
+    $('#appr-count').textContent = list.length ? `(${list.length})` : '';
+    $('#appr-empty').hidden = list.length > 0;
+    $('#appr-error').hidden = true;
+  } catch (e) {
+    $('#appr-error').textContent = `Cannot read the approvals: ${e.message}`;
+    $('#appr-error').hidden = false;
+  }
+}
+const reloadApprovals = later(loadApprovals, 300);
+
 // ---- live events ----
 
 function onTask(e) {
@@ -335,6 +390,7 @@ function onTask(e) {
   paintTaskState(t.task, t.state);
   if (t.state === 'queued' && !view.taskRows.has(t.task)) reloadFirstPage();
   reloadAgents();
+  reloadApprovals();
   if (view.open && view.open.id === t.task && view.open.task) {
     Object.assign(view.open.task, { state: t.state });
     if (t.result !== undefined) view.open.task.result = t.result;
@@ -422,12 +478,14 @@ function init() {
     loadTasks();
   });
   $('#task-close').addEventListener('click', closeTask);
+  $('#task-cancel').addEventListener('click', cancelTask);
   document.addEventListener('keydown', (e) => {
     if (e.key === 'Escape' && view.open) closeTask();
   });
   connect();
   loadAgents();
   loadTasks();
+  loadApprovals();
 }
 
 document.addEventListener('DOMContentLoaded', init);
