@@ -29,7 +29,7 @@
 //! `bridge` step of the running task through the supervisor, with the
 //! task's lease.
 
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::OwnedFd;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -139,16 +139,7 @@ impl Bridge {
     /// the run inherits. The bridge serves what arrives through it until
     /// every copy of that end is closed (the run is over).
     pub fn dialer(&self, uid: u32) -> std::io::Result<OwnedFd> {
-        use nix::sys::socket::{AddressFamily, SockFlag, SockType, socketpair};
-        let (ours, theirs) = socketpair(
-            AddressFamily::Unix,
-            SockType::SeqPacket,
-            None,
-            SockFlag::SOCK_CLOEXEC | SockFlag::SOCK_NONBLOCK,
-        )?;
-        // SAFETY: `ours` is a descriptor this function just made; it is
-        // owned by the AsyncFd and closed only when the AsyncFd is dropped.
-        let ours = unsafe { AsyncFd::register(ours) }.map_err(|e| e.into_parts().1)?;
+        let (ours, theirs) = crate::sandbox::dialer::pair()?;
         let shared = self.shared.clone();
         tokio::spawn(async move {
             loop {
@@ -171,55 +162,22 @@ impl Bridge {
 }
 
 /// Waits for the next message on a dialer: the connections it carries, or
-/// `None` at the end (every sender closed).
+/// `None` at the end (every sender closed). Anything but a socket we can
+/// serve is dropped here.
 async fn receive(dialer: &AsyncFd<OwnedFd>) -> std::io::Result<Option<Vec<UnixStream>>> {
-    use nix::sys::socket::{ControlMessageOwned, MsgFlags, recvmsg};
-    loop {
-        let mut guard = dialer.readable().await?;
-        let got = guard.try_io(|fd| {
-            let mut byte = [0u8; 1];
-            let mut iov = [std::io::IoSliceMut::new(&mut byte)];
-            let mut space = nix::cmsg_space!([std::os::fd::RawFd; 4]);
-            let msg = recvmsg::<()>(
-                fd.as_raw_fd(),
-                &mut iov,
-                Some(&mut space),
-                MsgFlags::MSG_CMSG_CLOEXEC | MsgFlags::MSG_DONTWAIT,
-            )
-            .map_err(std::io::Error::from)?;
-            let mut fds = Vec::new();
-            for cmsg in msg.cmsgs().map_err(std::io::Error::from)? {
-                if let ControlMessageOwned::ScmRights(received) = cmsg {
-                    // SAFETY: the kernel just installed these descriptors
-                    // in this process; nothing else owns them.
-                    fds.extend(
-                        received
-                            .into_iter()
-                            .map(|fd| unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) }),
-                    );
-                }
-            }
-            Ok((msg.bytes, fds))
-        });
-        match got {
-            Ok(Ok((0, fds))) if fds.is_empty() => return Ok(None),
-            Ok(Ok((_, fds))) => {
-                let mut conns = Vec::new();
-                for fd in fds {
-                    let std = std::os::unix::net::UnixStream::from(fd);
-                    // Anything but a socket we can serve is dropped here.
-                    if std.set_nonblocking(true).is_ok()
-                        && let Ok(conn) = UnixStream::from_std(std)
-                    {
-                        conns.push(conn);
-                    }
-                }
-                return Ok(Some(conns));
-            }
-            Ok(Err(e)) => return Err(e),
-            Err(_would_block) => continue,
+    let Some(fds) = crate::sandbox::dialer::receive(dialer).await? else {
+        return Ok(None);
+    };
+    let mut conns = Vec::new();
+    for fd in fds {
+        let std = std::os::unix::net::UnixStream::from(fd);
+        if std.set_nonblocking(true).is_ok()
+            && let Ok(conn) = UnixStream::from_std(std)
+        {
+            conns.push(conn);
         }
     }
+    Ok(Some(conns))
 }
 
 struct Shared {

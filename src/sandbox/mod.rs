@@ -30,6 +30,7 @@
 pub mod bwrap;
 pub mod cgroup;
 pub mod contain;
+pub(crate) mod dialer;
 pub mod egress;
 pub mod helper;
 pub mod landlock;

@@ -13,7 +13,7 @@
 //! [`Connection`] record.
 
 use std::net::{IpAddr, SocketAddr};
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::OwnedFd;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -80,15 +80,7 @@ struct Shared {
 impl Proxy {
     /// Starts a proxy; returns it and the dialer end the relay inherits.
     pub fn start(rules: Rules) -> std::io::Result<(Proxy, OwnedFd)> {
-        use nix::sys::socket::{AddressFamily, SockFlag, SockType, socketpair};
-        let (ours, theirs) = socketpair(
-            AddressFamily::Unix,
-            SockType::SeqPacket,
-            None,
-            SockFlag::SOCK_CLOEXEC | SockFlag::SOCK_NONBLOCK,
-        )?;
-        // SAFETY: `ours` was just made here; the AsyncFd owns it.
-        let ours = unsafe { AsyncFd::register(ours) }.map_err(|e| e.into_parts().1)?;
+        let (ours, theirs) = crate::sandbox::dialer::pair()?;
         let records = Arc::new(Mutex::new(Vec::new()));
         let (stop, stop_rx) = watch::channel(false);
         let shared = Arc::new(Shared {
@@ -121,7 +113,7 @@ async fn accept_loop(dialer: AsyncFd<OwnedFd>, shared: Arc<Shared>, mut stop: wa
     let mut conns = tokio::task::JoinSet::new();
     loop {
         tokio::select! {
-            got = receive(&dialer) => match got {
+            got = crate::sandbox::dialer::receive(&dialer) => match got {
                 Ok(Some(fds)) => {
                     for fd in fds {
                         let std = std::net::TcpStream::from(fd);
@@ -141,46 +133,6 @@ async fn accept_loop(dialer: AsyncFd<OwnedFd>, shared: Arc<Shared>, mut stop: wa
         }
     }
     while conns.join_next().await.is_some() {}
-}
-
-/// The next descriptors sent through the dialer, or `None` once every
-/// sender is gone.
-async fn receive(dialer: &AsyncFd<OwnedFd>) -> std::io::Result<Option<Vec<OwnedFd>>> {
-    use nix::sys::socket::{ControlMessageOwned, MsgFlags, recvmsg};
-    loop {
-        let mut guard = dialer.readable().await?;
-        let got = guard.try_io(|fd| {
-            let mut byte = [0u8; 1];
-            let mut iov = [std::io::IoSliceMut::new(&mut byte)];
-            let mut space = nix::cmsg_space!([std::os::fd::RawFd; 4]);
-            let msg = recvmsg::<()>(
-                fd.as_raw_fd(),
-                &mut iov,
-                Some(&mut space),
-                MsgFlags::MSG_CMSG_CLOEXEC | MsgFlags::MSG_DONTWAIT,
-            )
-            .map_err(std::io::Error::from)?;
-            let mut fds = Vec::new();
-            for cmsg in msg.cmsgs().map_err(std::io::Error::from)? {
-                if let ControlMessageOwned::ScmRights(received) = cmsg {
-                    // SAFETY: the kernel just installed these descriptors
-                    // in this process; nothing else owns them.
-                    fds.extend(
-                        received
-                            .into_iter()
-                            .map(|fd| unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) }),
-                    );
-                }
-            }
-            Ok((msg.bytes, fds))
-        });
-        match got {
-            Ok(Ok((0, fds))) if fds.is_empty() => return Ok(None),
-            Ok(Ok((_, fds))) => return Ok(Some(fds)),
-            Ok(Err(e)) => return Err(e),
-            Err(_would_block) => continue,
-        }
-    }
 }
 
 /// Why an allowed name has no address to connect to.
