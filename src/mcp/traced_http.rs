@@ -60,7 +60,12 @@ fn same_origin_only() -> reqwest::redirect::Policy {
 
 /// The `_meta.traceparent` of a request, as a header value.
 fn traceparent(message: &ClientJsonRpcMessage) -> Option<HeaderValue> {
-    let v = serde_json::to_value(message).ok()?;
+    // Only requests carry one; notifications and responses are not
+    // serialised a second time for nothing.
+    let rmcp::model::JsonRpcMessage::Request(request) = message else {
+        return None;
+    };
+    let v = serde_json::to_value(request).ok()?;
     let tp = v.get("params")?.get("_meta")?.get("traceparent")?.as_str()?;
     HeaderValue::from_str(tp).ok()
 }

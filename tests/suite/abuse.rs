@@ -24,6 +24,21 @@ fn one_agent(dir: &Path, extra: &str) -> PathBuf {
     )
 }
 
+/// Sends `text` to `alpha` and waits until its task runs.
+fn send_until_running(d: &Daemon, text: &str) -> agentd::domain::TaskId {
+    let r = d.request(&Request::Send {
+        agent: "alpha".into(),
+        text: text.into(),
+        wait: false,
+    });
+    let task = r.result.unwrap_or_default()["task"]
+        .as_i64()
+        .map(agentd::domain::TaskId)
+        .expect("task id");
+    d.wait_status("the task to run", |s| s[0].running_task == Some(task));
+    task
+}
+
 /// A pipe whose reading end is already closed: every write to the other
 /// end fails with EPIPE.
 fn closed_pipe() -> OwnedFd {
@@ -128,16 +143,7 @@ fn a_stopped_child_is_killed_restarted_and_its_task_requeued_with_the_cause() {
     let state = dir.path().join("state");
     let d = Daemon::start(&cfg, &state, &[("HB_KEY", "k")]);
     let pid = d.running_pid("alpha");
-    let r = d.request(&Request::Send {
-        agent: "alpha".into(),
-        text: "think hard".into(),
-        wait: false,
-    });
-    let task = r.result.unwrap_or_default()["task"]
-        .as_i64()
-        .map(agentd::domain::TaskId)
-        .expect("task id");
-    d.wait_status("the task to run", |s| s[0].running_task == Some(task));
+    let task = send_until_running(&d, "think hard");
 
     // Control: a child busy for longer than the timeout (its model call
     // hangs) but answering heartbeats is left alone.
@@ -475,16 +481,7 @@ fn a_full_disk_degrades_agentd_without_lying_and_it_recovers_by_itself() {
     d.running_pid("alpha");
     let sd = state.to_str().unwrap_or_default();
     // Control: with space, a message is recorded and agentd is healthy.
-    let r = d.request(&Request::Send {
-        agent: "alpha".into(),
-        text: "first".into(),
-        wait: false,
-    });
-    let task = r.result.unwrap_or_default()["task"]
-        .as_i64()
-        .map(agentd::domain::TaskId)
-        .expect("task id");
-    d.wait_status("the task to run", |s| s[0].running_task == Some(task));
+    let task = send_until_running(&d, "first");
     assert_eq!(d.request(&Request::Health).result.unwrap_or_default()["ok"], true);
 
     // The disk fills while the task runs; the model call then times out,

@@ -524,25 +524,6 @@ fn a_hung_collector_blocks_no_task_and_its_drops_are_counted() {
     assert!(receiver.spans().is_empty(), "the stalled receiver never answered");
 }
 
-/// Pids of `parent`'s direct children.
-fn children_of(parent: u32) -> Vec<u32> {
-    let mut out = Vec::new();
-    for e in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
-        let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else {
-            continue;
-        };
-        let stat = std::fs::read_to_string(e.path().join("stat")).unwrap_or_default();
-        let ppid = stat
-            .rsplit_once(") ")
-            .and_then(|(_, rest)| rest.split_whitespace().nth(1))
-            .and_then(|p| p.parse::<u32>().ok());
-        if ppid == Some(parent) {
-            out.push(pid);
-        }
-    }
-    out
-}
-
 #[test]
 fn a_killed_mcp_server_counts_one_reconnect() {
     let llm = LlmServer::start(vec![]);
@@ -553,7 +534,7 @@ fn a_killed_mcp_server_counts_one_reconnect() {
     let labels = [("agent", "rec"), ("server", "inbox")];
     assert_eq!(value(&before, "agentd_mcp_reconnects_total", &labels), 0.0);
     let watch = wait_for(Duration::from_secs(10), || {
-        children_of(agent).into_iter().find(|p| {
+        crate::support::children_of(agent).into_iter().find(|p| {
             std::fs::read(format!("/proc/{p}/cmdline"))
                 .map(|c| String::from_utf8_lossy(&c).contains("mcp-watch"))
                 .unwrap_or(false)

@@ -369,25 +369,6 @@ fn a_recorded_run_replays_to_the_same_journal_without_a_server() {
     assert_eq!(journal(&d), recorded);
 }
 
-/// Pids of `parent`'s direct children.
-fn children_of(parent: u32) -> Vec<u32> {
-    let mut out = Vec::new();
-    for e in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
-        let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else {
-            continue;
-        };
-        let stat = std::fs::read_to_string(e.path().join("stat")).unwrap_or_default();
-        let ppid = stat
-            .rsplit_once(") ")
-            .and_then(|(_, rest)| rest.split_whitespace().nth(1))
-            .and_then(|p| p.parse::<u32>().ok());
-        if ppid == Some(parent) {
-            out.push(pid);
-        }
-    }
-    out
-}
-
 #[test]
 fn a_burst_of_50_writes_yields_a_few_tasks_and_the_last_has_the_fresh_contents() {
     let llm = LlmServer::start((0..20).map(|i| Reply::stream_text(&[&format!("seen {i}")])).collect());
@@ -431,7 +412,7 @@ fn sigterm_stops_agents_and_their_mcp_servers() {
     let mut d = s.start_running();
     let child = d.running_pid("reader");
     let servers = wait_for(Duration::from_secs(10), || {
-        Some(children_of(child)).filter(|v| !v.is_empty())
+        Some(crate::support::children_of(child)).filter(|v| !v.is_empty())
     })
     .expect("the agent started its MCP server");
     d.signal(Signal::SIGTERM);
