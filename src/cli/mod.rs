@@ -181,11 +181,15 @@ pub fn main() -> ExitCode {
             return ExitCode::from(e.exit_code().clamp(0, 255) as u8);
         }
     };
+    // An agent's process sets itself up as the zygote's children do.
+    if let Some(Command::Agent { name }) = &cli.command {
+        return ExitCode::from(agent_process(name).clamp(0, 255) as u8);
+    }
     // rmcp narrates every message at info and logs transport hiccups (each
     // HTTP reconnect) as ERROR; agentd reports connection loss, retries and
     // recovery itself, so rmcp is off unless RUST_LOG asks for it.
     // Traces are exported by the supervisor and the agent processes only.
-    let traced = matches!(cli.command, None | Some(Command::Agent { .. }));
+    let traced = cli.command.is_none();
     let (traces, trace_error) = match traced.then(crate::telemetry::from_env).transpose() {
         Ok(t) => (t.flatten(), None),
         Err(e) => (None, Some(e)),
@@ -224,7 +228,7 @@ pub fn main() -> ExitCode {
         Some(Command::Approvals(args)) => control::approvals(&cli.global, &args),
         Some(Command::Approve(args)) => control::answer(&cli.global, &args.ledger, args.id, true, args.note.clone()),
         Some(Command::Deny(args)) => control::answer(&cli.global, &args.ledger, args.id, false, args.reason.clone()),
-        Some(Command::Agent { name }) => crate::agent::main(&name),
+        Some(Command::Agent { .. }) => Ok(ExitCode::SUCCESS), // handled above
         Some(Command::Snapshot(cmd)) => snapshot::run(&cli.global, &cmd),
         Some(Command::Dashboard(args)) => dashboard::run(&cli.global, &args),
         Some(Command::Sandbox(SandboxCommand::Run(args))) => {
@@ -246,6 +250,31 @@ pub fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// One agent's process, as `agentd agent --name NAME` runs it: what the
+/// zygote's children run too (see [`crate::zygote`]). Its exit status.
+pub fn agent_process(name: &str) -> i32 {
+    let (traces, layer, trace_error) = match crate::telemetry::from_env() {
+        Ok(Some((t, l))) => (Some(t), Some(l), None),
+        Ok(None) => (None, None, None),
+        Err(e) => (None, None, Some(e)),
+    };
+    logging::init(LogFormat::Text, "info,rmcp=off", layer);
+    if let Some(e) = trace_error {
+        tracing::warn!("traces are not exported: {e}");
+    }
+    let code = match crate::agent::main(name) {
+        Ok(code) if code == ExitCode::SUCCESS => 0,
+        Ok(_) => 1,
+        Err(e) => {
+            eprintln!("agentd: {e:#}");
+            1
+        }
+    };
+    // Spans still queued are exported before the process ends.
+    drop(traces);
+    code
 }
 
 /// Started with `&` from a shell: the terminal belongs to another process

@@ -176,6 +176,8 @@ pub struct Supervisor {
     degraded: Degraded,
     /// Agents' own users, when agentd runs as root.
     users: Option<users::AgentUsers>,
+    /// Makes agent processes (through the zygote).
+    spawner: child::Spawner,
     /// Counted here, rendered for `agentd metrics` and `GET /metrics`.
     metrics: Arc<Metrics>,
     /// The trace span of each running task (disabled unless traces are exported).
@@ -294,6 +296,7 @@ async fn run_async(
         reload_seq: 0,
         degraded: Degraded::default(),
         users,
+        spawner: child::Spawner::new(),
         metrics,
         task_spans: HashMap::new(),
         unpriced_warned: Default::default(),
