@@ -191,7 +191,7 @@ async fn run(name: &str) -> anyhow::Result<ExitCode> {
     });
 
     let hub = Arc::new(hub);
-    spawn_health(Arc::downgrade(&hub), outbox.clone());
+    let health = spawn_health(Arc::downgrade(&hub), outbox.clone());
     // The agent's own directory (the workdir's parent) holds what the
     // sandbox sees besides the workdir: generated skills, `bin/agentd`.
     let agent_dir = workdir.parent().map(Path::to_owned).unwrap_or_else(|| workdir.clone());
@@ -343,6 +343,10 @@ async fn run(name: &str) -> anyhow::Result<ExitCode> {
     if let Some(hub) = hub {
         shutdown_hub(hub).await;
     }
+    // Its outbox would keep the writer (and so this process) up until its
+    // next look, up to a second later.
+    health.abort();
+    let _ = health.await;
     drop(outbox);
     let _ = writer.await;
     Ok(ExitCode::SUCCESS)
@@ -362,7 +366,7 @@ const HEALTH_EVERY: Duration = Duration::from_secs(1);
 /// failed to spawn or connect, or lost its connection) and when all are
 /// fine again, and how often each reconnected. Holds the hub weakly so
 /// shutdown can take it back.
-fn spawn_health(hub: std::sync::Weak<McpHub>, outbox: Outbox) {
+fn spawn_health(hub: std::sync::Weak<McpHub>, outbox: Outbox) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         let mut reported: Option<String> = None;
         // Reconnects reported per server: every connection after the first.
@@ -391,7 +395,7 @@ fn spawn_health(hub: std::sync::Weak<McpHub>, outbox: Outbox) {
                 outbox.send(FromChild::Health { degraded });
             }
         }
-    });
+    })
 }
 
 /// Shuts the MCP servers down once the bridge's aborted tasks have let go

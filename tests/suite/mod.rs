@@ -21,3 +21,4 @@ mod skills;
 mod snapshots;
 mod supervisor;
 mod systemd_unit;
+mod zygote;
