@@ -45,7 +45,9 @@ pub fn main(name: &str) -> anyhow::Result<ExitCode> {
         .enable_all()
         .build()
         .context("starting the runtime")?;
-    rt.block_on(run(name))
+    // Boxed: the whole agent is one large future; on the stack, each move of
+    // it into the runtime would dirty more of every agent's stack pages.
+    rt.block_on(Box::pin(run(name)))
 }
 
 /// Sends messages to the supervisor in order, from any task.

@@ -187,7 +187,7 @@ pub struct Supervisor {
     /// What happens, for the HTTP API's event stream ([`announce`]).
     feed: Arc<Feed>,
     /// Each agent as last announced on the feed.
-    announced_agents: HashMap<String, announce::AgentView>,
+    announced_agents: BTreeMap<String, announce::AgentView>,
     /// The agents that take webhooks, for the HTTP server; replaced on reload.
     webhooks: tokio::sync::watch::Sender<http::Webhooks>,
 }
@@ -301,7 +301,7 @@ async fn run_async(
         task_spans: HashMap::new(),
         unpriced_warned: Default::default(),
         feed,
-        announced_agents: HashMap::new(),
+        announced_agents: BTreeMap::new(),
         webhooks,
         cfg,
     };

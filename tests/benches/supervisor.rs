@@ -105,7 +105,7 @@ struct Figures {
 }
 
 /// Starts this agentd on `cfg` with NOTIFY_SOCKET; returns it and the time to READY=1.
-fn start_agentd(cfg: &Path, state: &Path, dir: &Path) -> (std::process::Child, Duration, UnixDatagram) {
+fn start_agentd(cfg: &Path, state: &Path, dir: &Path) -> (std::process::Child, Duration) {
     let notify_path = dir.join("notify.sock");
     let _ = std::fs::remove_file(&notify_path);
     let notify = UnixDatagram::bind(&notify_path).expect("notify socket");
@@ -133,7 +133,13 @@ fn start_agentd(cfg: &Path, state: &Path, dir: &Path) -> (std::process::Child, D
             Err(e) => panic!("no READY=1: {e}"),
         }
     };
-    (child, ready, notify)
+    // Keep draining: systemd always reads, and a full socket queue would
+    // block agentd's notifications.
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 4096];
+        while notify.recv(&mut buf).is_ok() {}
+    });
+    (child, ready)
 }
 
 /// Memory of agentd (supervisor, zygote, agents) once idle.
@@ -186,13 +192,7 @@ fn run(n: usize) -> Figures {
     let cfg = dir.path().join("agentd.yaml");
     std::fs::write(&cfg, "include: [agents/*.yaml]\nhttp: false\n").expect("config");
     let state = dir.path().join("state");
-    let (mut child, ready, notify) = start_agentd(&cfg, &state, dir.path());
-    // Keep draining: systemd always reads, and a full socket queue would
-    // block agentd's notifications.
-    std::thread::spawn(move || {
-        let mut buf = [0u8; 4096];
-        while notify.recv(&mut buf).is_ok() {}
-    });
+    let (mut child, ready) = start_agentd(&cfg, &state, dir.path());
     let sock = state.join(control::SOCKET_NAME);
     let (mut figures, sup, child_mem) = measure_agentd(&child, &sock, n);
     figures.ready = ready;
@@ -224,7 +224,7 @@ fn run(n: usize) -> Figures {
     // Again on the same state dir: agents' directories exist now, as at
     // every start but the first (creating them is most of a first start
     // on a busy ext4).
-    let (mut again, warm, _notify) = start_agentd(&cfg, &state, dir.path());
+    let (mut again, warm) = start_agentd(&cfg, &state, dir.path());
     stop(&mut again);
 
     println!(
@@ -307,7 +307,7 @@ fn side_by_side(n: usize) {
 
     // This agentd.
     let state = dir.path().join("state");
-    let (mut child, ready, _notify) = start_agentd(&cfg, &state, dir.path());
+    let (mut child, ready) = start_agentd(&cfg, &state, dir.path());
     let (ours, ..) = measure_agentd(&child, &state.join(control::SOCKET_NAME), n);
     stop(&mut child);
 
