@@ -11,8 +11,11 @@
 //! Shape: the supervisor starts `agentd __zygote` (exec'd, so its layout is
 //! randomised anew at every supervisor start and differs from the
 //! supervisor's), from its main thread, with `PR_SET_PDEATHSIG` = SIGKILL.
-//! The zygote never starts a thread, never logs, never allocates state that
-//! must differ between agents (no hash seeds, no RNG). A request is one
+//! The zygote never starts a thread and never logs; what it sets up before
+//! forking is what every agent would set up the same way (its logging), so
+//! agents share those pages. It holds no RNG state; the one hash seed it
+//! draws (std's, for the log filter's tables) is then shared by its agents'
+//! maps, as after any fork: random per zygote, never shown outside. A request is one
 //! `SOCK_SEQPACKET` datagram on fd 3: the agent's name, with the child's
 //! stdin, stdout and stderr passed by `SCM_RIGHTS`; the answer is the new
 //! pid (or `-errno`).
@@ -65,6 +68,14 @@ pub fn main() -> i32 {
     ) {
         eprintln!("agentd: {SUBCOMMAND} is started by the supervisor only");
         return 2;
+    }
+    // Logging as every agent sets it up, once here: its tables (the span
+    // registry's 4,096-slot shard array alone is 32 KiB) are then shared by
+    // every agent instead of written anew in each. Not when traces are
+    // exported: their exporter starts threads, which the zygote never has;
+    // each agent then sets its logging up itself.
+    if !crate::telemetry::configured() {
+        crate::logging::init(crate::logging::LogFormat::Text, crate::cli::AGENT_LOG_FILTER, None);
     }
     loop {
         let (name, fds) = match receive(sock) {

@@ -252,15 +252,19 @@ pub fn main() -> ExitCode {
     }
 }
 
+/// The log filter of agent processes when `RUST_LOG` is unset.
+pub(crate) const AGENT_LOG_FILTER: &str = "info,rmcp=off";
+
 /// One agent's process, as `agentd agent --name NAME` runs it: what the
-/// zygote's children run too (see [`crate::zygote`]). Its exit status.
+/// zygote's children run too (see [`crate::zygote`]; their logging may be
+/// set up already, by the zygote, the same way). Its exit status.
 pub fn agent_process(name: &str) -> i32 {
     let (traces, layer, trace_error) = match crate::telemetry::from_env() {
         Ok(Some((t, l))) => (Some(t), Some(l), None),
         Ok(None) => (None, None, None),
         Err(e) => (None, None, Some(e)),
     };
-    logging::init(LogFormat::Text, "info,rmcp=off", layer);
+    logging::init(LogFormat::Text, AGENT_LOG_FILTER, layer);
     if let Some(e) = trace_error {
         tracing::warn!("traces are not exported: {e}");
     }

@@ -6,7 +6,8 @@
 //! this agentd. Prints tables; asserts nothing (targets live in the README).
 //!
 //! Run: `cargo bench --bench supervisor` (`-- --no-python` skips the
-//! side-by-side; `-- --only N` runs N agents only)
+//! side by side, `-- --side-by-side` runs only that, `-- --only N` runs N
+//! agents only)
 #![allow(clippy::unwrap_used, clippy::expect_used)] // tests and benchmarks may panic
 
 use std::os::unix::net::UnixDatagram;
@@ -382,8 +383,9 @@ fn main() {
         .position(|a| a == "--only")
         .and_then(|i| args.get(i + 1))
         .and_then(|v| v.parse::<usize>().ok());
+    let side_by_side_only = args.iter().any(|a| a == "--side-by-side");
     for n in [1, 10, 100, 1000] {
-        if only.is_none_or(|o| o == n) {
+        if !side_by_side_only && only.is_none_or(|o| o == n) {
             run(n);
         }
     }
