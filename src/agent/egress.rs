@@ -4,8 +4,9 @@
 //! while the code still runs.
 //!
 //! One per task. Asks go one at a time (the task has one approval slot);
-//! an answer remembered for the task or always is kept here for the rest
-//! of the task, so a host is asked about at most once per task. Across
+//! an answer remembered for the task or always, and every denial, is kept
+//! here for the rest of the task, so a host is asked about at most once
+//! per task (code that retries a refused host does not ask again). Across
 //! tasks and restarts, the ledger remembers ([`crate::ledger`]'s grants):
 //! the supervisor answers a granted ask without an operator.
 
@@ -29,8 +30,9 @@ pub struct TaskEgress {
     lease: Lease,
     approvals: Approvals,
     block: AtomicUsize,
-    /// `host:port` approved for the rest of the task (or always).
-    granted: Mutex<HashMap<(String, u16), String>>,
+    /// `host:port` decided for the rest of the task: approved with
+    /// remember task or always, or denied.
+    decided: Mutex<HashMap<(String, u16), Decision>>,
     /// One ask at a time.
     turn: tokio::sync::Mutex<()>,
 }
@@ -43,38 +45,39 @@ impl TaskEgress {
             lease,
             approvals,
             block: AtomicUsize::new(0),
-            granted: Mutex::new(HashMap::new()),
+            decided: Mutex::new(HashMap::new()),
             turn: tokio::sync::Mutex::new(()),
         })
     }
 
-    fn granted(&self, host: &str, port: u16) -> Option<String> {
-        let g = self.granted.lock().unwrap_or_else(|e| e.into_inner());
-        g.get(&(host.to_owned(), port)).cloned()
+    fn decided(&self) -> std::sync::MutexGuard<'_, HashMap<(String, u16), Decision>> {
+        self.decided.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     async fn decide(self: Arc<Self>, host: String, port: u16, rule: String) -> Decision {
         let _turn = self.turn.lock().await;
-        // Asked and granted while this connection waited its turn.
-        if let Some(how) = self.granted(&host, port) {
-            return Decision::Allowed { rule: how };
+        // Perhaps decided while this connection waited its turn.
+        if let Some(d) = self.decided().get(&(host.clone(), port)) {
+            return d.clone();
         }
         let subject = ApprovalSubject::Egress {
             host: host.clone(),
             port,
         };
         let answer = self.approvals.ask(&self.outbox, self.task, &self.lease, subject).await;
-        if !answer.approved {
-            return Decision::Denied {
+        let decision = if answer.approved {
+            Decision::Allowed {
+                rule: format!("{rule}: approved ({}) by {}", answer.remember, answer.by),
+            }
+        } else {
+            Decision::Denied {
                 reason: format!("{rule}: {}", answer.denial()),
-            };
+            }
+        };
+        if !answer.approved || answer.remember != Remember::Once {
+            self.decided().insert((host, port), decision.clone());
         }
-        let how = format!("{rule}: approved ({}) by {}", answer.remember, answer.by);
-        if answer.remember != Remember::Once {
-            let mut g = self.granted.lock().unwrap_or_else(|e| e.into_inner());
-            g.insert((host, port), how.clone());
-        }
-        Decision::Allowed { rule: how }
+        decision
     }
 }
 

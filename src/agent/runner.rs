@@ -498,4 +498,3 @@ fn clip_message(m: &mut ChatMessage) {
         *text = clip_to(text, STORED_TEXT);
     }
 }
-

@@ -301,7 +301,12 @@ pub fn revoke(global: &Global, args: &RevokeArgs) -> anyhow::Result<ExitCode> {
     };
     let v = call(global, &args.ledger, &req, Duration::from_secs(10))?;
     let a: crate::ledger::Approval = serde_json::from_value(v)?;
-    outln!("grant {} revoked: {} of {} asks again", a.id, a.subject.summary(), a.agent);
+    outln!(
+        "grant {} revoked: {} of {} asks again",
+        a.id,
+        a.subject.summary(),
+        a.agent
+    );
     Ok(ExitCode::SUCCESS)
 }
 

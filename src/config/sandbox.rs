@@ -42,7 +42,15 @@ const POLICY_KEYS: &[&str] = &[
     "timeout",
     "limits",
 ];
-const NETWORK_KEYS: &[&str] = &["allow", "deny", "ask", "ask_timeout", "resolve", "max_bytes", "max_connections"];
+const NETWORK_KEYS: &[&str] = &[
+    "allow",
+    "deny",
+    "ask",
+    "ask_timeout",
+    "resolve",
+    "max_bytes",
+    "max_connections",
+];
 const POLICY_LIMIT_KEYS: &[&str] = &["cpu", "memory", "processes", "file_size", "open_files", "output"];
 
 /// Resolves a sandbox profile by name: `<config_dir>/sandbox/NAME.yaml`

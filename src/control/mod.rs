@@ -332,7 +332,10 @@ pub fn grant_lines(grants: &[crate::ledger::Approval]) -> Vec<String> {
     if grants.is_empty() {
         return vec!["no standing egress grants".into()];
     }
-    let mut out = vec![format!("{:>5}  {:<16} {:<24}  {:<12}  WHAT", "ID", "AGENT", "GRANTED", "BY")];
+    let mut out = vec![format!(
+        "{:>5}  {:<16} {:<24}  {:<12}  WHAT",
+        "ID", "AGENT", "GRANTED", "BY"
+    )];
     for a in grants {
         out.push(format!(
             "{:>5}  {:<16} {:<24}  {:<12}  {}",

@@ -110,7 +110,10 @@ impl Supervisor {
                 crate::sandbox::Network::Domains(rules) if rules.ask_rule(host, *port).is_some() => {
                     Ok((rules.ask_timeout, "deny"))
                 }
-                _ => Err(format!("no network.ask rule of this agent covers {}", subject.summary())),
+                _ => Err(format!(
+                    "no network.ask rule of this agent covers {}",
+                    subject.summary()
+                )),
             },
             ApprovalSubject::Tool { .. } | ApprovalSubject::Code { .. } => match &spec.approve {
                 Some(p) => Ok((p.timeout, p.on_timeout())),

@@ -165,7 +165,10 @@ impl Rules {
         if self.deny.iter().chain(&self.allow).any(|p| p.matches(host, port)) {
             return None;
         }
-        self.ask.iter().find(|p| p.matches(host, port)).map(|p| format!("ask {p}"))
+        self.ask
+            .iter()
+            .find(|p| p.matches(host, port))
+            .map(|p| format!("ask {p}"))
     }
 
     /// Whether an address reached through DNS (not a pin, not a literal a
@@ -241,7 +244,11 @@ mod tests {
         assert_eq!(r.ask_rule("pypi.org", 443), None, "allow decides");
         assert_eq!(r.ask_rule("db.internal", 443), None, "deny decides");
         assert_eq!(r.ask_rule("10.0.0.1", 443), None, "a glob never covers an address");
-        assert_eq!(rules(&["pypi.org"], &[]).ask_rule("example.org", 443), None, "control: no ask rule");
+        assert_eq!(
+            rules(&["pypi.org"], &[]).ask_rule("example.org", 443),
+            None,
+            "control: no ask rule"
+        );
     }
 
     #[test]
