@@ -4,7 +4,7 @@
 //! ones, read once per load.
 //!
 //! This module owns the policy keys (`backend`, `best_effort`, `network` —
-//! a bool or domain rules `{allow, deny, resolve, max_bytes,
+//! a bool or domain rules `{allow, deny, ask, ask_timeout, resolve, max_bytes,
 //! max_connections}`, refused under landlock and none —, `read_only`,
 //! `writable`, `timeout`, `limits`) and is the one reader of
 //! profile files, for the loader and `agentd sandbox` alike. It must never
