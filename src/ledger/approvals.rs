@@ -212,13 +212,7 @@ impl Ledger {
     ) -> Result<Approval> {
         let path = self.path.clone();
         let tx = self.conn.transaction().map_err(|e| super::sqlite(&path, e))?;
-        let a: Approval = tx
-            .query_row(
-                &format!("SELECT {COLUMNS} FROM approvals WHERE id = ?1"),
-                [id],
-                Approval::from_row,
-            )
-            .optional()
+        let a = fetch(&tx, id)
             .map_err(|e| super::sqlite(&path, e))?
             .ok_or(LedgerError::NoSuchApproval(id))?;
         if a.state != "pending" {
@@ -310,13 +304,7 @@ impl Ledger {
     pub fn revoke_grant(&mut self, id: i64, by: &str) -> Result<Approval> {
         let path = self.path.clone();
         let tx = self.conn.transaction().map_err(|e| super::sqlite(&path, e))?;
-        let a: Approval = tx
-            .query_row(
-                &format!("SELECT {COLUMNS} FROM approvals WHERE id = ?1"),
-                [id],
-                Approval::from_row,
-            )
-            .optional()
+        let a = fetch(&tx, id)
             .map_err(|e| super::sqlite(&path, e))?
             .ok_or(LedgerError::NoSuchApproval(id))?;
         if a.state != "approved" || !matches!(a.remember.as_deref(), Some("task" | "always")) {
@@ -354,6 +342,15 @@ impl Ledger {
             .map_err(|e| self.err(e))?
             .ok_or(LedgerError::NoSuchApproval(id))
     }
+}
+
+fn fetch(tx: &rusqlite::Transaction, id: i64) -> rusqlite::Result<Option<Approval>> {
+    tx.query_row(
+        &format!("SELECT {COLUMNS} FROM approvals WHERE id = ?1"),
+        [id],
+        Approval::from_row,
+    )
+    .optional()
 }
 
 fn journal(
