@@ -9,7 +9,7 @@ use rusqlite::{OptionalExtension, Row, params};
 use serde::{Deserialize, Serialize};
 
 use super::{Ledger, LedgerError, Result, now_ms};
-use crate::domain::{ApprovalAnswer, ApprovalSubject, Lease, TaskId};
+use crate::domain::{ApprovalAnswer, ApprovalSubject, Lease, Remember, TaskId};
 
 /// One approval request as recorded.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -28,6 +28,10 @@ pub struct Approval {
     pub answered_at: Option<i64>,
     pub answered_by: Option<String>,
     pub note: Option<String>,
+    /// How long an approval holds: once | task | always | revoked (egress
+    /// asks; `None` for everything else).
+    #[serde(default)]
+    pub remember: Option<String>,
 }
 
 impl Approval {
@@ -48,6 +52,7 @@ impl Approval {
             answered_at: r.get("answered_at")?,
             answered_by: r.get("answered_by")?,
             note: r.get("note")?,
+            remember: r.get("remember")?,
         })
     }
 
@@ -61,12 +66,17 @@ impl Approval {
             approved,
             by: self.answered_by.clone().unwrap_or_default(),
             note: self.note.clone(),
+            remember: self
+                .remember
+                .as_deref()
+                .and_then(|r| r.parse().ok())
+                .unwrap_or_default(),
         })
     }
 }
 
 const COLUMNS: &str =
-    "id, task_id, agent, subject, state, asked_at, timeout_at, on_timeout, answered_at, answered_by, note";
+    "id, task_id, agent, subject, state, asked_at, timeout_at, on_timeout, answered_at, answered_by, note, remember";
 
 /// What asking found.
 #[derive(Debug, Clone, PartialEq)]
@@ -105,33 +115,53 @@ impl Ledger {
                 lease: lease.to_string(),
             });
         };
-        let reusable: Option<Approval> = tx
+        // A grant (an egress approval remembered for this task, or always
+        // for this agent) answers without asking and is not used up.
+        let granted: Option<Approval> = tx
             .query_row(
                 &format!(
-                    "SELECT {COLUMNS} FROM approvals WHERE task_id = ?1 AND subject = ?2 AND used = 0
-                       AND state IN ('approved','denied') ORDER BY id LIMIT 1"
+                    "SELECT {COLUMNS} FROM approvals WHERE subject = ?3 AND state = 'approved'
+                       AND ((remember = 'task' AND task_id = ?1) OR (remember = 'always' AND agent = ?2))
+                     ORDER BY id DESC LIMIT 1"
                 ),
-                params![task, json],
+                params![task, agent, json],
                 Approval::from_row,
             )
             .optional()
             .map_err(|e| super::sqlite(&path, e))?;
+        let reusable: Option<Approval> = match granted {
+            Some(g) => Some(g),
+            None => tx
+                .query_row(
+                    &format!(
+                        "SELECT {COLUMNS} FROM approvals WHERE task_id = ?1 AND subject = ?2 AND used = 0
+                           AND state IN ('approved','denied') ORDER BY id LIMIT 1"
+                    ),
+                    params![task, json],
+                    Approval::from_row,
+                )
+                .optional()
+                .map_err(|e| super::sqlite(&path, e))?,
+        };
         let now = now_ms();
         let out = match reusable {
             Some(a) => {
-                tx.execute("UPDATE approvals SET used = 1 WHERE id = ?1", [a.id])
-                    .map_err(|e| super::sqlite(&path, e))?;
+                if a.remember.as_deref().is_none_or(|r| r == "once") {
+                    tx.execute("UPDATE approvals SET used = 1 WHERE id = ?1", [a.id])
+                        .map_err(|e| super::sqlite(&path, e))?;
+                }
                 let answer = a.answer().unwrap_or(ApprovalAnswer {
                     approved: false,
                     by: "agentd".into(),
                     note: None,
+                    remember: Remember::Once,
                 });
                 journal(
                     &tx,
                     task,
                     attempts,
                     "approval",
-                    serde_json::json!({"id": a.id, "subject": subject, "reused": true, "approved": answer.approved}),
+                    serde_json::json!({"id": a.id, "subject": subject, "reused": true, "approved": answer.approved, "remember": a.remember}),
                     now,
                 )
                 .map_err(|e| super::sqlite(&path, e))?;
@@ -182,13 +212,7 @@ impl Ledger {
     ) -> Result<Approval> {
         let path = self.path.clone();
         let tx = self.conn.transaction().map_err(|e| super::sqlite(&path, e))?;
-        let a: Approval = tx
-            .query_row(
-                &format!("SELECT {COLUMNS} FROM approvals WHERE id = ?1"),
-                [id],
-                Approval::from_row,
-            )
-            .optional()
+        let a = fetch(&tx, id)
             .map_err(|e| super::sqlite(&path, e))?
             .ok_or(LedgerError::NoSuchApproval(id))?;
         if a.state != "pending" {
@@ -197,12 +221,18 @@ impl Ledger {
                 state: a.state.clone(),
             });
         }
+        let egress = matches!(a.subject, ApprovalSubject::Egress { .. });
+        if !egress && answer.remember != Remember::Once {
+            return Err(LedgerError::NotRememberable(id));
+        }
+        let remember = (egress && answer.approved).then(|| answer.remember.as_str());
         let now = now_ms();
         let state = if answer.approved { "approved" } else { "denied" };
         let used = i64::from(live_lease.is_some());
         tx.execute(
-            "UPDATE approvals SET state = ?2, answered_at = ?3, answered_by = ?4, note = ?5, used = ?6 WHERE id = ?1",
-            params![id, state, now, answer.by, answer.note, used],
+            "UPDATE approvals SET state = ?2, answered_at = ?3, answered_by = ?4, note = ?5, used = ?6, remember = ?7
+             WHERE id = ?1",
+            params![id, state, now, answer.by, answer.note, used, remember],
         )
         .map_err(|e| super::sqlite(&path, e))?;
         let attempts: i64 = tx
@@ -213,7 +243,7 @@ impl Ledger {
             a.task,
             attempts,
             "approval_answer",
-            serde_json::json!({"id": id, "approved": answer.approved, "by": answer.by, "note": answer.note}),
+            serde_json::json!({"id": id, "approved": answer.approved, "by": answer.by, "note": answer.note, "remember": remember}),
             now,
         )
         .map_err(|e| super::sqlite(&path, e))?;
@@ -234,6 +264,7 @@ impl Ledger {
             answered_at: Some(now),
             answered_by: Some(answer.by.clone()),
             note: answer.note.clone(),
+            remember: remember.map(str::to_owned),
             ..a
         })
     }
@@ -252,6 +283,54 @@ impl Ledger {
         rows.collect::<rusqlite::Result<Vec<_>>>().map_err(|e| self.err(e))
     }
 
+    /// Standing egress grants (approved with remember `always`), of one
+    /// agent or all, oldest first.
+    pub fn grants(&self, agent: Option<&str>) -> Result<Vec<Approval>> {
+        let mut stmt = self
+            .conn
+            .prepare(&format!(
+                "SELECT {COLUMNS} FROM approvals WHERE remember = 'always' AND state = 'approved'
+                   AND (?1 IS NULL OR agent = ?1) ORDER BY id"
+            ))
+            .map_err(|e| self.err(e))?;
+        let rows = stmt
+            .query_map(params![agent], Approval::from_row)
+            .map_err(|e| self.err(e))?;
+        rows.collect::<rusqlite::Result<Vec<_>>>().map_err(|e| self.err(e))
+    }
+
+    /// Ends a standing grant (`task` or `always`): the next connection to
+    /// that host asks again. Journaled in the task that asked.
+    pub fn revoke_grant(&mut self, id: i64, by: &str) -> Result<Approval> {
+        let path = self.path.clone();
+        let tx = self.conn.transaction().map_err(|e| super::sqlite(&path, e))?;
+        let a = fetch(&tx, id)
+            .map_err(|e| super::sqlite(&path, e))?
+            .ok_or(LedgerError::NoSuchApproval(id))?;
+        if a.state != "approved" || !matches!(a.remember.as_deref(), Some("task" | "always")) {
+            return Err(LedgerError::NotAGrant(id));
+        }
+        tx.execute("UPDATE approvals SET remember = 'revoked' WHERE id = ?1", [id])
+            .map_err(|e| super::sqlite(&path, e))?;
+        let attempts: i64 = tx
+            .query_row("SELECT attempts FROM tasks WHERE id = ?1", [a.task], |r| r.get(0))
+            .map_err(|e| super::sqlite(&path, e))?;
+        journal(
+            &tx,
+            a.task,
+            attempts,
+            "approval_answer",
+            serde_json::json!({"id": id, "revoked": a.remember, "by": by}),
+            now_ms(),
+        )
+        .map_err(|e| super::sqlite(&path, e))?;
+        tx.commit().map_err(|e| super::sqlite(&path, e))?;
+        Ok(Approval {
+            remember: Some("revoked".into()),
+            ..a
+        })
+    }
+
     pub fn approval(&self, id: i64) -> Result<Approval> {
         self.conn
             .query_row(
@@ -263,6 +342,15 @@ impl Ledger {
             .map_err(|e| self.err(e))?
             .ok_or(LedgerError::NoSuchApproval(id))
     }
+}
+
+fn fetch(tx: &rusqlite::Transaction, id: i64) -> rusqlite::Result<Option<Approval>> {
+    tx.query_row(
+        &format!("SELECT {COLUMNS} FROM approvals WHERE id = ?1"),
+        [id],
+        Approval::from_row,
+    )
+    .optional()
 }
 
 fn journal(

@@ -80,6 +80,10 @@ pub enum LedgerError {
     NoSuchApproval(i64),
     #[error("approval {id} was already answered ({state})")]
     ApprovalAnswered { id: i64, state: String },
+    #[error("approval {0} is a tool call or code block: those are answered once (remember is for egress asks)")]
+    NotRememberable(i64),
+    #[error("approval {0} is not a standing egress grant (approved with remember: task or always)")]
+    NotAGrant(i64),
 }
 
 impl LedgerError {

@@ -132,6 +132,10 @@ const MIGRATIONS: &[&str] = &[
         created_at INTEGER NOT NULL,
         PRIMARY KEY (agent, key)
     ) WITHOUT ROWID;",
+    // 5: an approved egress ask holds once, for its task, or always (for
+    // the agent, until revoked); later asks for the same host find it.
+    "ALTER TABLE approvals ADD COLUMN remember TEXT;
+    CREATE INDEX approvals_grants ON approvals (agent, remember, state) WHERE remember IN ('task', 'always');",
 ];
 
 pub const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;

@@ -403,3 +403,82 @@ fn every_task_listing_walks_an_index_newest_first_without_sorting() {
         }
     }
 }
+
+#[test]
+fn egress_grants_answer_later_asks_until_revoked_and_only_egress_asks_are_remembered() {
+    use agentd::domain::{ApprovalAnswer, ApprovalSubject, Remember};
+    use ledger::Asked;
+    let dir = tempdir();
+    let mut l = Ledger::open(&dir.path().join("ledger.sqlite")).expect("open");
+    let egress = ApprovalSubject::Egress {
+        host: "pypi.org".into(),
+        port: 443,
+    };
+    let tool = ApprovalSubject::Tool {
+        name: "write_file".into(),
+        arguments: serde_json::json!({}),
+    };
+    let answer = |remember| ApprovalAnswer {
+        approved: true,
+        by: "test".into(),
+        note: None,
+        remember,
+    };
+    let run = |l: &mut Ledger, n: u64| {
+        l.enqueue("a", &msg(&format!("t{n}")), None).expect("enqueue");
+        l.claim_next("a", &lease(n)).expect("claim").expect("task").id
+    };
+    let finish = |l: &mut Ledger, t, n| {
+        l.finish(t, &lease(n), TaskState::Succeeded, Some("ok"), None)
+            .expect("finish");
+    };
+
+    // A tool call's answer cannot be remembered.
+    let t1 = run(&mut l, 1);
+    let Asked::Pending(a) = l.ask_approval(t1, &lease(1), &tool, 60_000, "deny").unwrap() else {
+        panic!("pending")
+    };
+    assert!(matches!(
+        l.answer_approval(a.id, &answer(Remember::Always), Some(&lease(1))),
+        Err(LedgerError::NotRememberable(_))
+    ));
+    l.answer_approval(a.id, &answer(Remember::Once), Some(&lease(1)))
+        .unwrap();
+
+    // Control: an egress answer given once is not a grant; the next ask waits.
+    let Asked::Pending(e1) = l.ask_approval(t1, &lease(1), &egress, 60_000, "deny").unwrap() else {
+        panic!("pending")
+    };
+    l.answer_approval(e1.id, &answer(Remember::Once), Some(&lease(1)))
+        .unwrap();
+    let Asked::Pending(again) = l.ask_approval(t1, &lease(1), &egress, 60_000, "deny").unwrap() else {
+        panic!("a once answer answered again")
+    };
+    l.answer_approval(again.id, &answer(Remember::Once), Some(&lease(1)))
+        .unwrap();
+    assert!(l.grants(None).unwrap().is_empty());
+    assert!(matches!(l.revoke_grant(e1.id, "test"), Err(LedgerError::NotAGrant(_))));
+    finish(&mut l, t1, 1);
+
+    // Always: a later task of the agent is answered by the ledger.
+    let t2 = run(&mut l, 2);
+    let Asked::Pending(e2) = l.ask_approval(t2, &lease(2), &egress, 60_000, "deny").unwrap() else {
+        panic!("pending")
+    };
+    l.answer_approval(e2.id, &answer(Remember::Always), Some(&lease(2)))
+        .unwrap();
+    finish(&mut l, t2, 2);
+    let t3 = run(&mut l, 3);
+    match l.ask_approval(t3, &lease(3), &egress, 60_000, "deny").unwrap() {
+        Asked::Answered(g, a) => assert!(g.id == e2.id && a.approved && a.remember == Remember::Always),
+        other => panic!("not answered by the grant: {other:?}"),
+    }
+    assert_eq!(l.grants(Some("a")).unwrap().len(), 1);
+    // Revoked: asked again.
+    l.revoke_grant(e2.id, "test").unwrap();
+    assert!(l.grants(None).unwrap().is_empty());
+    assert!(matches!(
+        l.ask_approval(t3, &lease(3), &egress, 60_000, "deny").unwrap(),
+        Asked::Pending(_)
+    ));
+}
