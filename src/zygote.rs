@@ -81,7 +81,7 @@ pub fn main() -> i32 {
         let (name, fds) = match receive(sock) {
             Ok(Some(req)) => req,
             Ok(None) => return 0,
-            Err(e) if e == nix::errno::Errno::EINTR => continue,
+            Err(nix::errno::Errno::EINTR) => continue,
             Err(_) => return 1,
         };
         let answer: i32 = match (std::str::from_utf8(&name), <[OwnedFd; 3]>::try_from(fds)) {
