@@ -286,6 +286,29 @@ fn mcp_watch(dir: &Path, debounce_ms: Option<u64>) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// The ledger for readers: the config's PostgreSQL ledger (`--config`),
+/// else what the state dir says (`$AGENTD_LEDGER`, the URL its supervisor
+/// runs with, or its SQLite file).
+fn ledger_location(global: &Global, args: &LedgerArgs) -> anyhow::Result<crate::ledger::Location> {
+    if let Some(c) = &args.config {
+        let cfg = config::load(c).map_err(|e| anyhow::anyhow!("{e}"))?;
+        if cfg.ledger.is_shared() {
+            return Ok(cfg.ledger);
+        }
+    }
+    let dir = state_dir(global, args)?;
+    Ok(crate::ledger::Location::for_state_dir(&dir, &|k| {
+        std::env::var(k).ok()
+    })?)
+}
+
+/// Opens the ledger for reading (see [`ledger_location`]).
+fn open_reader(global: &Global, args: &LedgerArgs) -> anyhow::Result<crate::ledger::Ledger> {
+    Ok(crate::ledger::Ledger::open_read_only_at(&ledger_location(
+        global, args,
+    )?)?)
+}
+
 /// The state dir for readers: `--state-dir`, else the config's, else the default.
 fn state_dir(global: &Global, ledger: &LedgerArgs) -> anyhow::Result<PathBuf> {
     if let Some(d) = &global.state_dir {

@@ -4,7 +4,7 @@ use std::process::ExitCode;
 
 use clap::Args;
 
-use super::{Global, LedgerArgs, state_dir};
+use super::{Global, LedgerArgs};
 use crate::domain::{TaskId, TaskState};
 use crate::ledger::{Ledger, Task, TaskFilter};
 
@@ -45,8 +45,7 @@ fn parse_state(s: &str) -> Result<TaskState, String> {
 }
 
 fn open(global: &Global, args: &LedgerArgs) -> anyhow::Result<Ledger> {
-    let dir = state_dir(global, args)?;
-    Ok(Ledger::open_read_only(&crate::state_dir::ledger(&dir))?)
+    super::open_reader(global, args)
 }
 
 pub fn list(global: &Global, args: &TasksArgs) -> anyhow::Result<ExitCode> {

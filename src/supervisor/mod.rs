@@ -207,6 +207,31 @@ pub fn run(
     rt.block_on(run_async(cfg, record, state_dir_overridden, repl))
 }
 
+/// The config's ledger; a SQLite one always in the state dir agentd runs
+/// with (`--state-dir` may have moved it).
+fn ledger_location(cfg: &Config) -> ledger::Location {
+    match &cfg.ledger {
+        ledger::Location::Sqlite(_) => ledger::Location::Sqlite(crate::state_dir::ledger(&cfg.state_dir)),
+        shared => shared.clone(),
+    }
+}
+
+/// Leaves the shared ledger's URL (never a password) in the state dir, for
+/// readers run without a config; removes a stale one with SQLite.
+fn note_ledger_url(state_dir: &std::path::Path, location: &ledger::Location) {
+    let path = crate::state_dir::ledger_url(state_dir);
+    let r = match location {
+        ledger::Location::Postgres(_) => std::fs::write(&path, format!("{}\n", location.describe())),
+        ledger::Location::Sqlite(_) => match std::fs::remove_file(&path) {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            other => other,
+        },
+    };
+    if let Err(e) = r {
+        tracing::warn!("{}: {e}", path.display());
+    }
+}
+
 async fn run_async(
     cfg: Config,
     record: Option<PathBuf>,
@@ -228,7 +253,9 @@ async fn run_async(
     // Before any agent starts: cgroups for sandbox runs, and what a killed
     // agentd left behind.
     crate::sandbox::contain::at_supervisor_start(&cfg.state_dir);
-    let ledger = Ledger::open(&crate::state_dir::ledger(&cfg.state_dir))?;
+    let location = ledger_location(&cfg);
+    let ledger = Ledger::open_at(&location)?;
+    note_ledger_url(&cfg.state_dir, &location);
     // Before a single row is trusted: a damaged ledger is refused, never half-run.
     match ledger.check_integrity(INTEGRITY_BUDGET)? {
         ledger::Integrity::Ok { took } => tracing::debug!("ledger integrity check passed in {took:?}"),
@@ -266,6 +293,7 @@ async fn run_async(
                 feed: feed.clone(),
                 webhooks: webhooks_rx,
                 state_dir: cfg.state_dir.clone(),
+                ledger: location.clone(),
             };
             http::start(listen, links).await?
         }

@@ -6,7 +6,75 @@ use agentd::ledger::{self, Enqueued, Ledger, LedgerError, TaskFilter};
 use agentd::domain::{Lease, NewStep, TaskState, Trigger};
 use rusqlite::Connection;
 
-use crate::support::{agentd, stderr, stdout, tempdir};
+use crate::support::{agentd, agentd_cmd, stderr, stdout, tempdir};
+
+/// One ledger under test, on either backend, and how the CLI readers reach
+/// it: `--state-dir` for SQLite, `AGENTD_LEDGER` for PostgreSQL.
+struct Target {
+    state: tempfile::TempDir,
+    url: Option<String>,
+    _db: Option<crate::support::postgres::TestDb>,
+}
+
+impl Target {
+    fn sqlite() -> (Ledger, Target) {
+        let state = tempdir();
+        let l = Ledger::open(&state.path().join(ledger::FILE_NAME)).expect("open");
+        (
+            l,
+            Target {
+                state,
+                url: None,
+                _db: None,
+            },
+        )
+    }
+
+    fn postgres() -> (Ledger, Target) {
+        let db = crate::support::postgres::TestDb::new();
+        let l = Ledger::open_at(&db.location()).expect("open");
+        let t = Target {
+            state: tempdir(),
+            url: Some(db.url.clone()),
+            _db: Some(db),
+        };
+        (l, t)
+    }
+
+    /// Runs `agentd ARGS` reading this ledger.
+    fn cli(&self, args: &[&str]) -> std::process::Output {
+        let mut c = agentd_cmd(args);
+        c.arg("--state-dir").arg(self.state.path());
+        match &self.url {
+            Some(u) => c.env(ledger::URL_ENV, u),
+            None => c.env_remove(ledger::URL_ENV),
+        };
+        c.output().expect("run agentd")
+    }
+}
+
+/// The same test on a SQLite file and on a PostgreSQL database.
+macro_rules! on_both_backends {
+    ($($name:ident),* $(,)?) => {
+        mod on_sqlite {
+            $( #[test] fn $name() { let (mut l, t) = super::Target::sqlite(); super::$name(&mut l, &t); } )*
+        }
+        mod on_postgres {
+            $( #[test] fn $name() { let (mut l, t) = super::Target::postgres(); super::$name(&mut l, &t); } )*
+        }
+    };
+}
+
+on_both_backends!(
+    queued_updates_for_one_uri_coalesce_until_claimed,
+    an_agent_runs_one_task_at_a_time,
+    a_stale_lease_cannot_write,
+    release_fails_the_task_after_max_attempts,
+    tasks_and_show_print_the_ledger,
+    pauses_cancels_and_spend_are_kept,
+    approvals_are_asked_answered_and_reused,
+    snapshots_and_deliveries_are_kept,
+);
 
 /// A lease of agent `a`; different generations are different holders.
 fn lease(generation: u64) -> Lease {
@@ -185,10 +253,7 @@ fn newer_ledger_is_refused_untouched() {
     assert_eq!(std::fs::read(&path).expect("read"), before);
 }
 
-#[test]
-fn queued_updates_for_one_uri_coalesce_until_claimed() {
-    let dir = tempdir();
-    let mut l = Ledger::open(&dir.path().join("l.sqlite")).expect("open");
+fn queued_updates_for_one_uri_coalesce_until_claimed(l: &mut Ledger, _: &Target) {
     let first = l
         .enqueue("a", &resource("file:///x", "v1"), Some("file:///x"))
         .expect("enqueue");
@@ -223,10 +288,7 @@ fn queued_updates_for_one_uri_coalesce_until_claimed() {
     assert!(matches!(third, Enqueued::New(_)));
 }
 
-#[test]
-fn an_agent_runs_one_task_at_a_time() {
-    let dir = tempdir();
-    let mut l = Ledger::open(&dir.path().join("l.sqlite")).expect("open");
+fn an_agent_runs_one_task_at_a_time(l: &mut Ledger, _: &Target) {
     l.enqueue("a", &msg("one"), None).expect("e");
     l.enqueue("a", &msg("two"), None).expect("e");
     let t1 = l.claim_next("a", &lease(1)).expect("claim").expect("task");
@@ -237,10 +299,7 @@ fn an_agent_runs_one_task_at_a_time() {
     assert_eq!(t2.trigger(), Some(msg("two")));
 }
 
-#[test]
-fn a_stale_lease_cannot_write() {
-    let dir = tempdir();
-    let mut l = Ledger::open(&dir.path().join("l.sqlite")).expect("open");
+fn a_stale_lease_cannot_write(l: &mut Ledger, _: &Target) {
     l.enqueue("a", &msg("hi"), None).expect("e");
     let t = l.claim_next("a", &lease(1)).expect("claim").expect("task");
     assert_eq!(
@@ -267,10 +326,7 @@ fn a_stale_lease_cannot_write() {
     assert_eq!(l.append_step(t.id, &lease(2), &step).expect("current lease writes"), 1);
 }
 
-#[test]
-fn release_fails_the_task_after_max_attempts() {
-    let dir = tempdir();
-    let mut l = Ledger::open(&dir.path().join("l.sqlite")).expect("open");
+fn release_fails_the_task_after_max_attempts(l: &mut Ledger, _: &Target) {
     l.enqueue("a", &msg("hi"), None).expect("e");
     for attempt in 1..=2 {
         let t = l.claim_next("a", &lease(attempt)).expect("claim").expect("task");
@@ -291,12 +347,8 @@ fn release_fails_the_task_after_max_attempts() {
 }
 
 /// Builds a ledger with a finished task and steps, and reads it back through the CLI.
-#[test]
-fn tasks_and_show_print_the_ledger() {
-    let dir = tempdir();
-    let state = dir.path().join("state");
+fn tasks_and_show_print_the_ledger(l: &mut Ledger, t: &Target) {
     {
-        let mut l = Ledger::open(&state.join(ledger::FILE_NAME)).expect("open");
         let id = l
             .enqueue(
                 "news",
@@ -318,8 +370,7 @@ fn tasks_and_show_print_the_ledger() {
         l.finish(id, &lease(1), TaskState::Succeeded, Some("Summarized a.md"), None)
             .expect("finish");
     }
-    let sd = state.to_str().unwrap_or_default();
-    let out = agentd(&["tasks", "--state-dir", sd]);
+    let out = t.cli(&["tasks"]);
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
     let s = stdout(&out);
     assert!(s.lines().next().unwrap_or("").contains("AGENT"), "{s}");
@@ -329,21 +380,12 @@ fn tasks_and_show_print_the_ledger() {
     );
     assert!(s.contains("other") && s.contains("queued"), "{s}");
 
-    let out = agentd(&[
-        "tasks",
-        "--state-dir",
-        sd,
-        "--agent",
-        "news",
-        "--state",
-        "succeeded",
-        "--json",
-    ]);
+    let out = t.cli(&["tasks", "--agent", "news", "--state", "succeeded", "--json"]);
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
     assert_eq!(v.as_array().map(Vec::len), Some(1));
     assert_eq!(v[0]["input_tokens"], 120);
 
-    let out = agentd(&["show", "--state-dir", sd, "1"]);
+    let out = t.cli(&["show", "1"]);
     let s = stdout(&out);
     assert!(s.contains("task 1 (news)"), "{s}");
     assert!(s.contains("state:    succeeded (attempt 1)"), "{s}");
@@ -351,14 +393,14 @@ fn tasks_and_show_print_the_ledger() {
     assert!(s.contains("I will read it"), "{s}");
     assert!(s.contains("result:   Summarized a.md"), "{s}");
 
-    let out = agentd(&["show", "--state-dir", sd, "--json", "1"]);
+    let out = t.cli(&["show", "--json", "1"]);
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
     assert_eq!(v["steps"][0]["payload"]["reply"], "I will read it");
 
-    let out = agentd(&["show", "--state-dir", sd, "99"]);
+    let out = t.cli(&["show", "99"]);
     assert_eq!(out.status.code(), Some(1));
     assert!(stderr(&out).contains("task 99 does not exist"), "{}", stderr(&out));
-    let out = agentd(&["tasks", "--state-dir", sd, "--state", "done"]);
+    let out = t.cli(&["tasks", "--state", "done"]);
     assert_eq!(out.status.code(), Some(2));
 }
 
@@ -402,4 +444,163 @@ fn every_task_listing_walks_an_index_newest_first_without_sorting() {
             ),
         }
     }
+}
+
+fn pauses_cancels_and_spend_are_kept(l: &mut Ledger, _: &Target) {
+    use agentd::ledger::Pause;
+    let pause = Pause {
+        agent: "a".into(),
+        reason: agentd::domain::PauseReason::parse("operator"),
+        by: "uid 0".into(),
+        note: Some("lunch".into()),
+        since: 1_000,
+    };
+    l.set_pause(&pause).expect("pause");
+    l.set_pause(&Pause {
+        note: None,
+        ..pause.clone()
+    })
+    .expect("pause again replaces");
+    assert_eq!(l.pauses().expect("pauses"), vec![Pause { note: None, ..pause }]);
+    l.clear_pause("a").expect("clear");
+    assert!(l.pauses().expect("pauses").is_empty());
+
+    let queued = l.enqueue("a", &msg("one"), None).expect("e").id();
+    let c = l.cancel(queued, "uid 0", Some("not needed")).expect("cancel");
+    assert_eq!(c.was, TaskState::Queued);
+    assert!(matches!(
+        l.cancel(queued, "uid 0", None),
+        Err(LedgerError::AlreadyEnded { .. })
+    ));
+    let t = l.task(queued).expect("task");
+    assert_eq!(t.state, TaskState::Cancelled);
+    assert_eq!(t.error.as_deref(), Some("cancelled by uid 0: not needed"));
+    assert_eq!(l.steps(queued).expect("steps")[0].kind.as_str(), "cancel");
+
+    l.enqueue("a", &msg("two"), None).expect("e");
+    let run = l.claim_next("a", &lease(1)).expect("claim").expect("task");
+    for (model, tokens) in [("m1", 100), ("m1", 50), ("m2", 7)] {
+        let step = NewStep {
+            kind: agentd::domain::StepKind::Llm,
+            payload: serde_json::json!({"model": model, "cached_tokens": 3}),
+            input_tokens: tokens,
+            output_tokens: 1,
+            latency_ms: Some(5),
+        };
+        l.append_step(run.id, &lease(1), &step).expect("step");
+    }
+    let by_model = l.llm_usage_by_model(Some("a"), 0).expect("usage");
+    assert_eq!(by_model.len(), 2, "{by_model:?}");
+    assert_eq!(
+        (
+            by_model[0].model.as_deref(),
+            by_model[0].calls,
+            by_model[0].input_tokens,
+            by_model[0].cached_tokens
+        ),
+        (Some("m1"), 2, 150, 6)
+    );
+    assert_eq!(l.llm_usage(None, 0).expect("usage").len(), 3);
+    assert!(l.llm_usage(Some("b"), 0).expect("usage").is_empty());
+    assert_eq!(l.task(run.id).expect("task").input_tokens, 157);
+}
+
+fn approvals_are_asked_answered_and_reused(l: &mut Ledger, _: &Target) {
+    use agentd::domain::{ApprovalAnswer, ApprovalSubject};
+    use agentd::ledger::Asked;
+    l.enqueue("a", &msg("rm"), None).expect("e");
+    let t = l.claim_next("a", &lease(1)).expect("claim").expect("task");
+    let subject = ApprovalSubject::Code {
+        block: "bash".into(),
+        code: "rm -rf x".into(),
+    };
+    let Asked::Pending(asked) = l.ask_approval(t.id, &lease(1), &subject, 60_000, "deny").expect("ask") else {
+        panic!("a first question is pending");
+    };
+    assert_eq!(l.task(t.id).expect("task").state, TaskState::Waiting);
+    assert_eq!(l.pending_approvals(None).expect("pending").len(), 1);
+    assert_eq!(l.pending_approvals(Some("b")).expect("pending").len(), 0);
+    // The runner died while it waited: the answer re-queues the task and is
+    // kept for its next run.
+    assert_eq!(l.release(t.id, "gone", 3).expect("release"), TaskState::Waiting);
+    let answer = ApprovalAnswer {
+        approved: true,
+        by: "uid 0".into(),
+        note: None,
+    };
+    let answered = l.answer_approval(asked.id, &answer, None).expect("answer");
+    assert_eq!(answered.state, "approved");
+    assert!(matches!(
+        l.answer_approval(asked.id, &answer, None),
+        Err(LedgerError::ApprovalAnswered { .. })
+    ));
+    assert_eq!(l.task(t.id).expect("task").state, TaskState::Queued);
+    let again = l.claim_next("a", &lease(2)).expect("claim").expect("task");
+    match l
+        .ask_approval(again.id, &lease(2), &subject, 60_000, "deny")
+        .expect("ask")
+    {
+        Asked::Answered(_, a) => assert!(a.approved),
+        other => panic!("the kept answer applies: {other:?}"),
+    }
+}
+
+fn snapshots_and_deliveries_are_kept(l: &mut Ledger, _: &Target) {
+    use agentd::ledger::SnapshotKind;
+    let bytes: Vec<u8> = (0..=255u8).collect();
+    let id = l
+        .put_snapshot("a", SnapshotKind::Workspace, Some("before"), None, &bytes)
+        .expect("put");
+    l.put_snapshot("a", SnapshotKind::Conversation, None, None, b"[]")
+        .expect("put");
+    let s = l.snapshot("a", "before").expect("by label");
+    assert_eq!((s.meta.id, s.meta.size, &s.data), (id, 256, &bytes));
+    assert_eq!(l.snapshot("a", &id.to_string()).expect("by id").data, bytes);
+    assert_eq!(l.list_snapshots("a", None).expect("list").len(), 2);
+    assert_eq!(
+        l.list_snapshots("a", Some(SnapshotKind::Workspace))
+            .expect("list")
+            .len(),
+        1
+    );
+    assert_eq!(
+        l.latest_snapshot("a", SnapshotKind::Conversation)
+            .expect("latest")
+            .map(|s| s.data),
+        Some(b"[]".to_vec())
+    );
+    assert!(matches!(l.snapshot("b", "before"), Err(LedgerError::NoSuchSnapshot(_))));
+
+    let first = l.enqueue_delivery("a", "delivery-1", &msg("hook")).expect("deliver");
+    let again = l.enqueue_delivery("a", "delivery-1", &msg("hook")).expect("deliver");
+    assert!(matches!(first, Enqueued::New(_)));
+    assert_eq!(again, Enqueued::Coalesced(first.id()));
+}
+
+#[test]
+fn a_postgres_database_that_is_not_a_ledger_is_refused_untouched() {
+    let db = crate::support::postgres::TestDb::new();
+    db.psql("CREATE TABLE invoices (id int)");
+    let err = Ledger::open_at(&db.location()).err().expect("refused");
+    assert!(matches!(err, LedgerError::Foreign { .. }), "{err}");
+    assert!(err.to_string().contains("no agentd_meta"), "{err}");
+}
+
+#[test]
+fn members_starting_together_migrate_a_postgres_ledger_once() {
+    let db = crate::support::postgres::TestDb::new();
+    let opened: Vec<_> = (0..3)
+        .map(|_| {
+            let loc = db.location();
+            std::thread::spawn(move || Ledger::open_at(&loc).map(drop))
+        })
+        .collect();
+    for h in opened {
+        h.join().expect("join").expect("every member opens the ledger");
+    }
+    assert_eq!(
+        db.psql("SELECT value FROM agentd_meta WHERE key = 'schema_version'")
+            .trim(),
+        "1"
+    );
 }
