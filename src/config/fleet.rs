@@ -13,11 +13,26 @@ use std::time::Duration;
 use marked_yaml::Node;
 
 use super::load::resolve_path;
-use super::types::FleetSpec;
+use super::types::{FleetSpec, Placement};
 use crate::ledger::{Location, PgTarget, URL_ENV};
 use crate::yaml::{Cx, Map};
 
 const FLEET_KEYS: &[&str] = &["host", "labels", "lease_ttl", "heartbeat"];
+const PLACEMENT_KEYS: &[&str] = &["hosts", "labels"];
+
+/// An agent's `placement: {hosts, labels}`.
+pub(super) fn decode_placement(cx: &mut Cx, node: &Node, path: &str) -> Option<Placement> {
+    let map = Map::open(cx, node, path, PLACEMENT_KEYS)?;
+    let hosts = match map.get("hosts") {
+        Some(n) => cx.strings(n, &map.field("hosts"))?,
+        None => Vec::new(),
+    };
+    let labels = match map.get("labels") {
+        Some(n) => cx.strings(n, &map.field("labels"))?,
+        None => Vec::new(),
+    };
+    Some(Placement { hosts, labels })
+}
 
 /// How long an agent's lease outlives its holder's last heartbeat.
 pub const DEFAULT_LEASE_TTL: Duration = Duration::from_secs(15);

@@ -184,6 +184,24 @@ pub struct AgentSpec {
     /// Signed deliveries in over HTTP (`webhook:`); none when absent.
     #[serde(default)]
     pub webhook: Option<WebhookSpec>,
+    /// Which fleet members may run it (`placement:`); anywhere by default.
+    #[serde(default)]
+    pub placement: Placement,
+}
+
+/// `placement: {hosts: [a, b], labels: [gpu]}`: the members that may run an
+/// agent (named, and carrying every label); empty lists allow any.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Placement {
+    pub hosts: Vec<String>,
+    pub labels: Vec<String>,
+}
+
+impl Placement {
+    pub fn allows(&self, host: &str, labels: &[String]) -> bool {
+        (self.hosts.is_empty() || self.hosts.iter().any(|h| h == host))
+            && self.labels.iter().all(|l| labels.contains(l))
+    }
 }
 
 /// How to reach the model provider. The API key is referenced by the name of

@@ -386,22 +386,4 @@ impl Ledger {
         self.wake("");
         Ok(n > 0)
     }
-
-    /// Claims one occurrence of a schedule for the whole fleet: true for
-    /// exactly one caller per (agent, schedule, time), whatever the number
-    /// of members that fire it (a primary key, not a race of timers).
-    pub fn claim_firing(&mut self, agent: &str, schedule: &str, fire_at: &str, host: &str) -> Result<bool> {
-        if !self.is_shared() {
-            return Ok(true);
-        }
-        let n = self
-            .conn
-            .execute(
-                "INSERT INTO schedule_firings (agent, schedule, fire_at, host) VALUES (?1, ?2, ?3, ?4)
-                 ON CONFLICT DO NOTHING",
-                args![agent, schedule, fire_at, host],
-            )
-            .map_err(|e| self.err(e))?;
-        Ok(n == 1)
-    }
 }

@@ -26,6 +26,7 @@ mod location;
 mod schema;
 mod snapshots;
 mod tasks;
+pub mod wake;
 
 use std::path::{Path, PathBuf};
 

@@ -137,37 +137,46 @@ impl Ledger {
     pub fn enqueue(&mut self, agent: &str, trigger: &Trigger, dedupe_key: Option<&str>) -> Result<Enqueued> {
         let payload = serde_json::to_string(trigger).unwrap_or_default();
         self.tx(|c| {
-            let existing: Option<TaskId> = match dedupe_key {
-                Some(key) => c
-                    .query_opt(
-                        "SELECT id FROM tasks WHERE agent = ?1 AND dedupe_key = ?2 AND state = 'queued'",
-                        args![agent, key],
-                    )
-                    .and_then(|r| r.map(|r| r.get(0)).transpose())
-                    .map_err(|e| self.err(e))?,
-                None => None,
-            };
-            match existing {
-                Some(id) => {
-                    c.execute(
-                        "UPDATE tasks SET trigger_payload = ?1 WHERE id = ?2",
-                        args![payload.as_str(), id],
+            // In a fleet every member fires every schedule: the first to
+            // record an occurrence makes the task, the others find it.
+            if let (
+                true,
+                Trigger::Schedule {
+                    cron,
+                    prompt,
+                    scheduled_for,
+                },
+            ) = (self.is_shared(), trigger)
+            {
+                let host = self.fence().map(|f| f.host.clone()).unwrap_or_default();
+                let schedule = format!("{cron}\n{prompt}");
+                let fresh = c
+                    .execute(
+                        "INSERT INTO schedule_firings (agent, schedule, fire_at, host) VALUES (?1, ?2, ?3, ?4)
+                         ON CONFLICT DO NOTHING",
+                        args![agent, schedule.as_str(), scheduled_for.as_str(), host.as_str()],
                     )
                     .map_err(|e| self.err(e))?;
-                    Ok(Enqueued::Coalesced(id))
-                }
-                None => {
-                    let id = c
-                        .query_one(
-                            "INSERT INTO tasks (agent, trigger_kind, trigger_payload, dedupe_key, state, created_at)
-                             VALUES (?1, ?2, ?3, ?4, 'queued', ?5) RETURNING id",
-                            args![agent, trigger.kind(), payload.as_str(), dedupe_key, now_ms()],
+                if fresh == 0 {
+                    let task: Option<TaskId> = c
+                        .query_opt(
+                            "SELECT task_id FROM schedule_firings WHERE agent = ?1 AND schedule = ?2 AND fire_at = ?3",
+                            args![agent, schedule.as_str(), scheduled_for.as_str()],
                         )
-                        .and_then(|r| r.get(0))
-                        .map_err(|e| self.err(e))?;
-                    Ok(Enqueued::New(id))
+                        .and_then(|r| r.map(|r| r.get::<Option<TaskId>>(0)).transpose())
+                        .map_err(|e| self.err(e))?
+                        .flatten();
+                    return Ok(Enqueued::Coalesced(task.unwrap_or(TaskId(0))));
                 }
+                let out = enqueue_in(c, agent, trigger, &payload, dedupe_key).map_err(|e| self.err(e))?;
+                c.execute(
+                    "UPDATE schedule_firings SET task_id = ?4 WHERE agent = ?1 AND schedule = ?2 AND fire_at = ?3",
+                    args![agent, schedule.as_str(), scheduled_for.as_str(), out.id()],
+                )
+                .map_err(|e| self.err(e))?;
+                return Ok(out);
             }
+            enqueue_in(c, agent, trigger, &payload, dedupe_key).map_err(|e| self.err(e))
         })
         .inspect(|_| self.wake(agent))
     }
@@ -461,6 +470,39 @@ impl Ledger {
             })
             .collect::<DbResult<Vec<_>>>()
             .map_err(|e| self.err(e))
+    }
+}
+
+/// [`Ledger::enqueue`] inside the caller's transaction.
+fn enqueue_in(c: &Conn, agent: &str, trigger: &Trigger, payload: &str, dedupe_key: Option<&str>) -> DbResult<Enqueued> {
+    let existing: Option<TaskId> = match dedupe_key {
+        Some(key) => c
+            .query_opt(
+                "SELECT id FROM tasks WHERE agent = ?1 AND dedupe_key = ?2 AND state = 'queued'",
+                args![agent, key],
+            )?
+            .map(|r| r.get(0))
+            .transpose()?,
+        None => None,
+    };
+    match existing {
+        Some(id) => {
+            c.execute(
+                "UPDATE tasks SET trigger_payload = ?1 WHERE id = ?2",
+                args![payload, id],
+            )?;
+            Ok(Enqueued::Coalesced(id))
+        }
+        None => {
+            let id = c
+                .query_one(
+                    "INSERT INTO tasks (agent, trigger_kind, trigger_payload, dedupe_key, state, created_at)
+                     VALUES (?1, ?2, ?3, ?4, 'queued', ?5) RETURNING id",
+                    args![agent, trigger.kind(), payload, dedupe_key, now_ms()],
+                )?
+                .get(0)?;
+            Ok(Enqueued::New(id))
+        }
     }
 }
 

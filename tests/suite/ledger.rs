@@ -604,3 +604,103 @@ fn members_starting_together_migrate_a_postgres_ledger_once() {
         "1"
     );
 }
+
+/// Two members record the same schedule occurrence after the first run of
+/// it was claimed. Control: a ledger without the fleet's firing record (one
+/// SQLite host) makes a second task; the shared ledger finds the first.
+#[test]
+fn a_schedule_occurrence_is_recorded_once_across_members() {
+    let occurrence = Trigger::Schedule {
+        cron: "* * * * *".into(),
+        prompt: "tick".into(),
+        scheduled_for: "2026-12-01T10:00:00+00:00".into(),
+    };
+    let key = Some("schedule:* * * * *\ntick");
+    let dir = tempdir();
+    let mut one = Ledger::open(&dir.path().join("l.sqlite")).expect("open");
+    let first = one.enqueue("a", &occurrence, key).expect("e").id();
+    one.claim_next("a", &lease(1)).expect("claim").expect("task");
+    assert!(
+        matches!(one.enqueue("a", &occurrence, key).expect("e"), Enqueued::New(id) if id != first),
+        "control: without the firing record the occurrence runs twice"
+    );
+
+    let db = crate::support::postgres::TestDb::new();
+    let mut alpha = Ledger::open_at(&db.location()).expect("open");
+    let mut beta = Ledger::open_at(&db.location()).expect("open");
+    alpha.join_fleet("alpha", &[]).expect("join");
+    beta.join_fleet("beta", &[]).expect("join");
+    let epoch = alpha.acquire_agent("a", 60_000, 3).expect("acquire").expect("free");
+    assert_eq!(epoch.epoch, 1);
+    let first = alpha.enqueue("a", &occurrence, key).expect("e");
+    assert!(matches!(first, Enqueued::New(_)));
+    alpha.claim_next("a", &lease(1)).expect("claim").expect("task");
+    assert_eq!(
+        beta.enqueue("a", &occurrence, key).expect("e"),
+        Enqueued::Coalesced(first.id())
+    );
+    let next = Trigger::Schedule {
+        cron: "* * * * *".into(),
+        prompt: "tick".into(),
+        scheduled_for: "2026-12-01T10:01:00+00:00".into(),
+    };
+    assert!(matches!(beta.enqueue("a", &next, key).expect("e"), Enqueued::New(_)));
+}
+
+/// The fence: a member writes an agent's task only while it holds the
+/// agent's lease at the epoch it took. Control: the holder's writes land;
+/// after another member took the lease over (the first one's expired), the
+/// first one's claim, step, end and re-queue are all refused.
+#[test]
+fn a_member_whose_lease_was_taken_over_cannot_write() {
+    let db = crate::support::postgres::TestDb::new();
+    let mut alpha = Ledger::open_at(&db.location()).expect("open");
+    let mut beta = Ledger::open_at(&db.location()).expect("open");
+    alpha.join_fleet("alpha", &[]).expect("join");
+    beta.join_fleet("beta", &[]).expect("join");
+    // A short lease, so beta may take it over once it runs out.
+    assert!(alpha.acquire_agent("a", 300, 3).expect("acquire").is_some());
+    assert!(
+        beta.acquire_agent("a", 300, 3).expect("acquire").is_none(),
+        "a live lease is not taken"
+    );
+    alpha.enqueue("a", &msg("one"), None).expect("e");
+    let t = alpha.claim_next("a", &lease(1)).expect("claim").expect("task");
+    let step = NewStep {
+        kind: agentd::domain::StepKind::parse("note"),
+        payload: serde_json::json!("by alpha"),
+        input_tokens: 0,
+        output_tokens: 0,
+        latency_ms: None,
+    };
+    assert_eq!(alpha.append_step(t.id, &lease(1), &step).expect("the holder writes"), 1);
+
+    let taken = crate::support::wait_for(std::time::Duration::from_secs(30), || {
+        beta.acquire_agent("a", 60_000, 3).expect("acquire")
+    })
+    .expect("beta takes the expired lease");
+    assert_eq!((taken.epoch, taken.previous.as_deref()), (2, Some("alpha")));
+    assert_eq!(taken.requeued, vec![(t.id, TaskState::Queued)]);
+    let requeued = beta.task(t.id).expect("task");
+    assert_eq!(
+        requeued.error.as_deref(),
+        Some("host alpha lost (attempt 1 of 3; re-queued)")
+    );
+
+    // alpha wakes up with the same lease string its child still holds.
+    for refused in [
+        alpha.append_step(t.id, &lease(1), &step).map(drop),
+        alpha.finish(t.id, &lease(1), TaskState::Succeeded, Some("stale"), None),
+        alpha.release(t.id, "stale", 3).map(drop),
+        alpha.claim_next("a", &lease(1)).map(drop),
+    ] {
+        assert!(
+            matches!(&refused, Err(LedgerError::StaleEpoch { host, epoch: 1, .. }) if host == "alpha"),
+            "{refused:?}"
+        );
+    }
+    assert_eq!(alpha.heartbeat(60_000, None).expect("heartbeat"), vec!["a".to_string()]);
+    let again = beta.claim_next("a", &lease(2)).expect("claim").expect("task");
+    assert_eq!(again.attempts, 2);
+    assert_eq!(beta.steps(t.id).expect("steps").len(), 1);
+}

@@ -1,0 +1,311 @@
+//! This supervisor as one member of a fleet sharing a PostgreSQL ledger.
+//!
+//! Every member knows every configured agent, but runs only those whose
+//! lease it holds ([`crate::ledger::fleet`] keeps leases and fences their
+//! writes). Each tick (a third of the lease TTL by default) it renews its
+//! heartbeat and leases, stops at once any agent whose lease another
+//! member took, and compares what it holds with what placement wants:
+//!
+//! - placement is decided by [`place`], a pure function: rendezvous
+//!   hashing of the agent's name over the live, non-draining members its
+//!   `placement:` allows, so every member computes the same answer, agents
+//!   spread evenly, and a member joining or leaving moves only its share;
+//! - an agent placed here whose lease is free or expired is taken (its
+//!   previous holder's running tasks re-queued with "host X lost") and
+//!   started;
+//! - an agent held here but placed elsewhere (a new member took its
+//!   share, or this host is draining) is stopped once it is idle (running
+//!   tasks finish first) and its lease given up, so the other member takes
+//!   it at its next tick.
+//!
+//! Between ticks, `LISTEN/NOTIFY` wakes the member when another queued a
+//! task for one of its agents; each tick also dispatches, as the fallback.
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use super::Supervisor;
+use super::slot::{AfterExit, Lifecycle};
+use crate::config::{FleetSpec, Placement};
+use crate::ledger::{LedgerError, Member};
+
+/// This member's view of the fleet.
+pub(super) struct Fleet {
+    pub spec: FleetSpec,
+    /// Agents whose lease this member holds.
+    pub held: BTreeSet<String>,
+    /// The members as last read (for status and placement).
+    pub members: Vec<Member>,
+    /// `agentd drain` was asked of this member.
+    pub draining: bool,
+}
+
+impl Fleet {
+    pub fn new(spec: FleetSpec) -> Fleet {
+        Fleet {
+            spec,
+            held: BTreeSet::new(),
+            members: Vec::new(),
+            draining: false,
+        }
+    }
+
+    fn ttl_ms(&self) -> i64 {
+        self.spec.lease_ttl.as_millis() as i64
+    }
+
+    pub fn tick_every(&self) -> Duration {
+        self.spec.heartbeat()
+    }
+}
+
+/// The member that should run `agent`: among live, non-draining members
+/// `placement` allows, the one with the highest hash of (agent, host).
+/// None when no member may run it.
+pub fn place<'m>(agent: &str, placement: &Placement, members: &'m [Member]) -> Option<&'m str> {
+    members
+        .iter()
+        .filter(|m| m.alive && !m.draining && placement.allows(&m.host, &m.labels))
+        .max_by_key(|m| (weight(agent, &m.host), m.host.as_str()))
+        .map(|m| m.host.as_str())
+}
+
+/// FNV-1a over "agent/host": stable across hosts, builds and restarts.
+fn weight(agent: &str, host: &str) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in agent.bytes().chain([b'/']).chain(host.bytes()) {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    // FNV's low bits mix poorly for similar keys: fold the high half in.
+    h ^ (h >> 29)
+}
+
+impl Supervisor {
+    /// Whether this member may run `name` now (always, outside a fleet).
+    pub(super) fn may_run_here(&self, name: &str) -> bool {
+        self.fleet.as_ref().is_none_or(|f| f.held.contains(name))
+    }
+
+    /// One round of membership: heartbeat, lost leases, placement.
+    pub(super) async fn fleet_tick(&mut self) {
+        let Some(f) = &self.fleet else { return };
+        let ttl = f.ttl_ms();
+        let status = self.status_line();
+        let read = self
+            .ledger
+            .call(move |l| -> Result<_, LedgerError> {
+                let lost = l.heartbeat(ttl, Some(&status))?;
+                let members = l.members(ttl)?;
+                Ok((lost, members))
+            })
+            .await;
+        let (lost, members) = match read {
+            Ok(r) => r,
+            Err(LedgerError::Closed) => return,
+            Err(e) => {
+                // Leases run out while this lasts; the fence keeps this
+                // member's late writes out if another one takes over.
+                tracing::warn!("fleet heartbeat failed: {e}");
+                return;
+            }
+        };
+        for agent in lost {
+            tracing::warn!(
+                agent,
+                "another host took this agent's lease (this host missed its renewals); stopping it here"
+            );
+            if let Some(f) = self.fleet.as_mut() {
+                f.held.remove(&agent);
+            }
+            self.stop_agent(&agent, AfterExit::StayDown, Duration::ZERO);
+            self.kill_now(&agent);
+        }
+        let Some(f) = self.fleet.as_mut() else { return };
+        let me = f.spec.host.clone();
+        f.draining = members.iter().any(|m| m.host == me && m.draining);
+        f.members = members;
+        if self.stop_deadline.is_some() {
+            return;
+        }
+        let names: Vec<String> = self.agents.keys().cloned().collect();
+        for name in names {
+            self.place_one(&name, &me).await;
+        }
+    }
+
+    /// Takes, keeps or gives away one agent as placement says.
+    async fn place_one(&mut self, name: &str, me: &str) {
+        let (Some(f), Some(a)) = (&self.fleet, self.agents.get(name)) else {
+            return;
+        };
+        let want = place(name, &a.spec.placement, &f.members).map(str::to_owned);
+        let held = f.held.contains(name);
+        let here = want.as_deref() == Some(me) && !f.draining;
+        if held && !here {
+            // Placed elsewhere: leave once idle, then give the lease up.
+            match &a.life {
+                Lifecycle::Stopped | Lifecycle::Failed | Lifecycle::Backoff { .. } => {
+                    self.give_up(name, want.as_deref()).await;
+                }
+                Lifecycle::Running { claim: None, .. } | Lifecycle::Starting { .. } => {
+                    tracing::info!(
+                        agent = name,
+                        "moving to host {}: stopping here",
+                        want.as_deref().unwrap_or("(none)")
+                    );
+                    self.stop_agent(name, AfterExit::StayDown, self.cfg.shutdown_grace);
+                }
+                // A running task finishes first; stopping ones are on their way.
+                Lifecycle::Running { .. } | Lifecycle::Stopping { .. } => {}
+            }
+            return;
+        }
+        if held {
+            // The polling fallback for work queued by other members.
+            self.dispatch(name).await;
+            return;
+        }
+        if !here {
+            return;
+        }
+        let (agent, ttl, max) = (name.to_owned(), f.ttl_ms(), a.spec.limits.max_attempts);
+        let got = self.ledger.call(move |l| l.acquire_agent(&agent, ttl, max)).await;
+        let acquired = match got {
+            Ok(Some(a)) => a,
+            Ok(None) | Err(LedgerError::Closed) => return,
+            Err(e) => {
+                tracing::warn!(agent = name, "cannot take this agent's lease: {e}");
+                return;
+            }
+        };
+        if let Some(f) = self.fleet.as_mut() {
+            f.held.insert(name.to_owned());
+        }
+        match &acquired.previous {
+            Some(prev) => tracing::warn!(
+                agent = name,
+                "took over from host {prev} (epoch {}); its workspace stays on {prev} and is not restored here (agentd snapshot restore puts a saved one back); the conversation is restored from the ledger",
+                acquired.epoch
+            ),
+            None => tracing::info!(agent = name, "runs on this host (lease epoch {})", acquired.epoch),
+        }
+        for (id, state) in &acquired.requeued {
+            tracing::warn!(agent = name, "task {id} had no runner left; now {state}");
+        }
+        if let Some(a) = self.agents.get(name)
+            && matches!(a.life, Lifecycle::Stopped | Lifecycle::Failed)
+        {
+            self.start_agent(name).await;
+        }
+    }
+
+    /// Gives up an agent's lease (it stopped here to move elsewhere).
+    async fn give_up(&mut self, name: &str, to: Option<&str>) {
+        let agent = name.to_owned();
+        match self.ledger.call(move |l| l.release_agent(&agent)).await {
+            Ok(()) => {
+                if let Some(f) = self.fleet.as_mut() {
+                    f.held.remove(name);
+                }
+                tracing::info!(agent = name, "lease given up; host {} takes it", to.unwrap_or("(none)"));
+            }
+            Err(e) => tracing::warn!(agent = name, "cannot give this agent's lease up: {e}"),
+        }
+    }
+
+    /// Kills a child at once (its lease is gone: nothing it does counts).
+    fn kill_now(&self, name: &str) {
+        if let Some(c) = self.agents.get(name).and_then(|a| a.life.child()) {
+            c.signal(nix::sys::signal::Signal::SIGKILL);
+            c.kill_group();
+        }
+    }
+
+    /// A member said an agent has new work (or, with no agent, that the
+    /// fleet changed).
+    pub(super) async fn on_wake(&mut self, agent: String) {
+        if agent.is_empty() {
+            self.fleet_tick().await;
+        } else if self.fleet.as_ref().is_some_and(|f| f.held.contains(&agent)) {
+            self.dispatch(&agent).await;
+        }
+    }
+
+    /// On a clean stop: every lease is given up so other members take the
+    /// agents at once instead of after the TTL.
+    pub(super) async fn leave_fleet(&mut self) {
+        let Some(f) = &self.fleet else { return };
+        let held: Vec<String> = f.held.iter().cloned().collect();
+        let _ = self
+            .ledger
+            .call(move |l| -> Result<(), LedgerError> {
+                for a in held {
+                    l.release_agent(&a)?;
+                }
+                Ok(())
+            })
+            .await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn member(host: &str, labels: &[&str]) -> Member {
+        Member {
+            host: host.into(),
+            labels: labels.iter().map(|s| s.to_string()).collect(),
+            started_at: 0,
+            heartbeat_at: 0,
+            alive: true,
+            draining: false,
+            agents: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn placement_spreads_agents_evenly_and_a_new_member_takes_only_its_share() {
+        let two = [member("a", &[]), member("b", &[])];
+        let three = [member("a", &[]), member("b", &[]), member("c", &[])];
+        let any = Placement::default();
+        let names: Vec<String> = (0..300).map(|i| format!("agent-{i}")).collect();
+        let on =
+            |members: &[Member], host: &str| names.iter().filter(|n| place(n, &any, members) == Some(host)).count();
+        let (a, b) = (on(&two, "a"), on(&two, "b"));
+        assert_eq!(a + b, 300);
+        assert!((120..=180).contains(&a), "{a} of 300 on a");
+        // With c joining, agents only move to c, never between a and b.
+        for n in &names {
+            let before = place(n, &any, &two);
+            let after = place(n, &any, &three);
+            assert!(after == before || after == Some("c"), "{n}: {before:?} -> {after:?}");
+        }
+        assert!((70..=130).contains(&on(&three, "c")), "{}", on(&three, "c"));
+    }
+
+    #[test]
+    fn placement_honours_hosts_labels_liveness_and_draining() {
+        let mut members = vec![member("a", &["gpu"]), member("b", &[]), member("c", &["gpu"])];
+        let gpu = Placement {
+            hosts: vec![],
+            labels: vec!["gpu".into()],
+        };
+        let only_b = Placement {
+            hosts: vec!["b".into()],
+            labels: vec![],
+        };
+        for i in 0..50 {
+            let n = format!("x{i}");
+            assert_ne!(place(&n, &gpu, &members), Some("b"));
+            assert_eq!(place(&n, &only_b, &members), Some("b"));
+        }
+        members[1].alive = false;
+        assert_eq!(place("x", &only_b, &members), None);
+        members[0].draining = true;
+        for i in 0..50 {
+            assert_eq!(place(&format!("x{i}"), &gpu, &members), Some("c"));
+        }
+    }
+}

@@ -1,0 +1,293 @@
+//! Fleets: several agentd members, each with its own state dir, on one
+//! real PostgreSQL ledger (tests/support/postgres.rs), with the scripted
+//! model server. Failover after kill -9, fencing of a member that was
+//! stopped past its lease, schedules firing once across members, a
+//! PostgreSQL restart mid-run, and drains.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use agentd::domain::{TaskId, TaskState};
+use agentd::ledger::{Ledger, Location, PgTarget, Task, TaskFilter};
+use nix::sys::signal::Signal;
+
+use crate::support::daemon::Daemon;
+use crate::support::llm_server::{LlmServer, Reply};
+use crate::support::postgres::Postgres;
+use crate::support::{agentd_cmd, stderr, tempdir, wait_for, write};
+
+const KEY: &str = "sk-test-fleet-0123456789";
+/// Short leases keep the tests quick; every wait is bounded polling.
+const TTL: &str = "2s";
+const LONG: Duration = Duration::from_secs(60);
+
+struct Member {
+    host: String,
+    state: PathBuf,
+    daemon: Daemon,
+}
+
+/// A member's config: its own host name and state dir, the shared ledger,
+/// an HTTP API on a free port, and `agents`.
+fn member_config(dir: &Path, host: &str, url: &str, agents: &str) -> PathBuf {
+    write(
+        dir,
+        &format!("{host}.yaml"),
+        &format!(
+            r#"shutdown_grace: 2s
+ledger: "{url}"
+fleet: {{host: {host}, lease_ttl: {TTL}}}
+http: {{listen: "127.0.0.1:0"}}
+agents:
+{agents}
+"#
+        ),
+    )
+}
+
+fn agent_yaml(name: &str, base_url: &str, extra: &str) -> String {
+    format!(
+        r#"  - name: {name}
+    model: test-model
+    system_prompt: You work in a fleet.
+    llm: {{base_url: "{base_url}", api_key_env: TEST_LLM_KEY, request_timeout: 30s, max_retries: 0}}
+{extra}"#
+    )
+}
+
+fn start(dir: &Path, host: &str, url: &str, agents: &str) -> Member {
+    let cfg = member_config(dir, host, url, agents);
+    let state = dir.join(format!("state-{host}"));
+    let daemon = Daemon::start(&cfg, &state, &[("TEST_LLM_KEY", KEY)]);
+    Member {
+        host: host.into(),
+        state,
+        daemon,
+    }
+}
+
+fn location(url: &str) -> Location {
+    Location::Postgres(PgTarget::parse(url).expect("url"))
+}
+
+fn ledger(url: &str) -> Ledger {
+    Ledger::open_read_only_at(&location(url)).expect("open the shared ledger")
+}
+
+fn tasks(url: &str) -> Vec<Task> {
+    Ledger::open_read_only_at(&location(url))
+        .and_then(|l| l.list_tasks(&TaskFilter::default()))
+        .unwrap_or_default()
+}
+
+/// The member holding `agent`'s unexpired lease.
+fn holder(url: &str, agent: &str) -> Option<String> {
+    Ledger::open_read_only_at(&location(url))
+        .and_then(|l| l.agent_leases())
+        .ok()?
+        .into_iter()
+        .find(|l| l.agent == agent && !l.expired)
+        .map(|l| l.host)
+}
+
+fn wait_holder(url: &str, agent: &str) -> String {
+    wait_for(LONG, || holder(url, agent)).unwrap_or_else(|| panic!("no member took {agent}"))
+}
+
+fn wait_task(url: &str, id: TaskId, what: &str, pred: impl Fn(&Task) -> bool) -> Task {
+    wait_for(LONG, || tasks(url).into_iter().find(|t| t.id == id && pred(t)))
+        .unwrap_or_else(|| panic!("task {id} never {what}: {:?}", tasks(url)))
+}
+
+/// `agentd send AGENT TEXT` through `member`'s control socket.
+fn send(member: &Member, agent: &str, text: &str) -> TaskId {
+    let out = agentd_cmd(&["send", agent, text, "--json", "--state-dir"])
+        .arg(&member.state)
+        .output()
+        .expect("run agentd send");
+    assert!(out.status.success(), "send: {}", stderr(&out));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    TaskId(v["task"].as_i64().unwrap_or_else(|| panic!("no task in {v}")))
+}
+
+#[test]
+fn kill_9_of_a_member_mid_task_moves_its_agent_and_the_task_completes_on_another() {
+    let pg = Postgres::start();
+    let url = pg.url("fleet");
+    // The first attempt's model call hangs (its host dies meanwhile); the
+    // second answers.
+    let llm = LlmServer::start(vec![Reply::Stall, Reply::stream_text(&["finished elsewhere"])]);
+    let dir = tempdir();
+    let agents = agent_yaml("worker", &llm.base_url(), "");
+    let mut members = [
+        start(dir.path(), "alpha", &url, &agents),
+        start(dir.path(), "beta", &url, &agents),
+    ];
+    let first = wait_holder(&url, "worker");
+    let i = members.iter().position(|m| m.host == first).expect("a member");
+    let other = 1 - i;
+    // A message given to the member that does not run the agent reaches it.
+    let id = send(&members[other], "worker", "do the work");
+    wait_for(LONG, || (llm.request_count() >= 1).then_some(())).expect("the task's model call");
+    let running = wait_task(&url, id, "ran", |t| t.state == TaskState::Running);
+    assert_eq!(running.attempts, 1);
+
+    members[i].daemon.signal(Signal::SIGKILL);
+    members[i].daemon.wait_exit(Duration::from_secs(10));
+
+    let done = wait_task(&url, id, "succeeded on the other member", |t| {
+        t.state == TaskState::Succeeded
+    });
+    assert_eq!(done.attempts, 2, "{done:?}");
+    assert_eq!(done.result.as_deref(), Some("finished elsewhere"));
+    assert_eq!(holder(&url, "worker").as_deref(), Some(members[other].host.as_str()));
+    let log = members[other].daemon.log_text();
+    assert!(log.contains(&format!("took over from host {first}")), "{log}");
+    assert!(
+        log.contains(&format!("task {id} had no runner left; now queued")),
+        "{log}"
+    );
+    // The journal keeps what the lost host left: the re-queue's cause.
+    let l = ledger(&url);
+    let steps = l.steps(id).expect("steps");
+    assert!(steps.iter().any(|s| s.attempt == 2), "{steps:?}");
+    assert_eq!(llm.request_count(), 2);
+}
+
+#[test]
+fn a_member_stopped_past_its_lease_cannot_write_when_it_wakes() {
+    let pg = Postgres::start();
+    let url = pg.url("fleet");
+    // The first attempt's answer is held until its host is frozen; the
+    // second attempt (on the other member) answers at once.
+    let llm = LlmServer::start(vec![
+        Reply::Gated(Box::new(Reply::stream_text(&["written by a stale host"]))),
+        Reply::stream_text(&["written by the lease holder"]),
+    ]);
+    let dir = tempdir();
+    let agents = agent_yaml("worker", &llm.base_url(), "");
+    let members = [
+        start(dir.path(), "alpha", &url, &agents),
+        start(dir.path(), "beta", &url, &agents),
+    ];
+    let first = wait_holder(&url, "worker");
+    let i = members.iter().position(|m| m.host == first).expect("a member");
+    let (stale, fresh) = (&members[i], &members[1 - i]);
+    let id = send(fresh, "worker", "do the work");
+    wait_for(LONG, || (llm.request_count() >= 1).then_some(())).expect("the task's model call");
+
+    // Control: while the lease is its own, the member writes (it took the
+    // task: its claim is in the ledger).
+    assert_eq!(
+        tasks(&url).iter().find(|t| t.id == id).map(|t| t.state),
+        Some(TaskState::Running)
+    );
+
+    stale.daemon.signal(Signal::SIGSTOP);
+    // Its agent's answer arrives while its supervisor is frozen: the
+    // child's writes wait in the pipe.
+    llm.open_gate();
+    let done = wait_task(&url, id, "succeeded on the live member", |t| {
+        t.state == TaskState::Succeeded
+    });
+    assert_eq!(done.result.as_deref(), Some("written by the lease holder"));
+    assert_eq!(holder(&url, "worker").as_deref(), Some(fresh.host.as_str()));
+    let steps_before = ledger(&url).steps(id).expect("steps").len();
+
+    stale.daemon.signal(Signal::SIGCONT);
+    let log = wait_for(LONG, || {
+        let log = stale.daemon.log_text();
+        log.contains("no longer holds its lease").then_some(log)
+    })
+    .unwrap_or_else(|| {
+        panic!(
+            "the stale member's writes were not refused: {}",
+            stale.daemon.log_text()
+        )
+    });
+    assert!(log.contains(&format!("({first}) no longer holds its lease")), "{log}");
+    wait_for(LONG, || {
+        stale
+            .daemon
+            .log_text()
+            .contains("another host took this agent's lease")
+            .then_some(())
+    })
+    .expect("the stale member stops the agent it lost");
+    // Nothing it sent landed: the task and its journal are the holder's.
+    let after = tasks(&url).into_iter().find(|t| t.id == id).expect("task");
+    assert_eq!(after.result.as_deref(), Some("written by the lease holder"));
+    let steps = ledger(&url).steps(id).expect("steps");
+    assert_eq!(steps.len(), steps_before, "{steps:?}");
+    assert!(
+        !steps.iter().any(|s| s.payload.to_string().contains("stale host")),
+        "{steps:?}"
+    );
+}
+
+#[test]
+fn a_schedule_fires_once_per_occurrence_with_three_members() {
+    let pg = Postgres::start();
+    let url = pg.url("fleet");
+    let llm = LlmServer::start((0..40).map(|i| Reply::stream_text(&[&format!("tick {i}")])).collect());
+    let dir = tempdir();
+    let agents = agent_yaml(
+        "clock",
+        &llm.base_url(),
+        r#"    schedules: [{cron: "* * * * * *", prompt: "Say the time."}]
+"#,
+    );
+    let _members: Vec<Member> = ["alpha", "beta", "gamma"]
+        .iter()
+        .map(|h| start(dir.path(), h, &url, &agents))
+        .collect();
+    // Every member fires every occurrence; the ledger keeps one task each.
+    let scheduled = wait_for(LONG, || {
+        let ts: Vec<Task> = tasks(&url)
+            .into_iter()
+            .filter(|t| t.trigger_kind == "schedule")
+            .collect();
+        (ts.len() >= 4).then_some(ts)
+    })
+    .expect("schedule tasks");
+    let mut times: Vec<String> = scheduled
+        .iter()
+        .map(|t| t.trigger["scheduled_for"].as_str().unwrap_or_default().to_owned())
+        .collect();
+    let n = times.len();
+    times.sort();
+    times.dedup();
+    assert_eq!(times.len(), n, "an occurrence fired twice: {times:?}");
+    // Each occurrence's one firing row names the member that recorded it.
+    let rows = pg.psql("fleet", "SELECT count(*) FROM schedule_firings");
+    assert!(rows.trim().parse::<usize>().unwrap_or(0) >= n, "{rows}");
+}
+
+#[test]
+fn postgresql_restarted_mid_run_loses_no_task() {
+    let pg = Postgres::start();
+    let url = pg.url("fleet");
+    let llm = LlmServer::start(vec![
+        Reply::Gated(Box::new(Reply::stream_text(&["survived the restart"]))),
+        Reply::stream_text(&["second"]),
+    ]);
+    let dir = tempdir();
+    let agents = agent_yaml("worker", &llm.base_url(), "");
+    let m = start(dir.path(), "alpha", &url, &agents);
+    wait_holder(&url, "worker");
+    let id = send(&m, "worker", "work through a restart");
+    wait_for(LONG, || (llm.request_count() >= 1).then_some(())).expect("the task's model call");
+
+    pg.restart();
+    // The answer comes while the connection agentd held is gone.
+    llm.open_gate();
+    let done = wait_task(&url, id, "succeeded after the restart", |t| {
+        t.state == TaskState::Succeeded
+    });
+    assert_eq!(done.result.as_deref(), Some("survived the restart"));
+    assert_eq!(done.attempts, 1, "{done:?}");
+    // And the member goes on taking work.
+    let next = send(&m, "worker", "and another");
+    let t = wait_task(&url, next, "succeeded", |t| t.state == TaskState::Succeeded);
+    assert_eq!(t.result.as_deref(), Some("second"));
+}
