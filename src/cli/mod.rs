@@ -6,6 +6,7 @@ mod out;
 mod check;
 mod control;
 mod dashboard;
+mod drain;
 pub mod sandbox;
 mod snapshot;
 mod spend;
@@ -132,6 +133,8 @@ pub enum Command {
     Spend(spend::SpendArgs),
     /// Print a link that logs a browser into the dashboard (valid for minutes).
     Dashboard(dashboard::DashboardArgs),
+    /// Move a fleet member's agents to the others (running tasks finish first).
+    Drain(drain::DrainArgs),
     /// Conversation and workspace snapshots of an agent.
     #[command(subcommand)]
     Snapshot(snapshot::SnapshotCommand),
@@ -227,6 +230,7 @@ pub fn main() -> ExitCode {
         Some(Command::Agent { name }) => crate::agent::main(&name),
         Some(Command::Snapshot(cmd)) => snapshot::run(&cli.global, &cmd),
         Some(Command::Dashboard(args)) => dashboard::run(&cli.global, &args),
+        Some(Command::Drain(args)) => drain::run(&cli.global, &args),
         Some(Command::Sandbox(SandboxCommand::Run(args))) => {
             crate::cli::sandbox::run(&args).map(|code| ExitCode::from(code.clamp(0, 255) as u8))
         }

@@ -135,6 +135,8 @@ const MIGRATIONS: &[&str] = &[
         created_at INTEGER NOT NULL,
         PRIMARY KEY (agent, key)
     ) WITHOUT ROWID;",
+    // 5: which host ran a task (in a fleet; NULL on a single host).
+    "ALTER TABLE tasks ADD COLUMN host TEXT;",
 ];
 
 pub const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;
@@ -162,7 +164,8 @@ const PG_MIGRATIONS: &[&str] = &[
         input_tokens    BIGINT NOT NULL DEFAULT 0,
         output_tokens   BIGINT NOT NULL DEFAULT 0,
         error           TEXT,
-        result          TEXT
+        result          TEXT,
+        host            TEXT
     );
     CREATE INDEX tasks_by_agent_state ON tasks (agent, state, id);
     CREATE UNIQUE INDEX tasks_queued_dedupe ON tasks (agent, dedupe_key)

@@ -24,6 +24,9 @@ pub struct Task {
     pub output_tokens: i64,
     pub error: Option<String>,
     pub result: Option<String>,
+    /// The fleet member that ran it last (none on a single host).
+    #[serde(default)]
+    pub host: Option<String>,
 }
 
 impl Task {
@@ -52,6 +55,7 @@ impl Task {
             output_tokens: r.get(12)?,
             error: r.get(13)?,
             result: r.get(14)?,
+            host: r.get(15)?,
         })
     }
 }
@@ -128,7 +132,7 @@ fn list_query(filter: &TaskFilter) -> (String, Vec<Value>) {
 }
 
 const TASK_COLUMNS: &str = "id, agent, trigger_kind, trigger_payload, dedupe_key, state, attempts, lease, \
-     created_at, started_at, finished_at, input_tokens, output_tokens, error, result";
+     created_at, started_at, finished_at, input_tokens, output_tokens, error, result, host";
 
 impl Ledger {
     /// Records a trigger as a queued task. While a task with the same
@@ -190,14 +194,15 @@ impl Ledger {
     pub fn claim_next(&mut self, agent: &str, lease: &Lease) -> Result<Option<Task>> {
         let sql = format!(
             "UPDATE tasks SET state = 'running', lease = ?2, attempts = attempts + 1, started_at = ?3,
-                              dedupe_key = NULL
+                              dedupe_key = NULL, host = ?4
              WHERE id = (SELECT id FROM tasks WHERE agent = ?1 AND state = 'queued' ORDER BY id LIMIT 1)
                AND NOT EXISTS (SELECT 1 FROM tasks WHERE agent = ?1 AND state IN ('running', 'waiting'))
              RETURNING {TASK_COLUMNS}"
         );
         self.tx(|c| {
             self.check_fence(c, agent)?;
-            c.query_opt(&sql, args![agent, lease, now_ms()])
+            let host = self.fence().map(|f| f.host.as_str());
+            c.query_opt(&sql, args![agent, lease, now_ms(), host])
                 .and_then(|r| r.as_ref().map(Task::from_row).transpose())
                 .map_err(|e| self.err(e))
         })

@@ -291,3 +291,85 @@ fn postgresql_restarted_mid_run_loses_no_task() {
     let t = wait_task(&url, next, "succeeded", |t| t.state == TaskState::Succeeded);
     assert_eq!(t.result.as_deref(), Some("second"));
 }
+
+#[test]
+fn a_drain_lets_running_tasks_finish_then_moves_every_agent_and_status_shows_the_fleet() {
+    let pg = Postgres::start();
+    let url = pg.url("fleet");
+    let llm = LlmServer::start(vec![Reply::Gated(Box::new(Reply::stream_text(&[
+        "finished before moving",
+    ])))]);
+    let dir = tempdir();
+    let agents: String = (1..=4)
+        .map(|i| agent_yaml(&format!("a{i}"), &llm.base_url(), ""))
+        .collect();
+    let members = [
+        start(dir.path(), "alpha", &url, &agents),
+        start(dir.path(), "beta", &url, &agents),
+    ];
+    for i in 1..=4 {
+        wait_holder(&url, &format!("a{i}"));
+    }
+    let drained_host = wait_holder(&url, "a1");
+    let d = members.iter().position(|m| m.host == drained_host).expect("a member");
+    let (drained, other) = (&members[d], &members[1 - d]);
+    let id = send(other, "a1", "finish this first");
+    wait_task(&url, id, "ran", |t| t.state == TaskState::Running);
+
+    // Any member's state dir finds the shared ledger to drain through.
+    let out = agentd_cmd(&["drain", &drained_host, "--state-dir"])
+        .arg(&other.state)
+        .output()
+        .expect("run agentd drain");
+    assert!(out.status.success(), "{}", stderr(&out));
+    // Its idle agents leave; the busy one waits for its task.
+    wait_for(LONG, || {
+        let l = ledger(&url).agent_leases().ok()?;
+        let on_drained: Vec<_> = l.iter().filter(|x| x.host == drained_host && !x.expired).collect();
+        (on_drained.len() == 1 && on_drained[0].agent == "a1").then_some(())
+    })
+    .unwrap_or_else(|| panic!("idle agents did not move: {:?}", ledger(&url).agent_leases()));
+    assert_eq!(
+        tasks(&url).iter().find(|t| t.id == id).map(|t| t.state),
+        Some(TaskState::Running),
+        "the running task is not cut short"
+    );
+    llm.open_gate();
+    let done = wait_task(&url, id, "succeeded", |t| t.state == TaskState::Succeeded);
+    assert_eq!(done.attempts, 1);
+    assert_eq!(done.host.as_deref(), Some(drained_host.as_str()));
+    for i in 1..=4 {
+        let a = format!("a{i}");
+        wait_for(LONG, || {
+            (holder(&url, &a).as_deref() == Some(other.host.as_str())).then_some(())
+        })
+        .unwrap_or_else(|| panic!("{a} did not move to {}", other.host));
+    }
+
+    // The drained member's status shows the whole fleet, with hosts.
+    let out = agentd_cmd(&["status", "--state-dir"])
+        .arg(&drained.state)
+        .output()
+        .expect("run agentd status");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(text.contains("HOST"), "{text}");
+    assert!(text.contains(&format!("{drained_host} 0 agents draining")), "{text}");
+    for i in 1..=4 {
+        assert!(
+            text.lines()
+                .any(|l| l.starts_with(&format!("a{i} ")) && l.contains(&other.host) && l.contains("running")),
+            "{text}"
+        );
+    }
+    // And `agentd tasks` from either member lists the fleet's tasks by host.
+    let out = agentd_cmd(&["tasks", "--state-dir"])
+        .arg(&other.state)
+        .output()
+        .expect("run agentd tasks");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        text.lines()
+            .any(|l| l.contains("a1") && l.contains(&drained_host) && l.contains("succeeded")),
+        "{text}"
+    );
+}
