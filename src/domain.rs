@@ -250,6 +250,9 @@ pub enum ApprovalSubject {
     Tool { name: String, arguments: serde_json::Value },
     /// A code block (`bash:execute`, `notes.md:create`, …) and its code.
     Code { block: String, code: String },
+    /// A connection from sandboxed code to a host an egress `ask` rule
+    /// names.
+    Egress { host: String, port: u16 },
 }
 
 impl ApprovalSubject {
@@ -266,6 +269,8 @@ impl ApprovalSubject {
         match self {
             ApprovalSubject::Tool { name, arguments } => format!("tool {name} {}", one_line(&arguments.to_string())),
             ApprovalSubject::Code { block, code } => format!("{block}: {}", one_line(code)),
+            ApprovalSubject::Egress { host, port } if host.contains(':') => format!("connect to [{host}]:{port}"),
+            ApprovalSubject::Egress { host, port } => format!("connect to {host}:{port}"),
         }
     }
 }
@@ -278,6 +283,51 @@ pub struct ApprovalAnswer {
     pub by: String,
     /// The note of an approval, the reason of a denial.
     pub note: Option<String>,
+    /// How long an approval holds (egress asks; tool calls and code
+    /// blocks are always asked again).
+    #[serde(default)]
+    pub remember: Remember,
+}
+
+/// How long an approved egress ask holds: this connection, the rest of the
+/// task, or every later task of the agent (until revoked).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Remember {
+    #[default]
+    Once,
+    Task,
+    Always,
+}
+
+impl Remember {
+    pub const NAMES: &[&str] = &["once", "task", "always"];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Remember::Once => "once",
+            Remember::Task => "task",
+            Remember::Always => "always",
+        }
+    }
+}
+
+impl std::str::FromStr for Remember {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Remember, String> {
+        match s {
+            "once" => Ok(Remember::Once),
+            "task" => Ok(Remember::Task),
+            "always" => Ok(Remember::Always),
+            other => Err(format!("{other:?}: an approval holds once, for the task, or always")),
+        }
+    }
+}
+
+impl std::fmt::Display for Remember {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
 }
 
 impl ApprovalAnswer {

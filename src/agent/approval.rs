@@ -52,6 +52,7 @@ impl Approvals {
             approved: false,
             by: "agentd".into(),
             note: Some("no answer came (the agent is stopping)".into()),
+            remember: crate::domain::Remember::Once,
         });
         let mut i = self.lock();
         if let Some(since) = i.since.take() {

@@ -10,6 +10,7 @@
 
 mod approval;
 pub mod bridge;
+mod egress;
 mod prompt;
 mod runner;
 mod skills;

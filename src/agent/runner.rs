@@ -11,6 +11,7 @@ use serde_json::{Value, json};
 
 use super::Outbox;
 use super::approval::Approvals;
+use super::egress::TaskEgress;
 use super::prompt;
 use super::skills::SkillsRuntime;
 use crate::config::AgentSpec;
@@ -81,6 +82,8 @@ struct Job<'a> {
     outbox: &'a Outbox,
     /// The tool bridge's token for this task, when the bridge is up.
     token: Option<String>,
+    /// Its sandbox runs' egress asks and connection records.
+    egress: Arc<TaskEgress>,
 }
 
 impl Job<'_> {
@@ -107,6 +110,7 @@ impl Runtime {
             lease,
             outbox: &outbox,
             token: self.skills.begin(id, lease),
+            egress: TaskEgress::new(outbox.clone(), id, lease.clone(), self.approvals.clone()),
         };
         let mut messages = prompt::window(&self.history, &self.spec.limits);
         messages.push(ChatMessage::user(prompt::trigger_message(trigger)));
@@ -313,14 +317,11 @@ impl Runtime {
                 let gated = self.approve_blocks(job, blocks.clone()).await;
                 let mut exposed = self.skills.exposed(job.token.as_deref());
                 exposed.containment = self.containment.clone();
+                // Each connection is journaled as it ends (by the hooks).
+                exposed.egress = Some(crate::sandbox::egress::Hooks(job.egress.clone()));
                 let results = fence::execute(&gated, &self.spec.sandbox, &self.workdir, &exposed).await;
                 let mut feedback = String::from("Results of your code blocks:\n");
                 for r in &results {
-                    if let fence::FenceOutcome::Ran(o) = &r.outcome {
-                        for c in &o.egress {
-                            job.step(StepKind::Egress, egress_payload(r.index, c), (0, 0), None);
-                        }
-                    }
                     let rendered = r.render_for_model();
                     let mut payload = json!({"block": r.tag, "line": r.span.line, "result": clip(&rendered)});
                     fence_facts(&mut payload, &r.outcome, self.spec.sandbox.backend.name());
@@ -496,25 +497,4 @@ fn clip_message(m: &mut ChatMessage) {
     if text.len() > STORED_TEXT {
         *text = clip_to(text, STORED_TEXT);
     }
-}
-
-/// The journal payload of one egress connection attempt.
-fn egress_payload(block: usize, c: &crate::sandbox::egress::Connection) -> Value {
-    use crate::sandbox::egress::Decision;
-    let (decision, rule) = match &c.decision {
-        Decision::Allowed { rule } => ("allowed", rule.as_str()),
-        Decision::Denied { reason } => ("denied", reason.as_str()),
-    };
-    json!({
-        "block": block,
-        "host": c.host,
-        "port": c.port,
-        "method": c.method,
-        "decision": decision,
-        "rule": rule,
-        "sent": c.sent,
-        "received": c.received,
-        "duration_ms": c.duration.as_millis() as u64,
-        "error": c.error,
-    })
 }

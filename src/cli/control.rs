@@ -66,6 +66,30 @@ pub struct ApproveArgs {
     /// A note, kept in the task's journal.
     #[arg(long)]
     pub note: Option<String>,
+    /// How long an egress approval holds: once (this connection), task
+    /// (the rest of the task), always (every later task, until revoked).
+    #[arg(long, default_value = "once", value_parser = ["once", "task", "always"])]
+    pub remember: String,
+}
+
+#[derive(Debug, Args)]
+pub struct GrantsArgs {
+    #[command(flatten)]
+    pub ledger: LedgerArgs,
+    /// Only this agent's.
+    #[arg(long)]
+    pub agent: Option<String>,
+    /// Print JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct RevokeArgs {
+    #[command(flatten)]
+    pub ledger: LedgerArgs,
+    /// The grant's approval id (`agentd grants` lists them).
+    pub id: i64,
 }
 
 #[derive(Debug, Args)]
@@ -258,15 +282,52 @@ pub fn approvals(global: &Global, args: &StatusArgs) -> anyhow::Result<ExitCode>
     Ok(ExitCode::SUCCESS)
 }
 
+pub fn grants(global: &Global, args: &GrantsArgs) -> anyhow::Result<ExitCode> {
+    let req = Request::Grants {
+        agent: args.agent.clone(),
+    };
+    let v = call(global, &args.ledger, &req, Duration::from_secs(10))?;
+    if args.json {
+        outln!("{}", serde_json::to_string_pretty(&v["grants"])?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    let list: Vec<crate::ledger::Approval> = serde_json::from_value(v["grants"].clone())?;
+    for line in control::grant_lines(&list) {
+        outln!("{line}");
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+pub fn revoke(global: &Global, args: &RevokeArgs) -> anyhow::Result<ExitCode> {
+    let req = Request::Revoke {
+        id: args.id,
+        caller: None,
+    };
+    let v = call(global, &args.ledger, &req, Duration::from_secs(10))?;
+    let a: crate::ledger::Approval = serde_json::from_value(v)?;
+    outln!(
+        "grant {} revoked: {} of {} asks again",
+        a.id,
+        a.subject.summary(),
+        a.agent
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
 pub fn answer(
     global: &Global,
     ledger: &LedgerArgs,
     id: i64,
-    approve: bool,
+    approve: Option<crate::domain::Remember>,
     note: Option<String>,
 ) -> anyhow::Result<ExitCode> {
-    let req = if approve {
-        Request::Approve { id, note, caller: None }
+    let req = if let Some(remember) = approve {
+        Request::Approve {
+            id,
+            note,
+            remember,
+            caller: None,
+        }
     } else {
         Request::Deny {
             id,

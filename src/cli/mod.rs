@@ -129,6 +129,10 @@ pub enum Command {
     Approve(control::ApproveArgs),
     /// Deny it: the model gets the reason as the tool's error.
     Deny(control::DenyArgs),
+    /// Standing egress grants (hosts approved with --remember always).
+    Grants(control::GrantsArgs),
+    /// Revoke a standing egress grant: the host is asked about again.
+    Revoke(control::RevokeArgs),
     /// Model spend per agent and model, from the ledger.
     Spend(spend::SpendArgs),
     /// Print a link that logs a browser into the dashboard (valid for minutes).
@@ -225,8 +229,14 @@ pub fn main() -> ExitCode {
         Some(Command::Cancel(args)) => control::cancel(&cli.global, &args),
         Some(Command::Spend(args)) => spend::run(&cli.global, &args),
         Some(Command::Approvals(args)) => control::approvals(&cli.global, &args),
-        Some(Command::Approve(args)) => control::answer(&cli.global, &args.ledger, args.id, true, args.note.clone()),
-        Some(Command::Deny(args)) => control::answer(&cli.global, &args.ledger, args.id, false, args.reason.clone()),
+        Some(Command::Grants(args)) => control::grants(&cli.global, &args),
+        Some(Command::Revoke(args)) => control::revoke(&cli.global, &args),
+        Some(Command::Approve(args)) => args
+            .remember
+            .parse()
+            .map_err(anyhow::Error::msg)
+            .and_then(|r| control::answer(&cli.global, &args.ledger, args.id, Some(r), args.note.clone())),
+        Some(Command::Deny(args)) => control::answer(&cli.global, &args.ledger, args.id, None, args.reason.clone()),
         Some(Command::Agent { name }) => crate::agent::main(&name),
         Some(Command::Snapshot(cmd)) => snapshot::run(&cli.global, &cmd),
         Some(Command::Dashboard(args)) => dashboard::run(&cli.global, &args),

@@ -4,7 +4,7 @@
 //! ones, read once per load.
 //!
 //! This module owns the policy keys (`backend`, `best_effort`, `network` —
-//! a bool or domain rules `{allow, deny, resolve, max_bytes,
+//! a bool or domain rules `{allow, deny, ask, ask_timeout, resolve, max_bytes,
 //! max_connections}`, refused under landlock and none —, `read_only`,
 //! `writable`, `timeout`, `limits`) and is the one reader of
 //! profile files, for the loader and `agentd sandbox` alike. It must never
@@ -16,7 +16,10 @@ use marked_yaml::Node;
 
 use super::error::ConfigErrors;
 use super::load::{Loader, absolute, plain_error, resolve_path};
-use crate::sandbox::egress::{Pattern, Rules, rules::DEFAULT_MAX_CONNECTIONS};
+use crate::sandbox::egress::{
+    Pattern, Rules,
+    rules::{DEFAULT_ASK_TIMEOUT, DEFAULT_MAX_CONNECTIONS},
+};
 use crate::sandbox::{Backend, Network, SandboxPolicy};
 use crate::yaml::{self, Cx, Map, is_null, parse, suggest};
 
@@ -39,7 +42,15 @@ const POLICY_KEYS: &[&str] = &[
     "timeout",
     "limits",
 ];
-const NETWORK_KEYS: &[&str] = &["allow", "deny", "resolve", "max_bytes", "max_connections"];
+const NETWORK_KEYS: &[&str] = &[
+    "allow",
+    "deny",
+    "ask",
+    "ask_timeout",
+    "resolve",
+    "max_bytes",
+    "max_connections",
+];
 const POLICY_LIMIT_KEYS: &[&str] = &["cpu", "memory", "processes", "file_size", "open_files", "output"];
 
 /// Resolves a sandbox profile by name: `<config_dir>/sandbox/NAME.yaml`
@@ -310,9 +321,10 @@ fn decode_network(cx: &mut Cx, node: &Node, path: &str) -> Option<Network> {
     let before = cx.errors.len();
     let mut rules = Rules {
         max_connections: DEFAULT_MAX_CONNECTIONS,
+        ask_timeout: DEFAULT_ASK_TIMEOUT,
         ..Rules::default()
     };
-    for key in ["allow", "deny"] {
+    for key in ["allow", "deny", "ask"] {
         let Some(n) = map.get(key) else { continue };
         let mut patterns = Vec::new();
         for (item, ip) in cx.list(n, &map.field(key), false) {
@@ -322,10 +334,10 @@ fn decode_network(cx: &mut Cx, node: &Node, path: &str) -> Option<Network> {
                 patterns.push(pat);
             }
         }
-        if key == "allow" {
-            rules.allow = patterns;
-        } else {
-            rules.deny = patterns;
+        match key {
+            "allow" => rules.allow = patterns,
+            "deny" => rules.deny = patterns,
+            _ => rules.ask = patterns,
         }
     }
     if let Some(n) = map.get("resolve") {
@@ -354,11 +366,14 @@ fn decode_network(cx: &mut Cx, node: &Node, path: &str) -> Option<Network> {
         }
         rules.max_connections = v;
     }
-    if rules.allow.is_empty() && cx.errors.len() == before {
+    if let Some(d) = map.duration(cx, "ask_timeout") {
+        rules.ask_timeout = d;
+    }
+    if rules.allow.is_empty() && rules.ask.is_empty() && cx.errors.len() == before {
         cx.error_at(
             &map.start(),
             &map.field("allow"),
-            "domain rules with no allow list reach nothing; write network: false, or list hosts under allow",
+            "domain rules with no allow or ask list reach nothing; write network: false, or list hosts under allow",
         );
     }
     (cx.errors.len() == before).then_some(Network::Domains(rules))

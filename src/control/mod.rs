@@ -81,6 +81,9 @@ pub enum Request {
         id: i64,
         #[serde(default)]
         note: Option<String>,
+        /// How long it holds (egress asks only): once, task, always.
+        #[serde(default)]
+        remember: crate::domain::Remember,
         /// Filled in by the transport, like `Cancel`'s.
         #[serde(skip)]
         caller: Option<String>,
@@ -90,6 +93,17 @@ pub enum Request {
         id: i64,
         #[serde(default)]
         reason: Option<String>,
+        #[serde(skip)]
+        caller: Option<String>,
+    },
+    /// Standing egress grants (approved with remember: always).
+    Grants {
+        #[serde(default)]
+        agent: Option<String>,
+    },
+    /// End a standing egress grant: the host is asked about again.
+    Revoke {
+        id: i64,
         #[serde(skip)]
         caller: Option<String>,
     },
@@ -108,8 +122,10 @@ impl Request {
     /// The request with its caller recorded, for requests that journal who
     /// asked.
     pub fn with_caller(mut self, who: String) -> Request {
-        if let Request::Cancel { caller, .. } | Request::Approve { caller, .. } | Request::Deny { caller, .. } =
-            &mut self
+        if let Request::Cancel { caller, .. }
+        | Request::Approve { caller, .. }
+        | Request::Deny { caller, .. }
+        | Request::Revoke { caller, .. } = &mut self
         {
             *caller = Some(who);
         }
@@ -143,7 +159,9 @@ impl Request {
                 "SnapshotRestore": {"params": {"agent": "name", "snapshot": "id or label"}, "result": "the restored snapshot; the agent restarts"},
                 "Cancel": {"params": {"task": "id", "reason": "optional text"}, "result": {"task": "id", "agent": "name", "was": "queued | running", "state": "cancelled"}},
                 "Approvals": {"params": {}, "result": {"approvals": "[{id, task, agent, subject: {kind: tool, name, arguments} | {kind: code, block, code}, state, asked_at, timeout_at, on_timeout}]"}},
-                "Approve": {"params": {"id": "approval id", "note": "optional text"}, "result": "the answered approval"},
+                "Grants": {"params": {"agent": "optional agent name"}, "result": {"grants": "[approval records with remember: always]"}},
+                "Revoke": {"params": {"id": "approval id of a grant"}, "result": "the grant, remember: revoked"},
+                "Approve": {"params": {"id": "approval id", "note": "optional text", "remember": "once | task | always (egress asks)"}, "result": "the answered approval"},
                 "Deny": {"params": {"id": "approval id", "reason": "optional text, given to the model"}, "result": "the answered approval"},
                 "Spend": {"params": {"agent": "optional name", "per": "optional window, e.g. 1d"}, "result": {"agents": "[{agent, per, since, tokens, cost_usd, models: [{model, calls, input_tokens, output_tokens, cached_tokens, cost_usd}], budget: {tokens, cost_usd, on_exceed}, left: {tokens, cost_usd}}]"}},
             }
@@ -346,6 +364,28 @@ pub fn spend_line(s: &SpendStatus) -> String {
 }
 
 /// One line per pending approval, for `agentd approvals` and `/approvals`.
+/// `agentd grants`: one line per standing egress grant.
+pub fn grant_lines(grants: &[crate::ledger::Approval]) -> Vec<String> {
+    if grants.is_empty() {
+        return vec!["no standing egress grants".into()];
+    }
+    let mut out = vec![format!(
+        "{:>5}  {:<16} {:<24}  {:<12}  WHAT",
+        "ID", "AGENT", "GRANTED", "BY"
+    )];
+    for a in grants {
+        out.push(format!(
+            "{:>5}  {:<16} {:<24}  {:<12}  {}",
+            a.id,
+            a.agent,
+            a.answered_at.map(crate::ledger::format_ms).unwrap_or_default(),
+            a.answered_by.as_deref().unwrap_or(""),
+            a.subject.summary()
+        ));
+    }
+    out
+}
+
 pub fn approval_lines(pending: &[crate::ledger::Approval]) -> Vec<String> {
     if pending.is_empty() {
         return vec!["no approvals pending".into()];

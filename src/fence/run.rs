@@ -120,6 +120,9 @@ pub async fn execute(
                     agentd.sandbox.duration_ms = tracing::field::Empty,
                     error.type = tracing::field::Empty,
                 );
+                if let Some(h) = &extra.egress {
+                    h.0.block(i + 1);
+                }
                 let ran = sandbox::run(policy, workdir, &lang.argv(code), extra)
                     .instrument(span.clone())
                     .await;

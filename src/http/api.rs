@@ -127,7 +127,19 @@ pub const ROUTES: &[(&str, &str, Access, &str)] = &[
         "POST",
         "/api/v1/approvals/{id}/approve",
         Access::Token,
-        "body {note} (optional): let the waiting tool call or code block run",
+        "body {note, remember} (optional): let the waiting tool call, code block or connection run; remember: once | task | always (egress asks)",
+    ),
+    (
+        "GET",
+        "/api/v1/grants",
+        Access::Token,
+        "{grants: [approval records]}: standing egress grants (approved with remember: always)",
+    ),
+    (
+        "POST",
+        "/api/v1/grants/{id}/revoke",
+        Access::Token,
+        "end a standing egress grant: the host is asked about again",
     ),
     (
         "POST",
@@ -208,6 +220,8 @@ pub(super) fn router(app: Arc<App>) -> Router {
         .route("/api/v1/approvals", get(approvals))
         .route("/api/v1/approvals/{id}/approve", post(approve))
         .route("/api/v1/approvals/{id}/deny", post(deny))
+        .route("/api/v1/grants", get(grants))
+        .route("/api/v1/grants/{id}/revoke", post(revoke))
         .route("/api/v1/spend", get(spend))
         .route("/api/v1/tasks", get(tasks))
         .route("/api/v1/tasks/{id}", get(task))
@@ -398,6 +412,9 @@ const HTTP_CALLER: &str = "http";
 struct Why {
     reason: Option<String>,
     note: Option<String>,
+    /// Approve only: once | task | always (egress asks).
+    #[serde(default)]
+    remember: crate::domain::Remember,
 }
 
 fn why(body: &axum::body::Bytes) -> Result<Why, String> {
@@ -420,6 +437,15 @@ async fn cancel(State(app): State<Arc<App>>, Path(task): Path<i64>, body: axum::
     answer(app.control(req.with_caller(HTTP_CALLER.into())).await)
 }
 
+async fn grants(State(app): State<Arc<App>>) -> Response {
+    answer(app.control(Control::Grants { agent: None }).await)
+}
+
+async fn revoke(State(app): State<Arc<App>>, Path(id): Path<i64>) -> Response {
+    let req = Control::Revoke { id, caller: None };
+    answer(app.control(req.with_caller(HTTP_CALLER.into())).await)
+}
+
 async fn approvals(State(app): State<Arc<App>>) -> Response {
     answer(app.control(Control::Approvals).await)
 }
@@ -432,6 +458,7 @@ async fn approve(State(app): State<Arc<App>>, Path(id): Path<i64>, body: axum::b
     let req = Control::Approve {
         id,
         note: why.note.or(why.reason),
+        remember: why.remember,
         caller: None,
     };
     answer(app.control(req.with_caller(HTTP_CALLER.into())).await)

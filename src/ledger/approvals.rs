@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 
 use super::db::{Conn, DbResult, Row, args};
 use super::{Ledger, LedgerError, Result, now_ms};
-use crate::domain::{ApprovalAnswer, ApprovalSubject, Lease, TaskId};
+use crate::domain::{ApprovalAnswer, ApprovalSubject, Lease, Remember, TaskId};
 
 /// One approval request as recorded.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -28,6 +28,10 @@ pub struct Approval {
     pub answered_at: Option<i64>,
     pub answered_by: Option<String>,
     pub note: Option<String>,
+    /// How long an approval holds: once | task | always | revoked (egress
+    /// asks; `None` for everything else).
+    #[serde(default)]
+    pub remember: Option<String>,
 }
 
 impl Approval {
@@ -49,6 +53,7 @@ impl Approval {
             answered_at: r.get(8)?,
             answered_by: r.get(9)?,
             note: r.get(10)?,
+            remember: r.get(11)?,
         })
     }
 
@@ -62,12 +67,17 @@ impl Approval {
             approved,
             by: self.answered_by.clone().unwrap_or_default(),
             note: self.note.clone(),
+            remember: self
+                .remember
+                .as_deref()
+                .and_then(|r| r.parse().ok())
+                .unwrap_or_default(),
         })
     }
 }
 
 const COLUMNS: &str =
-    "id, task_id, agent, subject, state, asked_at, timeout_at, on_timeout, answered_at, answered_by, note";
+    "id, task_id, agent, subject, state, asked_at, timeout_at, on_timeout, answered_at, answered_by, note, remember";
 
 /// What asking found.
 #[derive(Debug, Clone, PartialEq)]
@@ -108,32 +118,51 @@ impl Ledger {
                     lease: lease.to_string(),
                 });
             };
-            let reusable: Option<Approval> = c
+            // A grant (an egress approval remembered for this task, or
+            // always for this agent) answers without asking and is not used up.
+            let granted: Option<Approval> = c
                 .query_opt(
                     &format!(
-                        "SELECT {COLUMNS} FROM approvals WHERE task_id = ?1 AND subject = ?2 AND used = 0
-                           AND state IN ('approved','denied') ORDER BY id LIMIT 1"
+                        "SELECT {COLUMNS} FROM approvals WHERE subject = ?3 AND state = 'approved'
+                           AND ((remember = 'task' AND task_id = ?1) OR (remember = 'always' AND agent = ?2))
+                         ORDER BY id DESC LIMIT 1"
                     ),
-                    args![task, json.as_str()],
+                    args![task, agent.as_str(), json.as_str()],
                 )
                 .and_then(|r| r.as_ref().map(Approval::from_row).transpose())
                 .map_err(|e| self.err(e))?;
+            let reusable: Option<Approval> = match granted {
+                Some(g) => Some(g),
+                None => c
+                    .query_opt(
+                        &format!(
+                            "SELECT {COLUMNS} FROM approvals WHERE task_id = ?1 AND subject = ?2 AND used = 0
+                               AND state IN ('approved','denied') ORDER BY id LIMIT 1"
+                        ),
+                        args![task, json.as_str()],
+                    )
+                    .and_then(|r| r.as_ref().map(Approval::from_row).transpose())
+                    .map_err(|e| self.err(e))?,
+            };
             let now = now_ms();
             match reusable {
                 Some(a) => {
-                    c.execute("UPDATE approvals SET used = 1 WHERE id = ?1", args![a.id])
-                        .map_err(|e| self.err(e))?;
+                    if a.remember.as_deref().is_none_or(|r| r == "once") {
+                        c.execute("UPDATE approvals SET used = 1 WHERE id = ?1", args![a.id])
+                            .map_err(|e| self.err(e))?;
+                    }
                     let answer = a.answer().unwrap_or(ApprovalAnswer {
                         approved: false,
                         by: "agentd".into(),
                         note: None,
+                        remember: Remember::Once,
                     });
                     journal(
                         c,
                         task,
                         attempts,
                         "approval",
-                        serde_json::json!({"id": a.id, "subject": subject, "reused": true, "approved": answer.approved}),
+                        serde_json::json!({"id": a.id, "subject": subject, "reused": true, "approved": answer.approved, "remember": a.remember}),
                         now,
                     )
                     .map_err(|e| self.err(e))?;
@@ -191,10 +220,16 @@ impl Ledger {
                     state: a.state.clone(),
                 });
             }
+            let egress = matches!(a.subject, ApprovalSubject::Egress { .. });
+            if !egress && answer.remember != Remember::Once {
+                return Err(LedgerError::NotRememberable(id));
+            }
+            let remember = (egress && answer.approved).then(|| answer.remember.as_str());
             let used = i64::from(live_lease.is_some());
             c.execute(
-                "UPDATE approvals SET state = ?2, answered_at = ?3, answered_by = ?4, note = ?5, used = ?6 WHERE id = ?1",
-                args![id, state, now, answer.by.as_str(), answer.note.as_deref(), used],
+                "UPDATE approvals SET state = ?2, answered_at = ?3, answered_by = ?4, note = ?5, used = ?6, remember = ?7
+                 WHERE id = ?1",
+                args![id, state, now, answer.by.as_str(), answer.note.as_deref(), used, remember],
             )
             .map_err(|e| self.err(e))?;
             let attempts: i64 = c
@@ -206,7 +241,7 @@ impl Ledger {
                 a.task,
                 attempts,
                 "approval_answer",
-                serde_json::json!({"id": id, "approved": answer.approved, "by": answer.by, "note": answer.note}),
+                serde_json::json!({"id": id, "approved": answer.approved, "by": answer.by, "note": answer.note, "remember": remember}),
                 now,
             )
             .map_err(|e| self.err(e))?;
@@ -221,8 +256,9 @@ impl Ledger {
                 ),
             }
             .map_err(|e| self.err(e))?;
-            Ok(a)
+            Ok((a, remember.map(str::to_owned)))
         })?;
+        let (a, remember) = a;
         // The member running the agent learns of the answer at once.
         self.wake(&a.agent);
         Ok(Approval {
@@ -230,6 +266,7 @@ impl Ledger {
             answered_at: Some(now),
             answered_by: Some(answer.by.clone()),
             note: answer.note.clone(),
+            remember,
             ..a
         })
     }
@@ -249,6 +286,59 @@ impl Ledger {
             .map(Approval::from_row)
             .collect::<DbResult<Vec<_>>>()
             .map_err(|e| self.err(e))
+    }
+
+    /// Standing egress grants (approved with remember `always`), of one
+    /// agent or all, oldest first.
+    pub fn grants(&self, agent: Option<&str>) -> Result<Vec<Approval>> {
+        let rows = self
+            .conn
+            .query(
+                &format!(
+                    "SELECT {COLUMNS} FROM approvals WHERE remember = 'always' AND state = 'approved'
+                       AND (CAST(?1 AS TEXT) IS NULL OR agent = ?1) ORDER BY id"
+                ),
+                args![agent],
+            )
+            .map_err(|e| self.err(e))?;
+        rows.iter()
+            .map(Approval::from_row)
+            .collect::<DbResult<Vec<_>>>()
+            .map_err(|e| self.err(e))
+    }
+
+    /// Ends a standing grant (`task` or `always`): the next connection to
+    /// that host asks again. Journaled in the task that asked.
+    pub fn revoke_grant(&mut self, id: i64, by: &str) -> Result<Approval> {
+        self.tx(|c| {
+            let a: Approval = c
+                .query_opt(&format!("SELECT {COLUMNS} FROM approvals WHERE id = ?1"), args![id])
+                .and_then(|r| r.as_ref().map(Approval::from_row).transpose())
+                .map_err(|e| self.err(e))?
+                .ok_or(LedgerError::NoSuchApproval(id))?;
+            if a.state != "approved" || !matches!(a.remember.as_deref(), Some("task" | "always")) {
+                return Err(LedgerError::NotAGrant(id));
+            }
+            c.execute("UPDATE approvals SET remember = 'revoked' WHERE id = ?1", args![id])
+                .map_err(|e| self.err(e))?;
+            let attempts: i64 = c
+                .query_one("SELECT attempts FROM tasks WHERE id = ?1", args![a.task])
+                .and_then(|r| r.get(0))
+                .map_err(|e| self.err(e))?;
+            journal(
+                c,
+                a.task,
+                attempts,
+                "approval_answer",
+                serde_json::json!({"id": id, "revoked": a.remember, "by": by}),
+                now_ms(),
+            )
+            .map_err(|e| self.err(e))?;
+            Ok(Approval {
+                remember: Some("revoked".into()),
+                ..a
+            })
+        })
     }
 
     pub fn approval(&self, id: i64) -> Result<Approval> {

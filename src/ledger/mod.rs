@@ -102,6 +102,10 @@ pub enum LedgerError {
         "agent {agent}: this host ({host}) no longer holds its lease (epoch {epoch} is stale); the write was refused"
     )]
     StaleEpoch { agent: String, host: String, epoch: i64 },
+    #[error("approval {0} is a tool call or code block: those are answered once (remember is for egress asks)")]
+    NotRememberable(i64),
+    #[error("approval {0} is not a standing egress grant (approved with remember: task or always)")]
+    NotAGrant(i64),
 }
 
 impl LedgerError {

@@ -2,7 +2,7 @@
 //! version and `application_id` marks the file as ours, so a foreign SQLite
 //! file (or a ledger from a newer agentd) is recognised and refused
 //! untouched. PostgreSQL has its own list (it started later, at what
-//! SQLite's version 4 holds, plus the fleet's tables) and keeps the version
+//! SQLite's version 6 holds, plus the fleet's tables) and keeps the version
 //! in the `agentd_meta` table, which also marks a database as ours.
 
 use std::path::Path;
@@ -135,7 +135,11 @@ const MIGRATIONS: &[&str] = &[
         created_at INTEGER NOT NULL,
         PRIMARY KEY (agent, key)
     ) WITHOUT ROWID;",
-    // 5: which host ran a task (in a fleet; NULL on a single host).
+    // 5: an approved egress ask holds once, for its task, or always (for
+    // the agent, until revoked); later asks for the same host find it.
+    "ALTER TABLE approvals ADD COLUMN remember TEXT;
+    CREATE INDEX approvals_grants ON approvals (agent, remember, state) WHERE remember IN ('task', 'always');",
+    // 6: which host ran a task (in a fleet; NULL on a single host).
     "ALTER TABLE tasks ADD COLUMN host TEXT;",
 ];
 
@@ -145,7 +149,7 @@ pub const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;
 /// chosen so both engines' queries read the same values: BIGINT for every
 /// number (the ledger's times are milliseconds), BYTEA for archives.
 const PG_MIGRATIONS: &[&str] = &[
-    // 1: everything SQLite's version 4 holds, and the fleet: its members
+    // 1: everything SQLite's version 6 holds, and the fleet: its members
     // (heartbeats), agents' leases with their fencing epochs, schedule
     // occurrences fired once fleet-wide.
     "CREATE TABLE tasks (
@@ -211,10 +215,12 @@ const PG_MIGRATIONS: &[&str] = &[
         answered_at BIGINT,
         answered_by TEXT,
         note        TEXT,
-        used        BIGINT NOT NULL DEFAULT 0
+        used        BIGINT NOT NULL DEFAULT 0,
+        remember    TEXT
     );
     CREATE INDEX approvals_by_state ON approvals (state, id);
     CREATE INDEX approvals_by_task ON approvals (task_id, id);
+    CREATE INDEX approvals_grants ON approvals (agent, remember, state) WHERE remember IN ('task', 'always');
     CREATE TABLE pauses (
         agent  TEXT PRIMARY KEY,
         reason TEXT NOT NULL,

@@ -78,6 +78,22 @@ pub struct BackendLabels {
     pub backend: String,
 }
 
+/// Egress is counted per agent and outcome, never per host: denied names
+/// come from model-written code, an unbounded label set.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct EgressLabels {
+    pub agent: String,
+    /// allowed | denied
+    pub decision: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct EgressBytesLabels {
+    pub agent: String,
+    /// sent (code → upstream) | received
+    pub direction: String,
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ServerLabels {
     pub agent: String,
@@ -120,6 +136,8 @@ pub struct Metrics {
     pub sandbox_timeouts: Family<BackendLabels, Counter>,
     pub sandbox_denials: Family<BackendLabels, Counter>,
     pub sandbox_duration: Histograms<BackendLabels>,
+    pub egress_connections: Family<EgressLabels, Counter>,
+    pub egress_bytes: Family<EgressBytesLabels, Counter>,
     pub subscriptions_fired: Family<ServerLabels, Counter>,
     pub mcp_reconnects: Family<ServerLabels, Counter>,
     pub ledger_duration: Histogram,
@@ -161,6 +179,8 @@ impl Metrics {
             sandbox_timeouts: Family::default(),
             sandbox_denials: Family::default(),
             sandbox_duration: Family::new_with_constructor(slow_buckets),
+            egress_connections: Family::default(),
+            egress_bytes: Family::default(),
             subscriptions_fired: Family::default(),
             mcp_reconnects: Family::default(),
             ledger_duration: fast_buckets(),
@@ -260,6 +280,17 @@ impl Metrics {
             m.tool_duration.clone(),
         );
         r.register("sandbox_runs", "Code blocks run in the sandbox", m.sandbox_runs.clone());
+        r.register(
+            "egress_connections",
+            "Connection attempts of sandboxed code through the egress proxy, by decision",
+            m.egress_connections.clone(),
+        );
+        r.register_with_unit(
+            "egress",
+            "Bytes sandboxed code moved through the egress proxy",
+            Unit::Bytes,
+            m.egress_bytes.clone(),
+        );
         r.register(
             "sandbox_timeouts",
             "Sandbox runs killed at their time limit",

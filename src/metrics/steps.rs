@@ -6,7 +6,9 @@
 
 use serde_json::Value;
 
-use super::{AgentLabels, BackendLabels, Metrics, ModelLabels, ServerLabels, ToolLabels};
+use super::{
+    AgentLabels, BackendLabels, EgressBytesLabels, EgressLabels, Metrics, ModelLabels, ServerLabels, ToolLabels,
+};
 use crate::domain::{NewStep, StepKind};
 
 /// The countable facts of one step.
@@ -27,6 +29,11 @@ pub enum StepFacts {
     Sandbox {
         backend: String,
         run: SandboxRun,
+    },
+    Egress {
+        allowed: bool,
+        sent: u64,
+        received: u64,
     },
     /// Nothing to count.
     None,
@@ -74,12 +81,16 @@ impl StepFacts {
                 };
                 StepFacts::Sandbox { backend, run }
             }
+            StepKind::Egress => StepFacts::Egress {
+                allowed: p["decision"] == "allowed",
+                sent: p["sent"].as_u64().unwrap_or(0),
+                received: p["received"].as_u64().unwrap_or(0),
+            },
             StepKind::ToolCallsCapped
             | StepKind::Cancel
             | StepKind::Approval
             | StepKind::ApprovalAnswer
             | StepKind::Notify
-            | StepKind::Egress
             | StepKind::Other(_) => StepFacts::None,
         }
     }
@@ -138,6 +149,27 @@ pub(super) fn count(m: &Metrics, agent: &str, model: &str, facts: &StepFacts) {
                     m.sandbox_denials.get_or_create(&l).inc();
                 }
                 SandboxRun::Created => {}
+            }
+        }
+        StepFacts::Egress {
+            allowed,
+            sent,
+            received,
+        } => {
+            let decision = if *allowed { "allowed" } else { "denied" };
+            m.egress_connections
+                .get_or_create(&EgressLabels {
+                    agent: agent.to_owned(),
+                    decision: decision.to_owned(),
+                })
+                .inc();
+            for (direction, n) in [("sent", sent), ("received", received)] {
+                m.egress_bytes
+                    .get_or_create(&EgressBytesLabels {
+                        agent: agent.to_owned(),
+                        direction: direction.to_owned(),
+                    })
+                    .inc_by(*n);
             }
         }
         StepFacts::None => {}
@@ -226,6 +258,23 @@ mod tests {
         assert_eq!(
             StepFacts::of(&step(StepKind::Fence, json!({"block": "sh"}))),
             StepFacts::None
+        );
+        let egress = json!({"host": "pypi.org", "decision": "allowed", "sent": 120, "received": 4096});
+        assert_eq!(
+            StepFacts::of(&step(StepKind::Egress, egress)),
+            StepFacts::Egress {
+                allowed: true,
+                sent: 120,
+                received: 4096
+            }
+        );
+        assert_eq!(
+            StepFacts::of(&step(StepKind::Egress, json!({"decision": "denied"}))),
+            StepFacts::Egress {
+                allowed: false,
+                sent: 0,
+                received: 0
+            }
         );
     }
 }

@@ -72,6 +72,8 @@ pub enum Command {
         id: i64,
         approve: bool,
         note: Option<String>,
+        /// `/approve ID task|always …` (egress asks).
+        remember: crate::domain::Remember,
     },
     /// Cancel a task (the current agent's running one when `None`).
     Cancel {
@@ -95,7 +97,7 @@ pub const HELP: &[&str] = &[
     "/resume [AGENT]  run what is queued again",
     "/cancel [TASK] [REASON]  cancel a task (default: the current agent's running one)",
     "/approvals       tool calls and code waiting for an answer",
-    "/approve ID [NOTE]   let it run",
+    "/approve ID [once|task|always] [NOTE]   let it run (task/always: an egress host for the task, or for good)",
     "/deny ID [REASON]    refuse it (the model reads the reason)",
     "/help            this help",
     "/quit            stop agentd (end of input, e.g. Ctrl-D, closes only the REPL)",
@@ -138,11 +140,20 @@ pub fn parse(line: &str) -> Result<Command, String> {
             .first()
             .and_then(|w| w.trim_start_matches('#').parse::<i64>().ok())
             .ok_or_else(|| format!("write /{cmd} ID [text]; /approvals lists the ids"))?;
-        let note = (rest.len() > 1).then(|| rest[1..].join(" "));
+        let mut rest = &rest[1..];
+        let mut remember = crate::domain::Remember::Once;
+        if cmd == "approve"
+            && let Some(r) = rest.first().and_then(|w| w.parse().ok())
+        {
+            remember = r;
+            rest = &rest[1..];
+        }
+        let note = (!rest.is_empty()).then(|| rest.join(" "));
         return Ok(Command::Answer {
             id,
             approve: cmd == "approve",
             note,
+            remember,
         });
     }
     let arg = words.next().map(str::to_owned);
@@ -359,10 +370,30 @@ mod tests {
             Ok(Command::Answer {
                 id: 3,
                 approve: false,
-                note: Some("use the archive instead".into())
+                note: Some("use the archive instead".into()),
+                remember: crate::domain::Remember::Once,
             })
         );
         assert!(parse("/approve soon").is_err());
+        assert_eq!(
+            parse("/approve 4 always pypi mirror"),
+            Ok(Command::Answer {
+                id: 4,
+                approve: true,
+                note: Some("pypi mirror".into()),
+                remember: crate::domain::Remember::Always,
+            })
+        );
+        // A deny's reason may start with any word.
+        assert_eq!(
+            parse("/deny 4 always no"),
+            Ok(Command::Answer {
+                id: 4,
+                approve: false,
+                note: Some("always no".into()),
+                remember: crate::domain::Remember::Once,
+            })
+        );
     }
 
     fn say(agent: Option<&str>, text: &str) -> Command {

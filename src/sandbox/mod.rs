@@ -159,6 +159,8 @@ pub struct Exposed {
     pub user: Option<(u32, u32)>,
     /// The agent's cgroup scope, tmp naming and workdir quota.
     pub containment: Containment,
+    /// Who answers the egress proxy's asks and journals its connections.
+    pub egress: Option<egress::Hooks>,
 }
 
 /// Runs `argv` in `workdir` under `policy` and waits for it (or for the
@@ -294,7 +296,8 @@ fn prepare(policy: &SandboxPolicy, workdir: &Path, argv: &[String], extra: &Expo
             // the landlock helper, so it is restricted too).
             let argv = match &policy.network {
                 Network::Domains(rules) => {
-                    let (p, dialer) = egress::Proxy::start(rules.clone()).map_err(SandboxError::Egress)?;
+                    let (p, dialer) =
+                        egress::Proxy::start(rules.clone(), extra.egress.clone()).map_err(SandboxError::Egress)?;
                     let helper = helper::helper_exe()?;
                     bound.push(helper.clone());
                     setup.inherit(dialer.as_raw_fd());
@@ -427,6 +430,7 @@ async fn supervise(prepared: Prepared, policy: &SandboxPolicy) -> Result<RunOutc
         tokio::pin!(deadline);
         let mut read_done = false;
         let mut draining = false;
+        let mut counted = Duration::ZERO;
         loop {
             tokio::select! {
                 st = child.wait(), if status.is_none() => {
@@ -450,6 +454,14 @@ async fn supervise(prepared: Prepared, policy: &SandboxPolicy) -> Result<RunOutc
                 }
                 _ = &mut deadline => {
                     if draining { break; }
+                    // Time an operator took to answer an egress ask is not
+                    // the code's: the deadline moves by it.
+                    let waited = proxy.as_ref().map(egress::Proxy::waited).unwrap_or_default();
+                    if waited > counted {
+                        counted = waited;
+                        deadline.as_mut().reset((started + policy.timeout + waited).into());
+                        continue;
+                    }
                     timed_out = true;
                     kill_group(pgid);
                     run_cgroup.kill();

@@ -16,7 +16,7 @@
 use std::time::Duration;
 
 use super::{Event, Supervisor};
-use crate::domain::{ApprovalAnswer, ApprovalSubject, Lease, TaskId};
+use crate::domain::{ApprovalAnswer, ApprovalSubject, Lease, Remember, TaskId};
 use crate::ledger::{Approval, Asked, LedgerError, now_ms};
 use crate::protocol::ToChild;
 
@@ -36,13 +36,16 @@ impl Supervisor {
             );
             return;
         }
-        let Some(policy) = self.agents.get(name).and_then(|a| a.spec.approve.clone()) else {
-            // The child asks only under a policy; without one, refuse.
-            self.refuse(name, task, &lease, "this agent has no approve: policy".into());
-            return;
+        let (timeout, on_timeout) = match self.terms(name, &subject) {
+            Ok(t) => t,
+            Err(why) => {
+                // The child asks only under a policy that says to; a
+                // question no policy asks is refused, not recorded.
+                self.refuse(name, task, &lease, why);
+                return;
+            }
         };
-        let timeout_ms = policy.timeout.as_millis() as i64;
-        let on_timeout = policy.on_timeout();
+        let timeout_ms = timeout.as_millis() as i64;
         let (l2, s2) = (lease.clone(), subject.clone());
         match self
             .ledger
@@ -58,7 +61,7 @@ impl Supervisor {
                     a.id,
                     a.id,
                     on_timeout,
-                    humantime::format_duration(policy.timeout)
+                    humantime::format_duration(timeout)
                 );
                 self.say(format!(
                     "approval {} asked by {name} (task {task}): {}  (/approve {} or /deny {})",
@@ -97,12 +100,35 @@ impl Supervisor {
         }
     }
 
+    /// How long a request waits and what its timeout answers, from the
+    /// agent's policy: `approve:` for tool calls and code blocks, the
+    /// sandbox's `network.ask` rules for egress (whose timeout denies).
+    fn terms(&self, name: &str, subject: &ApprovalSubject) -> Result<(Duration, &'static str), String> {
+        let spec = &self.agents.get(name).ok_or("no such agent")?.spec;
+        match subject {
+            ApprovalSubject::Egress { host, port } => match &spec.sandbox.network {
+                crate::sandbox::Network::Domains(rules) if rules.ask_rule(host, *port).is_some() => {
+                    Ok((rules.ask_timeout, "deny"))
+                }
+                _ => Err(format!(
+                    "no network.ask rule of this agent covers {}",
+                    subject.summary()
+                )),
+            },
+            ApprovalSubject::Tool { .. } | ApprovalSubject::Code { .. } => match &spec.approve {
+                Some(p) => Ok((p.timeout, p.on_timeout())),
+                None => Err("this agent has no approve: policy".into()),
+            },
+        }
+    }
+
     /// Denies a request agentd itself cannot put to an operator.
     fn refuse(&self, name: &str, task: TaskId, lease: &Lease, why: String) {
         let answer = ApprovalAnswer {
             approved: false,
             by: "agentd".into(),
             note: Some(why),
+            remember: Remember::Once,
         };
         self.send_answer(name, task, lease, answer);
     }
@@ -156,6 +182,7 @@ impl Supervisor {
             approved: a.on_timeout == "approve",
             by: "timeout".into(),
             note: Some(format!("no answer by {}", crate::ledger::format_ms(a.timeout_at))),
+            remember: Remember::Once,
         };
         if let Err(e) = self.answer_approval(id, answer).await {
             tracing::warn!("approval {id} timed out but could not be answered: {e}");
@@ -207,9 +234,14 @@ impl Supervisor {
         Ok(done)
     }
 
-    /// The agent's pending approvals, for status (none without a policy).
+    /// The agent's pending approvals, for status (none without a policy
+    /// that asks: no ledger read for most agents).
     pub(super) async fn waiting_for(&self, name: &str) -> Vec<Approval> {
-        if self.agents.get(name).is_none_or(|a| a.spec.approve.is_none()) {
+        let asks = |spec: &crate::config::AgentSpec| {
+            spec.approve.is_some()
+                || matches!(&spec.sandbox.network, crate::sandbox::Network::Domains(r) if !r.ask.is_empty())
+        };
+        if !self.agents.get(name).is_some_and(|a| asks(&a.spec)) {
             return Vec::new();
         }
         let n = name.to_owned();

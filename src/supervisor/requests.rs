@@ -13,7 +13,7 @@ use super::slot::{AfterExit, Lifecycle};
 use super::talk::send_result;
 use super::{ReloadBy, Supervisor};
 use crate::control::{AgentStatus, Request, Response, SendResult};
-use crate::domain::{ApprovalAnswer, PauseReason, TaskState};
+use crate::domain::{ApprovalAnswer, PauseReason, Remember, TaskState};
 use crate::ledger::SnapshotKind;
 use crate::snapshots;
 
@@ -46,6 +46,8 @@ impl Supervisor {
             | Request::Approvals
             | Request::Approve { .. }
             | Request::Deny { .. }
+            | Request::Grants { .. }
+            | Request::Revoke { .. }
             | Request::Spend { .. } => None,
         };
         if let Some(agent) = agent.filter(|a| !self.agents.contains_key(*a)) {
@@ -60,6 +62,7 @@ impl Supervisor {
                 | Request::Send { .. }
                 | Request::Spend { .. }
                 | Request::Approvals
+                | Request::Grants { .. }
         );
         if changes_state && self.stop_deadline.is_some() {
             return answer(reply, Response::error("agentd is shutting down"));
@@ -108,14 +111,38 @@ impl Supervisor {
                 };
                 answer(reply, r)
             }
-            Request::Approve { id, note, caller } => {
+            Request::Approve {
+                id,
+                note,
+                remember,
+                caller,
+            } => {
                 let by = caller.unwrap_or_else(|| "control".into());
                 let a = ApprovalAnswer {
                     approved: true,
                     by,
                     note,
+                    remember,
                 };
                 answer(reply, self.answer_by_request(id, a).await)
+            }
+            Request::Grants { agent } => {
+                let r = match self.ledger.call(move |l| l.grants(agent.as_deref())).await {
+                    Ok(list) => Response::ok(json!({ "grants": list })),
+                    Err(e) => Response::error(e.to_string()),
+                };
+                answer(reply, r)
+            }
+            Request::Revoke { id, caller } => {
+                let by = caller.unwrap_or_else(|| "control".into());
+                let r = match self.ledger.call(move |l| l.revoke_grant(id, &by)).await {
+                    Ok(a) => {
+                        tracing::info!(agent = a.agent, "egress grant {id} revoked: {}", a.subject.summary());
+                        Response::ok(json!(a))
+                    }
+                    Err(e) => Response::error(e.to_string()),
+                };
+                answer(reply, r)
             }
             Request::Deny { id, reason, caller } => {
                 let by = caller.unwrap_or_else(|| "control".into());
@@ -123,6 +150,7 @@ impl Supervisor {
                     approved: false,
                     by,
                     note: reason,
+                    remember: Remember::Once,
                 };
                 answer(reply, self.answer_by_request(id, a).await)
             }

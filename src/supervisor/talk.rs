@@ -194,11 +194,17 @@ impl Supervisor {
                 }
                 Err(e) => self.say_error(e),
             },
-            Command::Answer { id, approve, note } => {
+            Command::Answer {
+                id,
+                approve,
+                note,
+                remember,
+            } => {
                 let answer = crate::domain::ApprovalAnswer {
                     approved: approve,
                     by: "repl".into(),
                     note,
+                    remember,
                 };
                 match self.answer_approval(id, answer).await {
                     Ok(a) => self.say(format!("approval {id} {} (task {} of {})", a.state, a.task, a.agent)),

@@ -131,7 +131,7 @@ fn main() {
             .build()
             .unwrap();
         rt.block_on(async move {
-            let (proxy, dialer) = Proxy::start(rules).unwrap();
+            let (proxy, dialer) = Proxy::start(rules, None).unwrap();
             tx.send(dialer).unwrap();
             std::future::pending::<()>().await;
             drop(proxy);

@@ -118,6 +118,7 @@ fn approval_round_trip(dir: &std::path::Path) {
             approved: i % 2 == 0,
             by: "bench".into(),
             note: None,
+            remember: Default::default(),
         };
         l.answer_approval(a.id, &answer, Some(&lease())).expect("answer");
         times.push(t.elapsed());

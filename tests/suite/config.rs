@@ -635,4 +635,30 @@ fn check_reports_bad_egress_rules_with_positions() {
         e.contains("bad.yaml:10:") && e.contains("need a network namespace"),
         "{e}"
     );
+
+    // ask alone is a policy (no allow list needed); its patterns and
+    // timeout are checked like the others.
+    let asks = write(
+        dir.path(),
+        "asks.yaml",
+        "agents:\n  - name: a\n    model: m\n    sandbox: {profile: web, network: {ask: [\"*\"], ask_timeout: 5m}}\n",
+    );
+    let out = agentd(&["check", asks.to_str().unwrap_or_default()]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let bad = write(
+        dir.path(),
+        "badask.yaml",
+        "agents:\n  - name: a\n    model: m\n    sandbox:\n      profile: web\n      network:\n        ask: [\"x.org:http\"]\n        ask_timeout: soon\n",
+    );
+    let out = agentd(&["check", bad.to_str().unwrap_or_default()]);
+    assert_eq!(out.status.code(), Some(1));
+    let e = stderr(&out);
+    assert!(
+        e.contains("badask.yaml:7:") && e.contains("agents[0].sandbox.network.ask[0]"),
+        "{e}"
+    );
+    assert!(
+        e.contains("badask.yaml:8:") && e.contains("agents[0].sandbox.network.ask_timeout"),
+        "{e}"
+    );
 }

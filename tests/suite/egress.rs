@@ -645,3 +645,197 @@ print('direct:', fetch(['--noproxy', '*', '--resolve', 'allowed.test:{p}:127.0.0
     );
     assert_eq!(server.requests().len(), 1, "only the proxied request arrived");
 }
+
+mod ask {
+    //! `network.ask`: a host no allow or deny rule decides becomes an
+    //! approval request of the running task; the connection waits for the
+    //! answer, which is remembered once, for the task, or always.
+    use super::HttpServer;
+    use std::time::Duration;
+
+    use agentd::control::Request;
+    use agentd::domain::{Remember, TaskState};
+    use agentd::ledger::{Approval, Step, Task};
+
+    use crate::support::daemon::{Daemon, steps, tasks};
+    use crate::support::inbox::{Extra, InboxAgent};
+    use crate::support::llm_server::{LlmServer, Reply};
+    use crate::support::wait_for;
+
+    fn pending(d: &Daemon) -> Vec<Approval> {
+        let r = d.request(&Request::Approvals);
+        serde_json::from_value(r.result.expect("result")["approvals"].clone()).expect("approvals")
+    }
+
+    fn wait_pending(d: &Daemon) -> Approval {
+        wait_for(Duration::from_secs(30), || pending(d).into_iter().next())
+            .unwrap_or_else(|| panic!("no approval was asked; log:\n{}", d.log_text()))
+    }
+
+    fn approve(d: &Daemon, id: i64, remember: Remember) {
+        let r = d.request(&Request::Approve {
+            id,
+            note: None,
+            remember,
+            caller: None,
+        });
+        assert!(r.ok, "{r:?}");
+    }
+
+    fn wait_task(d: &Daemon, n: usize) -> Task {
+        wait_for(Duration::from_secs(60), || {
+            let mut all = tasks(&d.state_dir);
+            all.sort_by_key(|t| t.id);
+            all.get(n - 1).filter(|t| t.state.is_final()).cloned()
+        })
+        .unwrap_or_else(|| panic!("task {n} never ended; {:#?}\n{}", tasks(&d.state_dir), d.log_text()))
+    }
+
+    fn egress_steps(d: &Daemon, t: &Task) -> Vec<Step> {
+        steps(&d.state_dir, t.id)
+            .into_iter()
+            .filter(|s| s.kind == "egress")
+            .collect()
+    }
+
+    fn fence_result(d: &Daemon, t: &Task) -> String {
+        steps(&d.state_dir, t.id)
+            .iter()
+            .filter(|s| s.kind == "fence")
+            .map(|s| s.payload["result"].to_string())
+            .collect()
+    }
+
+    #[test]
+    fn an_asked_host_waits_for_an_operator_and_the_answer_is_remembered_as_told() {
+        let asked = HttpServer::start("asked");
+        let port = asked.port;
+        // Two fetches per run: under remember task the second is not asked.
+        let fetch =
+            format!("```bash:execute\nfor i in 1 2; do curl -sS --max-time 60 http://asked.test:{port}/; done\n```");
+        let llm = LlmServer::start(vec![]);
+        for _ in 0..4 {
+            llm.push(Reply::stream_text(&[&fetch]));
+            llm.push(Reply::stream_text(&["Done."]));
+        }
+        let agent = format!(
+            "    sandbox: {{profile: web, backend: bwrap, timeout: 3s, network: {{allow: [allowed.test], ask: [\"*.test\"], \
+             resolve: {{allowed.test: 127.0.0.1, asked.test: 127.0.0.1}}}}}}\n"
+        );
+        let s = InboxAgent::new(
+            "reader",
+            &llm.base_url(),
+            "sk-test",
+            Extra {
+                agent: &agent,
+                ..Extra::default()
+            },
+        );
+        let d = s.start_running();
+
+        // Task 1: the connection waits; nothing reached the server yet.
+        std::fs::write(s.inbox.join("1.md"), "1").expect("write");
+        let a = wait_pending(&d);
+        assert_eq!(a.subject.summary(), format!("connect to asked.test:{port}"));
+        assert_eq!(tasks(&d.state_dir)[0].state, TaskState::Waiting);
+        // Longer than the run's 3 s timeout: the wait is not the code's time.
+        std::thread::sleep(Duration::from_secs(4));
+        assert!(asked.requests().is_empty(), "control: the ask gates the connection");
+        approve(&d, a.id, Remember::Task);
+        let t1 = wait_task(&d, 1);
+        assert_eq!(t1.state, TaskState::Succeeded, "{t1:#?}\n{}", d.log_text());
+        assert_eq!(asked.requests().len(), 2, "both fetches went through");
+        let e = egress_steps(&d, &t1);
+        assert_eq!(e.len(), 2, "{e:#?}");
+        for s in &e {
+            assert_eq!(s.payload["decision"], "allowed", "{s:#?}");
+            let rule = s.payload["rule"].as_str().unwrap_or_default();
+            assert!(rule.starts_with("ask *.test: approved (task) by"), "{rule}");
+        }
+        assert!(
+            fence_result(&d, &t1).contains("timed_out: false"),
+            "{}",
+            fence_result(&d, &t1)
+        );
+
+        // Task 2: remember task ended with task 1: asked again, for good.
+        std::fs::write(s.inbox.join("2.md"), "2").expect("write");
+        let a2 = wait_pending(&d);
+        assert_ne!(a2.id, a.id);
+        approve(&d, a2.id, Remember::Always);
+        assert_eq!(wait_task(&d, 2).state, TaskState::Succeeded);
+
+        // Task 3: the ledger's grant answers; no operator is asked.
+        std::fs::write(s.inbox.join("3.md"), "3").expect("write");
+        let t3 = wait_task(&d, 3);
+        assert_eq!(t3.state, TaskState::Succeeded, "{}", d.log_text());
+        assert_eq!(
+            asked.requests().len(),
+            6,
+            "{:#?}\n{}",
+            steps(&d.state_dir, t3.id),
+            d.log_text()
+        );
+        let grants = d.request(&Request::Grants { agent: None });
+        let grants: Vec<Approval> = serde_json::from_value(grants.result.expect("grants")["grants"].clone()).unwrap();
+        assert_eq!(grants.iter().map(|g| g.id).collect::<Vec<_>>(), [a2.id]);
+
+        // Revoked: task 4 asks again, is denied, and the model reads why.
+        let r = d.request(&Request::Revoke {
+            id: a2.id,
+            caller: None,
+        });
+        assert!(r.ok, "{r:?}");
+        std::fs::write(s.inbox.join("4.md"), "4").expect("write");
+        let a4 = wait_pending(&d);
+        let r = d.request(&Request::Deny {
+            id: a4.id,
+            reason: Some("not that host".into()),
+            caller: None,
+        });
+        assert!(r.ok, "{r:?}");
+        let t4 = wait_task(&d, 4);
+        assert_eq!(
+            asked.requests().len(),
+            6,
+            "the denied connections never reached the server"
+        );
+        let e = egress_steps(&d, &t4);
+        assert_eq!(e.len(), 2, "the retry is refused without asking again: {e:#?}");
+        assert!(e.iter().all(|s| s.payload["decision"] == "denied"), "{e:#?}");
+        let told = fence_result(&d, &t4);
+        assert!(
+            told.contains("refused by the sandbox's egress policy") && told.contains("not that host"),
+            "{told}"
+        );
+        assert!(pending(&d).is_empty(), "a denial is not remembered: {:?}", pending(&d));
+    }
+
+    #[test]
+    fn an_ask_outside_an_agent_is_denied_there_is_no_one_to_ask() {
+        // No operator outside an agent: `agentd sandbox run`'s proxy denies.
+        let mut p = super::web_policy();
+        if let agentd::sandbox::Network::Domains(r) = &mut p.network {
+            r.allow.clear();
+            r.deny.clear();
+            r.ask = vec![agentd::sandbox::egress::Pattern::parse("*.test").unwrap()];
+        }
+        let server = HttpServer::start("asked");
+        let wd = crate::support::sandbox_workdir("egress-");
+        let o = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap()
+            .block_on(super::run(
+                &p,
+                wd.path(),
+                &super::sh(&format!("curl -sS --max-time 20 http://allowed.test:{}/", server.port)),
+            ));
+        assert!(
+            super::denied_record(&o, "allowed.test").contains("no operator to ask"),
+            "{:?}",
+            o.egress
+        );
+        assert!(server.requests().is_empty());
+    }
+}

@@ -475,6 +475,7 @@ fn a_denial_reaches_the_model_as_the_tools_error() {
     let again = d.request(&Request::Approve {
         id: a.id,
         note: None,
+        remember: Default::default(),
         caller: None,
     });
     assert!(!again.ok && again.error.unwrap_or_default().contains("already answered"));

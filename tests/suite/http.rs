@@ -105,9 +105,9 @@ fn every_route_wants_the_token_except_healthz_and_no_answer_holds_a_secret() {
             "/healthz" => assert_eq!(without.status, 200, "{path}: {}", without.body),
             "/login" => assert_eq!(without.status, 401, "{path} without a code"),
             p if p.ends_with("/webhook") => assert_eq!(without.status, 404, "mail takes no webhooks"),
-            // The task has ended and there is no such approval: the token
+            // The task has ended and there is no such approval or grant: the token
             // gets an answer from the handler (400), not a refusal.
-            p if p.ends_with("/cancel") || p.contains("/approvals/") => {
+            p if p.ends_with("/cancel") || p.contains("/approvals/") || p.contains("/grants/") => {
                 assert_eq!(without.status, 401, "{method} {path} without the token");
                 assert_eq!(wrong.status, 401, "{method} {path} with a wrong token");
                 let with = api.call(method, &path, true, &[], body);
@@ -813,6 +813,11 @@ agents:
     assert_eq!(h("x-agentd-signature-256"), sign(NOTIFY_SECRET, &body));
     let id = ev["approval"]["id"].as_i64().unwrap();
     assert_eq!(h("x-agentd-delivery"), format!("{task}-waiting-{id}"));
+    // remember is for egress asks: a tool call's approval is refused it
+    // (the body's field reaches the ledger's check), and stays pending.
+    let longer = api.post(&format!("/api/v1/approvals/{id}/approve"), r#"{"remember": "always"}"#);
+    assert_eq!(longer.status, 400, "{}", longer.body);
+    assert!(longer.body.contains("remember is for egress asks"), "{}", longer.body);
     // The receiver's answer path: approve over the API; the call runs.
     let approved = api.post(&format!("/api/v1/approvals/{id}/approve"), r#"{"note": "ok"}"#);
     assert_eq!(approved.status, 200, "{}", approved.body);

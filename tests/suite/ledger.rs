@@ -74,6 +74,7 @@ on_both_backends!(
     pauses_cancels_and_spend_are_kept,
     approvals_are_asked_answered_and_reused,
     snapshots_and_deliveries_are_kept,
+    egress_grants_answer_later_asks_until_revoked_and_only_egress_asks_are_remembered,
 );
 
 /// A lease of agent `a`; different generations are different holders.
@@ -527,6 +528,7 @@ fn approvals_are_asked_answered_and_reused(l: &mut Ledger, _: &Target) {
         approved: true,
         by: "uid 0".into(),
         note: None,
+        remember: agentd::domain::Remember::Once,
     };
     let answered = l.answer_approval(asked.id, &answer, None).expect("answer");
     assert_eq!(answered.state, "approved");
@@ -703,4 +705,80 @@ fn a_member_whose_lease_was_taken_over_cannot_write() {
     let again = beta.claim_next("a", &lease(2)).expect("claim").expect("task");
     assert_eq!(again.attempts, 2);
     assert_eq!(beta.steps(t.id).expect("steps").len(), 1);
+}
+
+fn egress_grants_answer_later_asks_until_revoked_and_only_egress_asks_are_remembered(l: &mut Ledger, _: &Target) {
+    use agentd::domain::{ApprovalAnswer, ApprovalSubject, Remember};
+    use ledger::Asked;
+    let egress = ApprovalSubject::Egress {
+        host: "pypi.org".into(),
+        port: 443,
+    };
+    let tool = ApprovalSubject::Tool {
+        name: "write_file".into(),
+        arguments: serde_json::json!({}),
+    };
+    let answer = |remember| ApprovalAnswer {
+        approved: true,
+        by: "test".into(),
+        note: None,
+        remember,
+    };
+    let run = |l: &mut Ledger, n: u64| {
+        l.enqueue("a", &msg(&format!("t{n}")), None).expect("enqueue");
+        l.claim_next("a", &lease(n)).expect("claim").expect("task").id
+    };
+    let finish = |l: &mut Ledger, t, n| {
+        l.finish(t, &lease(n), TaskState::Succeeded, Some("ok"), None)
+            .expect("finish");
+    };
+
+    // A tool call's answer cannot be remembered.
+    let t1 = run(l, 1);
+    let Asked::Pending(a) = l.ask_approval(t1, &lease(1), &tool, 60_000, "deny").unwrap() else {
+        panic!("pending")
+    };
+    assert!(matches!(
+        l.answer_approval(a.id, &answer(Remember::Always), Some(&lease(1))),
+        Err(LedgerError::NotRememberable(_))
+    ));
+    l.answer_approval(a.id, &answer(Remember::Once), Some(&lease(1)))
+        .unwrap();
+
+    // Control: an egress answer given once is not a grant; the next ask waits.
+    let Asked::Pending(e1) = l.ask_approval(t1, &lease(1), &egress, 60_000, "deny").unwrap() else {
+        panic!("pending")
+    };
+    l.answer_approval(e1.id, &answer(Remember::Once), Some(&lease(1)))
+        .unwrap();
+    let Asked::Pending(again) = l.ask_approval(t1, &lease(1), &egress, 60_000, "deny").unwrap() else {
+        panic!("a once answer answered again")
+    };
+    l.answer_approval(again.id, &answer(Remember::Once), Some(&lease(1)))
+        .unwrap();
+    assert!(l.grants(None).unwrap().is_empty());
+    assert!(matches!(l.revoke_grant(e1.id, "test"), Err(LedgerError::NotAGrant(_))));
+    finish(l, t1, 1);
+
+    // Always: a later task of the agent is answered by the ledger.
+    let t2 = run(l, 2);
+    let Asked::Pending(e2) = l.ask_approval(t2, &lease(2), &egress, 60_000, "deny").unwrap() else {
+        panic!("pending")
+    };
+    l.answer_approval(e2.id, &answer(Remember::Always), Some(&lease(2)))
+        .unwrap();
+    finish(l, t2, 2);
+    let t3 = run(l, 3);
+    match l.ask_approval(t3, &lease(3), &egress, 60_000, "deny").unwrap() {
+        Asked::Answered(g, a) => assert!(g.id == e2.id && a.approved && a.remember == Remember::Always),
+        other => panic!("not answered by the grant: {other:?}"),
+    }
+    assert_eq!(l.grants(Some("a")).unwrap().len(), 1);
+    // Revoked: asked again.
+    l.revoke_grant(e2.id, "test").unwrap();
+    assert!(l.grants(None).unwrap().is_empty());
+    assert!(matches!(
+        l.ask_approval(t3, &lease(3), &egress, 60_000, "deny").unwrap(),
+        Asked::Pending(_)
+    ));
 }

@@ -565,4 +565,22 @@ fn egress_attempts_are_journaled_and_denials_reach_the_model() {
         feedback.contains("denied.test:") && feedback.contains("refused by the sandbox's egress policy"),
         "{feedback}"
     );
+    // Counted per agent and decision (never per host: denied names are
+    // the model's to choose), bytes per direction.
+    let metrics = d.request(&agentd::control::Request::Metrics);
+    let text = metrics.result.expect("metrics")["text"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    for line in [
+        r#"agentd_egress_connections_total{agent="reader",decision="allowed"} 1"#,
+        r#"agentd_egress_connections_total{agent="reader",decision="denied"} 1"#,
+    ] {
+        assert!(text.lines().any(|l| l == line), "{line} not in\n{text}");
+    }
+    let received = text
+        .lines()
+        .find_map(|l| l.strip_prefix(r#"agentd_egress_bytes_total{agent="reader",direction="received"} "#))
+        .and_then(|v| v.parse::<f64>().ok());
+    assert!(received.is_some_and(|r| r > 9.0), "{text}");
 }

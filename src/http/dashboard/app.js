@@ -348,23 +348,30 @@ async function cancelTask() {
 function asks(subject) {
   if (!subject) return '';
   if (subject.kind === 'tool') return `tool ${subject.name} ${JSON.stringify(subject.arguments || {})}`;
+  if (subject.kind === 'egress') return `connect to ${subject.host}:${subject.port}`;
   return `${subject.block || 'code'}: ${subject.code || ''}`;
 }
 
 function approvalItem(a) {
-  const answer = (verb) => async () => {
+  const answer = (verb, remember) => async () => {
     try {
-      await api('POST', `/api/v1/approvals/${a.id}/${verb}`, {});
+      await api('POST', `/api/v1/approvals/${a.id}/${verb}`, remember ? { remember } : {});
       loadApprovals();
     } catch (e) {
       $('#appr-error').textContent = `${verb} ${a.id}: ${e.message}`;
       $('#appr-error').hidden = false;
     }
   };
+  // An egress ask's approval can hold for the task or for good.
+  const longer = a.subject && a.subject.kind === 'egress' ? [
+    el('button', { type: 'button', class: 'approve-task', text: 'For this task', onclick: answer('approve', 'task') }),
+    el('button', { type: 'button', class: 'approve-always', text: 'Always', onclick: answer('approve', 'always') }),
+  ] : [];
   return el('li', { id: `approval-${a.id}` },
     el('span', { class: 'who', text: `#${a.id} ${a.agent} (task #${a.task}): ` }),
     el('code', { class: 'asks', text: asks(a.subject) }),
     el('button', { type: 'button', class: 'approve', text: 'Approve', onclick: answer('approve') }),
+    ...longer,
     el('button', { type: 'button', class: 'deny', text: 'Deny', onclick: answer('deny') }));
 }
 

@@ -9,8 +9,12 @@
 //! first bytes, when they are a TLS ClientHello, must name the same host)
 //! or a plain-HTTP request in absolute form (matched on `Host`). Only
 //! after the rules allow a name is it resolved (pins first, then DNS,
-//! whose private answers are refused). Every attempt becomes a
-//! [`Connection`] record.
+//! whose private answers are refused). A name only an `ask` rule covers
+//! waits for the owner's [`Owner::ask`] (an operator's approval), and the
+//! time spent waiting is kept ([`Proxy::waited`]) so the run's timeout
+//! can leave it out. Every attempt becomes a [`Connection`] record, handed
+//! to [`Owner::ended`] as it ends (the agent journals it then) and
+//! returned with the run.
 
 use std::net::{IpAddr, SocketAddr};
 use std::os::fd::OwnedFd;
@@ -26,6 +30,7 @@ use tokio::sync::{Semaphore, watch};
 
 use super::rules::{Decision, Rules};
 use super::sni::{self, Hello};
+use super::{Hooks, Owner};
 
 /// Largest request head (request line and headers) the proxy reads.
 const MAX_HEAD: usize = 16 << 10;
@@ -62,50 +67,109 @@ impl Connection {
     }
 }
 
-/// A running proxy for one sandbox run.
+/// A running proxy for one sandbox run. Dropping it (the run was
+/// abandoned) stops it and every connection it relays.
 pub struct Proxy {
     records: Arc<Mutex<Vec<Connection>>>,
+    asking: Arc<Mutex<AskClock>>,
     stop: watch::Sender<bool>,
-    task: tokio::task::JoinHandle<()>,
+    task: Option<tokio::task::JoinHandle<()>>,
 }
 
 struct Shared {
     rules: Rules,
+    hooks: Option<Hooks>,
     records: Arc<Mutex<Vec<Connection>>>,
+    asking: Arc<Mutex<AskClock>>,
     slots: Arc<Semaphore>,
     bytes: AtomicU64,
     stop: watch::Receiver<bool>,
 }
 
+/// Wall time during which at least one ask waited for its answer.
+#[derive(Default)]
+struct AskClock {
+    open: usize,
+    since: Option<Instant>,
+    total: Duration,
+}
+
+impl AskClock {
+    fn begin(&mut self) {
+        if self.open == 0 {
+            self.since = Some(Instant::now());
+        }
+        self.open += 1;
+    }
+
+    fn end(&mut self) {
+        self.open = self.open.saturating_sub(1);
+        if self.open == 0
+            && let Some(s) = self.since.take()
+        {
+            self.total += s.elapsed();
+        }
+    }
+
+    fn waited(&self) -> Duration {
+        self.total + self.since.map(|s| s.elapsed()).unwrap_or_default()
+    }
+}
+
 impl Proxy {
     /// Starts a proxy; returns it and the dialer end the relay inherits.
-    pub fn start(rules: Rules) -> std::io::Result<(Proxy, OwnedFd)> {
+    pub fn start(rules: Rules, hooks: Option<Hooks>) -> std::io::Result<(Proxy, OwnedFd)> {
         let (ours, theirs) = crate::sandbox::dialer::pair()?;
         let records = Arc::new(Mutex::new(Vec::new()));
+        let asking = Arc::new(Mutex::new(AskClock::default()));
         let (stop, stop_rx) = watch::channel(false);
         let shared = Arc::new(Shared {
             slots: Arc::new(Semaphore::new(rules.max_connections.max(1))),
             rules,
+            hooks,
             records: records.clone(),
+            asking: asking.clone(),
             bytes: AtomicU64::new(0),
             stop: stop_rx.clone(),
         });
         let task = tokio::spawn(accept_loop(ours, shared, stop_rx));
-        Ok((Proxy { records, stop, task }, theirs))
+        Ok((
+            Proxy {
+                records,
+                asking,
+                stop,
+                task: Some(task),
+            },
+            theirs,
+        ))
+    }
+
+    /// How long this run's asks have waited for answers so far.
+    pub fn waited(&self) -> Duration {
+        self.asking.lock().map(|c| c.waited()).unwrap_or_default()
     }
 
     /// Ends the proxy when the run is over; returns every record, in the
     /// order the connections ended.
-    pub async fn finish(self) -> Vec<Connection> {
+    pub async fn finish(mut self) -> Vec<Connection> {
         let _ = self.stop.send(true);
-        let mut task = self.task;
-        if tokio::time::timeout(FINISH_GRACE, &mut task).await.is_err() {
+        if let Some(mut task) = self.task.take()
+            && tokio::time::timeout(FINISH_GRACE, &mut task).await.is_err()
+        {
             task.abort();
         }
         self.records
             .lock()
             .map(|mut r| std::mem::take(&mut *r))
             .unwrap_or_default()
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        if let Some(task) = self.task.take() {
+            task.abort();
+        }
     }
 }
 
@@ -173,6 +237,9 @@ impl Shared {
         self.handle(&mut conn, &mut record).await;
         record.duration = started.elapsed();
         tracing::debug!(host = %record.host, port = record.port, decision = ?record.decision, "egress");
+        if let Some(h) = &self.hooks {
+            h.0.ended(&record);
+        }
         if let Ok(mut r) = self.records.lock() {
             r.push(record);
         }
@@ -196,7 +263,10 @@ impl Shared {
         record.host = req.host.clone();
         record.port = req.port;
         record.method = req.method.clone();
-        record.decision = self.rules.decide(&req.host, req.port);
+        record.decision = match self.rules.ask_rule(&req.host, req.port) {
+            Some(rule) => self.ask(&req.host, req.port, rule).await,
+            None => self.rules.decide(&req.host, req.port),
+        };
         let _slot = match self.slots.clone().try_acquire_owned() {
             Ok(s) => s,
             Err(_) => {
@@ -276,6 +346,24 @@ impl Shared {
         record.sent += first.len() as u64;
         self.bytes.fetch_add(first.len() as u64, Ordering::Relaxed);
         self.relay(conn, upstream, record).await;
+    }
+
+    /// Puts an `ask` match to the owner; no owner, no one to ask.
+    async fn ask(&self, host: &str, port: u16, rule: String) -> Decision {
+        let Some(hooks) = &self.hooks else {
+            return Decision::Denied {
+                reason: format!("{rule}: no operator to ask outside an agent's task"),
+            };
+        };
+        let owner: Arc<dyn Owner> = hooks.0.clone();
+        if let Ok(mut c) = self.asking.lock() {
+            c.begin();
+        }
+        let decision = owner.ask(host.to_owned(), port, rule).await;
+        if let Ok(mut c) = self.asking.lock() {
+            c.end();
+        }
+        decision
     }
 
     fn over_budget(&self) -> bool {

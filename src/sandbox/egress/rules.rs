@@ -4,12 +4,15 @@
 //! A pattern is a host name glob (`*` matches any run of characters,
 //! dots included; `*.example.org` does not match `example.org` itself)
 //! with an optional `:port`. Matching is case-insensitive on the name and
-//! exact on the port. Deny wins over allow; no match is a denial. IP
-//! literals only match a rule that spells the same address (no globs), so
-//! `*` alone never opens raw addresses.
+//! exact on the port. Deny wins over allow, allow over ask; no match is a
+//! denial. An `ask` match is put to an operator as an approval request
+//! ([`Rules::ask_rule`]; the proxy's owner asks). IP literals only match a
+//! rule that spells the same address (no globs), so `*` alone never opens
+//! raw addresses.
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
@@ -108,6 +111,10 @@ fn glob(pattern: &[u8], text: &[u8]) -> bool {
 pub struct Rules {
     pub allow: Vec<Pattern>,
     pub deny: Vec<Pattern>,
+    /// Names neither list decides that become approval requests.
+    pub ask: Vec<Pattern>,
+    /// How long an ask waits for an operator before it is denied.
+    pub ask_timeout: Duration,
     /// Pinned names (like curl's `--resolve`): looked up here instead of
     /// DNS, and trusted as written (a pin to 127.0.0.1 is the policy
     /// naming loopback explicitly).
@@ -120,6 +127,8 @@ pub struct Rules {
 
 /// Default for `network.max_connections`.
 pub const DEFAULT_MAX_CONNECTIONS: usize = 32;
+/// Default for `network.ask_timeout`.
+pub const DEFAULT_ASK_TIMEOUT: Duration = Duration::from_secs(600);
 
 /// What the rules say about `host:port`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -148,6 +157,18 @@ impl Rules {
                 reason: "no allow rule names it".into(),
             },
         }
+    }
+
+    /// The `ask` rule that makes `host:port` an approval request: one
+    /// matches and neither a deny nor an allow rule decides the name.
+    pub fn ask_rule(&self, host: &str, port: u16) -> Option<String> {
+        if self.deny.iter().chain(&self.allow).any(|p| p.matches(host, port)) {
+            return None;
+        }
+        self.ask
+            .iter()
+            .find(|p| p.matches(host, port))
+            .map(|p| format!("ask {p}"))
     }
 
     /// Whether an address reached through DNS (not a pin, not a literal a
@@ -213,6 +234,21 @@ mod tests {
         assert!(allowed(&r, "www.example.com", 80));
         assert!(!allowed(&r, "db.internal.example.com", 80), "deny wins");
         assert!(!allowed(&r, "other.org", 80), "control: no rule");
+    }
+
+    #[test]
+    fn ask_covers_only_what_allow_and_deny_leave_open() {
+        let mut r = rules(&["pypi.org"], &["*.internal"]);
+        r.ask = vec![Pattern::parse("*").unwrap()];
+        assert_eq!(r.ask_rule("example.org", 443).as_deref(), Some("ask *"));
+        assert_eq!(r.ask_rule("pypi.org", 443), None, "allow decides");
+        assert_eq!(r.ask_rule("db.internal", 443), None, "deny decides");
+        assert_eq!(r.ask_rule("10.0.0.1", 443), None, "a glob never covers an address");
+        assert_eq!(
+            rules(&["pypi.org"], &[]).ask_rule("example.org", 443),
+            None,
+            "control: no ask rule"
+        );
     }
 
     #[test]
