@@ -176,7 +176,12 @@ fn pg_message(e: &postgres::Error) -> String {
             Some(d) => format!("{} ({d})", db.message()),
             None => db.message().to_owned(),
         },
-        None => e.to_string(),
+        // The driver's own errors say what failed in their source
+        // ("invalid configuration": "password missing").
+        None => match std::error::Error::source(e) {
+            Some(cause) => format!("{e}: {cause}"),
+            None => e.to_string(),
+        },
     }
 }
 

@@ -373,3 +373,60 @@ fn a_drain_lets_running_tasks_finish_then_moves_every_agent_and_status_shows_the
         "{text}"
     );
 }
+
+/// `ledger:` refuses a URL with a password (naming file, line and field),
+/// `agentd check` names the ledger and the member, and a password file is
+/// what connects to a server that asks for one (control: without it, the
+/// same URL is refused by the server).
+#[test]
+fn the_ledger_url_holds_no_password_and_the_password_file_connects() {
+    let dir = tempdir();
+    let bad = write(
+        dir.path(),
+        "bad.yaml",
+        "state_dir: s\nledger: \"postgres://agentd:hunter2@db.example.com/agentd\"\nfleet: {host: \"no spaces allowed\"}\nagents: []\n",
+    );
+    let out = agentd_cmd(&["check"]).arg(&bad).output().expect("run check");
+    assert_eq!(out.status.code(), Some(1));
+    let err = stderr(&out);
+    assert!(
+        err.contains("bad.yaml:2:9: ledger: the URL holds a password; remove it and put the password in ledger_password_file or $AGENTD_LEDGER_PASSWORD"),
+        "{err}"
+    );
+    assert!(
+        err.contains("bad.yaml:3:15: fleet.host: \"no spaces allowed\" is not a host name"),
+        "{err}"
+    );
+    assert!(!err.contains("hunter2"), "{err}");
+
+    let pg = Postgres::start();
+    pg.psql("postgres", "CREATE ROLE member LOGIN PASSWORD 'sesame'");
+    pg.psql("postgres", "CREATE DATABASE members OWNER member");
+    pg.require_passwords();
+    let url = format!("postgres://member@localhost/members?host={}", pg.socket_dir().display());
+    let secret = write(dir.path(), "pg.pass", "sesame\n");
+    let good = write(
+        dir.path(),
+        "good.yaml",
+        &format!(
+            "state_dir: s\nledger: \"{url}\"\nledger_password_file: pg.pass\nfleet: {{host: alpha, lease_ttl: 9s}}\nagents: []\n"
+        ),
+    );
+    let out = agentd_cmd(&["check"]).arg(&good).output().expect("run check");
+    assert!(out.status.success(), "{}", stderr(&out));
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        text.contains(&format!(
+            "ledger: {url} (fleet member \"alpha\", lease TTL 9s, heartbeat 3s)"
+        )),
+        "{text}"
+    );
+    let cfg = agentd::config::load(&good).expect("valid");
+    Ledger::open_at(&cfg.ledger).expect("the password file's password connects");
+    let without = Location::Postgres(PgTarget::parse(&url).expect("url"));
+    let refused = Ledger::open_at(&without)
+        .err()
+        .expect("control: no password, no connection");
+    assert!(refused.to_string().contains("password"), "{refused}");
+    let _ = secret;
+}

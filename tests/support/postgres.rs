@@ -145,6 +145,19 @@ impl Postgres {
         self.pg_ctl_start();
     }
 
+    /// From now on, every connection but the test superuser's must give a
+    /// password (scram-sha-256), as a production server would ask.
+    pub fn require_passwords(&self) {
+        let hba =
+            format!("local all {USER} trust\nlocal all all scram-sha-256\nhost all all 127.0.0.1/32 scram-sha-256\n");
+        let path = self.data().join("pg_hba.conf");
+        std::fs::write(&path, hba).expect("write pg_hba.conf");
+        if let Some(uid) = self.uid {
+            std::os::unix::fs::chown(&path, Some(uid), Some(uid)).expect("chown pg_hba.conf");
+        }
+        self.psql("postgres", "SELECT pg_reload_conf()");
+    }
+
     pub fn log(&self) -> String {
         std::fs::read_to_string(self.dir.path().join("server.log")).unwrap_or_default()
     }
