@@ -2,7 +2,8 @@
 //! binaries (installed by tests/setup.sh), `initdb` into a temp dir and
 //! `pg_ctl` to run it, listening only on a Unix socket inside that dir.
 //! initdb refuses root, so as root the cluster belongs to the `postgres`
-//! user the package created. Stopped (immediately) when dropped.
+//! user the package created. Stopped (immediately) when dropped. Self
+//! contained (the fleet bench includes it by path).
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -84,9 +85,14 @@ impl Postgres {
     fn cmd(&self, tool: &str) -> Command {
         let program = self.bin.join(tool);
         match self.uid {
+            // As the cluster's owner, with no groups (initdb refuses root).
             Some(uid) => {
-                let mut c = super::as_user(uid, &[]);
-                c.arg(program);
+                let mut c = Command::new("setpriv");
+                c.arg(format!("--reuid={uid}"))
+                    .arg(format!("--regid={uid}"))
+                    .arg("--clear-groups")
+                    .arg("--")
+                    .arg(program);
                 c
             }
             None => Command::new(program),
