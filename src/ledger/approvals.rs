@@ -245,22 +245,51 @@ impl Ledger {
                 now,
             )
             .map_err(|e| self.err(e))?;
-            match live_lease {
-                Some(lease) => c.execute(
+            // In a fleet the runner that waits may live on another member:
+            // while the task keeps its runner's lease and the agent's lease
+            // is live, the answer goes to that runner (woken below).
+            let remote = live_lease.is_none()
+                && self.is_shared()
+                && c.query_opt(
+                    &format!(
+                        "SELECT 1 FROM tasks t JOIN agent_leases l ON l.agent = t.agent
+                         WHERE t.id = ?1 AND t.state = 'waiting' AND t.lease IS NOT NULL
+                           AND l.expires_at > {}",
+                        super::fleet::DB_NOW
+                    ),
+                    args![a.task],
+                )
+                .map_err(|e| self.err(e))?
+                .is_some();
+            match (live_lease, remote) {
+                (Some(lease), _) => c.execute(
                     "UPDATE tasks SET state = 'running' WHERE id = ?1 AND state = 'waiting' AND lease = ?2",
                     args![a.task, lease],
                 ),
-                None => c.execute(
+                (None, true) => c
+                    .execute("UPDATE approvals SET used = 1 WHERE id = ?1", args![id])
+                    .and_then(|_| {
+                        c.execute(
+                            "UPDATE tasks SET state = 'running' WHERE id = ?1 AND state = 'waiting'",
+                            args![a.task],
+                        )
+                    }),
+                (None, false) => c.execute(
                     "UPDATE tasks SET state = 'queued', lease = NULL WHERE id = ?1 AND state = 'waiting'",
                     args![a.task],
                 ),
             }
             .map_err(|e| self.err(e))?;
-            Ok((a, remember.map(str::to_owned)))
+            Ok((a, remember.map(str::to_owned), remote))
         })?;
-        let (a, remember) = a;
-        // The member running the agent learns of the answer at once.
-        self.wake(&a.agent);
+        let (a, remember, remote) = a;
+        // The member running the agent learns of the answer at once: the
+        // answer itself when its runner waits there, else new work.
+        if remote {
+            self.wake(&format!("{}{id}", super::fleet::APPROVAL_WAKE));
+        } else {
+            self.wake(&a.agent);
+        }
         Ok(Approval {
             state: state.into(),
             answered_at: Some(now),

@@ -26,11 +26,16 @@ use super::{Ledger, LedgerError, Result};
 use crate::domain::TaskState;
 
 /// The database's clock in milliseconds since the epoch.
-const DB_NOW: &str = "CAST(extract(epoch FROM clock_timestamp()) * 1000 AS BIGINT)";
+pub(super) const DB_NOW: &str = "CAST(extract(epoch FROM clock_timestamp()) * 1000 AS BIGINT)";
 
 /// The channel members LISTEN on: a payload names an agent with new work
-/// (a task queued, an approval answered) or is empty (membership changed).
+/// (a task queued), an answered approval ([`APPROVAL_WAKE`]) whose runner
+/// waits on another member, or is empty (membership changed).
 pub const WAKE_CHANNEL: &str = "agentd_wake";
+
+/// A wake-up payload's prefix for an approval answered on one member
+/// whose runner waits on another (`approval:ID`).
+pub const APPROVAL_WAKE: &str = "approval:";
 
 /// The agents whose leases this member holds, with their epochs.
 #[derive(Debug, Clone, Default)]

@@ -227,9 +227,43 @@ impl Supervisor {
     pub(super) async fn on_wake(&mut self, agent: String) {
         if agent.is_empty() {
             self.fleet_tick().await;
+        } else if let Some(id) = agent.strip_prefix(crate::ledger::fleet::APPROVAL_WAKE) {
+            if let Ok(id) = id.parse() {
+                self.deliver_remote_answer(id).await;
+            }
         } else if self.fleet.as_ref().is_some_and(|f| f.held.contains(&agent)) {
             self.dispatch(&agent).await;
         }
+    }
+
+    /// Another member answered approval `id`: if its runner waits here,
+    /// the answer goes to it (the ledger already has the task running).
+    async fn deliver_remote_answer(&mut self, id: i64) {
+        let Ok(a) = self.ledger.call(move |l| l.approval(id)).await else {
+            return;
+        };
+        let Some(answer) = a.answer() else { return };
+        let Some(agent) = self.agents.get(&a.agent) else {
+            return;
+        };
+        let (Some(claim), Some(child)) = (agent.life.claim(), agent.life.child()) else {
+            return;
+        };
+        if claim.task != a.task || !self.may_run_here(&a.agent) {
+            return;
+        }
+        tracing::info!(
+            agent = a.agent,
+            "approval {id} of task {} {} by {} (answered on another member)",
+            a.task,
+            a.state,
+            answer.by
+        );
+        child.send(&crate::protocol::ToChild::ApprovalAnswer {
+            task: a.task,
+            lease: claim.lease.clone(),
+            answer,
+        });
     }
 
     /// On a clean stop: every lease is given up so other members take the

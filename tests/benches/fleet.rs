@@ -103,12 +103,20 @@ fn wait<T>(limit: Duration, mut f: impl FnMut() -> Option<T>) -> T {
 fn failover(pg: &postgres::Postgres, runs: usize) {
     let url = pg.url("failover");
     let llm = llm_server::LlmServer::start(
-        (0..runs * 4).map(|i| llm_server::Reply::text(&format!("done {i}"))).collect(),
+        (0..runs * 4)
+            .map(|i| llm_server::Reply::text(&format!("done {i}")))
+            .collect(),
     );
     let dir = tempfile::tempdir().unwrap();
     let mut members = vec![
-        ("alpha".to_string(), spawn_member(dir.path(), "alpha", &url, &llm.base_url())),
-        ("beta".to_string(), spawn_member(dir.path(), "beta", &url, &llm.base_url())),
+        (
+            "alpha".to_string(),
+            spawn_member(dir.path(), "alpha", &url, &llm.base_url()),
+        ),
+        (
+            "beta".to_string(),
+            spawn_member(dir.path(), "beta", &url, &llm.base_url()),
+        ),
     ];
     let (mut to_lease, mut to_task) = (Vec::new(), Vec::new());
     for run in 0..runs {

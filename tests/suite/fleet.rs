@@ -430,3 +430,60 @@ fn the_ledger_url_holds_no_password_and_the_password_file_connects() {
     assert!(refused.to_string().contains("password"), "{refused}");
     let _ = secret;
 }
+
+/// An approval asked on the member running the agent and answered on the
+/// other one reaches the waiting runner: the call runs there, once.
+#[test]
+fn an_approval_answered_on_another_member_reaches_the_waiting_agent() {
+    const WRITE: &str = r#"{"path": "out.md", "content": "approved across hosts"}"#;
+    let pg = Postgres::start();
+    let url = pg.url("fleet");
+    let llm = LlmServer::start(vec![
+        Reply::stream_tool_calls(&[("c1", "write_file", WRITE)]),
+        Reply::stream_text(&["written"]),
+    ]);
+    let dir = tempdir();
+    let files = dir.path().join("files");
+    std::fs::create_dir_all(&files).expect("files dir");
+    let agents = agent_yaml(
+        "worker",
+        &llm.base_url(),
+        &format!(
+            "    mcp_servers:\n      - name: files\n        command: {bin}\n        args: [mcp-watch, \"{files}\"]\n    approve: {{tools: [\"write_*\"]}}\n",
+            bin = crate::support::agentd_bin().display(),
+            files = files.display(),
+        ),
+    );
+    let members = [
+        start(dir.path(), "alpha", &url, &agents),
+        start(dir.path(), "beta", &url, &agents),
+    ];
+    let runner = wait_holder(&url, "worker");
+    let i = members.iter().position(|m| m.host == runner).expect("a member");
+    let other = &members[1 - i];
+    let id = send(other, "worker", "write it");
+    let asked = wait_for(LONG, || {
+        ledger(&url).pending_approvals(Some("worker")).ok()?.into_iter().next()
+    })
+    .expect("an approval is asked");
+    assert_eq!(asked.task, id);
+    assert!(!files.join("out.md").exists(), "nothing runs before the answer");
+
+    let out = agentd_cmd(&["approve", &asked.id.to_string(), "--state-dir"])
+        .arg(&other.state)
+        .output()
+        .expect("run agentd approve");
+    assert!(out.status.success(), "{}", stderr(&out));
+    let done = wait_task(&url, id, "succeeded", |t| t.state == TaskState::Succeeded);
+    assert_eq!(done.attempts, 1, "the waiting run went on, not a re-run: {done:?}");
+    assert_eq!(done.host.as_deref(), Some(runner.as_str()));
+    assert_eq!(
+        std::fs::read_to_string(files.join("out.md")).expect("the call ran"),
+        "approved across hosts"
+    );
+    assert!(
+        members[i].daemon.log_text().contains("answered on another member"),
+        "{}",
+        members[i].daemon.log_text()
+    );
+}
