@@ -225,13 +225,20 @@ impl Ledger {
                 .map_err(err)?;
             let (epoch, previous) = match prev {
                 None => {
-                    c.execute(
-                        &format!(
-                            "INSERT INTO agent_leases (agent, host, epoch, expires_at) VALUES (?1, ?2, 1, {DB_NOW} + ?3)"
-                        ),
-                        args![agent, host.as_str(), ttl_ms],
-                    )
-                    .map_err(err)?;
+                    // Members starting together may both find no row: the
+                    // first insert wins, the other finds it taken.
+                    let n = c
+                        .execute(
+                            &format!(
+                                "INSERT INTO agent_leases (agent, host, epoch, expires_at) VALUES (?1, ?2, 1, {DB_NOW} + ?3)
+                                 ON CONFLICT (agent) DO NOTHING"
+                            ),
+                            args![agent, host.as_str(), ttl_ms],
+                        )
+                        .map_err(err)?;
+                    if n == 0 {
+                        return Ok(None);
+                    }
                     (1, None)
                 }
                 Some(r) => {
