@@ -37,6 +37,10 @@ pub const WAKE_CHANNEL: &str = "agentd_wake";
 /// whose runner waits on another (`approval:ID`).
 pub const APPROVAL_WAKE: &str = "approval:";
 
+/// A wake-up payload's prefix for a task that ended (`ended:ID`): a member
+/// that took the message may have someone waiting for its answer.
+pub const ENDED_WAKE: &str = "ended:";
+
 /// The agents whose leases this member holds, with their epochs.
 #[derive(Debug, Clone, Default)]
 pub struct Fence {

@@ -288,6 +288,8 @@ impl Ledger {
             }
             Ok(())
         })
+        // Whoever waits for its answer may be on another member.
+        .inspect(|_| self.wake(&format!("{}{task}", super::fleet::ENDED_WAKE)))
     }
 
     /// The runner of a task is gone (its child died, agentd restarted, or

@@ -132,6 +132,9 @@ impl Supervisor {
         for name in names {
             self.place_one(&name, &me).await;
         }
+        if !self.waiters.is_empty() || !self.watched.is_empty() {
+            self.answer_remote_waiters(&[]).await;
+        }
     }
 
     /// Takes, keeps or gives away one agent as placement says.
@@ -231,8 +234,35 @@ impl Supervisor {
             if let Ok(id) = id.parse() {
                 self.deliver_remote_answer(id).await;
             }
+        } else if let Some(id) = agent.strip_prefix(crate::ledger::fleet::ENDED_WAKE) {
+            if let Ok(id) = id.parse() {
+                self.answer_remote_waiters(&[crate::domain::TaskId(id)]).await;
+            }
         } else if self.fleet.as_ref().is_some_and(|f| f.held.contains(&agent)) {
             self.dispatch(&agent).await;
+        }
+    }
+
+    /// Tasks this member recorded for someone waiting (`send --wait`, the
+    /// REPL) that another member ran: once ended in the ledger, their
+    /// waiters get the answer here. Ticks look at all of them (the
+    /// fallback for a lost wake-up).
+    pub(super) async fn answer_remote_waiters(&mut self, only: &[crate::domain::TaskId]) {
+        let mut ids: Vec<crate::domain::TaskId> = self.waiters.keys().chain(self.watched.keys()).copied().collect();
+        if !only.is_empty() {
+            ids.retain(|t| only.contains(t));
+        }
+        ids.sort();
+        ids.dedup();
+        for id in ids {
+            let Ok(t) = self.ledger.call(move |l| l.task(id)).await else {
+                continue;
+            };
+            // A task this member runs ends through its own child.
+            if !t.state.is_final() || self.fleet.as_ref().is_some_and(|f| f.held.contains(&t.agent)) {
+                continue;
+            }
+            self.on_task_end(&t.agent, id, t.state, t.result.as_deref(), t.error.as_deref());
         }
     }
 

@@ -361,17 +361,32 @@ fn a_drain_lets_running_tasks_finish_then_moves_every_agent_and_status_shows_the
             "{text}"
         );
     }
+    // `send --wait` on a member that does not run the agent answers when
+    // the member that does has finished.
+    llm.push(Reply::stream_text(&["answered across hosts"]));
+    let out = agentd_cmd(&["send", "a2", "hello from afar", "--wait", "--state-dir"])
+        .arg(&drained.state)
+        .output()
+        .expect("run agentd send --wait");
+    assert!(out.status.success(), "{}", stderr(&out));
+    let said = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(said.contains("answered across hosts"), "{said}");
+
     // The HTTP API (and so the dashboard) reads the shared ledger too, and
     // lists agents with their member.
     let api = crate::support::http::Api::of(&drained.state);
     let listed = api.get("/api/v1/tasks").json();
     let rows = listed["tasks"].as_array().cloned().unwrap_or_default();
     assert!(
-        rows.iter().any(|t| t["id"] == id.0 && t["host"] == drained_host.as_str()),
+        rows.iter()
+            .any(|t| t["id"] == id.0 && t["host"] == drained_host.as_str()),
         "{listed}"
     );
     let agents = api.get("/api/v1/agents").json();
-    assert!(agents.to_string().contains(&format!("\"host\":\"{}\"", other.host)), "{agents}");
+    assert!(
+        agents.to_string().contains(&format!("\"host\":\"{}\"", other.host)),
+        "{agents}"
+    );
     // And `agentd tasks` from either member lists the fleet's tasks by host.
     let out = agentd_cmd(&["tasks", "--state-dir"])
         .arg(&other.state)
@@ -503,8 +518,11 @@ fn an_approval_answered_on_another_member_reaches_the_waiting_agent() {
 /// as a pod would see it: its name in POD_NAME, the Secret's password file.
 #[test]
 fn the_kubernetes_example_config_is_valid() {
-    let manifest = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/examples/kubernetes/configmap.yaml"))
-        .expect("configmap.yaml");
+    let manifest = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/examples/kubernetes/configmap.yaml"
+    ))
+    .expect("configmap.yaml");
     let dir = tempdir();
     let body = manifest.split_once("agentd.yaml: |\n").expect("the config key").1;
     let text: String = body
@@ -512,7 +530,10 @@ fn the_kubernetes_example_config_is_valid() {
         .map(|l| l.strip_prefix("    ").unwrap_or(l))
         .collect::<Vec<_>>()
         .join("\n")
-        .replace("/etc/agentd-secret/pg.pass", &dir.path().join("pg.pass").display().to_string())
+        .replace(
+            "/etc/agentd-secret/pg.pass",
+            &dir.path().join("pg.pass").display().to_string(),
+        )
         .replace("/var/lib/agentd", &dir.path().join("state").display().to_string());
     write(dir.path(), "pg.pass", "from-the-secret\n");
     let cfg = write(dir.path(), "agentd.yaml", &text);
