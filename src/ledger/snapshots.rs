@@ -74,14 +74,19 @@ impl Ledger {
         task_id: Option<TaskId>,
         data: &[u8],
     ) -> Result<i64> {
-        self.conn
-            .query_one(
+        // In a fleet, only the member running the agent saves its memory or
+        // workspace: a stale member's late conversation must not become
+        // what the agent remembers next.
+        self.tx(|c| {
+            self.check_fence(c, agent)?;
+            c.query_one(
                 "INSERT INTO snapshots (agent, kind, label, task_id, data, created_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6)
                  RETURNING id",
                 args![agent, kind.as_str(), label, task_id, data, now_ms()],
             )
             .and_then(|r| r.get(0))
             .map_err(|e| self.err(e))
+        })
     }
 
     /// Newest first.

@@ -701,6 +701,12 @@ fn a_member_whose_lease_was_taken_over_cannot_write() {
             "{refused:?}"
         );
     }
+    assert!(matches!(
+        alpha.put_snapshot("a", agentd::ledger::SnapshotKind::Conversation, None, Some(t.id), b"[]"),
+        Err(LedgerError::StaleEpoch { .. })
+    ));
+    beta.put_snapshot("a", agentd::ledger::SnapshotKind::Conversation, None, Some(t.id), b"[]")
+        .expect("the holder saves the agent's memory");
     assert_eq!(alpha.heartbeat(60_000, None).expect("heartbeat"), vec!["a".to_string()]);
     let again = beta.claim_next("a", &lease(2)).expect("claim").expect("task");
     assert_eq!(again.attempts, 2);
