@@ -209,9 +209,7 @@ impl Ledger {
         let now = now_ms();
         let state = if answer.approved { "approved" } else { "denied" };
         let a = self.tx(|c| {
-            let a: Approval = c
-                .query_opt(&format!("SELECT {COLUMNS} FROM approvals WHERE id = ?1"), args![id])
-                .and_then(|r| r.as_ref().map(Approval::from_row).transpose())
+            let a = fetch(c, id)
                 .map_err(|e| self.err(e))?
                 .ok_or(LedgerError::NoSuchApproval(id))?;
             if a.state != "pending" {
@@ -340,9 +338,7 @@ impl Ledger {
     /// that host asks again. Journaled in the task that asked.
     pub fn revoke_grant(&mut self, id: i64, by: &str) -> Result<Approval> {
         self.tx(|c| {
-            let a: Approval = c
-                .query_opt(&format!("SELECT {COLUMNS} FROM approvals WHERE id = ?1"), args![id])
-                .and_then(|r| r.as_ref().map(Approval::from_row).transpose())
+            let a = fetch(c, id)
                 .map_err(|e| self.err(e))?
                 .ok_or(LedgerError::NoSuchApproval(id))?;
             if a.state != "approved" || !matches!(a.remember.as_deref(), Some("task" | "always")) {
@@ -371,12 +367,18 @@ impl Ledger {
     }
 
     pub fn approval(&self, id: i64) -> Result<Approval> {
-        self.conn
-            .query_opt(&format!("SELECT {COLUMNS} FROM approvals WHERE id = ?1"), args![id])
-            .and_then(|r| r.as_ref().map(Approval::from_row).transpose())
+        fetch(&self.conn, id)
             .map_err(|e| self.err(e))?
             .ok_or(LedgerError::NoSuchApproval(id))
     }
+}
+
+/// Approval `id`, if it exists.
+fn fetch(c: &Conn, id: i64) -> DbResult<Option<Approval>> {
+    c.query_opt(&format!("SELECT {COLUMNS} FROM approvals WHERE id = ?1"), args![id])?
+        .as_ref()
+        .map(Approval::from_row)
+        .transpose()
 }
 
 fn journal(c: &Conn, task: TaskId, attempt: i64, kind: &str, payload: serde_json::Value, now: i64) -> DbResult<()> {

@@ -9,6 +9,12 @@
 //! child: the protocol has no message for it, so nothing a model writes or
 //! a tool returns can approve itself.
 //!
+//! What may be asked is the agent's policy's to say: `approve:` for tool
+//! calls and code blocks, `network.ask` for the egress proxy's hosts
+//! ([`Supervisor::terms`]); a request no policy covers is refused. An
+//! egress approval may be remembered for the task or always; the ledger
+//! then answers later asks for the same host itself.
+//!
 //! An answer reaches the child that waits for it; if that child is gone
 //! (it, or agentd, restarted meanwhile) the task goes back to the queue
 //! and its next run, reaching the same call, is given the recorded answer.

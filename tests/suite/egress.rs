@@ -718,16 +718,14 @@ mod ask {
             llm.push(Reply::stream_text(&[&fetch]));
             llm.push(Reply::stream_text(&["Done."]));
         }
-        let agent = format!(
-            "    sandbox: {{profile: web, backend: bwrap, timeout: 3s, network: {{allow: [allowed.test], ask: [\"*.test\"], \
-             resolve: {{allowed.test: 127.0.0.1, asked.test: 127.0.0.1}}}}}}\n"
-        );
+        let agent = "    sandbox: {profile: web, backend: bwrap, timeout: 3s, network: {allow: [allowed.test], ask: [\"*.test\"], \
+             resolve: {allowed.test: 127.0.0.1, asked.test: 127.0.0.1}}}\n";
         let s = InboxAgent::new(
             "reader",
             &llm.base_url(),
             "sk-test",
             Extra {
-                agent: &agent,
+                agent,
                 ..Extra::default()
             },
         );
