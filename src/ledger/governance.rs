@@ -70,6 +70,8 @@ impl Ledger {
                 ],
             )
             .map_err(|e| self.err(e))?;
+        // In a fleet, the member running the agent hears of it at once.
+        self.wake(&pause.agent);
         Ok(())
     }
 
@@ -77,6 +79,7 @@ impl Ledger {
         self.conn
             .execute("DELETE FROM pauses WHERE agent = ?1", args![agent])
             .map_err(|e| self.err(e))?;
+        self.wake(agent);
         Ok(())
     }
 
@@ -141,6 +144,7 @@ impl Ledger {
             super::tasks::plain_step(c, task, attempts, "cancel", &payload, None, now).map_err(|e| self.err(e))?;
             Ok(Cancelled { task, agent, was })
         })
+        .inspect(|c| self.wake(&c.agent))
     }
 
     /// Model calls since `since` (ms) summed per agent and model: what a

@@ -135,6 +135,43 @@ impl Supervisor {
         if !self.waiters.is_empty() || !self.watched.is_empty() {
             self.answer_remote_waiters(&[]).await;
         }
+        self.sync_governance(None).await;
+    }
+
+    /// Pauses and cancellations are written to the shared ledger by
+    /// whichever member an operator asked: bring this member's view of
+    /// `only` (or every agent) in line, stopping a cancelled run it holds.
+    async fn sync_governance(&mut self, only: Option<&str>) {
+        let Ok(pauses) = self.ledger.call(|l| l.pauses()).await else {
+            return;
+        };
+        let names: Vec<String> = match only {
+            Some(a) => vec![a.to_owned()],
+            None => self.agents.keys().cloned().collect(),
+        };
+        for name in names {
+            let Some(a) = self.agents.get_mut(&name) else { continue };
+            let recorded = pauses.iter().find(|p| p.agent == name).cloned();
+            let resumed = a.pause.is_some() && recorded.is_none();
+            if a.pause.is_none()
+                && let Some(p) = &recorded
+            {
+                tracing::info!(agent = name, "paused ({}) by {} (on another member)", p.reason, p.by);
+            }
+            a.pause = recorded;
+            let claim = a.life.claim().map(|c| c.task);
+            if let Some(task) = claim {
+                if let Ok(t) = self.ledger.call(move |l| l.task(task)).await
+                    && t.state == crate::domain::TaskState::Cancelled
+                {
+                    let error = t.error.unwrap_or_else(|| "cancelled".into());
+                    tracing::info!(agent = name, "task {task} was cancelled on another member");
+                    self.drop_cancelled(&name, task, &error).await;
+                }
+            } else if resumed {
+                self.dispatch(&name).await;
+            }
+        }
     }
 
     /// Takes, keeps or gives away one agent as placement says.
@@ -239,6 +276,7 @@ impl Supervisor {
                 self.answer_remote_waiters(&[crate::domain::TaskId(id)]).await;
             }
         } else if self.fleet.as_ref().is_some_and(|f| f.held.contains(&agent)) {
+            self.sync_governance(Some(&agent)).await;
             self.dispatch(&agent).await;
         }
     }

@@ -550,3 +550,72 @@ fn the_kubernetes_example_config_is_valid() {
         String::from_utf8_lossy(&out.stdout)
     );
 }
+
+/// Pause, resume and cancel given to the member that does not run the
+/// agent take effect on the one that does: a paused agent's message waits,
+/// a resume runs it, and a cancelled run is dropped there (the agent takes
+/// its next task at once).
+#[test]
+fn pause_resume_and_cancel_on_one_member_act_on_the_agent_running_on_another() {
+    let pg = Postgres::start();
+    let url = pg.url("fleet");
+    let llm = LlmServer::start(vec![
+        Reply::stream_text(&["ran after the resume"]),
+        Reply::Stall,
+        Reply::stream_text(&["the next one"]),
+    ]);
+    let dir = tempdir();
+    let agents = agent_yaml("worker", &llm.base_url(), "");
+    let members = [
+        start(dir.path(), "alpha", &url, &agents),
+        start(dir.path(), "beta", &url, &agents),
+    ];
+    let runner = wait_holder(&url, "worker");
+    let i = members.iter().position(|m| m.host == runner).expect("a member");
+    let (here, other) = (&members[i], &members[1 - i]);
+    let cli = |args: &[&str]| {
+        let out = agentd_cmd(args)
+            .arg("--state-dir")
+            .arg(&other.state)
+            .output()
+            .expect("run agentd");
+        assert!(out.status.success(), "{args:?}: {}", stderr(&out));
+    };
+
+    cli(&["pause", "worker"]);
+    wait_for(LONG, || {
+        here.daemon.log_text().contains("(on another member)").then_some(())
+    })
+    .unwrap_or_else(|| panic!("the runner did not hear of the pause: {}", here.daemon.log_text()));
+    // The runner itself now says the agent is paused.
+    let w = here.daemon.agent("worker").expect("worker");
+    assert!(w.paused && w.pid.is_some(), "{w:?}");
+    let first = send(other, "worker", "wait for the resume");
+    assert_eq!(
+        tasks(&url).iter().find(|t| t.id == first).map(|t| t.state),
+        Some(TaskState::Queued)
+    );
+    cli(&["resume", "worker"]);
+    let done = wait_task(&url, first, "succeeded after the resume", |t| {
+        t.state == TaskState::Succeeded
+    });
+    assert_eq!(done.result.as_deref(), Some("ran after the resume"));
+
+    let stuck = send(other, "worker", "this one hangs");
+    wait_for(LONG, || (llm.request_count() >= 2).then_some(())).expect("the hanging call");
+    cli(&["cancel", &stuck.to_string(), "--reason", "not needed"]);
+    wait_for(LONG, || {
+        here.daemon
+            .log_text()
+            .contains(&format!("task {stuck} was cancelled on another member"))
+            .then_some(())
+    })
+    .unwrap_or_else(|| panic!("the runner did not drop the cancelled run: {}", here.daemon.log_text()));
+    let next = send(other, "worker", "and the next");
+    let t = wait_task(&url, next, "succeeded", |t| t.state == TaskState::Succeeded);
+    assert_eq!(t.result.as_deref(), Some("the next one"));
+    assert_eq!(
+        tasks(&url).iter().find(|t| t.id == stuck).map(|t| t.state),
+        Some(TaskState::Cancelled)
+    );
+}
