@@ -56,9 +56,15 @@ fn agent_yaml(name: &str, base_url: &str, extra: &str) -> String {
 }
 
 fn start(dir: &Path, host: &str, url: &str, agents: &str) -> Member {
+    start_with(dir, host, url, agents, &[])
+}
+
+fn start_with(dir: &Path, host: &str, url: &str, agents: &str, envs: &[(&str, &str)]) -> Member {
     let cfg = member_config(dir, host, url, agents);
     let state = dir.join(format!("state-{host}"));
-    let daemon = Daemon::start(&cfg, &state, &[("TEST_LLM_KEY", KEY)]);
+    let mut all = vec![("TEST_LLM_KEY", KEY)];
+    all.extend_from_slice(envs);
+    let daemon = Daemon::start(&cfg, &state, &all);
     Member {
         host: host.into(),
         state,
@@ -90,8 +96,20 @@ fn holder(url: &str, agent: &str) -> Option<String> {
         .map(|l| l.host)
 }
 
-fn wait_holder(url: &str, agent: &str) -> String {
-    wait_for(LONG, || holder(url, agent)).unwrap_or_else(|| panic!("no member took {agent}"))
+/// The member running `agent` once the fleet has settled: all `members`
+/// have joined and the agent is where placement puts it (the first member
+/// up takes every agent; each moves when its own member joins).
+fn wait_holder(url: &str, agent: &str, members: usize) -> String {
+    wait_for(LONG, || {
+        let l = Ledger::open_read_only_at(&location(url)).ok()?;
+        let live = l.members(2_000).ok()?;
+        if live.iter().filter(|m| m.alive).count() < members {
+            return None;
+        }
+        let want = agentd::placement::place(agent, &Default::default(), &live)?.to_owned();
+        (holder(url, agent)? == want).then_some(want)
+    })
+    .unwrap_or_else(|| panic!("{agent} never settled on its member"))
 }
 
 fn wait_task(url: &str, id: TaskId, what: &str, pred: impl Fn(&Task) -> bool) -> Task {
@@ -123,7 +141,7 @@ fn kill_9_of_a_member_mid_task_moves_its_agent_and_the_task_completes_on_another
         start(dir.path(), "alpha", &url, &agents),
         start(dir.path(), "beta", &url, &agents),
     ];
-    let first = wait_holder(&url, "worker");
+    let first = wait_holder(&url, "worker", 2);
     let i = members.iter().position(|m| m.host == first).expect("a member");
     let other = 1 - i;
     // A message given to the member that does not run the agent reaches it.
@@ -170,7 +188,7 @@ fn a_member_stopped_past_its_lease_cannot_write_when_it_wakes() {
         start(dir.path(), "alpha", &url, &agents),
         start(dir.path(), "beta", &url, &agents),
     ];
-    let first = wait_holder(&url, "worker");
+    let first = wait_holder(&url, "worker", 2);
     let i = members.iter().position(|m| m.host == first).expect("a member");
     let (stale, fresh) = (&members[i], &members[1 - i]);
     let id = send(fresh, "worker", "do the work");
@@ -274,7 +292,7 @@ fn postgresql_restarted_mid_run_loses_no_task() {
     let dir = tempdir();
     let agents = agent_yaml("worker", &llm.base_url(), "");
     let m = start(dir.path(), "alpha", &url, &agents);
-    wait_holder(&url, "worker");
+    wait_holder(&url, "worker", 1);
     let id = send(&m, "worker", "work through a restart");
     wait_for(LONG, || (llm.request_count() >= 1).then_some(())).expect("the task's model call");
 
@@ -308,9 +326,9 @@ fn a_drain_lets_running_tasks_finish_then_moves_every_agent_and_status_shows_the
         start(dir.path(), "beta", &url, &agents),
     ];
     for i in 1..=4 {
-        wait_holder(&url, &format!("a{i}"));
+        wait_holder(&url, &format!("a{i}"), 2);
     }
-    let drained_host = wait_holder(&url, "a1");
+    let drained_host = wait_holder(&url, "a1", 2);
     let d = members.iter().position(|m| m.host == drained_host).expect("a member");
     let (drained, other) = (&members[d], &members[1 - d]);
     let id = send(other, "a1", "finish this first");
@@ -484,7 +502,7 @@ fn an_approval_answered_on_another_member_reaches_the_waiting_agent() {
         start(dir.path(), "alpha", &url, &agents),
         start(dir.path(), "beta", &url, &agents),
     ];
-    let runner = wait_holder(&url, "worker");
+    let runner = wait_holder(&url, "worker", 2);
     let i = members.iter().position(|m| m.host == runner).expect("a member");
     let other = &members[1 - i];
     let id = send(other, "worker", "write it");
@@ -570,7 +588,7 @@ fn pause_resume_and_cancel_on_one_member_act_on_the_agent_running_on_another() {
         start(dir.path(), "alpha", &url, &agents),
         start(dir.path(), "beta", &url, &agents),
     ];
-    let runner = wait_holder(&url, "worker");
+    let runner = wait_holder(&url, "worker", 2);
     let i = members.iter().position(|m| m.host == runner).expect("a member");
     let (here, other) = (&members[i], &members[1 - i]);
     let cli = |args: &[&str]| {
@@ -618,4 +636,68 @@ fn pause_resume_and_cancel_on_one_member_act_on_the_agent_running_on_another() {
         tasks(&url).iter().find(|t| t.id == stuck).map(|t| t.state),
         Some(TaskState::Cancelled)
     );
+}
+
+/// A signed webhook delivered to the member that does not run the agent
+/// becomes its task, run where the agent runs; the same delivery sent to
+/// the other member is the same task (delivery keys are shared).
+#[test]
+fn a_webhook_given_to_any_member_reaches_the_agent_once() {
+    let pg = Postgres::start();
+    let url = pg.url("fleet");
+    let llm = LlmServer::start(vec![Reply::stream_text(&["handled the push"])]);
+    let dir = tempdir();
+    let agents = agent_yaml(
+        "hooks",
+        &llm.base_url(),
+        "    webhook: {secret_env: HOOK_SECRET, dedupe_header: X-GitHub-Delivery}\n",
+    );
+    let envs = [("HOOK_SECRET", "fleet-hook-secret")];
+    let members = [
+        start_with(dir.path(), "alpha", &url, &agents, &envs),
+        start_with(dir.path(), "beta", &url, &agents, &envs),
+    ];
+    let runner = wait_holder(&url, "hooks", 2);
+    let i = members.iter().position(|m| m.host == runner).expect("a member");
+    let body = r#"{"ref": "refs/heads/main"}"#;
+    let sig = agentd::http::signature::sign(b"fleet-hook-secret", body.as_bytes());
+    let deliver = |m: &Member| {
+        crate::support::http::Api::of(&m.state).call(
+            "POST",
+            "/api/v1/agents/hooks/webhook",
+            false,
+            &[
+                ("x-hub-signature-256", &sig),
+                ("x-github-delivery", "delivery-1"),
+                ("content-type", "application/json"),
+            ],
+            Some(body),
+        )
+    };
+    // Control: a forged signature records nothing, on either member.
+    let forged = crate::support::http::Api::of(&members[1 - i].state).call(
+        "POST",
+        "/api/v1/agents/hooks/webhook",
+        false,
+        &[
+            ("x-hub-signature-256", "sha256=00"),
+            ("x-github-delivery", "delivery-0"),
+        ],
+        Some(body),
+    );
+    assert_eq!(forged.status, 401, "{}", forged.body);
+    let first = deliver(&members[1 - i]);
+    assert!(first.status < 300, "{}: {}", first.status, first.body);
+    let again = deliver(&members[i]);
+    assert!(again.status < 300, "{}: {}", again.status, again.body);
+    let done = wait_for(LONG, || {
+        let ts: Vec<Task> = tasks(&url)
+            .into_iter()
+            .filter(|t| t.trigger_kind == "webhook")
+            .collect();
+        (ts.len() == 1 && ts[0].state == TaskState::Succeeded).then_some(ts)
+    })
+    .unwrap_or_else(|| panic!("one webhook task, done: {:?}", tasks(&url)));
+    assert_eq!(done[0].host.as_deref(), Some(runner.as_str()));
+    assert_eq!(done[0].result.as_deref(), Some("handled the push"));
 }
