@@ -2,7 +2,8 @@
 //! tests start it): failover time (kill -9 of the member running an agent
 //! → the other member holds its lease → a task queued after the kill is
 //! done there), task claims per second with 2 members × 50 agents (the
-//! ledger alone: claim, fence check, finish), and the cost of one journal
+//! ledger alone: claim, fence check, finish; and through two agentd
+//! processes running 50 agents each), and the cost of one journal
 //! step on PostgreSQL against SQLite. Prints a table; asserts nothing.
 //!
 //! Run: `cargo bench --bench fleet`
@@ -48,7 +49,19 @@ fn location(url: &str) -> Location {
 }
 
 fn spawn_member(dir: &Path, host: &str, url: &str, base_url: &str) -> Child {
+    spawn_members_agents(dir, host, url, base_url, &["worker".to_string()])
+}
+
+fn spawn_members_agents(dir: &Path, host: &str, url: &str, base_url: &str, agents: &[String]) -> Child {
     let cfg = dir.join(format!("{host}.yaml"));
+    let list: String = agents
+        .iter()
+        .map(|a| {
+            format!(
+                "  - name: {a}\n    model: test-model\n    system_prompt: You work.\n    llm: {{base_url: \"{base_url}\", api_key_env: BENCH_KEY, max_retries: 0, stream: false}}\n"
+            )
+        })
+        .collect();
     std::fs::write(
         &cfg,
         format!(
@@ -57,11 +70,7 @@ ledger: "{url}"
 fleet: {{host: {host}, lease_ttl: {TTL_S}s}}
 http: false
 agents:
-  - name: worker
-    model: test-model
-    system_prompt: You work.
-    llm: {{base_url: "{base_url}", api_key_env: BENCH_KEY, max_retries: 0}}
-"#
+{list}"#
         ),
     )
     .unwrap();
@@ -200,6 +209,67 @@ fn claims(pg: &postgres::Postgres, per_agent: usize) {
     );
 }
 
+/// The same through agentd: 2 members, 100 agents (each member runs its
+/// ~50 as child processes), tasks queued in the ledger, every one claimed
+/// by the member running its agent, answered by a model on 127.0.0.1, and
+/// finished.
+fn claims_through_agentd(pg: &postgres::Postgres, per_agent: usize) {
+    let url = pg.url("claims_e2e");
+    let agents: Vec<String> = (0..100).map(|a| format!("agent-{a}")).collect();
+    let total = agents.len() * per_agent;
+    let llm = llm_server::LlmServer::start(
+        (0..total)
+            .map(|i| llm_server::Reply::text(&format!("ok {i}")))
+            .collect(),
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let mut members: Vec<Child> = ["alpha", "beta"]
+        .iter()
+        .map(|h| spawn_members_agents(dir.path(), h, &url, &llm.base_url(), &agents))
+        .collect();
+    // Settled: both members hold their share.
+    wait(Duration::from_secs(120), || {
+        let l = Ledger::open_read_only_at(&location(&url)).ok()?;
+        let members = l.members(TTL_S as i64 * 1000).ok()?;
+        let counts: Vec<usize> = members.iter().map(|m| m.agents.len()).collect();
+        (counts.len() == 2 && counts.iter().sum::<usize>() == 100 && counts.iter().all(|&c| c > 0)).then_some(())
+    });
+    let mut l = Ledger::open_at(&location(&url)).unwrap();
+    let started = Instant::now();
+    let mut ids = Vec::with_capacity(total);
+    for i in 0..per_agent {
+        for a in &agents {
+            ids.push(l.enqueue(a, &msg(i), None).unwrap().id());
+        }
+    }
+    wait(Duration::from_secs(600), || {
+        let done = l
+            .list_tasks(&agentd::ledger::TaskFilter {
+                state: Some(TaskState::Succeeded),
+                ..Default::default()
+            })
+            .ok()?
+            .len();
+        (done == total).then_some(())
+    });
+    let took = started.elapsed();
+    let split = l.members(60_000).unwrap();
+    println!(
+        "claims through agentd, 2 members × 50 agents ({}): {total} tasks queued, claimed, answered and finished in {:.2} s: {:.0} tasks/s",
+        split
+            .iter()
+            .map(|m| format!("{} {}", m.host, m.agents.len()))
+            .collect::<Vec<_>>()
+            .join(", "),
+        took.as_secs_f64(),
+        total as f64 / took.as_secs_f64()
+    );
+    for c in &mut members {
+        let _ = c.kill();
+        let _ = c.wait();
+    }
+}
+
 fn steps(l: &mut Ledger, n: usize) -> (Duration, Duration) {
     l.enqueue("a", &msg(0), None).unwrap();
     let t: TaskId = l.claim_next("a", &lease("a", 1)).unwrap().unwrap().id;
@@ -240,5 +310,6 @@ fn main() {
         f99.as_secs_f64() * 1e6,
     );
     claims(&pg, 20);
+    claims_through_agentd(&pg, 10);
     failover(&pg, 3);
 }
