@@ -27,6 +27,7 @@ mod logging;
 pub mod mcp;
 pub mod metrics;
 pub mod notify;
+pub mod placement;
 pub mod protocol;
 mod repl;
 pub mod sandbox;

@@ -2,6 +2,7 @@
 //!
 //! ```text
 //! STATE_DIR/ledger.sqlite        tasks, steps, snapshots (ledger/)
+//! STATE_DIR/ledger.url           the PostgreSQL ledger's URL, in a fleet
 //! STATE_DIR/agentd.sock          control socket, mode 0600 (control/)
 //! STATE_DIR/agentd.lock          held by the running supervisor
 //! STATE_DIR/http.token           the HTTP API's token, 0600 (http/)
@@ -20,6 +21,12 @@ use std::path::{Path, PathBuf};
 
 pub fn ledger(state_dir: &Path) -> PathBuf {
     state_dir.join(crate::ledger::FILE_NAME)
+}
+
+/// The PostgreSQL URL (never a password) this member's supervisor runs
+/// its ledger on, for readers without a config; absent with SQLite.
+pub fn ledger_url(state_dir: &Path) -> PathBuf {
+    state_dir.join("ledger.url")
 }
 
 pub fn socket(state_dir: &Path) -> PathBuf {

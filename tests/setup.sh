@@ -1,7 +1,7 @@
 #!/bin/sh
 # Installs what the test suite needs on a Debian machine that has the Rust toolchain:
-# bubblewrap, python3 (with venv), systemd-analyze, Node.js and Chromium with its
-# WebDriver (chromium, chromium-driver) from Debian; the MCP
+# bubblewrap, python3 (with venv), systemd-analyze, Node.js, Chromium with its
+# WebDriver (chromium, chromium-driver) and PostgreSQL's server from Debian; the MCP
 # peer servers pinned in tests/peers from the npm registry; the Python peers
 # (mcp-subscribe, mcp-server-fetch), LiteLLM's proxy and the observability
 # peers (Prometheus' parser, the OTLP protobuf definitions) from PyPI into
@@ -22,6 +22,10 @@ command -v npm >/dev/null 2>&1 || need="$need npm"
 # The dashboard's browser test: headless Chromium driven over WebDriver.
 command -v chromium >/dev/null 2>&1 || need="$need chromium"
 command -v chromedriver >/dev/null 2>&1 || need="$need chromium-driver"
+# The fleet tests: a throwaway PostgreSQL server (initdb and pg_ctl from
+# Debian's server package, run in a temp dir; the package's own cluster is
+# not used).
+ls /usr/lib/postgresql/*/bin/pg_ctl >/dev/null 2>&1 || need="$need postgresql"
 # Debian splits venv's pip bootstrap out of python3.
 python3 -c 'import ensurepip' >/dev/null 2>&1 || need="$need python3-venv"
 if [ -n "$need" ]; then

@@ -113,6 +113,17 @@ pub fn summary(cfg: &Config) -> String {
         if n == 1 { "" } else { "s" }
     );
     let _ = writeln!(s, "state dir: {}", cfg.state_dir.display());
+    if cfg.ledger.is_shared() {
+        // The URL holds no password (a config with one is refused).
+        let _ = writeln!(
+            s,
+            "ledger: {} (fleet member {:?}, lease TTL {}, heartbeat {})",
+            cfg.ledger.describe(),
+            cfg.fleet.host,
+            humantime::format_duration(cfg.fleet.lease_ttl),
+            humantime::format_duration(cfg.fleet.heartbeat())
+        );
+    }
     for a in &cfg.agents {
         let _ = writeln!(
             s,

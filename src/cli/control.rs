@@ -159,6 +159,10 @@ pub fn status(global: &Global, args: &StatusArgs) -> anyhow::Result<ExitCode> {
     if let Some(cause) = v["degraded"].as_str() {
         outln!("agentd: DEGRADED: {cause}");
     }
+    if let Ok(members) = serde_json::from_value::<Vec<crate::ledger::Member>>(v["fleet"]["members"].clone()) {
+        let me = v["fleet"]["host"].as_str().unwrap_or_default();
+        outln!("{}", crate::control::fleet_line(me, &members));
+    }
     for line in control::status_lines(&agents) {
         outln!("{line}");
     }

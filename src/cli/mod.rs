@@ -6,6 +6,7 @@ mod out;
 mod check;
 mod control;
 mod dashboard;
+mod drain;
 pub mod sandbox;
 mod snapshot;
 mod spend;
@@ -136,6 +137,8 @@ pub enum Command {
     Spend(spend::SpendArgs),
     /// Print a link that logs a browser into the dashboard (valid for minutes).
     Dashboard(dashboard::DashboardArgs),
+    /// Move a fleet member's agents to the others (running tasks finish first).
+    Drain(drain::DrainArgs),
     /// Conversation and workspace snapshots of an agent.
     #[command(subcommand)]
     Snapshot(snapshot::SnapshotCommand),
@@ -241,6 +244,7 @@ pub fn main() -> ExitCode {
         Some(Command::Agent { .. }) => Ok(ExitCode::SUCCESS), // handled above
         Some(Command::Snapshot(cmd)) => snapshot::run(&cli.global, &cmd),
         Some(Command::Dashboard(args)) => dashboard::run(&cli.global, &args),
+        Some(Command::Drain(args)) => drain::run(&cli.global, &args),
         Some(Command::Sandbox(SandboxCommand::Run(args))) => {
             crate::cli::sandbox::run(&args).map(|code| ExitCode::from(code.clamp(0, 255) as u8))
         }
@@ -327,6 +331,29 @@ fn mcp_watch(dir: &Path, debounce_ms: Option<u64>) -> anyhow::Result<ExitCode> {
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     rt.block_on(crate::mcp::watch_server::serve_stdio_with(dir, options))?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// The ledger for readers: the config's PostgreSQL ledger (`--config`),
+/// else what the state dir says (`$AGENTD_LEDGER`, the URL its supervisor
+/// runs with, or its SQLite file).
+fn ledger_location(global: &Global, args: &LedgerArgs) -> anyhow::Result<crate::ledger::Location> {
+    if let Some(c) = &args.config {
+        let cfg = config::load(c).map_err(|e| anyhow::anyhow!("{e}"))?;
+        if cfg.ledger.is_shared() {
+            return Ok(cfg.ledger);
+        }
+    }
+    let dir = state_dir(global, args)?;
+    Ok(crate::ledger::Location::for_state_dir(&dir, &|k| {
+        std::env::var(k).ok()
+    })?)
+}
+
+/// Opens the ledger for reading (see [`ledger_location`]).
+fn open_reader(global: &Global, args: &LedgerArgs) -> anyhow::Result<crate::ledger::Ledger> {
+    Ok(crate::ledger::Ledger::open_read_only_at(&ledger_location(
+        global, args,
+    )?)?)
 }
 
 /// The state dir for readers: `--state-dir`, else the config's, else the default.

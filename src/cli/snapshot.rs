@@ -61,7 +61,7 @@ pub struct CreateArgs {
 pub fn run(global: &Global, cmd: &SnapshotCommand) -> anyhow::Result<ExitCode> {
     match cmd {
         SnapshotCommand::List { ledger, agent, json } => {
-            let l = Ledger::open_read_only(&layout::ledger(&state_dir(global, ledger)?))?;
+            let l = super::open_reader(global, ledger)?;
             let list = l.list_snapshots(agent, None)?;
             if *json {
                 outln!("{}", serde_json::to_string_pretty(&list)?);
@@ -85,7 +85,7 @@ pub fn run(global: &Global, cmd: &SnapshotCommand) -> anyhow::Result<ExitCode> {
             snapshot,
             json,
         } => {
-            let l = Ledger::open_read_only(&layout::ledger(&state_dir(global, ledger)?))?;
+            let l = super::open_reader(global, ledger)?;
             let snap = l.snapshot(agent, snapshot)?;
             match snap.meta.kind {
                 SnapshotKind::Conversation => {
@@ -164,7 +164,7 @@ fn write(
         Ok(resp) => anyhow::bail!("{}", resp.error.unwrap_or_else(|| "request failed".into())),
         Err(client::ClientError::Connect { .. }) => {
             let _lock = layout::lock(&dir)?;
-            let mut ledger = Ledger::open(&layout::ledger(&dir))?;
+            let mut ledger = Ledger::open_at(&super::ledger_location(global, args)?)?;
             Ok(offline(&mut ledger, &layout::workdir(&dir, agent))?)
         }
         Err(e) => Err(e.into()),

@@ -9,9 +9,9 @@ use std::time::Duration;
 
 use clap::Args;
 
-use super::{Global, LedgerArgs, state_dir};
+use super::{Global, LedgerArgs};
 use crate::budget::{self, AgentSpend};
-use crate::ledger::{Ledger, now_ms};
+use crate::ledger::now_ms;
 
 #[derive(Debug, Args)]
 pub struct SpendArgs {
@@ -33,8 +33,7 @@ pub fn run(global: &Global, args: &SpendArgs) -> anyhow::Result<ExitCode> {
         Some(c) => Some(crate::config::load(c).map_err(|e| anyhow::anyhow!("{e}"))?),
         None => None,
     };
-    let dir = state_dir(global, &args.ledger)?;
-    let ledger = Ledger::open_read_only(&crate::state_dir::ledger(&dir))?;
+    let ledger = super::open_reader(global, &args.ledger)?;
     let prices = cfg.as_ref().map(|c| c.prices.clone()).unwrap_or_default();
     let now = now_ms();
     // Configured agents, and any other agent that spent in the window.

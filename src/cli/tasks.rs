@@ -4,7 +4,7 @@ use std::process::ExitCode;
 
 use clap::Args;
 
-use super::{Global, LedgerArgs, state_dir};
+use super::{Global, LedgerArgs};
 use crate::domain::{TaskId, TaskState};
 use crate::ledger::{Ledger, Task, TaskFilter};
 
@@ -45,8 +45,7 @@ fn parse_state(s: &str) -> Result<TaskState, String> {
 }
 
 fn open(global: &Global, args: &LedgerArgs) -> anyhow::Result<Ledger> {
-    let dir = state_dir(global, args)?;
-    Ok(Ledger::open_read_only(&crate::state_dir::ledger(&dir))?)
+    super::open_reader(global, args)
 }
 
 pub fn list(global: &Global, args: &TasksArgs) -> anyhow::Result<ExitCode> {
@@ -77,6 +76,9 @@ pub fn show(global: &Global, args: &ShowArgs) -> anyhow::Result<ExitCode> {
     }
     outln!("task {} ({})", task.id, task.agent);
     outln!("  state:    {} (attempt {})", task.state, task.attempts);
+    if let Some(h) = &task.host {
+        outln!("  host:     {h}");
+    }
     outln!(
         "  trigger:  {} {}",
         task.trigger_kind,
@@ -125,10 +127,18 @@ pub(super) fn time(ms: i64) -> String {
 pub fn table(tasks: &[Task]) -> String {
     use std::fmt::Write;
     let mut s = String::new();
+    // A fleet's tasks name the member that ran them; a single host's do not.
+    let fleet = tasks.iter().any(|t| t.host.is_some());
+    let host_col = |h: &str| if fleet { format!("{h:<12} ") } else { String::new() };
     let _ = writeln!(
         s,
-        "{:>6}  {:<16} {:<10} {:>3}  {:<23}  TRIGGER",
-        "ID", "AGENT", "STATE", "TRY", "CREATED"
+        "{:>6}  {:<16} {}{:<10} {:>3}  {:<23}  TRIGGER",
+        "ID",
+        "AGENT",
+        host_col("HOST"),
+        "STATE",
+        "TRY",
+        "CREATED"
     );
     for t in tasks {
         let mut what = format!(
@@ -142,9 +152,10 @@ pub fn table(tasks: &[Task]) -> String {
         let what: String = what.chars().take(100).collect();
         let _ = writeln!(
             s,
-            "{:>6}  {:<16} {:<10} {:>3}  {:<23}  {what}",
+            "{:>6}  {:<16} {}{:<10} {:>3}  {:<23}  {what}",
             t.id,
             t.agent,
+            host_col(t.host.as_deref().unwrap_or("-")),
             t.state.as_str(),
             t.attempts,
             time(t.created_at)

@@ -20,7 +20,7 @@ use super::schedule::decode_schedule;
 use super::server::decode_servers;
 use super::subscription::decode_subscription;
 use super::supervision::{decode_heartbeat, decode_restart};
-use super::types::{AgentName, AgentSpec, BridgeSpec, SkillSpec};
+use super::types::{AgentName, AgentSpec, BridgeSpec, Placement, SkillSpec};
 use crate::yaml::{Cx, Map};
 
 const AGENT_KEYS: &[&str] = &[
@@ -42,6 +42,7 @@ const AGENT_KEYS: &[&str] = &[
     "budget",
     "approve",
     "webhook",
+    "placement",
 ];
 
 impl Loader<'_> {
@@ -170,6 +171,10 @@ impl Loader<'_> {
         let webhook = map
             .get("webhook")
             .and_then(|n| super::operator::decode_webhook(cx, n, &f("webhook")));
+        let placement = match map.get("placement") {
+            Some(n) => super::fleet::decode_placement(cx, n, &f("placement")),
+            None => Some(Placement::default()),
+        };
 
         if cx.errors.len() != before {
             return None;
@@ -194,6 +199,7 @@ impl Loader<'_> {
             budget,
             approve,
             webhook,
+            placement: placement?,
         })
     }
 

@@ -12,8 +12,8 @@
 //! `top` (top level, includes, agent names across files), `defaults`,
 //! `agent`, `llm`, `server` (`mcp_servers`), `subscription`, `schedule`,
 //! `sandbox` (inline policies and profiles), `supervision` (`restart`,
-//! `heartbeat`) `limits` (`limits`, `bridge`) and `operator` (`http`, `notify`, an
-//! agent's `webhook`). The decoder they share
+//! `heartbeat`) `limits` (`limits`, `bridge`) `operator` (`http`, `notify`, an
+//! agent's `webhook`) and `fleet` (`ledger`, `ledger_password_file`, `fleet`). The decoder they share
 //! is [`crate::yaml`].
 
 mod agent;
@@ -21,6 +21,7 @@ mod approve;
 mod budget;
 mod defaults;
 mod error;
+pub mod fleet;
 mod limits;
 mod llm;
 mod load;

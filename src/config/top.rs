@@ -31,6 +31,9 @@ const TOP_KEYS: &[&str] = &[
     "prices",
     "http",
     "notify",
+    "ledger",
+    "ledger_password_file",
+    "fleet",
 ];
 
 /// The agents read so far, and where each name was first defined (file,
@@ -108,6 +111,13 @@ impl Loader<'_> {
             Some(n) => super::operator::decode_notify(&mut cx, n),
             None => Vec::new(),
         };
+        let ledger = match &state_dir {
+            Some(sd) => {
+                super::fleet::decode_ledger(&mut cx, map.get("ledger"), map.get("ledger_password_file"), &dir, sd)
+            }
+            None => None,
+        };
+        let fleet = super::fleet::decode_fleet(&mut cx, map.get("fleet"));
         let defaults = match map.get("defaults") {
             Some(n) => self.decode_defaults(&mut cx, n, &dir),
             None => Defaults::default(),
@@ -135,6 +145,8 @@ impl Loader<'_> {
             prices,
             http: http?,
             notify,
+            ledger: ledger?,
+            fleet: Box::new(fleet?),
             agents: roster.agents,
         })
     }

@@ -35,7 +35,32 @@ pub struct Config {
     pub http: Option<Listen>,
     /// Signed notifications of tasks' ends (`notify:`).
     pub notify: Vec<NotifySpec>,
+    /// Where the ledger lives (`ledger:`, `$AGENTD_LEDGER`; default the
+    /// state dir's SQLite file).
+    pub ledger: crate::ledger::Location,
+    /// This host among a shared ledger's members (`fleet:`).
+    pub fleet: Box<FleetSpec>,
     pub agents: Vec<AgentSpec>,
+}
+
+/// `fleet: {host, labels, lease_ttl, heartbeat}`: meaningful with a
+/// PostgreSQL ledger only.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FleetSpec {
+    /// This member's name (default: the hostname).
+    pub host: String,
+    /// Labels agents' `placement.labels` match.
+    pub labels: Vec<String>,
+    /// How long an agent's lease outlives its holder's last heartbeat.
+    pub lease_ttl: Duration,
+    /// How often leases are renewed (default: a third of the TTL).
+    pub heartbeat: Option<Duration>,
+}
+
+impl FleetSpec {
+    pub fn heartbeat(&self) -> Duration {
+        self.heartbeat.unwrap_or(self.lease_ttl / 3)
+    }
 }
 
 /// An address the HTTP API listens on.
@@ -159,6 +184,24 @@ pub struct AgentSpec {
     /// Signed deliveries in over HTTP (`webhook:`); none when absent.
     #[serde(default)]
     pub webhook: Option<WebhookSpec>,
+    /// Which fleet members may run it (`placement:`); anywhere by default.
+    #[serde(default)]
+    pub placement: Placement,
+}
+
+/// `placement: {hosts: [a, b], labels: [gpu]}`: the members that may run an
+/// agent (named, and carrying every label); empty lists allow any.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Placement {
+    pub hosts: Vec<String>,
+    pub labels: Vec<String>,
+}
+
+impl Placement {
+    pub fn allows(&self, host: &str, labels: &[String]) -> bool {
+        (self.hosts.is_empty() || self.hosts.iter().any(|h| h == host))
+            && self.labels.iter().all(|l| labels.contains(l))
+    }
 }
 
 /// How to reach the model provider. The API key is referenced by the name of

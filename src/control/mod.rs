@@ -223,6 +223,9 @@ pub struct AgentStatus {
     pub waiting: Vec<crate::ledger::Approval>,
     #[serde(default)]
     pub schedules: Vec<ScheduleStatus>,
+    /// In a fleet: the member running it (none when no member holds it).
+    #[serde(default)]
+    pub host: Option<String>,
 }
 
 /// An agent's spend in its budget window and what is left, in `Status`.
@@ -265,9 +268,18 @@ pub struct SendResult {
 /// The status table shared by `agentd status` and the REPL's `/status`:
 /// one line per agent, then one indented line per schedule.
 pub fn status_lines(agents: &[AgentStatus]) -> Vec<String> {
+    // A fleet's status names each agent's member; a single host's does not.
+    let fleet = agents.iter().any(|a| a.host.is_some());
+    let host_col = |h: &str| if fleet { format!("{h:<12} ") } else { String::new() };
     let mut out = vec![format!(
-        "{:<16} {:<9} {:>8} {:>8} {:>10} {:>6}  LAST",
-        "AGENT", "STATE", "PID", "RESTARTS", "UPTIME", "QUEUED"
+        "{:<16} {}{:<9} {:>8} {:>8} {:>10} {:>6}  LAST",
+        "AGENT",
+        host_col("HOST"),
+        "STATE",
+        "PID",
+        "RESTARTS",
+        "UPTIME",
+        "QUEUED"
     )];
     for a in agents {
         let pid = a.pid.map(|p| p.to_string()).unwrap_or_else(|| "-".into());
@@ -283,8 +295,14 @@ pub fn status_lines(agents: &[AgentStatus]) -> Vec<String> {
             (true, s) => format!("{s},paused"),
         };
         out.push(format!(
-            "{:<16} {:<9} {:>8} {:>8} {:>10} {:>6}  {last}",
-            a.name, state, pid, a.restarts, up, a.queued
+            "{:<16} {}{:<9} {:>8} {:>8} {:>10} {:>6}  {last}",
+            a.name,
+            host_col(a.host.as_deref().unwrap_or("-")),
+            state,
+            pid,
+            a.restarts,
+            up,
+            a.queued
         ));
         if let Some(p) = &a.pause {
             let note = p.note.as_deref().map(|n| format!(": {n}")).unwrap_or_default();
@@ -307,6 +325,25 @@ pub fn status_lines(agents: &[AgentStatus]) -> Vec<String> {
         }
     }
     out
+}
+
+/// `fleet (this host alpha): alpha 2 agents, beta 1 agent draining, gamma down`.
+pub fn fleet_line(me: &str, members: &[crate::ledger::Member]) -> String {
+    let each: Vec<String> = members
+        .iter()
+        .map(|m| {
+            let n = m.agents.len();
+            let mut s = format!("{} {n} agent{}", m.host, if n == 1 { "" } else { "s" });
+            if m.draining {
+                s.push_str(" draining");
+            }
+            if !m.alive {
+                s = format!("{} down", m.host);
+            }
+            s
+        })
+        .collect();
+    format!("fleet (this host {me}): {}", each.join(", "))
 }
 
 /// `12,345 tokens, $0.0123 in the last 1d; left: 7,655 tokens, $4.9877`.

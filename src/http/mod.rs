@@ -57,6 +57,8 @@ pub struct Links {
     pub feed: Arc<Feed>,
     pub webhooks: watch::Receiver<Webhooks>,
     pub state_dir: PathBuf,
+    /// The ledger the API reads.
+    pub ledger: crate::ledger::Location,
 }
 
 /// State shared by every handler.
@@ -87,7 +89,7 @@ pub async fn start(listen: &Listen, links: Links) -> anyhow::Result<Option<Strin
         .map_err(|e| anyhow::anyhow!("HTTP API token {}: {e}", token_path.display()))?;
     let url_path = crate::state_dir::http_url(&links.state_dir);
     let _ = std::fs::remove_file(&url_path);
-    let reader = reader::Reader::new(crate::state_dir::ledger(&links.state_dir));
+    let reader = reader::Reader::new(links.ledger.clone());
     let app = Arc::new(App { links, token, reader });
     let router = api::router(app);
     let url = match listen {

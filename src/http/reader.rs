@@ -1,26 +1,26 @@
 //! Reading the ledger for the API: read-only connections of the HTTP
-//! server's own (SQLite's WAL lets them read while the supervisor writes),
+//! server's own (SQLite's WAL lets them read while the supervisor writes;
+//! PostgreSQL sessions are read-only),
 //! used on the blocking pool so a slow query never stalls the event loop,
 //! and kept for the next request instead of reopened each time.
 
-use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
-use crate::ledger::{Ledger, LedgerError};
+use crate::ledger::{Ledger, LedgerError, Location};
 
 /// Idle connections kept at most.
 const KEEP: usize = 4;
 
 #[derive(Clone)]
 pub struct Reader {
-    path: PathBuf,
+    location: Arc<Location>,
     idle: Arc<Mutex<Vec<Ledger>>>,
 }
 
 impl Reader {
-    pub fn new(path: PathBuf) -> Reader {
+    pub fn new(location: Location) -> Reader {
         Reader {
-            path,
+            location: Arc::new(location),
             idle: Arc::new(Mutex::new(Vec::new())),
         }
     }
@@ -35,7 +35,7 @@ impl Reader {
             let taken = this.idle.lock().ok().and_then(|mut v| v.pop());
             let ledger = match taken {
                 Some(l) => l,
-                None => Ledger::open_read_only(&this.path)?,
+                None => Ledger::open_read_only_at(&this.location)?,
             };
             let out = f(&ledger);
             if let Ok(mut v) = this.idle.lock()

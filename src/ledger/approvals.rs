@@ -5,9 +5,9 @@
 //! it uses it (a task whose runner died while it waited runs again, and
 //! meets the same question answered).
 
-use rusqlite::{OptionalExtension, Row, params};
 use serde::{Deserialize, Serialize};
 
+use super::db::{Conn, DbResult, Row, args};
 use super::{Ledger, LedgerError, Result, now_ms};
 use crate::domain::{ApprovalAnswer, ApprovalSubject, Lease, Remember, TaskId};
 
@@ -35,24 +35,25 @@ pub struct Approval {
 }
 
 impl Approval {
-    fn from_row(r: &Row) -> rusqlite::Result<Approval> {
-        let subject: String = r.get("subject")?;
+    /// A row of [`COLUMNS`], in that order.
+    fn from_row(r: &Row) -> DbResult<Approval> {
+        let subject: String = r.get(3)?;
         Ok(Approval {
-            id: r.get("id")?,
-            task: r.get("task_id")?,
-            agent: r.get("agent")?,
+            id: r.get(0)?,
+            task: r.get(1)?,
+            agent: r.get(2)?,
             subject: serde_json::from_str(&subject).unwrap_or(ApprovalSubject::Code {
                 block: "unreadable".into(),
                 code: subject,
             }),
-            state: r.get("state")?,
-            asked_at: r.get("asked_at")?,
-            timeout_at: r.get("timeout_at")?,
-            on_timeout: r.get("on_timeout")?,
-            answered_at: r.get("answered_at")?,
-            answered_by: r.get("answered_by")?,
-            note: r.get("note")?,
-            remember: r.get("remember")?,
+            state: r.get(4)?,
+            asked_at: r.get(5)?,
+            timeout_at: r.get(6)?,
+            on_timeout: r.get(7)?,
+            answered_at: r.get(8)?,
+            answered_by: r.get(9)?,
+            note: r.get(10)?,
+            remember: r.get(11)?,
         })
     }
 
@@ -98,106 +99,101 @@ impl Ledger {
         timeout_ms: i64,
         on_timeout: &str,
     ) -> Result<Asked> {
-        let path = self.path.clone();
         let json = serde_json::to_string(subject).unwrap_or_default();
-        let tx = self.conn.transaction().map_err(|e| super::sqlite(&path, e))?;
-        let found: Option<(String, i64)> = tx
-            .query_row(
-                "SELECT agent, attempts FROM tasks WHERE id = ?1 AND state = 'running' AND lease = ?2",
-                params![task, lease],
-                |r| Ok((r.get(0)?, r.get(1)?)),
-            )
-            .optional()
-            .map_err(|e| super::sqlite(&path, e))?;
-        let Some((agent, attempts)) = found else {
-            return Err(LedgerError::StaleLease {
-                task,
-                lease: lease.to_string(),
-            });
-        };
-        // A grant (an egress approval remembered for this task, or always
-        // for this agent) answers without asking and is not used up.
-        let granted: Option<Approval> = tx
-            .query_row(
-                &format!(
-                    "SELECT {COLUMNS} FROM approvals WHERE subject = ?3 AND state = 'approved'
-                       AND ((remember = 'task' AND task_id = ?1) OR (remember = 'always' AND agent = ?2))
-                     ORDER BY id DESC LIMIT 1"
-                ),
-                params![task, agent, json],
-                Approval::from_row,
-            )
-            .optional()
-            .map_err(|e| super::sqlite(&path, e))?;
-        let reusable: Option<Approval> = match granted {
-            Some(g) => Some(g),
-            None => tx
-                .query_row(
-                    &format!(
-                        "SELECT {COLUMNS} FROM approvals WHERE task_id = ?1 AND subject = ?2 AND used = 0
-                           AND state IN ('approved','denied') ORDER BY id LIMIT 1"
-                    ),
-                    params![task, json],
-                    Approval::from_row,
+        self.tx(|c| {
+            self.check_fence(c, &lease.agent)?;
+            let found = c
+                .query_opt(
+                    "SELECT agent, attempts FROM tasks WHERE id = ?1 AND state = 'running' AND lease = ?2",
+                    args![task, lease],
                 )
-                .optional()
-                .map_err(|e| super::sqlite(&path, e))?,
-        };
-        let now = now_ms();
-        let out = match reusable {
-            Some(a) => {
-                if a.remember.as_deref().is_none_or(|r| r == "once") {
-                    tx.execute("UPDATE approvals SET used = 1 WHERE id = ?1", [a.id])
-                        .map_err(|e| super::sqlite(&path, e))?;
-                }
-                let answer = a.answer().unwrap_or(ApprovalAnswer {
-                    approved: false,
-                    by: "agentd".into(),
-                    note: None,
-                    remember: Remember::Once,
+                .and_then(|r| {
+                    r.map(|r| Ok::<_, super::db::DbError>((r.get::<String>(0)?, r.get::<i64>(1)?)))
+                        .transpose()
+                })
+                .map_err(|e| self.err(e))?;
+            let Some((agent, attempts)) = found else {
+                return Err(LedgerError::StaleLease {
+                    task,
+                    lease: lease.to_string(),
                 });
-                journal(
-                    &tx,
-                    task,
-                    attempts,
-                    "approval",
-                    serde_json::json!({"id": a.id, "subject": subject, "reused": true, "approved": answer.approved, "remember": a.remember}),
-                    now,
+            };
+            // A grant (an egress approval remembered for this task, or
+            // always for this agent) answers without asking and is not used up.
+            let granted: Option<Approval> = c
+                .query_opt(
+                    &format!(
+                        "SELECT {COLUMNS} FROM approvals WHERE subject = ?3 AND state = 'approved'
+                           AND ((remember = 'task' AND task_id = ?1) OR (remember = 'always' AND agent = ?2))
+                         ORDER BY id DESC LIMIT 1"
+                    ),
+                    args![task, agent.as_str(), json.as_str()],
                 )
-                .map_err(|e| super::sqlite(&path, e))?;
-                Asked::Answered(a, answer)
-            }
-            None => {
-                tx.execute(
-                    "INSERT INTO approvals (task_id, agent, subject, state, asked_at, timeout_at, on_timeout)
-                     VALUES (?1, ?2, ?3, 'pending', ?4, ?5, ?6)",
-                    params![task, agent, json, now, now + timeout_ms, on_timeout],
-                )
-                .map_err(|e| super::sqlite(&path, e))?;
-                let id = tx.last_insert_rowid();
-                tx.execute("UPDATE tasks SET state = 'waiting' WHERE id = ?1", [task])
-                    .map_err(|e| super::sqlite(&path, e))?;
-                journal(
-                    &tx,
-                    task,
-                    attempts,
-                    "approval",
-                    serde_json::json!({"id": id, "subject": subject, "timeout_at": now + timeout_ms, "on_timeout": on_timeout}),
-                    now,
-                )
-                .map_err(|e| super::sqlite(&path, e))?;
-                let a = tx
-                    .query_row(
-                        &format!("SELECT {COLUMNS} FROM approvals WHERE id = ?1"),
-                        [id],
-                        Approval::from_row,
+                .and_then(|r| r.as_ref().map(Approval::from_row).transpose())
+                .map_err(|e| self.err(e))?;
+            let reusable: Option<Approval> = match granted {
+                Some(g) => Some(g),
+                None => c
+                    .query_opt(
+                        &format!(
+                            "SELECT {COLUMNS} FROM approvals WHERE task_id = ?1 AND subject = ?2 AND used = 0
+                               AND state IN ('approved','denied') ORDER BY id LIMIT 1"
+                        ),
+                        args![task, json.as_str()],
                     )
-                    .map_err(|e| super::sqlite(&path, e))?;
-                Asked::Pending(a)
+                    .and_then(|r| r.as_ref().map(Approval::from_row).transpose())
+                    .map_err(|e| self.err(e))?,
+            };
+            let now = now_ms();
+            match reusable {
+                Some(a) => {
+                    if a.remember.as_deref().is_none_or(|r| r == "once") {
+                        c.execute("UPDATE approvals SET used = 1 WHERE id = ?1", args![a.id])
+                            .map_err(|e| self.err(e))?;
+                    }
+                    let answer = a.answer().unwrap_or(ApprovalAnswer {
+                        approved: false,
+                        by: "agentd".into(),
+                        note: None,
+                        remember: Remember::Once,
+                    });
+                    journal(
+                        c,
+                        task,
+                        attempts,
+                        "approval",
+                        serde_json::json!({"id": a.id, "subject": subject, "reused": true, "approved": answer.approved, "remember": a.remember}),
+                        now,
+                    )
+                    .map_err(|e| self.err(e))?;
+                    Ok(Asked::Answered(a, answer))
+                }
+                None => {
+                    let a = c
+                        .query_one(
+                            &format!(
+                                "INSERT INTO approvals (task_id, agent, subject, state, asked_at, timeout_at, on_timeout)
+                                 VALUES (?1, ?2, ?3, 'pending', ?4, ?5, ?6) RETURNING {COLUMNS}"
+                            ),
+                            args![task, agent, json.as_str(), now, now + timeout_ms, on_timeout],
+                        )
+                        .and_then(|r| Approval::from_row(&r))
+                        .map_err(|e| self.err(e))?;
+                    c.execute("UPDATE tasks SET state = 'waiting' WHERE id = ?1", args![task])
+                        .map_err(|e| self.err(e))?;
+                    journal(
+                        c,
+                        task,
+                        attempts,
+                        "approval",
+                        serde_json::json!({"id": a.id, "subject": subject, "timeout_at": now + timeout_ms, "on_timeout": on_timeout}),
+                        now,
+                    )
+                    .map_err(|e| self.err(e))?;
+                    Ok(Asked::Pending(a))
+                }
             }
-        };
-        tx.commit().map_err(|e| super::sqlite(&path, e))?;
-        Ok(out)
+        })
     }
 
     /// Answers a pending approval and journals it. The task goes on: back
@@ -210,156 +206,181 @@ impl Ledger {
         answer: &ApprovalAnswer,
         live_lease: Option<&Lease>,
     ) -> Result<Approval> {
-        let path = self.path.clone();
-        let tx = self.conn.transaction().map_err(|e| super::sqlite(&path, e))?;
-        let a = fetch(&tx, id)
-            .map_err(|e| super::sqlite(&path, e))?
-            .ok_or(LedgerError::NoSuchApproval(id))?;
-        if a.state != "pending" {
-            return Err(LedgerError::ApprovalAnswered {
-                id,
-                state: a.state.clone(),
-            });
-        }
-        let egress = matches!(a.subject, ApprovalSubject::Egress { .. });
-        if !egress && answer.remember != Remember::Once {
-            return Err(LedgerError::NotRememberable(id));
-        }
-        let remember = (egress && answer.approved).then(|| answer.remember.as_str());
         let now = now_ms();
         let state = if answer.approved { "approved" } else { "denied" };
-        let used = i64::from(live_lease.is_some());
-        tx.execute(
-            "UPDATE approvals SET state = ?2, answered_at = ?3, answered_by = ?4, note = ?5, used = ?6, remember = ?7
-             WHERE id = ?1",
-            params![id, state, now, answer.by, answer.note, used, remember],
-        )
-        .map_err(|e| super::sqlite(&path, e))?;
-        let attempts: i64 = tx
-            .query_row("SELECT attempts FROM tasks WHERE id = ?1", [a.task], |r| r.get(0))
-            .map_err(|e| super::sqlite(&path, e))?;
-        journal(
-            &tx,
-            a.task,
-            attempts,
-            "approval_answer",
-            serde_json::json!({"id": id, "approved": answer.approved, "by": answer.by, "note": answer.note, "remember": remember}),
-            now,
-        )
-        .map_err(|e| super::sqlite(&path, e))?;
-        match live_lease {
-            Some(lease) => tx.execute(
-                "UPDATE tasks SET state = 'running' WHERE id = ?1 AND state = 'waiting' AND lease = ?2",
-                params![a.task, lease],
-            ),
-            None => tx.execute(
-                "UPDATE tasks SET state = 'queued', lease = NULL WHERE id = ?1 AND state = 'waiting'",
-                [a.task],
-            ),
+        let a = self.tx(|c| {
+            let a = fetch(c, id)
+                .map_err(|e| self.err(e))?
+                .ok_or(LedgerError::NoSuchApproval(id))?;
+            if a.state != "pending" {
+                return Err(LedgerError::ApprovalAnswered {
+                    id,
+                    state: a.state.clone(),
+                });
+            }
+            let egress = matches!(a.subject, ApprovalSubject::Egress { .. });
+            if !egress && answer.remember != Remember::Once {
+                return Err(LedgerError::NotRememberable(id));
+            }
+            let remember = (egress && answer.approved).then(|| answer.remember.as_str());
+            let used = i64::from(live_lease.is_some());
+            c.execute(
+                "UPDATE approvals SET state = ?2, answered_at = ?3, answered_by = ?4, note = ?5, used = ?6, remember = ?7
+                 WHERE id = ?1",
+                args![id, state, now, answer.by.as_str(), answer.note.as_deref(), used, remember],
+            )
+            .map_err(|e| self.err(e))?;
+            let attempts: i64 = c
+                .query_one("SELECT attempts FROM tasks WHERE id = ?1", args![a.task])
+                .and_then(|r| r.get(0))
+                .map_err(|e| self.err(e))?;
+            journal(
+                c,
+                a.task,
+                attempts,
+                "approval_answer",
+                serde_json::json!({"id": id, "approved": answer.approved, "by": answer.by, "note": answer.note, "remember": remember}),
+                now,
+            )
+            .map_err(|e| self.err(e))?;
+            // In a fleet the runner that waits may live on another member:
+            // while the task keeps its runner's lease and the agent's lease
+            // is live, the answer goes to that runner (woken below).
+            let remote = live_lease.is_none()
+                && self.is_shared()
+                && c.query_opt(
+                    &format!(
+                        "SELECT 1 FROM tasks t JOIN agent_leases l ON l.agent = t.agent
+                         WHERE t.id = ?1 AND t.state = 'waiting' AND t.lease IS NOT NULL
+                           AND l.expires_at > {}",
+                        super::fleet::DB_NOW
+                    ),
+                    args![a.task],
+                )
+                .map_err(|e| self.err(e))?
+                .is_some();
+            match (live_lease, remote) {
+                (Some(lease), _) => c.execute(
+                    "UPDATE tasks SET state = 'running' WHERE id = ?1 AND state = 'waiting' AND lease = ?2",
+                    args![a.task, lease],
+                ),
+                (None, true) => c
+                    .execute("UPDATE approvals SET used = 1 WHERE id = ?1", args![id])
+                    .and_then(|_| {
+                        c.execute(
+                            "UPDATE tasks SET state = 'running' WHERE id = ?1 AND state = 'waiting'",
+                            args![a.task],
+                        )
+                    }),
+                (None, false) => c.execute(
+                    "UPDATE tasks SET state = 'queued', lease = NULL WHERE id = ?1 AND state = 'waiting'",
+                    args![a.task],
+                ),
+            }
+            .map_err(|e| self.err(e))?;
+            Ok((a, remember.map(str::to_owned), remote))
+        })?;
+        let (a, remember, remote) = a;
+        // The member running the agent learns of the answer at once: the
+        // answer itself when its runner waits there, else new work.
+        if remote {
+            self.wake(&format!("{}{id}", super::fleet::APPROVAL_WAKE));
+        } else {
+            self.wake(&a.agent);
         }
-        .map_err(|e| super::sqlite(&path, e))?;
-        tx.commit().map_err(|e| super::sqlite(&path, e))?;
         Ok(Approval {
             state: state.into(),
             answered_at: Some(now),
             answered_by: Some(answer.by.clone()),
             note: answer.note.clone(),
-            remember: remember.map(str::to_owned),
+            remember,
             ..a
         })
     }
 
     /// Pending approvals, oldest first (of one agent, or all).
     pub fn pending_approvals(&self, agent: Option<&str>) -> Result<Vec<Approval>> {
-        let mut stmt = self
+        let rows = self
             .conn
-            .prepare(&format!(
-                "SELECT {COLUMNS} FROM approvals WHERE state = 'pending' AND (?1 IS NULL OR agent = ?1) ORDER BY id"
-            ))
+            .query(
+                &format!(
+                    "SELECT {COLUMNS} FROM approvals WHERE state = 'pending' AND (CAST(?1 AS TEXT) IS NULL OR agent = ?1) ORDER BY id"
+                ),
+                args![agent],
+            )
             .map_err(|e| self.err(e))?;
-        let rows = stmt
-            .query_map(params![agent], Approval::from_row)
-            .map_err(|e| self.err(e))?;
-        rows.collect::<rusqlite::Result<Vec<_>>>().map_err(|e| self.err(e))
+        rows.iter()
+            .map(Approval::from_row)
+            .collect::<DbResult<Vec<_>>>()
+            .map_err(|e| self.err(e))
     }
 
     /// Standing egress grants (approved with remember `always`), of one
     /// agent or all, oldest first.
     pub fn grants(&self, agent: Option<&str>) -> Result<Vec<Approval>> {
-        let mut stmt = self
+        let rows = self
             .conn
-            .prepare(&format!(
-                "SELECT {COLUMNS} FROM approvals WHERE remember = 'always' AND state = 'approved'
-                   AND (?1 IS NULL OR agent = ?1) ORDER BY id"
-            ))
+            .query(
+                &format!(
+                    "SELECT {COLUMNS} FROM approvals WHERE remember = 'always' AND state = 'approved'
+                       AND (CAST(?1 AS TEXT) IS NULL OR agent = ?1) ORDER BY id"
+                ),
+                args![agent],
+            )
             .map_err(|e| self.err(e))?;
-        let rows = stmt
-            .query_map(params![agent], Approval::from_row)
-            .map_err(|e| self.err(e))?;
-        rows.collect::<rusqlite::Result<Vec<_>>>().map_err(|e| self.err(e))
+        rows.iter()
+            .map(Approval::from_row)
+            .collect::<DbResult<Vec<_>>>()
+            .map_err(|e| self.err(e))
     }
 
     /// Ends a standing grant (`task` or `always`): the next connection to
     /// that host asks again. Journaled in the task that asked.
     pub fn revoke_grant(&mut self, id: i64, by: &str) -> Result<Approval> {
-        let path = self.path.clone();
-        let tx = self.conn.transaction().map_err(|e| super::sqlite(&path, e))?;
-        let a = fetch(&tx, id)
-            .map_err(|e| super::sqlite(&path, e))?
-            .ok_or(LedgerError::NoSuchApproval(id))?;
-        if a.state != "approved" || !matches!(a.remember.as_deref(), Some("task" | "always")) {
-            return Err(LedgerError::NotAGrant(id));
-        }
-        tx.execute("UPDATE approvals SET remember = 'revoked' WHERE id = ?1", [id])
-            .map_err(|e| super::sqlite(&path, e))?;
-        let attempts: i64 = tx
-            .query_row("SELECT attempts FROM tasks WHERE id = ?1", [a.task], |r| r.get(0))
-            .map_err(|e| super::sqlite(&path, e))?;
-        journal(
-            &tx,
-            a.task,
-            attempts,
-            "approval_answer",
-            serde_json::json!({"id": id, "revoked": a.remember, "by": by}),
-            now_ms(),
-        )
-        .map_err(|e| super::sqlite(&path, e))?;
-        tx.commit().map_err(|e| super::sqlite(&path, e))?;
-        Ok(Approval {
-            remember: Some("revoked".into()),
-            ..a
+        self.tx(|c| {
+            let a = fetch(c, id)
+                .map_err(|e| self.err(e))?
+                .ok_or(LedgerError::NoSuchApproval(id))?;
+            if a.state != "approved" || !matches!(a.remember.as_deref(), Some("task" | "always")) {
+                return Err(LedgerError::NotAGrant(id));
+            }
+            c.execute("UPDATE approvals SET remember = 'revoked' WHERE id = ?1", args![id])
+                .map_err(|e| self.err(e))?;
+            let attempts: i64 = c
+                .query_one("SELECT attempts FROM tasks WHERE id = ?1", args![a.task])
+                .and_then(|r| r.get(0))
+                .map_err(|e| self.err(e))?;
+            journal(
+                c,
+                a.task,
+                attempts,
+                "approval_answer",
+                serde_json::json!({"id": id, "revoked": a.remember, "by": by}),
+                now_ms(),
+            )
+            .map_err(|e| self.err(e))?;
+            Ok(Approval {
+                remember: Some("revoked".into()),
+                ..a
+            })
         })
     }
 
     pub fn approval(&self, id: i64) -> Result<Approval> {
-        self.conn
-            .query_row(
-                &format!("SELECT {COLUMNS} FROM approvals WHERE id = ?1"),
-                [id],
-                Approval::from_row,
-            )
-            .optional()
+        fetch(&self.conn, id)
             .map_err(|e| self.err(e))?
             .ok_or(LedgerError::NoSuchApproval(id))
     }
 }
 
-fn fetch(tx: &rusqlite::Transaction, id: i64) -> rusqlite::Result<Option<Approval>> {
-    tx.query_row(
-        &format!("SELECT {COLUMNS} FROM approvals WHERE id = ?1"),
-        [id],
-        Approval::from_row,
-    )
-    .optional()
+/// Approval `id`, if it exists.
+fn fetch(c: &Conn, id: i64) -> DbResult<Option<Approval>> {
+    c.query_opt(&format!("SELECT {COLUMNS} FROM approvals WHERE id = ?1"), args![id])?
+        .as_ref()
+        .map(Approval::from_row)
+        .transpose()
 }
 
-fn journal(
-    tx: &rusqlite::Transaction,
-    task: TaskId,
-    attempt: i64,
-    kind: &str,
-    payload: serde_json::Value,
-    now: i64,
-) -> rusqlite::Result<()> {
-    super::tasks::plain_step(tx, task, attempt, kind, &payload, None, now).map(drop)
+fn journal(c: &Conn, task: TaskId, attempt: i64, kind: &str, payload: serde_json::Value, now: i64) -> DbResult<()> {
+    super::tasks::plain_step(c, task, attempt, kind, &payload, None, now).map(drop)
 }

@@ -9,9 +9,9 @@
 //! also columns, with a partial index over model calls by time, so a
 //! budget check sums an index instead of parsing every payload.
 
-use rusqlite::{OptionalExtension, params};
 use serde::{Deserialize, Serialize};
 
+use super::db::{DbResult, Row, args};
 use super::{Ledger, LedgerError, Result, now_ms};
 use crate::domain::{PauseReason, TaskId, TaskState};
 
@@ -61,38 +61,47 @@ impl Ledger {
             .execute(
                 "INSERT INTO pauses (agent, reason, by, note, since) VALUES (?1, ?2, ?3, ?4, ?5)
                  ON CONFLICT (agent) DO UPDATE SET reason = ?2, by = ?3, note = ?4, since = ?5",
-                params![pause.agent, pause.reason.as_str(), pause.by, pause.note, pause.since],
+                args![
+                    pause.agent.as_str(),
+                    pause.reason.as_str(),
+                    pause.by.as_str(),
+                    pause.note.as_deref(),
+                    pause.since
+                ],
             )
             .map_err(|e| self.err(e))?;
+        // In a fleet, the member running the agent hears of it at once.
+        self.wake(&pause.agent);
         Ok(())
     }
 
     pub fn clear_pause(&mut self, agent: &str) -> Result<()> {
         self.conn
-            .execute("DELETE FROM pauses WHERE agent = ?1", [agent])
+            .execute("DELETE FROM pauses WHERE agent = ?1", args![agent])
             .map_err(|e| self.err(e))?;
+        self.wake(agent);
         Ok(())
     }
 
     /// Every paused agent (removed agents' pauses included: they apply if
     /// the agent comes back).
     pub fn pauses(&self) -> Result<Vec<Pause>> {
-        let mut stmt = self
+        let rows = self
             .conn
-            .prepare("SELECT agent, reason, by, note, since FROM pauses ORDER BY agent")
+            .query("SELECT agent, reason, by, note, since FROM pauses ORDER BY agent", &[])
             .map_err(|e| self.err(e))?;
-        let rows = stmt
-            .query_map([], |r| {
+        rows.iter()
+            .map(|r| {
                 Ok(Pause {
                     agent: r.get(0)?,
-                    reason: PauseReason::parse(&r.get::<_, String>(1)?),
+                    reason: PauseReason::parse(&r.get::<String>(1)?),
                     by: r.get(2)?,
                     note: r.get(3)?,
                     since: r.get(4)?,
                 })
             })
-            .map_err(|e| self.err(e))?;
-        rows.collect::<rusqlite::Result<Vec<_>>>().map_err(|e| self.err(e))
+            .collect::<DbResult<Vec<_>>>()
+            .map_err(|e| self.err(e))
     }
 
     /// Cancels a queued or running task, whoever holds it: the task ends
@@ -100,60 +109,62 @@ impl Ledger {
     /// about it is refused as stale) and its journal gets a `cancel` step
     /// with who and why. A task that already ended is left alone.
     pub fn cancel(&mut self, task: TaskId, by: &str, reason: Option<&str>) -> Result<Cancelled> {
-        let path = self.path.clone();
-        let tx = self.conn.transaction().map_err(|e| super::sqlite(&path, e))?;
-        let found: Option<(String, i64, String)> = tx
-            .query_row("SELECT state, attempts, agent FROM tasks WHERE id = ?1", [task], |r| {
-                Ok((r.get(0)?, r.get(1)?, r.get(2)?))
-            })
-            .optional()
-            .map_err(|e| super::sqlite(&path, e))?;
-        let (state, attempts, agent) = found.ok_or(LedgerError::NoSuchTask(task))?;
-        let was = TaskState::parse(&state).unwrap_or(TaskState::Failed);
-        if was.is_final() {
-            return Err(LedgerError::AlreadyEnded { task, state: was });
-        }
-        let error = match reason {
-            Some(r) => format!("cancelled by {by}: {r}"),
-            None => format!("cancelled by {by}"),
-        };
-        let now = now_ms();
-        tx.execute(
-            "UPDATE tasks SET state = 'cancelled', error = ?2, finished_at = ?3, lease = NULL, dedupe_key = NULL
-             WHERE id = ?1",
-            params![task, error, now],
-        )
-        .map_err(|e| super::sqlite(&path, e))?;
-        // Its open questions are closed with it.
-        tx.execute(
-            "UPDATE approvals SET state = 'denied', answered_at = ?2, answered_by = ?3, note = 'the task was cancelled'
-             WHERE task_id = ?1 AND state = 'pending'",
-            params![task, now, by],
-        )
-        .map_err(|e| super::sqlite(&path, e))?;
-        let payload = serde_json::json!({"by": by, "reason": reason, "was": was.as_str()});
-        super::tasks::plain_step(&tx, task, attempts, "cancel", &payload, None, now)
-            .map_err(|e| super::sqlite(&path, e))?;
-        tx.commit().map_err(|e| super::sqlite(&path, e))?;
-        Ok(Cancelled { task, agent, was })
+        self.tx(|c| {
+            let found = c
+                .query_opt("SELECT state, attempts, agent FROM tasks WHERE id = ?1", args![task])
+                .and_then(|r| {
+                    r.map(|r| Ok::<_, super::db::DbError>((r.get::<String>(0)?, r.get::<i64>(1)?, r.get::<String>(2)?)))
+                        .transpose()
+                })
+                .map_err(|e| self.err(e))?;
+            let (state, attempts, agent) = found.ok_or(LedgerError::NoSuchTask(task))?;
+            let was = TaskState::parse(&state).unwrap_or(TaskState::Failed);
+            if was.is_final() {
+                return Err(LedgerError::AlreadyEnded { task, state: was });
+            }
+            let error = match reason {
+                Some(r) => format!("cancelled by {by}: {r}"),
+                None => format!("cancelled by {by}"),
+            };
+            let now = now_ms();
+            c.execute(
+                "UPDATE tasks SET state = 'cancelled', error = ?2, finished_at = ?3, lease = NULL, dedupe_key = NULL
+                 WHERE id = ?1",
+                args![task, error, now],
+            )
+            .map_err(|e| self.err(e))?;
+            // Its open questions are closed with it.
+            c.execute(
+                "UPDATE approvals SET state = 'denied', answered_at = ?2, answered_by = ?3, note = 'the task was cancelled'
+                 WHERE task_id = ?1 AND state = 'pending'",
+                args![task, now, by],
+            )
+            .map_err(|e| self.err(e))?;
+            let payload = serde_json::json!({"by": by, "reason": reason, "was": was.as_str()});
+            super::tasks::plain_step(c, task, attempts, "cancel", &payload, None, now).map_err(|e| self.err(e))?;
+            Ok(Cancelled { task, agent, was })
+        })
+        .inspect(|c| self.wake(&c.agent))
     }
 
     /// Model calls since `since` (ms) summed per agent and model: what a
     /// budget check needs unless the budget is used up (then
     /// [`Ledger::llm_usage`] tells when the window has room again).
     pub fn llm_usage_by_model(&self, agent: Option<&str>, since: i64) -> Result<Vec<LlmUsage>> {
-        let mut stmt = self
+        // Sums are cast back to integers: PostgreSQL sums BIGINTs as NUMERIC.
+        let rows = self
             .conn
-            .prepare(
-                "SELECT t.agent, s.model, count(*), sum(s.input_tokens), sum(s.output_tokens), sum(s.cached_tokens),
-                        max(s.created_at)
+            .query(
+                "SELECT t.agent, s.model, count(*), CAST(sum(s.input_tokens) AS BIGINT), CAST(sum(s.output_tokens) AS BIGINT),
+                        CAST(sum(s.cached_tokens) AS BIGINT), max(s.created_at)
                  FROM steps s JOIN tasks t ON t.id = s.task_id
-                 WHERE s.kind = 'llm' AND s.created_at >= ?1 AND (?2 IS NULL OR t.agent = ?2)
+                 WHERE s.kind = 'llm' AND s.created_at >= ?1 AND (CAST(?2 AS TEXT) IS NULL OR t.agent = ?2)
                  GROUP BY t.agent, s.model ORDER BY t.agent, s.model",
+                args![since, agent],
             )
             .map_err(|e| self.err(e))?;
-        let rows = stmt
-            .query_map(params![since, agent], |r| {
+        rows.iter()
+            .map(|r| {
                 Ok(LlmUsage {
                     agent: r.get(0)?,
                     model: r.get(1)?,
@@ -164,23 +175,24 @@ impl Ledger {
                     at: r.get(6)?,
                 })
             })
-            .map_err(|e| self.err(e))?;
-        rows.collect::<rusqlite::Result<Vec<_>>>().map_err(|e| self.err(e))
+            .collect::<DbResult<Vec<_>>>()
+            .map_err(|e| self.err(e))
     }
 
     /// Model calls since `since` (ms), of one agent or all, oldest first.
     pub fn llm_usage(&self, agent: Option<&str>, since: i64) -> Result<Vec<LlmUsage>> {
-        let mut stmt = self
+        let rows = self
             .conn
-            .prepare(
+            .query(
                 "SELECT t.agent, s.model, s.input_tokens, s.output_tokens, s.cached_tokens, s.created_at
                  FROM steps s JOIN tasks t ON t.id = s.task_id
-                 WHERE s.kind = 'llm' AND s.created_at >= ?1 AND (?2 IS NULL OR t.agent = ?2)
+                 WHERE s.kind = 'llm' AND s.created_at >= ?1 AND (CAST(?2 AS TEXT) IS NULL OR t.agent = ?2)
                  ORDER BY s.created_at, s.id",
+                args![since, agent],
             )
             .map_err(|e| self.err(e))?;
-        let rows = stmt
-            .query_map(params![since, agent], |r| {
+        rows.iter()
+            .map(|r: &Row| {
                 Ok(LlmUsage {
                     agent: r.get(0)?,
                     calls: 1,
@@ -191,7 +203,7 @@ impl Ledger {
                     at: r.get(5)?,
                 })
             })
-            .map_err(|e| self.err(e))?;
-        rows.collect::<rusqlite::Result<Vec<_>>>().map_err(|e| self.err(e))
+            .collect::<DbResult<Vec<_>>>()
+            .map_err(|e| self.err(e))
     }
 }

@@ -3,9 +3,9 @@
 //! rows: what the bytes mean and how they are made or put back is
 //! [`crate::snapshots`]'.
 
-use rusqlite::{OptionalExtension, params};
 use serde::{Deserialize, Serialize};
 
+use super::db::{DbResult, Row, args};
 use super::{Ledger, LedgerError, Result, now_ms};
 use crate::domain::TaskId;
 
@@ -52,7 +52,7 @@ pub struct Snapshot {
 
 const META_COLUMNS: &str = "id, agent, kind, label, task_id, length(data), created_at";
 
-fn meta_from_row(r: &rusqlite::Row) -> rusqlite::Result<SnapshotMeta> {
+fn meta_from_row(r: &Row) -> DbResult<SnapshotMeta> {
     let kind: String = r.get(2)?;
     Ok(SnapshotMeta {
         id: r.get(0)?,
@@ -74,33 +74,42 @@ impl Ledger {
         task_id: Option<TaskId>,
         data: &[u8],
     ) -> Result<i64> {
-        self.conn
-            .execute(
-                "INSERT INTO snapshots (agent, kind, label, task_id, data, created_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-                params![agent, kind.as_str(), label, task_id, data, now_ms()],
+        // In a fleet, only the member running the agent saves its memory or
+        // workspace: a stale member's late conversation must not become
+        // what the agent remembers next.
+        self.tx(|c| {
+            self.check_fence(c, agent)?;
+            c.query_one(
+                "INSERT INTO snapshots (agent, kind, label, task_id, data, created_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+                 RETURNING id",
+                args![agent, kind.as_str(), label, task_id, data, now_ms()],
             )
-            .map_err(|e| self.err(e))?;
-        Ok(self.conn.last_insert_rowid())
+            .and_then(|r| r.get(0))
+            .map_err(|e| self.err(e))
+        })
     }
 
     /// Newest first.
     pub fn list_snapshots(&self, agent: &str, kind: Option<SnapshotKind>) -> Result<Vec<SnapshotMeta>> {
         let sql = format!(
-            "SELECT {META_COLUMNS} FROM snapshots WHERE agent = ?1 AND (?2 IS NULL OR kind = ?2) ORDER BY id DESC"
+            "SELECT {META_COLUMNS} FROM snapshots WHERE agent = ?1 AND (CAST(?2 AS TEXT) IS NULL OR kind = ?2) ORDER BY id DESC"
         );
-        let mut stmt = self.conn.prepare(&sql).map_err(|e| self.err(e))?;
-        let rows = stmt
-            .query_map(params![agent, kind.map(SnapshotKind::as_str)], meta_from_row)
+        let rows = self
+            .conn
+            .query(&sql, args![agent, kind.map(SnapshotKind::as_str)])
             .map_err(|e| self.err(e))?;
-        rows.collect::<rusqlite::Result<Vec<_>>>().map_err(|e| self.err(e))
+        rows.iter()
+            .map(meta_from_row)
+            .collect::<DbResult<Vec<_>>>()
+            .map_err(|e| self.err(e))
     }
 
     /// What is stored about snapshot `id`, without its data.
     pub fn snapshot_meta(&self, id: i64) -> Result<SnapshotMeta> {
         let sql = format!("SELECT {META_COLUMNS} FROM snapshots WHERE id = ?1");
         self.conn
-            .query_row(&sql, params![id], meta_from_row)
-            .optional()
+            .query_opt(&sql, args![id])
+            .and_then(|r| r.as_ref().map(meta_from_row).transpose())
             .map_err(|e| self.err(e))?
             .ok_or_else(|| LedgerError::NoSuchSnapshot(id.to_string()))
     }
@@ -112,13 +121,8 @@ impl Ledger {
              WHERE agent = ?1 AND (CAST(id AS TEXT) = ?2 OR label = ?2) ORDER BY id DESC LIMIT 1"
         );
         self.conn
-            .query_row(&sql, params![agent, id_or_label], |r| {
-                Ok(Snapshot {
-                    meta: meta_from_row(r)?,
-                    data: r.get(7)?,
-                })
-            })
-            .optional()
+            .query_opt(&sql, args![agent, id_or_label])
+            .and_then(|r| r.as_ref().map(snapshot_from_row).transpose())
             .map_err(|e| self.err(e))?
             .ok_or_else(|| LedgerError::NoSuchSnapshot(format!("{agent}/{id_or_label}")))
     }
@@ -128,13 +132,15 @@ impl Ledger {
             "SELECT {META_COLUMNS}, data FROM snapshots WHERE agent = ?1 AND kind = ?2 ORDER BY id DESC LIMIT 1"
         );
         self.conn
-            .query_row(&sql, params![agent, kind.as_str()], |r| {
-                Ok(Snapshot {
-                    meta: meta_from_row(r)?,
-                    data: r.get(7)?,
-                })
-            })
-            .optional()
+            .query_opt(&sql, args![agent, kind.as_str()])
+            .and_then(|r| r.as_ref().map(snapshot_from_row).transpose())
             .map_err(|e| self.err(e))
     }
+}
+
+fn snapshot_from_row(r: &Row) -> DbResult<Snapshot> {
+    Ok(Snapshot {
+        meta: meta_from_row(r)?,
+        data: r.get(7)?,
+    })
 }

@@ -37,9 +37,16 @@ impl Supervisor {
         let agent = done.agent.clone();
         let why = reason.as_deref().map(|r| format!(": {r}")).unwrap_or_default();
         tracing::info!(agent, "task {task} cancelled by {by}{why} (it was {})", done.was);
-        // The child holding it drops it; the slot is free for the next task.
+        self.drop_cancelled(&agent, task, &format!("cancelled by {by}{why}"))
+            .await;
+        Ok((agent, done.was))
+    }
+
+    /// The ledger has `task` cancelled (here, or on another fleet member):
+    /// the child holding it drops it, and the slot is free for the next task.
+    pub(super) async fn drop_cancelled(&mut self, agent: &str, task: TaskId, error: &str) {
         let mut ended = None;
-        if let Some(a) = self.agents.get_mut(&agent)
+        if let Some(a) = self.agents.get_mut(agent)
             && let Lifecycle::Running { child, claim } | Lifecycle::Stopping { child, claim, .. } = &mut a.life
             && let Some(Claim {
                 task: t,
@@ -55,13 +62,11 @@ impl Supervisor {
         }
         if let Some((trigger, since)) = ended {
             self.metrics
-                .task_ended(&agent, trigger, TaskState::Cancelled.as_str(), since.elapsed());
+                .task_ended(agent, trigger, TaskState::Cancelled.as_str(), since.elapsed());
         }
         self.end_task_span(task, TaskState::Cancelled);
-        let error = format!("cancelled by {by}{why}");
-        self.on_task_end(&agent, task, TaskState::Cancelled, None, Some(&error));
-        self.dispatch(&agent).await;
-        Ok((agent, done.was))
+        self.on_task_end(agent, task, TaskState::Cancelled, None, Some(error));
+        self.dispatch(agent).await;
     }
 
     /// The task `agent` is running now, if any (for `/cancel` without an id).

@@ -18,6 +18,10 @@ use crate::protocol::{PROTOCOL_VERSION, ToChild};
 
 impl Supervisor {
     pub(super) async fn start_agent(&mut self, name: &str) {
+        // In a fleet, only the member holding the agent's lease runs it.
+        if !self.may_run_here(name) {
+            return;
+        }
         let workdir = self.workdir(name);
         let owned = name.to_owned();
         let conversation = match self

@@ -35,6 +35,7 @@ mod cancel;
 mod child;
 mod degraded;
 mod diff;
+mod fleet;
 mod heartbeat;
 mod ledger_thread;
 mod ledger_writes;
@@ -153,6 +154,8 @@ pub enum ReloadBy {
 
 pub struct Supervisor {
     cfg: Config,
+    /// This host as a member of a fleet (a shared PostgreSQL ledger).
+    fleet: Option<fleet::Fleet>,
     ledger: LedgerThread,
     agents: BTreeMap<String, Agent>,
     events: mpsc::UnboundedSender<Event>,
@@ -209,6 +212,31 @@ pub fn run(
     rt.block_on(run_async(cfg, record, state_dir_overridden, repl))
 }
 
+/// The config's ledger; a SQLite one always in the state dir agentd runs
+/// with (`--state-dir` may have moved it).
+fn ledger_location(cfg: &Config) -> ledger::Location {
+    match &cfg.ledger {
+        ledger::Location::Sqlite(_) => ledger::Location::Sqlite(crate::state_dir::ledger(&cfg.state_dir)),
+        shared => shared.clone(),
+    }
+}
+
+/// Leaves the shared ledger's URL (never a password) in the state dir, for
+/// readers run without a config; removes a stale one with SQLite.
+fn note_ledger_url(state_dir: &std::path::Path, location: &ledger::Location) {
+    let path = crate::state_dir::ledger_url(state_dir);
+    let r = match location {
+        ledger::Location::Postgres(_) => std::fs::write(&path, format!("{}\n", location.describe())),
+        ledger::Location::Sqlite(_) => match std::fs::remove_file(&path) {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            other => other,
+        },
+    };
+    if let Err(e) = r {
+        tracing::warn!("{}: {e}", path.display());
+    }
+}
+
 async fn run_async(
     cfg: Config,
     record: Option<PathBuf>,
@@ -230,7 +258,38 @@ async fn run_async(
     // Before any agent starts: cgroups for sandbox runs, and what a killed
     // agentd left behind.
     crate::sandbox::contain::at_supervisor_start(&cfg.state_dir);
-    let ledger = Ledger::open(&crate::state_dir::ledger(&cfg.state_dir))?;
+    let location = ledger_location(&cfg);
+    // PostgreSQL's client runs a runtime of its own, which cannot start on
+    // this (async) thread: the ledger is opened on one of its own, as it is
+    // then used on the ledger thread.
+    let ledger = std::thread::scope(|s| {
+        s.spawn(|| -> anyhow::Result<Ledger> {
+            let mut l = Ledger::open_at(&location)?;
+            if location.is_shared() {
+                l.join_fleet(&cfg.fleet.host, &cfg.fleet.labels)
+                    .context("joining the fleet")?;
+            }
+            Ok(l)
+        })
+        .join()
+        .unwrap_or_else(|_| Err(anyhow::anyhow!("opening the ledger panicked")))
+    })?;
+    note_ledger_url(&cfg.state_dir, &location);
+    // A shared ledger makes this host a fleet member; what wakes it when
+    // another member queues work for one of its agents comes on `wake_rx`.
+    let (wake_tx, mut wake_rx) = mpsc::unbounded_channel::<String>();
+    let fleet = match &location {
+        ledger::Location::Postgres(target) => {
+            ledger::wake::listen(target.clone(), move |agent| wake_tx.send(agent).is_ok())
+                .context("starting the fleet listener")?;
+            tracing::info!("fleet member {:?} on {}", cfg.fleet.host, location.describe());
+            Some(fleet::Fleet::new((*cfg.fleet).clone()))
+        }
+        ledger::Location::Sqlite(_) => {
+            drop(wake_tx);
+            None
+        }
+    };
     // Before a single row is trusted: a damaged ledger is refused, never half-run.
     match ledger.check_integrity(INTEGRITY_BUDGET)? {
         ledger::Integrity::Ok { took } => tracing::debug!("ledger integrity check passed in {took:?}"),
@@ -268,6 +327,7 @@ async fn run_async(
                 feed: feed.clone(),
                 webhooks: webhooks_rx,
                 state_dir: cfg.state_dir.clone(),
+                ledger: location.clone(),
             };
             http::start(listen, links).await?
         }
@@ -303,9 +363,14 @@ async fn run_async(
         feed,
         announced_agents: BTreeMap::new(),
         webhooks,
+        fleet,
         cfg,
     };
-    sup.recover_orphaned_tasks().await?;
+    // In a fleet, other members' running tasks are theirs: each agent's
+    // are recovered when its lease is taken (see fleet.rs).
+    if sup.fleet.is_none() {
+        sup.recover_orphaned_tasks().await?;
+    }
     sup.arm_pending_approvals().await;
     sup.watch_config();
     // Pauses outlive agentd: an agent paused before starts paused.
@@ -328,6 +393,8 @@ async fn run_async(
         sup.arm_schedules(&name).await;
         sup.start_agent(&name).await;
     }
+    // A fleet member takes its share of the agents now.
+    sup.fleet_tick().await;
     sup.maybe_ready();
     let (repl_tx, mut repl_rx) = mpsc::unbounded_channel();
     if let Some(mode) = repl_mode {
@@ -353,6 +420,13 @@ async fn run_async(
     let watchdog = systemd::watchdog_interval();
     let mut watchdog_tick = tokio::time::interval(watchdog.unwrap_or(Duration::from_secs(3600)));
     let mut interrupts = 0;
+    let mut fleet_tick = tokio::time::interval(
+        sup.fleet
+            .as_ref()
+            .map(|f| f.tick_every())
+            .unwrap_or(Duration::from_secs(3600)),
+    );
+    fleet_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
 
     let parked = sup.degraded.parked.clone();
     let code = loop {
@@ -392,6 +466,8 @@ async fn run_async(
                 sup.stop_deadline = Some(tokio::time::Instant::now() + KILL_AFTER_TERM);
             }
             _ = watchdog_tick.tick(), if watchdog.is_some() => systemd::watchdog(),
+            _ = fleet_tick.tick(), if sup.fleet.is_some() => sup.fleet_tick().await,
+            Some(agent) = wake_rx.recv() => sup.on_wake(agent).await,
         }
         sup.announce_agents();
     };
@@ -407,6 +483,7 @@ async fn run_async(
     if sup.degraded.behind() {
         sup.retry_kept().await;
     }
+    sup.leave_fleet().await;
     let _ = sup.ledger.call(|l| l.checkpoint()).await;
     sup.take_back();
     if !sup.degraded.kept.is_empty() {

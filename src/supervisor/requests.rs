@@ -266,7 +266,15 @@ impl Supervisor {
         for name in self.agents.keys() {
             out.push(self.agent_status(name).await);
         }
-        Response::ok(json!({ "agents": out, "degraded": self.degraded.cause() }))
+        let fleet = match &self.fleet {
+            Some(f) => {
+                let ttl = f.spec.lease_ttl.as_millis() as i64;
+                let members = self.ledger.call(move |l| l.members(ttl)).await.unwrap_or_default();
+                Some(json!({"host": f.spec.host, "members": members}))
+            }
+            None => None,
+        };
+        Response::ok(json!({ "agents": out, "degraded": self.degraded.cause(), "fleet": fleet }))
     }
 
     /// The metrics, with the gauges of what the supervisor holds (agent
@@ -450,8 +458,39 @@ impl Supervisor {
                 spend: None,
                 waiting: Vec::new(),
                 schedules: Vec::new(),
+                host: None,
             };
         };
+        // In a fleet, an agent another member runs is shown as that
+        // member's (its process and state live there).
+        if let Some(f) = &self.fleet
+            && !f.held.contains(name)
+        {
+            // Read now, not at the last tick: a move shows at once.
+            let ttl = f.spec.lease_ttl.as_millis() as i64;
+            let members = self.ledger.call(move |l| l.members(ttl)).await.unwrap_or_default();
+            let holder = members
+                .iter()
+                .find(|m| m.alive && m.agents.iter().any(|x| x == name))
+                .map(|m| m.host.clone());
+            return AgentStatus {
+                name: name.to_owned(),
+                state: if holder.is_some() { "running" } else { "unplaced" }.into(),
+                pid: None,
+                restarts: 0,
+                uptime_s: None,
+                last_exit: None,
+                last_error: None,
+                queued,
+                running_task: None,
+                paused: a.is_paused(),
+                pause: a.pause.clone(),
+                spend: self.spend_status(name).await,
+                waiting: self.waiting_for(name).await,
+                schedules: self.schedule_status(name),
+                host: holder,
+            };
+        }
         // A running agent with an unreachable MCP server is `degraded`,
         // its server's error in `last_error`.
         let degraded = a.degraded.as_ref().filter(|_| a.life.is_running());
@@ -470,6 +509,7 @@ impl Supervisor {
             spend: self.spend_status(name).await,
             waiting: self.waiting_for(name).await,
             schedules: self.schedule_status(name),
+            host: self.fleet.as_ref().map(|f| f.spec.host.clone()),
         }
     }
 }

@@ -6,6 +6,7 @@ mod dashboard;
 mod egress;
 mod escape;
 mod fence;
+mod fleet;
 mod governance;
 mod http;
 mod ledger;

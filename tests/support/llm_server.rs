@@ -40,6 +40,9 @@ pub enum Reply {
     /// A 200 `text/event-stream` with these events, then the connection
     /// closes cleanly: no `[DONE]`, as when a provider dies mid-answer.
     SseCut(Vec<String>),
+    /// Reads the request, then holds the answer until the test calls
+    /// [`LlmServer::open_gate`] (or the server drops).
+    Gated(Box<Reply>),
 }
 
 impl Reply {
@@ -234,6 +237,8 @@ struct State {
     received: Mutex<Vec<Received>>,
     stopped: Mutex<bool>,
     wake: Condvar,
+    /// Whether [`Reply::Gated`] answers may go (guarded like `stopped`).
+    gate_open: std::sync::atomic::AtomicBool,
 }
 
 /// The running server; stops when dropped.
@@ -281,6 +286,13 @@ impl LlmServer {
 
     pub fn request_count(&self) -> usize {
         self.state.received.lock().unwrap().len()
+    }
+
+    /// Lets every held [`Reply::Gated`] answer go, now and from now on.
+    pub fn open_gate(&self) {
+        let _guard = self.state.stopped.lock().unwrap();
+        self.state.gate_open.store(true, std::sync::atomic::Ordering::SeqCst);
+        self.state.wake.notify_all();
     }
 }
 
@@ -353,7 +365,14 @@ fn serve(conn: TcpStream, state: &State) -> std::io::Result<()> {
         return write_http(&mut out, 404, &[], r#"{"error": {"message": "not found"}}"#);
     }
     state.received.lock().unwrap().push(received);
-    let reply = state.script.lock().unwrap().pop_front();
+    let mut reply = state.script.lock().unwrap().pop_front();
+    if let Some(Reply::Gated(inner)) = reply {
+        let stopped = state.stopped.lock().unwrap();
+        let _ = state.wake.wait_timeout_while(stopped, STALL_MAX, |s| {
+            !*s && !state.gate_open.load(std::sync::atomic::Ordering::SeqCst)
+        });
+        reply = Some(*inner);
+    }
     match reply {
         None => write_http(
             &mut out,
@@ -399,6 +418,8 @@ fn serve(conn: TcpStream, state: &State) -> std::io::Result<()> {
             wait_for_stop(state);
             Ok(())
         }
+        // Unwrapped above; a gate within a gate opens with it.
+        Some(Reply::Gated(_)) => write_http(&mut out, 500, &[], r#"{"error": {"message": "nested gate"}}"#),
     }
 }
 

@@ -131,6 +131,7 @@ pub mod llm_server;
 
 pub mod mcp;
 pub mod peers;
+pub mod postgres;
 pub mod repl;
 pub mod webdriver;
 

@@ -75,7 +75,7 @@ function agentRow(a) {
   });
   row.append(
     el('th', { scope: 'row', text: a.name }), state, el('td', { class: 'num wide pid' }),
-    el('td', { class: 'num restarts' }), el('td', { class: 'num queued' }), el('td', { class: 'wide schedules' }),
+    el('td', { class: 'wide host' }), el('td', { class: 'num restarts' }), el('td', { class: 'num queued' }), el('td', { class: 'wide schedules' }),
     el('td', {}, el('div', { class: 'actions' }, pause, restart, talk)),
   );
   return row;
@@ -93,6 +93,8 @@ function paintAgent(a) {
   state.className = `state s-${a.paused ? 'paused' : a.state}`;
   if (a.last_error) state.title = a.last_error; else state.removeAttribute('title');
   row.querySelector('.pid').textContent = a.pid ?? '–';
+  // In a fleet: the member running the agent (any member's dashboard shows them all).
+  row.querySelector('.host').textContent = a.host ?? '–';
   row.querySelector('.restarts').textContent = a.restarts ?? 0;
   if (a.queued !== undefined) row.querySelector('.queued').textContent = a.queued;
   if (a.schedules) {
@@ -268,6 +270,7 @@ function paintTask(t) {
   metaRow(dl, 'State', t.state);
   metaRow(dl, 'Trigger', `${t.trigger_kind}: ${summary(t)}`);
   metaRow(dl, 'Attempts', t.attempts);
+  if (t.host) metaRow(dl, 'Host', t.host);
   metaRow(dl, 'Tokens', `${t.input_tokens} in, ${t.output_tokens} out`);
   metaRow(dl, 'Created', time(t.created_at));
   metaRow(dl, 'Finished', time(t.finished_at));
