@@ -38,3 +38,4 @@ mod state_dir;
 mod supervisor;
 pub mod telemetry;
 mod yaml;
+pub mod zygote;

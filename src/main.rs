@@ -8,6 +8,8 @@ fn main() -> std::process::ExitCode {
         Some(a) if a == agentd::sandbox::egress::relay::SUBCOMMAND => {
             std::process::exit(agentd::sandbox::egress::relay::main(args))
         }
+        // The process agents are forked from: nothing runs before it.
+        Some(a) if a == agentd::zygote::SUBCOMMAND => std::process::exit(agentd::zygote::main()),
         _ => {}
     }
     agentd::cli::main()

@@ -22,7 +22,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncWrite, AsyncWriteExt, BufReader};
 use tokio::sync::mpsc;
 
 use crate::domain::{Conversation, Lease, TaskId, Trigger};
@@ -35,11 +35,20 @@ use skills::SkillsRuntime;
 
 /// The child's `main`.
 pub fn main(name: &str) -> anyhow::Result<ExitCode> {
+    // One malloc arena: an agent is one event loop; a thread that shows up
+    // (a DNS lookup, a blocking task) shares it instead of mapping its own
+    // 64 MiB arena and dirtying its first pages.
+    // SAFETY: mallopt only sets a tunable.
+    unsafe {
+        libc::mallopt(libc::M_ARENA_MAX, 1);
+    }
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .context("starting the runtime")?;
-    rt.block_on(run(name))
+    // Boxed: the whole agent is one large future; on the stack, each move of
+    // it into the runtime would dirty more of every agent's stack pages.
+    rt.block_on(Box::pin(run(name)))
 }
 
 /// Sends messages to the supervisor in order, from any task.
@@ -58,8 +67,35 @@ impl Outbox {
     }
 }
 
+/// The pipes to the supervisor (stdin, stdout), read and written by the
+/// event loop itself. tokio's `stdin()`/`stdout()` hand every read and
+/// write to a blocking-pool thread: two threads per idle agent, each with
+/// its stack. Anything that is not a pipe (a terminal, a file) gets those.
+fn supervisor_pipes() -> (Box<dyn AsyncRead + Send + Unpin>, Box<dyn AsyncWrite + Send + Unpin>) {
+    use std::os::fd::AsFd;
+    use tokio::net::unix::pipe;
+    let input: Box<dyn AsyncRead + Send + Unpin> = match std::io::stdin()
+        .as_fd()
+        .try_clone_to_owned()
+        .and_then(pipe::Receiver::from_owned_fd)
+    {
+        Ok(p) => Box::new(p),
+        Err(_) => Box::new(tokio::io::stdin()),
+    };
+    let output: Box<dyn AsyncWrite + Send + Unpin> = match std::io::stdout()
+        .as_fd()
+        .try_clone_to_owned()
+        .and_then(pipe::Sender::from_owned_fd)
+    {
+        Ok(p) => Box::new(p),
+        Err(_) => Box::new(tokio::io::stdout()),
+    };
+    (input, output)
+}
+
 async fn run(name: &str) -> anyhow::Result<ExitCode> {
-    let mut lines = BufReader::new(tokio::io::stdin()).lines();
+    let (input, output) = supervisor_pipes();
+    let mut lines = BufReader::new(input).lines();
     let first = lines.next_line().await.context("reading the start message")?;
     let Some(first) = first else {
         return Ok(ExitCode::SUCCESS);
@@ -105,7 +141,7 @@ async fn run(name: &str) -> anyhow::Result<ExitCode> {
 
     let (tx, mut rx) = mpsc::unbounded_channel::<FromChild>();
     let writer = tokio::spawn(async move {
-        let mut out = tokio::io::stdout();
+        let mut out = output;
         while let Some(msg) = rx.recv().await {
             if out.write_all(protocol::encode(&msg).as_bytes()).await.is_err() || out.flush().await.is_err() {
                 break;
@@ -158,7 +194,7 @@ async fn run(name: &str) -> anyhow::Result<ExitCode> {
     });
 
     let hub = Arc::new(hub);
-    spawn_health(Arc::downgrade(&hub), outbox.clone());
+    let health = spawn_health(Arc::downgrade(&hub), outbox.clone());
     // The agent's own directory (the workdir's parent) holds what the
     // sandbox sees besides the workdir: generated skills, `bin/agentd`.
     let agent_dir = workdir.parent().map(Path::to_owned).unwrap_or_else(|| workdir.clone());
@@ -192,6 +228,13 @@ async fn run(name: &str) -> anyhow::Result<ExitCode> {
         }
     };
 
+    // What starting took and freed (the start message, the spec's copies,
+    // MCP handshakes) goes back to the kernel: an idle agent keeps only
+    // the pages it uses.
+    // SAFETY: malloc_trim only releases free memory.
+    unsafe {
+        libc::malloc_trim(0);
+    }
     loop {
         let line = match lines.next_line().await {
             Ok(Some(l)) => l,
@@ -303,6 +346,10 @@ async fn run(name: &str) -> anyhow::Result<ExitCode> {
     if let Some(hub) = hub {
         shutdown_hub(hub).await;
     }
+    // Its outbox would keep the writer (and so this process) up until its
+    // next look, up to a second later.
+    health.abort();
+    let _ = health.await;
     drop(outbox);
     let _ = writer.await;
     Ok(ExitCode::SUCCESS)
@@ -322,7 +369,7 @@ const HEALTH_EVERY: Duration = Duration::from_secs(1);
 /// failed to spawn or connect, or lost its connection) and when all are
 /// fine again, and how often each reconnected. Holds the hub weakly so
 /// shutdown can take it back.
-fn spawn_health(hub: std::sync::Weak<McpHub>, outbox: Outbox) {
+fn spawn_health(hub: std::sync::Weak<McpHub>, outbox: Outbox) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         let mut reported: Option<String> = None;
         // Reconnects reported per server: every connection after the first.
@@ -351,7 +398,7 @@ fn spawn_health(hub: std::sync::Weak<McpHub>, outbox: Outbox) {
                 outbox.send(FromChild::Health { degraded });
             }
         }
-    });
+    })
 }
 
 /// Shuts the MCP servers down once the bridge's aborted tasks have let go
@@ -374,6 +421,11 @@ fn agentd_bin_dir(agent_dir: &Path) -> Option<(PathBuf, PathBuf)> {
     let exe = std::env::current_exe().ok()?;
     let bin = agent_dir.join("bin");
     let link = bin.join("agentd");
+    // Left as it is when it already leads here: a new link is a new inode,
+    // and a thousand agents starting at once would each make one.
+    if std::fs::read_link(&link).is_ok_and(|to| to == exe) {
+        return Some((bin, exe));
+    }
     let made = std::fs::create_dir_all(&bin).and_then(|()| {
         match std::fs::remove_file(&link) {
             Ok(()) => {}

@@ -188,11 +188,15 @@ pub fn main() -> ExitCode {
             return ExitCode::from(e.exit_code().clamp(0, 255) as u8);
         }
     };
+    // An agent's process sets itself up as the zygote's children do.
+    if let Some(Command::Agent { name }) = &cli.command {
+        return ExitCode::from(agent_process(name).clamp(0, 255) as u8);
+    }
     // rmcp narrates every message at info and logs transport hiccups (each
     // HTTP reconnect) as ERROR; agentd reports connection loss, retries and
     // recovery itself, so rmcp is off unless RUST_LOG asks for it.
     // Traces are exported by the supervisor and the agent processes only.
-    let traced = matches!(cli.command, None | Some(Command::Agent { .. }));
+    let traced = cli.command.is_none();
     let (traces, trace_error) = match traced.then(crate::telemetry::from_env).transpose() {
         Ok(t) => (t.flatten(), None),
         Err(e) => (None, Some(e)),
@@ -237,7 +241,7 @@ pub fn main() -> ExitCode {
             .map_err(anyhow::Error::msg)
             .and_then(|r| control::answer(&cli.global, &args.ledger, args.id, Some(r), args.note.clone())),
         Some(Command::Deny(args)) => control::answer(&cli.global, &args.ledger, args.id, None, args.reason.clone()),
-        Some(Command::Agent { name }) => crate::agent::main(&name),
+        Some(Command::Agent { .. }) => Ok(ExitCode::SUCCESS), // handled above
         Some(Command::Snapshot(cmd)) => snapshot::run(&cli.global, &cmd),
         Some(Command::Dashboard(args)) => dashboard::run(&cli.global, &args),
         Some(Command::Drain(args)) => drain::run(&cli.global, &args),
@@ -260,6 +264,35 @@ pub fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// The log filter of agent processes when `RUST_LOG` is unset.
+pub(crate) const AGENT_LOG_FILTER: &str = "info,rmcp=off";
+
+/// One agent's process, as `agentd agent --name NAME` runs it: what the
+/// zygote's children run too (see [`crate::zygote`]; their logging may be
+/// set up already, by the zygote, the same way). Its exit status.
+pub fn agent_process(name: &str) -> i32 {
+    let (traces, layer, trace_error) = match crate::telemetry::from_env() {
+        Ok(Some((t, l))) => (Some(t), Some(l), None),
+        Ok(None) => (None, None, None),
+        Err(e) => (None, None, Some(e)),
+    };
+    logging::init(LogFormat::Text, AGENT_LOG_FILTER, layer);
+    if let Some(e) = trace_error {
+        tracing::warn!("traces are not exported: {e}");
+    }
+    let code = match crate::agent::main(name) {
+        Ok(code) if code == ExitCode::SUCCESS => 0,
+        Ok(_) => 1,
+        Err(e) => {
+            eprintln!("agentd: {e:#}");
+            1
+        }
+    };
+    // Spans still queued are exported before the process ends.
+    drop(traces);
+    code
 }
 
 /// Started with `&` from a shell: the terminal belongs to another process

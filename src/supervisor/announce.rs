@@ -11,7 +11,7 @@
 //!
 //! [`Feed`]: crate::feed::Feed
 
-use std::collections::HashMap;
+use std::collections::BTreeMap;
 
 use serde_json::json;
 
@@ -129,26 +129,31 @@ impl Supervisor {
 
     /// Announces every agent whose state, pid, restarts, pause or error
     /// changed since it was last announced, and every agent that is gone.
+    /// Runs after every event (with 1,000 agents: 200 heartbeats a second
+    /// while idle), so the common case, the same agents as last time, is one
+    /// walk of both maps in step that allocates nothing.
     pub(super) fn announce_agents(&mut self) {
-        let mut now = HashMap::with_capacity(self.agents.len());
+        if self.agents.len() == self.announced_agents.len() {
+            let mut in_step = true;
+            for ((name, a), (seen_name, seen)) in self.agents.iter().zip(self.announced_agents.iter_mut()) {
+                if name != seen_name {
+                    in_step = false;
+                    break;
+                }
+                if !seen.is(a) {
+                    *seen = AgentView::of(a);
+                    self.feed.publish("agent", seen.json(name));
+                }
+            }
+            if in_step {
+                return;
+            }
+        }
+        let mut now = BTreeMap::new();
         for (name, a) in &self.agents {
-            let degraded = a.degraded.as_ref().filter(|_| a.life.is_running());
-            let view = AgentView {
-                state: if degraded.is_some() { "degraded" } else { a.life.name() },
-                pid: a.life.child().map(|c| c.pid),
-                restarts: a.restart_count,
-                paused: a.is_paused(),
-                last_error: degraded.or(a.last_error.as_ref()).cloned(),
-                running_task: a.life.claim().map(|c| c.task),
-            };
+            let view = AgentView::of(a);
             if self.announced_agents.get(name) != Some(&view) {
-                self.feed.publish(
-                    "agent",
-                    json!({
-                        "agent": name, "state": view.state, "pid": view.pid, "restarts": view.restarts,
-                        "paused": view.paused, "last_error": view.last_error, "running_task": view.running_task,
-                    }),
-                );
+                self.feed.publish("agent", view.json(name));
             }
             now.insert(name.clone(), view);
         }
@@ -170,6 +175,38 @@ pub(super) struct AgentView {
     paused: bool,
     last_error: Option<String>,
     running_task: Option<TaskId>,
+}
+
+impl AgentView {
+    fn of(a: &super::slot::Agent) -> AgentView {
+        let degraded = a.degraded.as_ref().filter(|_| a.life.is_running());
+        AgentView {
+            state: if degraded.is_some() { "degraded" } else { a.life.name() },
+            pid: a.life.child().map(|c| c.pid),
+            restarts: a.restart_count,
+            paused: a.is_paused(),
+            last_error: degraded.or(a.last_error.as_ref()).cloned(),
+            running_task: a.life.claim().map(|c| c.task),
+        }
+    }
+
+    /// Whether `a` would be announced as this, without building its view.
+    fn is(&self, a: &super::slot::Agent) -> bool {
+        let degraded = a.degraded.as_ref().filter(|_| a.life.is_running());
+        self.state == (if degraded.is_some() { "degraded" } else { a.life.name() })
+            && self.pid == a.life.child().map(|c| c.pid)
+            && self.restarts == a.restart_count
+            && self.paused == a.is_paused()
+            && self.last_error.as_ref() == degraded.or(a.last_error.as_ref())
+            && self.running_task == a.life.claim().map(|c| c.task)
+    }
+
+    fn json(&self, name: &str) -> serde_json::Value {
+        json!({
+            "agent": name, "state": self.state, "pid": self.pid, "restarts": self.restarts,
+            "paused": self.paused, "last_error": self.last_error, "running_task": self.running_task,
+        })
+    }
 }
 
 /// A journal step as the feed says it; published right after the write

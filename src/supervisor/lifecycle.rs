@@ -11,7 +11,7 @@ use nix::sys::signal::Signal;
 use super::degraded::Deferred;
 use super::restart::{Decision, Exit};
 use super::slot::{AfterExit, Claim, Lifecycle, Live};
-use super::{Event, KILL_AFTER_TERM, Supervisor, TERM_AFTER_GRACE, child, heartbeat, systemd, trim};
+use super::{Event, KILL_AFTER_TERM, Supervisor, TERM_AFTER_GRACE, heartbeat, systemd, trim};
 use crate::domain::Conversation;
 use crate::ledger::{LedgerError, SnapshotKind};
 use crate::protocol::{PROTOCOL_VERSION, ToChild};
@@ -79,7 +79,10 @@ impl Supervisor {
             conversation,
             record_dir,
         };
-        match child::spawn(name, generation, &start, a.spec.heartbeat.interval, events) {
+        match self
+            .spawner
+            .spawn(name, generation, &start, a.spec.heartbeat.interval, events)
+        {
             Ok(handle) => {
                 tracing::info!(agent = name, pid = handle.pid, "agent started");
                 let now = Instant::now();

@@ -179,6 +179,8 @@ pub struct Supervisor {
     degraded: Degraded,
     /// Agents' own users, when agentd runs as root.
     users: Option<users::AgentUsers>,
+    /// Makes agent processes (through the zygote).
+    spawner: child::Spawner,
     /// Counted here, rendered for `agentd metrics` and `GET /metrics`.
     metrics: Arc<Metrics>,
     /// The trace span of each running task (disabled unless traces are exported).
@@ -188,7 +190,7 @@ pub struct Supervisor {
     /// What happens, for the HTTP API's event stream ([`announce`]).
     feed: Arc<Feed>,
     /// Each agent as last announced on the feed.
-    announced_agents: HashMap<String, announce::AgentView>,
+    announced_agents: BTreeMap<String, announce::AgentView>,
     /// The agents that take webhooks, for the HTTP server; replaced on reload.
     webhooks: tokio::sync::watch::Sender<http::Webhooks>,
 }
@@ -354,11 +356,12 @@ async fn run_async(
         reload_seq: 0,
         degraded: Degraded::default(),
         users,
+        spawner: child::Spawner::new(),
         metrics,
         task_spans: HashMap::new(),
         unpriced_warned: Default::default(),
         feed,
-        announced_agents: HashMap::new(),
+        announced_agents: BTreeMap::new(),
         webhooks,
         fleet,
         cfg,

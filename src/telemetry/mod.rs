@@ -74,11 +74,18 @@ pub enum TracesError {
     Build(String),
 }
 
+/// Whether the environment names an endpoint (so [`from_env`] would
+/// start an exporter), without starting anything.
+pub fn configured() -> bool {
+    let set = |k: &str| std::env::var(k).ok().filter(|v| !v.trim().is_empty());
+    set("OTEL_EXPORTER_OTLP_ENDPOINT").is_some() || set("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT").is_some()
+}
+
 /// The exporter and the `tracing` layer feeding it, when the environment
 /// names an endpoint; `Ok(None)` when it does not.
 pub fn from_env() -> Result<Option<(Traces, OtelLayer)>, TracesError> {
     let set = |k: &str| std::env::var(k).ok().filter(|v| !v.trim().is_empty());
-    if set("OTEL_EXPORTER_OTLP_ENDPOINT").is_none() && set("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT").is_none() {
+    if !configured() {
         return Ok(None);
     }
     let protocol = set("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL").or_else(|| set("OTEL_EXPORTER_OTLP_PROTOCOL"));

@@ -22,3 +22,4 @@ mod skills;
 mod snapshots;
 mod supervisor;
 mod systemd_unit;
+mod zygote;
