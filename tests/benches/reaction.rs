@@ -82,9 +82,11 @@ fn main() {
             .duration_since(UNIX_EPOCH)
             .map(|d| d.as_secs_f64() * 1e3)
             .unwrap_or(0.0);
+        // Counted before the write: a fast agent's request may arrive
+        // before this thread runs again, and then no later one comes.
+        let asked = llm.request_count();
         let t = Instant::now();
         std::fs::write(&note, format!("version {i}\n")).expect("write");
-        let asked = llm.request_count();
         while llm.request_count() <= asked {
             assert!(Instant::now() < deadline, "agentd stopped reacting at event {i}");
             std::thread::sleep(Duration::from_micros(50));
