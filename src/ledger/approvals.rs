@@ -230,15 +230,9 @@ impl Ledger {
                 args![id, state, now, answer.by.as_str(), answer.note.as_deref(), used, remember],
             )
             .map_err(|e| self.err(e))?;
-            let attempts: i64 = c
-                .query_one("SELECT attempts FROM tasks WHERE id = ?1", args![a.task])
-                .and_then(|r| r.get(0))
-                .map_err(|e| self.err(e))?;
-            journal(
+            journal_answer(
                 c,
                 a.task,
-                attempts,
-                "approval_answer",
                 serde_json::json!({"id": id, "approved": answer.approved, "by": answer.by, "note": answer.note, "remember": remember}),
                 now,
             )
@@ -346,15 +340,9 @@ impl Ledger {
             }
             c.execute("UPDATE approvals SET remember = 'revoked' WHERE id = ?1", args![id])
                 .map_err(|e| self.err(e))?;
-            let attempts: i64 = c
-                .query_one("SELECT attempts FROM tasks WHERE id = ?1", args![a.task])
-                .and_then(|r| r.get(0))
-                .map_err(|e| self.err(e))?;
-            journal(
+            journal_answer(
                 c,
                 a.task,
-                attempts,
-                "approval_answer",
                 serde_json::json!({"id": id, "revoked": a.remember, "by": by}),
                 now_ms(),
             )
@@ -383,4 +371,13 @@ fn fetch(c: &Conn, id: i64) -> DbResult<Option<Approval>> {
 
 fn journal(c: &Conn, task: TaskId, attempt: i64, kind: &str, payload: serde_json::Value, now: i64) -> DbResult<()> {
     super::tasks::plain_step(c, task, attempt, kind, &payload, None, now).map(drop)
+}
+
+/// An `approval_answer` step in the task's current attempt (an operator's
+/// answer or revocation comes from outside its run).
+fn journal_answer(c: &Conn, task: TaskId, payload: serde_json::Value, now: i64) -> DbResult<()> {
+    let attempts: i64 = c
+        .query_one("SELECT attempts FROM tasks WHERE id = ?1", args![task])
+        .and_then(|r| r.get(0))?;
+    journal(c, task, attempts, "approval_answer", payload, now)
 }

@@ -49,24 +49,9 @@ fn status(sock: &Path) -> Vec<AgentStatus> {
         .unwrap_or_default()
 }
 
-/// Direct children of `parent` (the zygote and the agents).
-fn children_of(parent: u32) -> Vec<u32> {
-    let mut out = Vec::new();
-    for e in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
-        let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else {
-            continue;
-        };
-        let stat = std::fs::read_to_string(e.path().join("stat")).unwrap_or_default();
-        let ppid = stat
-            .rsplit_once(") ")
-            .and_then(|(_, rest)| rest.split_whitespace().nth(1))
-            .and_then(|p| p.parse::<u32>().ok());
-        if ppid == Some(parent) {
-            out.push(pid);
-        }
-    }
-    out
-}
+#[path = "../support/procs.rs"]
+mod procs;
+use procs::children_of;
 
 /// CPU time (user + system) `pid` used so far, in clock ticks.
 fn cpu_ticks(pid: u32) -> u64 {

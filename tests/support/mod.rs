@@ -132,6 +132,8 @@ pub mod llm_server;
 pub mod mcp;
 pub mod peers;
 pub mod postgres;
+pub mod procs;
+pub use procs::children_of;
 pub mod repl;
 pub mod webdriver;
 
@@ -141,23 +143,4 @@ pub fn init_tracing() {
         .with_test_writer()
         .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
         .try_init();
-}
-
-/// Pids of `parent`'s direct children.
-pub fn children_of(parent: u32) -> Vec<u32> {
-    let mut out = Vec::new();
-    for e in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
-        let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else {
-            continue;
-        };
-        let stat = std::fs::read_to_string(e.path().join("stat")).unwrap_or_default();
-        let ppid = stat
-            .rsplit_once(") ")
-            .and_then(|(_, rest)| rest.split_whitespace().nth(1))
-            .and_then(|p| p.parse::<u32>().ok());
-        if ppid == Some(parent) {
-            out.push(pid);
-        }
-    }
-    out
 }
