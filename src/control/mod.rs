@@ -228,6 +228,30 @@ pub struct AgentStatus {
     pub host: Option<String>,
 }
 
+impl AgentStatus {
+    /// An agent with no process of this agentd's behind it (removed, or
+    /// run by another fleet member): nothing but its name, state and queue.
+    pub fn without_process(name: &str, state: &str, queued: i64) -> AgentStatus {
+        AgentStatus {
+            name: name.to_owned(),
+            state: state.to_owned(),
+            pid: None,
+            restarts: 0,
+            uptime_s: None,
+            last_exit: None,
+            last_error: None,
+            queued,
+            running_task: None,
+            paused: false,
+            pause: None,
+            spend: None,
+            waiting: Vec::new(),
+            schedules: Vec::new(),
+            host: None,
+        }
+    }
+}
+
 /// An agent's spend in its budget window and what is left, in `Status`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct SpendStatus {

@@ -294,30 +294,23 @@ impl Ledger {
 
     /// Pending approvals, oldest first (of one agent, or all).
     pub fn pending_approvals(&self, agent: Option<&str>) -> Result<Vec<Approval>> {
-        let rows = self
-            .conn
-            .query(
-                &format!(
-                    "SELECT {COLUMNS} FROM approvals WHERE state = 'pending' AND (CAST(?1 AS TEXT) IS NULL OR agent = ?1) ORDER BY id"
-                ),
-                args![agent],
-            )
-            .map_err(|e| self.err(e))?;
-        rows.iter()
-            .map(Approval::from_row)
-            .collect::<DbResult<Vec<_>>>()
-            .map_err(|e| self.err(e))
+        self.approvals_where("state = 'pending'", agent)
     }
 
     /// Standing egress grants (approved with remember `always`), of one
     /// agent or all, oldest first.
     pub fn grants(&self, agent: Option<&str>) -> Result<Vec<Approval>> {
+        self.approvals_where("remember = 'always' AND state = 'approved'", agent)
+    }
+
+    /// Approvals matching `condition` (a constant SQL condition), of one
+    /// agent or all, oldest first.
+    fn approvals_where(&self, condition: &str, agent: Option<&str>) -> Result<Vec<Approval>> {
         let rows = self
             .conn
             .query(
                 &format!(
-                    "SELECT {COLUMNS} FROM approvals WHERE remember = 'always' AND state = 'approved'
-                       AND (CAST(?1 AS TEXT) IS NULL OR agent = ?1) ORDER BY id"
+                    "SELECT {COLUMNS} FROM approvals WHERE {condition} AND (CAST(?1 AS TEXT) IS NULL OR agent = ?1) ORDER BY id"
                 ),
                 args![agent],
             )

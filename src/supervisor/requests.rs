@@ -443,23 +443,7 @@ impl Supervisor {
         let owned = name.to_owned();
         let queued = self.ledger.call(move |l| l.queued_count(&owned)).await.unwrap_or(0);
         let Some(a) = self.agents.get(name) else {
-            return AgentStatus {
-                name: name.to_owned(),
-                state: "removed".into(),
-                pid: None,
-                restarts: 0,
-                uptime_s: None,
-                last_exit: None,
-                last_error: None,
-                queued,
-                running_task: None,
-                paused: false,
-                pause: None,
-                spend: None,
-                waiting: Vec::new(),
-                schedules: Vec::new(),
-                host: None,
-            };
+            return AgentStatus::without_process(name, "removed", queued);
         };
         // In a fleet, an agent another member runs is shown as that
         // member's (its process and state live there).
@@ -473,22 +457,15 @@ impl Supervisor {
                 .iter()
                 .find(|m| m.alive && m.agents.iter().any(|x| x == name))
                 .map(|m| m.host.clone());
+            let state = if holder.is_some() { "running" } else { "unplaced" };
             return AgentStatus {
-                name: name.to_owned(),
-                state: if holder.is_some() { "running" } else { "unplaced" }.into(),
-                pid: None,
-                restarts: 0,
-                uptime_s: None,
-                last_exit: None,
-                last_error: None,
-                queued,
-                running_task: None,
                 paused: a.is_paused(),
                 pause: a.pause.clone(),
                 spend: self.spend_status(name).await,
                 waiting: self.waiting_for(name).await,
                 schedules: self.schedule_status(name),
                 host: holder,
+                ..AgentStatus::without_process(name, state, queued)
             };
         }
         // A running agent with an unreachable MCP server is `degraded`,
