@@ -74,9 +74,15 @@ pub fn main() -> i32 {
     // every agent instead of written anew in each. Not when traces are
     // exported: their exporter starts threads, which the zygote never has;
     // each agent then sets its logging up itself.
-    if !crate::telemetry::configured() {
+    let logging = if crate::telemetry::configured() {
+        crate::cli::AgentLogging::SetUp
+    } else {
         crate::logging::init(crate::logging::LogFormat::Text, crate::cli::AGENT_LOG_FILTER, None);
-    }
+        crate::cli::AgentLogging::Inherited
+    };
+    // The cgroup hierarchy is the supervisor's (the zygote sits in its
+    // cgroup): found once here instead of in every agent.
+    let _ = crate::sandbox::cgroup::Hierarchy::detected();
     loop {
         let (name, fds) = match receive(sock) {
             Ok(Some(req)) => req,
@@ -85,7 +91,7 @@ pub fn main() -> i32 {
             Err(_) => return 1,
         };
         let answer: i32 = match (std::str::from_utf8(&name), <[OwnedFd; 3]>::try_from(fds)) {
-            (Ok(name), Ok(fds)) if valid_name(name) => fork_agent(name, &fds, supervisor),
+            (Ok(name), Ok(fds)) if valid_name(name) => fork_agent(name, &fds, supervisor, logging),
             _ => -libc::EINVAL,
         };
         // The descriptors were dropped (closed) here; the child has its copies.
@@ -135,13 +141,13 @@ fn receive(sock: BorrowedFd<'_>) -> nix::Result<Option<(Vec<u8>, Vec<OwnedFd>)>>
 }
 
 /// Forks one agent; its pid, or `-errno`.
-fn fork_agent(name: &str, fds: &[OwnedFd; 3], supervisor: libc::pid_t) -> i32 {
+fn fork_agent(name: &str, fds: &[OwnedFd; 3], supervisor: libc::pid_t, logging: crate::cli::AgentLogging) -> i32 {
     // SAFETY: a fork-like clone (no new stack, no shared memory) of a
     // single-threaded process: the child owns a copy of everything and
     // continues below. CLONE_PARENT makes the supervisor its parent.
     let pid = unsafe { libc::syscall(libc::SYS_clone, libc::CLONE_PARENT | libc::SIGCHLD, 0, 0, 0, 0) };
     match pid {
-        0 => agent_child(name, fds, supervisor),
+        0 => agent_child(name, fds, supervisor, logging),
         p if p > 0 => p as i32,
         _ => -std::io::Error::last_os_error().raw_os_error().unwrap_or(libc::EAGAIN),
     }
@@ -149,7 +155,7 @@ fn fork_agent(name: &str, fds: &[OwnedFd; 3], supervisor: libc::pid_t) -> i32 {
 
 /// In the new process: becomes what an exec'd agent child is, then runs
 /// the agent. Never returns.
-fn agent_child(name: &str, fds: &[OwnedFd; 3], supervisor: libc::pid_t) -> ! {
+fn agent_child(name: &str, fds: &[OwnedFd; 3], supervisor: libc::pid_t, logging: crate::cli::AgentLogging) -> ! {
     // SAFETY: plain system calls on this process's own state; the zygote
     // is single-threaded, so nothing here can be half-held by another thread.
     unsafe {
@@ -189,7 +195,7 @@ fn agent_child(name: &str, fds: &[OwnedFd; 3], supervisor: libc::pid_t) -> ! {
     }
     // `fds` are closed already; exit below returns to no frame that would
     // drop them again.
-    let code = crate::cli::agent_process(name);
+    let code = crate::cli::agent_process(name, logging);
     std::process::exit(code)
 }
 

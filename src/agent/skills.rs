@@ -23,17 +23,22 @@ pub struct SkillsRuntime {
     servers: Vec<String>,
     generated: Generated,
     bridge: Bridge,
-    /// `bin/` with the `agentd` link, and the executable it points to.
-    bin: Option<(PathBuf, PathBuf)>,
+    /// The agent's own directory, where `bin/agentd` is linked.
+    agent_dir: PathBuf,
+    /// `bin/` with the `agentd` link, and the executable it points to:
+    /// made at the first sandbox run, not at start (most agents of a large
+    /// fleet may never run code, and a link made at start is a directory
+    /// and a link written per agent).
+    bin: std::sync::OnceLock<Option<(PathBuf, PathBuf)>>,
     /// Who sandboxed code runs as when agentd is root (the agent's own
     /// user); `None` when agentd is unprivileged.
     user: Option<(u32, u32)>,
 }
 
 impl SkillsRuntime {
-    /// Sets up under `agent_dir`: `skills/` for generated skills and
-    /// `bin/agentd`. A part that cannot be set up is logged and left out;
-    /// the agent still runs.
+    /// Sets up under `agent_dir`: `skills/` for generated skills and (at
+    /// the first run) `bin/agentd`. A part that cannot be set up is logged
+    /// and left out; the agent still runs.
     pub fn new(
         agent_dir: &Path,
         hub: Arc<McpHub>,
@@ -46,7 +51,8 @@ impl SkillsRuntime {
             servers: spec.mcp_servers.iter().map(|s| s.name.clone()).collect(),
             generated: Generated::new(agent_dir.join("skills")),
             bridge: Bridge::start(hub, spec.bridge.clone(), outbox),
-            bin: super::agentd_bin_dir(agent_dir),
+            agent_dir: agent_dir.to_owned(),
+            bin: std::sync::OnceLock::new(),
             user,
         }
     }
@@ -109,7 +115,7 @@ impl SkillsRuntime {
                 Err(err) => tracing::error!(error = %err, "tool bridge: no dialer for this run"),
             }
         }
-        if let Some((bin, exe)) = &self.bin {
+        if let Some((bin, exe)) = self.bin.get_or_init(|| super::agentd_bin_dir(&self.agent_dir)) {
             e.read_only.push(bin.clone());
             e.read_only.push(exe.clone());
             e.env

@@ -190,7 +190,7 @@ pub fn main() -> ExitCode {
     };
     // An agent's process sets itself up as the zygote's children do.
     if let Some(Command::Agent { name }) = &cli.command {
-        return ExitCode::from(agent_process(name).clamp(0, 255) as u8);
+        return ExitCode::from(agent_process(name, AgentLogging::SetUp).clamp(0, 255) as u8);
     }
     // rmcp narrates every message at info and logs transport hiccups (each
     // HTTP reconnect) as ERROR; agentd reports connection loss, retries and
@@ -272,13 +272,25 @@ pub(crate) const AGENT_LOG_FILTER: &str = "info,rmcp=off";
 /// One agent's process, as `agentd agent --name NAME` runs it: what the
 /// zygote's children run too (see [`crate::zygote`]; their logging may be
 /// set up already, by the zygote, the same way). Its exit status.
-pub fn agent_process(name: &str) -> i32 {
+/// Whether an agent process still has to set its logging up.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AgentLogging {
+    SetUp,
+    /// Forked from a zygote that set it up already (and shares its pages).
+    Inherited,
+}
+
+pub fn agent_process(name: &str, logging: AgentLogging) -> i32 {
     let (traces, layer, trace_error) = match crate::telemetry::from_env() {
         Ok(Some((t, l))) => (Some(t), Some(l), None),
         Ok(None) => (None, None, None),
         Err(e) => (None, None, Some(e)),
     };
-    logging::init(LogFormat::Text, AGENT_LOG_FILTER, layer);
+    // A second set-up would be refused anyway, but only after building a
+    // whole subscriber (filter, span registry) in every forked agent.
+    if logging == AgentLogging::SetUp || traces.is_some() {
+        logging::init(LogFormat::Text, AGENT_LOG_FILTER, layer);
+    }
     if let Some(e) = trace_error {
         tracing::warn!("traces are not exported: {e}");
     }

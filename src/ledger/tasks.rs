@@ -320,6 +320,22 @@ impl Ledger {
         })
     }
 
+    /// Queued tasks per agent, for every agent that has any: one query for
+    /// a status or a metrics scrape of all agents.
+    pub fn queued_counts(&self) -> Result<std::collections::HashMap<String, i64>> {
+        let rows = self
+            .conn
+            .query(
+                "SELECT agent, count(*) FROM tasks WHERE state = 'queued' GROUP BY agent",
+                &[],
+            )
+            .map_err(|e| self.err(e))?;
+        rows.iter()
+            .map(|r| Ok((r.get(0)?, r.get(1)?)))
+            .collect::<std::result::Result<_, _>>()
+            .map_err(|e| self.err(e))
+    }
+
     pub fn queued_count(&self, agent: &str) -> Result<i64> {
         self.conn
             .query_one(

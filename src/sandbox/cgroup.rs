@@ -74,6 +74,14 @@ pub enum Hierarchy {
 }
 
 impl Hierarchy {
+    /// [`detect`](Self::detect), once per process: for agent processes,
+    /// whose cgroup is the supervisor's and does not change. The zygote
+    /// calls it before forking, so its agents find it done.
+    pub fn detected() -> Hierarchy {
+        static DETECTED: std::sync::OnceLock<Hierarchy> = std::sync::OnceLock::new();
+        DETECTED.get_or_init(Hierarchy::detect).clone()
+    }
+
     /// Finds agentd's place in the cgroup tree without changing anything.
     pub fn detect() -> Hierarchy {
         let own = match fs::read_to_string("/proc/self/cgroup") {

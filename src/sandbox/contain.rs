@@ -4,16 +4,15 @@
 //! This module owns the naming of what runs leave on the host (cgroups
 //! `agentd/<tag>/<agent>/run-…`, private tmp dirs
 //! `agentd-sandbox-<tag>.<agent>.…`, where `<tag>` is a hash of the state
-//! dir's canonical path), the clean-up of leftovers (at supervisor start,
-//! when an agent's process exited, and when an agent's process starts),
-//! and [`Containment`], what one agent hands each of its runs (its cgroup
+//! dir's canonical path), the clean-up of leftovers (at supervisor start
+//! and whenever an agent's process exited, so none is left when the next
+//! one starts), and [`Containment`], what one agent hands each of its runs (its cgroup
 //! scope, tmp naming, workdir quota).
 //!
 //! It must never clean what another state dir's agentd owns (every name
 //! carries the tag), and never clean a running agent's runs: a state dir's
 //! leftovers only by the supervisor that holds its lock before it starts
-//! agents, an agent's only when that agent's process is gone or is the one
-//! starting.
+//! agents, an agent's only when that agent's process is gone.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -35,16 +34,15 @@ pub struct Containment {
 }
 
 impl Containment {
-    /// An agent's containment, as its process starts: finds the cgroup
-    /// hierarchy, then kills and removes what the agent's earlier processes
-    /// left behind (runs' cgroups and private tmp dirs).
+    /// An agent's containment, as its process starts. What the agent's
+    /// earlier processes left behind (runs' cgroups, processes, private tmp
+    /// dirs) is gone already: the supervisor cleans it before any process
+    /// of the agent starts, at its own start ([`at_supervisor_start`], the
+    /// whole state dir) and after every exit of one ([`after_agent_exit`]).
+    /// Not again here: a thousand agents starting would each scan the temp
+    /// dir and the cgroup tree for nothing.
     pub fn for_agent(state_dir: &Path, agent: &str, quota: Option<Quota>) -> Containment {
-        let c = Containment::with_hierarchy(Hierarchy::detect(), state_dir, agent, quota);
-        let killed = c.clean_leftovers();
-        if killed > 0 {
-            tracing::warn!("killed {killed} processes left behind by this agent's earlier sandbox runs");
-        }
-        c
+        Containment::with_hierarchy(Hierarchy::detected(), state_dir, agent, quota)
     }
 
     /// The same with the hierarchy given (tests use it to run under a

@@ -4,6 +4,7 @@
 //! by policy with backoff, stay down, or fail past the start limit). Every
 //! transition is a move between [`Lifecycle`] variants.
 
+use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use nix::sys::signal::Signal;
@@ -16,41 +17,73 @@ use crate::domain::Conversation;
 use crate::ledger::{LedgerError, SnapshotKind};
 use crate::protocol::{PROTOCOL_VERSION, ToChild};
 
+/// Agents whose saved conversations one ledger query reads.
+const START_BATCH: usize = 100;
+
 impl Supervisor {
     pub(super) async fn start_agent(&mut self, name: &str) {
-        // In a fleet, only the member holding the agent's lease runs it.
-        if !self.may_run_here(name) {
-            return;
+        self.start_agents(&[name]).await;
+    }
+
+    /// Starts `names`, reading their saved conversations a batch at a time
+    /// (one ledger query per batch, not one per agent).
+    pub(super) async fn start_agents(&mut self, names: &[&str]) {
+        for batch in names.chunks(START_BATCH) {
+            // In a fleet, only the member holding the agent's lease runs it.
+            let wanted: Vec<String> = batch
+                .iter()
+                .filter(|n| self.may_run_here(n))
+                .map(|n| (*n).to_owned())
+                .collect();
+            let mut saved = self.saved_conversations(&wanted).await;
+            for name in &wanted {
+                let conversation = saved.remove(name.as_str()).flatten();
+                self.launch(name, conversation);
+            }
         }
-        let workdir = self.workdir(name);
-        let owned = name.to_owned();
-        let conversation = match self
+    }
+
+    /// The saved conversations of `agents` (absent: none saved, or
+    /// unreadable; said, not hidden, and the agent starts without its
+    /// memory while the snapshot stays in the ledger to be looked at).
+    async fn saved_conversations(&self, agents: &[String]) -> HashMap<String, Option<Conversation>> {
+        let names = agents.to_vec();
+        let snapshots = match self
             .ledger
-            .call(move |l| l.latest_snapshot(&owned, SnapshotKind::Conversation))
+            .call(move |l| {
+                let names: Vec<&str> = names.iter().map(String::as_str).collect();
+                l.latest_snapshots(&names, SnapshotKind::Conversation)
+            })
             .await
         {
-            Ok(Some(s)) => match serde_json::from_slice::<Conversation>(&s.data) {
-                Ok(c) => Some(c),
-                // Said, not hidden: the agent starts without its memory,
-                // and the snapshot stays in the ledger to be looked at.
-                Err(e) => {
-                    tracing::warn!(
-                        agent = name,
-                        "snapshot {} (its conversation) does not decode ({e}); starting with an empty memory",
-                        s.meta.id
-                    );
-                    None
-                }
-            },
-            Ok(None) => None,
+            Ok(s) => s,
             Err(e) => {
-                tracing::warn!(
-                    agent = name,
-                    "cannot read the saved conversation ({e}); starting with an empty memory"
-                );
-                None
+                tracing::warn!("cannot read the saved conversations ({e}); agents start with an empty memory");
+                return HashMap::new();
             }
         };
+        snapshots
+            .into_iter()
+            .map(|s| {
+                let conversation = match serde_json::from_slice::<Conversation>(&s.data) {
+                    Ok(c) => Some(c),
+                    Err(e) => {
+                        tracing::warn!(
+                            agent = s.meta.agent,
+                            "snapshot {} (its conversation) does not decode ({e}); starting with an empty memory",
+                            s.meta.id
+                        );
+                        None
+                    }
+                };
+                (s.meta.agent, conversation)
+            })
+            .collect()
+    }
+
+    /// Starts the process of agent `name` with `conversation` as its memory.
+    fn launch(&mut self, name: &str, conversation: Option<Conversation>) {
+        let workdir = self.workdir(name);
         self.generation += 1;
         let generation = self.generation;
         let events = self.events.clone();

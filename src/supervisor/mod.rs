@@ -391,8 +391,10 @@ async fn run_async(
         // Catch-up tasks are queued before the child is up, so it takes
         // them first.
         sup.arm_schedules(&name).await;
-        sup.start_agent(&name).await;
     }
+    let names: Vec<String> = sup.agents.keys().cloned().collect();
+    sup.start_agents(&names.iter().map(String::as_str).collect::<Vec<_>>())
+        .await;
     // A fleet member takes its share of the agents now.
     sup.fleet_tick().await;
     sup.maybe_ready();

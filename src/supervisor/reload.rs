@@ -90,8 +90,9 @@ impl Supervisor {
             });
             self.agents.insert(name.clone(), slot);
             self.arm_schedules(&name).await;
-            self.start_agent(&name).await;
         }
+        let added: Vec<&str> = diff.add.iter().map(|s| s.name.as_str()).collect();
+        self.start_agents(&added).await;
         for spec in &diff.change {
             let name = spec.name.to_string();
             let Some(a) = self.agents.get_mut(&name) else { continue };

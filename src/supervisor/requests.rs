@@ -262,10 +262,7 @@ impl Supervisor {
     }
 
     async fn status(&self) -> Response {
-        let mut out = Vec::new();
-        for name in self.agents.keys() {
-            out.push(self.agent_status(name).await);
-        }
+        let out = self.all_agents_status().await;
         let fleet = match &self.fleet {
             Some(f) => {
                 let ttl = f.spec.lease_ttl.as_millis() as i64;
@@ -280,12 +277,12 @@ impl Supervisor {
     /// The metrics, with the gauges of what the supervisor holds (agent
     /// states, queue depths) brought up to date first.
     pub(super) async fn metrics_text(&self) -> Response {
-        let mut agents = Vec::new();
-        for (name, a) in &self.agents {
-            let owned = name.clone();
-            let queued = self.ledger.call(move |l| l.queued_count(&owned)).await.unwrap_or(0);
-            agents.push((name.as_str(), a.life.name(), queued));
-        }
+        let queued = self.queued_counts().await;
+        let agents: Vec<_> = self
+            .agents
+            .iter()
+            .map(|(name, a)| (name.as_str(), a.life.name(), queued.get(name).copied().unwrap_or(0)))
+            .collect();
         self.metrics.refresh(&Lifecycle::NAMES, &agents);
         let mut pending = std::collections::BTreeMap::new();
         for a in self
@@ -442,6 +439,28 @@ impl Supervisor {
     pub(super) async fn agent_status(&self, name: &str) -> AgentStatus {
         let owned = name.to_owned();
         let queued = self.ledger.call(move |l| l.queued_count(&owned)).await.unwrap_or(0);
+        self.agent_status_with(name, queued).await
+    }
+
+    /// Every agent's status, with one ledger query for all their queues
+    /// (not one per agent: a status of 1,000 agents is one round trip).
+    pub(super) async fn all_agents_status(&self) -> Vec<AgentStatus> {
+        let queued = self.queued_counts().await;
+        let mut out = Vec::with_capacity(self.agents.len());
+        for name in self.agents.keys() {
+            out.push(
+                self.agent_status_with(name, queued.get(name).copied().unwrap_or(0))
+                    .await,
+            );
+        }
+        out
+    }
+
+    async fn queued_counts(&self) -> std::collections::HashMap<String, i64> {
+        self.ledger.call(|l| l.queued_counts()).await.unwrap_or_default()
+    }
+
+    async fn agent_status_with(&self, name: &str, queued: i64) -> AgentStatus {
         let Some(a) = self.agents.get(name) else {
             return AgentStatus::without_process(name, "removed", queued);
         };

@@ -137,11 +137,7 @@ impl Supervisor {
                 }
             }
             Command::Status => {
-                let mut all = Vec::new();
-                let names: Vec<String> = self.agents.keys().cloned().collect();
-                for name in names {
-                    all.push(self.agent_status(&name).await);
-                }
+                let all = self.all_agents_status().await;
                 for l in control::status_lines(&all) {
                     self.say(l);
                 }
