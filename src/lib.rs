@@ -26,6 +26,7 @@ mod log_limit;
 mod logging;
 pub mod mcp;
 pub mod metrics;
+mod nofile;
 pub mod notify;
 pub mod placement;
 pub mod protocol;

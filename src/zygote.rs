@@ -240,10 +240,13 @@ impl Zygote {
             .process_group(0);
         let theirs_fd = theirs.as_raw_fd();
         let parent = std::process::id() as libc::pid_t;
+        let nofile = crate::nofile::started_with();
         // SAFETY: only async-signal-safe calls (dup2, fcntl, prctl, getppid,
-        // _exit) run between fork and exec; nothing allocates.
+        // setrlimit, _exit) run between fork and exec; nothing allocates.
         unsafe {
             cmd.pre_exec(move || {
+                // Agents (and what they start) get agentd's original limit.
+                crate::nofile::restore(nofile)?;
                 if theirs_fd == SOCKET_FD {
                     if libc::fcntl(SOCKET_FD, libc::F_SETFD, 0) != 0 {
                         return Err(std::io::Error::last_os_error());

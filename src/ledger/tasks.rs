@@ -199,6 +199,18 @@ impl Ledger {
                AND NOT EXISTS (SELECT 1 FROM tasks WHERE agent = ?1 AND state IN ('running', 'waiting'))
              RETURNING {TASK_COLUMNS}"
         );
+        // Most agents have nothing queued (a thousand agents starting each
+        // ask once): a read says so without taking the write lock.
+        let queued = self
+            .conn
+            .query_opt(
+                "SELECT 1 FROM tasks WHERE agent = ?1 AND state = 'queued' LIMIT 1",
+                args![agent],
+            )
+            .map_err(|e| self.err(e))?;
+        if queued.is_none() {
+            return Ok(None);
+        }
         self.tx(|c| {
             self.check_fence(c, agent)?;
             let host = self.fence().map(|f| f.host.as_str());

@@ -211,10 +211,12 @@ fn exec(agent: &str) -> std::io::Result<Process> {
         .process_group(0)
         .kill_on_drop(false);
     let parent = std::process::id() as libc::pid_t;
-    // SAFETY: only async-signal-safe calls (prctl, getppid, _exit) run
-    // between fork and exec; nothing allocates.
+    let nofile = crate::nofile::started_with();
+    // SAFETY: only async-signal-safe calls (prctl, getppid, setrlimit,
+    // _exit) run between fork and exec; nothing allocates.
     unsafe {
         cmd.pre_exec(move || {
+            crate::nofile::restore(nofile)?;
             if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM as libc::c_ulong, 0, 0, 0) != 0 {
                 return Err(std::io::Error::last_os_error());
             }

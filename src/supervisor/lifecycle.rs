@@ -16,31 +16,73 @@ use super::{Event, KILL_AFTER_TERM, Supervisor, TERM_AFTER_GRACE, heartbeat, sys
 use crate::domain::Conversation;
 use crate::ledger::{LedgerError, SnapshotKind};
 use crate::protocol::{PROTOCOL_VERSION, ToChild};
+use crate::state_dir::AgentDirs;
 
-/// Agents whose saved conversations one ledger query reads.
+/// Agents started as one batch (see [`Supervisor::start_agents`]).
 const START_BATCH: usize = 100;
+
+/// An agent's user (when agentd is root) and its prepared directories.
+type Prepared = (Option<(u32, u32)>, AgentDirs);
 
 impl Supervisor {
     pub(super) async fn start_agent(&mut self, name: &str) {
         self.start_agents(&[name]).await;
     }
 
-    /// Starts `names`, reading their saved conversations a batch at a time
-    /// (one ledger query per batch, not one per agent).
+    /// Starts `names` a batch at a time: one ledger query reads a batch's
+    /// saved conversations, and the next batch's directories are made on a
+    /// blocking thread while this batch's processes start (on a fresh state
+    /// dir, making them is most of an agent's start).
     pub(super) async fn start_agents(&mut self, names: &[&str]) {
-        for batch in names.chunks(START_BATCH) {
-            // In a fleet, only the member holding the agent's lease runs it.
-            let wanted: Vec<String> = batch
-                .iter()
-                .filter(|n| self.may_run_here(n))
-                .map(|n| (*n).to_owned())
-                .collect();
-            let mut saved = self.saved_conversations(&wanted).await;
-            for name in &wanted {
-                let conversation = saved.remove(name.as_str()).flatten();
-                self.launch(name, conversation);
+        // In a fleet, only the member holding the agent's lease runs it.
+        let wanted: Vec<String> = names
+            .iter()
+            .filter(|n| self.may_run_here(n))
+            .map(|n| (*n).to_owned())
+            .collect();
+        let batches: Vec<&[String]> = wanted.chunks(START_BATCH).collect();
+        let mut next = batches.first().map(|b| self.prepare_dirs(b));
+        for (i, batch) in batches.iter().enumerate() {
+            let prepared = match next.take() {
+                Some(job) => job.await.unwrap_or_default(),
+                None => Vec::new(),
+            };
+            next = batches.get(i + 1).map(|b| self.prepare_dirs(b));
+            let mut saved = self.saved_conversations(batch).await;
+            for (name, dirs) in batch.iter().zip(prepared) {
+                match dirs {
+                    Ok((user, dirs)) => {
+                        let conversation = saved.remove(name.as_str()).flatten();
+                        self.launch(name, user, dirs, conversation);
+                    }
+                    Err(why) => self.fail_to_start(name, why),
+                }
             }
         }
+    }
+
+    /// Assigns each agent of `batch` its user, then makes their directories
+    /// on a blocking thread; one result per agent, in order.
+    fn prepare_dirs(&mut self, batch: &[String]) -> tokio::task::JoinHandle<Vec<Result<Prepared, String>>> {
+        let users: Vec<(String, Result<Option<(u32, u32)>, String>)> = batch
+            .iter()
+            .map(|name| (name.clone(), self.users.as_mut().map(|u| u.assign(name)).transpose()))
+            .collect();
+        let state_dir = self.cfg.state_dir.clone();
+        tokio::task::spawn_blocking(move || {
+            users
+                .into_iter()
+                .map(|(name, user)| {
+                    let user = user?;
+                    crate::state_dir::prepare_agent(&state_dir, &name, user)
+                        .map(|dirs| (user, dirs))
+                        .map_err(|e| {
+                            let work = crate::state_dir::workdir(&state_dir, &name);
+                            format!("cannot prepare workdir {}: {e}", work.display())
+                        })
+                })
+                .collect()
+        })
     }
 
     /// The saved conversations of `agents` (absent: none saved, or
@@ -82,26 +124,11 @@ impl Supervisor {
     }
 
     /// Starts the process of agent `name` with `conversation` as its memory.
-    fn launch(&mut self, name: &str, conversation: Option<Conversation>) {
-        let workdir = self.workdir(name);
+    fn launch(&mut self, name: &str, user: Option<(u32, u32)>, dirs: AgentDirs, conversation: Option<Conversation>) {
         self.generation += 1;
         let generation = self.generation;
         let events = self.events.clone();
         let record_dir = self.record.clone();
-        let user = match self.users.as_mut().map(|u| u.assign(name)).transpose() {
-            Ok(user) => user,
-            Err(e) => {
-                self.fail_to_start(name, e);
-                return;
-            }
-        };
-        let dirs = match crate::state_dir::prepare_agent(&self.cfg.state_dir, name, user) {
-            Ok(d) => d,
-            Err(e) => {
-                self.fail_to_start(name, format!("cannot prepare workdir {}: {e}", workdir.display()));
-                return;
-            }
-        };
         let Some(a) = self.agents.get_mut(name) else { return };
         let start = ToChild::Start {
             version: PROTOCOL_VERSION,

@@ -255,6 +255,8 @@ async fn run_async(
     let users = root.then(|| users::AgentUsers::load(&cfg.state_dir, cfg.agent_uids.clone()));
     // One supervisor per state dir: two would both run the same tasks.
     let _lock = crate::state_dir::lock(&cfg.state_dir)?;
+    // Three descriptors per agent: a thousand do not fit in 1,024.
+    crate::nofile::raise(cfg.agents.len());
     // Before any agent starts: cgroups for sandbox runs, and what a killed
     // agentd left behind.
     crate::sandbox::contain::at_supervisor_start(&cfg.state_dir);

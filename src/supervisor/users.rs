@@ -12,7 +12,7 @@
 //! With agentd unprivileged there is nothing to assign: code runs as
 //! agentd's uid, kept away from agentd's files by the sandbox itself.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::ops::RangeInclusive;
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;
@@ -22,6 +22,10 @@ use std::path::Path;
 pub struct AgentUsers {
     range: RangeInclusive<u32>,
     by_agent: BTreeMap<String, u32>,
+    /// The uids in `by_agent`.
+    taken: HashSet<u32>,
+    /// Where the search for a free uid starts (see [`AgentUsers::assign`]).
+    next: u32,
 }
 
 impl AgentUsers {
@@ -39,7 +43,12 @@ impl AgentUsers {
                 }
             }
         }
-        AgentUsers { range, by_agent }
+        AgentUsers {
+            taken: by_agent.values().copied().collect(),
+            next: *range.start(),
+            range,
+            by_agent,
+        }
     }
 
     /// The agent's `(uid, gid)`, assigning the lowest free one if it has
@@ -48,11 +57,12 @@ impl AgentUsers {
         if let Some(uid) = self.by_agent.get(agent) {
             return Ok((*uid, *uid));
         }
-        let taken: std::collections::BTreeSet<u32> = self.by_agent.values().copied().collect();
-        let free = self
-            .range
-            .clone()
-            .find(|uid| !taken.contains(uid) && !account_exists(*uid))
+        // Uids below the last one handed out were taken or accounts when
+        // it was: a thousand agents starting do not each rescan from the
+        // start of the range (nor look up every account again).
+        let free = (self.next.max(*self.range.start())..=*self.range.end())
+            .chain(self.range.clone())
+            .find(|uid| !self.taken.contains(uid) && !account_exists(*uid))
             .ok_or_else(|| {
                 format!(
                     "no free uid left in agent_uids {}-{} for agent {agent}",
@@ -61,6 +71,8 @@ impl AgentUsers {
                 )
             })?;
         self.by_agent.insert(agent.to_owned(), free);
+        self.taken.insert(free);
+        self.next = free.saturating_add(1);
         Ok((free, free))
     }
 }
