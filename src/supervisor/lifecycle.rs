@@ -61,19 +61,23 @@ impl Supervisor {
         }
     }
 
-    /// Assigns each agent of `batch` its user, then makes their directories
+    /// Assigns each agent of `batch` its user and makes its directories,
     /// on a blocking thread; one result per agent, in order.
-    fn prepare_dirs(&mut self, batch: &[String]) -> tokio::task::JoinHandle<Vec<Result<Prepared, String>>> {
-        let users: Vec<(String, Result<Option<(u32, u32)>, String>)> = batch
-            .iter()
-            .map(|name| (name.clone(), self.users.as_mut().map(|u| u.assign(name)).transpose()))
-            .collect();
+    fn prepare_dirs(&self, batch: &[String]) -> tokio::task::JoinHandle<Vec<Result<Prepared, String>>> {
+        let names = batch.to_vec();
+        let users = self.users.clone();
         let state_dir = self.cfg.state_dir.clone();
         tokio::task::spawn_blocking(move || {
-            users
+            names
                 .into_iter()
-                .map(|(name, user)| {
-                    let user = user?;
+                .map(|name| {
+                    let user = match &users {
+                        Some(users) => match users.lock() {
+                            Ok(mut u) => Some(u.assign(&name)?),
+                            Err(_) => return Err("the agents' user table is unusable".to_owned()),
+                        },
+                        None => None,
+                    };
                     crate::state_dir::prepare_agent(&state_dir, &name, user)
                         .map(|dirs| (user, dirs))
                         .map_err(|e| {

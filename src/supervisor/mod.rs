@@ -177,8 +177,11 @@ pub struct Supervisor {
     reload_seq: u64,
     /// The ledger cannot be written: why, and the writes kept meanwhile.
     degraded: Degraded,
-    /// Agents' own users, when agentd runs as root.
-    users: Option<users::AgentUsers>,
+    /// Agents' own users, when agentd runs as root. Assigned on the
+    /// blocking thread that makes agents' directories (a new assignment
+    /// looks the uid up in the password database, which may be a round
+    /// trip to systemd-userdbd), one start at a time.
+    users: Option<Arc<std::sync::Mutex<users::AgentUsers>>>,
     /// Makes agent processes (through the zygote).
     spawner: child::Spawner,
     /// Counted here, rendered for `agentd metrics` and `GET /metrics`.
@@ -252,7 +255,12 @@ async fn run_async(
     // SAFETY: geteuid cannot fail.
     let root = unsafe { libc::geteuid() } == 0;
     crate::state_dir::prepare(&cfg.state_dir, root)?;
-    let users = root.then(|| users::AgentUsers::load(&cfg.state_dir, cfg.agent_uids.clone()));
+    let users = root.then(|| {
+        Arc::new(std::sync::Mutex::new(users::AgentUsers::load(
+            &cfg.state_dir,
+            cfg.agent_uids.clone(),
+        )))
+    });
     // One supervisor per state dir: two would both run the same tasks.
     let _lock = crate::state_dir::lock(&cfg.state_dir)?;
     // Three descriptors per agent: a thousand do not fit in 1,024.

@@ -74,6 +74,7 @@ on_both_backends!(
     pauses_cancels_and_spend_are_kept,
     approvals_are_asked_answered_and_reused,
     snapshots_and_deliveries_are_kept,
+    many_agents_read_in_one_query_match_one_at_a_time,
     egress_grants_answer_later_asks_until_revoked_and_only_egress_asks_are_remembered,
 );
 
@@ -577,6 +578,59 @@ fn snapshots_and_deliveries_are_kept(l: &mut Ledger, _: &Target) {
     let again = l.enqueue_delivery("a", "delivery-1", &msg("hook")).expect("deliver");
     assert!(matches!(first, Enqueued::New(_)));
     assert_eq!(again, Enqueued::Coalesced(first.id()));
+}
+
+/// The batched reads a large start and a status use (the newest
+/// conversation of each agent, every agent's queue depth) answer what one
+/// query per agent answers.
+fn many_agents_read_in_one_query_match_one_at_a_time(l: &mut Ledger, _: &Target) {
+    use agentd::ledger::SnapshotKind;
+    for (agent, data) in [("a", "[1]"), ("b", "[2]"), ("a", "[3]"), ("c", "[4]")] {
+        l.put_snapshot(agent, SnapshotKind::Conversation, None, None, data.as_bytes())
+            .expect("put");
+    }
+    // A newer snapshot of another kind is not a conversation.
+    l.put_snapshot("b", SnapshotKind::Workspace, Some("w"), None, b"tar")
+        .expect("put");
+    let mut got: Vec<(String, Vec<u8>)> = l
+        .latest_snapshots(&["a", "b", "d"], SnapshotKind::Conversation)
+        .expect("batch")
+        .into_iter()
+        .map(|s| (s.meta.agent, s.data))
+        .collect();
+    got.sort();
+    assert_eq!(
+        got,
+        vec![("a".to_owned(), b"[3]".to_vec()), ("b".to_owned(), b"[2]".to_vec())]
+    );
+    for agent in ["a", "b", "c", "d"] {
+        let one = l.latest_snapshot(agent, SnapshotKind::Conversation).expect("one");
+        let batch = l.latest_snapshots(&[agent], SnapshotKind::Conversation).expect("batch");
+        assert_eq!(one.map(|s| s.data), batch.into_iter().next().map(|s| s.data), "{agent}");
+    }
+    assert!(
+        l.latest_snapshots(&[], SnapshotKind::Conversation)
+            .expect("none")
+            .is_empty()
+    );
+
+    for (agent, text) in [("a", "1"), ("a", "2"), ("b", "3")] {
+        l.enqueue(agent, &msg(text), None).expect("enqueue");
+    }
+    // A claimed task is running, not queued.
+    l.claim_next("a", &lease(1)).expect("claim").expect("a task");
+    let counts = l.queued_counts().expect("counts");
+    for agent in ["a", "b", "c"] {
+        assert_eq!(
+            counts.get(agent).copied().unwrap_or(0),
+            l.queued_count(agent).expect("count"),
+            "{agent}"
+        );
+    }
+    assert_eq!(
+        (counts.get("a"), counts.get("b"), counts.get("c")),
+        (Some(&1), Some(&1), None)
+    );
 }
 
 #[test]

@@ -264,6 +264,54 @@ fn a_second_agentd_on_the_same_state_dir_is_refused() {
 }
 
 /// A fake systemd: receives sd_notify datagrams on NOTIFY_SOCKET.
+/// systemd reads its notify socket; a receiver that stops reading must not
+/// stop agentd. The socket's queue is filled first, so every notification
+/// agentd sends finds it full.
+#[test]
+fn a_notify_socket_that_is_never_read_does_not_freeze_the_supervisor() {
+    let dir = tempdir();
+    let cfg = config(dir.path(), &["q1", "q2"]);
+    let sock_path = dir.path().join("notify.sock");
+    let _sock = UnixDatagram::bind(&sock_path).expect("bind notify socket");
+    let filler = UnixDatagram::unbound().expect("socket");
+    filler.set_nonblocking(true).expect("nonblocking");
+    let mut queued = 0;
+    while filler.send_to(b"STATUS=filler", &sock_path).is_ok() {
+        queued += 1;
+        assert!(queued < 1_000_000, "the queue never filled");
+    }
+    // The control: a sender that waits (as agentd's did) does not get through.
+    filler.set_nonblocking(false).expect("blocking");
+    filler
+        .set_write_timeout(Some(Duration::from_millis(300)))
+        .expect("timeout");
+    let blocked = filler.send_to(b"READY=1", &sock_path).expect_err("a full queue");
+    assert_eq!(blocked.kind(), std::io::ErrorKind::WouldBlock, "{blocked}");
+
+    // READY=1 is sent before the event loop serves requests: starting at all
+    // (the control socket answering) shows agentd did not wait.
+    let mut d = Daemon::start(
+        &cfg,
+        &dir.path().join("state"),
+        &[("NOTIFY_SOCKET", sock_path.to_str().unwrap_or_default())],
+    );
+    d.wait_status("both agents running", |s| {
+        s.iter().all(|a| a.state == "running") && s.len() == 2
+    });
+    // State changes send STATUS= lines: still answered.
+    let before = d.running_pid("q1");
+    let r = d.request(&Request::Restart { agent: "q1".into() });
+    assert!(r.ok, "{r:?}");
+    d.wait_status("q1 restarted and running", |s| {
+        s.iter()
+            .any(|a| a.name == "q1" && a.state == "running" && a.pid.is_some_and(|p| p != before))
+    });
+    let log = d.log_text();
+    assert_eq!(log.matches("sd_notify failed").count(), 1, "said once:\n{log}");
+    d.signal(Signal::SIGTERM);
+    assert_eq!(d.wait_exit(Duration::from_secs(15)).code(), Some(0));
+}
+
 #[test]
 fn notify_socket_sees_ready_reloading_stopping_and_watchdog() {
     let dir = tempdir();

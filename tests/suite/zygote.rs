@@ -167,3 +167,46 @@ fn killing_agentd_takes_the_zygote_and_forked_agents_down() {
         );
     }
 }
+
+/// `(soft, hard)` open descriptor limits of `pid`.
+fn nofile_of(pid: u32) -> (u64, u64) {
+    let limits = read(format!("/proc/{pid}/limits"));
+    let line = limits
+        .lines()
+        .find(|l| l.starts_with("Max open files"))
+        .unwrap_or_default()
+        .to_owned();
+    let nums: Vec<u64> = line.split_whitespace().filter_map(|w| w.parse().ok()).collect();
+    (nums.first().copied().unwrap_or(0), nums.get(1).copied().unwrap_or(0))
+}
+
+/// Each agent holds three descriptors in the supervisor: 400 agents do not
+/// fit in the 1,024 most systems start a process with (before agentd raised
+/// its soft limit, starts past the 330th failed with EMFILE). What agentd
+/// starts gets the limit agentd was started with back.
+#[test]
+fn four_hundred_agents_start_under_a_soft_limit_of_1024_descriptors_and_agents_keep_that_limit() {
+    const AGENTS: usize = 400;
+    let dir = tempdir();
+    let names: Vec<String> = (0..AGENTS).map(|i| format!("a{i}")).collect();
+    let refs: Vec<&str> = names.iter().map(String::as_str).collect();
+    let cfg = config(dir.path(), &refs);
+    let d = Daemon::start_with_nofile(&cfg, &dir.path().join("state"), (1024, 4096));
+    let all = d.wait_status(&format!("all {AGENTS} agents running"), |s| {
+        s.len() == AGENTS && s.iter().all(|a| a.state == "running")
+    });
+    assert!(!d.log_text().contains("Too many open files"), "{}", d.log_text());
+    assert_eq!(
+        nofile_of(d.pid()),
+        (4096, 4096),
+        "the supervisor raised its soft limit to the hard one"
+    );
+    let zygote = zygote_of(d.pid()).expect("a zygote");
+    assert_eq!(
+        nofile_of(zygote),
+        (1024, 4096),
+        "the zygote has agentd's original limit"
+    );
+    let agent = all.iter().find_map(|a| a.pid).expect("an agent's pid");
+    assert_eq!(nofile_of(agent), (1024, 4096), "agents have agentd's original limit");
+}

@@ -135,7 +135,16 @@ impl Daemon {
     pub fn start_as(uid: u32, config: &Path, state_dir: &Path, envs: &[(&str, &str)]) -> Daemon {
         std::fs::create_dir_all(state_dir).expect("state dir");
         std::os::unix::fs::chown(state_dir, Some(uid), Some(uid)).expect("chown state dir");
-        Daemon::spawn(Some(uid), config, state_dir, envs, &[], Stdio::null(), Stdio::null())
+        Daemon::spawn(
+            Some(uid),
+            None,
+            config,
+            state_dir,
+            envs,
+            &[],
+            Stdio::null(),
+            Stdio::null(),
+        )
     }
 
     /// Like [`Daemon::start_with_args`], with agentd's stdin and stdout
@@ -148,11 +157,28 @@ impl Daemon {
         stdin: Stdio,
         stdout: Stdio,
     ) -> Daemon {
-        Daemon::spawn(None, config, state_dir, envs, args, stdin, stdout)
+        Daemon::spawn(None, None, config, state_dir, envs, args, stdin, stdout)
     }
 
+    /// Like [`Daemon::start`], with agentd started under the open
+    /// descriptor limits `nofile` (soft, hard).
+    pub fn start_with_nofile(config: &Path, state_dir: &Path, nofile: (u64, u64)) -> Daemon {
+        Daemon::spawn(
+            None,
+            Some(nofile),
+            config,
+            state_dir,
+            &[],
+            &[],
+            Stdio::null(),
+            Stdio::null(),
+        )
+    }
+
+    #[allow(clippy::too_many_arguments)]
     fn spawn(
         uid: Option<u32>,
+        nofile: Option<(u64, u64)>,
         config: &Path,
         state_dir: &Path,
         envs: &[(&str, &str)],
@@ -185,6 +211,20 @@ impl Daemon {
                 cmd.env_remove(k);
             } else {
                 cmd.env(k, v);
+            }
+        }
+        if let Some((soft, hard)) = nofile {
+            use std::os::unix::process::CommandExt;
+            let lim = libc::rlimit {
+                rlim_cur: soft,
+                rlim_max: hard,
+            };
+            // SAFETY: setrlimit is async-signal-safe and reads only `lim`.
+            unsafe {
+                cmd.pre_exec(move || match libc::setrlimit(libc::RLIMIT_NOFILE, &lim) {
+                    0 => Ok(()),
+                    _ => Err(std::io::Error::last_os_error()),
+                });
             }
         }
         let child = cmd.spawn().expect("spawn agentd");
