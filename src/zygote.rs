@@ -32,8 +32,10 @@
 //! the three descriptors on 0/1/2 and every other descriptor closed, an
 //! empty signal mask; environment, working directory, rlimits, cgroup and
 //! uid are the zygote's, which are the supervisor's at the zygote's start
-//! (minus systemd's variables, as for exec'd children). Then it runs the
-//! same `agentd agent` entry an exec'd child runs.
+//! (minus systemd's variables, as for exec'd children). It writes its
+//! command line over the zygote's (`agentd agent --name NAME`, as an
+//! exec'd agent's reads; the zygote is started with room for it). Then it
+//! runs the same `agentd agent` entry an exec'd child runs.
 //!
 //! Nothing near model code comes from here: sandbox runs keep exec'ing
 //! (bwrap, `agentd __sandbox-…`), so each gets a fresh layout.
@@ -83,6 +85,7 @@ pub fn main() -> i32 {
     // The cgroup hierarchy is the supervisor's (the zygote sits in its
     // cgroup): found once here instead of in every agent.
     let _ = crate::sandbox::cgroup::Hierarchy::detected();
+    let title = Title::of_this_process();
     loop {
         let (name, fds) = match receive(sock) {
             Ok(Some(req)) => req,
@@ -91,7 +94,7 @@ pub fn main() -> i32 {
             Err(_) => return 1,
         };
         let answer: i32 = match (std::str::from_utf8(&name), <[OwnedFd; 3]>::try_from(fds)) {
-            (Ok(name), Ok(fds)) if valid_name(name) => fork_agent(name, &fds, supervisor, logging),
+            (Ok(name), Ok(fds)) if valid_name(name) => fork_agent(name, &fds, supervisor, logging, title.as_ref()),
             _ => -libc::EINVAL,
         };
         // The descriptors were dropped (closed) here; the child has its copies.
@@ -141,13 +144,19 @@ fn receive(sock: BorrowedFd<'_>) -> nix::Result<Option<(Vec<u8>, Vec<OwnedFd>)>>
 }
 
 /// Forks one agent; its pid, or `-errno`.
-fn fork_agent(name: &str, fds: &[OwnedFd; 3], supervisor: libc::pid_t, logging: crate::cli::AgentLogging) -> i32 {
+fn fork_agent(
+    name: &str,
+    fds: &[OwnedFd; 3],
+    supervisor: libc::pid_t,
+    logging: crate::cli::AgentLogging,
+    title: Option<&Title>,
+) -> i32 {
     // SAFETY: a fork-like clone (no new stack, no shared memory) of a
     // single-threaded process: the child owns a copy of everything and
     // continues below. CLONE_PARENT makes the supervisor its parent.
     let pid = unsafe { libc::syscall(libc::SYS_clone, libc::CLONE_PARENT | libc::SIGCHLD, 0, 0, 0, 0) };
     match pid {
-        0 => agent_child(name, fds, supervisor, logging),
+        0 => agent_child(name, fds, supervisor, logging, title),
         p if p > 0 => p as i32,
         _ => -std::io::Error::last_os_error().raw_os_error().unwrap_or(libc::EAGAIN),
     }
@@ -155,7 +164,13 @@ fn fork_agent(name: &str, fds: &[OwnedFd; 3], supervisor: libc::pid_t, logging: 
 
 /// In the new process: becomes what an exec'd agent child is, then runs
 /// the agent. Never returns.
-fn agent_child(name: &str, fds: &[OwnedFd; 3], supervisor: libc::pid_t, logging: crate::cli::AgentLogging) -> ! {
+fn agent_child(
+    name: &str,
+    fds: &[OwnedFd; 3],
+    supervisor: libc::pid_t,
+    logging: crate::cli::AgentLogging,
+    title: Option<&Title>,
+) -> ! {
     // SAFETY: plain system calls on this process's own state; the zygote
     // is single-threaded, so nothing here can be half-held by another thread.
     unsafe {
@@ -193,10 +208,60 @@ fn agent_child(name: &str, fds: &[OwnedFd; 3], supervisor: libc::pid_t, logging:
         }
         libc::prctl(libc::PR_SET_NAME, comm.as_ptr() as libc::c_ulong, 0, 0, 0);
     }
+    // `ps -f`, `pgrep -f` and /proc/PID/cmdline show what an exec'd agent
+    // showed, not the zygote's command line.
+    if let Some(title) = title {
+        title.set(&format!("agent\0--name\0{name}"));
+    }
     // `fds` are closed already; exit below returns to no frame that would
     // drop them again.
     let code = crate::cli::agent_process(name, logging);
     std::process::exit(code)
+}
+
+/// Spaces after the zygote's arguments: room for `agent --name NAME`.
+const TITLE_ROOM: usize = 80;
+
+/// The zygote's command line in memory (its `argv` strings, which
+/// /proc/PID/cmdline reads), found before forking: each agent writes its
+/// own over its copy, as `setproctitle` does, keeping `argv[0]`.
+struct Title {
+    /// Where the strings after `argv[0]` start, and how many bytes
+    /// (terminating NULs included) there are to the end of the last.
+    rest: usize,
+    len: usize,
+}
+
+impl Title {
+    /// From `arg_start` and `arg_end` in /proc/self/stat (fields 48, 49).
+    fn of_this_process() -> Option<Title> {
+        let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+        let fields: Vec<&str> = stat.rsplit_once(") ")?.1.split_whitespace().collect();
+        // Fields are numbered from 1; these start at field 3.
+        let start: usize = fields.get(48 - 3)?.parse().ok()?;
+        let end: usize = fields.get(49 - 3)?.parse().ok()?;
+        let argv0 = std::env::args_os().next()?.len() + 1;
+        let rest = start.checked_add(argv0)?;
+        (end > rest).then(|| Title { rest, len: end - rest })
+    }
+
+    /// Writes `args` (NUL-separated) after `argv[0]`, NUL-filling the rest;
+    /// left as it is when they do not fit.
+    fn set(&self, args: &str) {
+        let bytes = args.as_bytes();
+        if bytes.len() >= self.len {
+            return;
+        }
+        // SAFETY: [rest, rest + len) lies within this process's argv
+        // strings (the kernel's arg_start..arg_end, past argv[0]); this
+        // process is single-threaded here and nothing holds a reference
+        // into them (std reads argv only when asked for the arguments).
+        unsafe {
+            let dst = self.rest as *mut u8;
+            std::ptr::copy_nonoverlapping(bytes.as_ptr(), dst, bytes.len());
+            std::ptr::write_bytes(dst.add(bytes.len()), 0, self.len - bytes.len());
+        }
+    }
 }
 
 /// The supervisor's handle on a running zygote.
@@ -227,6 +292,9 @@ impl Zygote {
         let (ours, theirs) = socketpair(AddressFamily::Unix, SockType::SeqPacket, None, SockFlag::SOCK_CLOEXEC)?;
         let mut cmd = std::process::Command::new(std::env::current_exe()?);
         cmd.arg(SUBCOMMAND)
+            // Room for each agent's command line (see `Title`): invisible
+            // in `ps`, ignored by `main`.
+            .arg(" ".repeat(TITLE_ROOM))
             .stdin(std::process::Stdio::null())
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::inherit())

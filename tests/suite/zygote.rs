@@ -72,6 +72,10 @@ fn agents_are_forked_from_the_zygote_as_the_supervisors_own_children() {
     for (agent, pid) in [("alpha", alpha), ("beta", beta)] {
         // Forked from the zygote (its image, no exec), yet the supervisor's child.
         assert_eq!(comm(pid), format!("agentd:{agent}"));
+        // Its command line is an agent's, not the zygote's (ps -f, pgrep -f).
+        let cmdline = read(format!("/proc/{pid}/cmdline"));
+        let args: Vec<&str> = cmdline.trim_end_matches('\0').split('\0').skip(1).collect();
+        assert_eq!(args, ["agent", "--name", agent], "{cmdline:?}");
         assert_eq!(link(format!("/proc/{pid}/exe")), link(format!("/proc/{zygote}/exe")));
         assert_eq!(ppid(pid), Some(d.pid()), "{agent} is the supervisor's child");
         // Its own process group, as exec'd agents have.
