@@ -32,10 +32,10 @@
 //! the three descriptors on 0/1/2 and every other descriptor closed, an
 //! empty signal mask; environment, working directory, rlimits, cgroup and
 //! uid are the zygote's, which are the supervisor's at the zygote's start
-//! (minus systemd's variables, as for exec'd children). It writes its
-//! command line over the zygote's (`agentd agent --name NAME`, as an
-//! exec'd agent's reads; the zygote is started with room for it). Then it
-//! runs the same `agentd agent` entry an exec'd child runs.
+//! (minus systemd's variables, as for exec'd children). Its command line
+//! is made `agentd agent --name NAME`, as an exec'd agent's reads (see
+//! [`Title`]). Then it runs the same `agentd agent` entry an exec'd child
+//! runs.
 //!
 //! Nothing near model code comes from here: sandbox runs keep exec'ing
 //! (bwrap, `agentd __sandbox-…`), so each gets a fresh layout.
@@ -94,7 +94,17 @@ pub fn main() -> i32 {
             Err(_) => return 1,
         };
         let answer: i32 = match (std::str::from_utf8(&name), <[OwnedFd; 3]>::try_from(fds)) {
-            (Ok(name), Ok(fds)) if valid_name(name) => fork_agent(name, &fds, supervisor, logging, title.as_ref()),
+            (Ok(name), Ok(fds)) if valid_name(name) => {
+                // Built before the fork: the child only reads it.
+                let text = Title::text(name);
+                fork_agent(
+                    name,
+                    &fds,
+                    supervisor,
+                    logging,
+                    title.as_ref().map(|t| (t, text.as_slice())),
+                )
+            }
             _ => -libc::EINVAL,
         };
         // The descriptors were dropped (closed) here; the child has its copies.
@@ -149,7 +159,7 @@ fn fork_agent(
     fds: &[OwnedFd; 3],
     supervisor: libc::pid_t,
     logging: crate::cli::AgentLogging,
-    title: Option<&Title>,
+    title: Option<(&Title, &[u8])>,
 ) -> i32 {
     // SAFETY: a fork-like clone (no new stack, no shared memory) of a
     // single-threaded process: the child owns a copy of everything and
@@ -169,7 +179,7 @@ fn agent_child(
     fds: &[OwnedFd; 3],
     supervisor: libc::pid_t,
     logging: crate::cli::AgentLogging,
-    title: Option<&Title>,
+    title: Option<(&Title, &[u8])>,
 ) -> ! {
     // SAFETY: plain system calls on this process's own state; the zygote
     // is single-threaded, so nothing here can be half-held by another thread.
@@ -210,8 +220,8 @@ fn agent_child(
     }
     // `ps -f`, `pgrep -f` and /proc/PID/cmdline show what an exec'd agent
     // showed, not the zygote's command line.
-    if let Some(title) = title {
-        title.set(&format!("agent\0--name\0{name}"));
+    if let Some((title, text)) = title {
+        title.set(text);
     }
     // `fds` are closed already; exit below returns to no frame that would
     // drop them again.
@@ -219,47 +229,99 @@ fn agent_child(
     std::process::exit(code)
 }
 
-/// Spaces after the zygote's arguments: room for `agent --name NAME`.
-const TITLE_ROOM: usize = 80;
+/// `struct prctl_mm_map` of `<linux/prctl.h>` (the libc crate has none).
+#[repr(C)]
+#[derive(Debug, Clone, Copy)]
+struct MmMap {
+    start_code: u64,
+    end_code: u64,
+    start_data: u64,
+    end_data: u64,
+    start_brk: u64,
+    brk: u64,
+    start_stack: u64,
+    arg_start: u64,
+    arg_end: u64,
+    env_start: u64,
+    env_end: u64,
+    auxv: u64,
+    auxv_size: u32,
+    exe_fd: u32,
+}
 
-/// The zygote's command line in memory (its `argv` strings, which
-/// /proc/PID/cmdline reads), found before forking: each agent writes its
-/// own over its copy, as `setproctitle` does, keeping `argv[0]`.
+const PR_SET_MM: libc::c_int = 35;
+const PR_SET_MM_MAP: libc::c_ulong = 14;
+
+/// Points an agent's command line (what /proc/PID/cmdline, `ps -f` and
+/// `pgrep -f` read) at its own `agentd agent --name NAME`, instead of
+/// the zygote's. Not by writing over the inherited argv strings, as
+/// `setproctitle` does: that page is shared with the zygote until written,
+/// and writing it cost every agent 4–8 KiB. The title is built in the
+/// zygote before the fork (a page the child only reads), and the child
+/// moves `arg_start`/`arg_end` to it with `PR_SET_MM_MAP`, which needs no
+/// privilege (unlike the single-field `PR_SET_MM` options).
+#[derive(Debug, Clone, Copy)]
 struct Title {
-    /// Where the strings after `argv[0]` start, and how many bytes
-    /// (terminating NULs included) there are to the end of the last.
-    rest: usize,
-    len: usize,
+    /// The zygote's map, from /proc/self/stat (fields 26–28 and 45–51).
+    map: MmMap,
 }
 
 impl Title {
-    /// From `arg_start` and `arg_end` in /proc/self/stat (fields 48, 49).
     fn of_this_process() -> Option<Title> {
         let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
         let fields: Vec<&str> = stat.rsplit_once(") ")?.1.split_whitespace().collect();
         // Fields are numbered from 1; these start at field 3.
-        let start: usize = fields.get(48 - 3)?.parse().ok()?;
-        let end: usize = fields.get(49 - 3)?.parse().ok()?;
-        let argv0 = std::env::args_os().next()?.len() + 1;
-        let rest = start.checked_add(argv0)?;
-        (end > rest).then(|| Title { rest, len: end - rest })
+        let field = |n: usize| fields.get(n - 3).and_then(|v| v.parse::<u64>().ok());
+        Some(Title {
+            map: MmMap {
+                start_code: field(26)?,
+                end_code: field(27)?,
+                start_stack: field(28)?,
+                start_data: field(45)?,
+                end_data: field(46)?,
+                start_brk: field(47)?,
+                brk: 0,
+                arg_start: field(48)?,
+                arg_end: field(49)?,
+                env_start: field(50)?,
+                env_end: field(51)?,
+                auxv: 0,
+                auxv_size: 0,
+                exe_fd: u32::MAX,
+            },
+        })
     }
 
-    /// Writes `args` (NUL-separated) after `argv[0]`, NUL-filling the rest;
-    /// left as it is when they do not fit.
-    fn set(&self, args: &str) {
-        let bytes = args.as_bytes();
-        if bytes.len() >= self.len {
-            return;
-        }
-        // SAFETY: [rest, rest + len) lies within this process's argv
-        // strings (the kernel's arg_start..arg_end, past argv[0]); this
-        // process is single-threaded here and nothing holds a reference
-        // into them (std reads argv only when asked for the arguments).
+    /// `ARGV0 agent --name NAME`, NUL-separated and terminated.
+    fn text(name: &str) -> Vec<u8> {
+        let argv0 = std::env::args_os().next().unwrap_or_default();
+        let mut t = std::os::unix::ffi::OsStrExt::as_bytes(argv0.as_os_str()).to_vec();
+        t.push(0);
+        t.extend_from_slice(b"agent\0--name\0");
+        t.extend_from_slice(name.as_bytes());
+        t.push(0);
+        t
+    }
+
+    /// In the forked child, before it allocates: makes `text` (alive for
+    /// the rest of the process) its command line. Left as it was if the
+    /// kernel refuses.
+    fn set(&self, text: &[u8]) {
+        let mut map = self.map;
+        map.arg_start = text.as_ptr() as u64;
+        map.arg_end = map.arg_start + text.len() as u64;
+        // SAFETY: sbrk(0) only reads the current break; prctl reads `map`,
+        // which lives across the call; `text` outlives the process (the
+        // caller never frees it before exiting).
         unsafe {
-            let dst = self.rest as *mut u8;
-            std::ptr::copy_nonoverlapping(bytes.as_ptr(), dst, bytes.len());
-            std::ptr::write_bytes(dst.add(bytes.len()), 0, self.len - bytes.len());
+            map.brk = libc::sbrk(0) as u64;
+            libc::prctl(
+                PR_SET_MM,
+                PR_SET_MM_MAP,
+                &map as *const MmMap as libc::c_ulong,
+                std::mem::size_of::<MmMap>() as libc::c_ulong,
+                0,
+            );
         }
     }
 }
@@ -292,9 +354,6 @@ impl Zygote {
         let (ours, theirs) = socketpair(AddressFamily::Unix, SockType::SeqPacket, None, SockFlag::SOCK_CLOEXEC)?;
         let mut cmd = std::process::Command::new(std::env::current_exe()?);
         cmd.arg(SUBCOMMAND)
-            // Room for each agent's command line (see `Title`): invisible
-            // in `ps`, ignored by `main`.
-            .arg(" ".repeat(TITLE_ROOM))
             .stdin(std::process::Stdio::null())
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::inherit())
