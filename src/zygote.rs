@@ -96,14 +96,8 @@ pub fn main() -> i32 {
         let answer: i32 = match (std::str::from_utf8(&name), <[OwnedFd; 3]>::try_from(fds)) {
             (Ok(name), Ok(fds)) if valid_name(name) => {
                 // Built before the fork: the child only reads it.
-                let text = Title::text(name);
-                fork_agent(
-                    name,
-                    &fds,
-                    supervisor,
-                    logging,
-                    title.as_ref().map(|t| (t, text.as_slice())),
-                )
+                let text = title.as_ref().map(|t| t.text(name));
+                fork_agent(name, &fds, supervisor, logging, title.as_ref().zip(text.as_deref()))
             }
             _ => -libc::EINVAL,
         };
@@ -260,10 +254,12 @@ const PR_SET_MM_MAP: libc::c_ulong = 14;
 /// zygote before the fork (a page the child only reads), and the child
 /// moves `arg_start`/`arg_end` to it with `PR_SET_MM_MAP`, which needs no
 /// privilege (unlike the single-field `PR_SET_MM` options).
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug)]
 struct Title {
     /// The zygote's map, from /proc/self/stat (fields 26–28 and 45–51).
     map: MmMap,
+    /// The zygote's `argv[0]`, kept as the agents' own.
+    argv0: Vec<u8>,
 }
 
 impl Title {
@@ -289,13 +285,13 @@ impl Title {
                 auxv_size: 0,
                 exe_fd: u32::MAX,
             },
+            argv0: std::os::unix::ffi::OsStrExt::as_bytes(std::env::args_os().next()?.as_os_str()).to_vec(),
         })
     }
 
     /// `ARGV0 agent --name NAME`, NUL-separated and terminated.
-    fn text(name: &str) -> Vec<u8> {
-        let argv0 = std::env::args_os().next().unwrap_or_default();
-        let mut t = std::os::unix::ffi::OsStrExt::as_bytes(argv0.as_os_str()).to_vec();
+    fn text(&self, name: &str) -> Vec<u8> {
+        let mut t = self.argv0.clone();
         t.push(0);
         t.extend_from_slice(b"agent\0--name\0");
         t.extend_from_slice(name.as_bytes());

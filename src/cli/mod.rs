@@ -269,9 +269,6 @@ pub fn main() -> ExitCode {
 /// The log filter of agent processes when `RUST_LOG` is unset.
 pub(crate) const AGENT_LOG_FILTER: &str = "info,rmcp=off";
 
-/// One agent's process, as `agentd agent --name NAME` runs it: what the
-/// zygote's children run too (see [`crate::zygote`]; their logging may be
-/// set up already, by the zygote, the same way). Its exit status.
 /// Whether an agent process still has to set its logging up.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum AgentLogging {
@@ -280,6 +277,9 @@ pub enum AgentLogging {
     Inherited,
 }
 
+/// One agent's process, as `agentd agent --name NAME` runs it: what the
+/// zygote's children run too (see [`crate::zygote`]; their logging may be
+/// set up already, by the zygote, the same way). Its exit status.
 pub fn agent_process(name: &str, logging: AgentLogging) -> i32 {
     let (traces, layer, trace_error) = match crate::telemetry::from_env() {
         Ok(Some((t, l))) => (Some(t), Some(l), None),

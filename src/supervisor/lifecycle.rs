@@ -43,8 +43,13 @@ impl Supervisor {
         let batches: Vec<&[String]> = wanted.chunks(START_BATCH).collect();
         let mut next = batches.first().map(|b| self.prepare_dirs(b));
         for (i, batch) in batches.iter().enumerate() {
+            // A job that died (it panicked) fails its batch, said per
+            // agent, rather than leaving the agents unstarted unsaid.
             let prepared = match next.take() {
-                Some(job) => job.await.unwrap_or_default(),
+                Some(job) => job.await.unwrap_or_else(|e| {
+                    let why = format!("preparing its user and directories failed: {e}");
+                    batch.iter().map(|_| Err(why.clone())).collect()
+                }),
                 None => Vec::new(),
             };
             next = batches.get(i + 1).map(|b| self.prepare_dirs(b));

@@ -389,8 +389,9 @@ async fn run_async(
         .call(|l| l.pauses())
         .await
         .context("reading the agents' recorded pauses")?;
-    let names: Vec<AgentSpec> = sup.cfg.agents.clone();
-    for spec in names {
+    let specs: Vec<AgentSpec> = sup.cfg.agents.clone();
+    let mut names = Vec::with_capacity(specs.len());
+    for spec in specs {
         let name = spec.name.to_string();
         let mut slot = Agent::new(spec);
         slot.pause = pauses.iter().find(|p| p.agent == name).cloned();
@@ -401,8 +402,9 @@ async fn run_async(
         // Catch-up tasks are queued before the child is up, so it takes
         // them first.
         sup.arm_schedules(&name).await;
+        names.push(name);
     }
-    let names: Vec<String> = sup.agents.keys().cloned().collect();
+    // In the config's order, as before batching.
     sup.start_agents(&names.iter().map(String::as_str).collect::<Vec<_>>())
         .await;
     // A fleet member takes its share of the agents now.
